@@ -1,0 +1,304 @@
+"""The codebook: which leaves are encoded, along which axis, and the secret matrices.
+
+A protected leaf W with K entries along its encoded axis is generated from a latent Θ with
+n = ceil(K / redundancy) entries along that axis:  W = A Θ  (applied along the axis), with A a
+K × n matrix of i.i.d. N(0, 1/n) entries.  A is a function of the key and the leaf's path only,
+derived with BLAKE2b in counter mode and a Box–Muller transform in float64: it is the same on
+any machine and under any JAX or NumPy version, and only the key needs to be kept secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpurify._tree import leaves_with_paths
+
+FORMAT = "jaxpurify.codebook"
+VERSION = 1
+MIN_K = 8
+
+Select = Callable[[str, Any], "bool | int | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSpec:
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    axis: int  # non-negative encoded axis
+    K: int
+    n: int
+
+    @property
+    def columns(self) -> int:
+        return math.prod(self.shape) // self.K
+
+    @property
+    def max_outliers(self) -> int:
+        """Most corrupted entries per column that a certificate can accept: ⌊(K − n)/2⌋."""
+        return (self.K - self.n) // 2
+
+    def latent_shape(self) -> tuple[int, ...]:
+        s = list(self.shape)
+        s[self.axis] = self.n
+        return tuple(s)
+
+
+def _key_words(key) -> tuple[int, ...]:
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    arr = jnp.asarray(key) if not _is_typed_key(key) else jax.random.key_data(key)
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint32 or arr.ndim != 1:
+        raise TypeError(
+            "key must be a jax.random.key, a raw uint32 PRNGKey or an int seed; "
+            f"got an array of dtype {arr.dtype} and shape {arr.shape}"
+        )
+    return tuple(int(w) for w in arr)
+
+
+def _is_typed_key(key) -> bool:
+    return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def gaussian_matrix(key_words: tuple[int, ...], path: str, K: int, n: int) -> np.ndarray:
+    """K × n i.i.d. N(0, 1/n) in float64, a pure function of (key, path)."""
+    secret = b"".join(w.to_bytes(4, "little") for w in key_words)
+    count = K * n
+    nwords = 2 * (-(-count // 2))  # one uint64 per uniform, uniforms in pairs
+    prefix = b"jaxpurify/A/v1/" + path.encode() + b"/"
+    buf = bytearray()
+    for i in range(-(-nwords // 8)):  # a 64-byte digest holds 8 uint64
+        h = hashlib.blake2b(prefix + i.to_bytes(8, "little"), digest_size=64, key=secret[:64])
+        buf += h.digest()
+    words = np.frombuffer(bytes(buf), dtype="<u8")[:nwords]
+    # 53-bit uniforms in (0, 1], then Box–Muller
+    u = ((words >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
+    u1, u2 = u[0::2], u[1::2]
+    rad = np.sqrt(-2.0 * np.log(u1))
+    z = np.concatenate([rad * np.cos(2 * np.pi * u2), rad * np.sin(2 * np.pi * u2)])[:count]
+    return z.reshape(K, n) / math.sqrt(n)
+
+
+class Codebook:
+    """Encoded leaves of a parameter tree and their matrices.
+
+    Create with :meth:`Codebook.create`; ``encode`` / ``decode`` map between parameters and latent;
+    ``capacity`` tells how many corrupted entries per column can be certified; ``save`` / ``load``
+    keep it as a small JSON file (the matrices are regenerated from the key, not stored).
+    """
+
+    def __init__(self, key_words: tuple[int, ...], redundancy: float, specs: list[LeafSpec]):
+        self.key_words = tuple(int(w) for w in key_words)
+        self.redundancy = float(redundancy)
+        self.specs: dict[str, LeafSpec] = {s.path: s for s in specs}
+        self._cache: dict[str, np.ndarray] = {}
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, params: Any, key, *, redundancy: float = 4.0, select: Select | None = None
+    ) -> "Codebook":
+        """Choose the encoded leaves of ``params`` and bind them to ``key``.
+
+        By default every floating leaf whose last axis has K ≥ 8 entries is encoded along that
+        axis (output features of Flax kernels, the only axis of biases), with n = ceil(K /
+        redundancy).  ``select(path, leaf)`` may return False to skip a leaf, an int to choose its
+        axis, or True / None for the default.
+        """
+        if not redundancy > 1.0:
+            raise ValueError(f"redundancy must be > 1 (K/n), got {redundancy}")
+        words = _key_words(key)
+        specs = []
+        for path, leaf in leaves_with_paths(params)[0]:
+            shape = tuple(np.shape(leaf))
+            dtype = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))
+            choice = select(path, leaf) if select is not None else None
+            if choice is False:
+                continue
+            floating = jnp.issubdtype(dtype, jnp.floating)
+            if isinstance(choice, bool) or choice is None:
+                if not floating or len(shape) == 0:
+                    if choice is True:
+                        raise ValueError(f"leaf {path!r}: cannot encode a {dtype} leaf of shape {shape}")
+                    continue
+                if choice is None and shape[-1] < MIN_K:
+                    continue
+                axis = len(shape) - 1
+            elif isinstance(choice, (int, np.integer)):
+                if not floating or not -len(shape) <= int(choice) < len(shape):
+                    raise ValueError(f"leaf {path!r}: select returned axis {choice} for shape {shape}, dtype {dtype}")
+                axis = int(choice) % len(shape)
+            else:
+                raise TypeError(f"select({path!r}, leaf) must return bool, int or None, got {choice!r}")
+            K = shape[axis]
+            n = math.ceil(K / redundancy)
+            if not n < K:
+                raise ValueError(f"leaf {path!r}: K={K} along axis {axis} leaves no redundancy (n={n})")
+            specs.append(LeafSpec(path, shape, dtype.name, axis, K, n))
+        if not specs:
+            raise ValueError("no leaf selected for encoding")
+        return cls(words, redundancy, specs)
+
+    # -- matrices ----------------------------------------------------------------------------
+    def matrix(self, path: str, dtype=None) -> jax.Array:
+        """The K × n matrix A of a leaf."""
+        spec = self._spec(path)
+        if path not in self._cache:
+            self._cache[path] = gaussian_matrix(self.key_words, path, spec.K, spec.n)
+        return jnp.asarray(self._cache[path], dtype=dtype or spec.dtype)
+
+    def _pinv(self, path: str, dtype) -> jax.Array:
+        self.matrix(path)
+        return jnp.asarray(np.linalg.pinv(self._cache[path]), dtype=dtype)
+
+    def _spec(self, path: str) -> LeafSpec:
+        try:
+            return self.specs[path]
+        except KeyError:
+            raise ValueError(f"leaf {path!r} is not in the codebook") from None
+
+    # -- encode / decode ---------------------------------------------------------------------
+    def _apply(self, tree: Any, want_latent: bool, fn) -> Any:
+        named, treedef = leaves_with_paths(tree)
+        present = {p for p, _ in named}
+        missing = [p for p in self.specs if p not in present]
+        if missing:
+            raise ValueError(f"leaf {missing[0]!r} of the codebook is missing from the tree")
+        out = []
+        for path, leaf in named:
+            spec = self.specs.get(path)
+            if spec is None:
+                out.append(leaf)
+                continue
+            want = spec.latent_shape() if want_latent else spec.shape
+            if tuple(np.shape(leaf)) != want:
+                raise ValueError(f"leaf {path!r} has shape {tuple(np.shape(leaf))}, expected {want}")
+            out.append(fn(spec, leaf))
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def encode(self, params: Any) -> Any:
+        """Least-squares latent Θ = A⁺ W of every encoded leaf (exact for W in range(A))."""
+
+        def enc(spec: LeafSpec, w):
+            w = jnp.asarray(w)
+            dt = jnp.promote_types(w.dtype, jnp.float32)
+            return _along(w.astype(dt), self._pinv(spec.path, dt), spec.axis).astype(w.dtype)
+
+        return self._apply(params, False, enc)
+
+    def decode(self, latent: Any) -> Any:
+        """W = A Θ for every encoded leaf; structure, shapes and dtypes as the model's params."""
+
+        def dec(spec: LeafSpec, t):
+            t = jnp.asarray(t)
+            return _along(t, self.matrix(spec.path, t.dtype), spec.axis).astype(spec.dtype)
+
+        return self._apply(latent, True, dec)
+
+    # -- reporting / storage -----------------------------------------------------------------
+    def capacity(self) -> "Capacity":
+        return Capacity(list(self.specs.values()))
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "key": list(self.key_words),
+            "redundancy": self.redundancy,
+            "leaves": [
+                {"path": s.path, "shape": list(s.shape), "dtype": s.dtype, "axis": s.axis, "K": s.K, "n": s.n}
+                for s in self.specs.values()
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Codebook":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        if data.get("version") != VERSION:
+            raise ValueError(f"unsupported codebook version {data.get('version')!r} (this is {VERSION})")
+        try:
+            specs = [
+                LeafSpec(str(d["path"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]), int(d["axis"]), int(d["K"]), int(d["n"]))
+                for d in data["leaves"]
+            ]
+            key = tuple(int(w) for w in data["key"])
+            red = float(data["redundancy"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed codebook file: {e}") from None
+        for s in specs:
+            if not (0 <= s.axis < len(s.shape) and s.shape[s.axis] == s.K and 0 < s.n < s.K):
+                raise ValueError(f"malformed codebook entry for leaf {s.path!r}")
+        return cls(key, red, specs)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the codebook as JSON, atomically (a temporary file renamed into place)."""
+        path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".codebook-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Codebook":
+        with open(path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{os.fspath(path)}: not JSON ({e})") from None
+        return cls.from_json(data)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Codebook) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"Codebook({len(self.specs)} leaves, redundancy={self.redundancy})"
+
+
+def _along(t, M, axis):
+    """Apply M (rows × cols) along `axis` of t (which has `cols` entries there)."""
+    moved = jnp.moveaxis(t, axis, -1)
+    out = jnp.matmul(moved, M.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.moveaxis(out, -1, axis)
+
+
+@dataclasses.dataclass
+class Capacity:
+    leaves: list[LeafSpec]
+
+    def __str__(self) -> str:
+        head = ("leaf", "K", "n", "columns", "max outliers/column")
+        rows = [(s.path, s.K, s.n, s.columns, s.max_outliers) for s in self.leaves]
+        return _table(head, rows)
+
+    def as_dict(self) -> dict[str, dict]:
+        return {
+            s.path: {"K": s.K, "n": s.n, "columns": s.columns, "max_outliers": s.max_outliers}
+            for s in self.leaves
+        }
+
+
+def _table(head, rows) -> str:
+    cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])

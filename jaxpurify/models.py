@@ -1,0 +1,48 @@
+"""The paper's CNNs in Flax linen.
+
+``OneHiddenCNN`` is the one-hidden-layer non-overlapping CNN of Lu, Huang and Wang:
+
+    f(x) = V · (1/P) Σ_p relu(W x_p + b)
+
+with the input cut into P non-overlapping patches x_p (a convolution whose stride equals its
+kernel size, VALID padding), K filters W with bias b, ReLU, an average over patches and a linear
+read-out V.  ``SmallCNN`` is a small multi-layer CNN for the multi-layer experiments.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class OneHiddenCNN(nn.Module):
+    filters: int = 64
+    patch: int = 2
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        p = (self.patch, self.patch)
+        h = nn.Conv(self.filters, p, strides=p, padding="VALID", use_bias=True, name="hidden")(x)
+        h = nn.relu(h)
+        h = jnp.mean(h, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="readout")(h)
+
+
+class SmallCNN(nn.Module):
+    channels: Sequence[int] = (32, 64)
+    hidden: int = 128
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        for i, c in enumerate(self.channels):
+            x = nn.Conv(c, (3, 3), padding="SAME", name=f"conv{i}")(x)
+            x = nn.relu(x)
+            if x.shape[1] > 2 and x.shape[2] > 2:
+                x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.relu(nn.Dense(self.hidden, name="dense")(x))
+        return nn.Dense(self.num_classes, name="readout")(x)
