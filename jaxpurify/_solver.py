@@ -74,14 +74,21 @@ class Recovery(NamedTuple):
 
 
 class Options(NamedTuple):
+    """Static options (shapes of the computation); changing one recompiles."""
+
     max_iter: int = 2000
-    tol: float = 1e-4  # ADMM stopping, relative; the polish supplies the exactness
-    rtol: float | None = None  # exactness on inliers; None → dtype default
-    atol: float = 0.0  # absolute inlier tolerance, e.g. a known dense-noise level
-    relax: float = 1.6  # over-relaxation in (0, 2)
     polish_rounds: int = 6
     passes: int = 3  # ADMM passes for columns not yet certified
     chunk: int = 256  # columns per polish batch: bounds memory at chunk·n² floats
+
+
+class Tolerances(NamedTuple):
+    """Traced scalars; changing one does not recompile."""
+
+    tol: jax.Array  # ADMM stopping, relative; the polish supplies the exactness
+    rtol: jax.Array  # exactness on inliers, relative to max |y_inlier|
+    atol: jax.Array  # absolute inlier tolerance, e.g. a known dense-noise level
+    relax: jax.Array  # over-relaxation in (0, 2)
 
 
 def default_rtol(dtype) -> float:
@@ -114,7 +121,7 @@ def _norm(v):
     return big * jnp.sqrt(jnp.sum(jnp.square(v / safe), axis=0))
 
 
-def _admm(Q, y, usable, active, opts: Options):
+def _admm(Q, y, usable, active, opts: Options, tols: Tolerances):
     """ADMM for min ‖y − Q c‖₁ over the usable rows of the active columns.
 
     Returns (c, z, iters, done).  Unusable rows are zeroed and left free (no l1 cost), so a huge
@@ -125,7 +132,7 @@ def _admm(Q, y, usable, active, opts: Options):
     y = jnp.where(usable, y, 0.0)
     dtype = y.dtype
     tiny = jnp.finfo(dtype).tiny
-    alpha = jnp.asarray(opts.relax, dtype)
+    alpha = tols.relax.astype(dtype)
     fin = finite.astype(dtype)
 
     c0 = _mm(Q.T, y)
@@ -155,7 +162,7 @@ def _admm(Q, y, usable, active, opts: Options):
         r = (w + z - y) * fin
         sd = s.rho * _mm(Q.T, z - s.z)
         lam = s.rho * u
-        eps = jnp.asarray(opts.tol, dtype)
+        eps = tols.tol.astype(dtype)
         prim_scale = jnp.maximum(jnp.maximum(_norm(w * fin), _norm(z * fin)), _norm(y * fin))
         dual_scale = _norm(lam * fin)
         rn, sn = _norm(r), _norm(sd)
@@ -284,10 +291,12 @@ class _Pass(NamedTuple):
     ignore: jax.Array  # rows the next ADMM pass leaves out: erasures and gross errors found
     iters: jax.Array
     done: jax.Array
+    x_est: jax.Array  # best l1 estimate so far, for columns never certified
+    f_est: jax.Array  # its l1 objective
     k: jax.Array
 
 
-def _recover_single(A, Y, opts: Options, rtol: float):
+def _recover_single(A, Y, opts: Options, tols: Tolerances):
     """A: (K, n), Y: (K, m) → Recovery with the column axis last.
 
     Pass 1 runs ADMM and the polish on every column.  A column that is not certified gets
@@ -303,49 +312,72 @@ def _recover_single(A, Y, opts: Options, rtol: float):
     diag = jnp.abs(jnp.diagonal(R))
     full_rank = jnp.min(diag) > K * jnp.finfo(dtype).eps * jnp.max(diag)
 
+    def l1(x):
+        return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
+
     def one_pass(ignore, active):
-        c, _, iters, done = _admm(Q, y, ~ignore, active, opts)
+        c, _, iters, done = _admm(Q, y, ~ignore, active, opts, tols)
         r_admm = y - _mm(Q, c)
-        usable = ~ignore
-        outl0 = _far_above_median(r_admm, usable, 10.0)
-        pol = functools.partial(_polish, A, Q, R, rtol=rtol, atol=opts.atol, rounds=opts.polish_rounds)
-        x, r, outl, ok = _chunked(lambda a, b, c: pol(a, b, c), opts.chunk, y, finite, outl0)
-        # rows ignored in this pass but with a tiny residual rejoin the inliers in the polish
-        return x, r, outl, ok, outl0, iters, done
+        outl0 = _far_above_median(r_admm, ~ignore, 10.0)
+        pol = functools.partial(
+            _polish, A, Q, R, rtol=tols.rtol.astype(dtype), atol=tols.atol.astype(dtype), rounds=opts.polish_rounds
+        )
+        # every finite row is judged again on its residual in the polish, ignored ones included
+        x, r, outl, ok = _chunked(pol, opts.chunk, y, finite, outl0)
+        # the l1 estimate reported for columns that no pass certifies: the better of the two
+        x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
+        f_pol, f_admm = l1(x), l1(x_admm)
+        x_est = jnp.where(f_pol <= f_admm, x, x_admm)
+        return x, r, outl, ok, outl0, iters, done, x_est, jnp.minimum(f_pol, f_admm)
 
     # A clean column of A x has no entry 1e4 times its median (at most n − 1 entries of A x can
     # vanish), so values that far out are gross errors; leaving them out of the first ADMM pass
-    # keeps values near the float maximum (flipped exponent bits) from swamping it.  The polish
-    # still judges every finite row on its residual.
-    ignore0 = _far_above_median(y, finite, 1e4)
-    x, r, outl, ok, outl0, iters, done = one_pass(ignore0, jnp.ones((Y.shape[1],), bool))
-    state = _Pass(x, r, outl, ok, outl0, iters, done, jnp.asarray(1, jnp.int32))
+    # keeps values near the float maximum (flipped exponent bits) from swamping it.
+    m = Y.shape[1]
+    state = _Pass(
+        x=jnp.zeros((n, m), dtype),
+        r=y,
+        outl=~finite,
+        ok=jnp.zeros((m,), bool),
+        ignore=_far_above_median(y, finite, 1e4),
+        iters=jnp.zeros((m,), jnp.int32),
+        done=jnp.zeros((m,), bool),
+        x_est=jnp.zeros((n, m), dtype),
+        f_est=jnp.full((m,), jnp.inf, dtype),
+        k=jnp.asarray(0, jnp.int32),
+    )
 
     def cond(s: _Pass):
         return (s.k < opts.passes) & jnp.any(~s.ok)
 
     def body(s: _Pass):
         active = ~s.ok
-        x, r, outl, ok, outl0, iters, done = one_pass(s.ignore, active)
+        x, r, outl, ok, outl0, iters, done, x_est, f_est = one_pass(s.ignore, active)
         take = active & ok
         pick = lambda new, old: jnp.where(take, new, old)
+        better = active & (f_est < s.f_est)
         return _Pass(
             pick(x, s.x),
             pick(r, s.r),
             pick(outl, s.outl),
-            s.ok | ok,
+            s.ok | take,
             jnp.where(active, s.ignore | outl0, s.ignore),
             jnp.where(active, s.iters + iters, s.iters),
             jnp.where(active, done, s.done),
+            jnp.where(better, x_est, s.x_est),
+            jnp.where(better, f_est, s.f_est),
             s.k + 1,
         )
 
     s = lax.while_loop(cond, body, state)
+    x = jnp.where(s.ok, s.x, s.x_est)
+    residual = Y - _mm(A, x)
+    tol = _tolerance(y, ~s.outl, tols.rtol.astype(dtype), tols.atol.astype(dtype))
+    outl = jnp.where(s.ok, s.outl, ~finite | (jnp.abs(residual) > tol))
     usable = jnp.sum(finite, axis=0)
-    k_hat = jnp.sum(s.outl & finite, axis=0)
+    k_hat = jnp.sum(outl & finite, axis=0)
     certified = s.ok & full_rank & (2 * k_hat < usable - n + 1)
-    residual = jnp.where(finite, s.r, Y - _mm(A, s.x))
-    return Recovery(s.x, residual, s.outl, certified, s.iters, s.done)
+    return Recovery(x, residual, outl, certified, s.iters, s.done)
 
 
 def _as_float(a, name):
@@ -355,8 +387,8 @@ def _as_float(a, name):
     return a
 
 
-@functools.partial(jax.jit, static_argnames=("opts", "rtol", "vector"))
-def _recover_jit(A, Y, opts: Options, rtol: float, vector: bool):
+@functools.partial(jax.jit, static_argnames=("opts", "vector"))
+def _recover_jit(A, Y, tols: Tolerances, opts: Options, vector: bool):
     if vector:
         Y = Y[..., None]
     batch = jnp.broadcast_shapes(A.shape[:-2], Y.shape[:-2])
@@ -365,7 +397,7 @@ def _recover_jit(A, Y, opts: Options, rtol: float, vector: bool):
     if A.ndim == 2:
         # One A for the whole batch: fold the batch into columns so all share one factorization.
         Yf = jnp.moveaxis(Y.reshape((-1, K, m)), 0, 1).reshape(K, -1)
-        out = _recover_single(A, Yf, opts, rtol)
+        out = _recover_single(A, Yf, opts, tols)
 
         def unfold(a, rows):
             if rows is None:
@@ -383,7 +415,7 @@ def _recover_jit(A, Y, opts: Options, rtol: float, vector: bool):
     else:
         Ab = jnp.broadcast_to(A, batch + (K, n)).reshape((-1, K, n))
         Yb = jnp.broadcast_to(Y, batch + (K, m)).reshape((-1, K, m))
-        out = jax.vmap(lambda a, y: _recover_single(a, y, opts, rtol))(Ab, Yb)
+        out = jax.vmap(lambda a, y: _recover_single(a, y, opts, tols))(Ab, Yb)
         out = Recovery(*(o.reshape(batch + o.shape[1:]) for o in out))
     if vector:
         out = Recovery(*(o[..., 0] for o in out))
@@ -452,8 +484,12 @@ def recover(
     dtype = jnp.promote_types(jnp.result_type(A, Y), jnp.float32)
     A, Y = A.astype(dtype), Y.astype(dtype)
     rt = default_rtol(dtype) if rtol is None else float(rtol)
-    opts = Options(max_iter, float(tol), rt, float(atol), float(relax), polish_rounds, passes, chunk)
-    out = _recover_jit(A, Y, opts, rt, vector)
+    if not (tol > 0 and rt >= 0 and atol >= 0):
+        raise ValueError(f"need tol > 0, rtol ≥ 0, atol ≥ 0; got tol={tol}, rtol={rt}, atol={atol}")
+    opts = Options(int(max_iter), int(polish_rounds), int(passes), int(chunk))
+    f = lambda v: jnp.asarray(v, jnp.float32)
+    tols = Tolerances(f(tol), f(rt), f(atol), f(relax))
+    out = _recover_jit(A, Y, tols, opts, vector)
     if throw:
         out.raise_if_uncertified()
     return out

@@ -2,6 +2,7 @@
 
 * :func:`gross_errors` — E: a fraction of the entries of every column replaced by large errors.
 * :func:`bit_flips` — E from flipped exponent bits (huge, tiny, ±Inf or NaN values).
+* :func:`erasures` — entries replaced by NaN or ±Inf (an exponent saturated by flips).
 * :func:`dense_noise` — Z: small Gaussian noise on every entry.
 * :func:`contaminate` — apply one of them to the encoded leaves of a parameter tree.
 
@@ -10,7 +11,9 @@ All take an explicit PRNG key.  "Columns" are as in the codebook: vectors along 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -26,6 +29,24 @@ def _rms(x):
     return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
 
 
+@functools.partial(jax.jit, static_argnames=("rate", "axis"))
+def _gross(key, x, rate, axis, low, high):
+    moved = jnp.moveaxis(x, axis, -1)
+    K = moved.shape[-1]
+    k = int(round(rate * K))
+    kp, km, ks = jax.random.split(key, 3)
+    # the k smallest of K uniforms per column give a uniformly random k-subset
+    scores = jax.random.uniform(kp, moved.shape)
+    if k > 0:
+        mask = scores <= jnp.sort(scores, axis=-1)[..., k - 1 : k]
+    else:
+        mask = jnp.zeros(moved.shape, bool)
+    mag = jnp.exp(jax.random.uniform(km, moved.shape, minval=jnp.log(low), maxval=jnp.log(high)))
+    sign = jnp.where(jax.random.bernoulli(ks, 0.5, moved.shape), 1.0, -1.0)
+    err = (sign * mag * jnp.maximum(_rms(x), jnp.finfo(jnp.float32).tiny)).astype(x.dtype)
+    return jnp.moveaxis(jnp.where(mask, moved + err, moved), -1, axis)
+
+
 def gross_errors(key, x, rate: float, *, axis: int = -1, low: float = 1.0, high: float = 1e3):
     """Corrupt exactly round(rate·K) entries of every column along ``axis``.
 
@@ -34,19 +55,10 @@ def gross_errors(key, x, rate: float, *, axis: int = -1, low: float = 1.0, high:
     """
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"rate must lie in [0, 1], got {rate}")
+    if not 0.0 < low <= high:
+        raise ValueError(f"need 0 < low ≤ high, got low={low}, high={high}")
     x = jnp.asarray(x)
-    moved = jnp.moveaxis(x, axis, -1)
-    K = moved.shape[-1]
-    k = int(round(rate * K))
-    kp, km, ks = jax.random.split(key, 3)
-    # the k smallest of K uniforms per column give a uniformly random k-subset
-    scores = jax.random.uniform(kp, moved.shape)
-    thresh = jnp.sort(scores, axis=-1)[..., k - 1 : k] if k > 0 else jnp.full(moved.shape[:-1] + (1,), -1.0)
-    mask = scores <= thresh
-    mag = jnp.exp(jax.random.uniform(km, moved.shape, minval=np.log(low), maxval=np.log(high)))
-    sign = jnp.where(jax.random.bernoulli(ks, 0.5, moved.shape), 1.0, -1.0)
-    err = (sign * mag * jnp.maximum(_rms(x), jnp.finfo(jnp.float32).tiny)).astype(x.dtype)
-    return jnp.moveaxis(jnp.where(mask, moved + err, moved), -1, axis)
+    return _gross(key, x, float(rate), int(axis) % max(x.ndim, 1), float(low), float(high))
 
 
 _EXPONENT_BITS = {
@@ -72,6 +84,11 @@ def bit_flips(key, x, rate: float, *, bits: tuple[int, ...] | None = None):
     width = 8 * dt.itemsize
     if not bits or not all(0 <= b < width for b in bits):
         raise ValueError(f"bits must be a non-empty subset of 0..{width - 1}, got {bits}")
+    return _flip(key, x, rate, bits, ui)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "ui"))
+def _flip(key, x, rate, bits, ui):
     ks, kb = jax.random.split(key)
     hit = jax.random.bernoulli(ks, rate, x.shape)
     which = jnp.asarray(bits)[jax.random.randint(kb, x.shape, 0, len(bits))]
@@ -80,6 +97,17 @@ def bit_flips(key, x, rate: float, *, bits: tuple[int, ...] | None = None):
     return jax.lax.bitcast_convert_type(jnp.where(hit, flipped, raw), x.dtype)
 
 
+@jax.jit
+def erasures(key, x, rate: float):
+    """Replace a random ``rate`` fraction of entries by NaN, +Inf or −Inf (a saturated exponent)."""
+    x = jnp.asarray(x)
+    ks, kv = jax.random.split(key)
+    hit = jax.random.bernoulli(ks, rate, x.shape)
+    vals = jnp.asarray([jnp.nan, jnp.inf, -jnp.inf], x.dtype)[jax.random.randint(kv, x.shape, 0, 3)]
+    return jnp.where(hit, vals, x)
+
+
+@jax.jit
 def dense_noise(key, x, sigma: float):
     """Add N(0, (sigma·rms(x))²) to every entry: the small dense part Z."""
     x = jnp.asarray(x)
@@ -91,11 +119,19 @@ def _leaf_key(key, path: str):
     return jax.random.fold_in(key, h)
 
 
+def _takes_axis(fn) -> bool:
+    try:
+        return "axis" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def contaminate(key, params: Any, codebook: Codebook, fn: Callable[..., jax.Array], **kwargs) -> Any:
     """Apply ``fn(key, leaf, **kwargs)`` to every encoded leaf (other leaves unchanged).
 
-    ``fn`` is one of :func:`gross_errors`, :func:`bit_flips`, :func:`dense_noise` or your own;
-    :func:`gross_errors` is applied along each leaf's encoded axis.
+    ``fn`` is one of :func:`gross_errors`, :func:`bit_flips`, :func:`erasures`,
+    :func:`dense_noise` or your own.  A ``fn`` with an ``axis`` parameter gets each leaf's encoded
+    axis, so column-wise models such as :func:`gross_errors` act on the codebook's columns.
     """
     named, treedef = leaves_with_paths(params)
     out = []
@@ -105,7 +141,7 @@ def contaminate(key, params: Any, codebook: Codebook, fn: Callable[..., jax.Arra
             out.append(leaf)
             continue
         kw = dict(kwargs)
-        if fn is gross_errors:
+        if _takes_axis(fn):
             kw.setdefault("axis", spec.axis)
         out.append(fn(_leaf_key(key, path), leaf, **kw))
     return jax.tree_util.tree_unflatten(treedef, out)

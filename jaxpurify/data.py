@@ -1,0 +1,94 @@
+"""Datasets: an embedded default that needs no download, and readers for user-provided files.
+
+* :func:`digits` — the 8×8 handwritten digits bundled with scikit-learn (1,797 images).
+* :func:`mnist` — MNIST from the standard IDX files (``*-images-idx3-ubyte[.gz]``,
+  ``*-labels-idx1-ubyte[.gz]``) in a directory the user gives.
+
+Images are float32 in [0, 1] with shape (N, H, W, C); labels int32.  Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Split(NamedTuple):
+    x: np.ndarray
+    y: np.ndarray
+
+
+class Dataset(NamedTuple):
+    train: Split
+    test: Split
+    name: str
+
+
+def _split(x, y, test_fraction: float, seed: int) -> tuple[Split, Split]:
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(x))
+    n_test = int(round(test_fraction * len(x)))
+    te, tr = idx[:n_test], idx[n_test:]
+    return Split(x[tr], y[tr]), Split(x[te], y[te])
+
+
+def digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8×8 digits, split into train and test at random (seeded)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[..., None]
+    y = d.target.astype(np.int32)
+    tr, te = _split(x, y, test_fraction, seed)
+    return Dataset(tr, te, "digits")
+
+
+def _read_idx(path: str, ndim: int) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read IDX file ({e})") from None
+    if len(raw) < 4 + 4 * ndim or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
+        raise ValueError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s)")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} but holds {body.size} bytes of data")
+    return body.reshape(dims)
+
+
+def _find(data_dir: str, stem: str) -> str:
+    for name in (stem + ".gz", stem):
+        p = os.path.join(data_dir, name)
+        if os.path.exists(p):
+            return p
+    raise FileNotFoundError(
+        f"{os.path.join(data_dir, stem)}[.gz] not found; expected the standard MNIST IDX files "
+        "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        "t10k-labels-idx1-ubyte.gz) in --data-dir"
+    )
+
+
+def _mnist_part(data_dir: str, prefix: str) -> Split:
+    x = _read_idx(_find(data_dir, f"{prefix}-images-idx3-ubyte"), 3)
+    y = _read_idx(_find(data_dir, f"{prefix}-labels-idx1-ubyte"), 1)
+    if len(x) != len(y):
+        raise ValueError(f"{data_dir}: {prefix} has {len(x)} images but {len(y)} labels")
+    return Split((x.astype(np.float32) / 255.0)[..., None], y.astype(np.int32))
+
+
+def mnist(data_dir: str, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+    """MNIST from IDX files.  With only the t10k files present, they are split into train and test."""
+    try:
+        train = _mnist_part(data_dir, "train")
+        test = _mnist_part(data_dir, "t10k")
+        return Dataset(train, test, "mnist")
+    except FileNotFoundError:
+        part = _mnist_part(data_dir, "t10k")
+        tr, te = _split(part.x, part.y, test_fraction, seed)
+        return Dataset(tr, te, "mnist-t10k-split")

@@ -1,0 +1,209 @@
+"""recover() against HiGHS, a plain loop, float64, erasures, scale and input checks."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import instance, lad_highs, rel_err
+
+import jaxpurify as jp
+from jaxpurify import _solver
+
+TOL = {np.float32: 1e-5, np.float64: 1e-10}
+
+
+@pytest.mark.parametrize("K,n,frac", [(64, 16, 0.10), (64, 16, 0.25), (64, 32, 0.10), (64, 32, 0.30), (96, 24, 0.45)])
+def test_against_highs(K, n, frac):
+    """Inside and outside the threshold: LP success implies ours, and no certified column is wrong."""
+    rng = np.random.default_rng(K + n + int(100 * frac))
+    m = 24
+    k = int(round(frac * K))
+    A, X, Y, _ = instance(rng, K, n, m, k)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    x = np.asarray(out.x, np.float64)
+    cert = np.asarray(out.certified)
+    lp = np.stack([lad_highs(A, Y[:, j]) for j in range(m)], axis=1)
+    lp_ok = rel_err(lp, X) <= 1e-6
+    ours_ok = rel_err(x, X) <= TOL[np.float32]
+    count_ok = 2 * k < K - n + 1
+    # every certified column is right
+    assert np.all(ours_ok[cert]), rel_err(x, X)[cert]
+    # where the exact LP recovers the column and the count allows a certificate, so do we
+    if count_ok:
+        assert np.all(cert[lp_ok]), (lp_ok.sum(), cert.sum())
+    else:
+        assert not cert.any()
+    # certified answers are the LP's minimizer too
+    if cert.any():
+        np.testing.assert_allclose(x[:, cert], lp[:, cert], rtol=1e-4, atol=1e-4)
+
+
+def test_lp_objective_never_beaten_by_highs_on_failures():
+    """Outside the threshold (uncertified columns) the l1 objective is still near the LP optimum."""
+    rng = np.random.default_rng(7)
+    A, X, Y, _ = instance(rng, 48, 24, 12, 20)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    for j in range(12):
+        xl = lad_highs(A, Y[:, j])
+        f_lp = np.abs(Y[:, j] - A @ xl).sum()
+        f_us = np.abs(Y[:, j] - A @ np.asarray(out.x[:, j], np.float64)).sum()
+        if not bool(out.certified[j]):
+            assert f_us <= f_lp * (1 + 0.05)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_in_both_dtypes(dtype):
+    rng = np.random.default_rng(1)
+    A, X, Y, E = instance(rng, 128, 32, 64, 19)
+    with jax.enable_x64(dtype == np.float64):
+        out = jp.recover(A.astype(dtype), Y.astype(dtype))
+        assert out.x.dtype == dtype
+        assert np.asarray(out.certified).all()
+        assert rel_err(out.x, X).max() <= TOL[dtype]
+        np.testing.assert_array_equal(np.asarray(out.outliers), E)
+
+
+def test_scale_robustness():
+    """Errors from 1e-2 to 1e6 times the weight scale, all-zero clean columns, A of any scale."""
+    rng = np.random.default_rng(2)
+    A, X, Y, E = instance(rng, 128, 32, 60, 19, low=1e-2, high=1e6)
+    X[:, :5] = 0.0
+    Y[:, :5] = (E * 1e3)[:, :5]  # zero clean columns, only errors
+    for a_scale in (1e-3, 1.0, 1e3):
+        As = (A * a_scale).astype(np.float32)
+        out = jp.recover(As, Y.astype(np.float32))
+        assert np.asarray(out.certified).all()
+        Xs = X / a_scale
+        err = np.abs(np.asarray(out.x, np.float64) - Xs).max(0) / np.maximum(np.abs(Xs).max(0), 1e-30)
+        assert np.all(err[5:] <= 1e-5)
+        assert np.all(np.asarray(out.x)[:, :5] == 0.0)
+        np.testing.assert_array_equal(np.asarray(out.outliers), E)
+
+
+def test_erasures_are_outliers_and_never_propagate():
+    rng = np.random.default_rng(3)
+    A, X, Y, E = instance(rng, 96, 24, 20, 8)
+    Y = Y.astype(np.float32)
+    er = np.zeros_like(E)
+    er[rng.random(E.shape) < 0.05] = True
+    er &= ~E
+    Y[er] = np.where(rng.random(er.sum()) < 0.5, np.nan, np.inf)
+    out = jp.recover(A.astype(np.float32), Y)
+    assert np.isfinite(np.asarray(out.x)).all()
+    assert np.asarray(out.certified).all()
+    assert rel_err(out.x, X).max() <= 1e-5
+    outl = np.asarray(out.outliers)
+    assert outl[er].all() and outl[E].all() and not outl[~(er | E)].any()
+    assert not np.isfinite(np.asarray(out.residual)[er]).any()
+
+
+def test_too_many_erasures_is_not_certified():
+    rng = np.random.default_rng(4)
+    A, X, Y, _ = instance(rng, 32, 16, 4, 0)
+    Y = Y.astype(np.float32)
+    Y[:18] = np.nan  # K' = 14 < n
+    out = jp.recover(A.astype(np.float32), Y)
+    assert not np.asarray(out.certified).any()
+    assert np.isfinite(np.asarray(out.x)).all()
+
+
+def test_loop_vmap_jit_agree():
+    """Batched call == per-column loop == per-batch loop; inside jax.jit and under disable_jit."""
+    rng = np.random.default_rng(5)
+    B, K, n, m = 3, 40, 10, 5
+    As, Ys = [], []
+    for b in range(B):
+        A, X, Y, _ = instance(rng, K, n, m, 6)
+        As.append(A)
+        Ys.append(Y)
+    A = np.stack(As).astype(np.float32)
+    Y = np.stack(Ys).astype(np.float32)
+    batched = jp.recover(A, Y)
+    assert batched.x.shape == (B, n, m) and batched.certified.shape == (B, m)
+    for b in range(B):
+        for j in range(m):
+            single = jp.recover(A[b], Y[b, :, j])
+            assert single.x.shape == (n,) and single.certified.shape == ()
+            np.testing.assert_allclose(single.x, batched.x[b, :, j], rtol=1e-5, atol=1e-5)
+            assert bool(single.certified) == bool(batched.certified[b, j])
+    jitted = jax.jit(lambda a, y: jp.recover(a, y))(A, Y)
+    np.testing.assert_allclose(jitted.x, batched.x, rtol=1e-5, atol=1e-5)
+    with jax.disable_jit():
+        eager = jp.recover(A[1], Y[1, :, :2])
+    np.testing.assert_allclose(eager.x, batched.x[1, :, :2], rtol=1e-5, atol=1e-5)
+
+
+def test_broadcasting():
+    rng = np.random.default_rng(6)
+    A, X, Y, _ = instance(rng, 40, 10, 4, 5)
+    A = A.astype(np.float32)
+    Y3 = np.stack([Y, 2 * Y]).astype(np.float32)  # (2, K, m) against one A
+    out = jp.recover(A, Y3)
+    assert out.x.shape == (2, 10, 4)
+    np.testing.assert_allclose(out.x[1], 2 * out.x[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.x[0], X, rtol=1e-4, atol=1e-4)
+    out2 = jp.recover(np.stack([A, A]), Y.astype(np.float32)[None])  # (2, K, n) against (1, K, m)
+    assert out2.x.shape == (2, 10, 4)
+    np.testing.assert_allclose(out2.x[0], out2.x[1], rtol=1e-6, atol=1e-6)
+    vec = jp.recover(np.stack([A, A]), Y3[:, :, 0])  # (2, K) vectors
+    assert vec.x.shape == (2, 10) and vec.residual.shape == (2, 40)
+    np.testing.assert_allclose(vec.x, out.x[:, :, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_no_recompile_for_same_shapes():
+    rng = np.random.default_rng(8)
+    A, X, Y, _ = instance(rng, 48, 12, 6, 4)
+    A, Y = A.astype(np.float32), Y.astype(np.float32)
+    f = jax.jit(chex.assert_max_traces(lambda a, y: jp.recover(a, y).x, n=1))
+    f(A, Y)
+    f(A * 2, Y + 1)
+    before = _solver._recover_jit._cache_size()
+    jp.recover(A[None, :, :], Y[None] * 3, atol=1e-3)
+    mid = _solver._recover_jit._cache_size()
+    jp.recover(A[None, :, :] + 1, Y[None] - 3, atol=0.5, rtol=1e-4, tol=1e-3)
+    assert _solver._recover_jit._cache_size() == mid <= before + 1
+
+
+def test_dense_noise_with_atol():
+    """Inexact regime: with atol at the noise level the columns are certified and the error is ∝ σ."""
+    rng = np.random.default_rng(9)
+    A, X, Y, _ = instance(rng, 128, 32, 40, 13)
+    errs = []
+    for sigma in (1e-4, 1e-3):
+        Yn = (Y + sigma * rng.standard_normal(Y.shape)).astype(np.float32)
+        out = jp.recover(A.astype(np.float32), Yn, atol=6 * sigma)
+        assert np.asarray(out.certified).mean() > 0.9
+        errs.append(np.abs(np.asarray(out.x, np.float64) - X).max())
+    assert errs[0] < 2e-3 and errs[1] < 2e-2 and errs[1] > 3 * errs[0]
+
+
+def test_strict_tolerance_refuses_dense_noise():
+    rng = np.random.default_rng(10)
+    A, X, Y, _ = instance(rng, 64, 16, 10, 0)
+    Yn = (Y + 1e-2 * rng.standard_normal(Y.shape)).astype(np.float32)
+    out = jp.recover(A.astype(np.float32), Yn)
+    assert not np.asarray(out.certified).any()
+    with pytest.raises(RuntimeError, match="not certified"):
+        jp.recover(A.astype(np.float32), Yn, throw=True)
+
+
+@pytest.mark.parametrize(
+    "A,Y,match",
+    [
+        (np.ones((4, 4)), np.ones(4), "n < K"),
+        (np.ones((8, 2)), np.ones(7), "K=8"),
+        (np.ones(8), np.ones(8), r"\(\.\.\., K, n\)"),
+        (np.ones((2, 8, 2)), np.ones((3, 8, 1)), "broadcast"),
+    ],
+)
+def test_bad_input(A, Y, match):
+    with pytest.raises(ValueError, match=match):
+        jp.recover(A, Y)
+
+
+def test_bad_dtype_and_options():
+    with pytest.raises(TypeError, match="Y"):
+        jp.recover(np.ones((8, 2)), np.ones(8, dtype=complex))
+    with pytest.raises(ValueError, match="relax"):
+        jp.recover(np.ones((8, 2)), np.ones(8), relax=2.5)
