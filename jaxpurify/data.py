@@ -92,3 +92,50 @@ def mnist(data_dir: str, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
         part = _mnist_part(data_dir, "t10k")
         tr, te = _split(part.x, part.y, test_fraction, seed)
         return Dataset(tr, te, "mnist-t10k-split")
+
+
+def cifar10(data_dir: str) -> Dataset:
+    """CIFAR-10 from the binary version (``cifar-10-batches-bin``: data_batch_1..5.bin, test_batch.bin).
+
+    Each record is 1 label byte and 3,072 image bytes (1,024 red, 1,024 green, 1,024 blue, row
+    major).  ``data_dir`` may be the ``cifar-10-batches-bin`` folder or its parent.  The Python
+    (pickled) version is never read.
+    """
+    sub = os.path.join(data_dir, "cifar-10-batches-bin")
+    if os.path.isdir(sub):
+        data_dir = sub
+
+    def read(name):
+        path = os.path.join(data_dir, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} not found; expected the CIFAR-10 binary version (cifar-10-batches-bin/ with "
+                "data_batch_1.bin … data_batch_5.bin and test_batch.bin) in --data-dir"
+            )
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size == 0 or raw.size % 3073:
+            raise ValueError(f"{path}: size {raw.size} is not a whole number of 3,073-byte CIFAR-10 records")
+        rec = raw.reshape(-1, 3073)
+        y = rec[:, 0].astype(np.int32)
+        if y.max() > 9:
+            raise ValueError(f"{path}: label {y.max()} out of range 0..9; not a CIFAR-10 binary file")
+        x = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+        return x, y
+
+    parts = [read(f"data_batch_{i}.bin") for i in range(1, 6)]
+    tx, ty = read("test_batch.bin")
+    return Dataset(Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
+                   Split(tx, ty), "cifar10")
+
+
+def load(name: str, data_dir: str | None = None, seed: int = 0) -> Dataset:
+    """'digits' (embedded), 'mnist' or 'cifar10' (from data_dir)."""
+    if name == "digits":
+        return digits(seed=seed)
+    if data_dir is None:
+        raise ValueError(f"dataset {name!r} needs --data-dir (nothing is downloaded)")
+    if name == "mnist":
+        return mnist(data_dir, seed=seed)
+    if name == "cifar10":
+        return cifar10(data_dir)
+    raise ValueError(f"unknown dataset {name!r}; choose digits, mnist or cifar10")

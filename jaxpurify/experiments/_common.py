@@ -1,0 +1,67 @@
+"""Shared helpers for the experiments: LP reference, CSV/JSON output, progress."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def lad_highs(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """argmin_x ‖y − A x‖₁ by HiGHS (scipy.optimize.linprog), in float64: the exact LP."""
+    from scipy.optimize import linprog
+
+    K, n = A.shape
+    c = np.concatenate([np.zeros(n), np.ones(K)])
+    I = np.eye(K)
+    res = linprog(c, A_ub=np.block([[-A, -I], [A, -I]]), b_ub=np.concatenate([-y, y]),
+                  bounds=[(None, None)] * n + [(0, None)] * K, method="highs")
+    if res.status != 0:
+        return np.full(n, np.nan)
+    return res.x[:n]
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """A one-line progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True):
+        self.total, self.label, self.done = total, label, 0
+        self.t0 = time.perf_counter()
+        self.enabled = enabled and total > 0
+
+    def update(self, k: int = 1, note: str = "") -> None:
+        self.done += k
+        if not self.enabled:
+            return
+        frac = self.done / self.total
+        bar = "#" * int(30 * frac)
+        el = time.perf_counter() - self.t0
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} {el:5.0f}s {note[:40]:<40}")
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def rel_fro(x, ref) -> float:
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-300))

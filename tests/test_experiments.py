@@ -1,0 +1,66 @@
+"""Quick modes of `jaxpurify reproduce …`: files written, and results that could have failed."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from jaxpurify import cli
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_synthetic_quick(tmp_path, capsys):
+    assert cli.main(["reproduce", "synthetic", "--quick", "--out", str(tmp_path)]) == 0
+    for leaf in ("weights", "biases"):
+        rows = _csv(tmp_path / f"phase_{leaf}.csv")
+        assert list(rows[0]) == ["ratio", "rho", "trials", "success_rate", "certified_rate", "lp_success_rate"]
+        cell = {(float(r["ratio"]), float(r["rho"])): r for r in rows}
+        # deep inside the threshold both our solver and the exact LP always succeed
+        assert float(cell[(8.0, 0.1)]["success_rate"]) == 1.0 and float(cell[(8.0, 0.1)]["lp_success_rate"]) == 1.0
+        assert float(cell[(4.0, 0.1)]["certified_rate"]) == 1.0
+        # far outside (40% at K/n = 2) nothing is recovered, and nothing is certified
+        assert float(cell[(2.0, 0.4)]["success_rate"]) == 0.0 and float(cell[(2.0, 0.4)]["certified_rate"]) == 0.0
+        for r in rows:  # a certified trial is always a success
+            assert float(r["certified_rate"]) <= float(r["success_rate"])
+    func = _csv(tmp_path / "function_check.csv")
+    errs = [float(r["output_rel_err"]) for r in func if r["certified"] == "True"]
+    assert errs and max(errs) < 1e-4
+    assert (tmp_path / "phase.png").stat().st_size > 10_000
+
+
+def test_noise_quick(tmp_path):
+    assert cli.main(["reproduce", "noise", "--quick", "--out", str(tmp_path)]) == 0
+    rows = [{k: float(v) for k, v in r.items()} for r in _csv(tmp_path / "noise.csv")]
+    rows = sorted(rows, key=lambda r: r["sigma"])
+    pos = [r for r in rows if r["sigma"] > 0]
+    # l1 error proportional to sigma: the ratio err/sigma stays within a small band
+    ratios = [r["l1_err"] / r["sigma"] for r in pos]
+    assert max(ratios) / min(ratios) < 3
+    assert rows[0]["l1_err"] < 1e-5  # no dense noise: exact
+    # the l2 projection is ruined by the sparse part at every noise level
+    assert all(r["l2_err"] > 100 * r["l1_err"] for r in pos)
+    assert (tmp_path / "noise.png").exists()
+
+
+@pytest.mark.parametrize("arch", ["one-hidden", "multi"])
+def test_digits_quick(tmp_path, arch):
+    assert cli.main(["reproduce", "digits", "--quick", "--arch", arch, "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["acc_clean_encoded"] > 0.8
+    for r in res["scenarios"]:
+        if r["kind"] == "gross" and r["within_capacity"]:
+            assert abs(r["acc_purified"] - res["acc_clean_encoded"]) <= 0.001, r
+            assert r["certified_fraction"] == 1.0
+        if r["kind"] == "gross" and r["level"] == 0.05:
+            assert r["acc_contaminated"] <= res["acc_clean_encoded"] - 0.2
+    assert (tmp_path / "accuracy.png").exists()
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["reproduce", "mnist", "--out", str(tmp_path), "--data-dir", str(tmp_path)]) == 2
+    assert "t10k-images-idx3-ubyte" in capsys.readouterr().err
