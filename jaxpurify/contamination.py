@@ -6,12 +6,12 @@
 * :func:`dense_noise` — Z: small Gaussian noise on every entry.
 * :func:`contaminate` — apply one of them to the encoded leaves of a parameter tree.
 
-All take an explicit PRNG key.  "Columns" are as in the codebook: vectors along the encoded axis.
+All take an explicit PRNG key (a NumPy generator is seeded from its bits, so no XLA
+compilation happens per leaf shape); results are JAX arrays of the input's dtype.  "Columns" are as in the codebook: vectors along the encoded axis.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 from typing import Any, Callable
@@ -24,30 +24,22 @@ from jaxpurify._codebook import Codebook
 from jaxpurify._tree import leaves_with_paths
 
 
-def _rms(x):
-    x = jnp.asarray(x)
-    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+def _rng(key) -> np.random.Generator:
+    """A NumPy generator seeded from a JAX key: explicit keys, no XLA compilation per shape."""
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    data = jax.random.key_data(key) if jnp.issubdtype(getattr(key, "dtype", np.float32), jax.dtypes.prng_key) else key
+    return np.random.default_rng([int(w) for w in np.asarray(data, np.uint32).ravel()])
 
 
-@functools.partial(jax.jit, static_argnames=("rate", "axis"))
-def _gross(key, x, rate, axis, low, high):
-    moved = jnp.moveaxis(x, axis, -1)
-    K = moved.shape[-1]
-    k = int(round(rate * K))
-    kp, km, ks = jax.random.split(key, 3)
-    # the k smallest of K uniforms per column give a uniformly random k-subset
-    scores = jax.random.uniform(kp, moved.shape)
-    if k > 0:
-        mask = scores <= jnp.sort(scores, axis=-1)[..., k - 1 : k]
-    else:
-        mask = jnp.zeros(moved.shape, bool)
-    mag = jnp.exp(jax.random.uniform(km, moved.shape, minval=jnp.log(low), maxval=jnp.log(high)))
-    sign = jnp.where(jax.random.bernoulli(ks, 0.5, moved.shape), 1.0, -1.0)
-    err = (sign * mag * jnp.maximum(_rms(x), jnp.finfo(jnp.float32).tiny)).astype(x.dtype)
-    return jnp.moveaxis(jnp.where(mask, moved + err, moved), -1, axis)
+def _rms(x: np.ndarray) -> float:
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = float(np.sqrt(np.mean(np.square(x[np.isfinite(x)])))) if np.isfinite(x).any() else 0.0
+    return v
 
 
-def gross_errors(key, x, rate: float, *, axis: int = -1, low: float = 1.0, high: float = 1e3):
+def gross_errors(key, x, rate: float, *, axis: int = -1, low: float = 1.0, high: float = 1e3) -> jax.Array:
     """Corrupt exactly round(rate·K) entries of every column along ``axis``.
 
     Each error has a random sign and a magnitude log-uniform in [low, high] times the rms of
@@ -57,8 +49,19 @@ def gross_errors(key, x, rate: float, *, axis: int = -1, low: float = 1.0, high:
         raise ValueError(f"rate must lie in [0, 1], got {rate}")
     if not 0.0 < low <= high:
         raise ValueError(f"need 0 < low ≤ high, got low={low}, high={high}")
-    x = jnp.asarray(x)
-    return _gross(key, x, float(rate), int(axis) % max(x.ndim, 1), float(low), float(high))
+    rng = _rng(key)
+    arr = np.asarray(x)
+    moved = np.moveaxis(arr, axis, -1)
+    K = moved.shape[-1]
+    k = int(round(rate * K))
+    # the k smallest of K uniforms per column give a uniformly random k-subset
+    ranks = np.argsort(np.argsort(rng.random(moved.shape), axis=-1), axis=-1)
+    mask = ranks < k
+    mag = np.exp(rng.uniform(np.log(low), np.log(high), moved.shape))
+    sign = np.where(rng.random(moved.shape) < 0.5, -1.0, 1.0)
+    err = sign * mag * max(_rms(arr), np.finfo(np.float32).tiny)
+    out = np.where(mask, moved + err.astype(moved.dtype), moved)
+    return jnp.asarray(np.moveaxis(out, -1, axis), dtype=arr.dtype)
 
 
 _EXPONENT_BITS = {
@@ -69,14 +72,14 @@ _EXPONENT_BITS = {
 }
 
 
-def bit_flips(key, x, rate: float, *, bits: tuple[int, ...] | None = None):
+def bit_flips(key, x, rate: float, *, bits: tuple[int, ...] | None = None) -> jax.Array:
     """Flip one random bit (default: an exponent bit) in a random ``rate`` fraction of entries.
 
     Flipping the top exponent bit of a value of magnitude ≥ 1 gives ±Inf or NaN; of a smaller
     value, a huge finite value; lower exponent bits scale the value by powers of two.
     """
-    x = jnp.asarray(x)
-    dt = np.dtype(x.dtype)
+    arr = np.asarray(x)
+    dt = arr.dtype
     if dt not in _EXPONENT_BITS:
         raise ValueError(f"bit_flips supports float16, bfloat16, float32, float64; got {dt}")
     lo, hi, ui = _EXPONENT_BITS[dt]
@@ -84,34 +87,28 @@ def bit_flips(key, x, rate: float, *, bits: tuple[int, ...] | None = None):
     width = 8 * dt.itemsize
     if not bits or not all(0 <= b < width for b in bits):
         raise ValueError(f"bits must be a non-empty subset of 0..{width - 1}, got {bits}")
-    return _flip(key, x, rate, bits, ui)
+    rng = _rng(key)
+    hit = rng.random(arr.shape) < rate
+    which = np.asarray(bits, dtype=ui)[rng.integers(0, len(bits), arr.shape)]
+    raw = np.ascontiguousarray(arr).view(ui)
+    flipped = np.where(hit, raw ^ (ui(1) << which), raw)
+    return jnp.asarray(flipped.view(dt))
 
 
-@functools.partial(jax.jit, static_argnames=("bits", "ui"))
-def _flip(key, x, rate, bits, ui):
-    ks, kb = jax.random.split(key)
-    hit = jax.random.bernoulli(ks, rate, x.shape)
-    which = jnp.asarray(bits)[jax.random.randint(kb, x.shape, 0, len(bits))]
-    raw = jax.lax.bitcast_convert_type(x, ui)
-    flipped = raw ^ (jnp.ones((), ui) << which.astype(ui))
-    return jax.lax.bitcast_convert_type(jnp.where(hit, flipped, raw), x.dtype)
-
-
-@jax.jit
-def erasures(key, x, rate: float):
+def erasures(key, x, rate: float) -> jax.Array:
     """Replace a random ``rate`` fraction of entries by NaN, +Inf or −Inf (a saturated exponent)."""
-    x = jnp.asarray(x)
-    ks, kv = jax.random.split(key)
-    hit = jax.random.bernoulli(ks, rate, x.shape)
-    vals = jnp.asarray([jnp.nan, jnp.inf, -jnp.inf], x.dtype)[jax.random.randint(kv, x.shape, 0, 3)]
-    return jnp.where(hit, vals, x)
+    arr = np.asarray(x)
+    rng = _rng(key)
+    hit = rng.random(arr.shape) < rate
+    vals = np.array([np.nan, np.inf, -np.inf], arr.dtype)[rng.integers(0, 3, arr.shape)]
+    return jnp.asarray(np.where(hit, vals, arr))
 
 
-@jax.jit
-def dense_noise(key, x, sigma: float):
+def dense_noise(key, x, sigma: float) -> jax.Array:
     """Add N(0, (sigma·rms(x))²) to every entry: the small dense part Z."""
-    x = jnp.asarray(x)
-    return (x + sigma * _rms(x) * jax.random.normal(key, x.shape)).astype(x.dtype)
+    arr = np.asarray(x)
+    rng = _rng(key)
+    return jnp.asarray((arr + sigma * _rms(arr) * rng.standard_normal(arr.shape)).astype(arr.dtype))
 
 
 def _leaf_key(key, path: str):

@@ -59,10 +59,10 @@ def _within_capacity(clean, bad, cb: Codebook, atol: float = 0.0) -> bool:
     c = dict(leaves_with_paths(clean)[0])
     b = dict(leaves_with_paths(bad)[0])
     for p, s in cb.specs.items():
-        a = np.moveaxis(np.asarray(c[p], np.float64), s.axis, 0).reshape(s.K, -1)
-        z = np.moveaxis(np.asarray(b[p], np.float64), s.axis, 0).reshape(s.K, -1)
-        fin = np.isfinite(z)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
+            a = np.moveaxis(np.asarray(c[p], np.float64), s.axis, 0).reshape(s.K, -1)
+            z = np.moveaxis(np.asarray(b[p], np.float64), s.axis, 0).reshape(s.K, -1)
+            fin = np.isfinite(z)
             k = (fin & (np.abs(z - a) > atol)).sum(0)
         if np.any(2 * k >= s.K - (~fin).sum(0) - s.n + 1):
             return False
@@ -80,8 +80,9 @@ def _weight_err(tree, clean, cb: Codebook) -> float:
     t, c = dict(leaves_with_paths(tree)[0]), dict(leaves_with_paths(clean)[0])
     num = den = 0.0
     for p in cb.specs:
-        d = np.asarray(t[p], np.float64) - np.asarray(c[p], np.float64)
-        num += float(np.sum(np.where(np.isfinite(d), d, np.inf) ** 2)) if np.isfinite(d).all() else np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.asarray(t[p], np.float64) - np.asarray(c[p], np.float64)
+            num += float(np.sum(d**2)) if np.isfinite(d).all() else np.inf
         den += float(np.sum(np.asarray(c[p], np.float64) ** 2))
     return math.sqrt(num / den) if np.isfinite(num) else float("inf")
 
