@@ -2,8 +2,9 @@
 
 Each encoded leaf W (K entries along its axis) is cut into columns y ∈ R^K; every column is
 recovered by x̂ = argmin ‖y − A x‖₁ with the leaf's A, and the purified leaf is A x̂.  Leaves with
-equal (K, n) are stacked into one batched :func:`recover` call (their columns padded with zeros,
-which recover exactly), so a whole network costs a few solver calls.
+equal (K, n) form a group: their columns are cut into equal blocks, stacked with their matrices
+and solved by batched :func:`recover` calls of one fixed shape (padding columns are zeros, which
+recover exactly), so a whole network compiles once per group and its memory stays bounded.
 """
 
 from __future__ import annotations
@@ -87,14 +88,17 @@ def _uncolumns(cols, spec: LeafSpec):
     return jnp.moveaxis(cols.reshape(moved), 0, spec.axis)
 
 
-def purify(params: Any, codebook: Codebook, *, throw: bool = False, **options) -> tuple[Any, Report]:
+def purify(
+    params: Any, codebook: Codebook, *, throw: bool = False, max_entries: int = 1 << 21, **options
+) -> tuple[Any, Report]:
     """Purify a contaminated parameter tree.
 
     Returns ``(purified, report)``: ``purified`` has the structure, shapes and dtypes of
     ``params``, with every encoded leaf replaced by ``A x̂`` and every other leaf unchanged.
     ``report.ok`` is True only if every column is certified (see :func:`recover`).  Columns that
     are not certified still get their l1 estimate, but the report says so; ``throw=True`` raises
-    ``RuntimeError`` instead.  ``options`` go to :func:`recover`.
+    ``RuntimeError`` instead.  ``max_entries`` bounds the entries (K × columns) per solver call,
+    and so the working memory.  ``options`` go to :func:`recover`.
 
     Raises ``ValueError`` naming the leaf if ``params`` does not match the codebook; the check runs
     before any work, and the input is never modified.
@@ -118,33 +122,54 @@ def purify(params: Any, codebook: Codebook, *, throw: bool = False, **options) -
     purified: dict[str, jax.Array] = {}
     reports: dict[str, LeafReport] = {}
     for gi, ((K, n), specs) in enumerate(sorted(groups.items())):
-        cols = [_columns(by_path[s.path], s) for s in specs]
-        dtype = jnp.promote_types(jnp.result_type(*cols), jnp.float32)
-        m = max(c.shape[1] for c in cols)
-        Y = jnp.stack([jnp.pad(c.astype(dtype), ((0, 0), (0, m - c.shape[1]))) for c in cols])
-        A = jnp.stack([codebook.matrix(s.path, dtype) for s in specs])
+        cols = {s.path: _columns(by_path[s.path], s) for s in specs}
+        dtype = jnp.promote_types(jnp.result_type(*cols.values()), jnp.float32)
+        # Columns are cut into blocks of equal width and the blocks, each with its leaf's A, are
+        # stacked into calls of a fixed shape: one compilation per group, and memory bounded by
+        # max_entries entries per working array whatever the model size.
+        per_call = max(1, max_entries // K)
+        widest = max(c.shape[1] for c in cols.values())
+        block = min(1 << (widest - 1).bit_length(), per_call)
+        per_batch = max(1, per_call // block)
+        blocks = [(s.path, j) for s in specs for j in range(0, cols[s.path].shape[1], block)]
+        mats = {s.path: codebook.matrix(s.path, dtype) for s in specs}
+        fitted = {s.path: [] for s in specs}
+        res_parts = {s.path: [] for s in specs}
         t0 = time.perf_counter()
-        out = recover(A, Y, **options)
-        fitted = jnp.matmul(A, out.x, precision=jax.lax.Precision.HIGHEST)
-        jax.block_until_ready(fitted)
+        for i in range(0, len(blocks), per_batch):
+            chunk = blocks[i : i + per_batch]
+            Ys, As = [], []
+            for path, j in chunk:
+                y = cols[path][:, j : j + block].astype(dtype)
+                Ys.append(jnp.pad(y, ((0, 0), (0, block - y.shape[1]))))
+                As.append(mats[path])
+            pad = per_batch - len(chunk)  # keep the call shape fixed: zero blocks solve at once
+            A = jnp.stack(As + [As[0]] * pad)
+            Y = jnp.stack(Ys + [jnp.zeros_like(Ys[0])] * pad)
+            out = recover(A, Y, **options)
+            AX = jnp.matmul(A, out.x, precision=jax.lax.Precision.HIGHEST)
+            res, outl, cert = (np.asarray(v) for v in (out.residual, out.outliers, out.certified))
+            for b, (path, j) in enumerate(chunk):
+                w = min(block, cols[path].shape[1] - j)
+                fitted[path].append(AX[b, :, :w])
+                res_parts[path].append((res[b, :, :w], outl[b, :, :w], cert[b, :w]))
+        jax.block_until_ready([f for v in fitted.values() for f in v])
         dt = time.perf_counter() - t0
-        res = np.asarray(out.residual)
-        outl = np.asarray(out.outliers)
-        cert = np.asarray(out.certified)
-        for i, s in enumerate(specs):
-            mc = cols[i].shape[1]
-            inl = ~outl[i, :, :mc]
-            r = np.abs(np.where(inl, res[i, :, :mc], 0.0))
-            purified[s.path] = _uncolumns(fitted[i, :, :mc], s).astype(s.dtype)
+        for s in specs:
+            r = np.concatenate([p[0] for p in res_parts[s.path]], axis=1)
+            o = np.concatenate([p[1] for p in res_parts[s.path]], axis=1)
+            c = np.concatenate([p[2] for p in res_parts[s.path]])
+            inl_r = np.abs(np.where(o, 0.0, r))
+            purified[s.path] = _uncolumns(jnp.concatenate(fitted[s.path], axis=1), s).astype(s.dtype)
             reports[s.path] = LeafReport(
                 path=s.path,
                 K=K,
                 n=n,
-                columns=mc,
-                certified=int(cert[i, :mc].sum()),
-                flagged=int(outl[i, :, :mc].sum()),
-                erasures=int((~np.isfinite(np.asarray(cols[i]))).sum()),
-                max_inlier_residual=float(r.max()) if r.size else 0.0,
+                columns=s.columns,
+                certified=int(c.sum()),
+                flagged=int(o.sum()),
+                erasures=int((~np.isfinite(np.asarray(cols[s.path]))).sum()),
+                max_inlier_residual=float(inl_r.max()) if inl_r.size else 0.0,
                 group=gi,
                 seconds=dt,
             )
