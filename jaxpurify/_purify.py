@@ -130,8 +130,8 @@ def purify(
         per_call = max(1, max_entries // K)
         widest = max(c.shape[1] for c in cols.values())
         block = min(1 << (widest - 1).bit_length(), per_call)
-        per_batch = max(1, per_call // block)
         blocks = [(s.path, j) for s in specs for j in range(0, cols[s.path].shape[1], block)]
+        per_batch = max(1, min(per_call // block, len(blocks)))
         mats = {s.path: codebook.matrix(s.path, dtype) for s in specs}
         fitted = {s.path: [] for s in specs}
         res_parts = {s.path: [] for s in specs}
