@@ -18,18 +18,9 @@ import time
 
 import jax
 import numpy as np
-from scipy.optimize import linprog
 
 import jaxpurify as jp
-
-
-def lad_highs(A, y):
-    K, n = A.shape
-    c = np.concatenate([np.zeros(n), np.ones(K)])
-    I = np.eye(K)
-    res = linprog(c, A_ub=np.block([[-A, -I], [A, -I]]), b_ub=np.concatenate([-y, y]),
-                  bounds=[(None, None)] * n + [(0, None)] * K, method="highs")
-    return res.x[:n]
+from jaxpurify.experiments._common import lad_highs
 
 
 def problem(K, n, m, rho, seed=0):

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
-from benchmarks.core import lad_highs, problem, rel_err
+from benchmarks.core import problem, rel_err
+from jaxpurify.experiments._common import lad_highs
 
 HERE = os.path.dirname(__file__)
 
