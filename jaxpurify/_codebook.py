@@ -197,6 +197,23 @@ class Codebook:
 
         return self._apply(params, False, enc)
 
+    def init_latent(self, params: Any) -> Any:
+        """A latent to start training from, given freshly initialized ``params``.
+
+        The projection ``encode(params)`` keeps only n/K of the initializer's variance (a random
+        W has most of its energy outside range(A)), which makes the encoded network start too
+        small and train slower.  This scales the projection by √(K/n), so ``decode`` of the result
+        has the variance the initializer chose.
+        """
+
+        def init(spec: LeafSpec, w):
+            w = jnp.asarray(w)
+            dt = jnp.promote_types(w.dtype, jnp.float32)
+            t = _along(w.astype(dt), self._pinv(spec.path, dt), spec.axis)
+            return (t * math.sqrt(spec.K / spec.n)).astype(w.dtype)
+
+        return self._apply(params, False, init)
+
     def decode(self, latent: Any) -> Any:
         """W = A Θ for every encoded leaf; structure, shapes and dtypes as the model's params."""
 

@@ -35,7 +35,8 @@ def train(
 ) -> Any:
     """Minimize ``loss_fn(apply_fn(decode(latent), x), y)`` over the latent with minibatch optax.
 
-    ``apply_fn(params, x)`` is e.g. ``lambda p, x: model.apply({"params": p}, x)``.  With
+    ``apply_fn(params, x)`` is e.g. ``lambda p, x: model.apply({"params": p}, x)``; start from
+    ``codebook.init_latent(model.init(...)["params"])``.  With
     ``codebook=None`` the parameters are trained directly (the unencoded baseline).
     Returns the trained latent (or parameters).
     """

@@ -141,3 +141,15 @@ def test_load_rejects_bad_files(tmp_path):
                              "leaves": [{"path": "a", "shape": [4, 8], "dtype": "float32", "axis": 1, "K": 8, "n": 9}]}))
     with pytest.raises(ValueError, match="'a'"):
         jp.Codebook.load(p)
+
+
+def test_init_latent_keeps_the_initializer_variance(params):
+    cb = jp.Codebook.create(params, jax.random.key(3))
+    # a random W of the initializer's scale: projection keeps ~n/K of its energy, init_latent all
+    W = jax.random.normal(jax.random.key(4), (3, 3, 16, 32))
+    p = dict(params, conv1=dict(params["conv1"], kernel=W))
+    proj = cb.decode(cb.encode(p))["conv1"]["kernel"]
+    init = cb.decode(cb.init_latent(p))["conv1"]["kernel"]
+    s = cb.specs["conv1/kernel"]
+    assert abs(float(jnp.var(proj)) / float(jnp.var(W)) - s.n / s.K) < 0.05
+    assert abs(float(jnp.var(init)) / float(jnp.var(W)) - 1.0) < 0.15

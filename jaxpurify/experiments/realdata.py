@@ -101,7 +101,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=4.0, select=select)
 
     t0 = time.perf_counter()
-    latent = train(apply, cb.encode(params0), cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps)
+    latent = train(apply, cb.init_latent(params0), cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps)
     clean = cb.decode(latent)
     t_enc = time.perf_counter() - t0
     plain = train(apply, params0, None, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps)
