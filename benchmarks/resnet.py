@@ -19,7 +19,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jaxpurify as jp
 from jaxpurify import contamination as C

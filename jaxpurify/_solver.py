@@ -6,14 +6,14 @@ For every column y of ``Y`` we solve
 
 and then certify the answer.  The method has three pure pieces, in the manner of optimistix:
 
-1. **ADMM** (``_admm``) on the splitting ``z = y − Q c`` with ``A = Q R`` (thin QR, computed once
+1. **ADMM** (``_admm.py``) on the splitting ``z = y − Q c`` with ``A = Q R`` (thin QR, computed once
    per ``A`` and shared by every column).  Because ``Q`` is orthonormal the c-update is the exact
    projection ``c = Qᵀ(y − z − u)``: it does not depend on the penalty ρ.  So ρ can be adapted per
    column (residual balancing) at no cost, with no refactorization, and every iteration is two
    matrix–matrix products ``Qᵀ V`` and ``Q C`` over all columns at once.  We prefer this to a
    primal–dual method because its only linear algebra is that projection, it is invariant to the
    scale of ``A`` (``R`` absorbs it) and, with the per-column adaptive ρ, to the scale of ``y``.
-2. **Polish** (``_polish``): ADMM only has to find the outliers.  The answer is then refit by least
+2. **Polish** (``_polish.py``): ADMM only has to find the outliers.  The answer is then refit by least
    squares on the inlier rows, ``x = argmin ‖D (y − A x)‖₂`` with ``D`` the inlier mask, and the mask
    is re-read from the residual until it no longer changes.  Inside the l1 threshold this makes
    ``x`` exact to float precision, not the ~1e-3 at which ADMM itself would stop.
@@ -38,11 +38,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-HIGHEST = lax.Precision.HIGHEST
-CHECK_EVERY = 10  # ADMM iterations between residual checks (and penalty updates)
+from jaxpurify._admm import _mm, admm
+from jaxpurify._polish import far_above_median, polish, tolerance
+
 
 
 class Recovery(NamedTuple):
@@ -99,217 +99,6 @@ def default_rtol(dtype) -> float:
     return 64.0 * eps
 
 
-class _AdmmState(NamedTuple):
-    z: jax.Array  # (K, m) sparse residual estimate
-    u: jax.Array  # (K, m) scaled dual, λ = ρ u
-    rho: jax.Array  # (m,) per-column penalty
-    it: jax.Array  # () iteration counter
-    iters: jax.Array  # (m,) iteration at which the column first met the stopping test
-    done: jax.Array  # (m,)
-
-
-def _mm(a, b):
-    return jnp.matmul(a, b, precision=HIGHEST)
-
-
-def _soft(v, t):
-    return jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0.0)
-
-
-def _norm(v):
-    """Column 2-norms, scaled so that squares of values near the float maximum cannot overflow."""
-    big = jnp.max(jnp.abs(v), axis=0)
-    safe = jnp.where(big > 0, big, 1.0)
-    return big * jnp.sqrt(jnp.sum(jnp.square(v / safe), axis=0))
-
-
-def _admm(Q, y, usable, active, opts: Options, tols: Tolerances):
-    """ADMM for min ‖y − Q c‖₁ over the usable rows of the active columns.
-
-    Returns (c, z, iters, done).  Unusable rows are zeroed and left free (no l1 cost), so a huge
-    value there cannot cost accuracy through cancellation.
-    """
-    K, n = Q.shape
-    finite = usable
-    y = jnp.where(usable, y, 0.0)
-    dtype = y.dtype
-    tiny = jnp.finfo(dtype).tiny
-    alpha = tols.relax.astype(dtype)
-    fin = finite.astype(dtype)
-
-    c0 = _mm(Q.T, y)
-    r0 = (y - _mm(Q, c0)) * fin
-    # Start the threshold at the mean least-squares residual: the scale of the column's errors.
-    scale0 = jnp.sum(jnp.abs(r0), axis=0) / jnp.maximum(jnp.sum(fin, axis=0), 1.0)
-    rho0 = 1.0 / jnp.maximum(scale0, tiny)
-    z0 = jnp.where(finite, _soft(r0, 1.0 / rho0), r0)
-    m = y.shape[1]
-    state = _AdmmState(
-        z=z0,
-        u=jnp.zeros_like(y),
-        rho=rho0,
-        it=jnp.asarray(0, jnp.int32),
-        iters=jnp.zeros((m,), jnp.int32),
-        done=~active,
-    )
-
-    eps = tols.tol.astype(dtype)
-
-    def update(z, u, rho):
-        c = _mm(Q.T, y - z - u)
-        w = _mm(Q, c)
-        w_hat = alpha * w + (1 - alpha) * (y - z)
-        v = y - w_hat - u
-        z_new = jnp.where(finite, _soft(v, 1.0 / rho), v)  # unusable rows carry no l1 cost
-        return w, z_new, u + w_hat + z_new - y
-
-    def step(s: _AdmmState) -> _AdmmState:
-        # CHECK_EVERY − 1 plain updates, then one that also measures the residuals: the norms and
-        # the third product for the dual residual would otherwise cost as much as the update.
-        def plain(_, zu):
-            _, z, u = update(zu[0], zu[1], s.rho)
-            return z, u
-
-        z_prev, u = lax.fori_loop(0, CHECK_EVERY - 1, plain, (s.z, s.u))
-        w, z, u = update(z_prev, u, s.rho)
-        r = (w + z - y) * fin
-        sd = s.rho * _mm(Q.T, z - z_prev)
-        prim_scale = jnp.maximum(jnp.maximum(_norm(w * fin), _norm(z * fin)), _norm(y * fin))
-        dual_scale = _norm(s.rho * u * fin)  # |λ| = |ρ u| ≤ 1 at the optimum
-        rn, sn = _norm(r), _norm(sd)
-        ok = (rn <= eps * prim_scale) & (sn <= eps * jnp.maximum(dual_scale, 1.0))
-        it = s.it + CHECK_EVERY
-        iters = jnp.where(s.done, s.iters, it)
-        done = s.done | ok
-
-        # Residual balancing: move ρ towards equal relative primal and dual residuals.
-        ratio = (rn / jnp.maximum(prim_scale, tiny)) / jnp.maximum(sn / jnp.maximum(dual_scale, tiny), tiny)
-        ratio = jnp.where(rn > 0, ratio, 1.0)
-        adapt = ((ratio > 5.0) | (ratio < 0.2)) & ~done
-        factor = jnp.where(adapt, jnp.clip(jnp.sqrt(ratio), 1e-2, 1e2), 1.0).astype(dtype)
-        return _AdmmState(z=z, u=u / factor, rho=s.rho * factor, it=it, iters=iters, done=done)
-
-    def cond(s: _AdmmState):
-        return (s.it < opts.max_iter) & ~jnp.all(s.done)
-
-    s = lax.while_loop(cond, step, state)
-    c = _mm(Q.T, y - s.z - s.u)
-    return c, s.z, s.iters, s.done
-
-
-def _tolerance(y, inlier, rtol, atol):
-    big = jnp.max(jnp.where(inlier, jnp.abs(y), 0.0), axis=0)
-    return rtol * big + atol
-
-
-def _mean_abs(a, mask):
-    cnt = jnp.maximum(jnp.sum(mask, axis=0), 1)
-    return jnp.sum(jnp.where(mask, a, 0.0), axis=0) / cnt
-
-
-def _fit(Q, y, inlier, c0, max_cg):
-    """Least squares on the inlier rows of each column, in the Q basis: c = argmin ‖D(y − Q c)‖₂.
-
-    Conjugate gradients on the normal equations G c = Qᵀ D y with G = Qᵀ D Q = I − Q_Oᵀ Q_O, an
-    identity perturbed by the k outlier rows, so CG converges in about as many steps as it takes
-    to resolve those k directions.  Each step is the same two products over all columns that an
-    ADMM iteration costs; nothing is factorized per column and memory stays O(K·m).  Warm-started
-    from ``c0``; every call restarts from the true residual, so successive polish rounds act as
-    iterative refinement.
-    """
-    dtype = y.dtype
-    d = inlier.astype(dtype)
-    b = _mm(Q.T, d * y)
-    bb = jnp.sum(b * b, axis=0)
-    c = jnp.where(bb > 0, c0, 0.0)  # an all-zero inlier set has the exact answer 0
-    G = lambda p: _mm(Q.T, d * _mm(Q, p))
-    r = b - G(c)
-    rs = jnp.sum(r * r, axis=0)
-    stop = (jnp.finfo(dtype).eps ** 2) * bb
-
-    def cond(st):
-        _, _, _, rs, k = st
-        return (k < max_cg) & jnp.any(rs > stop)
-
-    def body(st):
-        c, r, p, rs, k = st
-        Gp = G(p)
-        pGp = jnp.sum(p * Gp, axis=0)
-        live = (rs > stop) & (pGp > 0)
-        alpha = jnp.where(live, rs / jnp.where(live, pGp, 1.0), 0.0)
-        c = c + alpha * p
-        r = r - alpha * Gp
-        rs_new = jnp.sum(r * r, axis=0)
-        beta = jnp.where(live, rs_new / jnp.where(live, rs, 1.0), 0.0)
-        return c, r, r + beta * p, jnp.where(live, rs_new, 0.0), k + 1
-
-    c, *_ = lax.while_loop(cond, body, (c, r, r, rs, jnp.asarray(0, jnp.int32)))
-    return jnp.where(jnp.isfinite(c), c, 0.0)
-
-
-def _polish(A, Q, R, y, finite, outl0, c0, rtol, atol, rounds, max_cg):
-    """Refit on the inliers and re-read the outlier mask until it is stable; columns are (K, b).
-
-    A row is read as an outlier when its residual exceeds both the exactness tolerance and ten
-    times the mean inlier residual.  The second bound keeps one missed outlier, which spreads its
-    error over every residual of the fit, from getting every row flagged at once.
-    Returns (x, r, outliers, ok) with ok: mask stable and the fit exact on the inliers.
-    """
-
-    def body(carry):
-        c, _, _, outl, _, k = carry
-        c = _fit(Q, y, ~outl, c, max_cg)
-        x = jax.scipy.linalg.solve_triangular(R, c, lower=False)
-        r = y - _mm(A, x)
-        a = jnp.abs(r)
-        tol = _tolerance(y, ~outl, rtol, atol)
-        new = ~finite | (a > jnp.maximum(tol, 10.0 * _mean_abs(a, ~outl)))
-        return c, x, r, new, jnp.any(new != outl, axis=0), k + 1
-
-    def cond(carry):
-        return jnp.any(carry[4]) & (carry[5] < rounds)
-
-    b = y.shape[1]
-    carry = (c0, jnp.zeros_like(c0), y, outl0, jnp.ones((b,), bool), jnp.asarray(0, jnp.int32))
-    _, x, r, outl, changed, _ = lax.while_loop(cond, body, carry)
-    tol = _tolerance(y, ~outl, rtol, atol)
-    exact = jnp.all(outl | (jnp.abs(r) <= tol), axis=0)
-    return x, r, outl, ~changed & exact
-
-
-def _median_bound(a, usable):
-    """Per column, a power of two t with median(a) ≤ t < 2·median(a) over the usable rows.
-
-    Bisection on the binary exponent: a dozen compare-and-count passes instead of a sort, and a
-    factor-of-two answer is all the thresholds below need.  0 when the median is 0.
-    """
-    dtype = a.dtype
-    fi = jnp.finfo(dtype)
-    lo_e, hi_e = int(np.floor(np.log2(fi.tiny))) - int(fi.nmant) - 1, int(fi.maxexp)
-    half = (jnp.sum(usable, axis=0) + 1) // 2
-    a = jnp.where(usable, a, jnp.inf)
-    m = a.shape[1]
-    lo = jnp.full((m,), lo_e, jnp.int32)  # count(a ≤ 2^lo) < half
-    hi = jnp.full((m,), hi_e, jnp.int32)  # count(a ≤ 2^hi) ≥ half
-
-    def body(_, lh):
-        lo, hi = lh
-        mid = (lo + hi) // 2
-        enough = jnp.sum(a <= jnp.ldexp(jnp.ones((), dtype), mid), axis=0) >= half
-        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
-
-    steps = int(np.ceil(np.log2(hi_e - lo_e + 1)))
-    lo, hi = lax.fori_loop(0, steps, body, (lo, hi))
-    zero = jnp.sum(a <= 0, axis=0) >= half
-    return jnp.where(zero, 0.0, jnp.ldexp(jnp.ones((), dtype), hi))
-
-
-def _far_above_median(r, usable, factor):
-    """Rows whose |r| exceeds `factor` times (a power-of-two bound of) the column's median |r|."""
-    a = jnp.abs(r)
-    return ~usable | (a > factor * _median_bound(a, usable))
-
-
 class _Pass(NamedTuple):
     x: jax.Array
     r: jax.Array
@@ -343,11 +132,11 @@ def _recover_single(A, Y, opts: Options, tols: Tolerances):
         return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
 
     def one_pass(ignore, active):
-        c, _, iters, done = _admm(Q, y, ~ignore, active, opts, tols)
+        c, _, iters, done = admm(Q, y, ~ignore, active, opts.max_iter, tols.tol, tols.relax)
         r_admm = y - _mm(Q, c)
-        outl0 = _far_above_median(r_admm, ~ignore, 10.0)
+        outl0 = far_above_median(r_admm, ~ignore, 10.0)
         # every finite row is judged again on its residual in the polish, ignored ones included
-        x, r, outl, ok = _polish(A, Q, R, y, finite, outl0, c, tols.rtol.astype(dtype), tols.atol.astype(dtype),
+        x, r, outl, ok = polish(A, Q, R, y, finite, outl0, c, tols.rtol.astype(dtype), tols.atol.astype(dtype),
                                  opts.polish_rounds, opts.max_cg)
         # the l1 estimate reported for columns that no pass certifies: the better of the two
         x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
@@ -364,7 +153,7 @@ def _recover_single(A, Y, opts: Options, tols: Tolerances):
         r=y,
         outl=~finite,
         ok=jnp.zeros((m,), bool),
-        ignore=_far_above_median(y, finite, 1e4),
+        ignore=far_above_median(y, finite, 1e4),
         iters=jnp.zeros((m,), jnp.int32),
         done=jnp.zeros((m,), bool),
         x_est=jnp.zeros((n, m), dtype),
@@ -397,7 +186,7 @@ def _recover_single(A, Y, opts: Options, tols: Tolerances):
     s = lax.while_loop(cond, body, state)
     x = jnp.where(s.ok, s.x, s.x_est)
     residual = Y - _mm(A, x)
-    tol = _tolerance(y, ~s.outl, tols.rtol.astype(dtype), tols.atol.astype(dtype))
+    tol = tolerance(y, ~s.outl, tols.rtol.astype(dtype), tols.atol.astype(dtype))
     outl = jnp.where(s.ok, s.outl, ~finite | (jnp.abs(residual) > tol))
     usable = jnp.sum(finite, axis=0)
     k_hat = jnp.sum(outl & finite, axis=0)
