@@ -25,10 +25,10 @@ from jaxpurify.train import accuracy, train
 
 def _columns_stats(W, Wc, spec, atol):
     """Per column: corrupted finite entries (|ΔW| > atol) and erasures."""
-    a = np.moveaxis(np.asarray(W, np.float64), spec.axis, 0).reshape(spec.K, -1)
-    b = np.moveaxis(np.asarray(Wc, np.float64), spec.axis, 0).reshape(spec.K, -1)
-    fin = np.isfinite(b)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf entries are the point here
+        a = np.moveaxis(np.asarray(W, np.float64), spec.axis, 0).reshape(spec.K, -1)
+        b = np.moveaxis(np.asarray(Wc, np.float64), spec.axis, 0).reshape(spec.K, -1)
+        fin = np.isfinite(b)
         bad = fin & (np.abs(b - a) > atol)
     return bad.sum(0), (~fin).sum(0)
 
@@ -36,8 +36,8 @@ def _columns_stats(W, Wc, spec, atol):
 def _rel_err(tree, ref, paths):
     errs = []
     for p in paths:
-        a, b = np.asarray(tree[p], np.float64), np.asarray(ref[p], np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
+            a, b = np.asarray(tree[p], np.float64), np.asarray(ref[p], np.float64)
             d = np.abs(a - b)
         d = np.where(np.isfinite(d), d, np.inf)
         errs.append(d.max() / max(np.abs(b).max(), 1e-30))
