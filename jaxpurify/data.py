@@ -3,6 +3,9 @@
 * :func:`digits` — the 8×8 handwritten digits bundled with scikit-learn (1,797 images).
 * :func:`mnist` — MNIST from the standard IDX files (``*-images-idx3-ubyte[.gz]``,
   ``*-labels-idx1-ubyte[.gz]``) in a directory the user gives.
+* :func:`cifar10` — CIFAR-10 from the binary version (``cifar-10-batches-bin/*.bin``); the
+  pickled Python version is never read.
+* :func:`from_tfds` — MNIST or CIFAR-10 already prepared by tensorflow-datasets (``download=False``).
 
 Images are float32 in [0, 1] with shape (N, H, W, C); labels int32.  Nothing is downloaded.
 """
@@ -128,10 +131,41 @@ def cifar10(data_dir: str) -> Dataset:
                    Split(tx, ty), "cifar10")
 
 
-def load(name: str, data_dir: str | None = None, seed: int = 0) -> Dataset:
-    """'digits' (embedded), 'mnist' or 'cifar10' (from data_dir)."""
+def from_tfds(name: str, data_dir: str | None = None) -> Dataset:
+    """``name`` ('mnist' or 'cifar10') from a tensorflow-datasets directory that is already prepared.
+
+    Uses ``tfds.load(..., download=False)``, so nothing is fetched: prepare the data beforehand
+    (``tfds build mnist``) or point ``data_dir`` at a prepared copy.
+    """
+    if name not in ("mnist", "cifar10"):
+        raise ValueError(f"dataset {name!r}: tensorflow-datasets loading supports mnist and cifar10")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ValueError("--source tfds needs tensorflow-datasets (pip install tensorflow-datasets tensorflow)") from None
+    try:
+        parts = tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True,
+                          download=False, data_dir=data_dir)
+    except Exception as e:  # tfds raises its own assertion/NotFound types
+        raise FileNotFoundError(f"tensorflow-datasets has no prepared {name!r} in "
+                                f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}: {e})") from None
+    splits = []
+    for x, y in tfds.as_numpy(parts):
+        x = np.asarray(x)
+        if x.ndim != 4 or x.dtype != np.uint8:
+            raise ValueError(f"tensorflow-datasets {name!r}: expected uint8 images (N, H, W, C), got {x.dtype} {x.shape}")
+        splits.append(Split(x.astype(np.float32) / 255.0, np.asarray(y, np.int32)))
+    return Dataset(splits[0], splits[1], name)
+
+
+def load(name: str, data_dir: str | None = None, seed: int = 0, source: str = "files") -> Dataset:
+    """'digits' (embedded), 'mnist' or 'cifar10' (from files in data_dir, or ``source='tfds'``)."""
     if name == "digits":
         return digits(seed=seed)
+    if source == "tfds":
+        return from_tfds(name, data_dir)
+    if source != "files":
+        raise ValueError(f"unknown source {source!r}; choose files or tfds")
     if data_dir is None:
         raise ValueError(f"dataset {name!r} needs --data-dir (nothing is downloaded)")
     if name == "mnist":

@@ -48,6 +48,67 @@ def test_mnist_errors_name_the_file(tmp_path):
         data.mnist(str(tmp_path))
 
 
+def _write_cifar(path, imgs, labels):
+    # the documented record: label byte, then the red, green and blue planes, each 32×32 row major
+    with open(path, "wb") as f:
+        for im, lab in zip(imgs, labels):
+            f.write(bytes([int(lab)]))
+            for c in range(3):
+                f.write(bytes(int(v) for v in im[:, :, c].ravel()))
+
+
+def test_cifar10_binary_reader(tmp_path):
+    rng = np.random.default_rng(1)
+    d = tmp_path / "cifar-10-batches-bin"
+    d.mkdir()
+    expect = {}
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        imgs, labels = rng.integers(0, 256, (3, 32, 32, 3)), rng.integers(0, 10, 3)
+        _write_cifar(d / name, imgs, labels)
+        expect[name] = (imgs, labels)
+    ds = data.cifar10(str(tmp_path))  # the parent folder is accepted too
+    assert ds.train.x.shape == (15, 32, 32, 3) and ds.test.x.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(np.round(ds.test.x * 255), expect["test_batch.bin"][0])
+    np.testing.assert_array_equal(ds.test.y, expect["test_batch.bin"][1])
+    np.testing.assert_array_equal(np.round(ds.train.x[3:6] * 255), expect["data_batch_2.bin"][0])
+
+
+def test_cifar10_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_batch_1.bin"):
+        data.cifar10(str(tmp_path))
+    for i in range(1, 6):
+        (tmp_path / f"data_batch_{i}.bin").write_bytes(b"\0" * 3073)
+    (tmp_path / "test_batch.bin").write_bytes(b"\0" * 3000)
+    with pytest.raises(ValueError, match="test_batch.bin"):
+        data.cifar10(str(tmp_path))
+
+
+def test_tfds_source_reads_prepared_data_without_download(monkeypatch):
+    import sys
+    import types
+
+    calls = {}
+    imgs = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
+
+    def load(name, **kw):
+        calls.update(kw, name=name)
+        if name == "cifar10":
+            raise AssertionError("Dataset cifar10 not found in data_dir")
+        return [(imgs, np.array([3, 4])), (imgs[:1], np.array([5]))]
+
+    fake = types.SimpleNamespace(load=load, as_numpy=lambda t: t)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    ds = data.load("mnist", "/prepared", source="tfds")
+    assert calls["download"] is False and calls["data_dir"] == "/prepared" and calls["as_supervised"]
+    assert ds.train.x.dtype == np.float32 and ds.train.x.max() == 1.0 * imgs.max() / 255
+    np.testing.assert_array_equal(ds.test.y, [5])
+    with pytest.raises(FileNotFoundError, match="no prepared 'cifar10'"):
+        data.load("cifar10", "/prepared", source="tfds")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # not installed
+    with pytest.raises(ValueError, match="tensorflow-datasets"):
+        data.load("mnist", None, source="tfds")
+
+
 def test_training_through_decode_learns():
     ds = data.digits()
     model = models.OneHiddenCNN(filters=32, patch=4)
