@@ -1,4 +1,4 @@
-"""Command line: ``jaxpurify demo`` and ``jaxpurify reproduce …``."""
+"""Command line: ``jaxpurify demo``, ``jaxpurify reproduce …`` and ``jaxpurify bench``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _reproduce(args, parser) -> int:
         print(f"wrote {args.out}/noise.csv, noise.png")
         return 0
     res = realdata.run(args.experiment, args.out, arch=args.arch, quick=args.quick, data_dir=args.data_dir,
-                       seed=args.seed, steps=args.steps)
+                       seed=args.seed, steps=args.steps, lr=args.lr, redundancy=args.redundancy, source=args.source)
     print(f"{res['dataset']} / {res['arch']}: clean accuracy {res['acc_clean_encoded']:.4f} (encoded), "
           f"{res['acc_unencoded']:.4f} (same architecture, not encoded)")
     for r in res["scenarios"]:
@@ -51,8 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
     r.add_argument("--data-dir", help="directory with MNIST IDX or CIFAR-10 binary files")
     r.add_argument("--steps", type=int, help="training steps (default 1500, quick 300)")
+    r.add_argument("--source", choices=["files", "tfds"], default="files",
+                   help="read MNIST/CIFAR-10 from standard files in --data-dir, or from a prepared tensorflow-datasets dir")
+    r.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate for both models (default 1e-2)")
+    r.add_argument("--redundancy", type=float, default=4.0, help="K/n of the codebook (default 4)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-lp", action="store_true", help="synthetic: skip the HiGHS reference")
+    sub.add_parser("bench", help="the benchmark suite (pip install -e '.[bench]' for the peers); --help for options",
+                   add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from jaxpurify.bench.suite import main as bench
+
+        return bench(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         from jaxpurify import demo

@@ -20,6 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxpurify import contamination as C
 from jaxpurify import data, models
@@ -88,9 +89,12 @@ def _weight_err(tree, clean, cb: Codebook) -> float:
 
 
 def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
-        seed: int = 0, steps: int | None = None, progress: bool = True) -> dict:
+        seed: int = 0, steps: int | None = None, progress: bool = True, lr: float = 1e-2,
+        redundancy: float = 4.0, source: str = "files") -> dict:
+    if not (lr > 0 and redundancy > 1):
+        raise ValueError(f"lr must be > 0 and redundancy > 1 (got lr={lr}, redundancy={redundancy})")
     os.makedirs(out, exist_ok=True)
-    ds = data.load(dataset, data_dir, seed=seed)
+    ds = data.load(dataset, data_dir, seed=seed, source=source)
     if quick:
         ds = data.Dataset(data.Split(ds.train.x[:2000], ds.train.y[:2000]), data.Split(ds.test.x[:1000], ds.test.y[:1000]), ds.name)
     steps = steps if steps is not None else (300 if quick else 1500)
@@ -98,13 +102,17 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     model, select = build(arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
-    cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=4.0, select=select)
+    cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=redundancy, select=select)
 
+    # both models get the same optimizer, steps and minibatch order
+    opt = lambda: optax.adam(lr)
     t0 = time.perf_counter()
-    latent = train(apply, cb.init_latent(params0), cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps)
+    latent = train(apply, cb.init_latent(params0), cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
+                   optimizer=opt())
     clean = cb.decode(latent)
     t_enc = time.perf_counter() - t0
-    plain = train(apply, params0, None, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps)
+    plain = train(apply, params0, None, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
+                  optimizer=opt())
     acc = lambda p: accuracy(apply, p, ds.test.x, ds.test.y)
     acc_clean, acc_plain = acc(clean), acc(plain)
 
@@ -132,7 +140,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
         })
         bar.update(note=f"{kind} {level:g}")
     res = {
-        "dataset": ds.name, "arch": arch, "quick": quick, "steps": steps,
+        "dataset": ds.name, "arch": arch, "quick": quick, "steps": steps, "lr": lr, "redundancy": redundancy,
         "train_examples": len(ds.train.x), "test_examples": len(ds.test.x),
         "acc_clean_encoded": acc_clean, "acc_unencoded": acc_plain, "train_seconds_encoded": t_enc,
         "encoded_leaves": {p: {"K": s.K, "n": s.n, "columns": s.columns} for p, s in cb.specs.items()},
