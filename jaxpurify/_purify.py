@@ -78,14 +78,23 @@ class Report:
         return _table(head, rows) + f"\n{status}; {self.seconds:.3f} s"
 
 
-def _columns(leaf, spec: LeafSpec):
-    """(K, m) view of a leaf: its encoded axis first, every other index a column."""
-    return jnp.moveaxis(jnp.asarray(leaf), spec.axis, 0).reshape(spec.K, -1)
+def _rows(leaf, spec: LeafSpec):
+    """(m, K) view of a leaf: one row per column y ∈ R^K (free when the encoded axis is last)."""
+    return jnp.moveaxis(jnp.asarray(leaf), spec.axis, -1).reshape(-1, spec.K)
 
 
-def _uncolumns(cols, spec: LeafSpec):
-    moved = [spec.shape[spec.axis]] + [d for i, d in enumerate(spec.shape) if i != spec.axis]
-    return jnp.moveaxis(cols.reshape(moved), 0, spec.axis)
+def _unrows(rows, spec: LeafSpec):
+    moved = [d for i, d in enumerate(spec.shape) if i != spec.axis] + [spec.K]
+    return jnp.moveaxis(rows.reshape(moved), -1, spec.axis)
+
+
+@jax.jit
+def _fit_and_stats(A, x, Y, residual, outliers):
+    """Per block: the purified rows (A x)ᵀ and per-column counts, so no (K, m) array outlives its call."""
+    fitted = jnp.swapaxes(jnp.matmul(A, x, precision=jax.lax.Precision.HIGHEST), -1, -2)
+    erased = ~jnp.isfinite(Y)
+    inlier_r = jnp.max(jnp.where(outliers, 0.0, jnp.abs(residual)), axis=-2)
+    return fitted, jnp.sum(outliers, axis=-2), jnp.sum(erased, axis=-2), inlier_r
 
 
 def purify(
@@ -122,57 +131,57 @@ def purify(
     purified: dict[str, jax.Array] = {}
     reports: dict[str, LeafReport] = {}
     for gi, ((K, n), specs) in enumerate(sorted(groups.items())):
-        cols = {s.path: _columns(by_path[s.path], s) for s in specs}
-        dtype = jnp.promote_types(jnp.result_type(*cols.values()), jnp.float32)
+        rows = {s.path: _rows(by_path[s.path], s) for s in specs}
+        dtype = jnp.promote_types(jnp.result_type(*rows.values()), jnp.float32)
         # Columns are cut into blocks of equal width and the blocks, each with its leaf's A, are
         # stacked into calls of a fixed shape: one compilation per group, and memory bounded by
         # max_entries entries per working array whatever the model size.
         per_call = max(1, max_entries // K)
-        widest = max(c.shape[1] for c in cols.values())
+        widest = max(r.shape[0] for r in rows.values())
         block = min(1 << (widest - 1).bit_length(), per_call)
-        blocks = [(s.path, j) for s in specs for j in range(0, cols[s.path].shape[1], block)]
+        blocks = [(s.path, j) for s in specs for j in range(0, rows[s.path].shape[0], block)]
         per_batch = max(1, min(per_call // block, len(blocks)))
         mats = {s.path: codebook.matrix(s.path, dtype) for s in specs}
-        fitted = {s.path: [] for s in specs}
-        res_parts = {s.path: [] for s in specs}
+        parts: dict[str, list] = {s.path: [] for s in specs}
         t0 = time.perf_counter()
         for i in range(0, len(blocks), per_batch):
             chunk = blocks[i : i + per_batch]
             Ys, As = [], []
             for path, j in chunk:
-                y = cols[path][:, j : j + block].astype(dtype)
+                y = rows[path][j : j + block].astype(dtype).T
                 Ys.append(jnp.pad(y, ((0, 0), (0, block - y.shape[1]))))
                 As.append(mats[path])
             pad = per_batch - len(chunk)  # keep the call shape fixed: zero blocks solve at once
             A = jnp.stack(As + [As[0]] * pad)
             Y = jnp.stack(Ys + [jnp.zeros_like(Ys[0])] * pad)
+            del Ys
             out = recover(A, Y, **options)
-            AX = jnp.matmul(A, out.x, precision=jax.lax.Precision.HIGHEST)
-            res, outl, cert = (np.asarray(v) for v in (out.residual, out.outliers, out.certified))
+            fitted, flagged, erased, inlier_r = _fit_and_stats(A, out.x, Y, out.residual, out.outliers)
+            cert = out.certified
+            del out, Y  # the (K, m) residual and masks go now, not at the end of the group
             for b, (path, j) in enumerate(chunk):
-                w = min(block, cols[path].shape[1] - j)
-                fitted[path].append(AX[b, :, :w])
-                res_parts[path].append((res[b, :, :w], outl[b, :, :w], cert[b, :w]))
-        jax.block_until_ready([f for v in fitted.values() for f in v])
+                w = min(block, rows[path].shape[0] - j)
+                parts[path].append((fitted[b, :w], cert[b, :w], flagged[b, :w], erased[b, :w], inlier_r[b, :w]))
+        jax.block_until_ready([p[0] for v in parts.values() for p in v])
         dt = time.perf_counter() - t0
         for s in specs:
-            r = np.concatenate([p[0] for p in res_parts[s.path]], axis=1)
-            o = np.concatenate([p[1] for p in res_parts[s.path]], axis=1)
-            c = np.concatenate([p[2] for p in res_parts[s.path]])
-            inl_r = np.abs(np.where(o, 0.0, r))
-            purified[s.path] = _uncolumns(jnp.concatenate(fitted[s.path], axis=1), s).astype(s.dtype)
+            fit, cert, flagged, erased, inl = (list(z) for z in zip(*parts.pop(s.path)))
+            purified[s.path] = _unrows(jnp.concatenate(fit, axis=0), s).astype(s.dtype)
+            del fit
+            cert, flagged, erased, inl = (np.concatenate([np.asarray(v) for v in z]) for z in (cert, flagged, erased, inl))
             reports[s.path] = LeafReport(
                 path=s.path,
                 K=K,
                 n=n,
                 columns=s.columns,
-                certified=int(c.sum()),
-                flagged=int(o.sum()),
-                erasures=int((~np.isfinite(np.asarray(cols[s.path]))).sum()),
-                max_inlier_residual=float(inl_r.max()) if inl_r.size else 0.0,
+                certified=int(cert.sum()),
+                flagged=int(flagged.sum()),
+                erasures=int(erased.sum()),
+                max_inlier_residual=float(inl.max()) if inl.size else 0.0,
                 group=gi,
                 seconds=dt,
             )
+        del rows
     report = Report(tuple(reports[p] for p in codebook.specs), time.perf_counter() - t_all)
     if throw and not report.ok:
         raise RuntimeError(str(report))
