@@ -1,0 +1,7 @@
+"""Benchmarks: ``jaxpurify bench`` / ``python -m benchmarks.run``.
+
+``problems`` (the shared test problem), ``peers`` (HiGHS, CVXPY, scikit-learn, MPAX),
+``roofline`` (matmul peak, iteration FLOP rate, compile time, memory), ``resnet`` (end-to-end
+purify of a ResNet-18-sized tree), ``suite`` (all of it in one run, JSON + markdown).
+Peers are optional dependencies (``pip install -e ".[bench]"``); a missing one is reported.
+"""
