@@ -81,8 +81,13 @@ def main(argv=None):
     p.add_argument("--size", type=float, default=1.0, help="parameter count relative to ResNet-18")
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--max-entries", type=int, default=None, help="purify's max_entries (default: its own)")
+    p.add_argument("--compilation-cache", metavar="DIR",
+                   help="use JAX's persistent compilation cache in DIR (a second process then skips compiling)")
     p.add_argument("--json")
     a = p.parse_args(argv)
+    if a.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", a.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     shapes = resnet18_tree(math.sqrt(a.size))
     cb = jp.Codebook.create(shapes, jax.random.key(0), redundancy=4.0)
     latent = cb.encode(shapes)
@@ -109,7 +114,7 @@ def main(argv=None):
         "size": a.size, "parameters": int(nparams), "parameter_mb": pbytes / 2**20, "rho": a.rho,
         "groups": len({(s.K, s.n) for s in cb.specs.values()}), "leaves": len(cb.specs),
         "cold_seconds": cold, "warm_seconds": warm,
-        "max_entries": kw.get("max_entries", "default"),
+        "max_entries": kw.get("max_entries", "default"), "compilation_cache": bool(a.compilation_cache),
         # peak resident memory added by the call, output tree included (the input already existed)
         "cold_peak_added_mb": m_cold.added, "cold_peak_over_param_bytes": m_cold.added / (pbytes / 2**20),
         "warm_peak_added_mb": m_warm.added, "warm_peak_over_param_bytes": m_warm.added / (pbytes / 2**20),
