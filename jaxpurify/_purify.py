@@ -78,14 +78,19 @@ class Report:
         return _table(head, rows) + f"\n{status}; {self.seconds:.3f} s"
 
 
-def _rows(leaf, spec: LeafSpec):
+# The slicing, padding and stacking around the solver calls is done in NumPy on the host: as
+# eager jnp ops every distinct leaf shape compiled its own small XLA executables (~150 of them,
+# ~10 s and a few hundred MB on a ResNet-18-sized tree).
+
+
+def _rows(leaf, spec: LeafSpec) -> np.ndarray:
     """(m, K) view of a leaf: one row per column y ∈ R^K (free when the encoded axis is last)."""
-    return jnp.moveaxis(jnp.asarray(leaf), spec.axis, -1).reshape(-1, spec.K)
+    return np.moveaxis(np.asarray(leaf), spec.axis, -1).reshape(-1, spec.K)
 
 
-def _unrows(rows, spec: LeafSpec):
+def _unrows(rows: np.ndarray, spec: LeafSpec) -> np.ndarray:
     moved = [d for i, d in enumerate(spec.shape) if i != spec.axis] + [spec.K]
-    return jnp.moveaxis(rows.reshape(moved), -1, spec.axis)
+    return np.moveaxis(rows.reshape(moved), -1, spec.axis)
 
 
 @jax.jit
@@ -132,7 +137,7 @@ def purify(
     reports: dict[str, LeafReport] = {}
     for gi, ((K, n), specs) in enumerate(sorted(groups.items())):
         rows = {s.path: _rows(by_path[s.path], s) for s in specs}
-        dtype = jnp.promote_types(jnp.result_type(*rows.values()), jnp.float32)
+        dtype = np.dtype(jnp.promote_types(np.result_type(*rows.values()), jnp.float32))
         # Columns are cut into blocks of equal width and the blocks, each with its leaf's A, are
         # stacked into calls of a fixed shape: one compilation per group, and memory bounded by
         # max_entries entries per working array whatever the model size.
@@ -141,34 +146,31 @@ def purify(
         block = min(1 << (widest - 1).bit_length(), per_call)
         blocks = [(s.path, j) for s in specs for j in range(0, rows[s.path].shape[0], block)]
         per_batch = max(1, min(per_call // block, len(blocks)))
-        mats = {s.path: codebook.matrix(s.path, dtype) for s in specs}
+        mats = {s.path: np.asarray(codebook.matrix(s.path, dtype)) for s in specs}
         parts: dict[str, list] = {s.path: [] for s in specs}
         t0 = time.perf_counter()
         for i in range(0, len(blocks), per_batch):
             chunk = blocks[i : i + per_batch]
-            Ys, As = [], []
-            for path, j in chunk:
-                y = rows[path][j : j + block].astype(dtype).T
-                Ys.append(jnp.pad(y, ((0, 0), (0, block - y.shape[1]))))
-                As.append(mats[path])
-            pad = per_batch - len(chunk)  # keep the call shape fixed: zero blocks solve at once
-            A = jnp.stack(As + [As[0]] * pad)
-            Y = jnp.stack(Ys + [jnp.zeros_like(Ys[0])] * pad)
-            del Ys
+            # zero columns and zero blocks pad the call to its fixed shape; they solve at once
+            Y = np.zeros((per_batch, K, block), dtype)
+            A = np.empty((per_batch, K, n), dtype)
+            A[:] = mats[chunk[0][0]]
+            for b, (path, j) in enumerate(chunk):
+                y = rows[path][j : j + block]
+                Y[b, :, : y.shape[0]] = y.T
+                A[b] = mats[path]
             out = recover(A, Y, **options)
-            fitted, flagged, erased, inlier_r = _fit_and_stats(A, out.x, Y, out.residual, out.outliers)
-            cert = out.certified
-            del out, Y  # the (K, m) residual and masks go now, not at the end of the group
+            stats = _fit_and_stats(A, out.x, Y, out.residual, out.outliers) + (out.certified,)
+            del out  # the (K, m) residual and masks go now, not at the end of the group
+            fitted, flagged, erased, inlier_r, cert = (np.asarray(v) for v in stats)
             for b, (path, j) in enumerate(chunk):
                 w = min(block, rows[path].shape[0] - j)
                 parts[path].append((fitted[b, :w], cert[b, :w], flagged[b, :w], erased[b, :w], inlier_r[b, :w]))
-        jax.block_until_ready([p[0] for v in parts.values() for p in v])
         dt = time.perf_counter() - t0
         for s in specs:
-            fit, cert, flagged, erased, inl = (list(z) for z in zip(*parts.pop(s.path)))
-            purified[s.path] = _unrows(jnp.concatenate(fit, axis=0), s).astype(s.dtype)
+            fit, cert, flagged, erased, inl = (np.concatenate(z) for z in zip(*parts.pop(s.path)))
+            purified[s.path] = jnp.asarray(_unrows(fit, s).astype(s.dtype))
             del fit
-            cert, flagged, erased, inl = (np.concatenate([np.asarray(v) for v in z]) for z in (cert, flagged, erased, inl))
             reports[s.path] = LeafReport(
                 path=s.path,
                 K=K,
