@@ -11,7 +11,6 @@ batch after a warm-up call (compile time reported separately), best of --repeat 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,7 +20,7 @@ import numpy as np
 
 import jaxpurify as jp
 from jaxpurify.bench.problems import problem, rel_err
-from jaxpurify.experiments._common import lad_highs
+from jaxpurify.experiments._common import lad_highs, write_json
 
 
 def main(argv=None):
@@ -79,8 +78,7 @@ def main(argv=None):
           f"(timed on {len(cols)} of {a.m} columns, extrapolated); max rel err {err_highs.max():.1e}")
     print(f"throughput ratio recover / HiGHS: {res['throughput_ratio']:.0f}x  (target ≥ 300x at rel err ≤ 1e-5)")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(a.json, res)
     return res
 
 

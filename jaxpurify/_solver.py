@@ -213,7 +213,6 @@ def _solve_items(A, Y, opts: Options, tols: Tolerances) -> Recovery:
     its columns are solved in chunks, one after another (``lax.map``), each chunk with its own
     early exit."""
     B, K, M = Y.shape
-    n = A.shape[-1]
     chunk = _chunk(K, M)
     nc = -(-M // chunk)
     if nc * chunk != M:  # zero columns are solved exactly at once

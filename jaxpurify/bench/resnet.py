@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 import jaxpurify as jp
 from jaxpurify import contamination as C
+from jaxpurify.experiments._common import write_json
 
 
 def resnet18_tree(width: float = 1.0, classes: int = 1000) -> dict:
@@ -122,8 +123,7 @@ def main(argv=None):
     }
     print(json.dumps(res))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(a.json, res)
     return res
 
 
