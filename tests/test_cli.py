@@ -1,7 +1,9 @@
 import subprocess
 import sys
 
-from jaxpurify import demo
+import pytest
+
+from jaxpurify import cli, demo
 
 
 def test_demo_recovers_every_scenario_within_capacity(capsys):
@@ -18,3 +20,12 @@ def test_cli_usage_errors():
     assert r.returncode == 2 and "--filters" in r.stderr
     r = subprocess.run([sys.executable, "-m", "jaxpurify.cli"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def test_bench_subcommand_reaches_the_suite(capsys):
+    # `jaxpurify bench ARGS` hands ARGS to the suite's own parser (benchmarks are not timed in tests)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--only" in out and "--quick" in out and out.startswith("usage: jaxpurify bench")

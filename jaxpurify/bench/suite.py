@@ -171,7 +171,7 @@ def summary(res: dict) -> str:
     names = list(P.PEERS) + ["MPAX"]
     L += ["", "## Grid: throughput ratio recover / peer", "",
           "Ours: all m columns, float32. Exact = relative error ≤ 1e-5 against the planted x. Where l1 "
-          "recovery itself fails (ρ beyond the threshold for K/n) no solver is exact; see `lp err`.", "",
+          "recovery itself fails (ρ beyond the threshold for K/n) no solver is exact; see the HiGHS err column.", "",
           "| K | K/n | ρ | m | recover col/s | certified | exact | " + " | ".join(n.split()[0] for n in names)
           + " | HiGHS err |", "|" + "---|" * (8 + len(names))]
     for r in res["grid"]:
