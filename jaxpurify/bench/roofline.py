@@ -84,3 +84,31 @@ def compile_and_memory(K: int, n: int, m: int) -> dict:
     except Exception as e:  # not every backend reports it
         out.update(xla_bytes=None, note=f"memory_analysis unavailable: {e}")
     return out
+
+
+def compile_rss(Ks=(64, 128, 256, 512, 1000), m: int = 1024) -> list[dict]:
+    """Resident memory added by compiling ``recover`` for one shape after another, in this process.
+
+    Run it in a fresh process (``python -m jaxpurify.bench.roofline``): the first XLA compilation
+    of a process pays the compiler's one-time footprint, later ones mostly reuse it.
+    """
+    from jaxpurify.bench.resnet import PeakRSS, rss_mb
+
+    f = lambda v: jnp.asarray(v, jnp.float32)
+    tols = Tolerances(f(1e-3), f(default_rtol(jnp.float32)), f(0.0), f(1.6))
+    jax.block_until_ready(jnp.ones(3) + 1)  # runtime started; its own first op is tiny
+    rows = []
+    for K in Ks:
+        n = -(-K // 4)
+        A = jax.ShapeDtypeStruct((2, K, n), jnp.float32)
+        Y = jax.ShapeDtypeStruct((2, K, m), jnp.float32)
+        with PeakRSS() as mem:
+            _recover_jit.lower(A, Y, tols, Options(), False).compile()
+        rows.append({"K": K, "n": n, "m": m, "peak_added_mb": mem.added, "rss_after_mb": rss_mb()})
+    return rows
+
+
+if __name__ == "__main__":
+    for r in compile_rss():
+        print(f"compile K={r['K']:<5} n={r['n']:<4} m={r['m']}: peak RSS added {r['peak_added_mb']:6.0f} MB, "
+              f"RSS after {r['rss_after_mb']:6.0f} MB")
