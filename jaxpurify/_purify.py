@@ -154,11 +154,12 @@ def purify(
             # zero columns and zero blocks pad the call to its fixed shape; they solve at once
             Y = np.zeros((per_batch, K, block), dtype)
             A = np.empty((per_batch, K, n), dtype)
-            A[:] = mats[chunk[0][0]]
+            A[len(chunk) :] = mats[chunk[0][0]]
             for b, (path, j) in enumerate(chunk):
                 y = rows[path][j : j + block]
                 Y[b, :, : y.shape[0]] = y.T
                 A[b] = mats[path]
+            A, Y = jnp.asarray(A), jnp.asarray(Y)  # one transfer each, shared by both calls
             out = recover(A, Y, **options)
             stats = _fit_and_stats(A, out.x, Y, out.residual, out.outliers) + (out.certified,)
             del out  # the (K, m) residual and masks go now, not at the end of the group
