@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import jax
 import numpy as np
 
-import jaxpurify as jp
-from jaxpurify.bench.problems import problem, rel_err
-from jaxpurify.experiments._common import lad_highs, write_json
+from jaxpurify.bench.peers import highs, time_peer
+from jaxpurify.bench.problems import problem
+from jaxpurify.bench.suite import time_recover
+from jaxpurify.experiments._common import write_json
 
 
 def main(argv=None):
@@ -35,47 +35,29 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     A, X, Y = problem(a.K, a.n, a.m, a.rho)
-    A32, Y32 = A.astype(np.float32), Y.astype(np.float32)
-
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(jp.recover(A32, Y32))
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(a.repeat):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(jp.recover(A32, Y32))
-        times.append(time.perf_counter() - t0)
-    t_ours = min(times)
-    err_ours = rel_err(out.x, X)
-    cert = np.asarray(out.certified)
-
+    ours = time_recover(A, Y, X, repeat=a.repeat)
     cols = np.linspace(0, a.m - 1, a.highs_columns).astype(int)
-    t0 = time.perf_counter()
-    xl = np.stack([lad_highs(A, Y[:, j]) for j in cols], axis=1)
-    t_highs_col = (time.perf_counter() - t0) / len(cols)
-    err_highs = rel_err(xl, X[:, cols])
-
-    ours_cps = a.m / t_ours
-    highs_cps = 1.0 / t_highs_col
+    lp = time_peer(highs, A, Y, X, cols)
     res = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}",
         "K": a.K, "n": a.n, "m": a.m, "rho": a.rho,
-        "recover_seconds": t_ours, "recover_first_call_seconds": first,
-        "recover_columns_per_s": ours_cps,
-        "recover_max_rel_err": float(err_ours.max()), "certified": f"{int(cert.sum())}/{a.m}",
-        "iterations_median": float(np.median(np.asarray(out.iterations))),
-        "iterations_max": int(np.max(np.asarray(out.iterations))),
-        "highs_seconds_per_column": t_highs_col, "highs_columns_timed": len(cols),
-        "highs_columns_per_s": highs_cps, "highs_max_rel_err": float(err_highs.max()),
-        "throughput_ratio": ours_cps / highs_cps,
+        "recover_seconds": ours["seconds"], "recover_first_call_seconds": ours["first_call_seconds"],
+        "recover_columns_per_s": ours["columns_per_s"],
+        "recover_max_rel_err": ours["max_rel_err"], "certified": f"{ours['certified']}/{a.m}",
+        "iterations_median": ours["iterations_median"], "iterations_max": ours["iterations_max"],
+        "highs_seconds_per_column": lp["seconds_per_column"], "highs_columns_timed": len(cols),
+        "highs_columns_per_s": lp["columns_per_s"], "highs_max_rel_err": lp["max_rel_err"],
+        "throughput_ratio": ours["columns_per_s"] / lp["columns_per_s"],
     }
     print(f"machine: {res['machine']}")
     print(f"problem: K={a.K} n={a.n} m={a.m}, {a.rho:.0%} gross errors per column")
-    print(f"recover : {t_ours*1e3:8.1f} ms for {a.m} columns = {ours_cps:10.0f} col/s  "
-          f"(first call incl. compile {first:.2f} s; best of {a.repeat}); max rel err {err_ours.max():.1e}; "
+    print(f"recover : {res['recover_seconds']*1e3:8.1f} ms for {a.m} columns = {res['recover_columns_per_s']:10.0f} col/s  "
+          f"(first call incl. compile {res['recover_first_call_seconds']:.2f} s; best of {a.repeat}); "
+          f"max rel err {res['recover_max_rel_err']:.1e}; "
           f"certified {res['certified']}; ADMM iterations median {res['iterations_median']:.0f}, max {res['iterations_max']}")
-    print(f"HiGHS   : {t_highs_col*1e3:8.1f} ms per column = {highs_cps:10.1f} col/s  "
-          f"(timed on {len(cols)} of {a.m} columns, extrapolated); max rel err {err_highs.max():.1e}")
+    print(f"HiGHS   : {res['highs_seconds_per_column']*1e3:8.1f} ms per column = {res['highs_columns_per_s']:10.1f} col/s  "
+          f"(timed on {len(cols)} of {a.m} columns after one warm-up, extrapolated); "
+          f"max rel err {res['highs_max_rel_err']:.1e}")
     print(f"throughput ratio recover / HiGHS: {res['throughput_ratio']:.0f}x  (target ≥ 300x at rel err ≤ 1e-5)")
     if a.json:
         write_json(a.json, res)

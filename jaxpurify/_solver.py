@@ -112,8 +112,8 @@ class _Pass(NamedTuple):
     k: jax.Array
 
 
-def _recover_single(A, Y, opts: Options, tols: Tolerances, QR=None):
-    """A: (K, n), Y: (K, m) → Recovery with the column axis last.  ``QR``: A's thin QR if known.
+def _recover_single(A, Q, R, Y, opts: Options, tols: Tolerances):
+    """A: (K, n) with thin QR ``Q, R``; Y: (K, m) → Recovery with the column axis last.
 
     Pass 1 runs ADMM and the polish on every column.  A column that is not certified gets
     another pass in which the gross errors found so far are left out of the ADMM: errors many
@@ -124,7 +124,6 @@ def _recover_single(A, Y, opts: Options, tols: Tolerances, QR=None):
     dtype = Y.dtype
     finite = jnp.isfinite(Y)
     y = jnp.where(finite, Y, 0.0)
-    Q, R = jnp.linalg.qr(A) if QR is None else QR
     diag = jnp.abs(jnp.diagonal(R))
     full_rank = jnp.min(diag) > K * jnp.finfo(dtype).eps * jnp.max(diag)
 
@@ -223,7 +222,7 @@ def _solve_items(A, Y, opts: Options, tols: Tolerances) -> Recovery:
 
     def solve(item):
         i, y = item
-        return _recover_single(A[i], y, opts, tols, (Q[i], R[i]))
+        return _recover_single(A[i], Q[i], R[i], y, opts, tols)
 
     out = lax.map(solve, (owner, items))
 
