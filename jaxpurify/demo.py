@@ -59,7 +59,8 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
     # The paper's setting: the hidden layer (filters and biases) is encoded; the read-out is not.
     cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=4.0, select=lambda p, _: p.startswith("hidden/"))
     latent = cb.init_latent(params0)
-    latent = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps)
+    latent = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
+                   progress=None if verbose else False).latent
     clean = cb.decode(latent)
     acc0 = accuracy(apply, clean, ds.test.x, ds.test.y)
     say(f"jaxpurify demo: one-hidden-layer CNN ({filters} filters, {patch}×{patch} patches) on scikit-learn's "
