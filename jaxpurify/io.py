@@ -60,7 +60,9 @@ def detect_format(path: str | os.PathLike) -> str:
     raise ValueError(f"{path}: not a safetensors, msgpack or Orbax checkpoint")
 
 
-def _format_for_save(path: str, format: str | None) -> str:
+def save_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format :func:`save` writes at ``path``; ``ValueError`` if the suffix conflicts or is unknown."""
+    path = os.fspath(path)
     suffix = os.path.splitext(path.rstrip(os.sep))[1].lower()
     implied = _SUFFIXES.get(suffix, "orbax" if not suffix else None)
     if format is None:
@@ -233,7 +235,7 @@ def save(path: str | os.PathLike, params: PyTree, format: str | None = None) -> 
     is complete.
     """
     path = os.path.abspath(os.fspath(path))
-    fmt = _format_for_save(path, format)
+    fmt = save_format(path, format)
     if not os.path.isdir(os.path.dirname(path)):
         raise FileNotFoundError(f"{os.path.dirname(path)}: no such directory")
     _WRITERS[fmt](path, _nest(flatten(params)))
