@@ -10,8 +10,12 @@ Public API: :func:`recover` / :class:`Recovery` (the certified l1 solver), :clas
 
 from jaxpurify._cache import enable_compilation_cache
 from jaxpurify._codebook import Codebook, LeafSpec
-from jaxpurify._purify import LeafReport, Report, purify
+from jaxpurify._purify import UncertifiedError, UncertifiedWarning, purify
+from jaxpurify._report import LeafReport, Report
 from jaxpurify._solver import Recovery, recover
 
-__all__ = ["Codebook", "LeafSpec", "LeafReport", "Recovery", "Report", "enable_compilation_cache", "purify", "recover"]
+__all__ = [
+    "Codebook", "LeafSpec", "LeafReport", "Recovery", "Report", "UncertifiedError", "UncertifiedWarning",
+    "enable_compilation_cache", "purify", "recover",
+]
 __version__ = "0.1.0"
