@@ -47,28 +47,8 @@ def _write_json(path: str, obj) -> None:
     io.write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
-def _report_dict(report) -> dict:
-    as_dict = getattr(report, "as_dict", None)
-    if as_dict is not None:
-        return as_dict()
-    import dataclasses  # until Report.as_dict() (engineer B2) is merged
-
-    return {"ok": report.ok, "columns": report.columns, "certified": report.certified,
-            "seconds": report.seconds, "leaves": [dataclasses.asdict(r) for r in report.leaves]}
-
-
-def _purify_call(params, codebook, on_uncertified: str):
-    import inspect
-
-    from jaxpurify import purify
-
-    if "on_uncertified" in inspect.signature(purify).parameters:
-        return purify(params, codebook, on_uncertified=on_uncertified)
-    return purify(params, codebook, throw=on_uncertified == "raise")  # until on_uncertified (B2) is merged
-
-
 def _purify(args) -> int:
-    from jaxpurify import io
+    from jaxpurify import UncertifiedError, io, purify
 
     for flag, p in (("CHECKPOINT", args.checkpoint), ("--codebook", args.codebook), ("--key", args.key)):
         if p is not None and not os.path.exists(p):
@@ -87,14 +67,15 @@ def _purify(args) -> int:
     if check is not None:
         check(params)
     try:
-        purified, report = _purify_call(params, codebook, args.on_uncertified)
-    except RuntimeError as e:  # on_uncertified="raise": nothing is written
-        print(e)
-        print("jaxpurify purify: columns not certified (--on-uncertified raise); nothing written", file=sys.stderr)
-        return EXIT_NOT_OK
+        purified, report = purify(params, codebook, on_uncertified=args.on_uncertified)
+    except UncertifiedError as e:  # --on-uncertified raise: the report, and nothing written
+        report, purified = e.report, None
     print(report)
     if args.report:
-        _write_json(args.report, {"checkpoint": args.checkpoint, "format": fmt, "out": args.out, **_report_dict(report)})
+        _write_json(args.report, {"checkpoint": args.checkpoint, "format": fmt, "out": args.out, **report.as_dict()})
+    if purified is None:
+        print(f"jaxpurify purify: columns not certified (--on-uncertified raise); {args.out} not written", file=sys.stderr)
+        return EXIT_NOT_OK
     io.save(out, purified, format=fmt)
     print(f"wrote {args.out} ({fmt})" + (f" and {args.report}" if args.report else ""), file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_NOT_OK
