@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 
 from jaxpurify import __version__
 
@@ -67,9 +68,13 @@ def _purify(args) -> int:
     if check is not None:
         check(params)
     try:
-        purified, report = purify(params, codebook, on_uncertified=args.on_uncertified)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            purified, report = purify(params, codebook, on_uncertified=args.on_uncertified)
     except UncertifiedError as e:  # --on-uncertified raise: the report, and nothing written
-        report, purified = e.report, None
+        report, purified, caught = e.report, None, []
+    for w in caught:  # one line each, not Python's file:line display
+        print(f"jaxpurify purify: {w.category.__name__}: {_one_line(w.message)}", file=sys.stderr)
     print(report)
     if args.report:
         _write_json(args.report, {"checkpoint": args.checkpoint, "format": fmt, "out": args.out, **report.as_dict()})

@@ -44,7 +44,9 @@ def detect_format(path: str | os.PathLike) -> str:
     if os.path.isdir(path):
         if any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS):
             return "orbax"
-        raise ValueError(f"{path}: a directory but not an Orbax checkpoint (no _CHECKPOINT_METADATA or _METADATA)")
+        inner = sorted(d for d in os.listdir(path) if os.path.exists(os.path.join(path, d, "_METADATA")))
+        hint = f"; the checkpoint may be {os.path.join(path, inner[0])} (a CheckpointManager item)" if inner else ""
+        raise ValueError(f"{path}: a directory but not an Orbax checkpoint (no _CHECKPOINT_METADATA or _METADATA){hint}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     by_suffix = _SUFFIXES.get(os.path.splitext(path)[1].lower())
@@ -166,6 +168,13 @@ def _replace_dir(new: str, path: str) -> None:
 
 # -- per-format writers and readers ---------------------------------------------------------------
 
+def _orbax_checkpointer():
+    """The synchronous form of ``ocp.StandardCheckpointer`` (same files; no background thread)."""
+    import orbax.checkpoint as ocp
+
+    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+
+
 def _save_orbax(path: str, tree: dict) -> None:
     import orbax.checkpoint as ocp
 
@@ -174,18 +183,15 @@ def _save_orbax(path: str, tree: dict) -> None:
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".jaxpurify-")
     try:
         new = os.path.join(tmp, "checkpoint")
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(new, tree)
-            ckptr.wait_until_finished()
+        with _orbax_checkpointer() as ckptr:
+            ckptr.save(new, args=ocp.args.StandardSave(tree))
         _replace_dir(new, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_orbax(path: str) -> Any:
-    import orbax.checkpoint as ocp
-
-    with ocp.StandardCheckpointer() as ckptr:
+    with _orbax_checkpointer() as ckptr:
         return ckptr.restore(path)
 
 

@@ -182,14 +182,26 @@ def test_uncertified_columns_exit_1_and_raise_writes_nothing(tmp_path, capsys, m
     book = str(tmp_path / "codebook.json")
     codebook.save(book)
     src, out, rep = str(tmp_path / "m.safetensors"), str(tmp_path / "p.safetensors"), str(tmp_path / "r.json")
-    io.save(src, _damage(clean, entries=0.6))  # most entries of every column: beyond any capacity
+    bad = _damage(clean, entries=0.6)  # most entries of every column: beyond any capacity
+    io.save(src, bad)
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 1
     with open(rep) as f:
         assert json.load(f)["ok"] is False
-    assert os.path.exists(out)
+    # default 'input': every entry is either recovered (its clean value) or left as it came
+    got, c, b = safetensors.numpy.load_file(out), _flat(clean), _flat(bad)
+    for p in c:
+        recovered = np.isclose(got[p], c[p], rtol=1e-5, atol=1e-5 * np.abs(c[p]).max())
+        assert np.all(recovered | (got[p] == b[p])), p
+        assert np.any(got[p] == b[p]), p  # and not everything was certified
+    capsys.readouterr()
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--on-uncertified", "estimate"]) == 1
+    err = capsys.readouterr().err
+    assert "UncertifiedWarning" in err and err.count("\n") == 2  # the warning in one line, then "wrote …"
     os.remove(out)
-    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--on-uncertified", "raise"]) == 1
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--on-uncertified", "raise", "--report", rep]) == 1
     assert not os.path.exists(out)
+    with open(rep) as f:
+        assert json.load(f)["on_uncertified"] == "raise"
 
 
 def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, model):

@@ -206,6 +206,9 @@ def test_bad_leaves_and_paths(tmp_path):
         io.detect_format(str(tmp_path / "plain"))
     with pytest.raises(ValueError, match="not an Orbax checkpoint"):
         io.save(str(tmp_path / "plain"), {"w": np.ones(2)})  # never replaces a directory it did not write
+    io.save(str(tmp_path / "plain" / "default"), {"w": np.ones(2)})  # a CheckpointManager step: step/item
+    with pytest.raises(ValueError, match="may be .*default"):
+        io.load(str(tmp_path / "plain"))
 
 
 def test_format_is_sniffed_from_content_without_a_suffix(tmp_path):
