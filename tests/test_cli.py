@@ -140,16 +140,12 @@ def _damage(clean, entries: float, seed: int = 1):
     rng = np.random.default_rng(seed)
     bad = {}
     for path, w in _flat(clean).items():
-        w = w.copy().reshape(-1)
-        k = max(1, int(entries * w.size))
-        idx = rng.choice(w.size, k, replace=False)
-        w[idx] += rng.choice([-1, 1], k) * rng.uniform(10, 100, k)
-        bad[path] = w.reshape(clean_shape(clean, path))
+        flat = w.copy().reshape(-1)
+        k = max(1, int(entries * flat.size))
+        idx = rng.choice(flat.size, k, replace=False)
+        flat[idx] += rng.choice([-1, 1], k) * rng.uniform(10, 100, k)
+        bad[path] = flat.reshape(w.shape)
     return io._nest(bad)
-
-
-def clean_shape(tree, path):
-    return _flat(tree)[path].shape
 
 
 @pytest.fixture(scope="module")
