@@ -200,6 +200,21 @@ def test_uncertified_columns_exit_1_and_raise_writes_nothing(tmp_path, capsys, m
         assert json.load(f)["on_uncertified"] == "raise"
 
 
+def test_an_unprotected_leaf_exits_1(tmp_path, capsys, model):
+    clean, _ = model
+    skip = "params/Dense_1/bias"
+    codebook = Codebook.create(clean, jax.random.key(3), select=lambda p, leaf: False if p == skip else None)
+    encoded = jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(clean)))
+    book, src, out, rep = (str(tmp_path / f) for f in ("codebook.json", "m.msgpack", "p.msgpack", "r.json"))
+    codebook.save(book)
+    io.save(src, encoded)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 1
+    assert skip in capsys.readouterr().out  # the report names it
+    with open(rep) as f:
+        report = json.load(f)
+    assert report["ok"] is False and report["certified"] == report["columns"]  # every protected column fine
+
+
 def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, model):
     clean, codebook = model
     book = str(tmp_path / "codebook.json")
