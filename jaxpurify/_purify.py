@@ -41,9 +41,13 @@ ROW_SLACK = 0.125  # groups of one n share a row count if it adds at most 12.5% 
 WIDTH_STEP = 8  # ratio between item widths on the ladder W, W/8, W/64, …
 MIN_WIDTH = 8  # narrowest item; below this the per-item overhead dominates
 MAX_WIDTH = 1024  # wider items buy nothing: recover works through its columns in chunks of ≤ 1024
-# An item costs about as much as ITEM_COST more columns (its QR, its loops; measured: items of 16
-# columns cost 2.3× per column what items of 1024 do, K = 64).
-ITEM_COST = 24
+# float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
+# (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
+LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
+# An item costs about as much as ITEM_COST more columns: its QR and the fixed cost of each of its
+# solver iterations.  Measured (benchmarks.purify_plan, loaded machine): at K = 256 an item of 16
+# columns cost as much as ~200 columns of an item of 1024, items of 128 about 1.1× per column.
+ITEM_COST = 128
 # A narrower width compiles one more solver shape (1–2 s once per process, or once per machine
 # with JAX's persistent cache); it is used only if it saves this many padded entries (K × columns),
 # about half a second of solving per call of purify.
@@ -78,7 +82,7 @@ class Item:
 class Call:
     """One solver call of shape (slots, K, width); ``items`` fill the first slots."""
 
-    dtype: str
+    dtype: str  # the leaves' dtype; solved in at least float32
     K: int
     n: int
     width: int
@@ -88,6 +92,10 @@ class Call:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (self.slots, self.K, self.n, self.width)
+
+    @property
+    def solve_dtype(self) -> str:
+        return _solve_dtype(self.dtype)
 
 
 def _solve_dtype(dtype: str) -> str:
@@ -141,7 +149,7 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
     groups = [g for g in groups if g.columns > 0]
     classes: dict[tuple[str, int], list] = {}
     for g in groups:
-        classes.setdefault((_solve_dtype(g.dtype), g.n), []).append(g)
+        classes.setdefault((np.dtype(g.dtype).name, g.n), []).append(g)
     calls = []
     for (dtype, n), members in classes.items():
         rows = _row_buckets(g.K for g in members)
@@ -163,7 +171,10 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
                         items.setdefault(w, []).append(Item(g.name, at, min(at + w, g.columns)))
                         at += w
             for w, its in sorted(items.items(), reverse=True):
-                slots = max(1, min(len(its), max_entries // (K * w)))
+                # as many calls as the budget needs, then as few slots as fill them: equal shapes,
+                # at most one padding slot per call
+                most = max(1, max_entries // (K * w))
+                slots = -(-len(its) // -(-len(its) // most))
                 for i in range(0, len(its), slots):
                     calls.append(Call(dtype, K, n, w, slots, tuple(its[i : i + slots])))
     return tuple(calls)
@@ -185,7 +196,7 @@ class CallResult:
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
     """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A); extra columns and empty
     slots are zero columns, which recover exactly at once."""
-    dt = np.dtype(call.dtype)
+    dt = np.dtype(call.solve_dtype)
     A = np.zeros((call.slots, call.K, call.n), dt)
     Y = np.zeros((call.slots, call.K, call.width), dt)
     for s in range(call.slots):
@@ -206,10 +217,16 @@ def _summarize(A, Y, x, outliers):
     return fitted, inlier
 
 
+def _options_for(dtype: str, options: dict) -> dict:
+    if "rtol" in options or np.dtype(dtype).itemsize >= 4:
+        return options
+    return {**options, "rtol": LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps)}
+
+
 def dispatch(call: Call, cols, matrices, options: dict):
     """Start one call on the device (asynchronously): one host → device transfer."""
-    A, Y = (jnp.asarray(v) for v in stack(call, cols, matrices))
-    out = recover(A, Y, **options)
+    A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
+    out = recover(A, Y, **_options_for(call.dtype, options))
     fitted, inlier = _summarize(A, Y, out.x, out.outliers)
     # `bound` is the per-column error bound of recover v2 (being added by the lead); until it
     # exists the report leaves the bound out rather than inventing one.
@@ -295,7 +312,8 @@ def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, opti
         for path in g.members:
             if path not in by_path:
                 raise ValueError(f"leaf {path!r} of the codebook is missing from params")
-            dt = np.dtype(getattr(by_path[path], "dtype", None) or np.asarray(by_path[path]).dtype)
+            dt = getattr(by_path[path], "dtype", None)
+            dt = np.asarray(by_path[path]).dtype if dt is None else np.dtype(dt)
             if dt != np.dtype(g.dtype):
                 raise ValueError(f"leaf {path!r} has dtype {dt}, the codebook expects {g.dtype}")
     return {p: by_path[p] for p in codebook.protected}
