@@ -341,8 +341,8 @@ def purify(
     * ``"raise"``: :class:`UncertifiedError` (a ``RuntimeError``) carrying the report; nothing is
       returned.
 
-    ``report.ok`` is True only if every protected column is certified and no floating leaf is
-    unprotected.  ``max_entries`` bounds the entries per solver call, and so the working memory;
+    ``report.ok`` is True only if every protected column is certified and no floating parameter
+    is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
     the result does not depend on it beyond float rounding.  ``options`` go to :func:`recover`.
 
     Raises ``ValueError`` / ``TypeError`` naming the leaf or argument if ``params`` does not match
