@@ -10,8 +10,9 @@ and, if certified, replaced by A x̂.  Three small steps, each a pure function o
 1. :func:`plan` lays the columns of all groups into solver calls of a few fixed shapes.  Groups
    with the same n whose K are within ``ROW_SLACK`` share a row count (extra rows are erasures:
    NaN in y, zero in A, so the certificate counts only the real rows); columns are cut into
-   items of a width from a short ladder, so a one-column group costs a narrow item, not a whole
-   block.  Each call has at most ``max_entries`` entries: memory is bounded for any model size.
+   items of at most three widths per row count, chosen from W, W/2, W/4, … by an estimate of the
+   work (padding, a fixed cost per item, a compilation per width), so a one-column group costs a
+   narrow item, not a whole block.  Each call has at most ``max_entries`` entries: memory is bounded for any model size.
 2. :func:`solve_call` runs one call: one transfer to the device, ``recover``, one back.
 3. :func:`assemble` writes the results into each group's columns (certified: A x̂; otherwise
    what ``on_uncertified`` says) and ``codebook.unpack`` / ``replace`` give the tree back.
@@ -38,7 +39,8 @@ from jaxpurify._tree import leaves_with_paths
 PyTree = Any
 ON_UNCERTIFIED = ("input", "estimate", "raise")
 ROW_SLACK = 0.125  # groups of one n share a row count if it adds at most 12.5% rows: fewer compiles
-WIDTH_STEP = 8  # ratio between item widths on the ladder W, W/8, W/64, …
+WIDTH_STEP = 2  # ratio between item widths on the ladder W, W/2, W/4, …
+MAX_WIDTHS = 3  # at most this many item widths (solver shapes) per row count
 MIN_WIDTH = 8  # narrowest item; below this the per-item overhead dominates
 MAX_WIDTH = 1024  # wider items buy nothing: recover works through its columns in chunks of ≤ 1024
 # float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
@@ -161,7 +163,7 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
             ladder = [min(_pow2(max(g.columns for g in gs)), cap, MAX_WIDTH)]
             while ladder[-1] // WIDTH_STEP >= MIN_WIDTH:
                 ladder.append(ladder[-1] // WIDTH_STEP)
-            subsets = (ws for r in range(1, len(ladder) + 1) for ws in itertools.combinations(ladder, r))
+            subsets = (ws for r in range(1, MAX_WIDTHS + 1) for ws in itertools.combinations(ladder, r))
             widths = min(subsets, key=lambda ws: _cost(gs, ws, K))
             items: dict[int, list[Item]] = {}
             for g in gs:
@@ -171,8 +173,8 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
                         items.setdefault(w, []).append(Item(g.name, at, min(at + w, g.columns)))
                         at += w
             for w, its in sorted(items.items(), reverse=True):
-                # as many calls as the budget needs, then as few slots as fill them: equal shapes,
-                # at most one padding slot per call
+                # as many calls as the budget needs, then as few slots as fill them: one shape,
+                # fewer padding slots than calls
                 most = max(1, max_entries // (K * w))
                 slots = -(-len(its) // -(-len(its) // most))
                 for i in range(0, len(its), slots):
