@@ -10,8 +10,9 @@ and, if certified, replaced by A x̂.  Three small steps, each a pure function o
 1. :func:`plan` lays the columns of all groups into solver calls of a few fixed shapes.  Groups
    with the same n whose K are within ``ROW_SLACK`` share a row count (extra rows are erasures:
    NaN in y, zero in A, so the certificate counts only the real rows); columns are cut into
-   items of a width from a short ladder, so a one-column group costs a narrow item, not a whole
-   block.  Each call has at most ``max_entries`` entries: memory is bounded for any model size.
+   items of at most three widths per row count, chosen from W, W/2, W/4, … by an estimate of the
+   work (padding, a fixed cost per item, a compilation per width), so a one-column group costs a
+   narrow item, not a whole block.  Each call has at most ``max_entries`` entries: memory is bounded for any model size.
 2. :func:`solve_call` runs one call: one transfer to the device, ``recover``, one back.
 3. :func:`assemble` writes the results into each group's columns (certified: A x̂; otherwise
    what ``on_uncertified`` says) and ``codebook.unpack`` / ``replace`` give the tree back.
@@ -38,12 +39,17 @@ from jaxpurify._tree import leaves_with_paths
 PyTree = Any
 ON_UNCERTIFIED = ("input", "estimate", "raise")
 ROW_SLACK = 0.125  # groups of one n share a row count if it adds at most 12.5% rows: fewer compiles
-WIDTH_STEP = 8  # ratio between item widths on the ladder W, W/8, W/64, …
+WIDTH_STEP = 2  # ratio between item widths on the ladder W, W/2, W/4, …
+MAX_WIDTHS = 3  # at most this many item widths (solver shapes) per row count
 MIN_WIDTH = 8  # narrowest item; below this the per-item overhead dominates
 MAX_WIDTH = 1024  # wider items buy nothing: recover works through its columns in chunks of ≤ 1024
-# An item costs about as much as ITEM_COST more columns (its QR, its loops; measured: items of 16
-# columns cost 2.3× per column what items of 1024 do, K = 64).
-ITEM_COST = 24
+# float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
+# (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
+LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
+# An item costs about as much as ITEM_COST more columns: its QR and the fixed cost of each of its
+# solver iterations.  Measured (benchmarks.purify_plan, loaded machine): at K = 256 an item of 16
+# columns cost as much as ~200 columns of an item of 1024, items of 128 about 1.1× per column.
+ITEM_COST = 128
 # A narrower width compiles one more solver shape (1–2 s once per process, or once per machine
 # with JAX's persistent cache); it is used only if it saves this many padded entries (K × columns),
 # about half a second of solving per call of purify.
@@ -78,7 +84,7 @@ class Item:
 class Call:
     """One solver call of shape (slots, K, width); ``items`` fill the first slots."""
 
-    dtype: str
+    dtype: str  # the leaves' dtype; solved in at least float32
     K: int
     n: int
     width: int
@@ -88,6 +94,10 @@ class Call:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (self.slots, self.K, self.n, self.width)
+
+    @property
+    def solve_dtype(self) -> str:
+        return _solve_dtype(self.dtype)
 
 
 def _solve_dtype(dtype: str) -> str:
@@ -141,7 +151,7 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
     groups = [g for g in groups if g.columns > 0]
     classes: dict[tuple[str, int], list] = {}
     for g in groups:
-        classes.setdefault((_solve_dtype(g.dtype), g.n), []).append(g)
+        classes.setdefault((np.dtype(g.dtype).name, g.n), []).append(g)
     calls = []
     for (dtype, n), members in classes.items():
         rows = _row_buckets(g.K for g in members)
@@ -153,7 +163,7 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
             ladder = [min(_pow2(max(g.columns for g in gs)), cap, MAX_WIDTH)]
             while ladder[-1] // WIDTH_STEP >= MIN_WIDTH:
                 ladder.append(ladder[-1] // WIDTH_STEP)
-            subsets = (ws for r in range(1, len(ladder) + 1) for ws in itertools.combinations(ladder, r))
+            subsets = (ws for r in range(1, MAX_WIDTHS + 1) for ws in itertools.combinations(ladder, r))
             widths = min(subsets, key=lambda ws: _cost(gs, ws, K))
             items: dict[int, list[Item]] = {}
             for g in gs:
@@ -163,7 +173,10 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
                         items.setdefault(w, []).append(Item(g.name, at, min(at + w, g.columns)))
                         at += w
             for w, its in sorted(items.items(), reverse=True):
-                slots = max(1, min(len(its), max_entries // (K * w)))
+                # as many calls as the budget needs, then as few slots as fill them: one shape,
+                # fewer padding slots than calls
+                most = max(1, max_entries // (K * w))
+                slots = -(-len(its) // -(-len(its) // most))
                 for i in range(0, len(its), slots):
                     calls.append(Call(dtype, K, n, w, slots, tuple(its[i : i + slots])))
     return tuple(calls)
@@ -185,7 +198,7 @@ class CallResult:
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
     """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A); extra columns and empty
     slots are zero columns, which recover exactly at once."""
-    dt = np.dtype(call.dtype)
+    dt = np.dtype(call.solve_dtype)
     A = np.zeros((call.slots, call.K, call.n), dt)
     Y = np.zeros((call.slots, call.K, call.width), dt)
     for s in range(call.slots):
@@ -206,10 +219,16 @@ def _summarize(A, Y, x, outliers):
     return fitted, inlier
 
 
+def _options_for(dtype: str, options: dict) -> dict:
+    if "rtol" in options or np.dtype(dtype).itemsize >= 4:
+        return options
+    return {**options, "rtol": LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps)}
+
+
 def dispatch(call: Call, cols, matrices, options: dict):
     """Start one call on the device (asynchronously): one host → device transfer."""
-    A, Y = (jnp.asarray(v) for v in stack(call, cols, matrices))
-    out = recover(A, Y, **options)
+    A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
+    out = recover(A, Y, **_options_for(call.dtype, options))
     fitted, inlier = _summarize(A, Y, out.x, out.outliers)
     # `bound` is the per-column error bound of recover v2 (being added by the lead); until it
     # exists the report leaves the bound out rather than inventing one.
@@ -295,7 +314,8 @@ def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, opti
         for path in g.members:
             if path not in by_path:
                 raise ValueError(f"leaf {path!r} of the codebook is missing from params")
-            dt = np.dtype(getattr(by_path[path], "dtype", None) or np.asarray(by_path[path]).dtype)
+            dt = getattr(by_path[path], "dtype", None)
+            dt = np.asarray(by_path[path]).dtype if dt is None else np.dtype(dt)
             if dt != np.dtype(g.dtype):
                 raise ValueError(f"leaf {path!r} has dtype {dt}, the codebook expects {g.dtype}")
     return {p: by_path[p] for p in codebook.protected}
@@ -323,8 +343,8 @@ def purify(
     * ``"raise"``: :class:`UncertifiedError` (a ``RuntimeError``) carrying the report; nothing is
       returned.
 
-    ``report.ok`` is True only if every protected column is certified and no floating leaf is
-    unprotected.  ``max_entries`` bounds the entries per solver call, and so the working memory;
+    ``report.ok`` is True only if every protected column is certified and no floating parameter
+    is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
     the result does not depend on it beyond float rounding.  ``options`` go to :func:`recover`.
 
     Raises ``ValueError`` / ``TypeError`` naming the leaf or argument if ``params`` does not match

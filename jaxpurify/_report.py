@@ -3,7 +3,7 @@
 Counts are per protected leaf (the code's columns that hold any of its entries, and how many of
 those are certified; entries flagged as corrupted; erasures), per group (one code), and for
 every leaf the codebook does not protect.  ``Report.ok`` is True only if every protected column
-is certified and no floating leaf is unprotected.
+is certified and no floating parameter is unprotected.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxpurify import _tree
 from jaxpurify._codebook import _table
-from jaxpurify._tree import leaves_with_paths
 
 _KEPT = {
     "input": "kept as they came in",
@@ -81,29 +81,36 @@ class GroupReport:
 
 @dataclasses.dataclass(frozen=True)
 class UnprotectedLeaf:
-    """A leaf the codebook does not protect; a floating one makes the report not ok."""
+    """A leaf the codebook does not protect.  A floating *parameter* makes the report not ok;
+    non-parameter state (batch statistics, RNG keys, counters) and integer leaves are listed only."""
 
     path: str
     size: int
     reason: str
+    parameter: bool
     floating: bool
     nonfinite: bool  # holds NaN or ±Inf (no purification can repair it)
 
+    @property
+    def counts(self) -> bool:
+        """Does it keep the report from being ok?"""
+        return self.parameter and self.floating
+
     @classmethod
     def of(cls, params: Any, codebook) -> list["UnprotectedLeaf"]:
-        by_path = dict(leaves_with_paths(params)[0])
+        by_path = {leaf.path: leaf for leaf in _tree.flatten(params)[0]}
         out = []
         for path, size, reason in codebook.unprotected(params):
             leaf = by_path[path]
-            dt = getattr(leaf, "dtype", None)
-            dt = np.asarray(leaf).dtype if dt is None else dt
-            floating = bool(np.issubdtype(np.dtype(dt), np.floating)) if _is_numpy_dtype(dt) else False
-            nonfinite = floating and not bool(np.isfinite(np.asarray(leaf)).all())
-            out.append(cls(path, int(size), str(reason), floating, nonfinite))
+            dt = getattr(leaf.value, "dtype", None)
+            dt = np.asarray(leaf.value).dtype if dt is None else dt
+            floating = _is_numpy_dtype(dt) and bool(np.issubdtype(np.dtype(dt), np.floating))
+            nonfinite = floating and not bool(np.isfinite(np.asarray(leaf.value)).all())
+            out.append(cls(path, int(size), str(reason), leaf.kind == "param", floating, nonfinite))
         return out
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), counts=self.counts)
 
 
 def _is_numpy_dtype(dt) -> bool:
@@ -135,13 +142,19 @@ class Report:
         return sum(g.certified for g in self.groups)
 
     @property
-    def unprotected_floating(self) -> tuple[UnprotectedLeaf, ...]:
-        return tuple(u for u in self.unprotected if u.floating)
+    def unprotected_parameters(self) -> tuple[UnprotectedLeaf, ...]:
+        """Floating parameters the codebook does not protect."""
+        return tuple(u for u in self.unprotected if u.counts)
+
+    @property
+    def all_certified(self) -> bool:
+        """Every protected column certified (whatever is unprotected)."""
+        return self.certified == self.columns
 
     @property
     def ok(self) -> bool:
-        """True only if every protected column is certified and no floating leaf is unprotected."""
-        return self.certified == self.columns and not self.unprotected_floating
+        """True only if every protected column is certified and no floating parameter is unprotected."""
+        return self.all_certified and not self.unprotected_parameters
 
     def __getitem__(self, path: str) -> LeafReport:
         for r in self.leaves:
@@ -152,15 +165,15 @@ class Report:
     def status(self) -> str:
         """One line: ok, or what is wrong."""
         if self.ok:
-            return f"ok: all {self.columns} columns certified; every floating leaf protected"
+            return f"ok: all {self.columns} columns certified; every floating parameter protected"
         problems = []
         if self.certified != self.columns:
             problems.append(f"{self.columns - self.certified} of {self.columns} columns not certified "
                             f"({_KEPT[self.on_uncertified]})")
-        loose = self.unprotected_floating
+        loose = self.unprotected_parameters
         if loose:
             bad = sum(u.nonfinite for u in loose)
-            problems.append(f"{len(loose)} floating leaves ({sum(u.size for u in loose)} parameters) unprotected"
+            problems.append(f"{len(loose)} floating parameter leaves ({sum(u.size for u in loose)} values) unprotected"
                             + (f", {bad} of them with non-finite values" if bad else ""))
         return "NOT OK: " + "; ".join(problems)
 
@@ -171,8 +184,9 @@ class Report:
         text = _table(head, rows)
         if self.unprotected:
             text += "\n\nnot protected:\n" + _table(
-                ("leaf", "parameters", "reason", "non-finite"),
-                [(u.path, u.size, u.reason, "yes" if u.nonfinite else "no") for u in self.unprotected])
+                ("leaf", "values", "reason", "non-finite", "counts against ok"),
+                [(u.path, u.size, u.reason, "yes" if u.nonfinite else "no", "yes" if u.counts else "no")
+                 for u in self.unprotected])
         return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
 
     def as_dict(self) -> dict:

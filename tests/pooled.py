@@ -24,8 +24,8 @@ def tree_shapes() -> dict:
 
 
 class PooledCodebook:
-    def __init__(self):
-        f32 = "float32"
+    def __init__(self, dtype: str = "float32"):
+        f32 = dtype
         self._leaves = {"a": LeafLayout("a", (2, 20), f32, None), "b": LeafLayout("b", (5,), f32, None),
                         "c": LeafLayout("c", (3, 16), f32, 1)}
         # g0: 8 × 8 = 64 entries ← a (40) + b (5) + c[0:19];  g1: 9 × 4 ← c[19:48] and 7 NaN
@@ -80,8 +80,8 @@ def clean_params(cb: PooledCodebook, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     cols = {name: np.asarray(cb.matrix(name), np.float64) @ rng.standard_normal((g.n, g.columns))
             for name, g in cb.groups.items()}
-    leaves = cb.unpack({k: v.astype(np.float32) for k, v in cols.items()})
-    out = {k: jnp.asarray(v) for k, v in leaves.items()}
+    leaves = cb.unpack(cols)
+    out = {k: jnp.asarray(v, cb.groups["g0"].dtype) for k, v in leaves.items()}
     out["free"] = jnp.asarray(rng.standard_normal(4), jnp.float32)
     out["step"] = jnp.asarray(3, jnp.int32)
     return out

@@ -42,14 +42,17 @@ def case():
 
 
 def _loop(cb, tree):
-    """The reference: recover each group's (K, m) columns in its own call."""
+    """The reference: ``recover`` on one column at a time, group by group."""
     cols = cb.pack(tree)
     out = {}
     for name in cb.groups:
         A = cb.matrix(name, jnp.float32)
-        r = jp.recover(A, cols[name])
-        out[name] = (np.asarray(A, np.float64) @ np.asarray(r.x, np.float64), np.asarray(r.certified),
-                     np.asarray(r.outliers), np.asarray(cols[name]))
+        y = cols[name]
+        rs = [jp.recover(A, y[:, j]) for j in range(y.shape[1])]
+        fit = np.stack([np.asarray(A, np.float64) @ np.asarray(r.x, np.float64) for r in rs], axis=1)
+        cert = np.array([bool(r.certified) for r in rs])
+        outl = np.stack([np.asarray(r.outliers) for r in rs], axis=1)
+        out[name] = (fit, cert, outl, np.asarray(y))
     return out
 
 
@@ -167,7 +170,7 @@ def test_pooled_layout_report_counts_columns_per_leaf(monkeypatch):
     (free,) = [u for u in rep.unprotected if u.path == "free"]
     assert free.floating and free.nonfinite and free.size == 4
     assert not [u for u in rep.unprotected if u.path == "step"][0].floating
-    assert not rep.ok and "1 floating leaves (4 parameters) unprotected" in rep.status()
+    assert not rep.ok and rep.all_certified is False and "1 floating parameter leaves (4 values) unprotected" in rep.status()
     d = json.loads(json.dumps(rep.as_dict(), allow_nan=False))
     assert d["ok"] is False and d["certified"] == 11 and d["on_uncertified"] == "input"
     assert {x["path"] for x in d["leaves"]} == {"a", "b", "c"} and d["unprotected"][0]["nonfinite"] is True
@@ -177,15 +180,31 @@ def test_pooled_layout_report_counts_columns_per_leaf(monkeypatch):
 def test_all_certified_and_all_protected_is_ok():
     cb = PooledCodebook()
     clean = {k: v for k, v in clean_params(cb).items() if k != "free"}
+    clean["batch_stats"] = {"mean": jnp.full(3, jnp.nan)}  # state, not a parameter: listed only
     cols = {k: np.array(v) for k, v in cb.pack(clean).items()}
     cols["g0"][2, 3] += 1e3  # an entry of a
     cols["g1"][0, 1] = np.inf  # an entry of c; g1 also has 7 NaN padding entries, not c's
     pur, rep = jp.purify(cb.replace(clean, cb.unpack(cols)), cb)
     assert rep.ok and rep.status().startswith("ok") and rep.certified == rep.columns == 12
+    (stats,) = [u for u in rep.unprotected if u.path == "batch_stats/mean"]
+    assert stats.nonfinite and stats.floating and not stats.parameter and not stats.counts
     assert (rep["a"].flagged, rep["b"].flagged, rep["c"].flagged) == (1, 0, 1)
     assert (rep["a"].erasures, rep["c"].erasures) == (0, 1)
     for path in cb.protected:
         np.testing.assert_allclose(pur[path], clean[path], rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_leaves_are_judged_at_their_precision():
+    cb = PooledCodebook("bfloat16")
+    clean = {k: v for k, v in clean_params(cb).items() if k != "free"}
+    assert clean["a"].dtype == jnp.bfloat16
+    cols = {k: np.array(v, np.float32) for k, v in cb.pack(clean).items()}
+    cols["g0"][2, 3] += 1e3
+    pur, rep = jp.purify(cb.replace(clean, cb.unpack(cols)), cb)
+    assert rep.ok, str(rep)
+    for path in cb.protected:
+        assert pur[path].dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(pur[path], np.float32), np.asarray(clean[path], np.float32), rtol=2**-7, atol=1e-2)
 
 
 def test_bad_input_names_the_argument_or_leaf(case):
