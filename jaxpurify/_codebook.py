@@ -2,29 +2,28 @@
 
 A protected leaf W with K entries along its encoded axis is generated from a latent Θ with
 n = ceil(K / redundancy) entries along that axis:  W = A Θ  (applied along the axis), with A a
-K × n matrix of i.i.d. N(0, 1/n) entries.  A is a function of the key and the leaf's path only,
-derived with BLAKE2b in counter mode and a Box–Muller transform in float64: it is the same on
-any machine and under any JAX or NumPy version, and only the key needs to be kept secret.
+K × n matrix of i.i.d. N(0, 1/n) entries.  A is a function of the secret and the leaf's path only,
+derived with BLAKE2b in counter mode and a Box–Muller transform in float64 (``_keys``): it is the
+same on any machine and under any JAX or NumPy version, and only the secret needs to be kept.
+Keys are ``_keys``, the file and its key file ``_codebook_file``, the keyed seal ``_seal``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import hmac
 import math
 import os
-import tempfile
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpurify import _codebook_file, _keys, _seal
+from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
 from jaxpurify._tree import leaves_with_paths
 
-FORMAT = "jaxpurify.codebook"
-VERSION = 1
 MIN_K = 8
 
 Select = Callable[[str, Any], "bool | int | None"]
@@ -54,42 +53,6 @@ class LeafSpec:
         return tuple(s)
 
 
-def _key_words(key) -> tuple[int, ...]:
-    if isinstance(key, (int, np.integer)):
-        key = jax.random.key(int(key))
-    arr = jnp.asarray(key) if not _is_typed_key(key) else jax.random.key_data(key)
-    arr = np.asarray(arr)
-    if arr.dtype != np.uint32 or arr.ndim != 1:
-        raise TypeError(
-            "key must be a jax.random.key, a raw uint32 PRNGKey or an int seed; "
-            f"got an array of dtype {arr.dtype} and shape {arr.shape}"
-        )
-    return tuple(int(w) for w in arr)
-
-
-def _is_typed_key(key) -> bool:
-    return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-
-
-def gaussian_matrix(key_words: tuple[int, ...], path: str, K: int, n: int) -> np.ndarray:
-    """K × n i.i.d. N(0, 1/n) in float64, a pure function of (key, path)."""
-    secret = b"".join(w.to_bytes(4, "little") for w in key_words)
-    count = K * n
-    nwords = 2 * (-(-count // 2))  # one uint64 per uniform, uniforms in pairs
-    prefix = b"jaxpurify/A/v1/" + path.encode() + b"/"
-    buf = bytearray()
-    for i in range(-(-nwords // 8)):  # a 64-byte digest holds 8 uint64
-        h = hashlib.blake2b(prefix + i.to_bytes(8, "little"), digest_size=64, key=secret[:64])
-        buf += h.digest()
-    words = np.frombuffer(bytes(buf), dtype="<u8")[:nwords]
-    # 53-bit uniforms in (0, 1], then Box–Muller
-    u = ((words >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
-    u1, u2 = u[0::2], u[1::2]
-    rad = np.sqrt(-2.0 * np.log(u1))
-    z = np.concatenate([rad * np.cos(2 * np.pi * u2), rad * np.sin(2 * np.pi * u2)])[:count]
-    return z.reshape(K, n) / math.sqrt(n)
-
-
 class Codebook:
     """Encoded leaves of a parameter tree and their matrices.
 
@@ -98,8 +61,10 @@ class Codebook:
     keep it as a small JSON file (the matrices are regenerated from the key, not stored).
     """
 
-    def __init__(self, key_words: tuple[int, ...], redundancy: float, specs: list[LeafSpec]):
-        self.key_words = tuple(int(w) for w in key_words)
+    def __init__(self, secret: bytes, redundancy: float, specs: list[LeafSpec], model=None, seal=None):
+        self.secret = _keys.check_secret(secret)  # never printed: see __repr__
+        self.model: _codebook_file.Fingerprint | None = model  # every leaf of the tree it was made for
+        self.seal_record: _seal.Seal | None = seal
         self.redundancy = float(redundancy)
         self.specs: dict[str, LeafSpec] = {s.path: s for s in specs}
         self._cache: dict[str, np.ndarray] = {}
@@ -107,9 +72,14 @@ class Codebook:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, params: Any, key, *, redundancy: float = 4.0, select: Select | None = None
+        cls, params: Any, key: Any = None, *, redundancy: float = 4.0, select: Select | None = None
     ) -> "Codebook":
-        """Choose the encoded leaves of ``params`` and bind them to ``key``.
+        """Choose the encoded leaves of ``params`` and bind them to a secret.
+
+        ``key=None`` (the default) draws a 256-bit secret from ``os.urandom``; 16–64 ``bytes`` are
+        used as given; a JAX key or a non-negative int seed is accepted for reproducible research
+        with a ``WeakKeyWarning`` (it carries ≤ 64 bits; ``key(42)`` and ``42`` give the matrices
+        they always gave).  See ``jaxpurify._keys``.
 
         By default every floating leaf whose last axis has K ≥ 8 entries is encoded along that
         axis (output features of Flax kernels, the only axis of biases), with n = ceil(K /
@@ -118,7 +88,7 @@ class Codebook:
         """
         if not redundancy > 1.0:
             raise ValueError(f"redundancy must be > 1 (K/n), got {redundancy}")
-        words = _key_words(key)
+        secret = _keys.secret_from_key(key)
         specs = []
         for path, leaf in leaves_with_paths(params)[0]:
             shape = tuple(np.shape(leaf))
@@ -148,14 +118,14 @@ class Codebook:
             specs.append(LeafSpec(path, shape, dtype.name, axis, K, n))
         if not specs:
             raise ValueError("no leaf selected for encoding")
-        return cls(words, redundancy, specs)
+        return cls(secret, redundancy, specs, model=_codebook_file.fingerprint(params))
 
     # -- matrices ----------------------------------------------------------------------------
     def matrix(self, path: str, dtype=None) -> jax.Array:
         """The K × n matrix A of a leaf."""
         spec = self._spec(path)
         if path not in self._cache:
-            self._cache[path] = gaussian_matrix(self.key_words, path, spec.K, spec.n)
+            self._cache[path] = gaussian_matrix(self.secret, path, spec.K, spec.n)
         return jnp.asarray(self._cache[path], dtype=dtype or spec.dtype)
 
     def _pinv(self, path: str, dtype) -> jax.Array:
@@ -228,10 +198,8 @@ class Codebook:
         return Capacity(list(self.specs.values()))
 
     def to_json(self) -> dict:
+        """The layout part of the file (no key: see ``save``)."""
         return {
-            "format": FORMAT,
-            "version": VERSION,
-            "key": list(self.key_words),
             "redundancy": self.redundancy,
             "leaves": [
                 {"path": s.path, "shape": list(s.shape), "dtype": s.dtype, "axis": s.axis, "K": s.K, "n": s.n}
@@ -240,55 +208,64 @@ class Codebook:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Codebook":
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} file")
-        if data.get("version") != VERSION:
-            raise ValueError(f"unsupported codebook version {data.get('version')!r} (this is {VERSION})")
-        try:
-            specs = [
-                LeafSpec(str(d["path"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]), int(d["axis"]), int(d["K"]), int(d["n"]))
-                for d in data["leaves"]
-            ]
-            key = tuple(int(w) for w in data["key"])
-            red = float(data["redundancy"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"malformed codebook file: {e}") from None
-        for s in specs:
-            if not (0 <= s.axis < len(s.shape) and s.shape[s.axis] == s.K and 0 < s.n < s.K):
-                raise ValueError(f"malformed codebook entry for leaf {s.path!r}")
-        return cls(key, red, specs)
+    def from_json(cls, data: dict, secret: bytes) -> "Codebook":
+        """A codebook from a document ``_codebook_file.read`` has authenticated and checked."""
+        red, leaves, model = _codebook_file.check_layout(data)
+        specs = [LeafSpec(d["path"], tuple(d["shape"]), d["dtype"], d["axis"], d["K"], d["n"]) for d in leaves]
+        seal = None if data.get("seal") is None else _seal.Seal.from_json(data["seal"], secret)
+        return cls(secret, red, specs, model=model, seal=seal)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the codebook as JSON, atomically (a temporary file renamed into place)."""
-        path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".codebook-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    def save(self, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> None:
+        """Write ``path`` (authenticated JSON, mode 0644, no key) and ``key_path`` (default
+        ``path + ".key"``, mode 0600: the secret), each atomically."""
+        seal = None if self.seal_record is None else self.seal_record.to_json()
+        doc = _codebook_file.document(self.to_json(), self.secret, self.model, seal)
+        _codebook_file.write(path, key_path, doc, self.secret)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Codebook":
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{os.fspath(path)}: not JSON ({e})") from None
-        return cls.from_json(data)
+    def load(cls, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> "Codebook":
+        """Read and authenticate a codebook; ``ValueError`` says what is wrong (wrong key, tampered,
+        malformed field or leaf).  Version-1 files (key inside) load with a warning."""
+        doc, secret = _codebook_file.read(path, key_path)
+        return cls.from_json(doc, secret)
+
+    # -- model binding and seal -------------------------------------------------------------
+    def check(self, params: Any) -> None:
+        """Raise ``ValueError`` naming the leaf if ``params`` is not the model this codebook was
+        made for (paths, shapes and dtypes of all leaves; protected leaves only for a v1 file)."""
+        if self.model is not None:
+            _codebook_file.check_model(self.model, params)
+            return
+        have = {p: (shape, dtype) for p, shape, dtype in _codebook_file.fingerprint(params)}
+        for s in self.specs.values():
+            if have.get(s.path) != (s.shape, s.dtype):
+                raise ValueError(f"other model: leaf {s.path!r} is missing or is not {s.dtype}{list(s.shape)}")
+
+    def seal(self, params: Any, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS) -> "_seal.Seal":
+        """Record a keyed sketch of the deployed ``params`` (see ``jaxpurify._seal``); kept in the
+        codebook and its file.  ``params`` must be the model the codebook was made for."""
+        self.check(params)
+        self.seal_record = _seal.Seal.create(self.secret, params, chunk=chunk, rows=rows)
+        return self.seal_record
+
+    def verify(self, params: Any, err: Any = None) -> dict[str, "_seal.LeafVerdict"]:
+        """Check a (purified) tree against the seal: ``{path: LeafVerdict}``; ``err`` is the
+        per-entry error bound of the purification (a number or per path)."""
+        if self.seal_record is None:
+            raise ValueError("the codebook has no seal: call codebook.seal(deployed_params) first")
+        return _seal.verify(self.seal_record, params, err)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Codebook) and self.to_json() == other.to_json()
+        if not isinstance(other, Codebook):
+            return False
+        mine = (self.to_json(), self.model, self.seal_record)
+        return mine == (other.to_json(), other.model, other.seal_record) and hmac.compare_digest(self.secret, other.secret)
 
-    def __repr__(self) -> str:
-        return f"Codebook({len(self.specs)} leaves, redundancy={self.redundancy})"
+    __hash__ = None
+
+    def __repr__(self) -> str:  # never the secret
+        sealed = ", sealed" if self.seal_record is not None else ""
+        return f"Codebook({len(self.specs)} leaves, redundancy={self.redundancy}{sealed})"
 
 
 def _along(t, M, axis):
