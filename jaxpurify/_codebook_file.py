@@ -219,7 +219,7 @@ def read_secret(key_path: str) -> bytes:
         ) from None
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.warn(f"codebook key file {key_path!r} is accessible to group/others (mode {oct(mode & 0o777)}); "
-                      "chmod 600 it", UserWarning, stacklevel=3)
+                      "chmod 600 it", UserWarning, stacklevel=4)
     d = _read_json(key_path, "the key file")
     if not isinstance(d, dict) or d.get("format") != KEY_FORMAT or not isinstance(d.get("secret"), str):
         raise ValueError(f"{key_path}: not a {KEY_FORMAT} file")
@@ -261,7 +261,7 @@ def read(path, key_path=None) -> tuple[dict, bytes]:
 def _read_v1(path: str, doc: dict) -> tuple[dict, bytes]:
     warnings.warn(f"{path}: version-1 codebook (key inside the file, no MAC, no model fingerprint): loaded "
                   "unauthenticated; save() it again to get an authenticated version-2 file and a separate key file",
-                  LegacyCodebookWarning, stacklevel=3)
+                  LegacyCodebookWarning, stacklevel=4)
     words = doc.get("key")
     if not (isinstance(words, list) and words and all(isinstance(w, int) and not isinstance(w, bool)
                                                       and 0 <= w < 2**32 for w in words)):
