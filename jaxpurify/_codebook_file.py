@@ -58,9 +58,11 @@ def fingerprint(params: Any) -> Fingerprint:
     """(path, shape, dtype) of every leaf of a tree, in tree order."""
     out = []
     for path, leaf in leaves_with_paths(params)[0]:
+        # no np.asarray of a leaf that has .dtype/.shape: typed PRNG keys cannot become NumPy arrays
         dtype = getattr(leaf, "dtype", None)
-        dtype = np.dtype(dtype) if dtype is not None else np.asarray(leaf).dtype
-        out.append((path, tuple(int(d) for d in np.shape(leaf)), dtype.name))
+        dtype = str(dtype) if dtype is not None else np.asarray(leaf).dtype.name
+        shape = getattr(leaf, "shape", None)
+        out.append((path, tuple(int(d) for d in (shape if shape is not None else np.shape(leaf))), dtype))
     return tuple(out)
 
 

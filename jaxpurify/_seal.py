@@ -114,6 +114,9 @@ class Seal:
             raise ValueError(f"rows must be an int in [8, 256], got {rows!r}")
         seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=os.urandom(16))
         for path, leaf in leaves_with_paths(params)[0]:
+            dtype = getattr(leaf, "dtype", None)  # checked first: typed PRNG keys have no NumPy form
+            if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+                continue
             a = np.asarray(leaf)
             if not jnp.issubdtype(a.dtype, jnp.floating) or a.size == 0:
                 continue
