@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _codebook_file, _keys, _seal
+from jaxpurify import _codebook_file, _keys, _layout, _seal
 from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
+from jaxpurify._layout import Group, LeafLayout, Segment
 from jaxpurify._tree import leaves_with_paths
 
 MIN_K = 8
@@ -68,6 +69,12 @@ class Codebook:
         self.redundancy = float(redundancy)
         self.specs: dict[str, LeafSpec] = {s.path: s for s in specs}
         self._cache: dict[str, np.ndarray] = {}
+        # one group per encoded leaf, named by its path (so A is the leaf's matrix of version 1)
+        self._leaves = {s.path: LeafLayout(s.path, s.shape, s.dtype, s.axis) for s in specs}
+        self._groups = {
+            s.path: Group(s.path, s.K, s.n, s.columns, s.dtype, (Segment(s.path, 0, math.prod(s.shape)),))
+            for s in specs
+        }
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -91,8 +98,8 @@ class Codebook:
         secret = _keys.secret_from_key(key)
         specs = []
         for path, leaf in leaves_with_paths(params)[0]:
-            shape = tuple(np.shape(leaf))
-            dtype = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))
+            shape = _leaf_shape(leaf)
+            dtype = _leaf_dtype(leaf)
             choice = select(path, leaf) if select is not None else None
             if choice is False:
                 continue
@@ -120,13 +127,75 @@ class Codebook:
             raise ValueError("no leaf selected for encoding")
         return cls(secret, redundancy, specs, model=_codebook_file.fingerprint(params))
 
+    # -- layout ------------------------------------------------------------------------------
+    @property
+    def groups(self) -> dict[str, Group]:
+        """The codes, by name, in a fixed order: each a K × m array of columns y = A θ."""
+        return dict(self._groups)
+
+    @property
+    def protected(self) -> tuple[str, ...]:
+        """Paths of the protected leaves."""
+        return tuple(self._leaves)
+
+    def pack(self, params: Any) -> dict[str, np.ndarray]:
+        """Per group, its entries of ``params`` as a (K, m) host array (column j = one code
+        column y ∈ R^K; padding entries NaN).  Never writes to ``params``."""
+        return _layout.pack(self._groups.values(), self._leaves, self._protected_values(params))
+
+    def unpack(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`pack` for (K, m) arrays of any dtype (values, bool masks, …):
+        per protected leaf path, an array of the leaf's shape."""
+        return _layout.unpack(self._groups.values(), self._leaves, cols)
+
+    def replace(self, params: Any, leaves: dict[str, Any]) -> Any:
+        """A new tree: ``params`` with the given leaves (by path) replaced, each cast to the
+        dtype of the leaf it replaces; other leaves are the same objects."""
+        named, treedef = leaves_with_paths(params)
+        present = {p for p, _ in named}
+        unknown = [p for p in leaves if p not in present]
+        if unknown:
+            raise ValueError(f"leaf {unknown[0]!r} is not in params")
+        out = []
+        for path, leaf in named:
+            if path in leaves:
+                new = np.asarray(leaves[path])
+                if new.shape != tuple(np.shape(leaf)):
+                    raise ValueError(f"leaf {path!r}: replacement has shape {new.shape}, expected {np.shape(leaf)}")
+                leaf = jnp.asarray(new, dtype=leaf.dtype) if isinstance(leaf, jax.Array) else new.astype(np.asarray(leaf).dtype)
+            out.append(leaf)
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def unprotected(self, params: Any) -> list[tuple[str, int, str]]:
+        """``(path, size, reason)`` of every leaf of ``params`` that is not protected."""
+        out = []
+        for path, leaf in leaves_with_paths(params)[0]:
+            if path in self._leaves:
+                continue
+            dtype = _leaf_dtype(leaf)
+            reason = "not selected" if jnp.issubdtype(dtype, jnp.floating) else f"not floating ({dtype})"
+            out.append((path, math.prod(_leaf_shape(leaf)), reason))
+        return out
+
+    def _protected_values(self, params: Any) -> dict[str, Any]:
+        by_path = dict(leaves_with_paths(params)[0])
+        for path, lay in self._leaves.items():
+            if path not in by_path:
+                raise ValueError(f"leaf {path!r} of the codebook is missing from params")
+            if tuple(np.shape(by_path[path])) != lay.shape:
+                raise ValueError(f"leaf {path!r} has shape {tuple(np.shape(by_path[path]))}, the codebook expects {lay.shape}")
+        return {p: by_path[p] for p in self._leaves}
+
     # -- matrices ----------------------------------------------------------------------------
-    def matrix(self, path: str, dtype=None) -> jax.Array:
-        """The K × n matrix A of a leaf."""
-        spec = self._spec(path)
-        if path not in self._cache:
-            self._cache[path] = gaussian_matrix(self.secret, path, spec.K, spec.n)
-        return jnp.asarray(self._cache[path], dtype=dtype or spec.dtype)
+    def matrix(self, name: str, dtype=None) -> jax.Array:
+        """The K × n matrix A of a group (for the one-group-per-leaf layout, the leaf's path)."""
+        try:
+            g = self._groups[name]
+        except KeyError:
+            raise ValueError(f"group {name!r} is not in the codebook") from None
+        if name not in self._cache:
+            self._cache[name] = gaussian_matrix(self.secret, name, g.K, g.n)
+        return jnp.asarray(self._cache[name], dtype=dtype or g.dtype)
 
     def _pinv(self, path: str, dtype) -> jax.Array:
         self.matrix(path)
@@ -266,6 +335,17 @@ class Codebook:
     def __repr__(self) -> str:  # never the secret
         sealed = ", sealed" if self.seal_record is not None else ""
         return f"Codebook({len(self.specs)} leaves, redundancy={self.redundancy}{sealed})"
+
+
+def _leaf_dtype(leaf) -> np.dtype:
+    """A leaf's dtype without converting it (typed PRNG keys cannot become NumPy arrays)."""
+    dtype = getattr(leaf, "dtype", None)
+    return dtype if dtype is not None else np.asarray(leaf).dtype
+
+
+def _leaf_shape(leaf) -> tuple[int, ...]:
+    shape = getattr(leaf, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(leaf)
 
 
 def _along(t, M, axis):
