@@ -18,9 +18,12 @@ Verification of a purified leaf P against the sealed W, with e = P − W − δ 
   r_i: the two values of r_i give statistics s ± a with |a| = |δ_i + e_i| > τ, and |s + a|, |s − a|
   cannot both be ≤ τ.  So each row detects with probability ≥ 1/2, independently: P(miss) ≤ 2⁻³².
 
-With ε defaulting to 64·eps(dtype)·max|W| (pass the purification's error bound instead when known),
-a float32 leaf's smallest change guaranteed detected is about 512·ε ≈ 0.4% of max|W| per entry
-(t ≈ 8–9, √4096 = 64); ``LeafVerdict.detectable`` states it per leaf.
+ε defaults to (64·eps(solve dtype) + eps(leaf dtype))·max|W| (``default_err``; pass the
+purification's error bound instead when known).  Then a float32 leaf's smallest single-entry change
+guaranteed detected is (t·√c + 1)·ε ≈ 550·ε ≈ 0.4% of max|W| (t ≈ 8–9, √4096 = 64), a float64
+leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·max|W| at c = 4096, so seal
+bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).  ``LeafVerdict.detectable``
+states it per leaf.
 """
 
 from __future__ import annotations
@@ -160,16 +163,19 @@ class Seal:
         return f"Seal({len(self.leaves)} leaves, chunk={self.chunk}, rows={self.rows})"
 
 
+def default_err(dtype: str, max_abs: float) -> float:
+    """ε when no bound is given: 64 ulps of the solve dtype (float32 at least) plus one ulp of the
+    leaf's dtype (the cast back), relative to the sealed leaf's max|W|."""
+    solve = jnp.promote_types(dtype, jnp.float32)
+    return (ERR_ULPS * float(jnp.finfo(solve).eps) + float(jnp.finfo(dtype).eps)) * max_abs
+
+
 def _errors(seal: Seal, err) -> dict[str, float]:
     out = {}
     for path, s in seal.leaves.items():
-        if err is None:
-            e = ERR_ULPS * float(jnp.finfo(s.dtype).eps) * s.max_abs
-        elif isinstance(err, Mapping):
-            e = err.get(path, None)
-            e = ERR_ULPS * float(jnp.finfo(s.dtype).eps) * s.max_abs if e is None else e
-        else:
-            e = err
+        e = err.get(path, None) if isinstance(err, Mapping) else err
+        if e is None:
+            e = default_err(s.dtype, s.max_abs)
         if isinstance(e, bool) or not isinstance(e, (int, float, np.floating, np.integer)) or not (0 <= e < math.inf):
             raise ValueError(f"err for leaf {path!r} must be a finite number ≥ 0, got {e!r}")
         out[path] = float(e)
@@ -179,8 +185,8 @@ def _errors(seal: Seal, err) -> dict[str, float]:
 def verify(seal: Seal, params: Any, err: float | Mapping[str, float] | None = None) -> dict[str, LeafVerdict]:
     """Check every sealed leaf of ``params`` (a purified tree) against the seal.
 
-    ``err``: the per-entry absolute error bound ε of the purification, one number or per leaf path;
-    by default 64·eps(dtype)·max|W| of the sealed leaf.  Returns ``{path: LeafVerdict}``.
+    ``err``: the per-entry absolute error bound ε of the purification, one number or per leaf path
+    (a missing path or None: ``default_err`` of the sealed leaf).  Returns ``{path: LeafVerdict}``.
     Raises ``ValueError`` naming the leaf if a sealed leaf is missing or has another shape.
     """
     have = dict(leaves_with_paths(params)[0])
