@@ -80,13 +80,18 @@ def _signs(sign_key: bytes, path: str, index: int, rows: int, size: int) -> np.n
     return np.unpackbits(raw)[: rows * size].reshape(rows, size).astype(np.float64)
 
 
-def _sketch(sign_key: bytes, path: str, leaf: Any, rows: int, chunk: int) -> np.ndarray:
-    flat = np.asarray(leaf).astype(np.float64).ravel()
+def _sketch(sign_key: bytes, path: str, leaf: Any, rows: int, chunk: int) -> tuple[np.ndarray, float]:
+    """(chunks, rows) sketch values and max|w| (NaN if any entry is not finite).  Chunk by chunk,
+    so the working memory is a few chunks whatever the leaf's size."""
+    flat = np.asarray(leaf).reshape(-1)
     out = np.empty((-(-flat.size // chunk), rows))
+    top, finite = 0.0, True
     for k, start in enumerate(range(0, flat.size, chunk)):
-        w = flat[start : start + chunk]
+        w = flat[start : start + chunk].astype(np.float64)
         out[k] = w.sum() - 2.0 * (_signs(sign_key, path, k, rows, w.size) @ w)  # Σ (1 − 2b) w
-    return out
+        finite = finite and bool(np.all(np.isfinite(w)))
+        top = max(top, float(np.max(np.abs(w))))
+    return out, top if finite else math.nan
 
 
 def _keystream(enc_key: bytes, nonce: bytes, path: str, size: int) -> np.ndarray:
@@ -123,10 +128,10 @@ class Seal:
             a = np.asarray(leaf)
             if not jnp.issubdtype(a.dtype, jnp.floating) or a.size == 0:
                 continue
-            if not np.all(np.isfinite(a)):
+            sketch, top = _sketch(seal._sign_key, path, a, rows, chunk)
+            if math.isnan(top):
                 raise ValueError(f"leaf {path!r}: cannot seal non-finite weights")
-            seal.leaves[path] = _Sealed(a.shape, a.dtype.name, float(np.max(np.abs(a))),
-                                        _sketch(seal._sign_key, path, a, rows, chunk))
+            seal.leaves[path] = _Sealed(a.shape, a.dtype.name, top, sketch)
         if not seal.leaves:
             raise ValueError("params has no floating leaf to seal")
         return seal
@@ -198,7 +203,7 @@ def verify(seal: Seal, params: Any, err: float | Mapping[str, float] | None = No
         leaf = np.asarray(have[path])
         if leaf.shape != s.shape:
             raise ValueError(f"leaf {path!r} has shape {leaf.shape}, the seal has {s.shape}")
-        diff = np.abs(_sketch(seal._sign_key, path, leaf, seal.rows, seal.chunk) - s.sketch).max(axis=1)
+        diff = np.abs(_sketch(seal._sign_key, path, leaf, seal.rows, seal.chunk)[0] - s.sketch).max(axis=1)
         sizes = np.minimum(seal.chunk, leaf.size - seal.chunk * np.arange(diff.size))
         t = math.sqrt(2.0 * math.log(2.0 * seal.rows * diff.size / FALSE_ALARM))
         per_entry = diff / (t * np.sqrt(sizes))  # NaN where the leaf is not finite
