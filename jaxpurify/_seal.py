@@ -21,9 +21,13 @@ Verification of a purified leaf P against the sealed W, with e = P − W − δ 
 ε defaults to (64·eps(solve dtype) + eps(leaf dtype))·max|W| (``default_err``; pass the
 purification's error bound instead when known).  Then a float32 leaf's smallest single-entry change
 guaranteed detected is (t·√c + 1)·ε ≈ 550·ε ≈ 0.4% of max|W| (t ≈ 8–9, √4096 = 64), a float64
-leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·max|W| at c = 4096, so seal
-bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).  ``LeafVerdict.detectable``
-states it per leaf.
+leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·max|W| at c = 4096, so
+seal bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).
+``LeafVerdict.detectable`` states it per leaf.
+
+Why chunks and signs: the threshold grows as √c, so chunks keep it small and say where a change is
+(a failed chunk is an entry range); ±1 signs are plain hash bits and make the detection bound hold
+for every δ, with no assumption on its distribution.  Storage is rows/c = 1/128 of the entries.
 """
 
 from __future__ import annotations
