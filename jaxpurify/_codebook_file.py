@@ -254,7 +254,7 @@ def read(path, key_path=None) -> tuple[dict, bytes]:
         expected = _mac(secret, doc)
     except ValueError:  # non-finite numbers cannot be canonical JSON: not what save() wrote
         expected = None
-    if not isinstance(mac, str) or expected is None or not hmac.compare_digest(mac, expected):
+    if not isinstance(mac, str) or expected is None or not hmac.compare_digest(mac.encode(), expected.encode()):
         raise ValueError(f"{path}: tampered: the MAC does not match; the file was changed after it was saved")
     check_layout(doc)
     return doc, secret

@@ -72,6 +72,7 @@ def test_key_path_option(tmp_path):
     lambda d: d.update(redundancy=2.0),
     lambda d: d["model"][3].__setitem__(2, "float32"),
     lambda d: d.pop("mac"),
+    lambda d: d.update(mac="é" * 64),  # not ASCII: still a ValueError, not compare_digest's TypeError
     lambda d: d.update(mac=d["mac"][:-1] + ("0" if d["mac"][-1] != "0" else "1")),
 ])
 def test_edited_file_is_refused_as_tampered(saved, edit):
