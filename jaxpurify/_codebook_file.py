@@ -124,43 +124,89 @@ def _shape(v, what: str) -> tuple[int, ...]:
     return tuple(_int(d, f"{what} shape entry") for d in v)
 
 
-def check_layout(doc: dict) -> tuple[float, list[dict], Fingerprint | None]:
-    """Validate the layout and fingerprint fields; return (redundancy, leaves, model)."""
+def _list(v, what: str) -> list:
+    if not isinstance(v, list):
+        raise ValueError(f"malformed codebook file: {what} must be a list, got {type(v).__name__}")
+    return v
+
+
+def _str(v, what: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"malformed codebook file: {what} must be a string, got {v!r}")
+    return v
+
+
+def _check_leaves(doc: dict) -> dict[str, dict]:
+    leaves = _list(doc.get("leaves"), "'leaves'")
+    if not leaves:
+        raise ValueError("malformed codebook file: 'leaves' must be a non-empty list")
+    out = {}
+    for i, d in enumerate(leaves):
+        if not isinstance(d, dict):
+            raise ValueError(f"malformed codebook file: leaves[{i}] must be an object")
+        what = f"leaf {_str(d.get('path'), f'leaves[{i}] path')!r}"
+        if d["path"] in out:
+            raise ValueError(f"malformed codebook file: {what} appears twice")
+        shape = _shape(d.get("shape"), what)
+        _floating(d.get("dtype"), what)
+        axis = d.get("axis")
+        if axis is not None and _int(axis, f"{what} axis") >= len(shape):
+            raise ValueError(f"malformed codebook file: {what}: axis {axis} out of range for shape {list(shape)}")
+        if doc.get("version") == 1:  # one group per leaf along its axis, K and n in the leaf
+            K, n = _int(d.get("K"), f"{what} K"), _int(d.get("n"), f"{what} n")
+            if axis is None or shape[axis] != K or not 1 <= n < K:
+                raise ValueError(f"malformed codebook file: {what}: need K = shape[axis] and 1 ≤ n < K "
+                                 f"(axis {axis}, shape {list(shape)}, K {K}, n {n})")
+        out[d["path"]] = d
+    return out
+
+
+def _check_groups(doc: dict, leaves: dict[str, dict]) -> None:
+    for i, g in enumerate(_list(doc.get("groups"), "'groups'")):
+        if not isinstance(g, dict):
+            raise ValueError(f"malformed codebook file: groups[{i}] must be an object")
+        what = f"group {_str(g.get('name'), f'groups[{i}] name')!r}"
+        K, n = _int(g.get("K"), f"{what} K", 1), _int(g.get("n"), f"{what} n", 1)
+        _int(g.get("columns"), f"{what} columns", 1)
+        if not n < K:
+            raise ValueError(f"malformed codebook file: {what}: need 1 ≤ n < K, got K={K}, n={n}")
+        _floating(g.get("dtype"), what)
+        for seg in _list(g.get("segments"), f"{what} segments"):
+            if not (isinstance(seg, list) and len(seg) == 3 and seg[0] in leaves):
+                raise ValueError(f"malformed codebook file: {what}: segment {seg!r} is not [protected leaf, start, stop]")
+            _int(seg[1], f"{what} segment start"), _int(seg[2], f"{what} segment stop")
+    for ks in _list(doc.get("tree"), "'tree'"):
+        if not isinstance(ks, list) or not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in ks):
+            raise ValueError(f"malformed codebook file: tree entry {ks!r} is not a list of str/int keys")
+    for x in _list(doc.get("skipped"), "'skipped'"):
+        if not (isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and isinstance(x[2], str)):
+            raise ValueError(f"malformed codebook file: skipped entry {x!r} is not [path, size, reason]")
+        _int(x[1], f"skipped {x[0]!r} size")
+
+
+def check_layout(doc: dict) -> tuple[float, Fingerprint | None]:
+    """Types and ranges of the layout and fingerprint fields (the layout's own consistency —
+    every entry in exactly one group — is checked when the codebook is built); returns
+    (redundancy, model fingerprint or None)."""
     red = doc.get("redundancy")
     if isinstance(red, bool) or not isinstance(red, (int, float)) or not (math.isfinite(red) and red > 1):
         raise ValueError(f"malformed codebook file: redundancy must be a finite number > 1, got {red!r}")
-    leaves = doc.get("leaves")
-    if not isinstance(leaves, list) or not leaves:
-        raise ValueError("malformed codebook file: 'leaves' must be a non-empty list")
-    seen = set()
-    for i, d in enumerate(leaves):
-        if not isinstance(d, dict) or not isinstance(d.get("path"), str):
-            raise ValueError(f"malformed codebook file: leaves[{i}] must be an object with a string 'path'")
-        what = f"leaf {d['path']!r}"
-        if d["path"] in seen:
-            raise ValueError(f"malformed codebook file: {what} appears twice")
-        seen.add(d["path"])
-        shape = _shape(d.get("shape"), what)
-        _floating(d.get("dtype"), what)
-        axis, K, n = (_int(d.get(k), f"{what} {k}") for k in ("axis", "K", "n"))
-        if not (axis < len(shape) and shape[axis] == K and 1 <= n < K):
-            raise ValueError(f"malformed codebook file: {what}: need axis < ndim, K = shape[axis] and 1 ≤ n < K "
-                             f"(axis {axis}, shape {list(shape)}, K {K}, n {n})")
+    leaves = _check_leaves(doc)
+    if doc.get("version") != 1:
+        _check_groups(doc, leaves)
     model = doc.get("model")
     if model is None:
-        return float(red), leaves, None
-    if not isinstance(model, list):
-        raise ValueError("malformed codebook file: 'model' must be a list of [path, shape, dtype]")
+        return float(red), None
     fp = []
-    for e in model:
+    for e in _list(model, "'model'"):
         if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[2], str)):
             raise ValueError(f"malformed codebook file: model entry {e!r} is not [path, shape, dtype]")
         fp.append((e[0], _shape(e[1], f"model leaf {e[0]!r}"), e[2]))
     known = {p: (s, d) for p, s, d in fp}
-    for d in leaves:
+    for d in leaves.values():
         if known.get(d["path"]) != (tuple(d["shape"]), d["dtype"]):
             raise ValueError(f"malformed codebook file: leaf {d['path']!r} is not in the model fingerprint with its shape and dtype")
-    return float(red), leaves, tuple(fp)
+    return float(red), tuple(fp)
 
 
 # -- files -----------------------------------------------------------------------------------

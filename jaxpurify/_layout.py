@@ -16,6 +16,7 @@ W[..., j]: consecutive entries in memory land in consecutive columns.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 
 import numpy as np
@@ -47,19 +48,21 @@ class LeafLayout:
     def size(self) -> int:
         return math.prod(self.shape)
 
-    def order(self, leaf) -> np.ndarray:
-        """The leaf's entries as a flat host array in layout order (a view when possible)."""
-        arr = np.asarray(leaf)
+    def order(self, leaf, xp=np):
+        """The leaf's entries as a flat array in layout order (a view when possible)."""
+        arr = xp.asarray(leaf)
         if self.axis is not None:
-            arr = np.moveaxis(arr, self.axis, 0)
+            arr = xp.moveaxis(arr, self.axis, 0)
         return arr.reshape(-1)
 
-    def unorder(self, flat: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`order`: a flat array in layout order back to the leaf's shape."""
+    def unorder(self, flat, xp=np, first: int | None = None):
+        """Inverse of :meth:`order`: a flat array in layout order back to the leaf's shape
+        (with ``first`` entries instead of ``shape[axis]`` on the moved axis if given)."""
         if self.axis is None:
             return flat.reshape(self.shape)
-        moved = (self.shape[self.axis],) + tuple(d for i, d in enumerate(self.shape) if i != self.axis)
-        return np.moveaxis(flat.reshape(moved), 0, self.axis)
+        rest = tuple(d for i, d in enumerate(self.shape) if i != self.axis)
+        lead = self.shape[self.axis] if first is None else first
+        return xp.moveaxis(flat.reshape((lead,) + rest), 0, self.axis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,29 +91,33 @@ class Group:
         """Most corrupted entries per column that a certificate can accept: ⌊(K − n)/2⌋."""
         return (self.K - self.n) // 2
 
+    @property
+    def weakest(self) -> int:
+        """The same for its weakest column (a padded column has one row less)."""
+        return (self.K - self.n - (self.entries < self.K * self.columns)) // 2
 
-def pack(groups, leaves: dict[str, LeafLayout], values: dict[str, object]) -> dict[str, np.ndarray]:
-    """Per group, its (K, m) host array of the leaves' ``values``; padding entries are NaN.
 
-    The arrays are read-only (a group that is one whole leaf is a view of it when the layout
-    allows, so no copy is made); copy one to modify it.
+def pack(groups, leaves: dict[str, LeafLayout], values: dict[str, object], xp=np, fill=np.nan) -> dict:
+    """Per group, its (K, m) array of the leaves' ``values``; padding entries are ``fill``.
+
+    With ``xp=np`` (host) the arrays are read-only (a group that is one whole leaf is a view of
+    it when the layout allows, so no copy is made): copy one to modify it.  ``xp=jnp`` traces.
     """
     out = {}
     for g in groups:
-        parts = [leaves[s.path].order(values[s.path])[s.start : s.stop] for s in g.segments]
-        if len(parts) == 1 and parts[0].size == g.K * g.columns:
-            y = parts[0].reshape(g.K, g.columns).view()
-        else:
-            y = np.full(g.K * g.columns, np.nan, np.dtype(g.dtype))
-            if parts:
-                np.concatenate(parts, out=y[: g.entries])
-            y = y.reshape(g.K, g.columns)
-        y.flags.writeable = False
+        parts = [leaves[s.path].order(values[s.path], xp)[s.start : s.stop] for s in g.segments]
+        pad = g.K * g.columns - g.entries
+        if pad:
+            parts.append(xp.full((pad,), fill, parts[0].dtype))
+        y = (parts[0] if len(parts) == 1 else xp.concatenate(parts)).reshape(g.K, g.columns)
+        if xp is np:
+            y = y.view()
+            y.flags.writeable = False
         out[g.name] = y
     return out
 
 
-def unpack(groups, leaves: dict[str, LeafLayout], cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def unpack(groups, leaves: dict[str, LeafLayout], cols: dict, xp=np) -> dict:
     """Inverse of :func:`pack`: per leaf path, an array of the leaf's shape (any dtype).
 
     Padding entries of ``cols`` are ignored.  Raises ``ValueError`` naming the group if a code is
@@ -120,7 +127,7 @@ def unpack(groups, leaves: dict[str, LeafLayout], cols: dict[str, np.ndarray]) -
     for g in groups:
         if g.name not in cols:
             raise ValueError(f"group {g.name!r} is missing")
-        y = np.asarray(cols[g.name])
+        y = xp.asarray(cols[g.name])
         if y.shape != (g.K, g.columns):
             raise ValueError(f"group {g.name!r} has shape {y.shape}, expected {(g.K, g.columns)}")
         flat, at = y.reshape(-1), 0
@@ -131,8 +138,53 @@ def unpack(groups, leaves: dict[str, LeafLayout], cols: dict[str, np.ndarray]) -
     for path, parts in pieces.items():
         lay = leaves[path]
         parts.sort(key=lambda p: p[0])
-        flat = parts[0][1] if len(parts) == 1 else np.concatenate([p for _, p in parts])
+        flat = parts[0][1] if len(parts) == 1 else xp.concatenate([p for _, p in parts])
         if flat.size != lay.size:
             raise ValueError(f"leaf {path!r}: the groups hold {flat.size} of its {lay.size} entries")
-        out[path] = lay.unorder(flat)
+        out[path] = lay.unorder(flat, xp)
     return out
+
+
+# -- the default layout --------------------------------------------------------------------------
+
+MIN_ROWS = 16  # a leaf with fewer rows (K) than this is pooled with others
+MAX_ROWS = 512  # K cap: the solve costs ∝ K per entry (measured, see README); taller leaves split
+
+
+def own_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+    """Groups for one leaf laid out interleaved: (K, m) = (prod(leading dims), last dim).
+
+    Column j is W[..., j]: entries consecutive in memory lie in consecutive columns, so a burst
+    of b entries puts about b/m in each column.  When K > ``max_rows`` the rows are split into
+    ``p`` contiguous blocks, one group each (named ``path#i``); ``p`` is the smallest count
+    ≥ ⌈K / max_rows⌉ that divides K when one does up to twice that, so the blocks share a shape.
+    """
+    K, m = math.prod(shape[:-1]), shape[-1]
+    p = -(-K // max_rows)
+    p = next((q for q in range(p, 2 * p + 1) if K % q == 0), p)
+    bounds = [K * i // p for i in range(p + 1)]
+    if p == 1:
+        return [_group(path, K, m, dtype, redundancy, (Segment(path, 0, K * m),))]
+    return [
+        _group(f"{path}#{i}", hi - lo, m, dtype, redundancy, (Segment(path, lo * m, hi * m),))
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
+    ]
+
+
+def pool_group(members: list[tuple[str, int]], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+    """One group holding every entry of small leaves [(path, size)], in the order given.
+
+    The N entries are laid row by row into m = ⌈N / max_rows⌉ columns of K = ⌈N / m⌉ rows
+    (entry i at row i // m, column i % m), the last row padded with erasures.  Its name is
+    derived from its members, so it does not depend on the rest of the tree.
+    """
+    N = sum(size for _, size in members)
+    m = -(-N // max_rows)
+    K = -(-N // m)
+    digest = hashlib.blake2b("\n".join(p for p, _ in members).encode(), digest_size=4).hexdigest()
+    segments = tuple(Segment(p, 0, size) for p, size in members)
+    return _group(f"pool/{dtype}/{digest}", K, m, dtype, redundancy, segments)
+
+
+def _group(name, K, m, dtype, redundancy, segments) -> Group:
+    return Group(name, K, math.ceil(K / redundancy), m, dtype, segments)

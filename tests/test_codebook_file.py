@@ -93,10 +93,14 @@ def test_wrong_key_is_named(saved, tmp_path):
 @pytest.mark.parametrize("edit, match", [
     (lambda d: d["leaves"][0].update(dtype="int32"), "'conv/bias' has dtype 'int32'"),
     (lambda d: d["leaves"][0].update(dtype="foo"), "'foo', expected a floating"),
-    (lambda d: d["leaves"][1].update(n=16), "'conv/kernel'.*1 ≤ n < K"),
-    (lambda d: d["leaves"][1].update(n=0), "'conv/kernel'.*1 ≤ n < K"),
-    (lambda d: d["leaves"][1].update(K=8), "'conv/kernel'.*K = shape"),
+    (lambda d: d["groups"][0].update(n=18), "group 'conv/kernel'.*1 ≤ n < K"),
+    (lambda d: d["groups"][0].update(n=0), "group 'conv/kernel' n must be an int ≥ 1"),
+    (lambda d: d["groups"][0].update(K=4.5), "group 'conv/kernel' K must be an int"),
+    (lambda d: d["groups"][0].update(dtype="int8"), "group 'conv/kernel' has dtype 'int8'"),
+    (lambda d: d["groups"][0].update(K=17), "group 'conv/kernel'"),  # the layout's own consistency check
+    (lambda d: d["groups"][0]["segments"].append(["nowhere", 0, 1]), "segment"),
     (lambda d: d["leaves"][1].update(axis=True), "axis must be an int"),
+    (lambda d: d["leaves"][1].update(axis=4), "axis 4 out of range"),
     (lambda d: d.update(redundancy="4"), "redundancy"),
     (lambda d: d.update(leaves=[]), "non-empty"),
     (lambda d: d["model"].pop(0), "'conv/bias' is not in the model fingerprint"),
@@ -192,7 +196,7 @@ def test_version_1_files_still_load_with_a_warning(tmp_path):
         cb = jp.Codebook.load(p)
     assert cb.secret == b"\x00\x00\x00\x00\x2a\x00\x00\x00" and cb.model is None
     with pytest.warns(UserWarning):
-        ref = jp.Codebook.create({"w": jnp.zeros((4, 16))}, 42)
+        ref = jp.Codebook.create({"w": jnp.zeros((4, 16))}, 42, select=lambda p, l: 1)  # v1's layout
     np.testing.assert_array_equal(cb.matrix("w"), ref.matrix("w"))
     cb.save(tmp_path / "new.json")  # re-saved as version 2, key moved out
     assert json.loads((tmp_path / "new.json").read_text())["version"] == 2

@@ -18,10 +18,12 @@ K, N = 128, 32  # the kernel of issue 10: 3×3×32×128, encoded on its 128 outp
 @pytest.fixture(scope="module")
 def setup():
     shapes = {"conv": {"kernel": jnp.zeros((3, 3, 32, K)), "bias": jnp.zeros((K,))}}
-    cb = jp.Codebook.create(shapes)  # a strong key: the attacker does not have it
+    # a strong key (the attacker does not have it); encoded along the last axis as in the paper, so
+    # the kernel is 288 columns of K = 128 and the bias one more (the seal itself is layout-free)
+    cb = jp.Codebook.create(shapes, select=lambda path, leaf: leaf.ndim - 1)
     k1, k2 = jax.random.split(jax.random.key(1))
-    latent = {"conv": {"kernel": jax.random.normal(k1, (3, 3, 32, N)), "bias": jax.random.normal(k2, (N,))}}
-    deployed = jax.tree.map(np.asarray, cb.decode(latent))
+    init = {"conv": {"kernel": jax.random.normal(k1, (3, 3, 32, K)), "bias": jax.random.normal(k2, (K,))}}
+    deployed = jax.tree.map(np.asarray, cb.decode(cb.init_latent(init)))  # in range(A)
     cb.seal(deployed)
     return cb, deployed
 
