@@ -2,19 +2,21 @@
 
 Two files, on purpose:
 
-* ``PATH`` (mode 0644: it holds nothing secret) — format, version 2, the layout (redundancy and
-  per-leaf K, n, axis, shape, dtype), the fingerprint of the model tree the codebook was made for
-  (path, shape and dtype of *every* leaf), the seal if there is one (its sketch values encrypted
-  under a key derived from the secret), a public key id, and a MAC: HMAC-SHA256, under
-  ``derive(secret, "codebook-mac")``, of the canonical JSON of everything else.
+* ``PATH`` (mode 0644: it holds nothing secret) — format, version 2, the layout (redundancy;
+  protected leaves; groups with K, n, columns, dtype, segments; tree; skipped), the fingerprint
+  of the model tree the codebook was made for (path, shape and dtype of *every* leaf), the seal if
+  there is one (its sketch values encrypted under a key derived from the secret), a public key
+  id, and a MAC: HMAC-SHA256, under ``derive(secret, "codebook-mac")``, of the canonical JSON of
+  everything else.
 * ``PATH.key`` (or ``key_path``; mode 0600, set explicitly, not left to the umask) — the secret.
   Keep it off the deployment: with it an attacker can compute A and forge the seal.
 
 Loading checks, in this order, and refuses with a ``ValueError`` that says which: the file is JSON
 of this format and a known version; the key file's key id is the codebook's ("wrong key"); the MAC
-("tampered"); the schema (types, ranges, 1 ≤ n < K, K = shape[axis], floating dtypes, every
-protected leaf in the model fingerprint with its shape and dtype).  ``check_model`` compares the
-fingerprint with a params tree ("other model: leaf X …").
+("tampered"); the schema (types, ranges, 1 ≤ n < K, floating dtypes, segments of protected
+leaves, every protected leaf in the model fingerprint with its shape and dtype); then the layout's
+own consistency (every protected entry in exactly one group, ``Codebook.__init__``).
+``check_model`` compares the fingerprint with a params tree ("other model: leaf X …").
 
 Each file is written to a temporary file in its directory, flushed, fsynced and renamed into
 place, so a reader sees the old file or the new one, never a partial one; both temporary files are
