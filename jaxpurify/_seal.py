@@ -74,7 +74,7 @@ class _Sealed:
     shape: tuple[int, ...]
     dtype: str
     max_abs: float
-    sketch: np.ndarray  # (chunks, rows) float64
+    sketch: np.ndarray = dataclasses.field(repr=False)  # (chunks, rows) float64; secret like the signs
 
 
 def _signs(sign_key: bytes, path: str, index: int, rows: int, size: int) -> np.ndarray:
