@@ -216,3 +216,20 @@ def test_bfloat16_leaf_one_ulp_everywhere_verifies_and_a_large_change_does_not()
     v[3, 5] += 0.3 * np.abs(v).max()
     out = cb.verify({"w": v.astype(jnp.bfloat16)})["w"]
     assert not out.verified and out.detectable < 0.3 * float(np.abs(w.astype(np.float32)).max())
+
+
+def test_sketch_matches_a_plain_python_rederivation():
+    # signs: SHAKE-256 of BLAKE2b(derive(secret, "seal-signs"), path \0 chunk index), bit j·c + i = row j, entry i
+    import hashlib
+
+    w = np.random.default_rng(8).standard_normal(5000)
+    cb = jp.Codebook.create({"w": np.zeros(5000)}, bytes(range(32)))
+    sketch = cb.seal({"w": w}).leaves["w"].sketch
+    sign_key = hashlib.blake2b(b"jaxpurify/seal-signs", digest_size=32, key=bytes(range(32))).digest()
+    for chunk, start, size in [(0, 0, 4096), (1, 4096, 904)]:
+        seed = hashlib.blake2b(b"w\0" + chunk.to_bytes(8, "little"), digest_size=32, key=sign_key).digest()
+        stream = hashlib.shake_256(seed).digest(32 * size // 8 + 1)
+        for row in (0, 31):
+            bits = [(stream[(row * size + i) // 8] >> (7 - (row * size + i) % 8)) & 1 for i in range(size)]
+            expect = math.fsum((1 - 2 * b) * x for b, x in zip(bits, w[start : start + size]))
+            assert sketch[chunk, row] == pytest.approx(expect, rel=1e-12, abs=1e-12)
