@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxpurify import _codebook_file, _keys, _layout, _seal, _tree
 from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
-from jaxpurify._layout import MAX_ROWS, MIN_ROWS, Group, LeafLayout, Segment
+from jaxpurify._layout import Group, LeafLayout, Segment
 from jaxpurify._tree import PyTree, leaves_with_paths
 
 
@@ -98,7 +98,7 @@ class Codebook:
         self._tree = [tuple(k) for k in tree] if tree is not None else [tuple(p.split("/")) for p in self._leaves]
         self._skipped = [(str(p), int(z), str(r)) for p, z, r in skipped]
         self._cache: dict[str, np.ndarray] = {}
-        _check_layout(self._leaves, self._groups)
+        _layout.check(self._leaves, self._groups)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -127,55 +127,26 @@ class Codebook:
         if not redundancy > 1.0:
             raise ValueError(f"redundancy must be > 1 (K/n), got {redundancy}")
         secret = _keys.secret_from_key(key)
-        leaves, tree, skipped, groups = [], [], [], []
-        pools: dict[str, list] = {}
         flat, keys, _ = _tree.flatten(params)
+        tree, chosen, skipped = [], [], []
         for leaf, k in zip(flat, keys):
             if leaf.kind != "param":
                 continue
-            path, shape, dtype = leaf.path, _leaf_shape(leaf.value), _leaf_dtype(leaf.value)
             tree.append(k)
-            choice = select(path, leaf.value) if select is not None else None
-            if choice is False:
-                skipped.append((path, math.prod(shape), "skipped by select"))
-                continue
-            if not isinstance(choice, (bool, int, np.integer)) and choice is not None:
-                raise TypeError(f"select({path!r}, leaf) must return bool, int or None, got {choice!r}")
-            if not jnp.issubdtype(dtype, jnp.floating) or math.prod(shape) == 0:
-                if choice is not None:
-                    raise ValueError(f"leaf {path!r}: cannot encode a {dtype} leaf of shape {shape}")
-                skipped.append((path, math.prod(shape), f"not floating ({dtype})" if math.prod(shape) else "empty"))
-                continue
-            dtype = np.dtype(dtype).name
-            if isinstance(choice, (int, np.integer)) and not isinstance(choice, bool):
-                if not -len(shape) <= int(choice) < len(shape):
-                    raise ValueError(f"leaf {path!r}: select returned axis {choice} for shape {shape}")
-                axis = int(choice) % len(shape)
-                K = shape[axis]
-                if not math.ceil(K / redundancy) < K:
-                    raise ValueError(f"leaf {path!r}: K={K} along axis {axis} leaves no redundancy")
-                leaves.append(LeafLayout(path, shape, dtype, axis))
-                groups.append(_layout._group(path, K, math.prod(shape) // K, dtype, redundancy,
-                                             (Segment(path, 0, math.prod(shape)),)))
-            elif len(shape) >= 2 and math.prod(shape[:-1]) >= MIN_ROWS:
-                leaves.append(LeafLayout(path, shape, dtype, None))
-                groups += _layout.own_groups(path, shape, dtype, redundancy)
+            choice = select(leaf.path, leaf.value) if select is not None else None
+            axis = _axis_of(leaf.path, leaf.value, choice, redundancy)
+            if isinstance(axis, str):
+                skipped.append((leaf.path, math.prod(_leaf_shape(leaf.value)), axis))
             else:
-                pools.setdefault(dtype, []).append((path, math.prod(shape)))
-        for dtype, members in pools.items():
-            if sum(size for _, size in members) < 2:  # one entry: no row to spare
-                skipped += [(p, size, "too small to protect") for p, size in members]
-                continue
-            leaves += [LeafLayout(p, _shape_of(flat, p), dtype, None) for p, _ in members]
-            groups.append(_layout.pool_group(members, dtype, redundancy))
+                chosen.append((leaf.path, _leaf_shape(leaf.value), np.dtype(_leaf_dtype(leaf.value)).name, axis))
+        leaves, groups, too_small = _layout.plan(chosen, redundancy)
+        skipped += too_small
         if not groups:
             raise ValueError("no parameter leaf selected for encoding")
         all_paths = {leaf.path for leaf in flat}
         for g in groups:
             if g.name in all_paths and g.members != (g.name,):
                 raise ValueError(f"group name {g.name!r} is also the path of another leaf; rename that leaf")
-        order = {leaf.path: i for i, leaf in enumerate(flat)}
-        leaves.sort(key=lambda lay: order[lay.path])
         return cls(secret, redundancy, leaves, groups, tree, skipped, model=_codebook_file.fingerprint(params))
 
     # -- layout ------------------------------------------------------------------------------
@@ -356,11 +327,11 @@ class Codebook:
         return self._cache[name]
 
     # -- reporting / storage -----------------------------------------------------------------
-    def capacity(self) -> "Capacity":
+    def capacity(self) -> _layout.Capacity:
         """Coverage of the floating parameters and, per group, K, n, columns and max outliers."""
         covered = sum(lay.size for lay in self._leaves.values())
         floating = covered + sum(size for _, size, r in self._skipped if not r.startswith("not floating"))
-        return Capacity(list(self._groups.values()), covered, floating, list(self._skipped))
+        return _layout.Capacity(list(self._groups.values()), covered, floating, list(self._skipped))
 
     def to_json(self) -> dict:
         """The layout part of the file (no key: see ``save``)."""
@@ -481,34 +452,30 @@ def _layout_from_json(data: dict) -> tuple:
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def _axis_of(path: str, leaf, choice, redundancy: float) -> int | None | str:
+    """What ``select``'s answer means for one parameter leaf: an axis (the single-axis layout),
+    None (the default layout), or the reason it is not protected.  Raises on impossible asks."""
+    shape, dtype = _leaf_shape(leaf), _leaf_dtype(leaf)
+    if choice is False:
+        return "skipped by select"
+    if choice is not None and not isinstance(choice, (bool, int, np.integer)):
+        raise TypeError(f"select({path!r}, leaf) must return bool, int or None, got {choice!r}")
+    if not jnp.issubdtype(dtype, jnp.floating) or math.prod(shape) == 0:
+        if choice is not None:
+            raise ValueError(f"leaf {path!r}: cannot encode a {dtype} leaf of shape {shape}")
+        return f"not floating ({dtype})" if math.prod(shape) else "empty"
+    if choice is None or choice is True:
+        return None
+    if not -len(shape) <= int(choice) < len(shape):
+        raise ValueError(f"leaf {path!r}: select returned axis {choice} for shape {shape}")
+    axis = int(choice) % len(shape)
+    if not math.ceil(shape[axis] / redundancy) < shape[axis]:
+        raise ValueError(f"leaf {path!r}: K={shape[axis]} along axis {axis} leaves no redundancy")
+    return axis
+
+
 def _path(keys: tuple) -> str:
     return "/".join(str(k) for k in keys)
-
-
-def _shape_of(flat, path: str) -> tuple[int, ...]:
-    return next(_leaf_shape(leaf.value) for leaf in flat if leaf.path == path)
-
-
-def _check_layout(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
-    """Every protected entry in exactly one group; shapes consistent (also for loaded files)."""
-    held: dict[str, list] = {p: [] for p in leaves}
-    for g in groups.values():
-        if not (0 < g.n < g.K and g.columns > 0):
-            raise ValueError(f"group {g.name!r}: need 0 < n < K and columns > 0, got K={g.K}, n={g.n}, columns={g.columns}")
-        if not (g.K - 1) * g.columns < g.entries <= g.K * g.columns:
-            raise ValueError(f"group {g.name!r}: {g.entries} entries do not fill {g.K} × {g.columns} (at most one padded row)")
-        for s in g.segments:
-            if s.path not in leaves or leaves[s.path].dtype != g.dtype:
-                raise ValueError(f"group {g.name!r}: segment of unknown leaf {s.path!r} or of another dtype")
-            held[s.path].append((s.start, s.stop))
-        lay = leaves[g.segments[0].path]
-        if lay.axis is not None and not (len(g.segments) == 1 and g.K == lay.shape[lay.axis]):
-            raise ValueError(f"group {g.name!r}: a single-axis leaf must be one whole group")
-    for path, spans in held.items():
-        spans.sort()
-        ends = [0] + [hi for _, hi in spans]
-        if any(lo != e or hi <= lo for (lo, hi), e in zip(spans, ends)) or ends[-1] != leaves[path].size:
-            raise ValueError(f"leaf {path!r}: the groups do not hold each of its entries exactly once")
 
 
 def _leaf_dtype(leaf) -> np.dtype:
@@ -522,53 +489,4 @@ def _leaf_shape(leaf) -> tuple[int, ...]:
     return tuple(shape) if shape is not None else np.shape(leaf)
 
 
-@dataclasses.dataclass
-class Capacity:
-    """What a codebook protects: coverage, and per group how many errors a column can take."""
-
-    groups: list[Group]
-    covered: int  # floating parameter entries protected
-    floating: int  # floating parameter entries in the tree the codebook was made from
-    skipped: list[tuple[str, int, str]]
-
-    @property
-    def fraction(self) -> float:
-        return self.covered / self.floating if self.floating else 1.0
-
-    @property
-    def weakest(self) -> Group:
-        """The group whose weakest column accepts the fewest outliers."""
-        return min(self.groups, key=lambda g: (g.weakest, g.K))
-
-    def __str__(self) -> str:
-        head = ("group", "leaves", "K", "n", "columns", "max outliers/column")
-        rows = [(g.name, len(g.members), g.K, g.n, g.columns, g.max_outliers) for g in self.groups]
-        w = self.weakest
-        lines = [
-            f"protected {self.covered:,} of {self.floating:,} floating parameters ({100 * self.fraction:.1f}%)",
-            _table(head, rows),
-            f"weakest column: group {w.name!r}, at most {w.weakest} outliers of K={w.K}",
-        ]
-        lines += [f"unprotected: {p} ({size:,}): {reason}" for p, size, reason in self.skipped]
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict:
-        return {
-            "covered": self.covered,
-            "floating": self.floating,
-            "fraction": self.fraction,
-            "groups": {
-                g.name: {"members": list(g.members), "K": g.K, "n": g.n, "columns": g.columns,
-                         "max_outliers": g.max_outliers, "weakest": g.weakest}
-                for g in self.groups
-            },
-            "weakest": {"group": self.weakest.name, "max_outliers": self.weakest.weakest},
-            "unprotected": [{"path": p, "size": z, "reason": r} for p, z, r in self.skipped],
-        }
-
-
-def _table(head, rows) -> str:
-    cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
+_table = _layout.table  # purify and demo import it from here

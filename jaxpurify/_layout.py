@@ -145,10 +145,66 @@ def unpack(groups, leaves: dict[str, LeafLayout], cols: dict, xp=np) -> dict:
     return out
 
 
+def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
+    """Every protected entry in exactly one group; shapes consistent (also for loaded files)."""
+    held: dict[str, list] = {p: [] for p in leaves}
+    for lay in leaves.values():
+        if not np.issubdtype(np.dtype(lay.dtype), np.floating) or lay.size == 0:
+            raise ValueError(f"leaf {lay.path!r}: cannot encode a {lay.dtype} leaf of shape {lay.shape}")
+    for g in groups.values():
+        if not (0 < g.n < g.K and g.columns > 0):
+            raise ValueError(f"group {g.name!r}: need 0 < n < K and columns > 0, got K={g.K}, n={g.n}, columns={g.columns}")
+        if not (g.K - 1) * g.columns < g.entries <= g.K * g.columns:
+            raise ValueError(f"group {g.name!r}: {g.entries} entries do not fill {g.K} × {g.columns} (at most one padded row)")
+        for s in g.segments:
+            if s.path not in leaves or leaves[s.path].dtype != g.dtype:
+                raise ValueError(f"group {g.name!r}: segment of unknown leaf {s.path!r} or of another dtype")
+            held[s.path].append((s.start, s.stop))
+        lay = leaves[g.segments[0].path]
+        if lay.axis is not None and not (len(g.segments) == 1 and g.K == lay.shape[lay.axis]):
+            raise ValueError(f"group {g.name!r}: a single-axis leaf must be one whole group")
+    for path, spans in held.items():
+        spans.sort()
+        ends = [0] + [hi for _, hi in spans]
+        if any(lo != e or hi <= lo for (lo, hi), e in zip(spans, ends)) or ends[-1] != leaves[path].size:
+            raise ValueError(f"leaf {path!r}: the groups do not hold each of its entries exactly once")
+
+
 # -- the default layout --------------------------------------------------------------------------
 
 MIN_ROWS = 16  # a leaf with fewer rows (K) than this is pooled with others
 MAX_ROWS = 512  # K cap: the solve costs ∝ K per entry (measured, see README); taller leaves split
+
+
+def plan(chosen: list[tuple[str, tuple[int, ...], str, int | None]], redundancy: float, max_rows: int = MAX_ROWS):
+    """The layout of the chosen leaves [(path, shape, dtype, axis)], in tree order.
+
+    ``axis`` an int: the leaf alone along that axis (one group named by its path).  ``axis``
+    None, the default: a leaf with at least ``MIN_ROWS`` leading rows gets :func:`own_groups`;
+    the others are pooled per dtype (:func:`pool_group`).  Returns (leaves, groups, skipped),
+    ``skipped`` being [(path, size, reason)] for pools of a single entry (nothing to spare).
+    """
+    leaves, groups, skipped, pools = [], [], [], {}
+    for path, shape, dtype, axis in chosen:
+        size = math.prod(shape)
+        if axis is not None:
+            leaves.append(LeafLayout(path, shape, dtype, axis))
+            groups.append(_group(path, shape[axis], size // shape[axis], dtype, redundancy, (Segment(path, 0, size),)))
+        elif len(shape) >= 2 and size // shape[-1] >= MIN_ROWS:
+            leaves.append(LeafLayout(path, shape, dtype, None))
+            groups += own_groups(path, shape, dtype, redundancy, max_rows)
+        else:
+            pools.setdefault(dtype, []).append((path, shape))
+    for dtype, members in pools.items():
+        sizes = [(p, math.prod(shape)) for p, shape in members]
+        if sum(size for _, size in sizes) < 2:
+            skipped += [(p, size, "too small to protect") for p, size in sizes]
+            continue
+        leaves += [LeafLayout(p, shape, dtype, None) for p, shape in members]
+        groups.append(pool_group(sizes, dtype, redundancy, max_rows))
+    order = {c[0]: i for i, c in enumerate(chosen)}
+    leaves.sort(key=lambda lay: order[lay.path])
+    return leaves, groups, skipped
 
 
 def own_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
@@ -188,3 +244,56 @@ def pool_group(members: list[tuple[str, int]], dtype: str, redundancy: float, ma
 
 def _group(name, K, m, dtype, redundancy, segments) -> Group:
     return Group(name, K, math.ceil(K / redundancy), m, dtype, segments)
+
+
+@dataclasses.dataclass
+class Capacity:
+    """What a codebook protects: coverage, and per group how many errors a column can take."""
+
+    groups: list[Group]
+    covered: int  # floating parameter entries protected
+    floating: int  # floating parameter entries in the tree the codebook was made from
+    skipped: list[tuple[str, int, str]]
+
+    @property
+    def fraction(self) -> float:
+        return self.covered / self.floating if self.floating else 1.0
+
+    @property
+    def weakest(self) -> Group:
+        """The group whose weakest column accepts the fewest outliers."""
+        return min(self.groups, key=lambda g: (g.weakest, g.K))
+
+    def __str__(self) -> str:
+        head = ("group", "leaves", "K", "n", "columns", "max outliers/column")
+        rows = [(g.name, len(g.members), g.K, g.n, g.columns, g.max_outliers) for g in self.groups]
+        w = self.weakest
+        lines = [
+            f"protected {self.covered:,} of {self.floating:,} floating parameters ({100 * self.fraction:.1f}%)",
+            table(head, rows),
+            f"weakest column: group {w.name!r}, at most {w.weakest} outliers of K={w.K}",
+        ]
+        lines += [f"unprotected: {p} ({size:,}): {reason}" for p, size, reason in self.skipped]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {
+            "covered": self.covered,
+            "floating": self.floating,
+            "fraction": self.fraction,
+            "groups": {
+                g.name: {"members": list(g.members), "K": g.K, "n": g.n, "columns": g.columns,
+                         "max_outliers": g.max_outliers, "weakest": g.weakest}
+                for g in self.groups
+            },
+            "weakest": {"group": self.weakest.name, "max_outliers": self.weakest.weakest},
+            "unprotected": [{"path": p, "size": z, "reason": r} for p, z, r in self.skipped],
+        }
+
+
+def table(head, rows) -> str:
+    """A plain-text table, first column left-aligned."""
+    cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])

@@ -207,14 +207,13 @@ def test_seal_keys_differ_per_codebook_and_repr_hides_them():
 
 def test_bfloat16_leaf_one_ulp_everywhere_verifies_and_a_large_change_does_not():
     w = np.random.default_rng(7).standard_normal((64, 128)).astype(jnp.bfloat16)
-    cb = jp.Codebook.create({"w": w})
-    cb.seal({"w": w}, chunk=16)  # 16-bit leaves: small chunks (see the module doc)
+    seal = _seal.Seal.create(bytes(range(32)), {"w": w}, chunk=16)  # 16-bit leaves: small chunks (module doc)
     up = (w.view(np.uint16) + np.uint16(1)).view(jnp.bfloat16)  # every entry one bf16 ulp larger in magnitude
     assert np.all(up != w)
-    assert cb.verify({"w": up})["w"].verified  # the cast back to bfloat16 may move every entry by an ulp
+    assert _seal.verify(seal, {"w": up})["w"].verified  # the cast back to bfloat16 may move every entry an ulp
     v = w.astype(np.float32)
     v[3, 5] += 0.3 * np.abs(v).max()
-    out = cb.verify({"w": v.astype(jnp.bfloat16)})["w"]
+    out = _seal.verify(seal, {"w": v.astype(jnp.bfloat16)})["w"]
     assert not out.verified and out.detectable < 0.3 * float(np.abs(w.astype(np.float32)).max())
 
 
