@@ -67,8 +67,9 @@ class Codebook:
     Create with :meth:`Codebook.create`.  ``encode`` / ``init_latent`` give a latent, ``decode``
     the parameters; ``pack`` / ``unpack`` / ``replace`` move between a tree and its groups'
     K × m arrays (what purify solves); ``capacity`` tells how many corrupted entries per column
-    can be certified; ``save`` / ``load`` keep it as a small JSON file (the matrices are
-    regenerated from the key, not stored).
+    can be certified; ``save`` / ``load`` keep it as an authenticated JSON file and a 0600 key
+    file (the matrices are regenerated from the secret, not stored); ``check`` refuses another
+    model; ``seal`` / ``verify`` detect what l1 cannot see (SECURITY.md).
 
     The latent is a flat dict: one entry per group name (Θ of shape (n, m), or for a leaf in the
     single-axis layout the leaf's shape with n on that axis) and one per parameter leaf left
