@@ -215,6 +215,16 @@ def test_an_unprotected_leaf_exits_1(tmp_path, capsys, model):
     assert report["ok"] is False and report["certified"] == report["columns"]  # every protected column fine
 
 
+def test_key_file_given_with_key(tmp_path, capsys, model):
+    clean, codebook = model
+    book, key, src, out = (str(tmp_path / f) for f in ("codebook.json", "secret.key", "m.msgpack", "p.msgpack"))
+    codebook.save(book, key_path=key)  # the key kept apart from the codebook's default place
+    io.save(src, clean)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out]) == 2  # no key beside the codebook
+    assert "key" in capsys.readouterr().err and not os.path.exists(out)
+    assert cli.main(["purify", src, "--codebook", book, "--key", key, "--out", out]) == 0
+
+
 def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, model):
     clean, codebook = model
     book = str(tmp_path / "codebook.json")
