@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "1 columns not certified or leaves not protected, 2 bad input.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="an Orbax checkpoint directory, a .safetensors or a .msgpack file")
     p.add_argument("--codebook", required=True, metavar="FILE", help="the codebook the model was encoded with")
-    p.add_argument("--key", metavar="FILE", help="the codebook's key file (default: the codebook's own default)")
+    p.add_argument("--key", metavar="FILE", help="the codebook's key file (default: the codebook's path + .key)")
     p.add_argument("--out", required=True, metavar="PURIFIED", help="where to write the purified checkpoint")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     p.add_argument("--on-uncertified", choices=ON_UNCERTIFIED, default="input",
