@@ -1,192 +1,381 @@
-"""purify: recover every encoded leaf of a contaminated parameter tree.
+"""purify: recover every code column of a contaminated parameter tree, and say how it went.
 
-Each encoded leaf W (K entries along its axis) is cut into columns y ∈ R^K; every column is
-recovered by x̂ = argmin ‖y − A x‖₁ with the leaf's A, and the purified leaf is A x̂.  Leaves with
-equal (K, n) form a group: their columns are cut into equal blocks, stacked with their matrices
-and solved by batched :func:`recover` calls of one fixed shape (padding columns are zeros, which
-recover exactly), so a whole network compiles once per group and its memory stays bounded.
+The codebook arranges the protected entries into groups, each a K × m array Y whose columns are
+y = A θ for the group's K × n matrix A (``codebook.pack``).  Every column is recovered by
+
+    x̂ = argmin_x ‖y − A x‖₁        (:func:`jaxpurify.recover`, with its certificate)
+
+and, if certified, replaced by A x̂.  Three small steps, each a pure function of its inputs:
+
+1. :func:`plan` lays the columns of all groups into solver calls of a few fixed shapes.  Groups
+   with the same n whose K are within ``ROW_SLACK`` share a row count (extra rows are erasures:
+   NaN in y, zero in A, so the certificate counts only the real rows); columns are cut into
+   items of at most three widths per row count, chosen from W, W/2, W/4, … by an estimate of the
+   work (padding, a fixed cost per item, a compilation per width), so a one-column group costs a
+   narrow item, not a whole block.  Each call has at most ``max_entries`` entries: memory is bounded for any model size.
+2. :func:`solve_call` runs one call: one transfer to the device, ``recover``, one back.
+3. :func:`assemble` writes the results into each group's columns (certified: A x̂; otherwise
+   what ``on_uncertified`` says) and ``codebook.unpack`` / ``replace`` give the tree back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import itertools
+import math
 import time
-from collections import defaultdict
-from typing import Any
+import warnings
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify._codebook import Codebook, LeafSpec, _table
+from jaxpurify._report import GroupReport, LeafReport, Report, UnprotectedLeaf, leaf_reports
 from jaxpurify._solver import recover
 from jaxpurify._tree import leaves_with_paths
 
+PyTree = Any
+ON_UNCERTIFIED = ("input", "estimate", "raise")
+ROW_SLACK = 0.125  # groups of one n share a row count if it adds at most 12.5% rows: fewer compiles
+WIDTH_STEP = 2  # ratio between item widths on the ladder W, W/2, W/4, …
+MAX_WIDTHS = 3  # at most this many item widths (solver shapes) per row count
+MIN_WIDTH = 8  # narrowest item; below this the per-item overhead dominates
+MAX_WIDTH = 1024  # wider items buy nothing: recover works through its columns in chunks of ≤ 1024
+# float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
+# (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
+LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
+# An item costs about as much as ITEM_COST more columns: its QR and the fixed cost of each of its
+# solver iterations.  Measured (benchmarks.purify_plan, loaded machine): at K = 256 an item of 16
+# columns cost as much as ~200 columns of an item of 1024, items of 128 about 1.1× per column.
+ITEM_COST = 128
+# A narrower width compiles one more solver shape (1–2 s once per process, or once per machine
+# with JAX's persistent cache); it is used only if it saves this many padded entries (K × columns),
+# about half a second of solving per call of purify.
+WIDTH_COST = 1 << 22
+
+
+class UncertifiedError(RuntimeError):
+    """``purify(..., on_uncertified="raise")`` found columns it could not certify.
+
+    Nothing is returned; ``error.report`` is the full :class:`Report`."""
+
+    def __init__(self, report: Report):
+        super().__init__(report.status())
+        self.report = report
+
+
+class UncertifiedWarning(UserWarning):
+    """``on_uncertified="estimate"`` wrote l1 estimates into columns that are not certified."""
+
+
+# -- 1. plan -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """Columns [start, stop) of group ``group``, solved together with the group's A."""
+
+    group: str
+    start: int
+    stop: int
+
 
 @dataclasses.dataclass(frozen=True)
-class LeafReport:
-    path: str
+class Call:
+    """One solver call of shape (slots, K, width); ``items`` fill the first slots."""
+
+    dtype: str  # the leaves' dtype; solved in at least float32
     K: int
     n: int
-    columns: int
-    certified: int  # columns certified
-    flagged: int  # entries judged corrupted (erasures included)
-    erasures: int  # non-finite entries
-    max_inlier_residual: float
-    group: int  # leaves in one group were solved in one call
-    seconds: float  # wall time of the group's call
+    width: int
+    slots: int
+    items: tuple[Item, ...]
 
     @property
-    def ok(self) -> bool:
-        return self.certified == self.columns
-
-
-@dataclasses.dataclass(frozen=True)
-class Report:
-    leaves: tuple[LeafReport, ...]
-    seconds: float
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.slots, self.K, self.n, self.width)
 
     @property
-    def ok(self) -> bool:
-        """True only if every column of every encoded leaf is certified."""
-        return all(r.ok for r in self.leaves)
-
-    @property
-    def columns(self) -> int:
-        return sum(r.columns for r in self.leaves)
-
-    @property
-    def certified(self) -> int:
-        return sum(r.certified for r in self.leaves)
-
-    def __getitem__(self, path: str) -> LeafReport:
-        for r in self.leaves:
-            if r.path == path:
-                return r
-        raise KeyError(path)
-
-    def __str__(self) -> str:
-        head = ("leaf", "K", "n", "flagged", "certified", "max inlier |r|", "group", "time (s)")
-        rows = [
-            (r.path, r.K, r.n, r.flagged, f"{r.certified}/{r.columns}", f"{r.max_inlier_residual:.2e}", r.group, f"{r.seconds:.3f}")
-            for r in self.leaves
-        ]
-        status = "ok: every column certified" if self.ok else (
-            f"NOT OK: {self.columns - self.certified} of {self.columns} columns not certified "
-            "(their values are l1 estimates, not recoveries)"
-        )
-        return _table(head, rows) + f"\n{status}; {self.seconds:.3f} s"
+    def solve_dtype(self) -> str:
+        return _solve_dtype(self.dtype)
 
 
-# The slicing, padding and stacking around the solver calls is done in NumPy on the host: as
-# eager jnp ops every distinct leaf shape compiled its own small XLA executables (~150 of them,
-# ~10 s and a few hundred MB on a ResNet-18-sized tree).
+def _solve_dtype(dtype: str) -> str:
+    return np.dtype(jnp.promote_types(dtype, jnp.float32)).name
 
 
-def _rows(leaf, spec: LeafSpec) -> np.ndarray:
-    """(m, K) view of a leaf: one row per column y ∈ R^K (free when the encoded axis is last)."""
-    return np.moveaxis(np.asarray(leaf), spec.axis, -1).reshape(-1, spec.K)
+def _row_buckets(Ks: Iterable[int]) -> dict[int, int]:
+    """K → the row count it is solved at: the largest K of its bucket, at most ROW_SLACK above."""
+    out, top = {}, None
+    for K in sorted(set(Ks), reverse=True):
+        if top is None or top > K * (1 + ROW_SLACK):
+            top = K
+        out[K] = top
+    return out
 
 
-def _unrows(rows: np.ndarray, spec: LeafSpec) -> np.ndarray:
-    moved = [d for i, d in enumerate(spec.shape) if i != spec.axis] + [spec.K]
-    return np.moveaxis(rows.reshape(moved), -1, spec.axis)
+def _pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def _split(m: int, widths: Sequence[int]) -> list[tuple[int, int]]:
+    """Cut m columns into (width, count) items, widest first: as many full items of each width
+    as fit, and a remainder above half the width takes one padded item of it."""
+    out, left = [], m
+    for i, w in enumerate(widths):
+        full, rem = divmod(left, w)
+        last = i == len(widths) - 1
+        extra = 1 if rem and (last or 2 * rem > w) else 0
+        if full + extra:
+            out.append((w, full + extra))
+        left = 0 if extra else rem
+        if not left:
+            break
+    return out
+
+
+def _cost(groups, widths: Sequence[int], K: int) -> int:
+    """Estimated work, in entries, of solving ``groups`` in items of ``widths``: padding included,
+    ITEM_COST columns per item, WIDTH_COST per width (a compilation)."""
+    cols = sum((w + ITEM_COST) * c for g in groups for w, c in _split(g.columns, widths))
+    return K * cols + WIDTH_COST * len(widths)
+
+
+def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
+    """Lay the columns of ``groups`` (objects with name, K, n, columns, dtype) into calls.
+
+    Pure: the same groups give the same calls.  Every column of every group lies in exactly one
+    item; a call holds at most ``max_entries`` entries (K × width × slots) unless a single column
+    is larger.
+    """
+    groups = [g for g in groups if g.columns > 0]
+    classes: dict[tuple[str, int], list] = {}
+    for g in groups:
+        classes.setdefault((np.dtype(g.dtype).name, g.n), []).append(g)
+    calls = []
+    for (dtype, n), members in classes.items():
+        rows = _row_buckets(g.K for g in members)
+        by_rows: dict[int, list] = {}
+        for g in members:
+            by_rows.setdefault(rows[g.K], []).append(g)
+        for K, gs in sorted(by_rows.items()):
+            cap = 1 << max(0, (max(1, max_entries // K)).bit_length() - 1)  # a power of two ≤ budget
+            ladder = [min(_pow2(max(g.columns for g in gs)), cap, MAX_WIDTH)]
+            while ladder[-1] // WIDTH_STEP >= MIN_WIDTH:
+                ladder.append(ladder[-1] // WIDTH_STEP)
+            subsets = (ws for r in range(1, MAX_WIDTHS + 1) for ws in itertools.combinations(ladder, r))
+            widths = min(subsets, key=lambda ws: _cost(gs, ws, K))
+            items: dict[int, list[Item]] = {}
+            for g in gs:
+                at = 0
+                for w, count in _split(g.columns, widths):
+                    for _ in range(count):
+                        items.setdefault(w, []).append(Item(g.name, at, min(at + w, g.columns)))
+                        at += w
+            for w, its in sorted(items.items(), reverse=True):
+                # as many calls as the budget needs, then as few slots as fill them: one shape,
+                # fewer padding slots than calls
+                most = max(1, max_entries // (K * w))
+                slots = -(-len(its) // -(-len(its) // most))
+                for i in range(0, len(its), slots):
+                    calls.append(Call(dtype, K, n, w, slots, tuple(its[i : i + slots])))
+    return tuple(calls)
+
+
+# -- 2. solve ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class CallResult:
+    """Host arrays of one call: fitted (slots, K, w) = A x̂; per column certified, the largest
+    inlier |residual|, the error bound (None if recover gives none); outliers (slots, K, w)."""
+
+    fitted: np.ndarray
+    certified: np.ndarray
+    inlier_residual: np.ndarray
+    bound: np.ndarray | None
+    outliers: np.ndarray
+
+
+def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
+    """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A); extra columns and empty
+    slots are zero columns, which recover exactly at once."""
+    dt = np.dtype(call.solve_dtype)
+    A = np.zeros((call.slots, call.K, call.n), dt)
+    Y = np.zeros((call.slots, call.K, call.width), dt)
+    for s in range(call.slots):
+        it = call.items[min(s, len(call.items) - 1)]
+        a = matrices[it.group]
+        A[s, : a.shape[0]] = a
+        Y[s, a.shape[0] :] = np.nan
+        if s < len(call.items):
+            Y[s, : a.shape[0], : it.stop - it.start] = cols[it.group][:, it.start : it.stop]
+    return A, Y
 
 
 @jax.jit
-def _fit_and_stats(A, x, Y, residual, outliers):
-    """Per block: the purified rows (A x)ᵀ and per-column counts, so no (K, m) array outlives its call."""
-    fitted = jnp.swapaxes(jnp.matmul(A, x, precision=jax.lax.Precision.HIGHEST), -1, -2)
-    erased = ~jnp.isfinite(Y)
-    inlier_r = jnp.max(jnp.where(outliers, 0.0, jnp.abs(residual)), axis=-2)
-    return fitted, jnp.sum(outliers, axis=-2), jnp.sum(erased, axis=-2), inlier_r
+def _summarize(A, Y, x, outliers):
+    """A x̂ and, per column, the largest |y − A x̂| on the inliers (erasures are outliers)."""
+    fitted = jnp.matmul(A, x, precision=jax.lax.Precision.HIGHEST)
+    inlier = jnp.max(jnp.where(outliers | ~jnp.isfinite(Y), 0.0, jnp.abs(Y - fitted)), axis=-2)
+    return fitted, inlier
+
+
+def _options_for(dtype: str, options: dict) -> dict:
+    if "rtol" in options or np.dtype(dtype).itemsize >= 4:
+        return options
+    return {**options, "rtol": LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps)}
+
+
+def dispatch(call: Call, cols, matrices, options: dict):
+    """Start one call on the device (asynchronously): one host → device transfer."""
+    A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
+    out = recover(A, Y, **_options_for(call.dtype, options))
+    fitted, inlier = _summarize(A, Y, out.x, out.outliers)
+    # `bound` is the per-column error bound of recover v2 (being added by the lead); until it
+    # exists the report leaves the bound out rather than inventing one.
+    bound = getattr(out, "bound", None)
+    return fitted, out.certified, inlier, bound, out.outliers
+
+
+def fetch(pending) -> CallResult:
+    """Wait for a dispatched call: one device → host transfer."""
+    fitted, cert, inlier, bound, outl = pending
+    return CallResult(np.asarray(fitted), np.asarray(cert), np.asarray(inlier),
+                      None if bound is None else np.asarray(bound), np.asarray(outl))
+
+
+def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None:
+    """Run the calls in order with one in flight while the next is stacked on the host."""
+    pending = None
+    for call in calls:
+        nxt = (call, dispatch(call, cols, matrices, options))
+        if pending is not None:
+            on_result(pending[0], fetch(pending[1]))
+        pending = nxt
+    if pending is not None:
+        on_result(pending[0], fetch(pending[1]))
+
+
+# -- 3. assemble ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class GroupResult:
+    """Per group: the purified (K, m) columns and their outlier mask; per column the statistics."""
+
+    values: np.ndarray
+    outliers: np.ndarray
+    certified: np.ndarray
+    inlier_residual: np.ndarray
+    bound: np.ndarray | None
+
+
+def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupResult]:
+    return {
+        name: GroupResult(np.array(cols[name], copy=True), np.zeros((g.K, g.columns), bool),
+                          np.zeros(g.columns, bool), np.zeros(g.columns), None)
+        for name, g in groups.items()
+    }
+
+
+def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_input: bool) -> None:
+    """Write one call's columns into their groups: A x̂ where certified (and everywhere if not
+    ``keep_input``); the input values stay in uncertified columns when ``keep_input``."""
+    for s, it in enumerate(call.items):
+        r = results[it.group]
+        K, w = r.values.shape[0], it.stop - it.start
+        cert = res.certified[s, :w]
+        take = cert if keep_input else np.ones_like(cert)
+        span = slice(it.start, it.stop)
+        r.values[:, span] = np.where(take, res.fitted[s, :K, :w], r.values[:, span])
+        r.outliers[:, span] = res.outliers[s, :K, :w]
+        r.certified[span] = cert
+        r.inlier_residual[span] = res.inlier_residual[s, :w]
+        if res.bound is not None:
+            if r.bound is None:
+                r.bound = np.full(r.certified.shape, np.nan)
+            r.bound[span] = res.bound[s, :w]
+
+
+# -- the public entry point ----------------------------------------------------------------------
+_RECOVER_OPTIONS = frozenset(inspect.signature(recover).parameters) - {"A", "Y", "throw"}
+
+
+def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, options: dict) -> dict[str, Any]:
+    """Validate everything before any work; returns the protected leaves by path."""
+    if on_uncertified not in ON_UNCERTIFIED:
+        raise ValueError(f"on_uncertified must be one of {ON_UNCERTIFIED}, got {on_uncertified!r}")
+    if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
+        raise ValueError(f"max_entries must be a positive int, got {max_entries!r}")
+    unknown = sorted(set(options) - _RECOVER_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; purify passes only {sorted(_RECOVER_OPTIONS)} to recover")
+    by_path = dict(leaves_with_paths(params)[0])
+    for name, g in codebook.groups.items():
+        if not jnp.issubdtype(np.dtype(g.dtype), jnp.floating):
+            raise ValueError(f"group {name!r} of the codebook has dtype {g.dtype}; protected entries must be floating")
+        for path in g.members:
+            if path not in by_path:
+                raise ValueError(f"leaf {path!r} of the codebook is missing from params")
+            dt = getattr(by_path[path], "dtype", None)
+            dt = np.asarray(by_path[path]).dtype if dt is None else np.dtype(dt)
+            if dt != np.dtype(g.dtype):
+                raise ValueError(f"leaf {path!r} has dtype {dt}, the codebook expects {g.dtype}")
+    return {p: by_path[p] for p in codebook.protected}
 
 
 def purify(
-    params: Any, codebook: Codebook, *, throw: bool = False, max_entries: int = 1 << 21, **options
-) -> tuple[Any, Report]:
+    params: PyTree,
+    codebook,
+    *,
+    on_uncertified: str = "input",
+    max_entries: int = 1 << 21,
+    **options,
+) -> tuple[PyTree, Report]:
     """Purify a contaminated parameter tree.
 
-    Returns ``(purified, report)``: ``purified`` has the structure, shapes and dtypes of
-    ``params``, with every encoded leaf replaced by ``A x̂`` and every other leaf unchanged.
-    ``report.ok`` is True only if every column is certified (see :func:`recover`).  Columns that
-    are not certified still get their l1 estimate, but the report says so; ``throw=True`` raises
-    ``RuntimeError`` instead.  ``max_entries`` bounds the entries (K × columns) per solver call,
-    and so the working memory.  ``options`` go to :func:`recover`.
+    Returns ``(purified, report)``.  ``purified`` has the structure, shapes and dtypes of
+    ``params``: every certified column of the code is replaced by its recovery A x̂, and every
+    unprotected leaf is the same object as in ``params``.  A column that is not certified is
+    handled by ``on_uncertified``:
 
-    Raises ``ValueError`` naming the leaf if ``params`` does not match the codebook; the check runs
-    before any work, and the input is never modified.
+    * ``"input"`` (default): it keeps the values that came in.  Nothing uncertified is laundered
+      into range(A), so purifying the result again cannot certify it.
+    * ``"estimate"``: it gets the l1 estimate A x̂ (lies in range(A); an :class:`UncertifiedWarning`
+      is issued).
+    * ``"raise"``: :class:`UncertifiedError` (a ``RuntimeError``) carrying the report; nothing is
+      returned.
+
+    ``report.ok`` is True only if every protected column is certified and no floating parameter
+    is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
+    the result does not depend on it beyond float rounding.  ``options`` go to :func:`recover`.
+
+    Raises ``ValueError`` / ``TypeError`` naming the leaf or argument if ``params`` does not match
+    the codebook or an argument is invalid; the checks run before any work, and ``params`` is
+    never modified.
     """
-    named, treedef = leaves_with_paths(params)
-    by_path = dict(named)
-    for path, spec in codebook.specs.items():
-        if path not in by_path:
-            raise ValueError(f"leaf {path!r} of the codebook is missing from params")
-        leaf = by_path[path]
-        if tuple(np.shape(leaf)) != spec.shape:
-            raise ValueError(f"leaf {path!r} has shape {tuple(np.shape(leaf))}, the codebook expects {spec.shape}")
-        if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
-            raise ValueError(f"leaf {path!r} has dtype {jnp.asarray(leaf).dtype}, expected floating")
+    t0 = time.perf_counter()
+    protected = _check(params, codebook, on_uncertified, max_entries, options)
+    groups = codebook.groups
+    cols = codebook.pack(params)
+    calls = plan(groups.values(), max_entries)
+    matrices = {name: np.asarray(codebook.matrix(name, _solve_dtype(g.dtype))) for name, g in groups.items()}
+    results = empty_results(groups, cols)
+    keep_input = on_uncertified != "estimate"
+    solve_all(calls, cols, matrices, options, lambda call, res: assemble(call, res, results, keep_input))
+    del cols
 
-    groups: dict[tuple[int, int], list[LeafSpec]] = defaultdict(list)
-    for spec in codebook.specs.values():
-        groups[(spec.K, spec.n)].append(spec)
-
-    t_all = time.perf_counter()
-    purified: dict[str, jax.Array] = {}
-    reports: dict[str, LeafReport] = {}
-    for gi, ((K, n), specs) in enumerate(sorted(groups.items())):
-        rows = {s.path: _rows(by_path[s.path], s) for s in specs}
-        dtype = np.dtype(jnp.promote_types(np.result_type(*rows.values()), jnp.float32))
-        # Columns are cut into blocks of equal width and the blocks, each with its leaf's A, are
-        # stacked into calls of a fixed shape: one compilation per group, and memory bounded by
-        # max_entries entries per working array whatever the model size.
-        per_call = max(1, max_entries // K)
-        widest = max(r.shape[0] for r in rows.values())
-        block = min(1 << (widest - 1).bit_length(), per_call)
-        blocks = [(s.path, j) for s in specs for j in range(0, rows[s.path].shape[0], block)]
-        per_batch = max(1, min(per_call // block, len(blocks)))
-        mats = {s.path: np.asarray(codebook.matrix(s.path, dtype)) for s in specs}
-        parts: dict[str, list] = {s.path: [] for s in specs}
-        t0 = time.perf_counter()
-        for i in range(0, len(blocks), per_batch):
-            chunk = blocks[i : i + per_batch]
-            # zero columns and zero blocks pad the call to its fixed shape; they solve at once
-            Y = np.zeros((per_batch, K, block), dtype)
-            A = np.empty((per_batch, K, n), dtype)
-            A[len(chunk) :] = mats[chunk[0][0]]
-            for b, (path, j) in enumerate(chunk):
-                y = rows[path][j : j + block]
-                Y[b, :, : y.shape[0]] = y.T
-                A[b] = mats[path]
-            A, Y = jnp.asarray(A), jnp.asarray(Y)  # one transfer each, shared by both calls
-            out = recover(A, Y, **options)
-            stats = _fit_and_stats(A, out.x, Y, out.residual, out.outliers) + (out.certified,)
-            del out  # the (K, m) residual and masks go now, not at the end of the group
-            fitted, flagged, erased, inlier_r, cert = (np.asarray(v) for v in stats)
-            for b, (path, j) in enumerate(chunk):
-                w = min(block, rows[path].shape[0] - j)
-                parts[path].append((fitted[b, :w], cert[b, :w], flagged[b, :w], erased[b, :w], inlier_r[b, :w]))
-        dt = time.perf_counter() - t0
-        for s in specs:
-            fit, cert, flagged, erased, inl = (np.concatenate(z) for z in zip(*parts.pop(s.path)))
-            purified[s.path] = jnp.asarray(_unrows(fit, s).astype(s.dtype))
-            del fit
-            reports[s.path] = LeafReport(
-                path=s.path,
-                K=K,
-                n=n,
-                columns=s.columns,
-                certified=int(cert.sum()),
-                flagged=int(flagged.sum()),
-                erasures=int(erased.sum()),
-                max_inlier_residual=float(inl.max()) if inl.size else 0.0,
-                group=gi,
-                seconds=dt,
-            )
-        del rows
-    report = Report(tuple(reports[p] for p in codebook.specs), time.perf_counter() - t_all)
-    if throw and not report.ok:
-        raise RuntimeError(str(report))
-    out_leaves = [purified.get(p, leaf) for p, leaf in named]
-    return jax.tree_util.tree_unflatten(treedef, out_leaves), report
+    values = codebook.unpack({name: r.values for name, r in results.items()})
+    report = Report(
+        leaves=leaf_reports(codebook, protected, results),
+        groups=tuple(GroupReport.of(g, results[name]) for name, g in groups.items()),
+        unprotected=tuple(UnprotectedLeaf.of(params, codebook)),
+        on_uncertified=on_uncertified,
+        calls=len(calls),
+        solver_shapes=len({c.shape for c in calls}),
+        solved_columns=sum(c.slots * c.width for c in calls),
+        seconds=time.perf_counter() - t0,
+    )
+    if report.columns != report.certified:
+        if on_uncertified == "raise":
+            raise UncertifiedError(report)
+        if on_uncertified == "estimate":
+            warnings.warn(report.status(), UncertifiedWarning, stacklevel=2)
+    return codebook.replace(params, values), report

@@ -1,0 +1,251 @@
+"""The report of :func:`jaxpurify.purify`: what was certified, what was not, what is unprotected.
+
+Counts are per protected leaf (the code's columns that hold any of its entries, and how many of
+those are certified; entries flagged as corrupted; erasures), per group (one code), and for
+every leaf the codebook does not protect.  ``Report.ok`` is True only if every protected column
+is certified and no floating parameter is unprotected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from jaxpurify import _tree
+from jaxpurify._codebook import _table
+
+_KEPT = {
+    "input": "kept as they came in",
+    "estimate": "l1 estimates written in, not recoveries",
+    "raise": "nothing returned",
+}
+
+
+def _num(x: float | None) -> float | None:
+    """A JSON-ready float: None for a missing or non-finite value."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafReport:
+    """One protected leaf.  ``columns``: code columns holding any of its entries; ``certified``:
+    how many of those are certified; ``flagged``: its entries judged corrupted (erasures
+    included); ``erasures``: its non-finite entries on input; ``max_inlier_residual``: the
+    largest inlier |y − A x̂| over its columns; ``max_bound``: the largest error bound that
+    recover reports over its certified columns (None when recover gives none)."""
+
+    path: str
+    columns: int
+    certified: int
+    flagged: int
+    erasures: int
+    max_inlier_residual: float
+    max_bound: float | None
+    groups: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.certified == self.columns
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(groups=list(self.groups), max_inlier_residual=_num(self.max_inlier_residual), max_bound=_num(self.max_bound))
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupReport:
+    """One code: K × columns, certified columns, the leaves it holds."""
+
+    name: str
+    K: int
+    n: int
+    columns: int
+    certified: int
+    members: tuple[str, ...]
+
+    @classmethod
+    def of(cls, group, result) -> "GroupReport":
+        return cls(group.name, group.K, group.n, group.columns, int(result.certified.sum()), tuple(group.members))
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), members=list(self.members))
+
+
+@dataclasses.dataclass(frozen=True)
+class UnprotectedLeaf:
+    """A leaf the codebook does not protect.  A floating *parameter* makes the report not ok;
+    non-parameter state (batch statistics, RNG keys, counters) and integer leaves are listed only."""
+
+    path: str
+    size: int
+    reason: str
+    parameter: bool
+    floating: bool
+    nonfinite: bool  # holds NaN or ±Inf (no purification can repair it)
+
+    @property
+    def counts(self) -> bool:
+        """Does it keep the report from being ok?"""
+        return self.parameter and self.floating
+
+    @classmethod
+    def of(cls, params: Any, codebook) -> list["UnprotectedLeaf"]:
+        by_path = {leaf.path: leaf for leaf in _tree.flatten(params)[0]}
+        out = []
+        for path, size, reason in codebook.unprotected(params):
+            leaf = by_path[path]
+            dt = getattr(leaf.value, "dtype", None)
+            dt = np.asarray(leaf.value).dtype if dt is None else dt
+            floating = _is_numpy_dtype(dt) and bool(np.issubdtype(np.dtype(dt), np.floating))
+            nonfinite = floating and not bool(np.isfinite(np.asarray(leaf.value)).all())
+            out.append(cls(path, int(size), str(reason), leaf.kind == "param", floating, nonfinite))
+        return out
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), counts=self.counts)
+
+
+def _is_numpy_dtype(dt) -> bool:
+    try:
+        np.dtype(dt)
+    except TypeError:  # e.g. a typed PRNG key's dtype
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    leaves: tuple[LeafReport, ...]
+    groups: tuple[GroupReport, ...]
+    unprotected: tuple[UnprotectedLeaf, ...]
+    on_uncertified: str
+    calls: int  # solver calls
+    solver_shapes: int  # distinct call shapes (each compiles once per process)
+    solved_columns: int  # columns solved, padding included
+    seconds: float
+
+    @property
+    def columns(self) -> int:
+        """Protected columns (each counted once, however many leaves it touches)."""
+        return sum(g.columns for g in self.groups)
+
+    @property
+    def certified(self) -> int:
+        return sum(g.certified for g in self.groups)
+
+    @property
+    def unprotected_parameters(self) -> tuple[UnprotectedLeaf, ...]:
+        """Floating parameters the codebook does not protect."""
+        return tuple(u for u in self.unprotected if u.counts)
+
+    @property
+    def all_certified(self) -> bool:
+        """Every protected column certified (whatever is unprotected)."""
+        return self.certified == self.columns
+
+    @property
+    def ok(self) -> bool:
+        """True only if every protected column is certified and no floating parameter is unprotected."""
+        return self.all_certified and not self.unprotected_parameters
+
+    def __getitem__(self, path: str) -> LeafReport:
+        for r in self.leaves:
+            if r.path == path:
+                return r
+        raise KeyError(path)
+
+    def status(self) -> str:
+        """One line: ok, or what is wrong."""
+        if self.ok:
+            return f"ok: all {self.columns} columns certified; every floating parameter protected"
+        problems = []
+        if self.certified != self.columns:
+            problems.append(f"{self.columns - self.certified} of {self.columns} columns not certified "
+                            f"({_KEPT[self.on_uncertified]})")
+        loose = self.unprotected_parameters
+        if loose:
+            bad = sum(u.nonfinite for u in loose)
+            problems.append(f"{len(loose)} floating parameter leaves ({sum(u.size for u in loose)} values) unprotected"
+                            + (f", {bad} of them with non-finite values" if bad else ""))
+        return "NOT OK: " + "; ".join(problems)
+
+    def __str__(self) -> str:
+        head = ("leaf", "certified", "flagged", "erasures", "max inlier |r|", "max bound")
+        rows = [(r.path, f"{r.certified}/{r.columns}", r.flagged, r.erasures, _fmt(r.max_inlier_residual),
+                 _fmt(r.max_bound)) for r in self.leaves]
+        text = _table(head, rows)
+        if self.unprotected:
+            text += "\n\nnot protected:\n" + _table(
+                ("leaf", "values", "reason", "non-finite", "counts against ok"),
+                [(u.path, u.size, u.reason, "yes" if u.nonfinite else "no", "yes" if u.counts else "no")
+                 for u in self.unprotected])
+        return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
+
+    def as_dict(self) -> dict:
+        """JSON-ready (only str, int, float, bool, None, lists and dicts; non-finite floats → None)."""
+        return {
+            "ok": self.ok,
+            "status": self.status(),
+            "on_uncertified": self.on_uncertified,
+            "columns": self.columns,
+            "certified": self.certified,
+            "calls": self.calls,
+            "solver_shapes": self.solver_shapes,
+            "solved_columns": self.solved_columns,
+            "seconds": _num(self.seconds),
+            "leaves": [r.as_dict() for r in self.leaves],
+            "groups": [g.as_dict() for g in self.groups],
+            "unprotected": [u.as_dict() for u in self.unprotected],
+        }
+
+
+def leaf_reports(codebook, protected: dict[str, Any], results: dict) -> tuple[LeafReport, ...]:
+    """Per protected leaf, its columns' statistics, found through ``codebook.unpack`` alone (so it
+    holds for any layout): each group's columns are numbered, the numbers unpacked into the leaves
+    tell which columns hold a leaf's entries, and the unpacked outlier masks give its flags."""
+    groups = codebook.groups
+    offsets, at = {}, 0
+    for name, g in groups.items():
+        offsets[name] = at
+        at += g.columns
+    ids = codebook.unpack({
+        name: np.broadcast_to(np.arange(offsets[name], offsets[name] + g.columns, dtype=np.int32), (g.K, g.columns))
+        for name, g in groups.items()})
+    flags = codebook.unpack({name: r.outliers for name, r in results.items()})
+    cert = np.concatenate([results[name].certified for name in groups]) if groups else np.zeros(0, bool)
+    inlier = np.concatenate([results[name].inlier_residual for name in groups]) if groups else np.zeros(0)
+    has_bound = any(r.bound is not None for r in results.values())
+    bound = np.concatenate([results[n].bound if results[n].bound is not None else np.full(g.columns, np.nan)
+                            for n, g in groups.items()]) if has_bound else None
+    holders: dict[str, list[str]] = {}
+    for name, g in groups.items():
+        for p in g.members:
+            holders.setdefault(p, []).append(name)
+    out = []
+    for path in codebook.protected:
+        mark = np.zeros(at, bool)
+        mark[ids.pop(path)] = True
+        cols = np.flatnonzero(mark)
+        good = cols[cert[cols]]
+        bounds = bound[good] if bound is not None else np.zeros(0)
+        bounds = bounds[~np.isnan(bounds)]
+        leaf = np.asarray(protected[path])
+        out.append(LeafReport(
+            path=path,
+            columns=int(cols.size),
+            certified=int(good.size),
+            flagged=int(flags.pop(path).sum()),
+            erasures=int(leaf.size - np.count_nonzero(np.isfinite(leaf))),
+            max_inlier_residual=float(inlier[cols].max()) if cols.size else 0.0,
+            max_bound=float(bounds.max()) if bounds.size else None,
+            groups=tuple(holders.get(path, ())),
+        ))
+    return tuple(out)
