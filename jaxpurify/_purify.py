@@ -21,7 +21,6 @@ and, if certified, replaced by A x̂.  Three small steps, each a pure function o
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import math
 import time
@@ -33,7 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify._report import GroupReport, LeafReport, Report, UnprotectedLeaf, leaf_reports
+from jaxpurify import _seal
+from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._solver import recover
+from jaxpurify._threads import single_threaded_blas
 from jaxpurify._tree import leaves_with_paths
 
 PyTree = Any
@@ -219,21 +221,18 @@ def _summarize(A, Y, x, outliers):
     return fitted, inlier
 
 
-def _options_for(dtype: str, options: dict) -> dict:
-    if "rtol" in options or np.dtype(dtype).itemsize >= 4:
+def _options_for(dtype: str, options: RecoverOptions) -> RecoverOptions:
+    if options.rtol is not None or np.dtype(dtype).itemsize >= 4:
         return options
-    return {**options, "rtol": LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps)}
+    return options.replace(rtol=LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps))
 
 
 def dispatch(call: Call, cols, matrices, options: dict):
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
-    out = recover(A, Y, **_options_for(call.dtype, options))
+    out = recover(A, Y, _options_for(call.dtype, options))
     fitted, inlier = _summarize(A, Y, out.x, out.outliers)
-    # `bound` is the per-column error bound of recover v2 (being added by the lead); until it
-    # exists the report leaves the bound out rather than inventing one.
-    bound = getattr(out, "bound", None)
-    return fitted, out.certified, inlier, bound, out.outliers
+    return fitted, out.certified, inlier, out.bound, out.outliers
 
 
 def fetch(pending) -> CallResult:
@@ -294,19 +293,39 @@ def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_
             r.bound[span] = res.bound[s, :w]
 
 
+def entry_bounds(codebook, matrices: dict[str, np.ndarray], results: dict[str, GroupResult]) -> dict[str, float]:
+    """Per protected leaf, a bound on |w − w_clean| per entry from the columns' certificates.
+
+    A certified column has ‖x̂ − x‖₂ ≤ b·‖x̂‖₂ (``Recovery.bound``) and ‖x̂‖₂ ≤ ‖w‖₂ / σ_min(A), so
+    every entry a_iᵀx̂ is within max_i‖a_i‖₂ · b · ‖w‖₂ / σ_min(A) of the clean one; never below
+    the leaf's own float precision (``_seal.default_err``).  Uncertified columns carry no bound: a
+    leaf with none certified is judged at its float precision, so a kept input shows.
+    """
+    per_col = {}
+    for name, r in results.items():
+        A = np.asarray(matrices[name], np.float64)
+        rows, smin = np.sqrt((A * A).sum(1)).max(), np.linalg.svd(A, compute_uv=False)[-1]
+        w = np.where(np.isfinite(r.values), r.values, 0.0).astype(np.float64)
+        b = np.where(r.certified, r.bound if r.bound is not None else np.nan, np.nan)
+        with np.errstate(invalid="ignore", over="ignore"):
+            e = rows * b * np.sqrt((w * w).sum(0)) / smin
+        per_col[name] = np.broadcast_to(np.where(np.isfinite(e), e, np.nan), r.values.shape)
+    out = {}
+    for path, v in codebook.unpack(per_col).items():
+        v = np.asarray(v)[np.isfinite(v)]
+        leaf = codebook.seal_record.leaves.get(path)
+        if v.size and leaf is not None:  # else the seal's own default (the leaf's float precision) applies
+            out[path] = max(float(v.max()), _seal.default_err(leaf.dtype, leaf.max_abs))
+    return out
+
+
 # -- the public entry point ----------------------------------------------------------------------
-_RECOVER_OPTIONS = frozenset(inspect.signature(recover).parameters) - {"A", "Y", "throw"}
-
-
-def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, options: dict) -> dict[str, Any]:
+def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int) -> dict[str, Any]:
     """Validate everything before any work; returns the protected leaves by path."""
     if on_uncertified not in ON_UNCERTIFIED:
         raise ValueError(f"on_uncertified must be one of {ON_UNCERTIFIED}, got {on_uncertified!r}")
     if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
         raise ValueError(f"max_entries must be a positive int, got {max_entries!r}")
-    unknown = sorted(set(options) - _RECOVER_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; purify passes only {sorted(_RECOVER_OPTIONS)} to recover")
     by_path = dict(leaves_with_paths(params)[0])
     for name, g in codebook.groups.items():
         if not jnp.issubdtype(np.dtype(g.dtype), jnp.floating):
@@ -327,7 +346,8 @@ def purify(
     *,
     on_uncertified: str = "input",
     max_entries: int = 1 << 21,
-    **options,
+    options: RecoverOptions | None = None,
+    **overrides: Any,
 ) -> tuple[PyTree, Report]:
     """Purify a contaminated parameter tree.
 
@@ -345,24 +365,37 @@ def purify(
 
     ``report.ok`` is True only if every protected column is certified and no floating parameter
     is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
-    the result does not depend on it beyond float rounding.  ``options`` go to :func:`recover`.
+    the result does not depend on it beyond float rounding.  ``options`` (a :class:`RecoverOptions`)
+    and keyword ``overrides`` of its fields (e.g. ``atol=1e-3``) go to :func:`recover`.
+
+    If the codebook has a keyed seal (``codebook.seal(deployed)``), the purified tree is checked
+    against it with a per-entry tolerance derived from the certificates' error bounds, and
+    ``report.ok`` also requires every sealed leaf to verify: this catches what l1 cannot see
+    (changes inside range(A)); see SECURITY.md.
 
     Raises ``ValueError`` / ``TypeError`` naming the leaf or argument if ``params`` does not match
     the codebook or an argument is invalid; the checks run before any work, and ``params`` is
     never modified.
     """
     t0 = time.perf_counter()
-    protected = _check(params, codebook, on_uncertified, max_entries, options)
+    options = resolve(options, overrides)
+    protected = _check(params, codebook, on_uncertified, max_entries)
     groups = codebook.groups
     cols = codebook.pack(params)
     calls = plan(groups.values(), max_entries)
     matrices = {name: np.asarray(codebook.matrix(name, _solve_dtype(g.dtype))) for name, g in groups.items()}
     results = empty_results(groups, cols)
     keep_input = on_uncertified != "estimate"
-    solve_all(calls, cols, matrices, options, lambda call, res: assemble(call, res, results, keep_input))
+    with single_threaded_blas():  # see jaxpurify._threads
+        solve_all(calls, cols, matrices, options, lambda call, res: assemble(call, res, results, keep_input))
     del cols
 
     values = codebook.unpack({name: r.values for name, r in results.items()})
+    purified = codebook.replace(params, values)
+    seal = ()
+    if getattr(codebook, "seal_record", None) is not None:
+        err = entry_bounds(codebook, matrices, results)
+        seal = tuple(codebook.verify(purified, err).values())
     report = Report(
         leaves=leaf_reports(codebook, protected, results),
         groups=tuple(GroupReport.of(g, results[name]) for name, g in groups.items()),
@@ -372,10 +405,11 @@ def purify(
         solver_shapes=len({c.shape for c in calls}),
         solved_columns=sum(c.slots * c.width for c in calls),
         seconds=time.perf_counter() - t0,
+        seal=seal,
     )
     if report.columns != report.certified:
         if on_uncertified == "raise":
             raise UncertifiedError(report)
         if on_uncertified == "estimate":
             warnings.warn(report.status(), UncertifiedWarning, stacklevel=2)
-    return codebook.replace(params, values), report
+    return purified, report

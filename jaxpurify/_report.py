@@ -131,6 +131,7 @@ class Report:
     solver_shapes: int  # distinct call shapes (each compiles once per process)
     solved_columns: int  # columns solved, padding included
     seconds: float
+    seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see SECURITY.md)
 
     @property
     def columns(self) -> int:
@@ -152,9 +153,20 @@ class Report:
         return self.certified == self.columns
 
     @property
+    def sealed(self) -> bool:
+        """The codebook had a seal and the purified tree was checked against it."""
+        return bool(self.seal)
+
+    @property
+    def verified(self) -> bool:
+        """Every sealed leaf verified (True when there is no seal: nothing to check)."""
+        return all(v.verified for v in self.seal)
+
+    @property
     def ok(self) -> bool:
-        """True only if every protected column is certified and no floating parameter is unprotected."""
-        return self.all_certified and not self.unprotected_parameters
+        """True only if every protected column is certified, no floating parameter is unprotected
+        and, with a seal, every sealed leaf of the purified tree verified."""
+        return self.all_certified and not self.unprotected_parameters and self.verified
 
     def __getitem__(self, path: str) -> LeafReport:
         for r in self.leaves:
@@ -165,7 +177,8 @@ class Report:
     def status(self) -> str:
         """One line: ok, or what is wrong."""
         if self.ok:
-            return f"ok: all {self.columns} columns certified; every floating parameter protected"
+            return (f"ok: all {self.columns} columns certified; every floating parameter protected"
+                    + ("; the keyed seal verified" if self.seal else ""))
         problems = []
         if self.certified != self.columns:
             problems.append(f"{self.columns - self.certified} of {self.columns} columns not certified "
@@ -175,6 +188,10 @@ class Report:
             bad = sum(u.nonfinite for u in loose)
             problems.append(f"{len(loose)} floating parameter leaves ({sum(u.size for u in loose)} values) unprotected"
                             + (f", {bad} of them with non-finite values" if bad else ""))
+        failed = [v.path for v in self.seal if not v.verified]
+        if failed:
+            problems.append(f"{len(failed)} leaves fail the keyed seal ({', '.join(failed[:3])}"
+                            + (", …" if len(failed) > 3 else "") + "): changed beyond the purification's error bound")
         return "NOT OK: " + "; ".join(problems)
 
     def __str__(self) -> str:
@@ -187,6 +204,10 @@ class Report:
                 ("leaf", "values", "reason", "non-finite", "counts against ok"),
                 [(u.path, u.size, u.reason, "yes" if u.nonfinite else "no", "yes" if u.counts else "no")
                  for u in self.unprotected])
+        if self.seal:
+            text += "\n\nkeyed seal:\n" + _table(("leaf", "verified", "statistic", "tolerance"),
+                                                [(v.path, "yes" if v.verified else "NO", _fmt(v.statistic), _fmt(v.tolerance))
+                                                 for v in self.seal])
         return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
 
     def as_dict(self) -> dict:
@@ -204,6 +225,8 @@ class Report:
             "leaves": [r.as_dict() for r in self.leaves],
             "groups": [g.as_dict() for g in self.groups],
             "unprotected": [u.as_dict() for u in self.unprotected],
+            "sealed": self.sealed,
+            "seal": [v.as_dict() for v in self.seal],
         }
 
 

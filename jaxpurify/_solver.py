@@ -43,6 +43,7 @@ from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._polish import far_above_median, largest, polish, tolerance
 from jaxpurify._units import column_exponent, scale
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
+from jaxpurify._threads import single_threaded_blas
 
 # A clean column A x has no entry 1e4 times its median (at most n − 1 entries of A x can vanish),
 # so values that far out are gross errors: the first pass leaves them out of the ADMM, which keeps
@@ -338,7 +339,11 @@ def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *
     tols = Tolerances(f(opts.admm_tol), f(opts.rtol_for(dtype)), f(opts.atol), f(opts.relax))
     # the tolerances travel as traced scalars, so only the static fields key the compilation
     static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
-    out = _recover_jit(A, Y, tols, static, vector)
+    if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
+        out = _recover_jit(A, Y, tols, static, vector)
+    else:  # eager: run to completion with the BLAS held to one thread (see _threads)
+        with single_threaded_blas():
+            out = jax.block_until_ready(_recover_jit(A, Y, tols, static, vector))
     if throw:
         if isinstance(out.result, jax.core.Tracer):
             throw_if_uncertified(out.result)

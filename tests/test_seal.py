@@ -57,6 +57,9 @@ def test_span_attack_is_certified_by_l1_and_caught_by_the_seal(setup):
     purified, report = _purify(cb, tampered)
     leaf = report["conv/kernel"]
     assert (leaf.certified, leaf.columns) == (288, 288)  # l1 cannot see it: every column certified
+    # purify checks the seal itself: all certified, yet not ok, and the verdict names the leaf
+    assert report.all_certified and report.sealed and not report.ok
+    assert [v.path for v in report.seal if not v.verified] == ["conv/kernel"]
     change = np.abs(purified["conv"]["kernel"] - W).max() / np.abs(W).max()
     assert change > 0.2  # ... and the tampering is still there
     verdict = cb.verify(purified)
@@ -93,6 +96,7 @@ def test_whole_column_faults_certified_wrong_are_caught(setup, fault):
         Y[:, 17] = Y[:, 250]
     purified, report = _purify(cb, _with_kernel(deployed, _uncols(Y, W)))
     assert report["conv/kernel"].certified == 288  # certified as the zero column / as the copy
+    assert report.all_certified and not report.ok and "seal" in report.status()
     np.testing.assert_allclose(_cols(purified["conv"]["kernel"])[:, 17], Y[:, 17], atol=1e-5)
     assert not cb.verify(purified)["conv/kernel"].verified
 
@@ -115,6 +119,7 @@ def test_laundered_estimate_is_caught(setup):
     laundered = _with_kernel(deployed, _uncols(estimate, W))  # the l1 estimate written back
     purified, report = _purify(cb, laundered)
     assert report["conv/kernel"].certified == 288  # a second pass certifies the in-range estimate
+    assert not report.ok and not report.verified
     assert np.abs(purified["conv"]["kernel"] - W).max() > 0.1 * np.abs(W).max()
     assert not cb.verify(purified)["conv/kernel"].verified
 
@@ -134,7 +139,7 @@ def test_honest_purification_within_capacity_verifies(setup, rate):
     if rate:
         b[:3] = [1e4, -1e4, np.inf]
     purified, report = _purify(cb, {"conv": {"kernel": _uncols(Yc, W), "bias": b}})
-    assert report.ok
+    assert report.ok and report.sealed and report.verified  # purify's own check, bound-derived tolerance
     verdicts = cb.verify(purified)
     for v in verdicts.values():
         assert v.verified, v

@@ -113,7 +113,8 @@ def main(argv=None):
               for x, y in zip(jax.tree.leaves(pur), jax.tree.leaves(clean)))
     res = {
         "size": a.size, "parameters": int(nparams), "parameter_mb": pbytes / 2**20, "rho": a.rho,
-        "groups": len({(s.K, s.n) for s in cb.specs.values()}), "leaves": len(cb.specs),
+        "groups": len(cb.groups), "leaves": len(cb.protected), "solver_shapes": rep.solver_shapes,
+        "calls": rep.calls,
         "cold_seconds": cold, "warm_seconds": warm,
         "max_entries": kw.get("max_entries", "default"), "compilation_cache": bool(a.compilation_cache),
         # peak resident memory added by the call, output tree included (the input already existed)
