@@ -1,10 +1,15 @@
-"""The codebook: which leaves are encoded, along which axis, and the secret matrices.
+"""The codebook: which parameter entries are encoded, how they are laid out, the secret matrices.
 
-A protected leaf W with K entries along its encoded axis is generated from a latent Θ with
-n = ceil(K / redundancy) entries along that axis:  W = A Θ  (applied along the axis), with A a
-K × n matrix of i.i.d. N(0, 1/n) entries.  A is a function of the key and the leaf's path only,
-derived with BLAKE2b in counter mode and a Box–Muller transform in float64: it is the same on
-any machine and under any JAX or NumPy version, and only the key needs to be kept secret.
+The protected entries are arranged into *groups* (see :mod:`jaxpurify._layout`): each a K × m
+array Y generated from a latent Θ (n × m, n = ⌈K / redundancy⌉) as Y = A Θ, with A a K × n matrix
+of i.i.d. N(0, 1/n) entries.  A is a function of the key and the group's name only, derived with
+BLAKE2b in counter mode and a Box–Muller transform in float64: it is the same on any machine and
+under any JAX or NumPy version, and only the key needs to be kept secret.
+
+By default every floating parameter is protected: a leaf of shape (d0, …, d_{r−1}) is one group
+(K, m) = (d0·…·d_{r−2}, d_{r−1}) (rows split into several groups above ``MAX_ROWS``), and leaves
+with fewer than ``MIN_ROWS`` rows (biases, norm scales, 1-D leaves) are pooled per dtype into one
+shared group.  ``select`` may instead choose the single-axis layout of a leaf (the paper's).
 """
 
 from __future__ import annotations
@@ -15,23 +20,27 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify._tree import leaves_with_paths
+from jaxpurify import _layout, _tree
+from jaxpurify._layout import Group, LeafLayout, Segment
+from jaxpurify._tree import PyTree, leaves_with_paths
 
 FORMAT = "jaxpurify.codebook"
-VERSION = 1
-MIN_K = 8
+VERSION = 2  # 1: one group per leaf along an axis; 2: groups and segments (reads 1 too)
 
 Select = Callable[[str, Any], "bool | int | None"]
 
 
 @dataclasses.dataclass(frozen=True)
 class LeafSpec:
+    """A leaf encoded alone along one axis (the single-axis layout; see ``Codebook.specs``)."""
+
     path: str
     shape: tuple[int, ...]
     dtype: str
@@ -91,113 +100,219 @@ def gaussian_matrix(key_words: tuple[int, ...], path: str, K: int, n: int) -> np
 
 
 class Codebook:
-    """Encoded leaves of a parameter tree and their matrices.
+    """Protected entries of a parameter tree, their layout into groups, and the groups' matrices.
 
-    Create with :meth:`Codebook.create`; ``encode`` / ``decode`` map between parameters and latent;
-    ``capacity`` tells how many corrupted entries per column can be certified; ``save`` / ``load``
-    keep it as a small JSON file (the matrices are regenerated from the key, not stored).
+    Create with :meth:`Codebook.create`.  ``encode`` / ``init_latent`` give a latent, ``decode``
+    the parameters; ``pack`` / ``unpack`` / ``replace`` move between a tree and its groups'
+    K × m arrays (what purify solves); ``capacity`` tells how many corrupted entries per column
+    can be certified; ``save`` / ``load`` keep it as a small JSON file (the matrices are
+    regenerated from the key, not stored).
+
+    The latent is a flat dict: one entry per group name (Θ of shape (n, m), or for a leaf in the
+    single-axis layout the leaf's shape with n on that axis) and one per parameter leaf left
+    unprotected (by path, as is).  ``decode`` returns the parameters as nested dicts keyed as
+    the tree's paths (Flax linen params and NNX pure dicts have exactly this form).
     """
 
-    def __init__(self, key_words: tuple[int, ...], redundancy: float, specs: list[LeafSpec]):
+    def __init__(
+        self,
+        key_words: tuple[int, ...],
+        redundancy: float,
+        leaves: list[LeafLayout],
+        groups: list[Group],
+        tree: list[tuple] | None = None,
+        skipped: list[tuple[str, int, str]] = (),
+    ):
         self.key_words = tuple(int(w) for w in key_words)
         self.redundancy = float(redundancy)
-        self.specs: dict[str, LeafSpec] = {s.path: s for s in specs}
+        self._leaves = {lay.path: lay for lay in leaves}
+        self._groups = {g.name: g for g in groups}
+        # key tuples of every parameter leaf (protected or not), in tree order: decode's structure
+        self._tree = [tuple(k) for k in tree] if tree is not None else [tuple(p.split("/")) for p in self._leaves]
+        self._skipped = [(str(p), int(z), str(r)) for p, z, r in skipped]
         self._cache: dict[str, np.ndarray] = {}
+        _layout.check(self._leaves, self._groups)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, params: Any, key, *, redundancy: float = 4.0, select: Select | None = None
+        cls, params: PyTree, key, *, redundancy: float = 4.0, select: Select | None = None
     ) -> "Codebook":
-        """Choose the encoded leaves of ``params`` and bind them to ``key``.
+        """Protect every floating parameter of ``params`` and bind the layout to ``key``.
 
-        By default every floating leaf whose last axis has K ≥ 8 entries is encoded along that
-        axis (output features of Flax kernels, the only axis of biases), with n = ceil(K /
-        redundancy).  ``select(path, leaf)`` may return False to skip a leaf, an int to choose its
-        axis, or True / None for the default.
+        ``params``: a pytree (Flax linen params or variables, an NNX pure dict), an
+        ``nnx.State`` or an ``nnx.Module``.  Non-parameters are never protected: non-``Param``
+        NNX variables (BatchNorm statistics, RNG counters), typed PRNG keys and linen state
+        collections (``batch_stats``); :meth:`unprotected` lists them.  (A pure dict carries no
+        variable types: make the codebook from the module or its state to leave BatchNorm
+        statistics out.)
+
+        Default layout (see the module docstring): every floating leaf interleaved, tall leaves
+        split at ``MAX_ROWS`` rows, small ones pooled.  ``select(path, leaf)`` may return False
+        to skip a parameter, an int to encode the leaf alone along that axis (K = its length
+        there, A named by the path), or True / None for the default.
         """
         if not redundancy > 1.0:
             raise ValueError(f"redundancy must be > 1 (K/n), got {redundancy}")
         words = _key_words(key)
-        specs = []
-        for path, leaf in leaves_with_paths(params)[0]:
-            shape = tuple(np.shape(leaf))
-            dtype = np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))
-            choice = select(path, leaf) if select is not None else None
-            if choice is False:
+        flat, keys, _ = _tree.flatten(params)
+        tree, chosen, skipped = [], [], []
+        for leaf, k in zip(flat, keys):
+            if leaf.kind != "param":
                 continue
-            floating = jnp.issubdtype(dtype, jnp.floating)
-            if isinstance(choice, bool) or choice is None:
-                if not floating or len(shape) == 0:
-                    if choice is True:
-                        raise ValueError(f"leaf {path!r}: cannot encode a {dtype} leaf of shape {shape}")
-                    continue
-                if choice is None and shape[-1] < MIN_K:
-                    continue
-                axis = len(shape) - 1
-            elif isinstance(choice, (int, np.integer)):
-                if not floating or not -len(shape) <= int(choice) < len(shape):
-                    raise ValueError(f"leaf {path!r}: select returned axis {choice} for shape {shape}, dtype {dtype}")
-                axis = int(choice) % len(shape)
+            tree.append(k)
+            choice = select(leaf.path, leaf.value) if select is not None else None
+            axis = _axis_of(leaf.path, leaf.value, choice, redundancy)
+            if isinstance(axis, str):
+                skipped.append((leaf.path, math.prod(_leaf_shape(leaf.value)), axis))
             else:
-                raise TypeError(f"select({path!r}, leaf) must return bool, int or None, got {choice!r}")
-            K = shape[axis]
-            n = math.ceil(K / redundancy)
-            if not n < K:
-                raise ValueError(f"leaf {path!r}: K={K} along axis {axis} leaves no redundancy (n={n})")
-            specs.append(LeafSpec(path, shape, dtype.name, axis, K, n))
-        if not specs:
-            raise ValueError("no leaf selected for encoding")
-        return cls(words, redundancy, specs)
+                chosen.append((leaf.path, _leaf_shape(leaf.value), np.dtype(_leaf_dtype(leaf.value)).name, axis))
+        leaves, groups, too_small = _layout.plan(chosen, redundancy)
+        skipped += too_small
+        if not groups:
+            raise ValueError("no parameter leaf selected for encoding")
+        all_paths = {leaf.path for leaf in flat}
+        for g in groups:
+            if g.name in all_paths and g.members != (g.name,):
+                raise ValueError(f"group name {g.name!r} is also the path of another leaf; rename that leaf")
+        return cls(words, redundancy, leaves, groups, tree, skipped)
+
+    # -- layout ------------------------------------------------------------------------------
+    @property
+    def groups(self) -> dict[str, Group]:
+        """The codes, by name, in a fixed order: each a K × m array of columns y = A θ."""
+        return dict(self._groups)
+
+    @property
+    def protected(self) -> tuple[str, ...]:
+        """Paths of the protected leaves, in tree order."""
+        return tuple(self._leaves)
+
+    @property
+    def specs(self) -> dict[str, LeafSpec]:
+        """The leaves in the single-axis layout (``select`` returned an axis), as before v2."""
+        out = {}
+        for g in self._groups.values():
+            lay = self._leaves[g.segments[0].path]
+            if lay.axis is not None:
+                out[lay.path] = LeafSpec(lay.path, lay.shape, lay.dtype, lay.axis, g.K, g.n)
+        return out
+
+    def pack(self, params: PyTree) -> dict[str, np.ndarray]:
+        """Per group, its entries of ``params`` as a read-only (K, m) host array (column j = one
+        code column y ∈ R^K; padding entries NaN, i.e. erasures).  Never writes to ``params``."""
+        return _layout.pack(self._groups.values(), self._leaves, self._values(params))
+
+    def unpack(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`pack` for (K, m) arrays of any dtype (values, bool masks, …):
+        per protected leaf path, an array of the leaf's shape.  Padding entries are ignored."""
+        return _layout.unpack(self._groups.values(), self._leaves, cols)
+
+    def replace(self, params: PyTree, leaves: dict[str, Any]) -> PyTree:
+        """A new tree: ``params`` with the given leaves (by path) replaced, each cast to the
+        dtype of the leaf it replaces; other leaves are the same objects.  An ``nnx.Module``
+        gives an ``nnx.State`` (load it with ``nnx.update``); nothing passed in is modified."""
+        present = {p for p, _ in leaves_with_paths(params)[0]}
+        unknown = [p for p in leaves if p not in present]
+        if unknown:
+            raise ValueError(f"leaf {unknown[0]!r} is not in params")
+
+        def put(path, leaf):
+            if path not in leaves:
+                return leaf
+            new = np.asarray(leaves[path])
+            if new.shape != _leaf_shape(leaf):
+                raise ValueError(f"leaf {path!r}: replacement has shape {new.shape}, expected {_leaf_shape(leaf)}")
+            if isinstance(leaf, jax.Array):
+                return jnp.asarray(new, dtype=leaf.dtype)
+            return new.astype(np.asarray(leaf).dtype)
+
+        return _tree.map_with_path(put, params)
+
+    def unprotected(self, params: PyTree) -> list[tuple[str, int, str]]:
+        """``(path, size, reason)`` of every leaf of ``params`` that is not protected: parameters
+        left out (skipped by ``select``, not floating, too small) and non-parameters."""
+        out = []
+        for leaf in _tree.flatten(params)[0]:
+            if leaf.path in self._leaves:
+                continue
+            size = math.prod(_leaf_shape(leaf.value))
+            if leaf.kind != "param":
+                reason = leaf.kind
+            elif not jnp.issubdtype(_leaf_dtype(leaf.value), jnp.floating):
+                reason = f"not floating ({_leaf_dtype(leaf.value)})"
+            else:
+                reason = next((r for p, _, r in self._skipped if p == leaf.path), "not in the codebook")
+            out.append((leaf.path, size, reason))
+        return out
+
+    def _values(self, params: PyTree) -> dict[str, Any]:
+        """The protected leaves of ``params`` by path, checked against the codebook."""
+        by_path = dict(leaves_with_paths(params)[0])
+        for path, lay in self._leaves.items():
+            if path not in by_path:
+                raise ValueError(f"leaf {path!r} of the codebook is missing from params")
+            if _leaf_shape(by_path[path]) != lay.shape:
+                raise ValueError(f"leaf {path!r} has shape {_leaf_shape(by_path[path])}, the codebook expects {lay.shape}")
+            if not jnp.issubdtype(_leaf_dtype(by_path[path]), jnp.floating):
+                raise ValueError(f"leaf {path!r} has dtype {_leaf_dtype(by_path[path])}, expected floating")
+        return {p: by_path[p] for p in self._leaves}
 
     # -- matrices ----------------------------------------------------------------------------
-    def matrix(self, path: str, dtype=None) -> jax.Array:
-        """The K × n matrix A of a leaf."""
-        spec = self._spec(path)
-        if path not in self._cache:
-            self._cache[path] = gaussian_matrix(self.key_words, path, spec.K, spec.n)
-        return jnp.asarray(self._cache[path], dtype=dtype or spec.dtype)
-
-    def _pinv(self, path: str, dtype) -> jax.Array:
-        self.matrix(path)
-        return jnp.asarray(np.linalg.pinv(self._cache[path]), dtype=dtype)
-
-    def _spec(self, path: str) -> LeafSpec:
+    def matrix(self, name: str, dtype=None) -> jax.Array:
+        """The K × n matrix A of a group."""
         try:
-            return self.specs[path]
+            g = self._groups[name]
         except KeyError:
-            raise ValueError(f"leaf {path!r} is not in the codebook") from None
+            raise ValueError(f"group {name!r} is not in the codebook") from None
+        if name not in self._cache:
+            self._cache[name] = gaussian_matrix(self.key_words, name, g.K, g.n)
+        return jnp.asarray(self._cache[name], dtype=dtype or g.dtype)
 
     # -- encode / decode ---------------------------------------------------------------------
-    def _apply(self, tree: Any, want_latent: bool, fn) -> Any:
-        named, treedef = leaves_with_paths(tree)
-        present = {p for p, _ in named}
-        missing = [p for p in self.specs if p not in present]
-        if missing:
-            raise ValueError(f"leaf {missing[0]!r} of the codebook is missing from the tree")
-        out = []
-        for path, leaf in named:
-            spec = self.specs.get(path)
-            if spec is None:
-                out.append(leaf)
-                continue
-            want = spec.latent_shape() if want_latent else spec.shape
-            if tuple(np.shape(leaf)) != want:
-                raise ValueError(f"leaf {path!r} has shape {tuple(np.shape(leaf))}, expected {want}")
-            out.append(fn(spec, leaf))
-        return jax.tree_util.tree_unflatten(treedef, out)
+    def _theta_shape(self, g: Group) -> tuple[int, ...]:
+        lay = self._leaves[g.segments[0].path]
+        if lay.axis is None:
+            return (g.n, g.columns)
+        s = list(lay.shape)
+        s[lay.axis] = g.n
+        return tuple(s)
 
-    def encode(self, params: Any) -> Any:
-        """Least-squares latent Θ = A⁺ W of every encoded leaf (exact for W in range(A))."""
+    def _theta_to_nm(self, g: Group, t):
+        lay = self._leaves[g.segments[0].path]
+        return t if lay.axis is None else lay.order(t, jnp).reshape(g.n, g.columns)
 
-        def enc(spec: LeafSpec, w):
-            w = jnp.asarray(w)
-            dt = jnp.promote_types(w.dtype, jnp.float32)
-            return _along(w.astype(dt), self._pinv(spec.path, dt), spec.axis).astype(w.dtype)
+    def _nm_to_theta(self, g: Group, t):
+        lay = self._leaves[g.segments[0].path]
+        return t if lay.axis is None else lay.unorder(t.reshape(-1), jnp, first=g.n)
 
-        return self._apply(params, False, enc)
+    def _rest(self, params: PyTree) -> dict[str, Any]:
+        """The unprotected parameter leaves, by path: the latent holds them as they are."""
+        by_path = dict(leaves_with_paths(params)[0])
+        return {p: by_path[p] for p in map(_path, self._tree) if p not in self._leaves and p in by_path}
 
-    def init_latent(self, params: Any) -> Any:
+    def encode(self, params: PyTree, scale: bool = False) -> dict[str, Any]:
+        """Least-squares latent Θ = A⁺ Y of every group (exact for Y in range(A)); padding
+        entries are left out of the fit.  Unprotected parameters are copied into the latent."""
+        values = self._values(params)
+        Ys = _layout.pack(self._groups.values(), self._leaves, values, xp=jnp, fill=0.0)
+        latent = {}
+        for name, g in self._groups.items():
+            y = Ys[name]
+            dt = jnp.promote_types(y.dtype, jnp.float32)
+            A = self._cache_matrix(name)
+            t = jnp.matmul(jnp.asarray(np.linalg.pinv(A), dt), y.astype(dt), precision=_HIGHEST)
+            full = g.entries - (g.K - 1) * g.columns  # columns whose last row is real
+            if full < g.columns:  # the padded columns: fit on the K − 1 real rows
+                t_pad = jnp.matmul(jnp.asarray(np.linalg.pinv(A[:-1]), dt), y[:-1, full:].astype(dt), precision=_HIGHEST)
+                t = t.at[:, full:].set(t_pad)
+            if scale:
+                t = t * math.sqrt(g.K / g.n)
+            latent[name] = self._nm_to_theta(g, t.astype(y.dtype))
+        latent.update(self._rest(params))
+        return latent
+
+    def init_latent(self, params: PyTree) -> dict[str, Any]:
         """A latent to start training from, given freshly initialized ``params``.
 
         The projection ``encode(params)`` keeps only n/K of the initializer's variance (a random
@@ -205,27 +320,46 @@ class Codebook:
         small and train slower.  This scales the projection by √(K/n), so ``decode`` of the result
         has the variance the initializer chose.
         """
+        return self.encode(params, scale=True)
 
-        def init(spec: LeafSpec, w):
-            w = jnp.asarray(w)
-            dt = jnp.promote_types(w.dtype, jnp.float32)
-            t = _along(w.astype(dt), self._pinv(spec.path, dt), spec.axis)
-            return (t * math.sqrt(spec.K / spec.n)).astype(w.dtype)
+    def decode(self, latent: dict[str, Any]) -> dict:
+        """Y = A Θ for every group, laid back into the parameter leaves (shapes and dtypes as
+        the model's), plus the latent's unprotected parameters: the params as nested dicts.
+        Differentiable and traceable (train the latent through it)."""
+        if not isinstance(latent, Mapping):
+            raise TypeError(f"latent must be the dict that encode / init_latent return, got {type(latent).__name__}")
+        Ys = {}
+        for name, g in self._groups.items():
+            if name not in latent:
+                raise ValueError(f"group {name!r} is missing from the latent")
+            t = jnp.asarray(latent[name])
+            if t.shape != self._theta_shape(g):
+                raise ValueError(f"latent of group {name!r} has shape {t.shape}, expected {self._theta_shape(g)}")
+            if not jnp.issubdtype(t.dtype, jnp.floating):
+                raise ValueError(f"latent of group {name!r} has dtype {t.dtype}, expected floating")
+            Ys[name] = jnp.matmul(self.matrix(name, t.dtype), self._theta_to_nm(g, t), precision=_HIGHEST)
+        values = _layout.unpack(self._groups.values(), self._leaves, Ys, xp=jnp)
+        items = []
+        for keys in self._tree:
+            path = _path(keys)
+            if path in values:
+                items.append((keys, values[path].astype(self._leaves[path].dtype)))
+            elif path in latent:
+                items.append((keys, latent[path]))
+            else:
+                raise ValueError(f"unprotected parameter {path!r} is missing from the latent")
+        return _tree.nest(items)
 
-        return self._apply(params, False, init)
-
-    def decode(self, latent: Any) -> Any:
-        """W = A Θ for every encoded leaf; structure, shapes and dtypes as the model's params."""
-
-        def dec(spec: LeafSpec, t):
-            t = jnp.asarray(t)
-            return _along(t, self.matrix(spec.path, t.dtype), spec.axis).astype(spec.dtype)
-
-        return self._apply(latent, True, dec)
+    def _cache_matrix(self, name: str) -> np.ndarray:
+        self.matrix(name)
+        return self._cache[name]
 
     # -- reporting / storage -----------------------------------------------------------------
-    def capacity(self) -> "Capacity":
-        return Capacity(list(self.specs.values()))
+    def capacity(self) -> _layout.Capacity:
+        """Coverage of the floating parameters and, per group, K, n, columns and max outliers."""
+        covered = sum(lay.size for lay in self._leaves.values())
+        floating = covered + sum(size for _, size, r in self._skipped if not r.startswith("not floating"))
+        return _layout.Capacity(list(self._groups.values()), covered, floating, list(self._skipped))
 
     def to_json(self) -> dict:
         return {
@@ -233,31 +367,22 @@ class Codebook:
             "version": VERSION,
             "key": list(self.key_words),
             "redundancy": self.redundancy,
-            "leaves": [
-                {"path": s.path, "shape": list(s.shape), "dtype": s.dtype, "axis": s.axis, "K": s.K, "n": s.n}
-                for s in self.specs.values()
-            ],
+            **_layout_to_json(self),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> "Codebook":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} file")
-        if data.get("version") != VERSION:
+        if data.get("version") not in (1, VERSION):
             raise ValueError(f"unsupported codebook version {data.get('version')!r} (this is {VERSION})")
         try:
-            specs = [
-                LeafSpec(str(d["path"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]), int(d["axis"]), int(d["K"]), int(d["n"]))
-                for d in data["leaves"]
-            ]
             key = tuple(int(w) for w in data["key"])
             red = float(data["redundancy"])
-        except (KeyError, TypeError, ValueError) as e:
+            layout = _layout_from_json(data)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"malformed codebook file: {e}") from None
-        for s in specs:
-            if not (0 <= s.axis < len(s.shape) and s.shape[s.axis] == s.K and 0 < s.n < s.K):
-                raise ValueError(f"malformed codebook entry for leaf {s.path!r}")
-        return cls(key, red, specs)
+        return cls(key, red, *layout)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the codebook as JSON, atomically (a temporary file renamed into place)."""
@@ -288,34 +413,95 @@ class Codebook:
         return isinstance(other, Codebook) and self.to_json() == other.to_json()
 
     def __repr__(self) -> str:
-        return f"Codebook({len(self.specs)} leaves, redundancy={self.redundancy})"
+        return f"Codebook({len(self._leaves)} leaves in {len(self._groups)} groups, redundancy={self.redundancy})"
 
 
-def _along(t, M, axis):
-    """Apply M (rows × cols) along `axis` of t (which has `cols` entries there)."""
-    moved = jnp.moveaxis(t, axis, -1)
-    out = jnp.matmul(moved, M.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.moveaxis(out, -1, axis)
+# -- layout fields of the codebook file (version 2; version 1 had one single-axis group per leaf)
+def _layout_to_json(cb: Codebook) -> dict:
+    return {
+        "leaves": [
+            {"path": lay.path, "shape": list(lay.shape), "dtype": lay.dtype, "axis": lay.axis}
+            for lay in cb._leaves.values()
+        ],
+        "groups": [
+            {"name": g.name, "K": g.K, "n": g.n, "columns": g.columns, "dtype": g.dtype,
+             "segments": [[sg.path, sg.start, sg.stop] for sg in g.segments]}
+            for g in cb._groups.values()
+        ],
+        "tree": [list(k) for k in cb._tree],
+        "skipped": [list(x) for x in cb._skipped],
+    }
 
 
-@dataclasses.dataclass
-class Capacity:
-    leaves: list[LeafSpec]
+def _layout_from_json(data: dict) -> tuple:
+    """(leaves, groups, tree, skipped) for ``Codebook(key, redundancy, ...)``; raises on bad types."""
+    def axis(d):
+        return None if d["axis"] is None else int(d["axis"])
 
-    def __str__(self) -> str:
-        head = ("leaf", "K", "n", "columns", "max outliers/column")
-        rows = [(s.path, s.K, s.n, s.columns, s.max_outliers) for s in self.leaves]
-        return _table(head, rows)
+    def key(k):
+        if not isinstance(k, (str, int)) or isinstance(k, bool):
+            raise TypeError(f"tree key {k!r} is not a str or int")
+        return k
 
-    def as_dict(self) -> dict[str, dict]:
-        return {
-            s.path: {"K": s.K, "n": s.n, "columns": s.columns, "max_outliers": s.max_outliers}
-            for s in self.leaves
-        }
+    leaves = [LeafLayout(str(d["path"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]), axis(d)) for d in data["leaves"]]
+    for lay in leaves:
+        if lay.axis is not None and not 0 <= lay.axis < len(lay.shape):
+            raise ValueError(f"leaf {lay.path!r}: axis {lay.axis} out of range")
+        np.dtype(lay.dtype)  # a name NumPy knows
+    if data.get("version") == 1:
+        groups = [
+            Group(lay.path, int(d["K"]), int(d["n"]), lay.size // max(int(d["K"]), 1), lay.dtype, (Segment(lay.path, 0, lay.size),))
+            for lay, d in zip(leaves, data["leaves"])
+        ]
+        return leaves, groups, None, []
+    groups = [
+        Group(str(d["name"]), int(d["K"]), int(d["n"]), int(d["columns"]), str(d["dtype"]),
+              tuple(Segment(str(p), int(a), int(b)) for p, a, b in d["segments"]))
+        for d in data["groups"]
+    ]
+    tree = [tuple(key(k) for k in ks) for ks in data["tree"]]
+    skipped = [(str(p), int(z), str(r)) for p, z, r in data["skipped"]]
+    return leaves, groups, tree, skipped
 
 
-def _table(head, rows) -> str:
-    cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _axis_of(path: str, leaf, choice, redundancy: float) -> int | None | str:
+    """What ``select``'s answer means for one parameter leaf: an axis (the single-axis layout),
+    None (the default layout), or the reason it is not protected.  Raises on impossible asks."""
+    shape, dtype = _leaf_shape(leaf), _leaf_dtype(leaf)
+    if choice is False:
+        return "skipped by select"
+    if choice is not None and not isinstance(choice, (bool, int, np.integer)):
+        raise TypeError(f"select({path!r}, leaf) must return bool, int or None, got {choice!r}")
+    if not jnp.issubdtype(dtype, jnp.floating) or math.prod(shape) == 0:
+        if choice is not None:
+            raise ValueError(f"leaf {path!r}: cannot encode a {dtype} leaf of shape {shape}")
+        return f"not floating ({dtype})" if math.prod(shape) else "empty"
+    if choice is None or choice is True:
+        return None
+    if not -len(shape) <= int(choice) < len(shape):
+        raise ValueError(f"leaf {path!r}: select returned axis {choice} for shape {shape}")
+    axis = int(choice) % len(shape)
+    if not math.ceil(shape[axis] / redundancy) < shape[axis]:
+        raise ValueError(f"leaf {path!r}: K={shape[axis]} along axis {axis} leaves no redundancy")
+    return axis
+
+
+def _path(keys: tuple) -> str:
+    return "/".join(str(k) for k in keys)
+
+
+def _leaf_dtype(leaf) -> np.dtype:
+    """A leaf's dtype without converting it (typed PRNG keys cannot become NumPy arrays)."""
+    dtype = getattr(leaf, "dtype", None)
+    return dtype if dtype is not None else np.asarray(leaf).dtype
+
+
+def _leaf_shape(leaf) -> tuple[int, ...]:
+    shape = getattr(leaf, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(leaf)
+
+
+_table = _layout.table  # purify and demo import it from here

@@ -57,7 +57,7 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
     apply = lambda p, x: model.apply({"params": p}, x)
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     # The paper's setting: the hidden layer (filters and biases) is encoded; the read-out is not.
-    cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=4.0, select=lambda p, _: p.startswith("hidden/"))
+    cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=4.0, select=lambda p, _: -1 if p.startswith("hidden/") else False)
     latent = cb.init_latent(params0)
     latent = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
                    progress=None if verbose else False).latent

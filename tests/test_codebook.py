@@ -1,6 +1,7 @@
-"""Codebook: selection, determinism, encode/decode, capacity, save/load."""
+"""Codebook: default coverage and layout, select, determinism, encode/decode, capacity, save/load."""
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -18,16 +19,103 @@ def params():
     return m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
 
 
-def test_default_selection(params):
+def _flat(tree):
+    """path → leaf, by a plain loop over jax's own flattening (independent of jaxpurify._tree)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out["/".join(str(k.key) for k in path)] = leaf
+    return out
+
+
+SMALL = ["conv0/bias", "conv0/kernel", "conv1/bias", "dense/bias", "readout/bias"]  # K < 16: pooled
+
+
+def _pool(cb):
+    (name,) = [n for n in cb.groups if n.startswith("pool/")]
+    return name, cb.groups[name]
+
+
+def test_default_protects_every_floating_parameter(params):
     cb = jp.Codebook.create(params, jax.random.key(1))
-    # every floating leaf with ≥ 8 entries on its last axis, the 10-class read-out included
-    expect = {
-        "conv0/kernel": 16, "conv0/bias": 16, "conv1/kernel": 32, "conv1/bias": 32,
-        "dense/kernel": 24, "dense/bias": 24, "readout/kernel": 10, "readout/bias": 10,
-    }
-    assert {p: s.K for p, s in cb.specs.items()} == expect
-    for s in cb.specs.values():
-        assert s.n == int(np.ceil(s.K / 4.0)) and s.axis == len(s.shape) - 1
+    flat = _flat(params)
+    assert set(cb.protected) == set(flat)
+    assert cb.unprotected(params) == []
+    cap = cb.capacity().as_dict()
+    assert cap["fraction"] == 1.0 and cap["covered"] == sum(v.size for v in flat.values())
+    # (K, m) = (prod of leading dims, last dim); the rest pooled into one column of all their entries
+    expect = {"conv1/kernel": (3 * 3 * 16, 32), "dense/kernel": (32, 24), "readout/kernel": (24, 10)}
+    name, pool = _pool(cb)
+    expect[name] = (sum(flat[p].size for p in SMALL), 1)
+    assert {g: (s.K, s.columns) for g, s in cb.groups.items()} == expect
+    assert pool.members == tuple(SMALL)  # path order
+    for g in cb.groups.values():
+        assert g.n == math.ceil(g.K / 4.0)
+
+
+def test_default_layout_is_interleaved(params):
+    """Column j of a leaf's group is W[..., j]; a pool fills rows with its members' entries."""
+    cb = jp.Codebook.create(params, jax.random.key(1))
+    flat = {p: np.asarray(v) for p, v in _flat(params).items()}
+    packed = cb.pack(params)
+    for path in ("conv1/kernel", "dense/kernel", "readout/kernel"):
+        W = flat[path]
+        Y = packed[path]
+        for j in range(W.shape[-1]):
+            col = [W[idx + (j,)] for idx in np.ndindex(*W.shape[:-1])]
+            np.testing.assert_array_equal(Y[:, j], col)
+    name, pool = _pool(cb)
+    entries = [x for p in SMALL for x in flat[p].ravel()]
+    Y = packed[name]
+    for i, x in enumerate(entries):
+        assert Y[i // pool.columns, i % pool.columns] == x
+
+
+def test_tall_leaves_split_and_pool_pads_with_nan():
+    rng = np.random.default_rng(0)
+    params = {"a": rng.standard_normal((3, 3, 64, 8)).astype(np.float32),  # K = 576 > 512
+              "b": rng.standard_normal((1100, 3)).astype(np.float32),  # K = 1100
+              "c": rng.standard_normal((700,)).astype(np.float32),  # pooled: 700 + 13 entries
+              "d": rng.standard_normal((13,)).astype(np.float32)}
+    cb = jp.Codebook.create(params, 0)
+    shapes = {g: (s.K, s.columns) for g, s in cb.groups.items()}
+    name, pool = _pool(cb)
+    # 576 = 2 × 288; 1100 has no divisor in 3..6 below 5: 4 × 275; 713 entries → 2 columns × 357 rows
+    assert shapes == {"a#0": (288, 8), "a#1": (288, 8), "b#0": (275, 3), "b#1": (275, 3), "b#2": (275, 3),
+                      "b#3": (275, 3), name: (357, 2)}
+    packed = cb.pack(params)
+    for i in range(4):  # group b#i holds rows [275 i, 275 (i + 1)) of b
+        np.testing.assert_array_equal(packed[f"b#{i}"], params["b"][275 * i : 275 * (i + 1)])
+    np.testing.assert_array_equal(packed["a#1"], params["a"].reshape(576, 8)[288:])
+    Y = packed[name]
+    flat = np.concatenate([params["c"], params["d"]])
+    np.testing.assert_array_equal(Y.ravel()[:713], flat)
+    assert np.isnan(Y.ravel()[713:]).all() and Y.ravel()[713:].size == 1
+    back = cb.unpack(packed)
+    for p, v in params.items():
+        np.testing.assert_array_equal(back[p], v)
+    assert pool.weakest == (357 - 90 - 1) // 2  # the padded column has one row less
+    assert cb.capacity().weakest.name == "b#0"  # the shortest K
+
+
+def test_padding_is_an_erasure_and_pooled_columns_certify():
+    """The padded row of a pool is NaN: recover treats it as an erasure and still certifies."""
+    rng = np.random.default_rng(1)
+    params = {"b1": rng.standard_normal(400).astype(np.float32), "b2": rng.standard_normal(333).astype(np.float32)}
+    cb = jp.Codebook.create(params, 3)
+    name, g = _pool(cb)
+    assert g.K * g.columns > 733  # padded
+    clean = cb.decode(cb.encode(params))  # in range(A)
+    Y = np.array(cb.pack(clean)[name])
+    assert np.isnan(Y).sum() == g.K * g.columns - 733
+    bad = Y.copy()
+    for j in range(g.columns):  # 10% gross errors per column, on real rows
+        rows = rng.choice(g.K - 1, int(0.1 * g.K), replace=False)
+        bad[rows, j] += 100.0
+    out = jp.recover(cb.matrix(name), jnp.asarray(bad))
+    assert bool(out.certified.all())
+    fitted = np.asarray(cb.matrix(name, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)) @ np.asarray(out.x)
+    real = ~np.isnan(Y)
+    np.testing.assert_allclose(fitted[real], Y[real], rtol=1e-4, atol=1e-4 * np.abs(Y[real]).max())
 
 
 def test_select_skip_and_axis(params):
@@ -35,15 +123,22 @@ def test_select_skip_and_axis(params):
         if path.startswith("readout"):
             return False
         if path == "dense/kernel":
-            return 0  # encode input features instead
+            return 0  # the single-axis layout: input features
         return None
 
     cb = jp.Codebook.create(params, jax.random.key(1), redundancy=2.0, select=select)
-    assert "readout/kernel" not in cb.specs
+    assert "readout/kernel" not in cb.protected
+    assert {p: r for p, _, r in cb.unprotected(params)} == {"readout/bias": "skipped by select",
+                                                             "readout/kernel": "skipped by select"}
     s = cb.specs["dense/kernel"]
     assert s.axis == 0 and s.K == params["dense"]["kernel"].shape[0] and s.n == -(-s.K // 2)
+    W = np.asarray(params["dense"]["kernel"])
+    np.testing.assert_array_equal(cb.pack(params)["dense/kernel"], W)  # column j = W[:, j]
+    assert cb.capacity().fraction == pytest.approx(1 - (24 * 10 + 10) / sum(v.size for v in _flat(params).values()))
     with pytest.raises(ValueError, match="dense/kernel"):
         jp.Codebook.create(params, jax.random.key(1), select=lambda p, l: 5 if p == "dense/kernel" else None)
+    with pytest.raises(TypeError, match="dense/kernel"):
+        jp.Codebook.create(params, jax.random.key(1), select=lambda p, l: "x" if p == "dense/kernel" else None)
     with pytest.raises(ValueError, match="redundancy"):
         jp.Codebook.create(params, jax.random.key(1), redundancy=1.0)
 
@@ -52,16 +147,18 @@ def test_matrices_deterministic_and_distinct(params):
     a = jp.Codebook.create(params, jax.random.key(7))
     b = jp.Codebook.create(params, jax.random.key(7))
     c = jp.Codebook.create(params, jax.random.key(8))
-    for p in a.specs:
-        np.testing.assert_array_equal(a.matrix(p), b.matrix(p))
-        assert not np.allclose(a.matrix(p), c.matrix(p))
-    assert not np.allclose(a.matrix("conv1/kernel"), a.matrix("conv1/bias"))
-    # raw uint32 keys and int seeds name the same key material as the typed key
+    for name, g in a.groups.items():
+        np.testing.assert_array_equal(a.matrix(name), b.matrix(name))
+        assert not np.allclose(a.matrix(name), c.matrix(name))
+        ref = gaussian_matrix(a.key_words, name, g.K, g.n)  # A is named by the group
+        np.testing.assert_array_equal(a.matrix(name, jnp.float32), ref.astype(np.float32))
     d = jp.Codebook.create(params, jax.random.PRNGKey(7))
     e = jp.Codebook.create(params, 7)
-    for p in a.specs:
-        np.testing.assert_array_equal(a.matrix(p), d.matrix(p))
-        np.testing.assert_array_equal(a.matrix(p), e.matrix(p))
+    for name in a.groups:
+        np.testing.assert_array_equal(a.matrix(name), d.matrix(name))
+        np.testing.assert_array_equal(a.matrix(name), e.matrix(name))
+    with pytest.raises(ValueError, match="nope"):
+        a.matrix("nope")
 
 
 def test_matrix_is_gaussian_with_variance_one_over_n():
@@ -77,59 +174,115 @@ def test_matrix_is_gaussian_with_variance_one_over_n():
 def test_encode_decode_round_trip(params):
     cb = jp.Codebook.create(params, jax.random.key(3))
     latent = cb.encode(params)
-    for p, s in cb.specs.items():
-        leaf = latent
-        for k in p.split("/"):
-            leaf = leaf[k]
-        assert leaf.shape == s.latent_shape()
+    assert {k: v.shape for k, v in latent.items()} == {n: (g.n, g.columns) for n, g in cb.groups.items()}
     W = cb.decode(latent)  # in range(A)
-    chex_equal = jax.tree.map(lambda a, b: (a.shape == b.shape) and (a.dtype == b.dtype), W, params)
-    assert all(jax.tree.leaves(chex_equal))
+    assert jax.tree.structure(W) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(W), jax.tree.leaves(params)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    # decode is A Θ laid out: check it against numpy for one leaf group and the pool
+    for name, g in cb.groups.items():
+        Y = np.asarray(cb.matrix(name), np.float64) @ np.asarray(latent[name], np.float64)
+        np.testing.assert_allclose(cb.pack(W)[name], Y.astype(np.float32)[: g.K], rtol=1e-5, atol=1e-6)
     W2 = cb.decode(cb.encode(W))
     for a, b in zip(jax.tree.leaves(W), jax.tree.leaves(W2)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(a).max()) + 1e-30)
-    # decode is plain linear algebra: its gradient is Aᵀ applied to the cotangent
-    g = jax.grad(lambda t: jnp.sum(cb.decode(t)["conv1"]["bias"]))(latent)
-    A = np.asarray(cb.matrix("conv1/bias"), np.float64)
-    np.testing.assert_allclose(g["conv1"]["bias"], A.sum(0), rtol=1e-5)
+    # decode is plain linear algebra: the gradient of the sum of a pooled leaf is Aᵀ applied to
+    # the indicator of that leaf's entries in the pool
+    name, pool = _pool(cb)
+    g = jax.jit(jax.grad(lambda t: jnp.sum(cb.decode(t)["conv1"]["bias"])))(latent)
+    start = sum(params[p.split("/")[0]][p.split("/")[1]].size for p in SMALL[: SMALL.index("conv1/bias")])
+    ind = np.zeros(pool.K * pool.columns)
+    ind[start : start + 32] = 1.0
+    A = np.asarray(cb.matrix(name), np.float64)
+    np.testing.assert_allclose(g[name], A.T @ ind.reshape(pool.K, pool.columns), rtol=1e-5, atol=1e-6)
+
+
+def test_unprotected_params_ride_in_the_latent(params):
+    cb = jp.Codebook.create(params, 0, select=lambda p, l: False if p == "readout/bias" else None)
+    latent = cb.encode(params)
+    assert latent["readout/bias"] is params["readout"]["bias"]
+    out = cb.decode(dict(latent, **{"readout/bias": jnp.ones(10)}))
+    np.testing.assert_array_equal(out["readout"]["bias"], np.ones(10))
+    with pytest.raises(ValueError, match="readout/bias"):
+        cb.decode({k: v for k, v in latent.items() if k != "readout/bias"})
 
 
 def test_decode_rejects_mismatch(params):
     cb = jp.Codebook.create(params, jax.random.key(3))
     latent = cb.encode(params)
-    bad = jax.tree.map(lambda x: x, latent)
-    bad["conv1"]["kernel"] = jnp.zeros((3, 3, 16, 5))
     with pytest.raises(ValueError, match="conv1/kernel"):
-        cb.decode(bad)
-    missing = {k: v for k, v in latent.items() if k != "dense"}
-    with pytest.raises(ValueError, match="dense/"):
-        cb.decode(missing)
+        cb.decode(dict(latent, **{"conv1/kernel": jnp.zeros((3, 5))}))
+    with pytest.raises(ValueError, match="dense/kernel"):
+        cb.decode({k: v for k, v in latent.items() if k != "dense/kernel"})
+    with pytest.raises(ValueError, match="dense/kernel"):
+        cb.decode(dict(latent, **{"dense/kernel": jnp.zeros(latent["dense/kernel"].shape, jnp.int32)}))
+    with pytest.raises(TypeError, match="latent"):
+        cb.decode([1, 2])
+    with pytest.raises(ValueError, match="conv1/kernel"):
+        cb.encode(dict(params, conv1=dict(params["conv1"], kernel=jnp.zeros((3, 3, 16, 8)))))
 
 
 def test_capacity(params):
     cb = jp.Codebook.create(params, jax.random.key(3))
     cap = cb.capacity().as_dict()
-    s = cap["conv1/kernel"]
-    assert (s["K"], s["n"], s["columns"], s["max_outliers"]) == (32, 8, 3 * 3 * 16, 12)
+    s = cap["groups"]["conv1/kernel"]
+    assert (s["K"], s["n"], s["columns"], s["max_outliers"]) == (144, 36, 32, 54)
+    assert cap["weakest"] == {"group": "readout/kernel", "max_outliers": (24 - 6) // 2}
     text = str(cb.capacity())
-    assert "conv1/kernel" in text and "max outliers" in text
+    assert "conv1/kernel" in text and "max outliers" in text and "(100.0%)" in text
+
+
+def test_linen_state_collections_and_odd_leaves_are_not_protected():
+    rng = np.random.default_rng(0)
+    variables = {
+        "params": {"w": jnp.asarray(rng.standard_normal((32, 4)), jnp.float32), "step": jnp.asarray(3)},
+        "batch_stats": {"mean": jnp.zeros(4), "var": jnp.ones(4)},
+        "rng": jax.random.key(0),
+    }
+    cb = jp.Codebook.create(variables, 0)
+    assert cb.protected == ("params/w",)
+    got = {p: (z, r) for p, z, r in cb.unprotected(variables)}
+    assert got == {"batch_stats/mean": (4, "state collection 'batch_stats'"),
+                   "batch_stats/var": (4, "state collection 'batch_stats'"),
+                   "params/step": (1, "not floating (int32)"), "rng": (1, "PRNG key")}
+    with pytest.raises(ValueError, match="params/step"):
+        jp.Codebook.create(variables, 0, select=lambda p, l: True)
+    with pytest.raises(ValueError, match="no parameter"):
+        jp.Codebook.create({"x": jnp.zeros(3, jnp.int32)}, 0)
 
 
 def test_save_load_round_trip(tmp_path, params):
-    cb = jp.Codebook.create(params, jax.random.key(11), redundancy=3.0)
+    cb = jp.Codebook.create(params, jax.random.key(11), redundancy=3.0,
+                            select=lambda p, l: 0 if p == "dense/kernel" else None)
     path = tmp_path / "cb.json"
     cb.save(path)
     data = json.loads(path.read_text())
     assert data["format"] == "jaxpurify.codebook" and "key" in data
-    assert path.stat().st_size < 4096  # matrices are regenerated, not stored
+    assert path.stat().st_size < 8192  # matrices are regenerated, not stored
     back = jp.Codebook.load(path)
-    assert back == cb
-    for p in cb.specs:
-        np.testing.assert_array_equal(back.matrix(p), cb.matrix(p))
+    assert back == cb and back.groups == cb.groups
+    for name in cb.groups:
+        np.testing.assert_array_equal(back.matrix(name), cb.matrix(name))
+    latent = cb.encode(params)
+    for a, b in zip(jax.tree.leaves(back.decode(latent)), jax.tree.leaves(cb.decode(latent))):
+        np.testing.assert_array_equal(a, b)
     assert not list(tmp_path.glob(".codebook-*"))  # no temporary file left behind
 
 
-def test_load_rejects_bad_files(tmp_path):
+def test_version_1_files_still_load(tmp_path, params):
+    """A version-1 file (one single-axis group per leaf, A named by the path) keeps its matrices."""
+    v1 = {"format": "jaxpurify.codebook", "version": 1, "key": [0, 42], "redundancy": 4.0,
+          "leaves": [{"path": "dense/kernel", "shape": [32, 24], "dtype": "float32", "axis": 1, "K": 24, "n": 6}]}
+    p = tmp_path / "v1.json"
+    p.write_text(json.dumps(v1))
+    cb = jp.Codebook.load(p)
+    np.testing.assert_array_equal(cb.matrix("dense/kernel", jnp.float32),
+                                  gaussian_matrix((0, 42), "dense/kernel", 24, 6).astype(np.float32))
+    W = np.asarray(params["dense"]["kernel"])
+    np.testing.assert_array_equal(cb.pack(params)["dense/kernel"], W.T)  # column = a row of W
+
+
+def test_load_rejects_bad_files(tmp_path, params):
     p = tmp_path / "x.json"
     p.write_text("{not json")
     with pytest.raises(ValueError, match="not JSON"):
@@ -141,6 +294,20 @@ def test_load_rejects_bad_files(tmp_path):
                              "leaves": [{"path": "a", "shape": [4, 8], "dtype": "float32", "axis": 1, "K": 8, "n": 9}]}))
     with pytest.raises(ValueError, match="'a'"):
         jp.Codebook.load(p)
+    good = jp.Codebook.create(params, 0).to_json()
+    for edit, match in [
+        (lambda d: d["groups"][0].update(K=d["groups"][0]["K"] + 1), "conv1/kernel"),
+        (lambda d: d["groups"][0]["segments"][0].__setitem__(2, 5), "conv1/kernel"),
+        (lambda d: d["groups"].pop(), "conv0"),
+        (lambda d: d["leaves"][0].update(dtype="int32"), "conv0"),
+        (lambda d: d["leaves"][0].update(axis=9), "conv0"),
+        (lambda d: d.pop("groups"), "malformed"),
+    ]:
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        p.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            jp.Codebook.load(p)
 
 
 def test_init_latent_keeps_the_initializer_variance(params):
@@ -150,6 +317,6 @@ def test_init_latent_keeps_the_initializer_variance(params):
     p = dict(params, conv1=dict(params["conv1"], kernel=W))
     proj = cb.decode(cb.encode(p))["conv1"]["kernel"]
     init = cb.decode(cb.init_latent(p))["conv1"]["kernel"]
-    s = cb.specs["conv1/kernel"]
-    assert abs(float(jnp.var(proj)) / float(jnp.var(W)) - s.n / s.K) < 0.05
+    g = cb.groups["conv1/kernel"]
+    assert abs(float(jnp.var(proj)) / float(jnp.var(W)) - g.n / g.K) < 0.05
     assert abs(float(jnp.var(init)) / float(jnp.var(W)) - 1.0) < 0.15

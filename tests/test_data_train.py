@@ -115,7 +115,7 @@ def test_training_through_decode_learns():
     model = models.OneHiddenCNN(filters=32, patch=4)
     apply = lambda p, x: model.apply({"params": p}, x)
     params = model.init(jax.random.key(0), ds.train.x[:1])["params"]
-    cb = jp.Codebook.create(params, jax.random.key(1), select=lambda p, _: p.startswith("hidden/"))
+    cb = jp.Codebook.create(params, jax.random.key(1), select=lambda p, _: -1 if p.startswith("hidden/") else False)
     latent = cb.encode(params)
     before = accuracy(apply, cb.decode(latent), ds.test.x, ds.test.y)
     latent, losses = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.key(2), steps=300, optimizer=optax.adam(1e-2))

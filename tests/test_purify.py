@@ -16,7 +16,7 @@ def setup():
     x = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
     params = model.init(jax.random.key(1), x)["params"]
     # encode only the leaves with K ≥ 16 so every column has room for a few errors
-    cb = jp.Codebook.create(params, jax.random.key(2), select=lambda p, l: None if l.shape[-1] >= 16 else False)
+    cb = jp.Codebook.create(params, jax.random.key(2), select=lambda p, l: -1 if l.shape[-1] >= 16 else False)
     latent = cb.encode(params)
     # nonzero biases, so their recovery is not trivial
     latent = jax.tree.map(lambda t: t + 0.1 * jax.random.normal(jax.random.key(3), t.shape), latent)

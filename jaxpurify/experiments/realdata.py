@@ -41,7 +41,7 @@ def build(arch: str, ds: data.Dataset):
     if arch == "one-hidden":
         patch = 4 if h % 4 == 0 else 7
         model = models.OneHiddenCNN(filters=256, patch=patch)
-        select = lambda p, _: p.startswith("hidden/")
+        select = lambda p, _: -1 if p.startswith("hidden/") else False  # the paper's layout
     elif arch == "multi":
         model = models.SmallCNN(channels=(32, 64), hidden=128)
 
@@ -49,8 +49,8 @@ def build(arch: str, ds: data.Dataset):
             if p == "readout/kernel":
                 return 0
             if p.endswith("/bias"):
-                return None if leaf.shape[-1] >= 16 else False
-            return None
+                return -1 if leaf.shape[-1] >= 16 else False
+            return -1  # each kernel along its output axis (the single-axis layout)
 
     else:
         raise ValueError(f"unknown arch {arch!r}; choose one-hidden or multi")

@@ -35,10 +35,10 @@ def _trial(key, K, patch, ratio, rho):
     model = models.OneHiddenCNN(filters=K, patch=patch, num_classes=10)
     kinit, kcb, klat, kc = jax.random.split(key, 4)
     params = model.init(kinit, jnp.zeros((1, 2 * patch, 2 * patch, 1)))["params"]
-    cb = Codebook.create(params, kcb, redundancy=ratio, select=lambda p, _: p.startswith("hidden/"))
+    cb = Codebook.create(params, kcb, redundancy=ratio, select=lambda p, _: -1 if p.startswith("hidden/") else False)
     latent = cb.encode(params)
     # a random latent for the biases too (Flax initializes them at zero, which is trivial)
-    latent["hidden"]["bias"] = jax.random.normal(klat, latent["hidden"]["bias"].shape)
+    latent["hidden/bias"] = jax.random.normal(klat, latent["hidden/bias"].shape)
     clean = cb.decode(latent)
     bad = C.contaminate(kc, clean, cb, C.gross_errors, rate=rho)
     return model, cb, clean, bad

@@ -1,0 +1,299 @@
+"""Layout: how the entries of protected leaves are arranged into the codebook's (K, m) codes.
+
+A *group* is one code: a K × m array Y whose every column y ∈ R^K is generated as y = A θ by the
+group's own K × n matrix A.  Its entries come from one or more *segments*, each a run
+[start, stop) of one leaf's entries in that leaf's *layout order*; the segments, concatenated in
+order, fill Y row by row (C order), and the last row is padded with erasures (NaN) if needed:
+
+    flat = concat(segment entries);   Y[i // m, i % m] = flat[i]
+
+A leaf's layout order is its C order after moving its ``axis`` to the front (``axis=None``: C
+order as stored).  With ``axis=a`` and one segment holding the whole leaf, column j of Y is the
+vector of the leaf along axis a (the single-axis layout); with ``axis=None`` column j is
+W[..., j]: consecutive entries in memory land in consecutive columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Entries [start, stop) of leaf ``path`` in its layout order."""
+
+    path: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafLayout:
+    """A protected leaf: its shape and dtype, and the axis moved to the front (None: none)."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    axis: int | None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def order(self, leaf, xp=np):
+        """The leaf's entries as a flat array in layout order (a view when possible)."""
+        arr = xp.asarray(leaf)
+        if self.axis is not None:
+            arr = xp.moveaxis(arr, self.axis, 0)
+        return arr.reshape(-1)
+
+    def unorder(self, flat, xp=np, first: int | None = None):
+        """Inverse of :meth:`order`: a flat array in layout order back to the leaf's shape
+        (with ``first`` entries instead of ``shape[axis]`` on the moved axis if given)."""
+        if self.axis is None:
+            return flat.reshape(self.shape)
+        rest = tuple(d for i, d in enumerate(self.shape) if i != self.axis)
+        lead = self.shape[self.axis] if first is None else first
+        return xp.moveaxis(flat.reshape((lead,) + rest), 0, self.axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One code: K rows, n latent rows, ``columns`` (m) columns, filled from ``segments``."""
+
+    name: str  # unique; the group's matrix A is derived from it
+    K: int
+    n: int
+    columns: int
+    dtype: str  # dtype of its member leaves (a group never mixes dtypes)
+    segments: tuple[Segment, ...]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Paths of the leaves whose entries it holds, in order, each once."""
+        return tuple(dict.fromkeys(s.path for s in self.segments))
+
+    @property
+    def entries(self) -> int:
+        """Real (non-padding) entries."""
+        return sum(s.size for s in self.segments)
+
+    @property
+    def max_outliers(self) -> int:
+        """Most corrupted entries per column that a certificate can accept: ⌊(K − n)/2⌋."""
+        return (self.K - self.n) // 2
+
+    @property
+    def weakest(self) -> int:
+        """The same for its weakest column (a padded column has one row less)."""
+        return (self.K - self.n - (self.entries < self.K * self.columns)) // 2
+
+
+def pack(groups, leaves: dict[str, LeafLayout], values: dict[str, object], xp=np, fill=np.nan) -> dict:
+    """Per group, its (K, m) array of the leaves' ``values``; padding entries are ``fill``.
+
+    With ``xp=np`` (host) the arrays are read-only (a group that is one whole leaf is a view of
+    it when the layout allows, so no copy is made): copy one to modify it.  ``xp=jnp`` traces.
+    """
+    out = {}
+    for g in groups:
+        parts = [leaves[s.path].order(values[s.path], xp)[s.start : s.stop] for s in g.segments]
+        pad = g.K * g.columns - g.entries
+        if pad:
+            parts.append(xp.full((pad,), fill, parts[0].dtype))
+        y = (parts[0] if len(parts) == 1 else xp.concatenate(parts)).reshape(g.K, g.columns)
+        if xp is np:
+            y = y.view()
+            y.flags.writeable = False
+        out[g.name] = y
+    return out
+
+
+def unpack(groups, leaves: dict[str, LeafLayout], cols: dict, xp=np) -> dict:
+    """Inverse of :func:`pack`: per leaf path, an array of the leaf's shape (any dtype).
+
+    Padding entries of ``cols`` are ignored.  Raises ``ValueError`` naming the group if a code is
+    missing or has the wrong shape.
+    """
+    pieces: dict[str, list] = {}
+    for g in groups:
+        if g.name not in cols:
+            raise ValueError(f"group {g.name!r} is missing")
+        y = xp.asarray(cols[g.name])
+        if y.shape != (g.K, g.columns):
+            raise ValueError(f"group {g.name!r} has shape {y.shape}, expected {(g.K, g.columns)}")
+        flat, at = y.reshape(-1), 0
+        for s in g.segments:
+            pieces.setdefault(s.path, []).append((s.start, flat[at : at + s.size]))
+            at += s.size
+    out = {}
+    for path, parts in pieces.items():
+        lay = leaves[path]
+        parts.sort(key=lambda p: p[0])
+        flat = parts[0][1] if len(parts) == 1 else xp.concatenate([p for _, p in parts])
+        if flat.size != lay.size:
+            raise ValueError(f"leaf {path!r}: the groups hold {flat.size} of its {lay.size} entries")
+        out[path] = lay.unorder(flat, xp)
+    return out
+
+
+def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
+    """Every protected entry in exactly one group; shapes consistent (also for loaded files)."""
+    held: dict[str, list] = {p: [] for p in leaves}
+    for lay in leaves.values():
+        if not np.issubdtype(np.dtype(lay.dtype), np.floating) or lay.size == 0:
+            raise ValueError(f"leaf {lay.path!r}: cannot encode a {lay.dtype} leaf of shape {lay.shape}")
+    for g in groups.values():
+        if not (0 < g.n < g.K and g.columns > 0):
+            raise ValueError(f"group {g.name!r}: need 0 < n < K and columns > 0, got K={g.K}, n={g.n}, columns={g.columns}")
+        if not (g.K - 1) * g.columns < g.entries <= g.K * g.columns:
+            raise ValueError(f"group {g.name!r}: {g.entries} entries do not fill {g.K} × {g.columns} (at most one padded row)")
+        for s in g.segments:
+            if s.path not in leaves or leaves[s.path].dtype != g.dtype:
+                raise ValueError(f"group {g.name!r}: segment of unknown leaf {s.path!r} or of another dtype")
+            held[s.path].append((s.start, s.stop))
+        lay = leaves[g.segments[0].path]
+        if lay.axis is not None and not (len(g.segments) == 1 and g.K == lay.shape[lay.axis]):
+            raise ValueError(f"group {g.name!r}: a single-axis leaf must be one whole group")
+    for path, spans in held.items():
+        spans.sort()
+        ends = [0] + [hi for _, hi in spans]
+        if any(lo != e or hi <= lo for (lo, hi), e in zip(spans, ends)) or ends[-1] != leaves[path].size:
+            raise ValueError(f"leaf {path!r}: the groups do not hold each of its entries exactly once")
+
+
+# -- the default layout --------------------------------------------------------------------------
+
+MIN_ROWS = 16  # a leaf with fewer rows (K) than this is pooled with others
+MAX_ROWS = 512  # K cap: the solve costs ∝ K per entry (measured, see README); taller leaves split
+
+
+def plan(chosen: list[tuple[str, tuple[int, ...], str, int | None]], redundancy: float, max_rows: int = MAX_ROWS):
+    """The layout of the chosen leaves [(path, shape, dtype, axis)], in tree order.
+
+    ``axis`` an int: the leaf alone along that axis (one group named by its path).  ``axis``
+    None, the default: a leaf with at least ``MIN_ROWS`` leading rows gets :func:`own_groups`;
+    the others are pooled per dtype (:func:`pool_group`).  Returns (leaves, groups, skipped),
+    ``skipped`` being [(path, size, reason)] for pools of a single entry (nothing to spare).
+    """
+    leaves, groups, skipped, pools = [], [], [], {}
+    for path, shape, dtype, axis in chosen:
+        size = math.prod(shape)
+        if axis is not None:
+            leaves.append(LeafLayout(path, shape, dtype, axis))
+            groups.append(_group(path, shape[axis], size // shape[axis], dtype, redundancy, (Segment(path, 0, size),)))
+        elif len(shape) >= 2 and size // shape[-1] >= MIN_ROWS:
+            leaves.append(LeafLayout(path, shape, dtype, None))
+            groups += own_groups(path, shape, dtype, redundancy, max_rows)
+        else:
+            pools.setdefault(dtype, []).append((path, shape))
+    for dtype, members in pools.items():
+        sizes = [(p, math.prod(shape)) for p, shape in members]
+        if sum(size for _, size in sizes) < 2:
+            skipped += [(p, size, "too small to protect") for p, size in sizes]
+            continue
+        leaves += [LeafLayout(p, shape, dtype, None) for p, shape in members]
+        groups.append(pool_group(sizes, dtype, redundancy, max_rows))
+    order = {c[0]: i for i, c in enumerate(chosen)}
+    leaves.sort(key=lambda lay: order[lay.path])
+    return leaves, groups, skipped
+
+
+def own_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+    """Groups for one leaf laid out interleaved: (K, m) = (prod(leading dims), last dim).
+
+    Column j is W[..., j]: entries consecutive in memory lie in consecutive columns, so a burst
+    of b entries puts about b/m in each column.  When K > ``max_rows`` the rows are split into
+    ``p`` contiguous blocks, one group each (named ``path#i``); ``p`` is the smallest count
+    ≥ ⌈K / max_rows⌉ that divides K when one does up to twice that, so the blocks share a shape.
+    """
+    K, m = math.prod(shape[:-1]), shape[-1]
+    p = -(-K // max_rows)
+    p = next((q for q in range(p, 2 * p + 1) if K % q == 0), p)
+    bounds = [K * i // p for i in range(p + 1)]
+    if p == 1:
+        return [_group(path, K, m, dtype, redundancy, (Segment(path, 0, K * m),))]
+    return [
+        _group(f"{path}#{i}", hi - lo, m, dtype, redundancy, (Segment(path, lo * m, hi * m),))
+        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
+    ]
+
+
+def pool_group(members: list[tuple[str, int]], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+    """One group holding every entry of small leaves [(path, size)], in the order given.
+
+    The N entries are laid row by row into m = ⌈N / max_rows⌉ columns of K = ⌈N / m⌉ rows
+    (entry i at row i // m, column i % m), the last row padded with erasures.  Its name is
+    derived from its members, so it does not depend on the rest of the tree.
+    """
+    N = sum(size for _, size in members)
+    m = -(-N // max_rows)
+    K = -(-N // m)
+    digest = hashlib.blake2b("\n".join(p for p, _ in members).encode(), digest_size=4).hexdigest()
+    segments = tuple(Segment(p, 0, size) for p, size in members)
+    return _group(f"pool/{dtype}/{digest}", K, m, dtype, redundancy, segments)
+
+
+def _group(name, K, m, dtype, redundancy, segments) -> Group:
+    return Group(name, K, math.ceil(K / redundancy), m, dtype, segments)
+
+
+@dataclasses.dataclass
+class Capacity:
+    """What a codebook protects: coverage, and per group how many errors a column can take."""
+
+    groups: list[Group]
+    covered: int  # floating parameter entries protected
+    floating: int  # floating parameter entries in the tree the codebook was made from
+    skipped: list[tuple[str, int, str]]
+
+    @property
+    def fraction(self) -> float:
+        return self.covered / self.floating if self.floating else 1.0
+
+    @property
+    def weakest(self) -> Group:
+        """The group whose weakest column accepts the fewest outliers."""
+        return min(self.groups, key=lambda g: (g.weakest, g.K))
+
+    def __str__(self) -> str:
+        head = ("group", "leaves", "K", "n", "columns", "max outliers/column")
+        rows = [(g.name, len(g.members), g.K, g.n, g.columns, g.max_outliers) for g in self.groups]
+        w = self.weakest
+        lines = [
+            f"protected {self.covered:,} of {self.floating:,} floating parameters ({100 * self.fraction:.1f}%)",
+            table(head, rows),
+            f"weakest column: group {w.name!r}, at most {w.weakest} outliers of K={w.K}",
+        ]
+        lines += [f"unprotected: {p} ({size:,}): {reason}" for p, size, reason in self.skipped]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {
+            "covered": self.covered,
+            "floating": self.floating,
+            "fraction": self.fraction,
+            "groups": {
+                g.name: {"members": list(g.members), "K": g.K, "n": g.n, "columns": g.columns,
+                         "max_outliers": g.max_outliers, "weakest": g.weakest}
+                for g in self.groups
+            },
+            "weakest": {"group": self.weakest.name, "max_outliers": self.weakest.weakest},
+            "unprotected": [{"path": p, "size": z, "reason": r} for p, z, r in self.skipped],
+        }
+
+
+def table(head, rows) -> str:
+    """A plain-text table, first column left-aligned."""
+    cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
