@@ -53,13 +53,13 @@ def setup():
     return apply, params, codebook, x, held_out
 
 
-@pytest.mark.parametrize("loss", ["kl", "mse"])
-def test_conversion_reduces_the_output_mismatch(setup, loss):
+@pytest.mark.parametrize("loss, mixup", [("kl", 0.0), ("mse", 0.0), ("kl", 0.4)])
+def test_conversion_reduces_the_output_mismatch(setup, loss, mixup):
     apply, params, codebook, x, held_out = setup
     params_copy = jax.tree_util.tree_map(np.array, params)
     projected = codebook.decode(codebook.encode(params))
     latent, losses = convert(apply, params, codebook, x, key=jax.random.key(2), steps=300, batch_size=64,
-                             loss=loss, progress=False)
+                             loss=loss, mixup=mixup, progress=False)
     converted = codebook.decode(latent)
     for xs in (x, held_out):  # on the inputs it saw and on fresh ones from the same distribution
         assert mismatch(converted, params, xs, loss) < mismatch(projected, params, xs, loss) / FACTOR
@@ -99,7 +99,7 @@ def test_callback_stops_early(setup):
 
 @pytest.mark.parametrize("kw, name", [
     (dict(loss="l2"), "loss"), (dict(temperature=0.0), "temperature"), (dict(steps=-1), "steps"),
-    (dict(batch_size=0), "batch_size"), (dict(log_every=0), "log_every"),
+    (dict(batch_size=0), "batch_size"), (dict(log_every=0), "log_every"), (dict(mixup=-1.0), "mixup"),
 ])
 def test_bad_arguments_name_themselves(setup, kw, name):
     apply, params, codebook, x, _ = setup
@@ -114,6 +114,8 @@ def test_bad_inputs_name_the_argument_or_leaf(setup):
         convert(apply, params, codebook, x[:0], key=key, progress=False)
     with pytest.raises(ValueError, match="x_unlabelled"):
         convert(apply, params, codebook, np.float32(1.0), key=key, progress=False)
+    with pytest.raises(ValueError, match="mixup"):
+        convert(apply, params, codebook, (x > 0).astype(np.int32), key=key, mixup=0.4, progress=False)
     with pytest.raises(TypeError, match="apply_fn"):
         convert(None, params, codebook, x, key=key, progress=False)
     nan = jax.tree_util.tree_map(lambda w: w * jnp.nan, params)
