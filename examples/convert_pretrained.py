@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mixup", type=float, default=0.0)
-        args = ap.parse_args(argv)
+    args = ap.parse_args(argv)
 
     ds = data.digits(seed=args.seed)
     key = jax.random.key(args.seed)
