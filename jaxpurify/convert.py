@@ -96,7 +96,9 @@ def convert(
       x_unlabelled: inputs to match the teacher on, shape (N, ...); labels are not needed.
       key: PRNG key for the minibatch order.
       steps, batch_size, optimizer: the optax loop (default: Adam 2e-2 with cosine decay).
-      loss: ``"kl"`` (soft cross-entropy at ``temperature``) or ``"mse"`` on the outputs.
+      loss: ``"kl"`` (soft cross-entropy at ``temperature``) or ``"mse"`` on the outputs. On the
+        digits CNN of examples/convert_pretrained.py (1,200 steps) kl gave 0.976 / 0.976 on two
+        seeds where mse gave 0.967 / 0.973 (unprotected 0.976 / 0.982).
       mixup: α > 0 distills on mixup of the inputs (λ ~ Beta(α, α)), the teacher queried on
         each mixed batch; floating inputs only. Off by default: on the digits CNN it changed the
         converted accuracy by −1.1 to +1.1 points (2 seeds, 600 steps), no better than noise.
