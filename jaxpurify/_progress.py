@@ -105,6 +105,10 @@ class Progress:
             rp.TextColumn("{task.fields[postfix]}"),
             console=Console(file=self._stream),
             transient=False,
+            # prints above the bar only for streams on the terminal too: rich sends redirected
+            # prints to the bar's stream, which would move piped stdout output onto stderr
+            redirect_stdout=_is_terminal(sys.stdout),
+            redirect_stderr=_is_terminal(sys.stderr),
         )
         bar.start()
         self._task = bar.add_task(self.desc, total=self.total, postfix="")

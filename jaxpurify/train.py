@@ -63,10 +63,11 @@ def minimize(
     desc: str = "train",
     progress: bool | None = None,
 ) -> TrainResult:
-    """Minimize ``loss(latent, *batch)`` with optax over random minibatches of ``data``.
+    """Minimize ``loss(latent, key, *batch)`` with optax over random minibatches of ``data``.
 
     Step i draws ``batch_size`` distinct examples with ``jax.random.fold_in(key, i)``, the same
-    for every array in ``data``. Steps run in compiled chunks of ``log_every``; after each chunk
+    for every array in ``data``, and passes ``loss`` a key of its own for any randomness it needs
+    (augmentation). Steps run in compiled chunks of ``log_every``; after each chunk
     the chunk's losses come to the host (one transfer), the progress bar advances and
     ``callback(step, loss, latent)`` is called (it may return True to stop). ``progress=None``
     follows ``JAXPURIFY_PROGRESS``; False silences.
@@ -78,8 +79,9 @@ def minimize(
 
     def one_step(i, carry):
         t, s, losses = carry
-        idx = jax.random.choice(jax.random.fold_in(key, i), size, (b,), replace=False)
-        l, g = jax.value_and_grad(loss)(t, *(a[idx] for a in arrays))
+        k = jax.random.fold_in(key, i)
+        idx = jax.random.choice(k, size, (b,), replace=False)
+        l, g = jax.value_and_grad(loss)(t, jax.random.fold_in(k, 1), *(a[idx] for a in arrays))
         upd, s = opt.update(g, s, t)
         return optax.apply_updates(t, upd), s, losses.at[i % log_every].set(l)
 
@@ -133,7 +135,7 @@ def train(
     _check_loop_args(steps, batch_size, log_every, [x, y], ["x", "y"])
     decode = codebook.decode if codebook is not None else (lambda t: t)
 
-    def loss(t, xb, yb):
+    def loss(t, _key, xb, yb):
         return loss_fn(apply_fn(decode(t), xb), yb)
 
     return minimize(loss, latent, [x, y], key=key, steps=steps, batch_size=batch_size, optimizer=optimizer,
