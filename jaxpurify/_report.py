@@ -205,9 +205,10 @@ class Report:
                 [(u.path, u.size, u.reason, "yes" if u.nonfinite else "no", "yes" if u.counts else "no")
                  for u in self.unprotected])
         if self.seal:
-            text += "\n\nkeyed seal:\n" + _table(("leaf", "verified", "statistic", "tolerance"),
-                                                [(v.path, "yes" if v.verified else "NO", _fmt(v.statistic), _fmt(v.tolerance))
-                                                 for v in self.seal])
+            text += "\n\nkeyed seal (a change of one entry by more than 'detectable' is caught with P ≥ 1 − 2^-32):\n" + _table(
+                ("leaf", "verified", "statistic", "tolerance", "detectable"),
+                [(v.path, "yes" if v.verified else "NO", _fmt(v.statistic), _fmt(v.tolerance), _fmt(v.detectable))
+                 for v in self.seal])
         return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
 
     def as_dict(self) -> dict:
