@@ -207,6 +207,30 @@ def test_bfloat16_leaves_are_judged_at_their_precision():
         np.testing.assert_allclose(np.asarray(pur[path], np.float32), np.asarray(clean[path], np.float32), rtol=2**-7, atol=1e-2)
 
 
+def test_nnx_module_in_state_out_batch_stats_and_keys_listed_not_counted():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(32, 16, rngs=rngs)
+            self.bn = nnx.BatchNorm(16, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+    model = Net(nnx.Rngs(0))
+    cb = jp.Codebook.create(model, jax.random.key(1))
+    clean = cb.replace(model, cb.unpack({n: np.asarray(cb.matrix(n)) @ np.random.default_rng(0).standard_normal((g.n, g.columns))
+                                         for n, g in cb.groups.items()}))
+    nnx.update(model, clean)
+    bad = C.contaminate(jax.random.key(2), model, cb, C.gross_errors, rate=0.1)
+    nnx.update(model, bad)
+    pur, rep = jp.purify(model, cb)
+    assert isinstance(pur, nnx.State) and rep.ok, str(rep)
+    kinds = {u.path: (u.parameter, u.counts) for u in rep.unprotected}
+    assert kinds["bn/mean"] == (False, False) and kinds["drop/rngs/key"] == (False, False)
+    nnx.update(model, pur)
+    np.testing.assert_allclose(model.lin.kernel[...], clean["lin"]["kernel"][...], rtol=1e-5, atol=1e-5)
+
+
 def test_bad_input_names_the_argument_or_leaf(case):
     cb, clean, _, _ = case
     with pytest.raises(ValueError, match="on_uncertified"):
