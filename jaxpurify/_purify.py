@@ -47,9 +47,10 @@ MAX_WIDTH = 1024  # wider items buy nothing: recover works through its columns i
 # (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
 LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
 # An item costs about as much as ITEM_COST more columns: its QR and the fixed cost of each of its
-# solver iterations.  Measured (benchmarks.purify_plan, loaded machine): at K = 256 an item of 16
-# columns cost as much as ~200 columns of an item of 1024, items of 128 about 1.1× per column.
-ITEM_COST = 128
+# solver iterations, which grows with the machine's load.  Measured (benchmarks.purify_plan): idle,
+# K = 64, ≈ 36 columns; at load ~10 on 2 cores, K = 256, ≈ 900 (8 items of 128 took 7× one of
+# 1024).  512 leans to wide items; narrow ones only where a group is narrow.
+ITEM_COST = 512
 # A narrower width compiles one more solver shape (1–2 s once per process, or once per machine
 # with JAX's persistent cache); it is used only if it saves this many padded entries (K × columns),
 # about half a second of solving per call of purify.
