@@ -110,15 +110,17 @@ def widths() -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--skip-timing", action="store_true", help="only the plans' column counts")
+    p.add_argument("--skip-widths", action="store_true", help="no item-width timing")
     p.add_argument("--resnet", type=float, default=0.25, help="size of the side-by-side purify (0: skip)")
     p.add_argument("--repeats", type=int, default=2)
     a = p.parse_args(argv)
     with open("/proc/loadavg") as f:
         print("load:", " ".join(f.read().split()[:3]))
     plans()
-    if not a.skip_timing:
+    if not (a.skip_timing or a.skip_widths):
         widths()
+    if not a.skip_timing:
         if a.resnet:
             side_by_side(a.resnet, a.repeats)
     with open("/proc/loadavg") as f:
