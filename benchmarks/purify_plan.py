@@ -7,7 +7,7 @@
    blocks of one width per (K, n), each leaf padded to whole blocks).
 2. ``recover`` on 1024 real columns per call, cut into items of 1024, 128 or 16 columns, at
    K = 64 and 256 (n = K/4, 5% gross errors), warm, best of 3, side by side: the measurement
-   behind ``_purify.ITEM_COST``.
+   behind ``_plan.ITEM_COST``.
 3. Warm purify of one ResNet-18-sized tree (``--resnet SIZE``, 5% gross errors) with this plan and
    with the previous one, alternating in one process: the plan is the only difference.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import jaxpurify as jp
 from jaxpurify import _purify
 from jaxpurify import contamination as C
-from jaxpurify._purify import Call, Item, plan
+from jaxpurify._plan import Call, Item, plan
 from jaxpurify.bench.resnet import resnet18_tree
 
 

@@ -13,7 +13,7 @@ import jaxpurify as jp
 from jaxpurify import _purify
 from jaxpurify import contamination as C
 from jaxpurify import models
-from jaxpurify._purify import plan
+from jaxpurify._plan import plan
 from pooled import PooledCodebook, clean_params, columns_of
 from reference import lad_highs
 
