@@ -54,7 +54,7 @@ class UncertifiedWarning(UserWarning):
     """``on_uncertified="estimate"`` wrote l1 estimates into columns that are not certified."""
 
 
-# -- 2. solve ------------------------------------------------------------------------------------
+# -- solve ---------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class CallResult:
     """Host arrays of one call: fitted (slots, K, w) = A x̂; per column certified, the largest
@@ -127,7 +127,7 @@ def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None
         on_result(pending[0], fetch(pending[1]))
 
 
-# -- 3. assemble ---------------------------------------------------------------------------------
+# -- assemble ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class GroupResult:
     """Per group: the purified (K, m) columns and their outlier mask; per column the statistics."""
