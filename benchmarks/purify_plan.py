@@ -64,10 +64,13 @@ def plans() -> None:
               f"previous {old} in {old_shapes} shapes", flush=True)
 
 
-def side_by_side(size: float, repeats: int) -> None:
+def side_by_side(size: float, repeats: int, last_axis: bool) -> None:
     """Warm purify of the ResNet-18-sized tree with this plan and with the previous one, in one
-    process, alternating (everything else — layout, solver, transfers — is the same)."""
-    cb = jp.Codebook.create(resnet18_tree(math.sqrt(size)), jax.random.key(0), redundancy=4.0)
+    process, alternating (everything else — layout, solver, transfers — is the same).
+    ``last_axis``: the layout before full coverage, one group per leaf along its last axis (the
+    40 norm scales and biases are then single-column groups)."""
+    select = (lambda path, leaf: leaf.ndim - 1) if last_axis else None
+    cb = jp.Codebook.create(resnet18_tree(math.sqrt(size)), jax.random.key(0), redundancy=4.0, select=select)
     clean = cb.decode(jax.tree.map(lambda t: jax.random.normal(jax.random.key(t.size), t.shape), cb.init_latent(
         resnet18_tree(math.sqrt(size)))))
     bad = C.contaminate(jax.random.key(1), clean, cb, C.gross_errors, rate=0.05)
@@ -85,7 +88,7 @@ def side_by_side(size: float, repeats: int) -> None:
             else:
                 best[name] = min(best[name], dt)
     _purify.plan = variants["plan"]
-    print(f"ResNet-18 × {size}, warm, best of {repeats}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()), flush=True)
+    print(f"ResNet-18 × {size} ({'last-axis' if last_axis else 'default'} layout), warm, best of {repeats}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()), flush=True)
 
 
 def widths() -> None:
@@ -114,6 +117,7 @@ def main(argv=None):
     p.add_argument("--skip-widths", action="store_true", help="no item-width timing")
     p.add_argument("--resnet", type=float, default=0.25, help="size of the side-by-side purify (0: skip)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--last-axis", action="store_true", help="one group per leaf along its last axis")
     a = p.parse_args(argv)
     with open("/proc/loadavg") as f:
         print("load:", " ".join(f.read().split()[:3]))
@@ -122,7 +126,7 @@ def main(argv=None):
         widths()
     if not a.skip_timing:
         if a.resnet:
-            side_by_side(a.resnet, a.repeats)
+            side_by_side(a.resnet, a.repeats, a.last_axis)
     with open("/proc/loadavg") as f:
         print("load:", " ".join(f.read().split()[:3]))
 
