@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -149,7 +150,7 @@ def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
     """Every protected entry in exactly one group; shapes consistent (also for loaded files)."""
     held: dict[str, list] = {p: [] for p in leaves}
     for lay in leaves.values():
-        if not np.issubdtype(np.dtype(lay.dtype), np.floating) or lay.size == 0:
+        if not jnp.issubdtype(np.dtype(lay.dtype), jnp.floating) or lay.size == 0:
             raise ValueError(f"leaf {lay.path!r}: cannot encode a {lay.dtype} leaf of shape {lay.shape}")
     for g in groups.values():
         if not (0 < g.n < g.K and g.columns > 0):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-# linen variable collections that hold state, not parameters
+# linen variable collections that hold state, not parameters (the first key of a variables dict)
 STATE_COLLECTIONS = frozenset({"batch_stats", "cache", "intermediates", "losses"})
 
 
@@ -75,9 +75,8 @@ def _kind(keys: tuple, leaf, variable) -> str:
         return f"not a Param ({type(variable).__name__})"
     if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         return "PRNG key"
-    collection = next((k for k in keys if isinstance(k, str) and k in STATE_COLLECTIONS), None)
-    if collection is not None:
-        return f"state collection {collection!r}"
+    if len(keys) > 1 and keys[0] in STATE_COLLECTIONS:  # a linen variables dict: collection first
+        return f"state collection {keys[0]!r}"
     return "param"
 
 

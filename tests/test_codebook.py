@@ -183,6 +183,9 @@ def test_encode_decode_round_trip(params):
     for name, g in cb.groups.items():
         Y = np.asarray(cb.matrix(name), np.float64) @ np.asarray(latent[name], np.float64)
         np.testing.assert_allclose(cb.pack(W)[name], Y.astype(np.float32)[: g.K], rtol=1e-5, atol=1e-6)
+    traced = jax.jit(cb.encode)(W)  # the jnp path gives the host fit's answer
+    for name in latent:
+        np.testing.assert_allclose(traced[name], latent[name], rtol=1e-4, atol=1e-5)
     W2 = cb.decode(cb.encode(W))
     for a, b in zip(jax.tree.leaves(W), jax.tree.leaves(W2)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(a).max()) + 1e-30)
@@ -320,3 +323,14 @@ def test_init_latent_keeps_the_initializer_variance(params):
     g = cb.groups["conv1/kernel"]
     assert abs(float(jnp.var(proj)) / float(jnp.var(W)) - g.n / g.K) < 0.05
     assert abs(float(jnp.var(init)) / float(jnp.var(W)) - 1.0) < 0.15
+
+
+def test_half_precision_leaves_keep_their_dtype_and_pool_apart():
+    p = {"w": jnp.ones((32, 8), jnp.bfloat16), "b": jnp.ones(8, jnp.float16), "c": jnp.ones(9, jnp.float32)}
+    cb = jp.Codebook.create(p, 0)
+    pools = {g.dtype: g.members for n, g in cb.groups.items() if n.startswith("pool/")}
+    assert pools == {"float16": ("b",), "float32": ("c",)}
+    assert {n: y.dtype for n, y in cb.pack(p).items()}["w"] == jnp.bfloat16
+    out = cb.decode(cb.encode(p))
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in p.items()}
+    assert jp.Codebook.from_json(cb.to_json()) == cb

@@ -123,3 +123,21 @@ def test_unprotected_lists_the_rest():
     got = {p: (size, reason) for p, size, reason in cb.unprotected(params)}
     assert set(got) == {"dense/bias", "step"}
     assert got["dense/bias"][0] == 10 and got["step"][0] == 1
+
+
+def test_a_burst_in_memory_spreads_over_the_columns():
+    """64 consecutive bytes (16 float32) of a stored leaf land in 16 different columns."""
+    rng = np.random.default_rng(2)
+    params = {"dense": rng.standard_normal((40, 24)).astype(np.float32),
+              "bias": rng.standard_normal(30).astype(np.float32), "scale": rng.standard_normal(900).astype(np.float32)}
+    cb = jp.Codebook.create(params, 0)
+    clean = cb.pack(params)
+    for path in params:
+        for start in (0, 5, params[path].size - 16):
+            bad = {k: v.copy() for k, v in params.items()}
+            bad[path].reshape(-1)[start : start + 16] += 1e3  # the burst, in C order
+            changed = {n: (np.asarray(y) != np.asarray(clean[n])) & ~np.isnan(clean[n]) for n, y in cb.pack(bad).items()}
+            per_column = np.concatenate([c.sum(0) for c in changed.values()])
+            assert per_column.sum() == 16
+            widest = max(g.columns for g in cb.groups.values() if path in g.members)
+            assert per_column.max() <= -(-16 // min(widest, 16)), (path, start)

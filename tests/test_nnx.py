@@ -25,23 +25,6 @@ class CNN(nnx.Module):
         return self.head[1](x)
 
 
-class Latent(nnx.Variable):
-    """The trainable latent: its own variable type, so the optimizer sees nothing else."""
-
-
-class Encoded(nnx.Module):
-    """An NNX model whose parameters are ``decode(latent)``: train it with
-    ``nnx.Optimizer(encoded, tx, wrt=Latent)``; BatchNorm statistics update in ``model`` as usual."""
-
-    def __init__(self, model: nnx.Module, latent: dict):
-        self.model = model
-        self.latent = nnx.data({k: Latent(v) for k, v in latent.items()})
-
-    def __call__(self, x, decode):
-        nnx.update(self.model, decode({k: v[...] for k, v in self.latent.items()}))
-        return self.model(x)
-
-
 def _model(seed=0):
     return CNN(nnx.Rngs(seed, dropout=seed + 1))
 
@@ -100,15 +83,15 @@ def test_train_an_encoded_cnn_with_nnx_optimizer_and_load_purified_weights():
     x, y = jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
     model = _model()
     cb = jp.Codebook.create(model, jax.random.key(5))
-    encoded = Encoded(model, cb.init_latent(model))
-    opt = nnx.Optimizer(encoded, optax.adam(3e-3), wrt=Latent)
+    encoded = jp.EncodedModule(model, cb.init_latent(model))
+    opt = nnx.Optimizer(encoded, optax.adam(3e-3), wrt=jp.Latent)
 
     @nnx.jit(static_argnums=4)
     def step(encoded, opt, xb, yb, decode):
         def loss(encoded):
             return optax.softmax_cross_entropy_with_integer_labels(encoded(xb, decode), yb).mean()
 
-        value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, Latent))(encoded)
+        value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, jp.Latent))(encoded)
         opt.update(encoded, grads)
         return value
 
@@ -116,9 +99,11 @@ def test_train_an_encoded_cnn_with_nnx_optimizer_and_load_purified_weights():
     for _ in range(150):
         idx = rng.integers(0, len(x), 64)
         step(encoded, opt, x[idx], y[idx], cb.decode)
-    latent = {k: v[...] for k, v in encoded.latent.items()}
-    clean = cb.decode(latent)
-    nnx.update(model, clean)
+    clean = cb.decode(encoded.values())
+    encoded.sync(cb.decode)
+    # Adam keeps two moments of the latent and nothing of the model's own parameters
+    moments = sum(x.size for x in jax.tree.leaves(nnx.state(opt.opt_state)) if x.ndim)
+    assert moments == 2 * sum(g.n * g.columns for g in cb.groups.values())
     model.eval()
     logits = model(jnp.asarray(ds.test.x))
     assert float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(ds.test.y))) > 0.85
