@@ -85,12 +85,18 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
     def step(s: _AdmmState) -> _AdmmState:
         # CHECK_EVERY − 1 plain updates, then one that also measures the residuals: the norms and
         # the third product for the dual residual would otherwise cost as much as the update.
+        # A column that has met its test is frozen, so its answer does not depend on how long the
+        # other columns of the batch keep iterating (batch splitting gives the same bits).
+        def frozen(z_new, u_new, z, u):
+            return jnp.where(s.done, z, z_new), jnp.where(s.done, u, u_new)
+
         def plain(_, zu):
             _, z, u = update(zu[0], zu[1], s.rho)
-            return z, u
+            return frozen(z, u, *zu)
 
-        z_prev, u = lax.fori_loop(0, CHECK_EVERY - 1, plain, (s.z, s.u))
-        w, z, u = update(z_prev, u, s.rho)
+        z_prev, u_prev = lax.fori_loop(0, CHECK_EVERY - 1, plain, (s.z, s.u))
+        w, z, u = update(z_prev, u_prev, s.rho)
+        z, u = frozen(z, u, z_prev, u_prev)
         r = (w + z - y) * fin
         sd = s.rho * _mm(Q.T, z - z_prev)
         prim_scale = jnp.maximum(jnp.maximum(_norm(w * fin), _norm(z * fin)), _norm(y * fin))
@@ -110,6 +116,7 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
 
     def cond(s: _AdmmState):
         return (s.it < max_iter) & ~jnp.all(s.done)
+
 
     s = lax.while_loop(cond, step, state)
     c = _mm(Q.T, y - s.z - s.u)

@@ -2,9 +2,10 @@
 
 The protected entries are arranged into *groups* (see :mod:`jaxpurify._layout`): each a K × m
 array Y generated from a latent Θ (n × m, n = ⌈K / redundancy⌉) as Y = A Θ, with A a K × n matrix
-of i.i.d. N(0, 1/n) entries.  A is a function of the key and the group's name only, derived with
-BLAKE2b in counter mode and a Box–Muller transform in float64: it is the same on any machine and
-under any JAX or NumPy version, and only the key needs to be kept secret.
+of i.i.d. N(0, 1/n) entries.  A is a function of the secret and the group's name only, derived
+with BLAKE2b in counter mode and a Box–Muller transform in float64 (``_keys``): it is the same on
+any machine and under any JAX or NumPy version, and only the secret needs to be kept.  Keys are
+``_keys``, the file and its key file ``_codebook_file``, the keyed seal ``_seal``.
 
 By default every floating parameter is protected: a leaf of shape (d0, …, d_{r−1}) is one group
 (K, m) = (d0·…·d_{r−2}, d_{r−1}) (rows split into several groups above ``MAX_ROWS``), and leaves
@@ -15,11 +16,9 @@ shared group.  ``select`` may instead choose the single-axis layout of a leaf (t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import hmac
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -27,12 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _layout, _tree
+from jaxpurify import _codebook_file, _keys, _layout, _seal, _tree
+from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
 from jaxpurify._layout import Group, LeafLayout, Segment
 from jaxpurify._tree import PyTree, leaves_with_paths
 
-FORMAT = "jaxpurify.codebook"
-VERSION = 2  # 1: one group per leaf along an axis; 2: groups and segments (reads 1 too)
 
 Select = Callable[[str, Any], "bool | int | None"]
 
@@ -63,50 +61,15 @@ class LeafSpec:
         return tuple(s)
 
 
-def _key_words(key) -> tuple[int, ...]:
-    if isinstance(key, (int, np.integer)):
-        key = jax.random.key(int(key))
-    arr = jnp.asarray(key) if not _is_typed_key(key) else jax.random.key_data(key)
-    arr = np.asarray(arr)
-    if arr.dtype != np.uint32 or arr.ndim != 1:
-        raise TypeError(
-            "key must be a jax.random.key, a raw uint32 PRNGKey or an int seed; "
-            f"got an array of dtype {arr.dtype} and shape {arr.shape}"
-        )
-    return tuple(int(w) for w in arr)
-
-
-def _is_typed_key(key) -> bool:
-    return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-
-
-def gaussian_matrix(key_words: tuple[int, ...], path: str, K: int, n: int) -> np.ndarray:
-    """K × n i.i.d. N(0, 1/n) in float64, a pure function of (key, path)."""
-    secret = b"".join(w.to_bytes(4, "little") for w in key_words)
-    count = K * n
-    nwords = 2 * (-(-count // 2))  # one uint64 per uniform, uniforms in pairs
-    prefix = b"jaxpurify/A/v1/" + path.encode() + b"/"
-    buf = bytearray()
-    for i in range(-(-nwords // 8)):  # a 64-byte digest holds 8 uint64
-        h = hashlib.blake2b(prefix + i.to_bytes(8, "little"), digest_size=64, key=secret[:64])
-        buf += h.digest()
-    words = np.frombuffer(bytes(buf), dtype="<u8")[:nwords]
-    # 53-bit uniforms in (0, 1], then Box–Muller
-    u = ((words >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53
-    u1, u2 = u[0::2], u[1::2]
-    rad = np.sqrt(-2.0 * np.log(u1))
-    z = np.concatenate([rad * np.cos(2 * np.pi * u2), rad * np.sin(2 * np.pi * u2)])[:count]
-    return z.reshape(K, n) / math.sqrt(n)
-
-
 class Codebook:
     """Protected entries of a parameter tree, their layout into groups, and the groups' matrices.
 
     Create with :meth:`Codebook.create`.  ``encode`` / ``init_latent`` give a latent, ``decode``
     the parameters; ``pack`` / ``unpack`` / ``replace`` move between a tree and its groups'
     K × m arrays (what purify solves); ``capacity`` tells how many corrupted entries per column
-    can be certified; ``save`` / ``load`` keep it as a small JSON file (the matrices are
-    regenerated from the key, not stored).
+    can be certified; ``save`` / ``load`` keep it as an authenticated JSON file and a 0600 key
+    file (the matrices are regenerated from the secret, not stored); ``check`` refuses another
+    model; ``seal`` / ``verify`` detect what l1 cannot see (SECURITY.md).
 
     The latent is a flat dict: one entry per group name (Θ of shape (n, m), or for a leaf in the
     single-axis layout the leaf's shape with n on that axis) and one per parameter leaf left
@@ -116,14 +79,19 @@ class Codebook:
 
     def __init__(
         self,
-        key_words: tuple[int, ...],
+        secret: bytes,
         redundancy: float,
         leaves: list[LeafLayout],
         groups: list[Group],
         tree: list[tuple] | None = None,
         skipped: list[tuple[str, int, str]] = (),
+        *,
+        model: "_codebook_file.Fingerprint | None" = None,
+        seal: "_seal.Seal | None" = None,
     ):
-        self.key_words = tuple(int(w) for w in key_words)
+        self.secret = _keys.check_secret(secret)  # never printed: see __repr__
+        self.model = model  # (path, shape, dtype) of every leaf of the tree it was made for
+        self.seal_record = seal
         self.redundancy = float(redundancy)
         self._leaves = {lay.path: lay for lay in leaves}
         self._groups = {g.name: g for g in groups}
@@ -137,9 +105,14 @@ class Codebook:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, params: PyTree, key, *, redundancy: float = 4.0, select: Select | None = None
+        cls, params: PyTree, key: Any = None, *, redundancy: float = 4.0, select: Select | None = None
     ) -> "Codebook":
-        """Protect every floating parameter of ``params`` and bind the layout to ``key``.
+        """Protect every floating parameter of ``params`` and bind the layout to a secret.
+
+        ``key=None`` (the default) draws a 256-bit secret from ``os.urandom``; 16–64 ``bytes`` are
+        used as given; a JAX key or a non-negative int seed is accepted for reproducible research
+        with a ``WeakKeyWarning`` (≤ 64 bits; ``key(42)`` and ``42`` name the secret they always
+        named).  See ``jaxpurify._keys``.
 
         ``params``: a pytree (Flax linen params or variables, an NNX pure dict), an
         ``nnx.State`` or an ``nnx.Module``.  Non-parameters are never protected: non-``Param``
@@ -155,7 +128,7 @@ class Codebook:
         """
         if not redundancy > 1.0:
             raise ValueError(f"redundancy must be > 1 (K/n), got {redundancy}")
-        words = _key_words(key)
+        secret = _keys.secret_from_key(key)
         flat, keys, _ = _tree.flatten(params)
         tree, chosen, skipped = [], [], []
         for leaf, k in zip(flat, keys):
@@ -176,7 +149,7 @@ class Codebook:
         for g in groups:
             if g.name in all_paths and g.members != (g.name,):
                 raise ValueError(f"group name {g.name!r} is also the path of another leaf; rename that leaf")
-        return cls(words, redundancy, leaves, groups, tree, skipped)
+        return cls(secret, redundancy, leaves, groups, tree, skipped, model=_codebook_file.fingerprint(params))
 
     # -- layout ------------------------------------------------------------------------------
     @property
@@ -267,7 +240,7 @@ class Codebook:
         except KeyError:
             raise ValueError(f"group {name!r} is not in the codebook") from None
         if name not in self._cache:
-            self._cache[name] = gaussian_matrix(self.key_words, name, g.K, g.n)
+            self._cache[name] = gaussian_matrix(self.secret, name, g.K, g.n)
         return jnp.asarray(self._cache[name], dtype=dtype or g.dtype)
 
     # -- encode / decode ---------------------------------------------------------------------
@@ -370,58 +343,71 @@ class Codebook:
         return _layout.Capacity(list(self._groups.values()), covered, floating, list(self._skipped))
 
     def to_json(self) -> dict:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "key": list(self.key_words),
-            "redundancy": self.redundancy,
-            **_layout_to_json(self),
-        }
+        """The layout part of the file (no key: see ``save``)."""
+        return {"redundancy": self.redundancy, **_layout_to_json(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Codebook":
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} file")
-        if data.get("version") not in (1, VERSION):
-            raise ValueError(f"unsupported codebook version {data.get('version')!r} (this is {VERSION})")
+    def from_json(cls, data: dict, secret: bytes) -> "Codebook":
+        """A codebook from a document that ``_codebook_file.read`` has authenticated and checked."""
+        red, model = _codebook_file.check_layout(data)
         try:
-            key = tuple(int(w) for w in data["key"])
-            red = float(data["redundancy"])
             layout = _layout_from_json(data)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"malformed codebook file: {e}") from None
-        return cls(key, red, *layout)
+        seal = None if data.get("seal") is None else _seal.Seal.from_json(data["seal"], secret)
+        return cls(secret, red, *layout, model=model, seal=seal)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the codebook as JSON, atomically (a temporary file renamed into place)."""
-        path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".codebook-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    def save(self, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> None:
+        """Write ``path`` (authenticated JSON, mode 0644, no key) and ``key_path`` (default
+        ``path + ".key"``, mode 0600: the secret), each atomically."""
+        seal = None if self.seal_record is None else self.seal_record.to_json()
+        doc = _codebook_file.document(self.to_json(), self.secret, self.model, seal)
+        _codebook_file.write(path, key_path, doc, self.secret)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Codebook":
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{os.fspath(path)}: not JSON ({e})") from None
-        return cls.from_json(data)
+    def load(cls, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> "Codebook":
+        """Read and authenticate a codebook; ``ValueError`` says what is wrong (wrong key, tampered,
+        malformed field or leaf).  Version-1 files (key inside) load with a warning."""
+        doc, secret = _codebook_file.read(path, key_path)
+        return cls.from_json(doc, secret)
+
+    # -- model binding and seal -------------------------------------------------------------
+    def check(self, params: PyTree) -> None:
+        """Raise ``ValueError`` naming the leaf if ``params`` is not the model this codebook was
+        made for (paths, shapes and dtypes of all leaves; protected leaves only for a v1 file)."""
+        if self.model is not None:
+            _codebook_file.check_model(self.model, params)
+            return
+        have = {p: (shape, dtype) for p, shape, dtype in _codebook_file.fingerprint(params)}
+        for lay in self._leaves.values():
+            if have.get(lay.path) != (lay.shape, lay.dtype):
+                raise ValueError(f"other model: leaf {lay.path!r} is missing or is not {lay.dtype}{list(lay.shape)}")
+
+    def seal(self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS) -> "_seal.Seal":
+        """Record a keyed sketch of the deployed ``params`` (see ``jaxpurify._seal``); kept in the
+        codebook and its file.  ``params`` must be the model the codebook was made for."""
+        self.check(params)
+        self.seal_record = _seal.Seal.create(self.secret, params, chunk=chunk, rows=rows)
+        return self.seal_record
+
+    def verify(self, params: PyTree, err: Any = None) -> dict[str, "_seal.LeafVerdict"]:
+        """Check a (purified) tree against the seal: ``{path: LeafVerdict}``; ``err`` is the
+        per-entry error bound of the purification (a number or per path)."""
+        if self.seal_record is None:
+            raise ValueError("the codebook has no seal: call codebook.seal(deployed_params) first")
+        return _seal.verify(self.seal_record, params, err)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Codebook) and self.to_json() == other.to_json()
+        if not isinstance(other, Codebook):
+            return False
+        mine = (self.to_json(), self.model, self.seal_record)
+        return mine == (other.to_json(), other.model, other.seal_record) and hmac.compare_digest(self.secret, other.secret)
 
-    def __repr__(self) -> str:
-        return f"Codebook({len(self._leaves)} leaves in {len(self._groups)} groups, redundancy={self.redundancy})"
+    __hash__ = None
+
+    def __repr__(self) -> str:  # never the secret
+        sealed = ", sealed" if self.seal_record is not None else ""
+        return f"Codebook({len(self._leaves)} leaves in {len(self._groups)} groups, redundancy={self.redundancy}{sealed})"
 
 
 # -- layout fields of the codebook file (version 2; version 1 had one single-axis group per leaf)

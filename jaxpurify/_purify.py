@@ -19,7 +19,6 @@ and, if certified, replaced by A x̂.  Three small steps, each a pure function o
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 import warnings
 from typing import Any, Sequence
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, plan, solve_dtype
 from jaxpurify._report import GroupReport, LeafReport, Report, UnprotectedLeaf, leaf_reports
 from jaxpurify._solver import recover
@@ -91,19 +91,20 @@ def _summarize(A, Y, x, outliers):
     return fitted, inlier
 
 
-def _options_for(dtype: str, options: dict) -> dict:
-    if "rtol" in options or np.dtype(dtype).itemsize >= 4:
+def options_for(dtype: str, options: RecoverOptions) -> RecoverOptions:
+    """The solver options for leaves of ``dtype``: float16 / bfloat16 judged at their precision."""
+    if options.rtol is not None or np.dtype(dtype).itemsize >= 4:
         return options
-    return {**options, "rtol": LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps)}
+    return options.replace(rtol=LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps))
 
 
-def dispatch(call: Call, cols, matrices, options: dict):
+def dispatch(call: Call, cols, matrices, options: RecoverOptions):
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
-    out = recover(A, Y, **_options_for(call.dtype, options))
+    out = recover(A, Y, options_for(call.dtype, options))
     fitted, inlier = _summarize(A, Y, out.x, out.outliers)
-    # `bound` is the per-column error bound of recover v2 (being added by the lead); until it
-    # exists the report leaves the bound out rather than inventing one.
+    # `bound`: recover's per-column error bound (relative, on the latent) of certified columns;
+    # read defensively so that a Recovery without it leaves the report's bound empty, not invented.
     bound = getattr(out, "bound", None)
     return fitted, out.certified, inlier, bound, out.outliers
 
@@ -167,18 +168,12 @@ def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_
 
 
 # -- the public entry point ----------------------------------------------------------------------
-_RECOVER_OPTIONS = frozenset(inspect.signature(recover).parameters) - {"A", "Y", "throw"}
-
-
-def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, options: dict) -> dict[str, Any]:
+def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int) -> dict[str, Any]:
     """Validate everything before any work; returns the protected leaves by path."""
     if on_uncertified not in ON_UNCERTIFIED:
         raise ValueError(f"on_uncertified must be one of {ON_UNCERTIFIED}, got {on_uncertified!r}")
     if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
         raise ValueError(f"max_entries must be a positive int, got {max_entries!r}")
-    unknown = sorted(set(options) - _RECOVER_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; purify passes only {sorted(_RECOVER_OPTIONS)} to recover")
     by_path = dict(leaves_with_paths(params)[0])
     for name, g in codebook.groups.items():
         if not jnp.issubdtype(np.dtype(g.dtype), jnp.floating):
@@ -199,7 +194,8 @@ def purify(
     *,
     on_uncertified: str = "input",
     max_entries: int = 1 << 21,
-    **options,
+    options: RecoverOptions | None = None,
+    **overrides: Any,
 ) -> tuple[PyTree, Report]:
     """Purify a contaminated parameter tree.
 
@@ -217,14 +213,17 @@ def purify(
 
     ``report.ok`` is True only if every protected column is certified and no floating parameter
     is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
-    the result does not depend on it beyond float rounding.  ``options`` go to :func:`recover`.
+    the result does not depend on it beyond float rounding.  ``options`` (a :class:`RecoverOptions`)
+    and keyword ``overrides`` of its fields (e.g. ``atol=1e-3``) go to :func:`recover`; unless
+    ``rtol`` is set, float16 / bfloat16 leaves are judged at their own precision.
 
     Raises ``ValueError`` / ``TypeError`` naming the leaf or argument if ``params`` does not match
     the codebook or an argument is invalid; the checks run before any work, and ``params`` is
     never modified.
     """
     t0 = time.perf_counter()
-    protected = _check(params, codebook, on_uncertified, max_entries, options)
+    options = resolve(options, overrides)  # TypeError / ValueError naming a bad option, before any work
+    protected = _check(params, codebook, on_uncertified, max_entries)
     groups = codebook.groups
     cols = codebook.pack(params)
     calls = plan(groups.values(), max_entries)

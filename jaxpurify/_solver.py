@@ -1,216 +1,218 @@
-"""Certified batched least-absolute-deviations recovery.
+"""Certified batched least-absolute-deviations recovery: :func:`recover`.
 
-For every column y of ``Y`` we solve
+For every column y of ``Y`` we look for
 
     x̂ = argmin_x ‖y − A x‖₁
 
-and then certify the answer.  The method has three pure pieces, in the manner of optimistix:
+and certify the answer (``_certify``).  The solver is three named pure pieces over named state:
 
-1. **ADMM** (``_admm.py``) on the splitting ``z = y − Q c`` with ``A = Q R`` (thin QR, computed once
-   per ``A`` and shared by every column).  Because ``Q`` is orthonormal the c-update is the exact
-   projection ``c = Qᵀ(y − z − u)``: it does not depend on the penalty ρ.  So ρ can be adapted per
-   column (residual balancing) at no cost, with no refactorization, and every iteration is two
-   matrix–matrix products ``Qᵀ V`` and ``Q C`` over all columns at once.  We prefer this to a
-   primal–dual method because its only linear algebra is that projection, it is invariant to the
-   scale of ``A`` (``R`` absorbs it) and, with the per-column adaptive ρ, to the scale of ``y``.
-2. **Polish** (``_polish.py``): ADMM only has to find the outliers.  The answer is then refit by least
-   squares on the inlier rows, ``x = argmin ‖D (y − A x)‖₂`` with ``D`` the inlier mask, and the mask
-   is re-read from the residual until it no longer changes.  Inside the l1 threshold this makes
-   ``x`` exact to float precision, not the ~1e-3 at which ADMM itself would stop.
-3. **Certificate**: with k̂ outliers among K' usable rows (K minus erasures), a column is certified
-   iff the fit is exact on its inliers (to ``rtol·max|y_inlier| + atol``), the mask is stable, ``A``
-   has full column rank, and ``2 k̂ < K' − n + 1``.
+1. **find** (``_admm``): a short ADMM run on ``z = y − Q c`` with ``A = QR`` (thin QR, once per
+   ``A``).  ``Q`` is orthonormal, so the c-step is the projection ``c = Qᵀ(y − z − u)`` whatever
+   the penalty, which therefore adapts per column at no cost.  Its only job is to find the
+   outliers; on later passes the columns not yet certified are also *trimmed*: their
+   ⌊(K'−n)/2⌋ largest residuals are set aside and the rest refit, which finds outliers where
+   l1 itself fails (K/n = 2 at 20–25% errors).
+2. **polish** (``_polish``): least squares on the inlier rows (CG on Qᵀ D Q), outlier mask
+   re-read until stable; exact to float precision inside the threshold.
+3. **certify** (``_certify``): result code, certificate and error bound per column.
 
-Why the certificate means something: if another x' explained the column with k' gross errors and
-k̂ + k' ≤ K' − n, then A(x̂ − x') would vanish on at least n usable rows; for A in general position
-(probability 1 for Gaussian A) any n rows are independent, so x' = x̂.  With 2k̂ ≤ K' − n this makes
-x̂ the unique sparsest explanation, and it equals the clean column whenever that column had at most
-K' − n − k̂ corrupted entries.
+Passes after the first run only on the columns not yet certified, gathered into a block an
+eighth as wide when they fit in it: a column that is done stops costing work.
 
-Non-finite entries of ``Y`` (NaN, ±Inf: what a flipped exponent bit produces) are erasures: they
-carry no l1 cost, are excluded from the fit, and are reported as outliers.
+Every column is solved in its own units: it is scaled by a power of two near its median
+magnitude before the solve and the answer scaled back, both exactly.  So scaling a column by any
+power of two (within the float range) scales x̂ by the same power, bit for bit, with the same
+certificate.  Non-finite entries (NaN, ±Inf: what a flipped exponent bit produces) are erasures:
+no l1 cost, excluded from the fit, reported as outliers, never propagated into x.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 from jaxpurify._admm import _mm, admm
-from jaxpurify._polish import far_above_median, polish, tolerance
+from jaxpurify._certify import Fit, certify
+from jaxpurify._options import RecoverOptions, resolve
+from jaxpurify._polish import far_above_median, largest, polish, tolerance
+from jaxpurify._units import column_exponent, scale
+from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 
-
-
-class Recovery(NamedTuple):
-    """Result of :func:`recover`; batch dimensions as the broadcast inputs.
-
-    Attributes:
-      x: (..., n[, m]) the recovered latent.
-      residual: (..., K[, m]) ``Y − A x`` (non-finite where ``Y`` was).
-      outliers: (..., K[, m]) entries judged corrupted, erasures included.
-      certified: (...[, m]) the column is exact on its inliers and ``2 k̂ < K' − n + 1``.
-      iterations: (...[, m]) ADMM iterations until the column met its stopping test.
-      converged: (...[, m]) ADMM met its stopping test within ``max_iter``.
-    """
-
-    x: jax.Array
-    residual: jax.Array
-    outliers: jax.Array
-    certified: jax.Array
-    iterations: jax.Array
-    converged: jax.Array
-
-    def raise_if_uncertified(self) -> "Recovery":
-        """Opt-in throw: raise ``RuntimeError`` if any column is not certified."""
-        bad = int(jnp.size(self.certified) - jnp.sum(self.certified))
-        if bad:
-            raise RuntimeError(
-                f"{bad} of {jnp.size(self.certified)} columns are not certified; "
-                "their x is an l1 estimate, not a recovery"
-            )
-        return self
-
-
-class Options(NamedTuple):
-    """Static options (shapes of the computation); changing one recompiles."""
-
-    max_iter: int = 2000
-    polish_rounds: int = 6
-    passes: int = 3  # ADMM passes for columns not yet certified
-    max_cg: int = 100  # conjugate-gradient steps per polish round
+# A clean column A x has no entry 1e4 times its median (at most n − 1 entries of A x can vanish),
+# so values that far out are gross errors: the first pass leaves them out of the ADMM, which keeps
+# values near the float maximum (flipped exponent bits) from swamping it.
+PRESCREEN = 1e4
+# After ADMM, a residual 10× the median residual marks a first-guess outlier for the polish.
+OUTLIER_FACTOR = 10.0
+# Passes after the first gather the uncertified columns into a block this many times narrower.
+COMPACT = 8
+# Polish rounds of the first (full-width) pass.
+FIRST_ROUNDS = 3
 
 
 class Tolerances(NamedTuple):
-    """Traced scalars; changing one does not recompile."""
+    """Traced scalars: changing one does not recompile."""
 
-    tol: jax.Array  # ADMM stopping, relative; the polish supplies the exactness
-    rtol: jax.Array  # exactness on inliers, relative to max |y_inlier|
-    atol: jax.Array  # absolute inlier tolerance, e.g. a known dense-noise level
-    relax: jax.Array  # over-relaxation in (0, 2)
-
-
-def default_rtol(dtype) -> float:
-    """Relative exactness tolerance on inlier residuals: 64·eps (7.6e-6 in float32, 1.4e-14 in float64)."""
-    eps = float(jnp.finfo(dtype).eps)
-    return 64.0 * eps
+    admm_tol: jax.Array
+    rtol: jax.Array
+    atol: jax.Array
+    relax: jax.Array
 
 
-class _Pass(NamedTuple):
-    x: jax.Array
-    r: jax.Array
-    outl: jax.Array
-    ok: jax.Array
-    ignore: jax.Array  # rows the next ADMM pass leaves out: erasures and gross errors found
-    iters: jax.Array
-    done: jax.Array
-    x_est: jax.Array  # best l1 estimate so far, for columns never certified
-    f_est: jax.Array  # its l1 objective
-    k: jax.Array
+class _Best(NamedTuple):
+    """Per column: the answer kept so far (certified fit, else the best l1 estimate)."""
+
+    x: jax.Array  # (n, m)
+    outliers: jax.Array  # (K, m)
+    ok: jax.Array  # (m,) exact & stable fit found
+    stable: jax.Array  # (m,) the mask did not change in the last polish round
+    solved: jax.Array  # (m,) the last refit's CG converged
+    x_est: jax.Array  # (n, m) best l1 estimate, for columns never fitted exactly
+    f_est: jax.Array  # (m,) its l1 objective
+    ignore: jax.Array  # (K, m) rows the next finder pass leaves out
+    iters: jax.Array  # (m,)
+    done: jax.Array  # (m,) finder met its test in the column's last pass
 
 
-def _recover_single(A, Q, R, Y, opts: Options, tols: Tolerances):
-    """A: (K, n) with thin QR ``Q, R``; Y: (K, m) → Recovery with the column axis last.
+def _find_and_polish(A, Q, R, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
+    """One pass on a block: ADMM finder and polish; after the first pass also a trimmed refit.
 
-    Pass 1 runs ADMM and the polish on every column.  A column that is not certified gets
-    another pass in which the gross errors found so far are left out of the ADMM: errors many
-    decades larger than the column's values limit ADMM's accuracy through cancellation in
-    float32, and removing them lets the next pass resolve the smaller ones.
+    The first pass runs on every column, so its polish stops after ``FIRST_ROUNDS`` rounds: most
+    masks settle in two, and the few that do not go on in the narrow later passes.
     """
+    dtype = y.dtype
+    rtol = tols.rtol.astype(dtype)
+    rounds = min(opts.polish_rounds, FIRST_ROUNDS) if first else opts.polish_rounds
+    c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), opts.finder_iters, tols.admm_tol, tols.relax)
+    r_admm = y - _mm(Q, c)
+    outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
+    x, r, outl, ok, stable, solved = polish(A, Q, R, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
+    if opts.trim and not first:
+        n = A.shape[1]
+        h = (jnp.sum(finite, axis=0) - n) // 2
+        cut = ~finite | largest(jnp.abs(r_admm), finite, h)
+        xt, rt, ot, okt, st, sv = polish(A, Q, R, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
+        take = okt & ~ok
+        x, r, outl = (jnp.where(take, a, b) for a, b in ((xt, x), (rt, r), (ot, outl)))
+        ok, stable, solved = ok | okt, jnp.where(take, st, stable), jnp.where(take, sv, solved)
+    x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
+    return x, outl, ok, stable, solved, x_admm, outl0, iters, done
+
+
+def _l1(A, y, finite, x):
+    return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
+
+
+def _update(best: _Best, A, y, finite, active, result) -> _Best:
+    """Fold one pass's results into the kept answer of the ``active`` columns."""
+    x, outl, ok, stable, solved, x_admm, outl0, iters, done = result
+    take = active & ok & ~best.ok
+    f_pol, f_admm = _l1(A, y, finite, x), _l1(A, y, finite, x_admm)
+    x_est = jnp.where(f_pol <= f_admm, x, x_admm)
+    better = active & (jnp.minimum(f_pol, f_admm) < best.f_est)
+    pick = lambda new, old, when: jnp.where(when, new, old)
+    return _Best(
+        x=pick(x, best.x, take),
+        outliers=pick(outl, best.outliers, take | (active & ~best.ok)),
+        ok=best.ok | take,
+        stable=pick(stable, best.stable, active),
+        solved=pick(solved, best.solved, active),
+        x_est=pick(x_est, best.x_est, better),
+        f_est=pick(jnp.minimum(f_pol, f_admm), best.f_est, better),
+        ignore=pick(best.ignore | outl0, best.ignore, active),
+        iters=pick(best.iters + iters, best.iters, active),
+        done=pick(done, best.done, active),
+    )
+
+
+def _compact_pass(A, Q, R, y, finite, atol, best: _Best, tols, opts) -> _Best:
+    """A pass over the uncertified columns only, gathered into a block m / COMPACT wide."""
+    m = y.shape[1]
+    w = max(1, m // COMPACT)
+    pending = ~best.ok
+    (idx,) = jnp.nonzero(pending, size=w, fill_value=0)
+    valid = jnp.arange(w) < jnp.sum(pending)
+    g = lambda a: a[..., idx]
+    sub = _find_and_polish(A, Q, R, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
+    sub_best = _Best(*(g(a) for a in best))
+    sub_best = _update(sub_best, A, g(y), g(finite), valid, sub)
+    # scatter back; duplicated fill indices carry valid == False and write their old values
+    return _Best(*(old.at[..., idx].set(jnp.where(valid, new, old[..., idx])) for old, new in zip(best, sub_best)))
+
+
+def _full_pass(A, Q, R, y, finite, atol, best: _Best, tols, opts) -> _Best:
+    res = _find_and_polish(A, Q, R, y, finite, best.ignore, atol, tols, opts, False)
+    return _update(best, A, y, finite, ~best.ok, res)
+
+
+def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+    """A: (K, n) with thin QR ``Q, R``; Y: (K, m) → Recovery with the column axis last."""
     K, n = A.shape
+    m = Y.shape[1]
     dtype = Y.dtype
     finite = jnp.isfinite(Y)
-    y = jnp.where(finite, Y, 0.0)
+    e = column_exponent(Y, finite)
+    y = jnp.where(finite, scale(jnp.where(finite, Y, 0.0), e), 0.0)
+    atol = jnp.ldexp(jnp.broadcast_to(tols.atol.astype(dtype), (m,)), -e)
     diag = jnp.abs(jnp.diagonal(R))
     full_rank = jnp.min(diag) > K * jnp.finfo(dtype).eps * jnp.max(diag)
 
-    def l1(x):
-        return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
-
-    def one_pass(ignore, active):
-        c, _, iters, done = admm(Q, y, ~ignore, active, opts.max_iter, tols.tol, tols.relax)
-        r_admm = y - _mm(Q, c)
-        outl0 = far_above_median(r_admm, ~ignore, 10.0)
-        # every finite row is judged again on its residual in the polish, ignored ones included
-        x, r, outl, ok = polish(A, Q, R, y, finite, outl0, c, tols.rtol.astype(dtype), tols.atol.astype(dtype),
-                                 opts.polish_rounds, opts.max_cg)
-        # the l1 estimate reported for columns that no pass certifies: the better of the two
-        x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
-        f_pol, f_admm = l1(x), l1(x_admm)
-        x_est = jnp.where(f_pol <= f_admm, x, x_admm)
-        return x, r, outl, ok, outl0, iters, done, x_est, jnp.minimum(f_pol, f_admm)
-
-    # A clean column of A x has no entry 1e4 times its median (at most n − 1 entries of A x can
-    # vanish), so values that far out are gross errors; leaving them out of the first ADMM pass
-    # keeps values near the float maximum (flipped exponent bits) from swamping it.
-    m = Y.shape[1]
-    state = _Pass(
-        x=jnp.zeros((n, m), dtype),
-        r=y,
-        outl=~finite,
-        ok=jnp.zeros((m,), bool),
-        ignore=far_above_median(y, finite, 1e4),
-        iters=jnp.zeros((m,), jnp.int32),
-        done=jnp.zeros((m,), bool),
-        x_est=jnp.zeros((n, m), dtype),
-        f_est=jnp.full((m,), jnp.inf, dtype),
-        k=jnp.asarray(0, jnp.int32),
+    ignore = far_above_median(y, finite, PRESCREEN)
+    best = _Best(
+        x=jnp.zeros((n, m), dtype), outliers=~finite, ok=jnp.zeros((m,), bool), stable=jnp.zeros((m,), bool),
+        solved=jnp.zeros((m,), bool),
+        x_est=jnp.zeros((n, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
+        iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool),
     )
+    first = _find_and_polish(A, Q, R, y, finite, ignore, atol, tols, opts, True)
+    best = _update(best, A, y, finite, jnp.ones((m,), bool), first)
 
-    def cond(s: _Pass):
-        return (s.k < opts.passes) & jnp.any(~s.ok)
+    def cond(carry):
+        k, b = carry
+        return (k < opts.passes) & jnp.any(~b.ok)
 
-    def body(s: _Pass):
-        active = ~s.ok
-        x, r, outl, ok, outl0, iters, done, x_est, f_est = one_pass(s.ignore, active)
-        take = active & ok
-        pick = lambda new, old: jnp.where(take, new, old)
-        better = active & (f_est < s.f_est)
-        return _Pass(
-            pick(x, s.x),
-            pick(r, s.r),
-            pick(outl, s.outl),
-            s.ok | take,
-            jnp.where(active, s.ignore | outl0, s.ignore),
-            jnp.where(active, s.iters + iters, s.iters),
-            jnp.where(active, done, s.done),
-            jnp.where(better, x_est, s.x_est),
-            jnp.where(better, f_est, s.f_est),
-            s.k + 1,
-        )
+    def body(carry):
+        k, b = carry
+        few = jnp.sum(~b.ok) <= max(1, m // COMPACT)
+        args = (A, Q, R, y, finite, atol, b, tols, opts)
+        b = lax.cond(few, lambda: _compact_pass(*args), lambda: _full_pass(*args))
+        return k + 1, b
 
-    s = lax.while_loop(cond, body, state)
-    x = jnp.where(s.ok, s.x, s.x_est)
+    _, best = lax.while_loop(cond, body, (jnp.asarray(1, jnp.int32), best))
+
+    x = jnp.where(best.ok, best.x, best.x_est)
+    r = y - _mm(A, x)
+    tol = tolerance(y, ~best.outliers, tols.rtol.astype(dtype), atol)
+    # an uncertified column reports the rows its estimate does not explain
+    outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
+    fit = Fit(x, r, outl, best.ok, best.stable, best.solved)
+    code, certified, bound = certify(Q, R, fit, finite, tol, full_rank)
+    x_n, x = x, jnp.ldexp(x, e)
+    # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal
+    # results to zero): such a column is not what was certified, so it is not certified
+    lost = jnp.any(((x_n != 0) & (jnp.abs(x) < jnp.finfo(dtype).tiny)) | ~jnp.isfinite(x), axis=0)
+    code = jnp.where(certified & lost, jnp.int8(RESULTS.out_of_range), code)
+    bound = jnp.where(lost, jnp.inf, bound)
+    certified = certified & ~lost
     residual = Y - _mm(A, x)
-    tol = tolerance(y, ~s.outl, tols.rtol.astype(dtype), tols.atol.astype(dtype))
-    outl = jnp.where(s.ok, s.outl, ~finite | (jnp.abs(residual) > tol))
-    usable = jnp.sum(finite, axis=0)
-    k_hat = jnp.sum(outl & finite, axis=0)
-    certified = s.ok & full_rank & (2 * k_hat < usable - n + 1)
-    return Recovery(x, residual, outl, certified, s.iters, s.done)
-
-
-def _as_float(a, name):
-    a = jnp.asarray(a)
-    if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)):
-        raise TypeError(f"{name} must be a real floating array, got dtype {a.dtype}")
-    return a
+    return Recovery(x, residual, outl, certified, code, bound, best.iters, best.done)
 
 
 def _chunk(K: int, M: int) -> int:
-    """Columns per solve: a while loop runs until its slowest column converges, so smaller chunks
-    exit earlier and keep their (K, chunk) working set in cache; too small and the products lose
-    efficiency.  4K clipped to [128, 1024] was best measured on K = 64…1024 (benchmarks/README)."""
+    """Columns per solve: 4K clipped to [128, 1024] (benchmarks/README: smaller chunks exit earlier
+    and keep their (K, chunk) working set in cache; too small and the products lose efficiency)."""
     return min(M, max(128, min(1024, 4 * K)))
 
 
-def _solve_items(A, Y, opts: Options, tols: Tolerances) -> Recovery:
+def _solve_items(A, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
     """A: (B, K, n), Y: (B, K, M) → Recovery with leading B.  Each matrix is factorized once;
-    its columns are solved in chunks, one after another (``lax.map``), each chunk with its own
-    early exit."""
+    its columns are solved in chunks one after another (``lax.map``)."""
     B, K, M = Y.shape
     chunk = _chunk(K, M)
     nc = -(-M // chunk)
@@ -222,7 +224,7 @@ def _solve_items(A, Y, opts: Options, tols: Tolerances) -> Recovery:
 
     def solve(item):
         i, y = item
-        return _recover_single(A[i], Q[i], R[i], y, opts, tols)
+        return _recover_block(A[i], Q[i], R[i], y, opts, tols)
 
     out = lax.map(solve, (owner, items))
 
@@ -235,7 +237,7 @@ def _solve_items(A, Y, opts: Options, tols: Tolerances) -> Recovery:
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "vector"))
-def _recover_jit(A, Y, tols: Tolerances, opts: Options, vector: bool):
+def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
     if vector:
         Y = Y[..., None]
     batch = jnp.broadcast_shapes(A.shape[:-2], Y.shape[:-2])
@@ -246,19 +248,13 @@ def _recover_jit(A, Y, tols: Tolerances, opts: Options, vector: bool):
         Yf = jnp.moveaxis(Y.reshape((-1, K, m)), 0, 1).reshape(K, -1)
         out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], opts, tols)))
 
-        def unfold(a, rows):
-            if rows is None:
+        def unfold(a):
+            if a.ndim == 1:
                 return a.reshape(batch + (m,))
+            rows = a.shape[0]
             return jnp.moveaxis(a.reshape((rows, -1, m)), 1, 0).reshape(batch + (rows, m))
 
-        out = Recovery(
-            unfold(out.x, n),
-            unfold(out.residual, K),
-            unfold(out.outliers, K),
-            unfold(out.certified, None),
-            unfold(out.iterations, None),
-            unfold(out.converged, None),
-        )
+        out = Recovery(*(unfold(o) for o in out))
     else:
         Ab = jnp.broadcast_to(A, batch + (K, n)).reshape((-1, K, n))
         Yb = jnp.broadcast_to(Y, batch + (K, m)).reshape((-1, K, m))
@@ -269,49 +265,57 @@ def _recover_jit(A, Y, tols: Tolerances, opts: Options, vector: bool):
     return out
 
 
-def recover(
-    A,
-    Y,
-    *,
-    max_iter: int = 2000,
-    tol: float = 1e-3,
-    rtol: float | None = None,
-    atol: float = 0.0,
-    relax: float = 1.6,
-    polish_rounds: int = 6,
-    passes: int = 3,
-    max_cg: int = 100,
-    throw: bool = False,
-) -> Recovery:
+def _as_real(a: Any, name: str) -> jax.Array:
+    try:
+        a = jnp.asarray(a)
+    except TypeError as e:
+        raise TypeError(f"{name} must be a real floating array: {e}") from None
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        kind = "complex" if jnp.issubdtype(a.dtype, jnp.complexfloating) else str(a.dtype)
+        raise TypeError(
+            f"{name} must be a real floating array, got dtype {a.dtype}: {kind} values have no l1 "
+            f"recovery here (integers would be rounded on the way; cast {name} to float32 or float64 first)"
+        )
+    return a
+
+
+def _empty(A, Y, vector: bool, dtype) -> Recovery:
+    batch = np.broadcast_shapes(A.shape[:-2], Y.shape[: -1 if vector else -2])
+    K, n = A.shape[-2:]
+    tail = () if vector else (Y.shape[-1],)
+    z = lambda rows, dt, fill=0: jnp.full(batch + rows + tail, fill, dt)
+    return Recovery(z((n,), dtype), z((K,), dtype), z((K,), bool), z((), bool), z((), jnp.int8),
+                    z((), dtype, np.inf), z((), jnp.int32), z((), bool))
+
+
+def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *, throw: bool = False,
+            **overrides: Any) -> Recovery:
     """Recover x̂ = argmin_x ‖y − A x‖₁ for every column y of ``Y``, with a certificate.
 
     Args:
-      A: (..., K, n) with n < K.
+      A: (..., K, n) real floating, n < K, finite.
       Y: (..., K) — one column per batch entry — when ``Y.ndim < A.ndim``, else (..., K, m).
         Leading batch dimensions broadcast against those of ``A``.  Non-finite entries are
         erasures.
-      max_iter: ADMM iteration cap.
-      tol: relative ADMM stopping tolerance on primal and dual residuals.
-      rtol, atol: an inlier is a row with ``|y − A x| ≤ rtol·max|y_inlier| + atol``; ``rtol``
-        defaults to ``64·eps`` of the dtype.  Set ``atol`` to a known dense-noise bound to
-        certify the inexact regime.
-      relax: ADMM over-relaxation in (0, 2).
-      polish_rounds: cap on refit / re-read-mask rounds.
-      passes: cap on ADMM passes; a column not certified after a pass is solved again with the
-        gross errors found so far left out.
-      max_cg: cap on conjugate-gradient steps per polish round.
-      throw: raise ``RuntimeError`` if any column is not certified.
+      options: a :class:`RecoverOptions`; keyword ``overrides`` (its field names, e.g.
+        ``atol=1e-3``) replace single fields.
+      throw: raise ``RuntimeError`` if any column is not certified (also under ``jax.jit``).
 
-    The computation runs in ``result_type(A, Y)`` promoted to at least float32 (float64 when x64
-    is enabled and an input is float64).  See the module docstring for the certificate.
+    A column is certified (``result == RESULTS.successful``) iff A has full rank, the fit is exact
+    on its inliers with a stable mask, a redundant row is left (K' − k̂ ≥ n + 1) and
+    2·k̂ < K' − n + 1; then x̂ is the unique sparsest explanation of the column and equals the
+    clean column whenever at most K' − n − k̂ entries were corrupted; ``bound`` bounds its
+    relative error from the inlier tolerance (``jaxpurify._certify``).  The computation runs in
+    ``result_type(A, Y)`` promoted to at least float32.
     """
-    A = _as_float(A, "A")
-    Y = _as_float(Y, "Y")
+    opts = resolve(options, overrides)
+    A = _as_real(A, "A")
+    Y = _as_real(Y, "Y")
     if A.ndim < 2:
         raise ValueError(f"A must have shape (..., K, n), got {A.shape}")
     K, n = A.shape[-2:]
-    if not n < K:
-        raise ValueError(f"A must have fewer columns than rows (n < K), got A.shape={A.shape}")
+    if not 1 <= n < K:
+        raise ValueError(f"A must have 1 ≤ n < K columns (fewer columns than rows), got A.shape={A.shape}")
     vector = Y.ndim < A.ndim
     krow = Y.shape[-1] if vector else (Y.shape[-2] if Y.ndim >= 2 else None)
     if Y.ndim < 1 or krow != K:
@@ -324,19 +328,23 @@ def recover(
         jnp.broadcast_shapes(A.shape[:-2], Y.shape[: -1 if vector else -2])
     except ValueError as e:
         raise ValueError(f"batch shapes of A {A.shape} and Y {Y.shape} do not broadcast") from e
-    if not 0.0 < relax < 2.0:
-        raise ValueError(f"relax must lie in (0, 2), got {relax}")
-    if min(max_iter, polish_rounds, passes, max_cg) < 1:
-        raise ValueError("max_iter, polish_rounds, passes and max_cg must be positive")
+    if not isinstance(A, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(A))):
+        raise ValueError("A has non-finite entries (NaN or ±Inf); the code matrix must be finite")
     dtype = jnp.promote_types(jnp.result_type(A, Y), jnp.float32)
     A, Y = A.astype(dtype), Y.astype(dtype)
-    rt = default_rtol(dtype) if rtol is None else float(rtol)
-    if not (tol > 0 and rt >= 0 and atol >= 0):
-        raise ValueError(f"need tol > 0, rtol ≥ 0, atol ≥ 0; got tol={tol}, rtol={rt}, atol={atol}")
-    opts = Options(int(max_iter), int(polish_rounds), int(passes), int(max_cg))
+    if A.size == 0 or Y.size == 0:
+        return _empty(A, Y, vector, dtype)
     f = lambda v: jnp.asarray(v, jnp.float32)
-    tols = Tolerances(f(tol), f(rt), f(atol), f(relax))
-    out = _recover_jit(A, Y, tols, opts, vector)
+    tols = Tolerances(f(opts.admm_tol), f(opts.rtol_for(dtype)), f(opts.atol), f(opts.relax))
+    # the tolerances travel as traced scalars, so only the static fields key the compilation
+    static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
+    out = _recover_jit(A, Y, tols, static, vector)
     if throw:
-        out.raise_if_uncertified()
+        if isinstance(out.result, jax.core.Tracer):
+            throw_if_uncertified(out.result)
+        else:
+            out.raise_if_uncertified()
     return out
+
+
+__all__ = ["RESULTS", "Recovery", "RecoverOptions", "recover"]

@@ -10,6 +10,7 @@ import pytest
 
 import jaxpurify as jp
 from jaxpurify import models
+from jaxpurify import _codebook_file
 from jaxpurify._codebook import gaussian_matrix
 
 
@@ -150,7 +151,7 @@ def test_matrices_deterministic_and_distinct(params):
     for name, g in a.groups.items():
         np.testing.assert_array_equal(a.matrix(name), b.matrix(name))
         assert not np.allclose(a.matrix(name), c.matrix(name))
-        ref = gaussian_matrix(a.key_words, name, g.K, g.n)  # A is named by the group
+        ref = gaussian_matrix(a.secret, name, g.K, g.n)  # A is named by the group
         np.testing.assert_array_equal(a.matrix(name, jnp.float32), ref.astype(np.float32))
     d = jp.Codebook.create(params, jax.random.PRNGKey(7))
     e = jp.Codebook.create(params, 7)
@@ -260,7 +261,7 @@ def test_save_load_round_trip(tmp_path, params):
     path = tmp_path / "cb.json"
     cb.save(path)
     data = json.loads(path.read_text())
-    assert data["format"] == "jaxpurify.codebook" and "key" in data
+    assert data["format"] == "jaxpurify.codebook" and "key" not in data  # the key is in cb.json.key
     assert path.stat().st_size < 8192  # matrices are regenerated, not stored
     back = jp.Codebook.load(path)
     assert back == cb and back.groups == cb.groups
@@ -297,7 +298,8 @@ def test_load_rejects_bad_files(tmp_path, params):
                              "leaves": [{"path": "a", "shape": [4, 8], "dtype": "float32", "axis": 1, "K": 8, "n": 9}]}))
     with pytest.raises(ValueError, match="'a'"):
         jp.Codebook.load(p)
-    good = jp.Codebook.create(params, 0).to_json()
+    cb0 = jp.Codebook.create(params, 0)
+    good = cb0.to_json()
     for edit, match in [
         (lambda d: d["groups"][0].update(K=d["groups"][0]["K"] + 1), "conv1/kernel"),
         (lambda d: d["groups"][0]["segments"][0].__setitem__(2, 5), "conv1/kernel"),
@@ -308,7 +310,8 @@ def test_load_rejects_bad_files(tmp_path, params):
     ]:
         bad = json.loads(json.dumps(good))
         edit(bad)
-        p.write_text(json.dumps(bad))
+        # written with a valid MAC (as a buggy writer would), so that the layout checks are reached
+        _codebook_file.write(p, None, _codebook_file.document(bad, cb0.secret, cb0.model, None), cb0.secret)
         with pytest.raises(ValueError, match=match):
             jp.Codebook.load(p)
 

@@ -1,13 +1,14 @@
 import gzip
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import jaxpurify as jp
 from jaxpurify import data, models
-from jaxpurify.train import accuracy, train
+from jaxpurify.train import TrainResult, accuracy, cross_entropy, train
 
 
 def test_digits_embedded():
@@ -117,9 +118,66 @@ def test_training_through_decode_learns():
     cb = jp.Codebook.create(params, jax.random.key(1), select=lambda p, _: -1 if p.startswith("hidden/") else False)
     latent = cb.encode(params)
     before = accuracy(apply, cb.decode(latent), ds.test.x, ds.test.y)
-    latent = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.key(2), steps=300, optimizer=optax.adam(1e-2))
+    latent, losses = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.key(2), steps=300, optimizer=optax.adam(1e-2))
+    assert losses.shape == (300,) and losses[-50:].mean() < 0.5 * losses[:50].mean()
     after = accuracy(apply, cb.decode(latent), ds.test.x, ds.test.y)
     assert before < 0.4 and after > 0.8
     # the trained weights are in range(A): the codebook's own encode/decode reproduces them
     W = cb.decode(latent)["hidden"]["kernel"]
     np.testing.assert_allclose(cb.decode(cb.encode(cb.decode(latent)))["hidden"]["kernel"], W, rtol=1e-4, atol=1e-6)
+
+
+def _tiny_problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    params = {"w": jnp.asarray(rng.normal(size=(6, 2)).astype(np.float32) * 0.1), "b": jnp.zeros((2,), jnp.float32)}
+    apply = lambda p, xb: xb @ p["w"] + p["b"]
+    return x, y, params, apply
+
+
+def test_chunked_loop_matches_a_plain_loop():
+    # reference: one optax step per Python iteration, the minibatch drawn as train documents it
+    x, y, params, apply = _tiny_problem()
+    key, steps, b = jax.random.key(3), 7, 16
+    res = train(apply, params, None, x, y, key=key, steps=steps, batch_size=b, optimizer=optax.sgd(0.1), log_every=3)
+    assert isinstance(res, TrainResult)
+    opt = optax.sgd(0.1)
+    p, s, ref_losses = params, opt.init(params), []
+    for i in range(steps):
+        idx = np.asarray(jax.random.choice(jax.random.fold_in(key, i), len(x), (b,), replace=False))
+        logits = apply(p, jnp.asarray(x[idx]))
+        ref_losses.append(float(-jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(b), y[idx]])))
+        g = jax.grad(lambda q: cross_entropy(apply(q, jnp.asarray(x[idx])), jnp.asarray(y[idx])))(p)
+        u, s = opt.update(g, s, p)
+        p = optax.apply_updates(p, u)
+    np.testing.assert_allclose(res.losses, ref_losses, rtol=1e-5)
+    np.testing.assert_allclose(res.latent["w"], p["w"], rtol=1e-5, atol=1e-7)
+
+
+def test_callback_sees_every_chunk_and_can_stop():
+    x, y, params, apply = _tiny_problem()
+    seen = []
+
+    def cb(step, loss, latent):
+        seen.append((step, loss, np.asarray(latent["w"]).copy()))
+        return step >= 10
+
+    res = train(apply, params, None, x, y, key=jax.random.key(0), steps=100, log_every=5, callback=cb)
+    assert [s for s, _, _ in seen] == [5, 10]
+    assert len(res.losses) == 10
+    assert seen[-1][1] == res.losses[-1]
+    np.testing.assert_array_equal(seen[-1][2], res.latent["w"])
+    w0 = np.asarray(params["w"]).copy()
+    train(apply, params, None, x, y, key=jax.random.key(0), steps=3)
+    np.testing.assert_array_equal(params["w"], w0)  # the caller's tree is not mutated
+
+
+@pytest.mark.parametrize("kw, name", [(dict(steps=-1), "steps"), (dict(batch_size=0), "batch_size"),
+                                      (dict(log_every=0), "log_every"), (dict(steps=2.5), "steps")])
+def test_train_rejects_bad_arguments(kw, name):
+    x, y, params, apply = _tiny_problem()
+    with pytest.raises(ValueError, match=name):
+        train(apply, params, None, x, y, key=jax.random.key(0), **kw)
+    with pytest.raises(ValueError, match="y has 39"):
+        train(apply, params, None, x, y[:-1], key=jax.random.key(0))

@@ -145,10 +145,10 @@ def test_pooled_layout_report_counts_columns_per_leaf(monkeypatch):
 
     real = _purify.recover
 
-    def with_bound(A, Y, **options):  # recover v2 will carry a per-column bound; fake one
-        r = real(A, Y, **options)
+    def with_bound(A, Y, options):  # a recognizable fake bound, to check its aggregation
+        r = real(A, Y, options)
         bound = jnp.arange(r.certified.size, dtype=jnp.float32).reshape(r.certified.shape) + 1
-        return types.SimpleNamespace(**r._asdict(), bound=bound)
+        return r._replace(bound=bound)
 
     monkeypatch.setattr(_purify, "recover", with_bound)
     pur, rep = jp.purify(bad, cb)
@@ -239,6 +239,8 @@ def test_bad_input_names_the_argument_or_leaf(case):
         jp.purify(clean, cb, max_entries=0)
     with pytest.raises(TypeError, match="rtoll"):
         jp.purify(clean, cb, rtoll=1e-3)
+    with pytest.raises(ValueError, match="atol"):
+        jp.purify(clean, cb, atol=-1.0)
     with pytest.raises(ValueError, match="'w1'.*int32"):
         jp.purify(dict(clean, w1=clean["w1"].astype(jnp.int32)), cb)
     with pytest.raises(ValueError, match="'w2'"):

@@ -1,12 +1,10 @@
-"""Shared helpers for the experiments: LP reference, CSV/JSON output, progress."""
+"""Shared helpers for the experiments: LP reference, CSV/JSON output (progress: jaxpurify._progress)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import sys
-import time
 
 import numpy as np
 
@@ -39,27 +37,6 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)
-
-
-class Progress:
-    """A one-line progress bar on stderr (no dependency)."""
-
-    def __init__(self, total: int, label: str, enabled: bool = True):
-        self.total, self.label, self.done = total, label, 0
-        self.t0 = time.perf_counter()
-        self.enabled = enabled and total > 0
-
-    def update(self, k: int = 1, note: str = "") -> None:
-        self.done += k
-        if not self.enabled:
-            return
-        frac = self.done / self.total
-        bar = "#" * int(30 * frac)
-        el = time.perf_counter() - self.t0
-        sys.stderr.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} {el:5.0f}s {note[:40]:<40}")
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def rel_fro(x, ref) -> float:

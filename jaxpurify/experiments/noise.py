@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify._solver import recover
-from jaxpurify.experiments._common import Progress, write_csv, write_json
+from jaxpurify._progress import Progress
+from jaxpurify.experiments._common import write_csv, write_json
 
 SIGMAS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 
@@ -48,30 +49,30 @@ def run(out: str, quick: bool = False, K: int = 128, ratio: float = 4.0, rho: fl
     sigmas = SIGMAS[::2] if quick else SIGMAS
     trials = 2 if quick else 5
     rows = []
-    bar = Progress(len(sigmas) * trials, "noise", progress)
     acc = {s: {k: [] for k in ("l1", "l1_strict", "l2", "huber", "cert")} for s in sigmas}
-    for t in range(trials):
-        A = rng.standard_normal((K, n)) / np.sqrt(n)
-        X = rng.standard_normal((n, m))
-        W = A @ X
-        rms = np.sqrt(np.mean(W**2))
-        E = np.zeros_like(W)
-        k = int(round(rho * K))
-        for j in range(m):
-            idx = rng.choice(K, k, replace=False)
-            E[idx, j] = rng.choice([-1, 1], k) * np.exp(rng.uniform(0, np.log(1e3), k)) * rms
-        Z = rng.standard_normal(W.shape) * rms
-        for s in sigmas:
-            Wc = (W + E + s * Z).astype(np.float32)
-            A32 = A.astype(np.float32)
-            err = lambda Xh: float(np.linalg.norm(A @ np.asarray(Xh, np.float64) - W) / np.linalg.norm(W))
-            o = recover(A32, Wc, atol=4 * s * rms)
-            acc[s]["l1"].append(err(o.x))
-            acc[s]["cert"].append(float(jnp.mean(o.certified)))
-            acc[s]["l1_strict"].append(err(recover(A32, Wc).x))
-            acc[s]["l2"].append(err(np.linalg.lstsq(A, Wc.astype(np.float64), rcond=None)[0]))
-            acc[s]["huber"].append(err(huber(A, Wc.astype(np.float64))))
-            bar.update(note=f"sigma={s:g}")
+    with Progress(len(sigmas) * trials, "noise", disable=not progress or None) as bar:
+        for t in range(trials):
+            A = rng.standard_normal((K, n)) / np.sqrt(n)
+            X = rng.standard_normal((n, m))
+            W = A @ X
+            rms = np.sqrt(np.mean(W**2))
+            E = np.zeros_like(W)
+            k = int(round(rho * K))
+            for j in range(m):
+                idx = rng.choice(K, k, replace=False)
+                E[idx, j] = rng.choice([-1, 1], k) * np.exp(rng.uniform(0, np.log(1e3), k)) * rms
+            Z = rng.standard_normal(W.shape) * rms
+            for s in sigmas:
+                Wc = (W + E + s * Z).astype(np.float32)
+                A32 = A.astype(np.float32)
+                err = lambda Xh: float(np.linalg.norm(A @ np.asarray(Xh, np.float64) - W) / np.linalg.norm(W))
+                o = recover(A32, Wc, atol=4 * s * rms)
+                acc[s]["l1"].append(err(o.x))
+                acc[s]["cert"].append(float(jnp.mean(o.certified)))
+                acc[s]["l1_strict"].append(err(recover(A32, Wc).x))
+                acc[s]["l2"].append(err(np.linalg.lstsq(A, Wc.astype(np.float64), rcond=None)[0]))
+                acc[s]["huber"].append(err(huber(A, Wc.astype(np.float64))))
+                bar.update(1, sigma=f"{s:g}")
     for s in sigmas:
         rows.append({"sigma": s, "K": K, "n": n, "rho": rho, "trials": trials,
                      "l1_err": np.mean(acc[s]["l1"]), "l1_certified_rate": np.mean(acc[s]["cert"]),

@@ -27,7 +27,8 @@ from jaxpurify import data, models
 from jaxpurify._codebook import Codebook
 from jaxpurify._purify import purify
 from jaxpurify._tree import leaves_with_paths
-from jaxpurify.experiments._common import Progress, write_json
+from jaxpurify._progress import Progress
+from jaxpurify.experiments._common import write_json
 from jaxpurify.train import accuracy, train
 
 GROSS = (0.01, 0.05, 0.10, 0.20, 0.30)
@@ -107,12 +108,13 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     # both models get the same optimizer, steps and minibatch order
     opt = lambda: optax.adam(lr)
     t0 = time.perf_counter()
+    shown = None if progress else False
     latent = train(apply, cb.init_latent(params0), cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
-                   optimizer=opt())
+                   optimizer=opt(), progress=shown).latent
     clean = cb.decode(latent)
     t_enc = time.perf_counter() - t0
     plain = train(apply, params0, None, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
-                  optimizer=opt())
+                  optimizer=opt(), progress=shown).latent
     acc = lambda p: accuracy(apply, p, ds.test.x, ds.test.y)
     acc_clean, acc_plain = acc(clean), acc(plain)
 
@@ -123,22 +125,22 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     scen += [("noise", s, C.dense_noise, dict(sigma=s), 4 * s * rms) for s in (NOISE[:1] if quick else NOISE)]
 
     rows = []
-    bar = Progress(len(scen), f"{dataset}/{arch}", progress)
-    for i, (kind, level, fn, kw, atol) in enumerate(scen):
-        bad = C.contaminate(jax.random.fold_in(key, 100 + i), clean, cb, fn, **kw)
-        t1 = time.perf_counter()
-        pur, rep = purify(bad, cb, atol=atol)
-        dt = time.perf_counter() - t1
-        l2 = _l2_project(bad, cb)
-        rows.append({
-            "kind": kind, "level": level, "atol": atol,
-            "within_capacity": _within_capacity(clean, bad, cb, atol),
-            "acc_contaminated": acc(bad), "acc_purified": acc(pur), "acc_l2": acc(l2),
-            "weight_err_contaminated": _weight_err(bad, clean, cb), "weight_err_purified": _weight_err(pur, clean, cb),
-            "weight_err_l2": _weight_err(l2, clean, cb),
-            "certified_fraction": rep.certified / rep.columns, "purify_seconds": dt,
-        })
-        bar.update(note=f"{kind} {level:g}")
+    with Progress(len(scen), f"{dataset}/{arch}", disable=not progress or None) as bar:
+        for i, (kind, level, fn, kw, atol) in enumerate(scen):
+            bad = C.contaminate(jax.random.fold_in(key, 100 + i), clean, cb, fn, **kw)
+            t1 = time.perf_counter()
+            pur, rep = purify(bad, cb, atol=atol)
+            dt = time.perf_counter() - t1
+            l2 = _l2_project(bad, cb)
+            rows.append({
+                "kind": kind, "level": level, "atol": atol,
+                "within_capacity": _within_capacity(clean, bad, cb, atol),
+                "acc_contaminated": acc(bad), "acc_purified": acc(pur), "acc_l2": acc(l2),
+                "weight_err_contaminated": _weight_err(bad, clean, cb), "weight_err_purified": _weight_err(pur, clean, cb),
+                "weight_err_l2": _weight_err(l2, clean, cb),
+                "certified_fraction": rep.certified / rep.columns, "purify_seconds": dt,
+            })
+            bar.update(1, scenario=f"{kind} {level:g}")
     res = {
         "dataset": ds.name, "arch": arch, "quick": quick, "steps": steps, "lr": lr, "redundancy": redundancy,
         "train_examples": len(ds.train.x), "test_examples": len(ds.test.x),

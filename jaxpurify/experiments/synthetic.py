@@ -22,7 +22,8 @@ from jaxpurify import contamination as C
 from jaxpurify import models
 from jaxpurify._codebook import Codebook
 from jaxpurify._solver import recover
-from jaxpurify.experiments._common import Progress, lad_highs, rel_fro, write_csv, write_json
+from jaxpurify._progress import Progress
+from jaxpurify.experiments._common import lad_highs, rel_fro, write_csv, write_json
 
 FULL = dict(ratios=(1.5, 2, 3, 4, 6, 8), rhos=tuple(round(0.05 * i, 2) for i in range(1, 11)), trials=20)
 QUICK = dict(ratios=(2, 4, 8), rhos=(0.1, 0.25, 0.4), trials=4)
@@ -124,20 +125,20 @@ def run(out: str, quick: bool = False, K: int = 64, patch: int = 4, seed: int = 
     key = jax.random.key(seed)
     rows = {"weights": [], "biases": []}
     func = []
-    bar = Progress(len(ratios) * len(rhos), "synthetic", progress)
-    for i, ratio in enumerate(ratios):
-        for j, rho in enumerate(rhos):
-            res, ferr, fcert = run_cell(jax.random.fold_in(key, 1000 * i + j), K, patch, ratio, rho, trials, lp)
-            func.append({"ratio": ratio, "rho": rho, "certified": fcert, "output_rel_err": ferr})
-            for leaf in rows:
-                r = res[leaf]
-                rows[leaf].append({
-                    "ratio": ratio, "rho": rho, "trials": trials,
-                    "success_rate": sum(a for a, _, _ in r) / trials,
-                    "certified_rate": sum(b for _, b, _ in r) / trials,
-                    "lp_success_rate": (sum(c for _, _, c in r) / trials) if lp else "",
-                })
-            bar.update(note=f"K/n={ratio} rho={rho}")
+    with Progress(len(ratios) * len(rhos), "synthetic", disable=not progress or None) as bar:
+        for i, ratio in enumerate(ratios):
+            for j, rho in enumerate(rhos):
+                res, ferr, fcert = run_cell(jax.random.fold_in(key, 1000 * i + j), K, patch, ratio, rho, trials, lp)
+                func.append({"ratio": ratio, "rho": rho, "certified": fcert, "output_rel_err": ferr})
+                for leaf in rows:
+                    r = res[leaf]
+                    rows[leaf].append({
+                        "ratio": ratio, "rho": rho, "trials": trials,
+                        "success_rate": sum(a for a, _, _ in r) / trials,
+                        "certified_rate": sum(b for _, b, _ in r) / trials,
+                        "lp_success_rate": (sum(c for _, _, c in r) / trials) if lp else "",
+                    })
+                bar.update(1, cell=f"K/n={ratio} rho={rho}")
     write_csv(os.path.join(out, "phase_weights.csv"), rows["weights"])
     write_csv(os.path.join(out, "phase_biases.csv"), rows["biases"])
     write_csv(os.path.join(out, "function_check.csv"), func)

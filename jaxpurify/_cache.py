@@ -1,0 +1,41 @@
+"""JAX's persistent compilation cache, in the user's cache directory.
+
+purify compiles one solver per (K, n) block shape; in a fresh process that compilation dominates
+the first call. With the persistent cache, a later process loads the compiled executables from
+disk instead. The cache is trusted code: it lives in a directory only this user can write.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+ENV_DISABLE = "JAXPURIFY_NO_COMPILATION_CACHE"
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/jaxpurify/xla``, or ``~/.cache/jaxpurify/xla``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxpurify", "xla")
+
+
+def disabled_by_env() -> bool:
+    """True when ``JAXPURIFY_NO_COMPILATION_CACHE`` is set to anything but '', 0, false, no or off."""
+    return os.environ.get(ENV_DISABLE, "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None, *, min_compile_time_secs: float = 0.0) -> str:
+    """Store compiled XLA programs under ``path`` (default :func:`default_cache_dir`); returns it.
+
+    Call it before the first computation of the process: JAX reads the setting when it first
+    compiles. Every program that took at least ``min_compile_time_secs`` to compile is stored
+    (JAX's own default, 1 s, would skip the many small programs around the solver), whatever its
+    size. The directory is created with mode 0o700: whoever can write to it can run code here.
+    """
+    path = os.path.abspath(os.fspath(path) if path is not None else default_cache_dir())
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path

@@ -1,0 +1,89 @@
+"""The certificate, stand-alone: from a fit and its outlier mask to a result code and an error bound.
+
+With k̂ outliers among the K' usable rows (K minus erasures) a column is certified iff
+
+* A has full column rank,
+* the fit is exact on its inliers, ``|y_i − a_iᵀx̂| ≤ τ = rtol·max|y_inlier| + atol``,
+  with an outlier mask that no longer changes,
+* at least one redundant row is left, ``K' − k̂ ≥ n + 1`` (with K' − k̂ = n any column fits
+  exactly: nothing would be checked), and
+* ``2·k̂ < K' − n + 1``.
+
+Then x̂ is the unique sparsest explanation of the column: another x' with k' gross errors and
+k̂ + k' ≤ K' − n would make A(x̂ − x') vanish on ≥ n rows, impossible for A in general position.
+So x̂ equals the clean column whenever that column had at most K' − n − k̂ corrupted entries.
+
+Error bound.  Any x that also explains the inliers I to within τ has ‖A_I(x̂ − x)‖₂ ≤ 2τ√|I|, so
+``‖x̂ − x‖₂ ≤ 2τ√|I| / σ_min(A_I)`` with ``σ_min(A_I) ≥ σ_min(R)·√(1 − ‖Q_O‖²)`` (A = QR, Q_O
+the outlier rows of Q).  ‖Q_O‖² is estimated by power iteration (``POWER_STEPS``), which
+approaches it from below; ``bound`` is that quantity divided by ‖x̂‖₂.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxpurify._admm import _mm
+from jaxpurify._solution import RESULTS
+
+POWER_STEPS = 8  # power iterations for ‖Q_O‖²: each costs one projection; 8 gave ≤ 2% low on K ≤ 1024
+
+
+class Fit(NamedTuple):
+    """A candidate answer for a block of columns (K, m), in the solver's normalized units."""
+
+    x: jax.Array  # (n, m)
+    r: jax.Array  # (K, m) residual on finite rows
+    outliers: jax.Array  # (K, m) bool, erasures included
+    exact: jax.Array  # (m,) fit within tolerance on every inlier
+    stable: jax.Array  # (m,) the mask did not change in the last polish round
+    solved: jax.Array  # (m,) the last least-squares refit converged within its step cap
+
+
+def _outlier_norm2(Q, outliers):
+    """Per column, a power-iteration estimate of ‖Q_O‖² = λ_max(Q_Oᵀ Q_O)."""
+    dtype = Q.dtype
+    o = outliers.astype(dtype)
+    v0 = _mm(Q.T, o)  # start from the outlier rows' mean direction: never orthogonal to them
+    v0 = jnp.where(jnp.sum(v0 * v0, axis=0) > 0, v0, 1.0)
+
+    def step(_, v):
+        v = v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=0), jnp.finfo(dtype).tiny))
+        return _mm(Q.T, o * _mm(Q, v))
+
+    v = lax.fori_loop(0, POWER_STEPS, step, v0)
+    w = _mm(Q.T, o * _mm(Q, v))
+    return jnp.sum(v * w, axis=0) / jnp.maximum(jnp.sum(v * v, axis=0), jnp.finfo(dtype).tiny)
+
+
+def certify(Q, R, fit: Fit, finite, tol, full_rank) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Result codes (int8), certified flags and relative error bounds for a block of columns.
+
+    ``tol`` is the per-column inlier tolerance τ; ``finite`` marks the usable rows.
+    """
+    n = Q.shape[1]
+    usable = jnp.sum(finite, axis=0)
+    k_hat = jnp.sum(fit.outliers & finite, axis=0)
+    inliers = usable - k_hat
+    code = jnp.full(k_hat.shape, RESULTS.count_bound, jnp.int8)
+    code = jnp.where(2 * k_hat < usable - n + 1, jnp.int8(RESULTS.successful), code)
+    code = jnp.where(inliers >= n + 1, code, jnp.int8(RESULTS.no_slack))
+    fit_ok = fit.exact & fit.stable
+    cause = jnp.where(~fit.stable, RESULTS.unstable_mask, jnp.where(fit.solved, RESULTS.inexact_fit, RESULTS.iteration_cap))
+    code = jnp.where(fit_ok, code, cause.astype(jnp.int8))
+    code = jnp.where(full_rank, code, jnp.int8(RESULTS.rank_deficient))
+    certified = code == RESULTS.successful
+
+    s = jnp.linalg.svd(R, compute_uv=False)
+    smin_r = s[-1]
+    lam = jnp.clip(_outlier_norm2(Q, fit.outliers | ~finite), 0.0, 1.0)
+    smin = smin_r * jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))
+    xn = jnp.sqrt(jnp.sum(fit.x * fit.x, axis=0))
+    abs_bound = 2.0 * tol * jnp.sqrt(inliers.astype(tol.dtype)) / jnp.maximum(smin, jnp.finfo(tol.dtype).tiny)
+    rel = jnp.where(xn > 0, abs_bound / jnp.where(xn > 0, xn, 1.0), jnp.where(abs_bound > 0, jnp.inf, 0.0))
+    bound = jnp.where(certified & (smin > 0), rel, jnp.inf)
+    return code, certified, bound

@@ -1,0 +1,93 @@
+"""One validated, frozen set of solver options, shared by :func:`recover` and :func:`purify`.
+
+Two families of tolerance live here and must not be confused:
+
+* ``admm_tol`` — when the *finder* (ADMM) may stop looking for the outliers.  It never decides a
+  certificate; a loose value only costs an extra pass.
+* ``rtol`` / ``atol`` — the *certificate's* inlier tolerance: a row is an inlier when
+  ``|y − A x| ≤ rtol·max|y_inlier| + atol``.  These decide what "exact" means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+
+def default_rtol(dtype) -> float:
+    """64·eps of ``dtype``: 7.6e-6 in float32, 1.4e-14 in float64."""
+    return 64.0 * float(jnp.finfo(dtype).eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverOptions:
+    """Options of :func:`jaxpurify.recover` (and of :func:`jaxpurify.purify`, which passes them on).
+
+    Attributes:
+      finder_iters: ADMM iterations per pass before the polish takes over.  The polish only needs
+        the outliers, not an accurate l1 minimizer, so a short finder plus further passes on the
+        few columns not yet certified beats one long run (measured: benchmarks/README.md).
+      passes: finder passes in all; passes after the first run only on uncertified columns.
+      admm_tol: relative ADMM stopping tolerance on primal and dual residuals (finder only).
+      relax: ADMM over-relaxation in (0, 2).
+      polish_rounds: cap on refit / re-read-mask rounds of the polish.
+      max_cg: cap on conjugate-gradient steps per refit.
+      rtol: the certificate's relative inlier tolerance; ``None`` means 64·eps of the dtype.
+      atol: the certificate's absolute inlier tolerance, e.g. a known dense-noise bound.
+      trim: on passes after the first, also try trimming the ⌊(K'−n)/2⌋ largest residuals and
+        refitting (finds outliers where l1 itself fails, e.g. K/n = 2 at 20–25% errors).
+    """
+
+    finder_iters: int = 30
+    passes: int = 4
+    admm_tol: float = 1e-3
+    relax: float = 1.6
+    polish_rounds: int = 6
+    max_cg: int = 100
+    rtol: float | None = None
+    atol: float = 0.0
+    trim: bool = True
+
+    def __post_init__(self):
+        for name in ("finder_iters", "passes", "polish_rounds", "max_cg"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("admm_tol", "relax", "atol"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if not self.admm_tol > 0:
+            raise ValueError(f"admm_tol must be > 0, got {self.admm_tol}")
+        if not 0.0 < self.relax < 2.0:
+            raise ValueError(f"relax must lie in (0, 2), got {self.relax}")
+        if self.atol < 0:
+            raise ValueError(f"atol must be ≥ 0, got {self.atol}")
+        if self.rtol is not None:
+            if isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not math.isfinite(self.rtol):
+                raise ValueError(f"rtol must be a finite number or None, got {self.rtol!r}")
+            if not 0 <= self.rtol < 1:
+                raise ValueError(f"rtol must lie in [0, 1), got {self.rtol}")
+        if not isinstance(self.trim, bool):
+            raise ValueError(f"trim must be a bool, got {self.trim!r}")
+
+    def replace(self, **changes) -> "RecoverOptions":
+        """A copy with ``changes``; unknown names raise ``TypeError`` naming them."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"unknown solver option(s) {unknown}; known: {[f.name for f in dataclasses.fields(self)]}")
+        return dataclasses.replace(self, **changes)
+
+    def rtol_for(self, dtype) -> float:
+        return default_rtol(dtype) if self.rtol is None else float(self.rtol)
+
+
+def resolve(options: RecoverOptions | None, overrides: dict) -> RecoverOptions:
+    """``options`` (default ``RecoverOptions()``) with keyword ``overrides`` applied."""
+    if options is None:
+        options = RecoverOptions()
+    elif not isinstance(options, RecoverOptions):
+        raise TypeError(f"options must be a RecoverOptions, got {type(options).__name__}")
+    return options.replace(**overrides) if overrides else options

@@ -1,0 +1,224 @@
+"""Keyed seal: a secret random sketch of the deployed weights, checked after purification.
+
+l1 purification cannot see a change that lies in range(A), and range(A) is public: the columns of
+any leaf with ≥ n columns span it.  The seal closes that gap with the one thing the attacker lacks,
+the key.  Per leaf, the flat entries (C order) are cut into chunks of ``chunk`` (≤ 4096)
+consecutive entries, and each chunk w ∈ R^c gets ``rows`` (32) Rademacher sketch values r_j·w.
+The signs r_j ∈ {±1}^c are SHAKE-256 of BLAKE2b(seal key, path, chunk index): numpy only, float64
+accumulation, the same bits on every machine.  The sketch values are stored encrypted (XOR with a
+keystream under a second derived key), so the codebook file reveals nothing about the signs.
+
+Verification of a purified leaf P against the sealed W, with e = P − W − δ the purification error
+(|e_i| ≤ ε per entry) and δ a tampering: a chunk passes iff every |r_j·(P − W)| ≤ τ, where
+τ = t·√c·ε and t = √(2 ln(2·rows·chunks / 2⁻⁴⁰)).
+
+* No false alarm: for signs independent of e, Hoeffding gives P(|r·e| > t‖e‖₂) ≤ 2e^(−t²/2) and
+  ‖e‖₂ ≤ √c·ε, so an honest leaf fails with probability ≤ 2⁻⁴⁰ (union over its rows and chunks).
+* Detection: let |δ_i| > τ + ε for one entry i, δ chosen without the key.  Fix every sign but
+  r_i: the two values of r_i give statistics s ± a with |a| = |δ_i + e_i| > τ, and |s + a|, |s − a|
+  cannot both be ≤ τ.  So each row detects with probability ≥ 1/2, independently: P(miss) ≤ 2⁻³².
+
+ε defaults to (64·eps(solve dtype) + eps(leaf dtype))·max|W| (``default_err``; pass the
+purification's error bound instead when known).  Then a float32 leaf's smallest single-entry change
+guaranteed detected is (t·√c + 1)·ε ≈ 550·ε ≈ 0.4% of max|W| (t ≈ 8–9, √4096 = 64), a float64
+leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·max|W| at c = 4096, so
+seal bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).
+``LeafVerdict.detectable`` states it per leaf.
+
+Why chunks and signs: the threshold grows as √c, so chunks keep it small and say where a change is
+(a failed chunk is an entry range); ±1 signs are plain hash bits and make the detection bound hold
+for every δ, with no assumption on its distribution.  Storage is rows/c = 1/128 of the entries.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import math
+import os
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpurify import _keys
+from jaxpurify._tree import leaves_with_paths
+
+CHUNK = 4096
+ROWS = 32
+FALSE_ALARM = 2.0**-40
+ERR_ULPS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafVerdict:
+    """Seal verification of one leaf.  ``statistic`` and ``tolerance`` are per-entry errors in the
+    leaf's units: the largest |r·(P − W)| / (t·√c) over the leaf's rows and chunks, and ε."""
+
+    path: str
+    verified: bool
+    statistic: float
+    tolerance: float
+    detectable: float  # smallest single-entry change guaranteed detected (P(miss) ≤ 2^-rows)
+    failed_chunks: tuple[tuple[int, int], ...]  # flat entry ranges [start, stop) that failed
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["failed_chunks"] = [list(c) for c in self.failed_chunks]
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sealed:
+    shape: tuple[int, ...]
+    dtype: str
+    max_abs: float
+    sketch: np.ndarray = dataclasses.field(repr=False)  # (chunks, rows) float64; secret like the signs
+
+
+def _signs(sign_key: bytes, path: str, index: int, rows: int, size: int) -> np.ndarray:
+    """(rows, size) sign bits b (the sign is 1 − 2b) of one chunk."""
+    seed = hashlib.blake2b(path.encode() + b"\0" + index.to_bytes(8, "little"), digest_size=32, key=sign_key).digest()
+    raw = np.frombuffer(hashlib.shake_256(seed).digest(-(-rows * size // 8)), np.uint8)
+    return np.unpackbits(raw)[: rows * size].reshape(rows, size).astype(np.float64)
+
+
+def _sketch(sign_key: bytes, path: str, leaf: Any, rows: int, chunk: int) -> tuple[np.ndarray, float]:
+    """(chunks, rows) sketch values and max|w| (NaN if any entry is not finite).  Chunk by chunk,
+    so the working memory is a few chunks whatever the leaf's size."""
+    flat = np.asarray(leaf).reshape(-1)
+    out = np.empty((-(-flat.size // chunk), rows))
+    top, finite = 0.0, True
+    for k, start in enumerate(range(0, flat.size, chunk)):
+        w = flat[start : start + chunk].astype(np.float64)
+        out[k] = w.sum() - 2.0 * (_signs(sign_key, path, k, rows, w.size) @ w)  # Σ (1 − 2b) w
+        finite = finite and bool(np.all(np.isfinite(w)))
+        top = max(top, float(np.max(np.abs(w))))
+    return out, top if finite else math.nan
+
+
+def _keystream(enc_key: bytes, nonce: bytes, path: str, size: int) -> np.ndarray:
+    seed = hashlib.blake2b(nonce + path.encode(), digest_size=32, key=enc_key).digest()
+    return np.frombuffer(hashlib.shake_256(seed).digest(size), np.uint8)
+
+
+def _crypt(enc_key: bytes, nonce: bytes, path: str, data: bytes) -> bytes:
+    return (np.frombuffer(data, np.uint8) ^ _keystream(enc_key, nonce, path, len(data))).tobytes()
+
+
+class Seal:
+    """Per-leaf keyed sketches of a parameter tree (make one with ``Codebook.seal``)."""
+
+    def __init__(self, secret: bytes, leaves: dict[str, _Sealed], *, chunk: int, rows: int, nonce: bytes):
+        self._sign_key = _keys.derive(secret, "seal-signs")
+        self._enc_key = _keys.derive(secret, "seal-encrypt")
+        self.leaves = leaves
+        self.chunk, self.rows, self.nonce = chunk, rows, nonce
+
+    @classmethod
+    def create(cls, secret: bytes, params: Any, *, chunk: int = CHUNK, rows: int = ROWS) -> "Seal":
+        """Seal every floating leaf of ``params`` (protected or not: a leaf purify leaves alone is
+        then checked to be unchanged)."""
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 8 <= rows <= 256:
+            raise ValueError(f"rows must be an int in [8, 256], got {rows!r}")
+        seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=os.urandom(16))
+        for path, leaf in leaves_with_paths(params)[0]:
+            dtype = getattr(leaf, "dtype", None)  # checked first: typed PRNG keys have no NumPy form
+            if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+                continue
+            a = np.asarray(leaf)
+            if not jnp.issubdtype(a.dtype, jnp.floating) or a.size == 0:
+                continue
+            sketch, top = _sketch(seal._sign_key, path, a, rows, chunk)
+            if math.isnan(top):
+                raise ValueError(f"leaf {path!r}: cannot seal non-finite weights")
+            seal.leaves[path] = _Sealed(a.shape, a.dtype.name, top, sketch)
+        if not seal.leaves:
+            raise ValueError("params has no floating leaf to seal")
+        return seal
+
+    # -- storage (inside the authenticated codebook file) ----------------------------------
+    def to_json(self) -> dict:
+        leaves = {}
+        for path, s in self.leaves.items():
+            blob = _crypt(self._enc_key, self.nonce, path, s.sketch.astype("<f8").tobytes())
+            leaves[path] = {"shape": list(s.shape), "dtype": s.dtype, "max_abs": s.max_abs,
+                            "sketch": base64.b64encode(blob).decode()}
+        return {"chunk": self.chunk, "rows": self.rows, "nonce": self.nonce.hex(), "leaves": leaves}
+
+    @classmethod
+    def from_json(cls, data: Any, secret: bytes) -> "Seal":
+        try:
+            chunk, rows, nonce = int(data["chunk"]), int(data["rows"]), bytes.fromhex(data["nonce"])
+            if chunk < 1 or not 8 <= rows <= 256:
+                raise ValueError(f"chunk {chunk}, rows {rows} out of range")
+            seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=nonce)
+            for path, d in data["leaves"].items():
+                shape = tuple(int(v) for v in d["shape"])
+                blob = _crypt(seal._enc_key, nonce, path, base64.b64decode(d["sketch"], validate=True))
+                sketch = np.frombuffer(blob, "<f8").reshape(-(-math.prod(shape) // chunk), rows)
+                seal.leaves[path] = _Sealed(shape, str(d["dtype"]), float(d["max_abs"]), sketch.copy())
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"malformed codebook file: bad seal ({type(e).__name__}: {e})") from None
+        return seal
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Seal) and self.to_json() == other.to_json() and self._sign_key == other._sign_key
+
+    def __repr__(self) -> str:
+        return f"Seal({len(self.leaves)} leaves, chunk={self.chunk}, rows={self.rows})"
+
+
+def default_err(dtype: str, max_abs: float) -> float:
+    """ε when no bound is given: 64 ulps of the solve dtype (float32 at least) plus one ulp of the
+    leaf's dtype (the cast back), relative to the sealed leaf's max|W|."""
+    solve = jnp.promote_types(dtype, jnp.float32)
+    return (ERR_ULPS * float(jnp.finfo(solve).eps) + float(jnp.finfo(dtype).eps)) * max_abs
+
+
+def _errors(seal: Seal, err) -> dict[str, float]:
+    out = {}
+    for path, s in seal.leaves.items():
+        e = err.get(path, None) if isinstance(err, Mapping) else err
+        if e is None:
+            e = default_err(s.dtype, s.max_abs)
+        if isinstance(e, bool) or not isinstance(e, (int, float, np.floating, np.integer)) or not (0 <= e < math.inf):
+            raise ValueError(f"err for leaf {path!r} must be a finite number ≥ 0, got {e!r}")
+        out[path] = float(e)
+    return out
+
+
+def verify(seal: Seal, params: Any, err: float | Mapping[str, float] | None = None) -> dict[str, LeafVerdict]:
+    """Check every sealed leaf of ``params`` (a purified tree) against the seal.
+
+    ``err``: the per-entry absolute error bound ε of the purification, one number or per leaf path
+    (a missing path or None: ``default_err`` of the sealed leaf).  Returns ``{path: LeafVerdict}``.
+    Raises ``ValueError`` naming the leaf if a sealed leaf is missing or has another shape.
+    """
+    have = dict(leaves_with_paths(params)[0])
+    errs = _errors(seal, err)
+    out = {}
+    for path, s in seal.leaves.items():
+        if path not in have:
+            raise ValueError(f"leaf {path!r} of the seal is missing from params")
+        leaf = np.asarray(have[path])
+        if leaf.shape != s.shape:
+            raise ValueError(f"leaf {path!r} has shape {leaf.shape}, the seal has {s.shape}")
+        diff = np.abs(_sketch(seal._sign_key, path, leaf, seal.rows, seal.chunk)[0] - s.sketch).max(axis=1)
+        sizes = np.minimum(seal.chunk, leaf.size - seal.chunk * np.arange(diff.size))
+        t = math.sqrt(2.0 * math.log(2.0 * seal.rows * diff.size / FALSE_ALARM))
+        per_entry = diff / (t * np.sqrt(sizes))  # NaN where the leaf is not finite
+        ok = per_entry <= errs[path]
+        bad = np.flatnonzero(~ok)
+        out[path] = LeafVerdict(
+            path=path,
+            verified=bool(ok.all()),
+            statistic=float(np.max(np.where(np.isnan(per_entry), np.inf, per_entry))),
+            tolerance=errs[path],
+            detectable=(t * math.sqrt(min(seal.chunk, leaf.size)) + 1.0) * errs[path],
+            failed_chunks=tuple((int(k) * seal.chunk, int(k) * seal.chunk + int(sizes[k])) for k in bad),
+        )
+    return out

@@ -1,0 +1,67 @@
+"""Exact power-of-two units per column, read from the bits (XLA's CPU backend flushes subnormals
+to zero in arithmetic and comparisons, so a column of values below 2^-126 would otherwise be
+solved as a zero column and "certified" as x = 0).
+
+``exponents`` gives every finite entry's binary exponent from its bit pattern; ``column_exponent``
+picks, per column, the median one (the max when most entries are 0); ``scale`` multiplies by
+2^-e exactly, subnormal inputs included.  Scaling a column by 2^k shifts e by k and leaves the
+scaled column bit for bit the same, which is what makes the solver's answer independent of units.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+ZERO = -(1 << 20)  # the exponent given to zeros and non-finite entries
+
+
+def _layout(dtype):
+    fi = jnp.finfo(dtype)
+    ibits = np.dtype(np.int32 if np.dtype(dtype).itemsize == 4 else np.int64)
+    return fi, ibits, int(fi.nmant), int(fi.minexp) - int(fi.nmant)  # lowest subnormal exponent
+
+
+def _split(y):
+    """(mantissa-as-float, exponent shift, subnormal?) with y = mant · 2^shift exactly."""
+    fi, ibits, nmant, low = _layout(y.dtype)
+    b = lax.bitcast_convert_type(y, ibits)
+    mant_mask = (1 << nmant) - 1
+    expo_field = (b >> nmant) & ((1 << (8 * ibits.itemsize - 1 - nmant)) - 1)
+    sub = (expo_field == 0) & ((b & mant_mask) != 0)
+    m = (b & mant_mask).astype(y.dtype)  # exact: fewer than nmant + 1 bits
+    m = jnp.where(b < 0, -m, m)
+    return jnp.where(sub, m, y), jnp.where(sub, low, 0), sub
+
+
+def exponents(y, finite):
+    """Per entry e with 2^(e−1) ≤ |y| < 2^e, subnormals included; ``ZERO`` for 0 and non-finite."""
+    hi, shift, _ = _split(jnp.where(finite, y, 0.0))
+    _, e = jnp.frexp(hi)
+    return jnp.where(finite & (hi != 0), e + shift, ZERO)
+
+
+def column_exponent(y, finite):
+    """Per column the median entry exponent over finite nonzero entries (the max if most are 0)."""
+    e = exponents(y, finite)
+    live = e > ZERO
+    cnt = jnp.sum(live, axis=0)
+    half = (cnt + 1) // 2
+    lo = jnp.full(e.shape[1:], -1 << 12, e.dtype)  # count(e ≤ lo) < half
+    hi = jnp.full(e.shape[1:], 1 << 12, e.dtype)  # count(e ≤ hi) ≥ half
+
+    def body(_, lh):
+        lo, hi = lh
+        mid = (lo + hi) // 2
+        enough = jnp.sum(live & (e <= mid), axis=0) >= half
+        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+
+    lo, hi = lax.fori_loop(0, 13, body, (lo, hi))
+    return jnp.where(cnt > 0, hi, 0)
+
+
+def scale(y, e):
+    """y · 2^-e per column, exactly (subnormal inputs read from their bits)."""
+    hi, shift, _ = _split(y)
+    return jnp.ldexp(hi, shift - e)

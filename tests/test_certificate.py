@@ -1,0 +1,216 @@
+"""The certificate clause by clause: every way to fail it, its result code, its error bound, and
+its invariance to the units of a column.  References: the known clean X, HiGHS, SVD in float64."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import instance, lad_highs, rel_err
+
+import jaxpurify as jp
+from jaxpurify import RESULTS
+
+
+def _codes(out):
+    return np.asarray(out.result)
+
+
+def test_rank_deficient_matrix_certifies_nothing():
+    rng = np.random.default_rng(0)
+    A, X, Y, _ = instance(rng, 32, 8, 6, 2)
+    A[:, 1] = A[:, 0]  # two equal columns: rank 7 < n
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    assert (_codes(out) == RESULTS.rank_deficient).all()
+    assert not np.asarray(out.certified).any()
+
+
+def test_count_bound_blocks_certificate_even_when_exact():
+    """45% huge errors at K/n = 8: the solver finds them (x exact) but 2k̂ ≥ K − n + 1."""
+    rng = np.random.default_rng(1)
+    A, X, Y, E = instance(rng, 64, 8, 20, 29, low=1e3, high=1e6)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    assert 2 * 29 >= 64 - 8 + 1
+    assert (_codes(out) == RESULTS.count_bound).all()
+    assert rel_err(out.x, X).max() < 1e-4  # right, and still not certified
+    assert np.isinf(np.asarray(out.bound)).all()
+
+
+@pytest.mark.parametrize("erased,errors", [(24, 0), (22, 1)])
+def test_no_slack_never_certifies(erased, errors):
+    """K' − k̂ = n: every column fits exactly, so the fit checks nothing (issue: 'vacuous certificate')."""
+    rng = np.random.default_rng(2)
+    A, X, Y, _ = instance(rng, 32, 8, 6, 0)
+    Y = Y.astype(np.float32)
+    Y[:erased] = np.nan
+    Y[erased : erased + errors] += 1e3
+    out = jp.recover(A.astype(np.float32), Y)
+    assert (_codes(out) == RESULTS.no_slack).all()
+    # one more usable row and no error: certified, within its (here wide: 9 rows for 8 unknowns) bound
+    Y2 = Y.copy()
+    Y2[erased - 1] = (A @ X)[erased - 1]
+    Y2[erased : erased + errors] -= 1e3
+    out2 = jp.recover(A.astype(np.float32), Y2)
+    assert np.asarray(out2.certified).all()
+    assert (rel_err(out2.x, X) <= np.asarray(out2.bound)).all()
+
+
+def test_dense_noise_is_an_inexact_fit():
+    rng = np.random.default_rng(3)
+    A, X, Y, _ = instance(rng, 64, 16, 10, 0)
+    Yn = (Y + 1e-2 * rng.standard_normal(Y.shape)).astype(np.float32)
+    out = jp.recover(A.astype(np.float32), Yn)
+    assert (_codes(out) == RESULTS.inexact_fit).all()
+
+
+def test_polish_round_cap_gives_unstable_mask():
+    rng = np.random.default_rng(4)
+    A, X, Y, _ = instance(rng, 64, 16, 40, 10)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32), polish_rounds=1, passes=1)
+    c = _codes(out)
+    assert (c == RESULTS.unstable_mask).sum() >= 1
+    assert not np.asarray(out.certified)[c != RESULTS.successful].any()
+    assert rel_err(out.x, X)[c == RESULTS.successful].max() < 1e-5
+
+
+def test_refit_step_cap_is_an_iteration_cap():
+    rng = np.random.default_rng(5)
+    A, X, Y, _ = instance(rng, 128, 32, 40, 20)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32), max_cg=1, passes=1)
+    c = _codes(out)
+    assert (c == RESULTS.iteration_cap).sum() >= 30
+    assert np.asarray(out.certified).sum() == (c == RESULTS.successful).sum()
+
+
+def test_messages_name_every_code():
+    for code in range(8):
+        assert RESULTS.message(code) != RESULTS.message(99)
+    rng = np.random.default_rng(6)
+    A, X, Y, _ = instance(rng, 32, 8, 3, 0)
+    Y = Y.astype(np.float32)
+    Y[:24] = np.nan
+    out = jp.recover(A.astype(np.float32), Y)
+    assert out.messages() == {RESULTS.message(RESULTS.no_slack): 3}
+    with pytest.raises(RuntimeError, match="redundant row"):
+        out.raise_if_uncertified()
+
+
+def test_error_bound_holds_against_float64_truth():
+    """bound ≥ the true relative error of every certified column, and finite; checked against the
+    float64 clean X, at K/n = 1.5 where A is worst conditioned on its inliers."""
+    rng = np.random.default_rng(7)
+    for K, n, k in [(16, 10, 2), (64, 16, 10), (96, 64, 10)]:
+        A, X, Y, _ = instance(rng, K, n, 40, k)
+        out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+        cert = np.asarray(out.certified)
+        assert cert.sum() >= 20
+        err = rel_err(out.x, X)
+        bound = np.asarray(out.bound)
+        assert np.isfinite(bound[cert]).all() and np.isinf(bound[~cert]).all()
+        assert (err[cert] <= bound[cert]).all(), (K, n, (err / bound)[cert].max())
+        assert bound[cert].max() < 1e-2  # and not vacuous
+
+
+def test_power_of_two_scaling_gives_the_same_bits():
+    """A column scaled by 2^e is solved in its own units: x scales by 2^e exactly, the certificate
+    and the other columns do not change (issue 10: 'the answer should not depend on the units')."""
+    rng = np.random.default_rng(8)
+    A, X, Y, _ = instance(rng, 64, 16, 8, 6)
+    A, Y = A.astype(np.float32), Y.astype(np.float32)
+    base = jp.recover(A, Y)
+    assert np.asarray(base.certified).all()
+    for e in (-100, -62, -30, 30, 62, 100):
+        Ys = Y.copy()
+        Ys[:, 3] = np.ldexp(Y[:, 3], e)
+        out = jp.recover(A, Ys)
+        np.testing.assert_array_equal(np.asarray(out.x)[:, 3], np.ldexp(np.asarray(base.x)[:, 3], e))
+        others = [j for j in range(8) if j != 3]
+        np.testing.assert_array_equal(np.asarray(out.x)[:, others], np.asarray(base.x)[:, others])
+        np.testing.assert_array_equal(np.asarray(out.certified), np.asarray(base.certified))
+        np.testing.assert_array_equal(np.asarray(out.outliers), np.asarray(base.outliers))
+
+
+def test_tiny_and_huge_clean_columns_are_certified_not_zeroed():
+    """Clean float32 columns from 2^-100 to 2^120 are certified and exact (issue 10: a column near
+    1e-38 was certified as x = 0).  Below 2^-126 the stored column itself is rounded to subnormals,
+    so it may go uncertified, but what is certified stays within its bound."""
+    rng = np.random.default_rng(9)
+    A, X, Y, _ = instance(rng, 64, 16, 4, 5)
+    for scale in (2.0**-100, 2.0**-70, 2.0**70, 2.0**120):
+        out = jp.recover(A.astype(np.float32), (Y * scale).astype(np.float32))
+        assert np.asarray(out.certified).all(), scale
+        assert rel_err(np.asarray(out.x, np.float64) / scale, X).max() < 1e-5
+    for scale in (2.0**-125, 2.0**-135):
+        out = jp.recover(A.astype(np.float32), (Y * scale).astype(np.float32))
+        cert = np.asarray(out.certified)
+        err = rel_err(np.asarray(out.x, np.float64) / scale, X)
+        assert (err[cert] <= np.asarray(out.bound)[cert]).all(), scale
+
+
+def test_certified_columns_agree_with_highs_at_k_over_n_2():
+    """Past the l1 boundary (K/n = 2, 20% errors) the trimmed passes certify columns the LP misses;
+    every certified column is the clean one, and where the LP succeeds we certify too."""
+    rng = np.random.default_rng(10)
+    K, n, m, k = 64, 32, 24, 13
+    A, X, Y, _ = instance(rng, K, n, m, k)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    cert = np.asarray(out.certified)
+    assert (rel_err(out.x, X)[cert] <= 1e-5).all()
+    lp = np.stack([lad_highs(A, Y[:, j]) for j in range(m)], axis=1)
+    lp_ok = rel_err(lp, X) <= 1e-6
+    assert cert[lp_ok].all()
+    assert cert.sum() > lp_ok.sum()
+
+
+class JitVariants(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_same_answer_with_and_without_jit(self):
+        rng = np.random.default_rng(11)
+        A, X, Y, _ = instance(rng, 48, 12, 10, 5)
+        A, Y = jnp.asarray(A, jnp.float32), jnp.asarray(Y, jnp.float32)
+        out = self.variant(lambda a, y: jp.recover(a, y))(A, Y)
+        assert np.asarray(out.certified).all()
+        assert rel_err(out.x, X).max() < 1e-5
+
+
+def test_throw_works_under_jit():
+    rng = np.random.default_rng(12)
+    A, X, Y, _ = instance(rng, 32, 8, 4, 0)
+    Yn = (Y + 1e-2 * rng.standard_normal(Y.shape)).astype(np.float32)
+    f = jax.jit(lambda a, y: jp.recover(a, y, throw=True).x)
+    with pytest.raises(Exception, match="not certified"):
+        jax.block_until_ready(f(A.astype(np.float32), Yn))
+    ok = jax.block_until_ready(f(A.astype(np.float32), Y.astype(np.float32)))  # clean: no raise
+    assert rel_err(ok, X).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "A,Y,exc,match",
+    [
+        (np.ones((8, 2), np.int32), np.ones(8, np.float32), TypeError, "A must be a real floating"),
+        (np.ones((8, 2), np.float32), np.ones(8, np.int32), TypeError, "Y must be a real floating"),
+        (np.ones((8, 2), np.complex64), np.ones(8, np.float32), TypeError, "complex"),
+        (np.full((8, 2), np.nan, np.float32), np.ones(8, np.float32), ValueError, "non-finite"),
+        (np.ones((8, 0), np.float32), np.ones(8, np.float32), ValueError, "1 ≤ n < K"),
+    ],
+)
+def test_refused_inputs(A, Y, exc, match):
+    with pytest.raises(exc, match=match):
+        jp.recover(A, Y)
+
+
+def test_empty_batches_and_columns():
+    A = np.random.default_rng(13).standard_normal((16, 4)).astype(np.float32)
+    out = jp.recover(A, np.zeros((16, 0), np.float32))
+    assert out.x.shape == (4, 0) and out.certified.shape == (0,)
+    out = jp.recover(np.zeros((0, 16, 4), np.float32), np.zeros((0, 16, 3), np.float32))
+    assert out.x.shape == (0, 4, 3)
+
+
+@pytest.mark.parametrize("name,value", [("finder_iters", 0), ("relax", 2.0), ("rtol", -1.0), ("atol", float("inf")),
+                                         ("admm_tol", 0.0), ("trim", 1), ("passes", 1.5)])
+def test_options_are_validated(name, value):
+    with pytest.raises(ValueError, match=name):
+        jp.RecoverOptions(**{name: value})
+    with pytest.raises(TypeError, match="tol"):
+        jp.recover(np.ones((8, 2), np.float32), np.ones(8, np.float32), tol=1e-3)
