@@ -68,18 +68,19 @@ class CallResult:
 
 
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
-    """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A); extra columns and empty
-    slots are zero columns, which recover exactly at once."""
+    """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A).  Extra columns repeat
+    the item's own columns and empty slots repeat the last item: zero columns are not used as
+    padding because they changed the certificate of the real columns beside them (solver v2: a
+    column certified alone came back "inexact fit" beside 31 zero columns)."""
     dt = np.dtype(call.solve_dtype)
     A = np.zeros((call.slots, call.K, call.n), dt)
-    Y = np.zeros((call.slots, call.K, call.width), dt)
+    Y = np.empty((call.slots, call.K, call.width), dt)
     for s in range(call.slots):
         it = call.items[min(s, len(call.items) - 1)]
         a = matrices[it.group]
         A[s, : a.shape[0]] = a
         Y[s, a.shape[0] :] = np.nan
-        if s < len(call.items):
-            Y[s, : a.shape[0], : it.stop - it.start] = cols[it.group][:, it.start : it.stop]
+        Y[s, : a.shape[0]] = cols[it.group][:, it.start + np.arange(call.width) % (it.stop - it.start)]
     return A, Y
 
 
