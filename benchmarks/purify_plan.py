@@ -7,7 +7,7 @@
    blocks of one width per (K, n), each leaf padded to whole blocks).
 2. ``recover`` on 1024 real columns per call, cut into items of 1024, 128 or 16 columns, at
    K = 64 and 256 (n = K/4, 5% gross errors), warm, best of 3, side by side: the measurement
-   behind ``_purify.ITEM_COST``.
+   behind ``_plan.ITEM_COST``.
 3. Warm purify of one ResNet-18-sized tree (``--resnet SIZE``, 5% gross errors) with this plan and
    with the previous one, alternating in one process: the plan is the only difference.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import jaxpurify as jp
 from jaxpurify import _purify
 from jaxpurify import contamination as C
-from jaxpurify._purify import Call, Item, plan
+from jaxpurify._plan import Call, Item, plan
 from jaxpurify.bench.resnet import resnet18_tree
 
 
@@ -64,10 +64,13 @@ def plans() -> None:
               f"previous {old} in {old_shapes} shapes", flush=True)
 
 
-def side_by_side(size: float, repeats: int) -> None:
+def side_by_side(size: float, repeats: int, last_axis: bool) -> None:
     """Warm purify of the ResNet-18-sized tree with this plan and with the previous one, in one
-    process, alternating (everything else — layout, solver, transfers — is the same)."""
-    cb = jp.Codebook.create(resnet18_tree(math.sqrt(size)), jax.random.key(0), redundancy=4.0)
+    process, alternating (everything else — layout, solver, transfers — is the same).
+    ``last_axis``: the layout before full coverage, one group per leaf along its last axis (the
+    40 norm scales and biases are then single-column groups)."""
+    select = (lambda path, leaf: leaf.ndim - 1) if last_axis else None
+    cb = jp.Codebook.create(resnet18_tree(math.sqrt(size)), jax.random.key(0), redundancy=4.0, select=select)
     clean = cb.decode(jax.tree.map(lambda t: jax.random.normal(jax.random.key(t.size), t.shape), cb.init_latent(
         resnet18_tree(math.sqrt(size)))))
     bad = C.contaminate(jax.random.key(1), clean, cb, C.gross_errors, rate=0.05)
@@ -85,7 +88,7 @@ def side_by_side(size: float, repeats: int) -> None:
             else:
                 best[name] = min(best[name], dt)
     _purify.plan = variants["plan"]
-    print(f"ResNet-18 × {size}, warm, best of {repeats}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()), flush=True)
+    print(f"ResNet-18 × {size} ({'last-axis' if last_axis else 'default'} layout), warm, best of {repeats}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()), flush=True)
 
 
 def widths() -> None:
@@ -110,17 +113,20 @@ def widths() -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--skip-timing", action="store_true", help="only the plans' column counts")
+    p.add_argument("--skip-widths", action="store_true", help="no item-width timing")
     p.add_argument("--resnet", type=float, default=0.25, help="size of the side-by-side purify (0: skip)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--last-axis", action="store_true", help="one group per leaf along its last axis")
     a = p.parse_args(argv)
     with open("/proc/loadavg") as f:
         print("load:", " ".join(f.read().split()[:3]))
     plans()
-    if not a.skip_timing:
+    if not (a.skip_timing or a.skip_widths):
         widths()
+    if not a.skip_timing:
         if a.resnet:
-            side_by_side(a.resnet, a.repeats)
+            side_by_side(a.resnet, a.repeats, a.last_axis)
     with open("/proc/loadavg") as f:
         print("load:", " ".join(f.read().split()[:3]))
 

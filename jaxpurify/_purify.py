@@ -7,13 +7,11 @@ y = A θ for the group's K × n matrix A (``codebook.pack``).  Every column is r
 
 and, if certified, replaced by A x̂.  Three small steps, each a pure function of its inputs:
 
-1. :func:`plan` lays the columns of all groups into solver calls of a few fixed shapes.  Groups
-   with the same n whose K are within ``ROW_SLACK`` share a row count (extra rows are erasures:
-   NaN in y, zero in A, so the certificate counts only the real rows); columns are cut into
-   items of at most three widths per row count, chosen from W, W/2, W/4, … by an estimate of the
-   work (padding, a fixed cost per item, a compilation per width), so a one-column group costs a
-   narrow item, not a whole block.  Each call has at most ``max_entries`` entries: memory is bounded for any model size.
-2. :func:`solve_call` runs one call: one transfer to the device, ``recover``, one back.
+1. :func:`jaxpurify._plan.plan` lays the columns of all groups into solver calls of a few fixed
+   shapes (narrow groups in narrow items, similar K in one row count); each call has at most
+   ``max_entries`` entries, so memory is bounded for any model size.
+2. :func:`dispatch` / :func:`fetch` run one call: one transfer to the device, ``recover``, one
+   back; :func:`solve_all` keeps one call in flight while the next is stacked.
 3. :func:`assemble` writes the results into each group's columns (certified: A x̂; otherwise
    what ``on_uncertified`` says) and ``codebook.unpack`` / ``replace`` give the tree back.
 """
@@ -21,41 +19,27 @@ and, if certified, replaced by A x̂.  Three small steps, each a pure function o
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import time
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify._report import GroupReport, LeafReport, Report, UnprotectedLeaf, leaf_reports
 from jaxpurify import _seal
 from jaxpurify._options import RecoverOptions, resolve
+from jaxpurify._plan import Call, plan, solve_dtype
+from jaxpurify._report import GroupReport, LeafReport, Report, UnprotectedLeaf, leaf_reports
 from jaxpurify._solver import recover
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify._tree import leaves_with_paths
 
 PyTree = Any
 ON_UNCERTIFIED = ("input", "estimate", "raise")
-ROW_SLACK = 0.125  # groups of one n share a row count if it adds at most 12.5% rows: fewer compiles
-WIDTH_STEP = 2  # ratio between item widths on the ladder W, W/2, W/4, …
-MAX_WIDTHS = 3  # at most this many item widths (solver shapes) per row count
-MIN_WIDTH = 8  # narrowest item; below this the per-item overhead dominates
-MAX_WIDTH = 1024  # wider items buy nothing: recover works through its columns in chunks of ≤ 1024
 # float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
 # (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
 LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
-# An item costs about as much as ITEM_COST more columns: its QR and the fixed cost of each of its
-# solver iterations.  Measured (benchmarks.purify_plan, loaded machine): at K = 256 an item of 16
-# columns cost as much as ~200 columns of an item of 1024, items of 128 about 1.1× per column.
-ITEM_COST = 128
-# A narrower width compiles one more solver shape (1–2 s once per process, or once per machine
-# with JAX's persistent cache); it is used only if it saves this many padded entries (K × columns),
-# about half a second of solving per call of purify.
-WIDTH_COST = 1 << 22
 
 
 class UncertifiedError(RuntimeError):
@@ -72,119 +56,7 @@ class UncertifiedWarning(UserWarning):
     """``on_uncertified="estimate"`` wrote l1 estimates into columns that are not certified."""
 
 
-# -- 1. plan -------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Item:
-    """Columns [start, stop) of group ``group``, solved together with the group's A."""
-
-    group: str
-    start: int
-    stop: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Call:
-    """One solver call of shape (slots, K, width); ``items`` fill the first slots."""
-
-    dtype: str  # the leaves' dtype; solved in at least float32
-    K: int
-    n: int
-    width: int
-    slots: int
-    items: tuple[Item, ...]
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (self.slots, self.K, self.n, self.width)
-
-    @property
-    def solve_dtype(self) -> str:
-        return _solve_dtype(self.dtype)
-
-
-def _solve_dtype(dtype: str) -> str:
-    return np.dtype(jnp.promote_types(dtype, jnp.float32)).name
-
-
-def _row_buckets(Ks: Iterable[int]) -> dict[int, int]:
-    """K → the row count it is solved at: the largest K of its bucket, at most ROW_SLACK above."""
-    out, top = {}, None
-    for K in sorted(set(Ks), reverse=True):
-        if top is None or top > K * (1 + ROW_SLACK):
-            top = K
-        out[K] = top
-    return out
-
-
-def _pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
-def _split(m: int, widths: Sequence[int]) -> list[tuple[int, int]]:
-    """Cut m columns into (width, count) items, widest first: as many full items of each width
-    as fit, and a remainder above half the width takes one padded item of it."""
-    out, left = [], m
-    for i, w in enumerate(widths):
-        full, rem = divmod(left, w)
-        last = i == len(widths) - 1
-        extra = 1 if rem and (last or 2 * rem > w) else 0
-        if full + extra:
-            out.append((w, full + extra))
-        left = 0 if extra else rem
-        if not left:
-            break
-    return out
-
-
-def _cost(groups, widths: Sequence[int], K: int) -> int:
-    """Estimated work, in entries, of solving ``groups`` in items of ``widths``: padding included,
-    ITEM_COST columns per item, WIDTH_COST per width (a compilation)."""
-    cols = sum((w + ITEM_COST) * c for g in groups for w, c in _split(g.columns, widths))
-    return K * cols + WIDTH_COST * len(widths)
-
-
-def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
-    """Lay the columns of ``groups`` (objects with name, K, n, columns, dtype) into calls.
-
-    Pure: the same groups give the same calls.  Every column of every group lies in exactly one
-    item; a call holds at most ``max_entries`` entries (K × width × slots) unless a single column
-    is larger.
-    """
-    groups = [g for g in groups if g.columns > 0]
-    classes: dict[tuple[str, int], list] = {}
-    for g in groups:
-        classes.setdefault((np.dtype(g.dtype).name, g.n), []).append(g)
-    calls = []
-    for (dtype, n), members in classes.items():
-        rows = _row_buckets(g.K for g in members)
-        by_rows: dict[int, list] = {}
-        for g in members:
-            by_rows.setdefault(rows[g.K], []).append(g)
-        for K, gs in sorted(by_rows.items()):
-            cap = 1 << max(0, (max(1, max_entries // K)).bit_length() - 1)  # a power of two ≤ budget
-            ladder = [min(_pow2(max(g.columns for g in gs)), cap, MAX_WIDTH)]
-            while ladder[-1] // WIDTH_STEP >= MIN_WIDTH:
-                ladder.append(ladder[-1] // WIDTH_STEP)
-            subsets = (ws for r in range(1, MAX_WIDTHS + 1) for ws in itertools.combinations(ladder, r))
-            widths = min(subsets, key=lambda ws: _cost(gs, ws, K))
-            items: dict[int, list[Item]] = {}
-            for g in gs:
-                at = 0
-                for w, count in _split(g.columns, widths):
-                    for _ in range(count):
-                        items.setdefault(w, []).append(Item(g.name, at, min(at + w, g.columns)))
-                        at += w
-            for w, its in sorted(items.items(), reverse=True):
-                # as many calls as the budget needs, then as few slots as fill them: one shape,
-                # fewer padding slots than calls
-                most = max(1, max_entries // (K * w))
-                slots = -(-len(its) // -(-len(its) // most))
-                for i in range(0, len(its), slots):
-                    calls.append(Call(dtype, K, n, w, slots, tuple(its[i : i + slots])))
-    return tuple(calls)
-
-
-# -- 2. solve ------------------------------------------------------------------------------------
+# -- solve ---------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class CallResult:
     """Host arrays of one call: fitted (slots, K, w) = A x̂; per column certified, the largest
@@ -198,18 +70,19 @@ class CallResult:
 
 
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
-    """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A); extra columns and empty
-    slots are zero columns, which recover exactly at once."""
+    """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A).  Extra columns repeat
+    the item's own columns and empty slots repeat the last item: zero columns are not used as
+    padding because they changed the certificate of the real columns beside them (solver v2: a
+    column certified alone came back "inexact fit" beside 31 zero columns)."""
     dt = np.dtype(call.solve_dtype)
     A = np.zeros((call.slots, call.K, call.n), dt)
-    Y = np.zeros((call.slots, call.K, call.width), dt)
+    Y = np.empty((call.slots, call.K, call.width), dt)
     for s in range(call.slots):
         it = call.items[min(s, len(call.items) - 1)]
         a = matrices[it.group]
         A[s, : a.shape[0]] = a
         Y[s, a.shape[0] :] = np.nan
-        if s < len(call.items):
-            Y[s, : a.shape[0], : it.stop - it.start] = cols[it.group][:, it.start : it.stop]
+        Y[s, : a.shape[0]] = cols[it.group][:, it.start + np.arange(call.width) % (it.stop - it.start)]
     return A, Y
 
 
@@ -221,16 +94,17 @@ def _summarize(A, Y, x, outliers):
     return fitted, inlier
 
 
-def _options_for(dtype: str, options: RecoverOptions) -> RecoverOptions:
+def options_for(dtype: str, options: RecoverOptions) -> RecoverOptions:
+    """The solver options for leaves of ``dtype``: float16 / bfloat16 judged at their precision."""
     if options.rtol is not None or np.dtype(dtype).itemsize >= 4:
         return options
     return options.replace(rtol=LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps))
 
 
-def dispatch(call: Call, cols, matrices, options: dict):
+def dispatch(call: Call, cols, matrices, options: RecoverOptions):
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
-    out = recover(A, Y, _options_for(call.dtype, options))
+    out = recover(A, Y, options_for(call.dtype, options))
     fitted, inlier = _summarize(A, Y, out.x, out.outliers)
     return fitted, out.certified, inlier, out.bound, out.outliers
 
@@ -254,7 +128,7 @@ def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None
         on_result(pending[0], fetch(pending[1]))
 
 
-# -- 3. assemble ---------------------------------------------------------------------------------
+# -- assemble ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class GroupResult:
     """Per group: the purified (K, m) columns and their outlier mask; per column the statistics."""
@@ -366,7 +240,8 @@ def purify(
     ``report.ok`` is True only if every protected column is certified and no floating parameter
     is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
     the result does not depend on it beyond float rounding.  ``options`` (a :class:`RecoverOptions`)
-    and keyword ``overrides`` of its fields (e.g. ``atol=1e-3``) go to :func:`recover`.
+    and keyword ``overrides`` of its fields (e.g. ``atol=1e-3``) go to :func:`recover`; unless
+    ``rtol`` is set, float16 / bfloat16 leaves are judged at their own precision.
 
     If the codebook has a keyed seal (``codebook.seal(deployed)``), the purified tree is checked
     against it with a per-entry tolerance derived from the certificates' error bounds, and
@@ -378,12 +253,12 @@ def purify(
     never modified.
     """
     t0 = time.perf_counter()
-    options = resolve(options, overrides)
+    options = resolve(options, overrides)  # TypeError / ValueError naming a bad option, before any work
     protected = _check(params, codebook, on_uncertified, max_entries)
     groups = codebook.groups
     cols = codebook.pack(params)
     calls = plan(groups.values(), max_entries)
-    matrices = {name: np.asarray(codebook.matrix(name, _solve_dtype(g.dtype))) for name, g in groups.items()}
+    matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
     results = empty_results(groups, cols)
     keep_input = on_uncertified != "estimate"
     with single_threaded_blas():  # see jaxpurify._threads

@@ -38,8 +38,8 @@ class LeafReport:
     """One protected leaf.  ``columns``: code columns holding any of its entries; ``certified``:
     how many of those are certified; ``flagged``: its entries judged corrupted (erasures
     included); ``erasures``: its non-finite entries on input; ``max_inlier_residual``: the
-    largest inlier |y − A x̂| over its columns; ``max_bound``: the largest error bound that
-    recover reports over its certified columns (None when recover gives none)."""
+    largest inlier |y − A x̂| over its columns; ``max_bound``: the largest of recover's error
+    bounds (‖x̂ − x‖₂ / ‖x̂‖₂ of a column's latent) over its certified columns (None if none)."""
 
     path: str
     columns: int

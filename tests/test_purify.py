@@ -13,7 +13,7 @@ import jaxpurify as jp
 from jaxpurify import _purify
 from jaxpurify import contamination as C
 from jaxpurify import models
-from jaxpurify._purify import plan
+from jaxpurify._plan import plan
 from pooled import PooledCodebook, clean_params, columns_of
 from reference import lad_highs
 
@@ -21,8 +21,9 @@ from reference import lad_highs
 def _tree():
     rng = np.random.default_rng(0)
     f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-    # three leaves of K = 32 and one of K = 30, all n = 8: one solver shape for the whole tree
-    return {"w1": f(24, 32), "w2": f(24, 32), "b": f(32), "c": f(10, 30), "step": jnp.asarray(3, jnp.int32)}
+    # four leaves of K = 32, n = 8: one solver shape for the whole tree, one for the reference
+    # (row buckets are checked on the pooled layout)
+    return {"w1": f(24, 32), "w2": f(24, 32), "b": f(32), "c": f(10, 32), "step": jnp.asarray(3, jnp.int32)}
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +91,16 @@ def test_certified_columns_agree_with_highs(case):
 
 
 def test_call_size_changes_nothing(case):
-    """Fewer items per call: bit-identical.  Narrower items: the same up to float rounding."""
+    """Fewer items per call (a smaller max_entries): bit-identical.  (Narrower items change the
+    rounding only; the per-column reference above is the fully split case, to 1e-6.)"""
     cb, _, bad, _ = case
     one, rep1 = jp.purify(bad, cb)
     (call,) = plan(cb.groups.values(), 1 << 21)
     single, rep2 = jp.purify(bad, cb, max_entries=call.K * call.width)  # one item per call
-    narrow, rep3 = jp.purify(bad, cb, max_entries=call.K * 8)  # items of 8 columns
-    assert rep2.calls == call.slots and rep3.calls > rep2.calls
+    assert rep2.calls == call.slots > 1
     for path in cb.protected:
         np.testing.assert_array_equal(single[path], one[path])
-        np.testing.assert_allclose(narrow[path], one[path], rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(one[path]))))
-    assert rep1.certified == rep2.certified == rep3.certified == rep1.columns
+    assert rep1.certified == rep2.certified == rep1.columns
 
 
 def test_uncertified_columns_keep_the_input_so_nothing_is_laundered(case):
@@ -145,10 +145,10 @@ def test_pooled_layout_report_counts_columns_per_leaf(monkeypatch):
 
     real = _purify.recover
 
-    def with_bound(A, Y, **options):  # recover v2 will carry a per-column bound; fake one
-        r = real(A, Y, **options)
+    def with_bound(A, Y, options):  # a recognizable fake bound, to check its aggregation
+        r = real(A, Y, options)
         bound = jnp.arange(r.certified.size, dtype=jnp.float32).reshape(r.certified.shape) + 1
-        return types.SimpleNamespace(**r._asdict(), bound=bound)
+        return r._replace(bound=bound)
 
     monkeypatch.setattr(_purify, "recover", with_bound)
     pur, rep = jp.purify(bad, cb)
@@ -207,6 +207,30 @@ def test_bfloat16_leaves_are_judged_at_their_precision():
         np.testing.assert_allclose(np.asarray(pur[path], np.float32), np.asarray(clean[path], np.float32), rtol=2**-7, atol=1e-2)
 
 
+def test_nnx_module_in_state_out_batch_stats_and_keys_listed_not_counted():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(32, 16, rngs=rngs)
+            self.bn = nnx.BatchNorm(16, rngs=rngs)
+            self.drop = nnx.Dropout(0.1, rngs=rngs)
+
+    model = Net(nnx.Rngs(0))
+    cb = jp.Codebook.create(model, jax.random.key(1))
+    clean = cb.replace(model, cb.unpack({n: np.asarray(cb.matrix(n)) @ np.random.default_rng(0).standard_normal((g.n, g.columns))
+                                         for n, g in cb.groups.items()}))
+    nnx.update(model, clean)
+    bad = C.contaminate(jax.random.key(2), model, cb, C.gross_errors, rate=0.1)
+    nnx.update(model, bad)
+    pur, rep = jp.purify(model, cb)
+    assert isinstance(pur, nnx.State) and rep.ok, str(rep)
+    kinds = {u.path: (u.parameter, u.counts) for u in rep.unprotected}
+    assert kinds["bn/mean"] == (False, False) and kinds["drop/rngs/key"] == (False, False)
+    nnx.update(model, pur)
+    np.testing.assert_allclose(model.lin.kernel[...], clean["lin"]["kernel"][...], rtol=1e-5, atol=1e-5)
+
+
 def test_bad_input_names_the_argument_or_leaf(case):
     cb, clean, _, _ = case
     with pytest.raises(ValueError, match="on_uncertified"):
@@ -215,6 +239,8 @@ def test_bad_input_names_the_argument_or_leaf(case):
         jp.purify(clean, cb, max_entries=0)
     with pytest.raises(TypeError, match="rtoll"):
         jp.purify(clean, cb, rtoll=1e-3)
+    with pytest.raises(ValueError, match="atol"):
+        jp.purify(clean, cb, atol=-1.0)
     with pytest.raises(ValueError, match="'w1'.*int32"):
         jp.purify(dict(clean, w1=clean["w1"].astype(jnp.int32)), cb)
     with pytest.raises(ValueError, match="'w2'"):
