@@ -71,9 +71,9 @@ class CallResult:
 
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
     """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A).  Extra columns repeat
-    the item's own columns and empty slots repeat the last item: zero columns are not used as
-    padding because they changed the certificate of the real columns beside them (solver v2: a
-    column certified alone came back "inexact fit" beside 31 zero columns)."""
+    the item's own columns and empty slots repeat the last item (so padding is as easy as the
+    real columns; a duplicate-index scatter in the solver's narrow passes once let zero padding
+    overwrite a real column, tests/test_certificate.py::test_a_column_beside_zero_columns_…)."""
     dt = np.dtype(call.solve_dtype)
     A = np.zeros((call.slots, call.K, call.n), dt)
     Y = np.empty((call.slots, call.K, call.width), dt)

@@ -137,14 +137,15 @@ def _compact_pass(A, Q, R, y, finite, atol, best: _Best, tols, opts) -> _Best:
     m = y.shape[1]
     w = max(1, m // COMPACT)
     pending = ~best.ok
-    (idx,) = jnp.nonzero(pending, size=w, fill_value=0)
-    valid = jnp.arange(w) < jnp.sum(pending)
-    g = lambda a: a[..., idx]
+    # unused slots get the out-of-range index m: gathered as the last column (clipped), and
+    # dropped when scattering back, so no slot can overwrite a column it does not own
+    (idx,) = jnp.nonzero(pending, size=w, fill_value=m)
+    valid = idx < m
+    g = lambda a: jnp.take(a, idx, axis=-1, mode="clip")
     sub = _find_and_polish(A, Q, R, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
     sub_best = _Best(*(g(a) for a in best))
     sub_best = _update(sub_best, A, g(y), g(finite), valid, sub)
-    # scatter back; duplicated fill indices carry valid == False and write their old values
-    return _Best(*(old.at[..., idx].set(jnp.where(valid, new, old[..., idx])) for old, new in zip(best, sub_best)))
+    return _Best(*(old.at[..., idx].set(new, mode="drop") for old, new in zip(best, sub_best)))
 
 
 def _full_pass(A, Q, R, y, finite, atol, best: _Best, tols, opts) -> _Best:

@@ -214,3 +214,20 @@ def test_options_are_validated(name, value):
         jp.RecoverOptions(**{name: value})
     with pytest.raises(TypeError, match="tol"):
         jp.recover(np.ones((8, 2), np.float32), np.ones(8, np.float32), tol=1e-3)
+
+
+def test_a_column_beside_zero_columns_is_solved_as_alone():
+    """Batch independence: a hard column (certified only after the first pass) beside 31 zero
+    columns gets the certificate and, to rounding, the x it gets alone (a plain loop is the
+    reference).  Regression: the narrow later passes once let padding slots overwrite it."""
+    rng = np.random.default_rng(14)
+    A, X, Y, _ = instance(rng, 64, 32, 24, 13)  # K/n = 2 at 20%: most need the later passes
+    A, Y = A.astype(np.float32), Y.astype(np.float32)
+    for j in range(24):
+        alone = jp.recover(A, Y[:, j])
+        Z = np.zeros((64, 32), np.float32)
+        Z[:, 0] = Y[:, j]
+        padded = jp.recover(A, Z)
+        assert int(padded.result[0]) == int(alone.result), j
+        np.testing.assert_allclose(padded.x[:, 0], alone.x, rtol=1e-4, atol=1e-4 * float(np.abs(alone.x).max()))
+        assert np.asarray(padded.certified)[1:].all()

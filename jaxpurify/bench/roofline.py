@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify._admm import CHECK_EVERY, HIGHEST, admm
-from jaxpurify._solver import Options, Tolerances, _recover_jit, default_rtol
+from jaxpurify._options import RecoverOptions, default_rtol
+from jaxpurify._solver import Tolerances, _recover_jit
 
 
 def _best(f, *args, repeat=5) -> float:
@@ -72,7 +73,7 @@ def compile_and_memory(K: int, n: int, m: int) -> dict:
     Y = jax.ShapeDtypeStruct((K, m), jnp.float32)
     jax.clear_caches()  # an executable compiled earlier in this process would be reused
     t0 = time.perf_counter()
-    lowered = _recover_jit.lower(A, Y, tols, Options(), False)
+    lowered = _recover_jit.lower(A, Y, tols, RecoverOptions(), False)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -103,7 +104,7 @@ def compile_rss(Ks=(64, 128, 256, 512, 1000), m: int = 1024) -> list[dict]:
         A = jax.ShapeDtypeStruct((2, K, n), jnp.float32)
         Y = jax.ShapeDtypeStruct((2, K, m), jnp.float32)
         with PeakRSS() as mem:
-            _recover_jit.lower(A, Y, tols, Options(), False).compile()
+            _recover_jit.lower(A, Y, tols, RecoverOptions(), False).compile()
         rows.append({"K": K, "n": n, "m": m, "peak_added_mb": mem.added, "rss_after_mb": rss_mb()})
     return rows
 
