@@ -16,8 +16,8 @@ and certify the answer (``_certify``).  The solver is three named pure pieces ov
    re-read until stable; exact to float precision inside the threshold.
 3. **certify** (``_certify``): result code, certificate and error bound per column.
 
-Passes after the first run only on the columns not yet certified, gathered into a block an
-eighth as wide when they fit in it: a column that is done stops costing work.
+Passes after the first run only on the columns not yet certified, gathered into blocks an
+eighth as wide (``COMPACT``): a column that is done stops costing work.
 
 Every column is solved in its own units: it is scaled by a power of two near its median
 magnitude before the solve and the answer scaled back, both exactly.  So scaling a column by any
@@ -51,7 +51,7 @@ from jaxpurify._threads import single_threaded_blas
 PRESCREEN = 1e4
 # After ADMM, a residual 10× the median residual marks a first-guess outlier for the polish.
 OUTLIER_FACTOR = 10.0
-# Passes after the first gather the uncertified columns into a block this many times narrower.
+# Passes after the first gather the uncertified columns into blocks this many times narrower.
 COMPACT = 8
 # Polish rounds of the first (full-width) pass.
 FIRST_ROUNDS = 3
@@ -132,25 +132,20 @@ def _update(best: _Best, A, y, finite, active, result) -> _Best:
     )
 
 
-def _compact_pass(A, Q, R, y, finite, atol, best: _Best, tols, opts) -> _Best:
-    """A pass over the uncertified columns only, gathered into a block m / COMPACT wide."""
+def _narrow_pass(A, Q, R, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
+    """One more pass for up to m / COMPACT columns that are not certified and have passes left,
+    gathered into a narrow block: a column that is done stops costing work."""
     m = y.shape[1]
     w = max(1, m // COMPACT)
-    pending = ~best.ok
     # unused slots get the out-of-range index m: gathered as the last column (clipped), and
     # dropped when scattering back, so no slot can overwrite a column it does not own
-    (idx,) = jnp.nonzero(pending, size=w, fill_value=m)
+    (idx,) = jnp.nonzero(~best.ok & (tries < opts.passes), size=w, fill_value=m)
     valid = idx < m
     g = lambda a: jnp.take(a, idx, axis=-1, mode="clip")
     sub = _find_and_polish(A, Q, R, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
-    sub_best = _Best(*(g(a) for a in best))
-    sub_best = _update(sub_best, A, g(y), g(finite), valid, sub)
-    return _Best(*(old.at[..., idx].set(new, mode="drop") for old, new in zip(best, sub_best)))
-
-
-def _full_pass(A, Q, R, y, finite, atol, best: _Best, tols, opts) -> _Best:
-    res = _find_and_polish(A, Q, R, y, finite, best.ignore, atol, tols, opts, False)
-    return _update(best, A, y, finite, ~best.ok, res)
+    sub_best = _update(_Best(*(g(a) for a in best)), A, g(y), g(finite), valid, sub)
+    best = _Best(*(old.at[..., idx].set(new, mode="drop") for old, new in zip(best, sub_best)))
+    return best, tries.at[idx].add(1, mode="drop")
 
 
 def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
@@ -175,18 +170,14 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
     first = _find_and_polish(A, Q, R, y, finite, ignore, atol, tols, opts, True)
     best = _update(best, A, y, finite, jnp.ones((m,), bool), first)
 
-    def cond(carry):
-        k, b = carry
-        return (k < opts.passes) & jnp.any(~b.ok)
+    def todo(carry):
+        b, tries = carry
+        return jnp.any(~b.ok & (tries < opts.passes))
 
-    def body(carry):
-        k, b = carry
-        few = jnp.sum(~b.ok) <= max(1, m // COMPACT)
-        args = (A, Q, R, y, finite, atol, b, tols, opts)
-        b = lax.cond(few, lambda: _compact_pass(*args), lambda: _full_pass(*args))
-        return k + 1, b
+    def more(carry):
+        return _narrow_pass(A, Q, R, y, finite, atol, *carry, tols, opts)
 
-    _, best = lax.while_loop(cond, body, (jnp.asarray(1, jnp.int32), best))
+    best, _ = lax.while_loop(todo, more, (best, jnp.ones((m,), jnp.int32)))
 
     x = jnp.where(best.ok, best.x, best.x_est)
     r = y - _mm(A, x)
