@@ -46,7 +46,7 @@ def test_noise_quick(tmp_path):
     assert (tmp_path / "noise.png").exists()
 
 
-@pytest.mark.parametrize("arch", ["one-hidden", "multi"])
+@pytest.mark.parametrize("arch", ["one-hidden", pytest.param("multi", marks=pytest.mark.slow)])
 def test_digits_quick(tmp_path, arch):
     assert cli.main(["reproduce", "digits", "--quick", "--arch", arch, "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "results.json").read_text())

@@ -3,11 +3,13 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 HERE = os.path.dirname(__file__)
 
 
+@pytest.mark.slow  # repeats the quick experiments of test_experiments.py in a kernel
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nb = nbformat.read(os.path.join(HERE, "..", "notebooks", "reproduce.ipynb"), as_version=4)
     monkeypatch.setenv("JAXPURIFY_NOTEBOOK_OUT", str(tmp_path))
