@@ -13,6 +13,7 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # the paper's experiments end to end: CI runs them with `pytest -m slow`
 def test_synthetic_quick(tmp_path, capsys):
     assert cli.main(["reproduce", "synthetic", "--quick", "--out", str(tmp_path)]) == 0
     for leaf in ("weights", "biases"):
@@ -32,6 +33,7 @@ def test_synthetic_quick(tmp_path, capsys):
     assert (tmp_path / "phase.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_noise_quick(tmp_path):
     assert cli.main(["reproduce", "noise", "--quick", "--out", str(tmp_path)]) == 0
     rows = [{k: float(v) for k, v in r.items()} for r in _csv(tmp_path / "noise.csv")]
@@ -46,7 +48,8 @@ def test_noise_quick(tmp_path):
     assert (tmp_path / "noise.png").exists()
 
 
-@pytest.mark.parametrize("arch", ["one-hidden", pytest.param("multi", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["one-hidden", "multi"])
 def test_digits_quick(tmp_path, arch):
     assert cli.main(["reproduce", "digits", "--quick", "--arch", arch, "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
