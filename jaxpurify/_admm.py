@@ -86,7 +86,7 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
         # CHECK_EVERY − 1 plain updates, then one that also measures the residuals: the norms and
         # the third product for the dual residual would otherwise cost as much as the update.
         # A column that has met its test is frozen, so its answer does not depend on how long the
-        # other columns of the batch keep iterating (batch splitting gives the same bits).
+        # other columns of the batch keep iterating (the polish can still move it by an ulp or two).
         def frozen(z_new, u_new, z, u):
             return jnp.where(s.done, z, z_new), jnp.where(s.done, u, u_new)
 

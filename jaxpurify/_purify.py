@@ -30,7 +30,7 @@ import numpy as np
 from jaxpurify import _seal
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, plan, solve_dtype
-from jaxpurify._report import GroupReport, LeafReport, Report, UnprotectedLeaf, leaf_reports
+from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_reports
 from jaxpurify._solver import recover
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify._tree import leaves_with_paths
