@@ -66,7 +66,7 @@ def _outlier_norm2(Q, outliers):
     return theta + 2.0 * jnp.sqrt(jnp.sum(jnp.square(w - theta * v), axis=0))
 
 
-def certify(Q, R, fit: Fit, finite, tol, full_rank) -> tuple[jax.Array, jax.Array, jax.Array]:
+def certify(Q, R, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Result codes (int8), certified flags and relative error bounds for a block of columns.
 
     ``tol`` is the per-column inlier tolerance τ; ``finite`` marks the usable rows.
@@ -81,10 +81,13 @@ def certify(Q, R, fit: Fit, finite, tol, full_rank) -> tuple[jax.Array, jax.Arra
     fit_ok = fit.exact & fit.stable
     cause = jnp.where(~fit.stable, RESULTS.unstable_mask, jnp.where(fit.solved, RESULTS.inexact_fit, RESULTS.iteration_cap))
     code = jnp.where(fit_ok, code, cause.astype(jnp.int8))
+    # rank from the singular values of R (those of A), not from R's diagonal: an unpivoted QR's
+    # min|R_ii| only bounds σ_min from above, so a nearly singular A could pass that test
+    s = jnp.linalg.svd(R, compute_uv=False)
+    full_rank = s[-1] > Q.shape[0] * jnp.finfo(R.dtype).eps * s[0]
     code = jnp.where(full_rank, code, jnp.int8(RESULTS.rank_deficient))
     certified = code == RESULTS.successful
 
-    s = jnp.linalg.svd(R, compute_uv=False)
     smin_r = s[-1]
     lam = jnp.clip(_outlier_norm2(Q, fit.outliers | ~finite), 0.0, 1.0)
     smin = smin_r * jnp.sqrt(jnp.maximum(1.0 - lam, 0.0))

@@ -157,8 +157,6 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
     e = column_exponent(Y, finite)
     y = jnp.where(finite, scale(jnp.where(finite, Y, 0.0), e), 0.0)
     atol = jnp.ldexp(jnp.broadcast_to(tols.atol.astype(dtype), (m,)), -e)
-    diag = jnp.abs(jnp.diagonal(R))
-    full_rank = jnp.min(diag) > K * jnp.finfo(dtype).eps * jnp.max(diag)
 
     ignore = far_above_median(y, finite, PRESCREEN)
     best = _Best(
@@ -185,7 +183,7 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
     fit = Fit(x, r, outl, best.ok, best.stable, best.solved)
-    code, certified, bound = certify(Q, R, fit, finite, tol, full_rank)
+    code, certified, bound = certify(Q, R, fit, finite, tol)
     x_n, x = x, jnp.ldexp(x, e)
     # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal
     # results to zero): such a column is not what was certified, so it is not certified
