@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 
 import numpy as np
+
+from jaxpurify.io import write_atomic
 
 
 def lad_highs(A: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -24,19 +26,15 @@ def lad_highs(A: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, buf.getvalue().encode())
 
 
 def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def rel_fro(x, ref) -> float:
