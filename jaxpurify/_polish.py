@@ -24,7 +24,7 @@ def _mean_abs(a, mask):
     return jnp.sum(jnp.where(mask, a, 0.0), axis=0) / cnt
 
 
-def _fit(Q, y, inlier, c0, max_cg):
+def _fit(Q, y, inlier, c0, max_cg, active=None):
     """Least squares on the inlier rows of each column, in the Q basis: c = argmin ‖D(y − Q c)‖₂.
 
     Conjugate gradients on the normal equations G c = Qᵀ D y with G = Qᵀ D Q = I − Q_Oᵀ Q_O, an
@@ -42,6 +42,8 @@ def _fit(Q, y, inlier, c0, max_cg):
     G = lambda p: _mm(Q.T, d * _mm(Q, p))
     r = b - G(c)
     rs = jnp.sum(r * r, axis=0)
+    if active is not None:  # inactive columns keep c0 and do not hold the loop
+        rs = jnp.where(active, rs, 0.0)
     stop = (jnp.finfo(dtype).eps ** 2) * bb
 
     def cond(st):
@@ -75,14 +77,19 @@ def polish(A, Q, R, y, finite, outl0, c0, rtol, atol, rounds, max_cg):
     """
 
     def body(carry):
-        c, _, _, outl, _, _, k = carry
-        c, solved = _fit(Q, y, ~outl, c, max_cg)
+        # only columns whose mask changed in the last round are refitted: a stable column is
+        # frozen, so its answer does not depend on how many rounds the rest of the batch needs
+        c0, x0, r0, outl, live, solved0, k = carry
+        c, solved = _fit(Q, y, ~outl, c0, max_cg, live)
         x = jax.scipy.linalg.solve_triangular(R, c, lower=False)
         r = y - _mm(A, x)
         a = jnp.abs(r)
         tol = tolerance(y, ~outl, rtol, atol)
         new = ~finite | (a > jnp.maximum(tol, 10.0 * _mean_abs(a, ~outl)))
-        return c, x, r, new, jnp.any(new != outl, axis=0), solved, k + 1
+        keep = lambda a, b: jnp.where(live, a, b)
+        new = keep(new, outl)
+        return (keep(c, c0), keep(x, x0), keep(r, r0), new, live & jnp.any(new != outl, axis=0),
+                keep(solved, solved0), k + 1)
 
     def cond(carry):
         return jnp.any(carry[4]) & (carry[6] < rounds)
