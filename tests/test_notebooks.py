@@ -15,6 +15,7 @@ from nbclient import NotebookClient
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 NOTEBOOKS = ["quickstart", "colab_accelerators"]
+ALL = NOTEBOOKS + ["reproduce"]
 
 
 def _run(name, tmp_path, monkeypatch):
@@ -34,7 +35,7 @@ def _text(nb):
     return "".join(o.get("text", "") for o in _outputs(nb) if o.get("output_type") == "stream")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", ALL)
 def test_opens_with_badge_and_one_repo_variable(name):
     nb = nbformat.read(os.path.join(ROOT, "notebooks", f"{name}.ipynb"), as_version=4)
     first, install = nb.cells[0], nb.cells[1]
