@@ -21,6 +21,7 @@ ALL = NOTEBOOKS + ["reproduce"]
 def _run(name, tmp_path, monkeypatch):
     nb = nbformat.read(os.path.join(ROOT, "notebooks", f"{name}.ipynb"), as_version=4)
     monkeypatch.setenv("JAXPURIFY_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the suite's claim is "on CPU", even on a GPU machine
     monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
