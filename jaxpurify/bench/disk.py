@@ -48,7 +48,9 @@ FLIP_RATE = 0.01
 BURST_BYTES, BURST_EVERY = 64, 10 * 1024
 EXPONENT_BITS = tuple(range(23, 31))  # float32
 TARGET = 1e-5
-SUFFIX = {"orbax": "", "safetensors": ".safetensors", "msgpack": ".msgpack"}
+ORBAX_RAW = "orbax, uncompressed"  # not io.save's: written with Orbax's own use_compression=False
+FORMATS = io.FORMATS + (ORBAX_RAW,)
+SUFFIX = {"orbax": "", "safetensors": ".safetensors", "msgpack": ".msgpack", ORBAX_RAW: ""}
 
 
 class CNN(nn.Module):
@@ -75,24 +77,29 @@ def _safetensors_regions(path: str) -> list[Region]:
             for a, b in [v["data_offsets"]] if v["dtype"] == "F32"]
 
 
-def _msgpack_regions(path: str, clean: dict[str, np.ndarray]) -> list[Region]:
-    """Each array's bytes as they sit in the file (msgpack stores them verbatim, C order)."""
-    raw = open(path, "rb").read()
+def _find_arrays(files: list[str], clean: dict[str, np.ndarray], strict: bool) -> list[Region]:
+    """Each array's bytes where they sit verbatim (C order) in one of ``files``.
+
+    msgpack stores every array so (``strict``: all must be found once); uncompressed Orbax stores
+    large arrays so, but inlines small ones in its b-tree nodes, which are left alone.
+    """
+    raws = {f: open(f, "rb").read() for f in files}
     out = []
     for p, arr in clean.items():
         blob = np.ascontiguousarray(arr).tobytes()
-        at = raw.find(blob)
-        if at < 0 or raw.find(blob, at + 1) >= 0:
-            raise RuntimeError(f"leaf {p!r}: its bytes are not found exactly once in {path}")
-        out.append((path, at, at + len(blob)))
+        hits = [(f, at) for f, raw in raws.items() for at in [raw.find(blob)] if at >= 0]
+        if len(hits) == 1 and raws[hits[0][0]].find(blob, hits[0][1] + 1) < 0:
+            out.append((hits[0][0], hits[0][1], hits[0][1] + len(blob)))
+        elif strict:
+            raise RuntimeError(f"leaf {p!r}: its bytes are not found exactly once in {files}")
     return out
 
 
-def _orbax_regions(path: str) -> list[Region]:
+def _orbax_files(path: str) -> list[str]:
     files = sorted(glob.glob(os.path.join(path, "ocdbt.process_*", "d", "*")))
     if not files:
         raise RuntimeError(f"{path}: no OCDBT data files found")
-    return [(f, 0, os.path.getsize(f)) for f in files]
+    return files
 
 
 def payload(path: str, fmt: str, clean: dict[str, np.ndarray]) -> list[Region]:
@@ -100,8 +107,10 @@ def payload(path: str, fmt: str, clean: dict[str, np.ndarray]) -> list[Region]:
     if fmt == "safetensors":
         return _safetensors_regions(path)
     if fmt == "msgpack":
-        return _msgpack_regions(path, clean)
-    return _orbax_regions(path)
+        return _find_arrays([path], clean, strict=True)
+    if fmt == ORBAX_RAW:
+        return _find_arrays(_orbax_files(path), clean, strict=False)
+    return [(f, 0, os.path.getsize(f)) for f in _orbax_files(path)]  # compressed: all of it
 
 
 # -- byte-level damage (each edits words or bytes of the regions, in place in `files`) ------------
@@ -191,12 +200,24 @@ def trained(seed: int, steps: int):
     return apply, codebook, deployed, ds
 
 
+def save(path: str, tree, fmt: str) -> None:
+    """``io.save``, or for ``ORBAX_RAW`` Orbax's PyTree handler with compression off."""
+    if fmt != ORBAX_RAW:
+        io.save(path, tree, format=fmt)
+        return
+    import orbax.checkpoint as ocp
+
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False)) as ckptr:
+        ckptr.save(path, args=ocp.args.PyTreeSave(tree))
+
+
 def one(fmt, kind, workdir, seed, apply, codebook, deployed, ds, acc_clean, scale) -> dict:
-    path = os.path.join(workdir, f"{fmt}-{kind.split()[0]}{SUFFIX[fmt]}")
-    io.save(path, deployed, format=fmt)
+    path = os.path.join(workdir, f"{FORMATS.index(fmt)}-{kind.split()[0]}{SUFFIX[fmt]}")
+    save(path, deployed, fmt)
     regions = payload(path, fmt, io.flatten(deployed))
-    damage(np.random.default_rng([seed, list(DAMAGE).index(kind), io.FORMATS.index(fmt)]), regions, kind, scale)
-    row = {"format": fmt, "damage": kind, "payload_bytes": sum(b - a for _, a, b in regions), "acc_clean": acc_clean}
+    damage(np.random.default_rng([seed, list(DAMAGE).index(kind), FORMATS.index(fmt)]), regions, kind, scale)
+    row = {"format": fmt, "damage": kind, "payload_bytes": sum(b - a for _, a, b in regions), "acc_clean": acc_clean,
+           "parameter_bytes": sum(v.nbytes for v in io.flatten(deployed).values())}
     try:
         loaded = io.load(path, template=deployed)
     except ValueError as e:
@@ -214,7 +235,7 @@ def one(fmt, kind, workdir, seed, apply, codebook, deployed, ds, acc_clean, scal
     }
 
 
-def run(seed: int = 0, steps: int = 300, formats=io.FORMATS) -> dict:
+def run(seed: int = 0, steps: int = 300, formats=FORMATS) -> dict:
     t0 = time.perf_counter()
     apply, codebook, deployed, ds = trained(seed, steps)
     acc_clean = accuracy(apply, deployed, ds.test.x, ds.test.y)
@@ -241,6 +262,8 @@ def markdown(result: dict) -> str:
     head = "| format | damage | floats changed | max rel. error (worst leaf) | certified | report.ok | accuracy damaged → purified (clean) |"
     lines = [head, "|" + "---|" * 7]
     for r in result["rows"]:
+        if r["format"] == ORBAX_RAW:  # small arrays are inlined in b-tree nodes, not damaged
+            r = r | {"format": f"{ORBAX_RAW} (damage on {r['payload_bytes'] / r['parameter_bytes']:.1%} of the bytes)"}
         if r["load_error"]:
             lines.append(f"| {r['format']} | {r['damage']} | — | load failed: {_reason(r['load_error'])} | — | — | — |")
             continue
