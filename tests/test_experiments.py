@@ -27,10 +27,37 @@ def test_synthetic_quick(tmp_path, capsys):
         assert float(cell[(2.0, 0.4)]["success_rate"]) == 0.0 and float(cell[(2.0, 0.4)]["certified_rate"]) == 0.0
         for r in rows:  # a certified trial is always a success
             assert float(r["certified_rate"]) <= float(r["success_rate"])
+    # per column (quick mode: the same K = 64 instances): a certified column is exact, nothing is
+    # certified past the uniqueness bound, and a column succeeds at least as often as a whole trial
+    weights = {(float(r["ratio"]), float(r["rho"])): r for r in _csv(tmp_path / "phase_weights.csv")}
+    for r in _csv(tmp_path / "phase_columns.csv"):
+        assert int(r["K"]) == 64 and int(r["columns"]) == 4 * 16
+        assert float(r["certified_exact_rate"]) == float(r["certified_rate"])
+        if r["within_bound"] == "False":
+            assert float(r["certified_rate"]) == 0.0
+        assert float(r["success_rate"]) >= float(weights[(float(r["ratio"]), float(r["rho"]))]["success_rate"])
     func = _csv(tmp_path / "function_check.csv")
     errs = [float(r["output_rel_err"]) for r in func if r["certified"] == "True"]
     assert errs and max(errs) < 1e-4
     assert (tmp_path / "phase.png").stat().st_size > 10_000
+
+
+def test_uniqueness_bound_is_the_largest_identifiable_error_count():
+    import math
+
+    import numpy as np
+
+    from jaxpurify import Codebook
+    from jaxpurify.experiments import synthetic
+
+    for K in (64, 256):
+        for ratio in (1.5, 2, 3, 4, 6, 8):
+            cb = Codebook.create({"w": np.ones((K, 3), np.float32)}, b"k" * 32, redundancy=ratio,
+                                 select=lambda p, _: 0)
+            n = cb.specs["w"].n
+            assert synthetic.latent_rows(K, ratio) == n
+            k_max = max(k for k in range(K) if 2 * k < K - n + 1)  # by enumeration
+            assert math.ceil(synthetic.uniqueness_bound(K, ratio) * K) - 1 == k_max
 
 
 @pytest.mark.slow
