@@ -169,10 +169,15 @@ def _replace_dir(new: str, path: str) -> None:
 # -- per-format writers and readers ---------------------------------------------------------------
 
 def _orbax_checkpointer():
-    """The synchronous form of ``ocp.StandardCheckpointer`` (same files; no background thread)."""
+    """Orbax's PyTree checkpointer, synchronous, with compression off.
+
+    Compressed storage turns a flipped bit or a damaged block into garbage over thousands of
+    floats, or a failed load (``python -m jaxpurify.bench.disk``): stored verbatim, damage stays
+    where it lands and purify can remove it.  Compressed checkpoints still load.
+    """
     import orbax.checkpoint as ocp
 
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
 
 
 def _save_orbax(path: str, tree: dict) -> None:
@@ -184,7 +189,7 @@ def _save_orbax(path: str, tree: dict) -> None:
     try:
         new = os.path.join(tmp, "checkpoint")
         with _orbax_checkpointer() as ckptr:
-            ckptr.save(new, args=ocp.args.StandardSave(tree))
+            ckptr.save(new, args=ocp.args.PyTreeSave(tree))
         _replace_dir(new, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

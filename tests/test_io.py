@@ -221,3 +221,12 @@ def test_format_is_sniffed_from_content_without_a_suffix(tmp_path):
         f.write(b"PK\x03\x04 not a checkpoint")
     with pytest.raises(ValueError, match="not a safetensors"):
         io.detect_format(str(tmp_path / "c"))
+
+
+def test_orbax_checkpoint_stores_floats_verbatim(tmp_path):
+    """Uncompressed on purpose: damage on disk stays where it lands (see bench.disk), so the
+    array's own bytes are found as they are in one of the files Orbax wrote."""
+    w = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+    io.save(tmp_path / "ckpt", {"layer": {"w": w}}, format="orbax")
+    blobs = [p.read_bytes() for p in (tmp_path / "ckpt").rglob("*") if p.is_file()]
+    assert any(w.tobytes() in b for b in blobs)
