@@ -66,17 +66,22 @@ def _refit(A, Y, x, residual, inlier):
     return x, residual
 
 
-@_refit.defjvp
-def _refit_jvp(primals, tangents):
-    A, Y, x, r, inlier = primals
-    dA, dY = tangents[:2]
-    w = inlier.astype(Y.dtype)
+@jax.jit  # one compiled piece when differentiating eagerly, not one per operation
+def _tangents(A, x, r, inlier, dA, dY):
+    """(dx, dr), linear in (dA, dY); G and its eigenvectors depend on the primals only."""
+    w = inlier.astype(dY.dtype)
     G = _ein("...kn,...km,...kp->...mnp", A, w, A)
     dAx = _ein("...kn,...nm->...km", dA, x)
     b = _ein("...kn,...km->...nm", A, w * (dY - dAx)) + _ein("...kn,...km->...nm", dA, jnp.where(inlier, r, 0.0))
     dx = _pinv_apply(G, b)
-    dr = dY - dAx - _ein("...kn,...nm->...km", A, dx)
-    return (x, r), (dx, dr)
+    return dx, dY - dAx - _ein("...kn,...nm->...km", A, dx)
+
+
+@_refit.defjvp
+def _refit_jvp(primals, tangents):
+    A, _, x, r, inlier = primals
+    dA, dY = tangents[:2]
+    return (x, r), _tangents(A, x, r, inlier, dA, dY)
 
 
 def differentiable(A: jax.Array, Y: jax.Array, out: Recovery, vector: bool) -> Recovery:
