@@ -106,3 +106,29 @@ def test_vector_Y_under_jit_and_vmap_matches_a_plain_loop():
         loop = np.stack([np.asarray(jax.grad(lambda Yf: c @ _solve(A, Yf).x[:, j])(Y))[:, j] for j in range(4)])
         np.testing.assert_allclose(g, loop, rtol=1e-9, atol=1e-12)
         check_grads(jax.jit(lambda y: _solve(A, y).x), (Y[:, 0],), 1, modes=("fwd",), eps=EPS, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # purify's device path compiled under jit(grad): ~10 s of CPU
+def test_grad_through_jitted_purify_is_the_projection_on_the_inliers():
+    """d purified / d damaged, column by column, is A·pinv(A_I) on the inlier rows and 0 on the
+    outlier rows (NumPy reference), through purify's device path under jax.jit."""
+    from jaxpurify import contamination
+
+    rng = np.random.default_rng(5)
+    params = {"w": jnp.asarray(rng.standard_normal((16, 12)), jnp.float32)}
+    cb = jp.Codebook.create(params, b"0123456789abcdef")
+    bad = contamination.contaminate(jax.random.key(2), cb.decode(cb.init_latent(params)), cb,
+                                    contamination.gross_errors, rate=0.1)
+    c = {"w": jnp.asarray(rng.standard_normal((16, 12)), jnp.float32)}
+    loss = lambda p: jnp.sum(jp.purify(p, cb, device=True)[0]["w"] * c["w"])
+    g = jax.jit(jax.grad(loss))(bad)
+    (name,) = cb.groups
+    A = np.asarray(cb.matrix(name), np.float64)
+    Y, C, G = (np.asarray(cb.pack(t)[name], np.float64) for t in (bad, c, g))
+    out = jp.recover(cb.matrix(name), cb.pack(bad)[name])
+    assert np.asarray(out.certified).all() and np.asarray(out.outliers).any()
+    ref = np.zeros_like(G)
+    for j in range(Y.shape[1]):
+        inl = ~np.asarray(out.outliers[:, j])
+        ref[inl, j] = (A @ np.linalg.pinv(A[inl])).T @ C[:, j]
+    np.testing.assert_allclose(G, ref, atol=1e-5 * np.abs(ref).max())
