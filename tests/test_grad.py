@@ -132,3 +132,23 @@ def test_grad_through_jitted_purify_is_the_projection_on_the_inliers():
         inl = ~np.asarray(out.outliers[:, j])
         ref[inl, j] = (A @ np.linalg.pinv(A[inl])).T @ C[:, j]
     np.testing.assert_allclose(G, ref, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.slow  # two more solver shapes: ~12 s of CPU
+def test_batched_and_broadcast_shapes_match_a_plain_loop():
+    """One A for a batch of Y (the gradient w.r.t. A sums over the batch), and a batch of A with
+    vector Y: equal to a loop over the batch of the matrix case."""
+    A, _, Y, _ = _instance()
+    f = lambda a, y: jnp.sum(jnp.sin(_solve(a, y).x[..., :3]))
+    with jax.enable_x64(True):
+        Yb = np.stack([Y, 2.0 * Y])
+        gA, gY = jax.grad(f, argnums=(0, 1))(A, Yb)
+        loop = [jax.grad(f, argnums=(0, 1))(A, Yb[b]) for b in range(2)]
+        np.testing.assert_allclose(gA, loop[0][0] + loop[1][0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gY, np.stack([g[1] for g in loop]), rtol=1e-10, atol=1e-12)
+        Ab, yv = np.stack([A, 2.0 * A]), np.stack([Y[:, 0], Y[:, 1]])
+        g = lambda a, y: jnp.sum(jnp.sin(_solve(a, y).x))
+        gA, gy = jax.grad(g, argnums=(0, 1))(Ab, yv)
+        loop = [jax.grad(g, argnums=(0, 1))(Ab[b], yv[b][:, None]) for b in range(2)]
+        np.testing.assert_allclose(gA, np.stack([h[0] for h in loop]), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gy, np.stack([h[1][:, 0] for h in loop]), rtol=1e-10, atol=1e-12)
