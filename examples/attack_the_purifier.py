@@ -61,7 +61,7 @@ def main():
         return jnp.sum((out.x - theta) ** 2), out
 
     @jax.jit
-    def step(delta, kept, eta, budget, A):  # A as an argument: see the note in the README section
+    def step(delta, kept, eta, budget, A):  # A as an argument: recover checks a concrete A with bool()
         """One projected sign-gradient step per column; a column whose δ lost its certificate goes
         back to its last certified δ with half the step."""
         (_, out), g = jax.value_and_grad(damage, has_aux=True)(delta, A)
