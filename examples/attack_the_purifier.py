@@ -85,7 +85,7 @@ def main():
         rel = jnp.linalg.norm(out.x - theta, axis=0) / jnp.linalg.norm(out.x, axis=0)
         ratio = np.asarray(jnp.where(out.certified, rel / out.bound, 0.0))
         off = float(jnp.linalg.norm(A @ (out.x - theta)) / jnp.linalg.norm(W))
-        print(f"{name:<34} |δ|max {float(jnp.abs(delta).max()) / a.atol:.2f}·atol  certified "
+        print(f"{name:<38} |δ|max {float(jnp.abs(delta).max()) / a.atol:.2f}·atol  certified "
               f"{int(out.certified.sum()):>3}/{a.columns}  error/bound median {np.median(ratio):.3f} "
               f"max {ratio.max():.3f}  purified W off by {off:.2e}")
         return out
