@@ -119,21 +119,57 @@ def slots_for(batch: Batch, devices: int) -> int:
 
 
 # -- stack, solve ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Consecutive slots of a batch holding consecutive columns of one group: ``slots`` items from
+    slot ``slot``, columns [start, start + columns); only the last item may be narrower than the
+    batch.  Stacking and assembling by runs keeps the program's size in groups, not items."""
+
+    group: str
+    slot: int
+    slots: int
+    start: int
+    columns: int
+
+
+def runs(batch: Batch) -> tuple[Run, ...]:
+    out: list[Run] = []
+    for s, it in enumerate(batch.items):
+        last = out[-1] if out else None
+        if (last is not None and last.group == it.group and last.start + last.columns == it.start
+                and last.columns == last.slots * batch.width):
+            out[-1] = Run(it.group, last.slot, last.slots + 1, last.start, last.columns + it.stop - it.start)
+        else:
+            out.append(Run(it.group, s, 1, it.start, it.stop - it.start))
+    return tuple(out)
+
+
 def stack(batch: Batch, cols: dict[str, jax.Array], matrices: dict[str, jax.Array], slots: int):
     """(A, Y) of a batch, as the host path's ``stack``: extra rows are erasures (NaN in Y, 0 in A),
-    extra columns repeat the item's own, extra slots repeat the last item."""
+    an item's extra columns repeat its own, extra slots repeat the last item."""
     dt = solve_dtype(batch.dtype)
+    w = batch.width
     As, Ys = [], []
-    for s in range(slots):
-        it = batch.items[min(s, len(batch.items) - 1)]
-        a = matrices[it.group].astype(dt)
-        rows = ((0, batch.K - a.shape[0]), (0, 0))
-        w = it.stop - it.start
-        y = cols[it.group]
-        y = y[:, it.start : it.stop] if w == batch.width else jnp.take(y, it.start + np.arange(batch.width) % w, axis=1)
-        As.append(jnp.pad(a, rows))
-        Ys.append(jnp.pad(y.astype(dt), rows, constant_values=np.nan))
-    return jnp.stack(As), jnp.stack(Ys)
+    for r in runs(batch):
+        y = cols[r.group]
+        full = (r.slots - 1) * w  # columns of the run's full items; the last item has `tail`
+        tail = r.columns - full
+        if tail == w:
+            y = y[:, r.start : r.start + r.columns]
+        else:
+            idx = np.concatenate([r.start + np.arange(full), r.start + full + np.arange(w) % tail])
+            y = jnp.take(y, idx, axis=1)
+        rows = ((0, 0), (0, batch.K - y.shape[0]), (0, 0))
+        y = jnp.moveaxis(y.astype(dt).reshape(y.shape[0], r.slots, w), 1, 0)
+        Ys.append(jnp.pad(y, rows, constant_values=np.nan))
+        a = matrices[r.group].astype(dt)
+        As.append(jnp.broadcast_to(jnp.pad(a, rows[1:]), (r.slots, batch.K, a.shape[1])))
+    A, Y = jnp.concatenate(As), jnp.concatenate(Ys)
+    extra = slots - A.shape[0]
+    if extra:
+        A = jnp.concatenate([A, jnp.broadcast_to(A[-1:], (extra,) + A.shape[1:])])
+        Y = jnp.concatenate([Y, jnp.broadcast_to(Y[-1:], (extra,) + Y.shape[1:])])
+    return A, Y
 
 
 @jax.jit
@@ -162,25 +198,32 @@ def solve(A, Y, options: RecoverOptions, mesh: Mesh):
 # -- assemble -------------------------------------------------------------------------------------
 def assemble(groups: Sequence[Group], plan: Sequence[Batch], outs, cols, keep_input: bool):
     """Per group: its purified (K, m) values and a :class:`DeviceReport`'s fields, from the
-    batches' results (items concatenated in column order; no scatter)."""
+    batches' results (runs concatenated in column order; no scatter)."""
     pieces: dict[str, list] = {g.name: [] for g in groups}
     for batch, out in zip(plan, outs):
-        for s, it in enumerate(batch.items):
-            pieces[it.group].append((it.start, it.stop - it.start, s, out))
+        for r in runs(batch):
+            pieces[r.group].append((r, out))
     fields = {k: {} for k in DeviceReport._fields}
     values = {}
     for g in groups:
-        parts = sorted(pieces[g.name], key=lambda p: p[0])
-        cat = lambda i, rows: jnp.concatenate(
-            [o[i][s, : g.K, :w] if rows else o[i][s, :w] for _, w, s, o in parts], axis=-1)
-        fitted, cert = cat(0, True), cat(2, False)
+        parts = sorted(pieces[g.name], key=lambda p: p[0].start)
+
+        def cat(i):  # field i of the outputs, the group's columns in order: (K, m) or (m,)
+            got = []
+            for r, out in parts:
+                o = out[i][r.slot : r.slot + r.slots]  # (slots, K, width) or (slots, width)
+                o = jnp.moveaxis(o[:, : g.K], 0, 1).reshape(g.K, -1) if o.ndim == 3 else o.reshape(-1)
+                got.append(o[..., : r.columns])
+            return jnp.concatenate(got, axis=-1)
+
+        fitted, cert = cat(0), cat(2)
         take = cert if keep_input else jnp.ones_like(cert)
         values[g.name] = jnp.where(take, fitted, cols[g.name]).astype(g.dtype)
-        fields["outliers"][g.name] = cat(1, True)
+        fields["outliers"][g.name] = cat(1)
         fields["certified"][g.name] = cert
-        fields["result"][g.name] = cat(3, False)
-        fields["inlier_residual"][g.name] = cat(4, False)
-        fields["bound"][g.name] = cat(5, False)
+        fields["result"][g.name] = cat(3)
+        fields["inlier_residual"][g.name] = cat(4)
+        fields["bound"][g.name] = cat(5)
     return values, DeviceReport(**fields)
 
 
@@ -210,7 +253,10 @@ def run(values: dict[str, jax.Array], matrices: dict[str, jax.Array], *, layout:
 def purify_leaves(values: dict[str, Any], codebook, calls: Sequence[Call], options: RecoverOptions,
                   keep_input: bool, mesh: Mesh | None = None) -> tuple[dict[str, jax.Array], DeviceReport]:
     """The device path for ``purify``: the protected leaves (by path) → purified leaves, report."""
-    matrices = {name: codebook.matrix(name, solve_dtype(g.dtype)) for name, g in codebook.groups.items()}
+    # host arrays: every process passes the same ones (a multi-process jit takes them as replicated);
+    # computed eagerly even while purify is being traced
+    with jax.ensure_compile_time_eval():
+        matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in codebook.groups.items()}
     return run(values, matrices, layout=Layout.of(codebook), plan=batches(calls), options=options,
                keep_input=keep_input, mesh=device_mesh() if mesh is None else mesh)
 
