@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpurify._options import RecoverOptions
+
 ROW_SLACK = 0.125  # groups of one n share a row count if it adds at most 12.5% rows: fewer compiles
 WIDTH_STEP = 2  # ratio between item widths on the ladder W, W/2, W/4, …
 MAX_WIDTHS = 3  # at most this many item widths (solver shapes) per row count
@@ -32,6 +34,9 @@ ITEM_COST = 512
 # JAX's persistent cache); in the estimate it weighs as this many entries (K × columns) of work,
 # about half a second of solving on an idle machine.
 WIDTH_COST = 1 << 22
+# float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
+# (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
+LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,13 @@ class Call:
 
 def solve_dtype(dtype: str) -> str:
     return np.dtype(jnp.promote_types(dtype, jnp.float32)).name
+
+
+def options_for(dtype: str, options: RecoverOptions) -> RecoverOptions:
+    """The solver options for leaves of ``dtype``: float16 / bfloat16 judged at their precision."""
+    if options.rtol is not None or np.dtype(dtype).itemsize >= 4:
+        return options
+    return options.replace(rtol=LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps))
 
 
 def _row_buckets(Ks: Iterable[int]) -> dict[int, int]:

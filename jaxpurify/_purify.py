@@ -27,19 +27,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _seal
+from jaxpurify import _seal, _shard
 from jaxpurify._options import RecoverOptions, resolve
-from jaxpurify._plan import Call, plan, solve_dtype
+from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_reports
+from jaxpurify._shard import DeviceReport, summarize
+from jaxpurify._solution import throw_if_uncertified
 from jaxpurify._solver import recover
 from jaxpurify._threads import single_threaded_blas
-from jaxpurify._tree import leaves_with_paths
+from jaxpurify._tree import leaves_with_paths, map_with_path
 
 PyTree = Any
 ON_UNCERTIFIED = ("input", "estimate", "raise")
-# float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
-# (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
-LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
 
 
 class UncertifiedError(RuntimeError):
@@ -86,26 +85,11 @@ def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarra
     return A, Y
 
 
-@jax.jit
-def _summarize(A, Y, x, outliers):
-    """A x̂ and, per column, the largest |y − A x̂| on the inliers (erasures are outliers)."""
-    fitted = jnp.matmul(A, x, precision=jax.lax.Precision.HIGHEST)
-    inlier = jnp.max(jnp.where(outliers | ~jnp.isfinite(Y), 0.0, jnp.abs(Y - fitted)), axis=-2)
-    return fitted, inlier
-
-
-def options_for(dtype: str, options: RecoverOptions) -> RecoverOptions:
-    """The solver options for leaves of ``dtype``: float16 / bfloat16 judged at their precision."""
-    if options.rtol is not None or np.dtype(dtype).itemsize >= 4:
-        return options
-    return options.replace(rtol=LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps))
-
-
 def dispatch(call: Call, cols, matrices, options: RecoverOptions):
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
     out = recover(A, Y, options_for(call.dtype, options))
-    fitted, inlier = _summarize(A, Y, out.x, out.outliers)
+    fitted, inlier = summarize(A, Y, out.x, out.outliers)
     return fitted, out.certified, inlier, out.bound, out.outliers
 
 
@@ -221,8 +205,9 @@ def purify(
     on_uncertified: str = "input",
     max_entries: int = 1 << 21,
     options: RecoverOptions | None = None,
+    device: bool | None = None,
     **overrides: Any,
-) -> tuple[PyTree, Report]:
+) -> tuple[PyTree, Report | DeviceReport]:
     """Purify a contaminated parameter tree.
 
     Returns ``(purified, report)``.  ``purified`` has the structure, shapes and dtypes of
@@ -233,9 +218,9 @@ def purify(
     * ``"input"`` (default): it keeps the values that came in.  Nothing uncertified is laundered
       into range(A), so purifying the result again cannot certify it.
     * ``"estimate"``: it gets the l1 estimate A x̂ (lies in range(A); an :class:`UncertifiedWarning`
-      is issued).
+      is issued, except under ``jit``).
     * ``"raise"``: :class:`UncertifiedError` (a ``RuntimeError``) carrying the report; nothing is
-      returned.
+      returned.  Under ``jit`` a host callback raises when the result is ready (JAX wraps it).
 
     ``report.ok`` is True only if every protected column is certified and no floating parameter
     is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
@@ -243,10 +228,20 @@ def purify(
     and keyword ``overrides`` of its fields (e.g. ``atol=1e-3``) go to :func:`recover`; unless
     ``rtol`` is set, float16 / bfloat16 leaves are judged at their own precision.
 
+    **Device path** (``jaxpurify._shard``): under ``jax.jit`` (close over the codebook:
+    ``jax.jit(lambda p: purify(p, codebook))``), with arrays spread over several processes, on an
+    accelerator or with more than one device, the columns are packed and solved as JAX
+    operations, each solver batch split over all devices (``Mesh`` / ``NamedSharding``), with
+    results bit-identical to one device and to the host path; the purified leaves come back laid
+    out over the devices.  Under ``jit`` and for multi-process arrays the report is a
+    :class:`DeviceReport` of arrays; otherwise the same :class:`Report`.  ``device=True`` /
+    ``False`` forces a path (``False`` is refused for traced or multi-process leaves).
+
     If the codebook has a keyed seal (``codebook.seal(deployed)``), the purified tree is checked
     against it with a per-entry tolerance derived from the certificates' error bounds, and
     ``report.ok`` also requires every sealed leaf to verify: this catches what l1 cannot see
-    (changes inside range(A)); see SECURITY.md.
+    (changes inside range(A)); see SECURITY.md.  (Not under ``jit`` or across processes: the
+    seal is checked on the host.)
 
     Raises ``ValueError`` / ``TypeError`` naming the leaf or argument if ``params`` does not match
     the codebook or an argument is invalid; the checks run before any work, and ``params`` is
@@ -256,19 +251,38 @@ def purify(
     options = resolve(options, overrides)  # TypeError / ValueError naming a bad option, before any work
     protected = _check(params, codebook, on_uncertified, max_entries)
     groups = codebook.groups
-    cols = codebook.pack(params)
     calls = plan(groups.values(), max_entries)
-    matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
-    results = empty_results(groups, cols)
     keep_input = on_uncertified != "estimate"
-    with single_threaded_blas():  # see jaxpurify._threads
-        solve_all(calls, cols, matrices, options, lambda call, res: assemble(call, res, results, keep_input))
-    del cols
+    on_host = all(_on_host(v) for v in protected.values())
+    if device is None:
+        device = _shard.wanted(list(protected.values()))
+    elif device not in (True, False):
+        raise TypeError(f"device must be None, True or False, got {device!r}")
+    elif not device and not on_host:
+        raise ValueError("device=False: params hold traced or multi-process arrays, which only the device path can read")
 
-    values = codebook.unpack({name: r.values for name, r in results.items()})
-    purified = codebook.replace(params, values)
+    if device:
+        leaves, dev = _shard.purify_leaves(protected, codebook, calls, options, keep_input)
+        purified = map_with_path(lambda p, leaf: _like(leaf, leaves[p]) if p in leaves else leaf, params)
+        if not on_host:  # traced, or spread over processes: the report stays in arrays
+            if on_uncertified == "raise":
+                throw_if_uncertified(dev.codes())
+            return purified, dev
+        results = _host_results(groups, dev, codebook.pack(purified))
+        matrices = None
+    else:
+        cols = codebook.pack(params)
+        matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
+        results = empty_results(groups, cols)
+        with single_threaded_blas():  # see jaxpurify._threads
+            solve_all(calls, cols, matrices, options, lambda call, res: assemble(call, res, results, keep_input))
+        del cols
+        values = codebook.unpack({name: r.values for name, r in results.items()})
+        purified = codebook.replace(params, values)
     seal = ()
     if getattr(codebook, "seal_record", None) is not None:
+        if matrices is None:
+            matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
         err = entry_bounds(codebook, matrices, results)
         seal = tuple(codebook.verify(purified, err).values())
     report = Report(
@@ -288,3 +302,23 @@ def purify(
         if on_uncertified == "estimate":
             warnings.warn(report.status(), UncertifiedWarning, stacklevel=2)
     return purified, report
+
+
+def _on_host(leaf) -> bool:
+    """Can the host read this leaf (not traced, not spread over other processes)?"""
+    if isinstance(leaf, jax.core.Tracer):
+        return False
+    return not isinstance(leaf, jax.Array) or leaf.is_fully_addressable
+
+
+def _like(old, new: jax.Array):
+    """A purified leaf: a host array where a host array came in, else the device array."""
+    return np.asarray(new) if isinstance(old, np.ndarray) else new
+
+
+def _host_results(groups: dict, dev: DeviceReport, values: dict[str, np.ndarray]) -> dict[str, GroupResult]:
+    """The device path's results as the host path's :class:`GroupResult` (for the same Report)."""
+    host = lambda a, dt=None: np.asarray(a) if dt is None else np.asarray(a).astype(dt)
+    return {name: GroupResult(np.array(values[name], copy=True), host(dev.outliers[name]), host(dev.certified[name]),
+                              host(dev.inlier_residual[name], np.float64), host(dev.bound[name], np.float64))
+            for name in groups}

@@ -39,6 +39,7 @@ from jax.typing import ArrayLike
 
 from jaxpurify._admm import _mm, admm
 from jaxpurify._certify import Fit, certify
+from jaxpurify._grad import differentiable
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._polish import far_above_median, largest, polish, tolerance
 from jaxpurify._units import column_exponent, scale
@@ -330,7 +331,9 @@ def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *
     # the tolerances travel as traced scalars, so only the static fields key the compilation
     static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
     if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
-        out = _recover_jit(A, Y, tols, static, vector)
+        # the solve is not differentiated; x and residual get the implicit derivative (_grad)
+        out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), tols, static, vector)
+        out = differentiable(A, Y, out, vector)
     else:  # eager: run to completion with the BLAS held to one thread (see _threads)
         with single_threaded_blas():
             out = jax.block_until_ready(_recover_jit(A, Y, tols, static, vector))

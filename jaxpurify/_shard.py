@@ -1,0 +1,272 @@
+"""purify's device path: pack, solve and assemble as JAX operations, the column batch sharded.
+
+The host path (``jaxpurify._purify``) moves each solver call's columns through NumPy.  This path
+lays out the same plan (:func:`jaxpurify._plan.plan`) with ``jax.numpy`` only, so ``purify``
+traces under ``jax.jit`` and takes device arrays and multi-process (global) arrays as they are:
+
+1. **pack**: each group's (K, m) code from the leaves (``_layout.pack`` with ``xp=jnp``).
+2. **stack**: the items of all calls of one solver shape (dtype, K, n, width) form one batch of
+   slots (A: (S, K, n), Y: (S, K, width)), padded to a multiple of the device count by repeating
+   the last slot, as the host path pads a call.
+3. **solve**: ``recover`` under ``jax.shard_map`` on a one-axis :class:`~jax.sharding.Mesh` of all
+   devices, the slot axis split.  Each device solves whole slots, and ``recover`` cuts a slot's
+   columns into the same chunks whatever the batch, so every column is solved beside the same
+   columns as on one device: results are bit-identical for any device count (recover's answer
+   for a column may change in the last ulp with the other columns of its chunk).
+4. **assemble**: per group, its items' columns in order — A x̂ where certified, otherwise what
+   ``on_uncertified`` says — unpacked into leaves, each laid out over the mesh
+   (:func:`spread`).
+
+Everything is in one ``jax.jit`` whose static arguments are the layout, the batches and the
+options, so a warm call with the same layout does not compile again; the codebook's matrices
+are array arguments (the secret never becomes a compiled constant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxpurify import _layout
+from jaxpurify._layout import Group, LeafLayout
+from jaxpurify._options import RecoverOptions
+from jaxpurify._plan import Call, Item, options_for, solve_dtype
+from jaxpurify._solver import recover
+
+AXIS = "slots"  # the mesh's one axis: solver slots (whole items of columns) are split over it
+
+
+def device_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh over ``devices`` (default: every device of every process)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
+
+
+class DeviceReport(NamedTuple):
+    """purify's report as arrays: what the device path returns under ``jax.jit`` (and for inputs
+    spread over several processes, which no single host can read).  A pytree; per group name:
+
+    * ``certified`` (m,) bool, ``result`` (m,) int8 ``RESULTS`` code: why a column is not
+      certified;
+    * ``inlier_residual`` (m,): largest |y − A x̂| on the inliers; ``bound`` (m,): recover's
+      relative error bound on x̂ (inf where not certified);
+    * ``outliers`` (K, m) bool: entries judged corrupted (``codebook.unpack`` gives per-leaf masks).
+    """
+
+    certified: dict[str, jax.Array]
+    result: dict[str, jax.Array]
+    inlier_residual: dict[str, jax.Array]
+    bound: dict[str, jax.Array]
+    outliers: dict[str, jax.Array]
+
+    @property
+    def columns(self) -> int:
+        return sum(int(c.shape[0]) for c in self.certified.values())
+
+    @property
+    def all_certified(self) -> jax.Array:
+        """A bool scalar (traced under jit): every protected column certified."""
+        return jnp.all(jnp.stack([jnp.all(c) for c in self.certified.values()])) if self.certified else jnp.bool_(True)
+
+    def codes(self) -> jax.Array:
+        """All result codes, group after group."""
+        return jnp.concatenate([r for r in self.result.values()]) if self.result else jnp.zeros(0, jnp.int8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The codebook's layout as a hashable value (a static argument of the jitted path)."""
+
+    groups: tuple[Group, ...]
+    leaves: tuple[LeafLayout, ...]
+
+    @classmethod
+    def of(cls, codebook) -> "Layout":
+        return cls(tuple(codebook.groups.values()), tuple(codebook._leaves.values()))
+
+    @property
+    def by_path(self) -> dict[str, LeafLayout]:
+        return {lay.path: lay for lay in self.leaves}
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Every item of the plan with one solver shape, in plan order: one ``recover`` call."""
+
+    dtype: str
+    K: int
+    n: int
+    width: int
+    items: tuple[Item, ...]
+
+
+def batches(calls: Sequence[Call]) -> tuple[Batch, ...]:
+    """Merge the plan's calls of one shape: one solver copy per shape in the compiled program."""
+    merged: dict[tuple, list[Item]] = {}
+    for c in calls:
+        merged.setdefault((c.dtype, c.K, c.n, c.width), []).extend(c.items)
+    return tuple(Batch(*key, tuple(items)) for key, items in merged.items())
+
+
+def slots_for(batch: Batch, devices: int) -> int:
+    """Slots of a batch: its items, rounded up to a multiple of the device count."""
+    return -(-len(batch.items) // devices) * devices
+
+
+# -- stack, solve ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Consecutive slots of a batch holding consecutive columns of one group: ``slots`` items from
+    slot ``slot``, columns [start, start + columns); only the last item may be narrower than the
+    batch.  Stacking and assembling by runs keeps the program's size in groups, not items."""
+
+    group: str
+    slot: int
+    slots: int
+    start: int
+    columns: int
+
+
+def runs(batch: Batch) -> tuple[Run, ...]:
+    out: list[Run] = []
+    for s, it in enumerate(batch.items):
+        last = out[-1] if out else None
+        if (last is not None and last.group == it.group and last.start + last.columns == it.start
+                and last.columns == last.slots * batch.width):
+            out[-1] = Run(it.group, last.slot, last.slots + 1, last.start, last.columns + it.stop - it.start)
+        else:
+            out.append(Run(it.group, s, 1, it.start, it.stop - it.start))
+    return tuple(out)
+
+
+def stack(batch: Batch, cols: dict[str, jax.Array], matrices: dict[str, jax.Array], slots: int):
+    """(A, Y) of a batch, as the host path's ``stack``: extra rows are erasures (NaN in Y, 0 in A),
+    an item's extra columns repeat its own, extra slots repeat the last item."""
+    dt = solve_dtype(batch.dtype)
+    w = batch.width
+    As, Ys = [], []
+    for r in runs(batch):
+        y = cols[r.group]
+        full = (r.slots - 1) * w  # columns of the run's full items; the last item has `tail`
+        tail = r.columns - full
+        if tail == w:
+            y = y[:, r.start : r.start + r.columns]
+        else:
+            idx = np.concatenate([r.start + np.arange(full), r.start + full + np.arange(w) % tail])
+            y = jnp.take(y, idx, axis=1)
+        rows = ((0, 0), (0, batch.K - y.shape[0]), (0, 0))
+        y = jnp.moveaxis(y.astype(dt).reshape(y.shape[0], r.slots, w), 1, 0)
+        Ys.append(jnp.pad(y, rows, constant_values=np.nan))
+        a = matrices[r.group].astype(dt)
+        As.append(jnp.broadcast_to(jnp.pad(a, rows[1:]), (r.slots, batch.K, a.shape[1])))
+    A, Y = jnp.concatenate(As), jnp.concatenate(Ys)
+    extra = slots - A.shape[0]
+    if extra:
+        A = jnp.concatenate([A, jnp.broadcast_to(A[-1:], (extra,) + A.shape[1:])])
+        Y = jnp.concatenate([Y, jnp.broadcast_to(Y[-1:], (extra,) + Y.shape[1:])])
+    return A, Y
+
+
+@jax.jit
+def summarize(A, Y, x, outliers):
+    """A x̂ and, per column, the largest |y − A x̂| on the inliers (erasures are outliers)."""
+    fitted = jnp.matmul(A, x, precision=jax.lax.Precision.HIGHEST)
+    inlier = jnp.max(jnp.where(outliers | ~jnp.isfinite(Y), 0.0, jnp.abs(Y - fitted)), axis=-2)
+    return fitted, inlier
+
+
+def _solve_local(A, Y, options: RecoverOptions):
+    out = recover(A, Y, options)
+    fitted, inlier = summarize(A, Y, out.x, out.outliers)
+    return fitted, out.outliers, out.certified, out.result, inlier, out.bound
+
+
+def solve(A, Y, options: RecoverOptions, mesh: Mesh):
+    """``recover`` and its summary on a batch, each device solving whole slots of it."""
+    spec = P(AXIS)
+    # check_vma off: recover's loops start from unsharded constants, which is right per shard
+    f = jax.shard_map(functools.partial(_solve_local, options=options), mesh=mesh,
+                      in_specs=(spec, spec), out_specs=spec, check_vma=False)
+    return f(A, Y)
+
+
+# -- assemble -------------------------------------------------------------------------------------
+def assemble(groups: Sequence[Group], plan: Sequence[Batch], outs, cols, keep_input: bool):
+    """Per group: its purified (K, m) values and a :class:`DeviceReport`'s fields, from the
+    batches' results (runs concatenated in column order; no scatter)."""
+    pieces: dict[str, list] = {g.name: [] for g in groups}
+    for batch, out in zip(plan, outs):
+        for r in runs(batch):
+            pieces[r.group].append((r, out))
+    fields = {k: {} for k in DeviceReport._fields}
+    values = {}
+    for g in groups:
+        parts = sorted(pieces[g.name], key=lambda p: p[0].start)
+
+        def cat(i):  # field i of the outputs, the group's columns in order: (K, m) or (m,)
+            got = []
+            for r, out in parts:
+                o = out[i][r.slot : r.slot + r.slots]  # (slots, K, width) or (slots, width)
+                o = jnp.moveaxis(o[:, : g.K], 0, 1).reshape(g.K, -1) if o.ndim == 3 else o.reshape(-1)
+                got.append(o[..., : r.columns])
+            return jnp.concatenate(got, axis=-1)
+
+        fitted, cert = cat(0), cat(2)
+        take = cert if keep_input else jnp.ones_like(cert)
+        values[g.name] = jnp.where(take, fitted, cols[g.name]).astype(g.dtype)
+        fields["outliers"][g.name] = cat(1)
+        fields["certified"][g.name] = cert
+        fields["result"][g.name] = cat(3)
+        fields["inlier_residual"][g.name] = cat(4)
+        fields["bound"][g.name] = cat(5)
+    return values, DeviceReport(**fields)
+
+
+def spread(x: jax.Array, mesh: Mesh) -> jax.Array:
+    """Lay a purified leaf over the mesh: split along its first axis the device count divides,
+    replicated if none does."""
+    axis = next((i for i, d in enumerate(x.shape) if d % mesh.size == 0), None)
+    spec = P() if axis is None else P(*([None] * axis + [AXIS]))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+@functools.partial(jax.jit, static_argnames=("layout", "plan", "options", "keep_input", "mesh"))
+def run(values: dict[str, jax.Array], matrices: dict[str, jax.Array], *, layout: Layout, plan: tuple[Batch, ...],
+        options: RecoverOptions, keep_input: bool, mesh: Mesh) -> tuple[dict[str, jax.Array], DeviceReport]:
+    """The device path on the protected leaves (by path): purified leaves (by path) and the report."""
+    leaves = layout.by_path
+    cols = _layout.pack(layout.groups, leaves, values, xp=jnp)
+    outs = []
+    for batch in plan:
+        A, Y = stack(batch, cols, matrices, slots_for(batch, mesh.size))
+        outs.append(solve(A, Y, options_for(batch.dtype, options), mesh))
+    group_values, report = assemble(layout.groups, plan, outs, cols, keep_input)
+    purified = _layout.unpack(layout.groups, leaves, group_values, xp=jnp)
+    return {p: spread(v.astype(leaves[p].dtype), mesh) for p, v in purified.items()}, report
+
+
+def purify_leaves(values: dict[str, Any], codebook, calls: Sequence[Call], options: RecoverOptions,
+                  keep_input: bool, mesh: Mesh | None = None) -> tuple[dict[str, jax.Array], DeviceReport]:
+    """The device path for ``purify``: the protected leaves (by path) → purified leaves, report."""
+    # host arrays: every process passes the same ones (a multi-process jit takes them as replicated);
+    # computed eagerly even while purify is being traced
+    with jax.ensure_compile_time_eval():
+        matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in codebook.groups.items()}
+    return run(values, matrices, layout=Layout.of(codebook), plan=batches(calls), options=options,
+               keep_input=keep_input, mesh=device_mesh() if mesh is None else mesh)
+
+
+def wanted(leaves: Sequence[Any]) -> bool:
+    """Take the device path?  Yes for traced leaves and arrays spread over processes (the host
+    cannot read them), on an accelerator, and with more than one device; on a single CPU device
+    the host path (measured no slower there: README, "jit")."""
+    if any(isinstance(v, jax.core.Tracer) for v in leaves):
+        return True
+    if any(isinstance(v, jax.Array) and not v.is_fully_addressable for v in leaves):
+        return True
+    return jax.default_backend() != "cpu" or jax.device_count() > 1
