@@ -320,7 +320,8 @@ def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *
         jnp.broadcast_shapes(A.shape[:-2], Y.shape[: -1 if vector else -2])
     except ValueError as e:
         raise ValueError(f"batch shapes of A {A.shape} and Y {Y.shape} do not broadcast") from e
-    if not isinstance(A, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(A))):
+    # NumPy on a concrete A: under jit a closed-over array is concrete, but jnp ops on it are staged
+    if not isinstance(A, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(A))):
         raise ValueError("A has non-finite entries (NaN or ±Inf); the code matrix must be finite")
     dtype = jnp.promote_types(jnp.result_type(A, Y), jnp.float32)
     A, Y = A.astype(dtype), Y.astype(dtype)

@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference import instance, lad_highs, rel_err
@@ -228,3 +229,13 @@ def test_bad_dtype_and_options():
         jp.recover(np.ones((8, 2)), np.ones(8, dtype=complex))
     with pytest.raises(ValueError, match="relax"):
         jp.recover(np.ones((8, 2)), np.ones(8), relax=2.5)
+
+
+def test_recover_under_jit_with_a_closed_over_matrix():
+    """A concrete A captured by a jitted function (the common way to write it) is checked with
+    NumPy, not staged: this raised TracerBoolConversionError."""
+    rng = np.random.default_rng(3)
+    A = jnp.asarray(rng.standard_normal((32, 8)), jnp.float32)
+    y = A @ jnp.asarray(rng.standard_normal(8), jnp.float32)
+    x = jax.jit(lambda v: jp.recover(A, v).x)(y)
+    np.testing.assert_allclose(np.asarray(x), np.linalg.lstsq(np.asarray(A), np.asarray(y), rcond=None)[0], rtol=1e-4, atol=1e-5)
