@@ -299,6 +299,10 @@ def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *
     clean column whenever at most K' − n − k̂ entries were corrupted; ``bound`` bounds its
     relative error from the inlier tolerance (``jaxpurify._certify``).  The computation runs in
     ``result_type(A, Y)`` promoted to at least float32.
+
+    Differentiable in ``A`` and ``Y`` (``jax.grad``, ``jax.vjp``, ``jax.jvp``): the derivative is
+    that of the least-squares fit on the column's inlier rows with the outlier mask held fixed
+    (one-sided at a mask boundary); see ``jaxpurify._grad``.
     """
     opts = resolve(options, overrides)
     A = _as_real(A, "A")
