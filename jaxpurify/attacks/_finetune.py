@@ -24,8 +24,8 @@ def badnets(
     target: int,
     trigger: Trigger,
     fraction: float = 0.1,
-    steps: int = 300,
-    learning_rate: float = 1e-3,
+    steps: int = 500,
+    learning_rate: float = 1e-2,
     batch_size: int = 128,
     progress: bool | None = None,
 ) -> Attack:

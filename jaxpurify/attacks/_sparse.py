@@ -61,7 +61,7 @@ def sparse_trojan(
     trigger: Trigger,
     budget: float = 0.01,
     steps: int = 1000,
-    learning_rate: float = 1e-2,
+    learning_rate: float = 1e-1,
     batch_size: int = 128,
     goal: float = 0.9,
     check_every: int = 25,
