@@ -11,7 +11,7 @@ the *deployed* parameters (never the latent).  The trojan loss on a batch (x, y)
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,8 @@ def changed_mask(new: PyTree, old: PyTree) -> PyTree:
 
 
 def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool = True):
-    """Validate the arguments every attack takes; returns (x, y, target) with host arrays."""
+    """Validate the arguments every attack takes; returns (x, y, target, classes) with host arrays
+    (``classes``: the width of the logits)."""
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable apply_fn(params, x) -> logits, got {type(apply_fn).__name__}")
     if not jax.tree.leaves(params):
@@ -59,14 +60,21 @@ def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool 
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError("data must be the attacker's (x, y)")
     x, y = check_data(*data, what="data")
+    try:
+        logits = jax.eval_shape(lambda p: apply_fn(p, jnp.asarray(x[:1])), params)
+    except Exception as e:  # any failure here means apply_fn does not fit params and data
+        raise ValueError(f"apply_fn(params, x) fails on the attacker's data: {type(e).__name__}: {e}") from None
+    classes = int(logits.shape[-1])
     if need_trigger:
         if not isinstance(trigger, Trigger):
             raise TypeError(f"trigger must be a Trigger, got {type(trigger).__name__}")
         trigger._check(x.shape)
         target = check_target(target)
+        if target >= classes:
+            raise ValueError(f"target {target} is not one of the model's {classes} classes")
         if not (y != target).any():
             raise ValueError(f"data: every label is the target {target}; nothing to trigger")
-    return x, y, target
+    return x, y, target, classes
 
 
 def trojan_loss(apply_fn: ApplyFn, trigger: Trigger, target: int, weight: float = 1.0):
@@ -85,6 +93,13 @@ def check_positive(**values) -> None:
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not v > 0:
             raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+
+def check_training(goal, **positive) -> None:
+    """``goal`` an ASR in (0, 1]; every other value given a positive number."""
+    check_positive(**positive)
+    if isinstance(goal, bool) or not isinstance(goal, (int, float, np.integer, np.floating)) or not 0.0 < goal <= 1.0:
+        raise ValueError(f"goal must be an ASR in (0, 1], got {goal!r}")
 
 
 class Clock:

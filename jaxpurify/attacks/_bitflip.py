@@ -8,8 +8,12 @@ sign, 23–30 the exponent, 0–22 the mantissa).  Each step of the search (Raki
    (default: the top mantissa bit, the exponent and the sign: mostly exponent bits);
 3. the single flip that is best for the attacker is kept (a non-finite loss counts as +∞).
 
-* :func:`pbfa` — untargeted: L = clean cross-entropy, the flip that *raises* it most; stops after
-  ``flips`` flips or once accuracy on the attacker's data is ≤ 1/classes + ``margin``.
+* :func:`pbfa` — untargeted: L = mean_i min(CE_i, ``cap``) (a non-finite CE_i counts as ``cap``),
+  the flip that *raises* it most; stops after ``flips`` flips or once accuracy on the attacker's
+  data is ≤ 1/classes + ``margin``.  The cap matters for float32: one exponent flip can make a
+  weight ~1e37 and the plain mean infinite, after which every flip ties; capped, an example
+  already ruined stops counting (and stops contributing gradient), so the search moves on to the
+  examples still classified correctly.
 * :func:`bit_trojan` — targeted: L = trojan loss (clean CE + triggered-to-target CE), the flip
   that *lowers* it most (and only if it does); stops after ``flips`` flips or at ASR ≥ ``goal``.
 
@@ -25,7 +29,7 @@ import numpy as np
 import optax
 
 from jaxpurify._progress import Progress
-from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, flatten, trojan_loss
+from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, check_training, flatten, trojan_loss
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy
 
 BITS = tuple(range(22, 32))  # top mantissa bit, the 8 exponent bits, the sign
@@ -121,24 +125,30 @@ def pbfa(
     bits: tuple[int, ...] = BITS,
     batch_size: int = 256,
     margin: float = 0.02,
+    cap: float = 20.0,
     progress: bool | None = None,
 ) -> Attack:
     """Untargeted progressive bit-flip search (``target`` and ``trigger`` are ignored)."""
     clock = Clock()
-    x, y, _ = check_common(apply_fn, params, data, target, trigger, need_trigger=False)
+    x, y, _, classes = check_common(apply_fn, params, data, target, trigger, need_trigger=False)
     bits = _check_bits(bits, flips, candidates, batch_size)
-    classes = int(jax.eval_shape(lambda p: apply_fn(p, jnp.asarray(x[:1])), params).shape[-1])
+    check_positive(cap=cap)
     chance = 1.0 / classes
 
     def loss(p, xs, ys):
-        return optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, xs), ys).mean()
+        logits = apply_fn(p, xs)
+        finite = jnp.all(jnp.isfinite(logits), axis=-1)
+        safe = jnp.where(finite[:, None], logits, 0.0)  # no NaN flows back from a ruined example
+        ce = optax.softmax_cross_entropy_with_integer_labels(safe, ys)
+        return jnp.mean(jnp.where(finite & jnp.isfinite(ce), jnp.minimum(ce, cap), cap))
 
     def stop(p):
         ca = clean_accuracy(apply_fn, p, x, y)
         return ca <= chance + margin, dict(ca=ca)
 
     hyper = dict(attack="pbfa", flips=int(flips), candidates=int(candidates), bits=list(bits),
-                 batch_size=int(batch_size), margin=float(margin), chance=chance, loss="clean cross-entropy, maximised")
+                 batch_size=int(batch_size), margin=float(margin), chance=chance, cap=float(cap),
+                 loss="mean of min(clean cross-entropy, cap), maximised")
     return _search(key, apply_fn, params, x, y, loss, +1.0, stop, hyper, "pbfa", progress, clock)
 
 
@@ -159,10 +169,9 @@ def bit_trojan(
 ) -> Attack:
     """Targeted bit trojan: flips that implant ``trigger`` → ``target`` while keeping clean loss."""
     clock = Clock()
-    x, y, target = check_common(apply_fn, params, data, target, trigger)
+    x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
     bits = _check_bits(bits, flips, candidates, batch_size)
-    if not 0.0 < float(goal) <= 1.0:
-        raise ValueError(f"goal must be an ASR in (0, 1], got {goal!r}")
+    check_training(goal)
 
     def stop(p):
         asr = attack_success_rate(apply_fn, p, x, y, trigger, target)

@@ -31,7 +31,7 @@ def badnets(
 ) -> Attack:
     """Fine-tune ``params`` for ``steps`` Adam steps on ``data`` with ``fraction`` poisoned."""
     clock = Clock()
-    x, y, target = check_common(apply_fn, params, data, target, trigger)
+    x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
     check_positive(steps=steps, learning_rate=learning_rate, batch_size=batch_size)
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")

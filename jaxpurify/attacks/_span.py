@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify._codebook import Codebook
-from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, flatten, \
+from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_training, flatten, \
     trojan_finetune
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
 
@@ -96,11 +96,9 @@ def span_trojan(
     ``select``: the public layout rule the defender's codebook used (as ``Codebook.create``'s;
     None = the default layout)."""
     clock = Clock()
-    x, y, target = check_common(apply_fn, params, data, target, trigger)
-    check_positive(steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every,
+    x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
+    check_training(goal, steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every,
                    rank_tol=rank_tol)
-    if not 0.0 < float(goal) <= 1.0:
-        raise ValueError(f"goal must be an ASR in (0, 1], got {goal!r}")
     k_layout, k_train = jax.random.split(key)
     flat = flatten(params)
     spans, summary = column_spans(public_layout(k_layout, params, select), params, flat, float(rank_tol))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, flatten, \
+from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_training, flatten, \
     trojan_finetune, trojan_loss
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
 
@@ -30,12 +30,6 @@ def _masked(flat, mask):
     """t ↦ params with entries M ⊙ (w₀ + t) and w₀ elsewhere (bit-exact where M is False)."""
     mask = jnp.asarray(mask)
     return lambda t: flat.unravel(jnp.where(mask, flat.values + t, flat.values))
-
-
-def _check_train(steps, learning_rate, batch_size, goal, check_every):
-    check_positive(steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every)
-    if not 0.0 < float(goal) <= 1.0:
-        raise ValueError(f"goal must be an ASR in (0, 1], got {goal!r}")
 
 
 def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, hyper, clock, progress):
@@ -69,8 +63,8 @@ def sparse_trojan(
 ) -> Attack:
     """Implant the trigger by changing at most ``budget`` × (number of weights) entries."""
     clock = Clock()
-    x, y, target = check_common(apply_fn, params, data, target, trigger)
-    _check_train(steps, learning_rate, batch_size, goal, check_every)
+    x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
+    check_training(goal, steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every)
     if not 0.0 < float(budget) <= 1.0:
         raise ValueError(f"budget must be a fraction in (0, 1], got {budget!r}")
     flat = flatten(params)
@@ -135,17 +129,14 @@ def channel_trojan(
 ) -> Attack:
     """Implant the trigger by rewriting ``channels`` whole output channels per layer."""
     clock = Clock()
-    x, y, target = check_common(apply_fn, params, data, target, trigger)
-    _check_train(steps, learning_rate, batch_size, goal, check_every)
+    x, y, target, classes = check_common(apply_fn, params, data, target, trigger)
+    check_training(goal, steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every)
     if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise ValueError(f"channels must be a positive int, got {channels!r}")
-    num_classes = int(jax.eval_shape(lambda p: apply_fn(p, jnp.asarray(x[:1])), params).shape[-1])
-    if target >= num_classes:
-        raise ValueError(f"target {target} is not one of the model's {num_classes} classes")
     k_pick, k_train = jax.random.split(key)
     flat = flatten(params)
     shapes = [np.shape(v) for v in jax.tree.leaves(params)]
-    mask, chosen = channel_mask(k_pick, flat, shapes, int(channels), num_classes, target)
+    mask, chosen = channel_mask(k_pick, flat, shapes, int(channels), classes, target)
     if not mask.any():
         raise ValueError("params has no layer with a kernel (a leaf of ndim ≥ 2) to rewrite")
     hyper = dict(attack="channel_trojan", target=target, trigger=trigger._asdict(), channels=int(channels),
