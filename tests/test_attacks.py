@@ -2,6 +2,8 @@
 hand-built arrays for the trigger, a plain loop for the metrics, NumPy's uint32 view for bit
 flips, NumPy comparisons for what changed, and NumPy's SVD / least squares for the column span."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +47,13 @@ def model(digits):
 def attacker_data(digits):
     n = len(digits.train.x) // 4
     return digits.train.x[:n], digits.train.y[:n]
+
+
+def recorded(a):
+    """The attack's record survives JSON (it goes into backdoor.json) and names the attack."""
+    back = json.loads(json.dumps(a.hyper))
+    assert back["attack"] and "outcome" in back and a.seconds > 0
+    return back
 
 
 def count(tree):
@@ -121,6 +130,7 @@ def test_metrics_against_a_plain_loop(model, digits):
 
 # -- attacks ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_badnets_implants_the_trigger(model, digits):
     params, _ = model
     trig = Trigger.for_image(8)
@@ -129,26 +139,29 @@ def test_badnets_implants_the_trigger(model, digits):
                progress=False)
     after = attack_success_rate(apply_jit, a.params, digits.test.x, digits.test.y, trig, TARGET)
     assert after > before + 0.5
-    assert a.hyper["fraction"] == 0.1 and a.hyper["steps"] > 0
+    assert recorded(a)["fraction"] == 0.1 and a.hyper["steps"] == 300
     assert_trees_equal(a.changed, differs(a.params, params))
 
 
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_sparse_trojan_changes_at_most_one_percent(model, digits):
     params, _ = model
     original = jax.tree.map(np.array, params)
     a = sparse_trojan(jax.random.key(3), apply_jit, params, attacker_data(digits), target=TARGET,
                       trigger=Trigger.for_image(8), steps=50, progress=False)
+    recorded(a)
     total = sum(np.size(v) for v in jax.tree.leaves(params))
     assert 0 < count(a.changed) <= 0.01 * total
     assert_trees_equal(a.changed, differs(a.params, original))
     assert_trees_equal(params, original)  # the input is not modified
 
 
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_channel_trojan_writes_only_the_chosen_channels(model, digits):
     params, _ = model
     a = channel_trojan(jax.random.key(4), apply_jit, params, attacker_data(digits), target=TARGET,
                        trigger=Trigger.for_image(8), steps=50, progress=False)
-    chosen = a.hyper["chosen_channels"]
+    chosen = recorded(a)["chosen_channels"]
     assert chosen["readout"] == [TARGET] and len(chosen["hidden"]) == 1
     diff = differs(a.params, params)
     assert_trees_equal(a.changed, diff)
@@ -170,6 +183,7 @@ def _check_flips(a, params):
     for path in xor:
         np.testing.assert_array_equal(xor[path], expect[path], err_msg=path)
     assert_trees_equal(a.changed, differs(a.params, params))
+    recorded(a)
 
 
 def test_pbfa_flips_exactly_the_reported_bits_and_ruins_accuracy(model, digits):
@@ -182,6 +196,7 @@ def test_pbfa_flips_exactly_the_reported_bits_and_ruins_accuracy(model, digits):
     assert clean_accuracy(apply_jit, a.params, x, y) <= 0.2
 
 
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
     params, _ = model
     trig = Trigger.for_image(8)
@@ -191,11 +206,13 @@ def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
     _check_flips(a, params)
 
 
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_span_trojan_stays_in_each_groups_column_span(model, digits):
     params, cb = model
     trig = Trigger.for_image(8)
     a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
                     steps=200, progress=False)
+    assert recorded(a)["outcome"]["spans"]
     new, old = cb.pack(a.params), cb.pack(params)
     moved = 0.0
     for name in cb.groups:
@@ -240,3 +257,19 @@ def test_bad_data_is_refused(model, digits):
                       budget=0.0)
     with pytest.raises(ValueError, match="bits"):
         pbfa(jax.random.key(0), apply_jit, params, (x, y), bits=(40,))
+
+
+@pytest.mark.slow
+def test_purify_certifies_and_keeps_the_span_trojan(model, digits):
+    """The point of the adaptive attack: l1 purification certifies every column and keeps it."""
+    params, cb = model
+    trig = Trigger.for_image(8)
+    a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
+                    steps=200, progress=False)
+    purified, report = jp.purify(a.params, cb)
+    assert report.certified == report.columns
+    for u, v in zip(jax.tree.leaves(purified), jax.tree.leaves(a.params)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-5 * float(np.abs(np.asarray(v)).max()))
+    x, y = digits.test.x, digits.test.y
+    assert attack_success_rate(apply_jit, purified, x, y, trig, TARGET) == pytest.approx(
+        attack_success_rate(apply_jit, a.params, x, y, trig, TARGET), abs=0.01)
