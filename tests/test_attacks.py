@@ -1,0 +1,275 @@
+"""Attacks on deployed weights (jaxpurify.attacks), each checked against an independent reference:
+hand-built arrays for the trigger, a plain loop for the metrics, NumPy's uint32 view for bit
+flips, NumPy comparisons for what changed, and NumPy's SVD / least squares for the column span."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxpurify as jp
+from jaxpurify import data
+from jaxpurify.attacks import (Trigger, attack_success_rate, badnets, bit_trojan, channel_trojan, clean_accuracy,
+                               pbfa, poison, robust_accuracy, span_trojan, sparse_trojan)
+from jaxpurify.train import train
+
+TARGET = 0
+
+
+def apply(p, x):
+    """A one-hidden-layer MLP on 8×8 images: small enough to train and attack in a test."""
+    h = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["hidden"]["kernel"] + p["hidden"]["bias"])
+    return h @ p["readout"]["kernel"] + p["readout"]["bias"]
+
+
+apply_jit = jax.jit(apply)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.digits()
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    """Trained encoded MLP: (deployed params, codebook, clean test accuracy)."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    p0 = {"hidden": {"kernel": jax.random.normal(k1, (64, 16)) / 8, "bias": jnp.zeros(16)},
+          "readout": {"kernel": jax.random.normal(k2, (16, 10)) / 4, "bias": jnp.zeros(10)}}
+    cb = jp.Codebook.create(p0, key=b"test-attacks-secret")
+    latent = train(apply, cb.init_latent(p0), cb, digits.train.x, digits.train.y, key=jax.random.key(1), steps=300,
+                   batch_size=256, progress=False).latent
+    return cb.decode(latent), cb
+
+
+def attacker_data(digits):
+    n = len(digits.train.x) // 4
+    return digits.train.x[:n], digits.train.y[:n]
+
+
+def recorded(a):
+    """The attack's record survives JSON (it goes into backdoor.json) and names the attack."""
+    back = json.loads(json.dumps(a.hyper))
+    assert back["attack"] and "outcome" in back and a.seconds > 0
+    return back
+
+
+def count(tree):
+    return sum(int(np.sum(leaf)) for leaf in jax.tree.leaves(tree))
+
+
+def differs(new, old):
+    """Independent of the code under test: entries whose float32 bit patterns differ."""
+    return jax.tree.map(lambda a, b: np.asarray(a).view(np.uint32) != np.asarray(b).view(np.uint32), new, old)
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# -- trigger, poisoning, metrics -------------------------------------------------------------------
+
+def test_stamp_matches_hand_built_patch():
+    x = np.random.default_rng(0).uniform(size=(3, 32, 32, 2)).astype(np.float32)
+    before = x.copy()
+    want = x.copy()
+    for i in range(3):
+        for r in (29, 30, 31):
+            for c in (29, 30, 31):
+                want[i, r, c, :] = 1.0
+    got = Trigger.for_image(32).stamp(x)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x, before)  # not modified
+    np.testing.assert_array_equal(np.asarray(Trigger.for_image(32).stamp(jnp.asarray(x))), want)
+    top_left = Trigger(2, 0.5, "top-left").stamp(np.zeros((1, 4, 5, 1), np.float32))[0, :, :, 0]
+    np.testing.assert_array_equal(top_left, [[0.5, 0.5, 0, 0, 0], [0.5, 0.5, 0, 0, 0], [0] * 5, [0] * 5])
+
+
+@pytest.mark.parametrize("h, size", [(8, 1), (28, 3), (32, 3), (64, 6)])
+def test_trigger_scales_with_image(h, size):
+    assert Trigger.for_image(h).size == size
+
+
+def test_poison_fraction_and_labels():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 0.5, size=(200, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 200).astype(np.int32)
+    x0, y0 = x.copy(), y.copy()
+    xp, yp = poison(jax.random.key(0), x, y, Trigger.for_image(8), 3, 0.1)
+    hit = np.any(xp != x, axis=(1, 2, 3))
+    assert hit.sum() == 20  # exactly round(0.1 · 200) stamped (clean pixels are < 0.5, the patch is 1)
+    assert np.all(yp[hit] == 3) and np.all(xp[hit, 7, 7, 0] == 1.0)
+    np.testing.assert_array_equal(yp[~hit], y[~hit])
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_metrics_against_a_plain_loop(model, digits):
+    params, _ = model
+    trig = Trigger.for_image(8)
+    x, y = digits.test.x[:150], digits.test.y[:150]
+    ca = asr = ra = 0
+    n_other = 0
+    for xi, yi in zip(x, y):
+        pred = int(np.argmax(np.asarray(apply(params, xi[None]))[0]))
+        ca += pred == yi
+        if yi != TARGET:
+            xt = xi.copy()
+            xt[-1, -1, :] = 1.0  # the 1-pixel patch at 8×8, written by hand
+            pt = int(np.argmax(np.asarray(apply(params, xt[None]))[0]))
+            n_other += 1
+            asr += pt == TARGET
+            ra += pt == yi
+    assert clean_accuracy(apply_jit, params, x, y) == pytest.approx(ca / len(x))
+    assert attack_success_rate(apply_jit, params, x, y, trig, TARGET) == pytest.approx(asr / n_other)
+    assert robust_accuracy(apply_jit, params, x, y, trig, TARGET) == pytest.approx(ra / n_other)
+
+
+# -- attacks ---------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
+def test_badnets_implants_the_trigger(model, digits):
+    params, _ = model
+    trig = Trigger.for_image(8)
+    before = attack_success_rate(apply_jit, params, digits.test.x, digits.test.y, trig, TARGET)
+    a = badnets(jax.random.key(2), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, steps=300,
+               progress=False)
+    after = attack_success_rate(apply_jit, a.params, digits.test.x, digits.test.y, trig, TARGET)
+    assert after > before + 0.5
+    assert recorded(a)["fraction"] == 0.1 and a.hyper["steps"] == 300
+    assert_trees_equal(a.changed, differs(a.params, params))
+
+
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
+def test_sparse_trojan_changes_at_most_one_percent(model, digits):
+    params, _ = model
+    original = jax.tree.map(np.array, params)
+    a = sparse_trojan(jax.random.key(3), apply_jit, params, attacker_data(digits), target=TARGET,
+                      trigger=Trigger.for_image(8), steps=50, progress=False)
+    recorded(a)
+    total = sum(np.size(v) for v in jax.tree.leaves(params))
+    assert 0 < count(a.changed) <= 0.01 * total
+    assert_trees_equal(a.changed, differs(a.params, original))
+    assert_trees_equal(params, original)  # the input is not modified
+
+
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
+def test_channel_trojan_writes_only_the_chosen_channels(model, digits):
+    params, _ = model
+    a = channel_trojan(jax.random.key(4), apply_jit, params, attacker_data(digits), target=TARGET,
+                       trigger=Trigger.for_image(8), steps=50, progress=False)
+    chosen = recorded(a)["chosen_channels"]
+    assert chosen["readout"] == [TARGET] and len(chosen["hidden"]) == 1
+    diff = differs(a.params, params)
+    assert_trees_equal(a.changed, diff)
+    for layer in ("hidden", "readout"):
+        for leaf in ("kernel", "bias"):
+            hit = diff[layer][leaf].reshape(-1, diff[layer][leaf].shape[-1]).any(axis=0)
+            assert set(np.flatnonzero(hit)) <= set(chosen[layer])
+    assert count(diff) > 0
+
+
+def _check_flips(a, params):
+    """Every reported flip toggles exactly its bit; nothing else differs (NumPy uint32 view)."""
+    xor = {path: np.asarray(leaf).view(np.uint32).reshape(-1) ^ np.asarray(old).view(np.uint32).reshape(-1)
+           for (path, leaf), (_, old) in zip(jp._tree.leaves_with_paths(a.params)[0],
+                                             jp._tree.leaves_with_paths(params)[0])}
+    expect = {path: np.zeros_like(v) for path, v in xor.items()}
+    for path, index, bit in a.hyper["outcome"]["flips"]:
+        expect[path][index] ^= np.uint32(1) << np.uint32(bit)
+    for path in xor:
+        np.testing.assert_array_equal(xor[path], expect[path], err_msg=path)
+    assert_trees_equal(a.changed, differs(a.params, params))
+    recorded(a)
+
+
+def test_pbfa_flips_exactly_the_reported_bits_and_ruins_accuracy(model, digits):
+    params, _ = model
+    x, y = digits.test.x, digits.test.y
+    a = pbfa(jax.random.key(5), apply_jit, params, attacker_data(digits), flips=5, progress=False)
+    assert 1 <= len(a.hyper["outcome"]["flips"]) <= 5
+    _check_flips(a, params)
+    assert clean_accuracy(apply_jit, params, x, y) > 0.7
+    assert clean_accuracy(apply_jit, a.params, x, y) <= 0.2
+
+
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
+def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
+    params, _ = model
+    trig = Trigger.for_image(8)
+    a = bit_trojan(jax.random.key(6), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, flips=8,
+                   progress=False)
+    assert 1 <= len(a.hyper["outcome"]["flips"]) <= 8
+    _check_flips(a, params)
+
+
+@pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
+def test_span_trojan_stays_in_each_groups_column_span(model, digits):
+    params, cb = model
+    trig = Trigger.for_image(8)
+    a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
+                    steps=200, progress=False)
+    assert recorded(a)["outcome"]["spans"]
+    new, old = cb.pack(a.params), cb.pack(params)
+    moved = 0.0
+    for name in cb.groups:
+        y = np.asarray(new[name], np.float64)
+        # the defender's own A (the attacker never sees it): the attacked columns are still A θ
+        A = np.asarray(cb.matrix(name), np.float64)
+        theta = np.linalg.lstsq(A, y, rcond=None)[0]
+        assert np.abs(y - A @ theta).max() <= 1e-5 * np.abs(y).max(), name
+        # and inside the span of the deployed columns, by an SVD of them
+        u, s, _ = np.linalg.svd(np.asarray(old[name], np.float64), full_matrices=False)
+        u = u[:, s > 1e-3 * s[0]]
+        assert np.abs(y - u @ (u.T @ y)).max() <= 1e-5 * np.abs(y).max(), name
+        moved = max(moved, np.abs(y - old[name]).max() / np.abs(old[name]).max())
+    assert moved > 0.05  # a real change, not a no-op
+    assert attack_success_rate(apply_jit, a.params, digits.test.x, digits.test.y, trig, TARGET) > \
+        attack_success_rate(apply_jit, params, digits.test.x, digits.test.y, trig, TARGET) + 0.3
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(target=-1), ValueError, "target"),
+    (dict(target=1.5), ValueError, "target"),
+    (dict(trigger=(1, 1.0)), TypeError, "trigger"),
+    (dict(trigger=Trigger(9)), ValueError, "trigger size"),
+    (dict(trigger=Trigger(1, corner="middle")), ValueError, "corner"),
+])
+def test_bad_arguments_are_refused(model, digits, kwargs, error, match):
+    params, _ = model
+    args = dict(target=TARGET, trigger=Trigger.for_image(8)) | kwargs
+    with pytest.raises(error, match=match):
+        badnets(jax.random.key(0), apply_jit, params, attacker_data(digits), **args)
+
+
+def test_bad_data_is_refused(model, digits):
+    params, _ = model
+    x, y = attacker_data(digits)
+    with pytest.raises(ValueError, match="data"):
+        sparse_trojan(jax.random.key(0), apply_jit, params, (x, y[:-1]), target=TARGET, trigger=Trigger.for_image(8))
+    with pytest.raises(ValueError, match="budget"):
+        sparse_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8),
+                      budget=0.0)
+    with pytest.raises(ValueError, match="bits"):
+        pbfa(jax.random.key(0), apply_jit, params, (x, y), bits=(40,))
+
+
+@pytest.mark.slow
+def test_purify_certifies_and_keeps_the_span_trojan(model, digits):
+    """The point of the adaptive attack: l1 purification certifies every column and keeps it."""
+    params, cb = model
+    trig = Trigger.for_image(8)
+    a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
+                    steps=200, progress=False)
+    purified, report = jp.purify(a.params, cb)
+    assert report.certified == report.columns
+    for u, v in zip(jax.tree.leaves(purified), jax.tree.leaves(a.params)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-5 * float(np.abs(np.asarray(v)).max()))
+    x, y = digits.test.x, digits.test.y
+    assert attack_success_rate(apply_jit, purified, x, y, trig, TARGET) == pytest.approx(
+        attack_success_rate(apply_jit, a.params, x, y, trig, TARGET), abs=0.01)
