@@ -175,6 +175,8 @@ def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
                       certified=int((certified & (fault == kind)).sum()),
                       undetected=int((certified & (fault == kind) & ~failed).sum())) for kind, _ in FAULTS}
     return dict(columns=width, faulted=int(faulted.sum()), certified_faulted=int((certified & faulted).sum()),
+                seal_tolerance=verdict.tolerance, seal_detectable=verdict.detectable,
+                max_abs_weight=float(np.abs(np.asarray(deployed["w"])).max()),
                 undetected=int((certified & faulted & ~failed).sum()), leaf_verified=bool(verdict.verified),
                 false_alarm_chunks=int(false_alarm), clean_certified=int((certified & ~faulted).sum()),
                 clean_columns=int((~faulted).sum()), per_fault=per)
@@ -183,7 +185,8 @@ def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
 def _row(cols: dict[str, np.ndarray]) -> dict:
     c, w = cols["certified"], cols["within"]
     over = c & w & (cols["rel"] > cols["bound"])
-    ratio = np.where(c & w & (cols["bound"] > 0), cols["rel"] / np.where(cols["bound"] > 0, cols["bound"], 1), 0)
+    with np.errstate(invalid="ignore"):
+        ratio = np.where(c & w & (cols["bound"] > 0), cols["rel"] / np.where(cols["bound"] > 0, cols["bound"], 1), 0)
     return dict(columns=int(c.size), certified=int(c.sum()), outside_bound_within_guarantee=int(over.sum()),
                 certified_wrong_beyond_guarantee=int((c & ~w & (cols["rel"] > cols["bound"])).sum()),
                 exact_uncertified=int((~c & cols["exact"]).sum()),
