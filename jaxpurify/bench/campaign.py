@@ -226,7 +226,8 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                     f"{row['outside_bound_within_guarantee']} outside bound, {row['exact_uncertified']} exact uncertified; "
                     f"in-range faults {trial['certified_faulted']}/{trial['faulted']} certified by l1, "
                     f"{trial['undetected']} undetected with the seal, {trial['false_alarm_chunks']} false alarms "
-                    f"({row['seconds']} s)", flush=True)
+                    f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond the guarantee, "
+                    f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|", flush=True)
     models = []
     for (model, dtype), parts in per_model.items():
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
