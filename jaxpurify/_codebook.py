@@ -126,8 +126,10 @@ class Codebook:
         to skip a parameter, an int to encode the leaf alone along that axis (K = its length
         there, A named by the path), or True / None for the default.
         """
-        if not redundancy > 1.0:
-            raise ValueError(f"redundancy must be > 1 (K/n), got {redundancy}")
+        if isinstance(redundancy, bool) or not isinstance(redundancy, (int, float)) or not 1.0 < redundancy < math.inf:
+            raise ValueError(f"redundancy must be a finite number > 1 (K/n), got {redundancy!r}")
+        if select is not None and not callable(select):
+            raise TypeError(f"select must be a callable (path, leaf) -> bool | int | None, got {type(select).__name__}")
         secret = _keys.secret_from_key(key)
         flat, keys, _ = _tree.flatten(params)
         tree, chosen, skipped = [], [], []
@@ -310,7 +312,10 @@ class Codebook:
         for name, g in self._groups.items():
             if name not in latent:
                 raise ValueError(f"group {name!r} is missing from the latent")
-            t = jnp.asarray(latent[name])
+            try:
+                t = jnp.asarray(latent[name])
+            except TypeError as e:
+                raise TypeError(f"latent of group {name!r} is not a floating array: {e}") from None
             if t.shape != self._theta_shape(g):
                 raise ValueError(f"latent of group {name!r} has shape {t.shape}, expected {self._theta_shape(g)}")
             if not jnp.issubdtype(t.dtype, jnp.floating):
@@ -368,6 +373,9 @@ class Codebook:
     def load(cls, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> "Codebook":
         """Read and authenticate a codebook; ``ValueError`` says what is wrong (wrong key, tampered,
         malformed field or leaf).  Version-1 files (key inside) load with a warning."""
+        for what, p in (("path", path), ("key_path", key_path)):
+            if not isinstance(p, (str, os.PathLike)) and (what == "path" or p is not None):
+                raise TypeError(f"{what} must be a str or os.PathLike, got {type(p).__name__}")
         doc, secret = _codebook_file.read(path, key_path)
         return cls.from_json(doc, secret)
 

@@ -180,6 +180,8 @@ def entry_bounds(codebook, matrices: dict[str, np.ndarray], results: dict[str, G
 # -- the public entry point ----------------------------------------------------------------------
 def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int) -> dict[str, Any]:
     """Validate everything before any work; returns the protected leaves by path."""
+    if not all(hasattr(codebook, a) for a in ("groups", "protected", "pack", "unpack", "replace")):
+        raise TypeError(f"codebook must be a jaxpurify.Codebook, got {type(codebook).__name__}")
     if on_uncertified not in ON_UNCERTIFIED:
         raise ValueError(f"on_uncertified must be one of {ON_UNCERTIFIED}, got {on_uncertified!r}")
     if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:

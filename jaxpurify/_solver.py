@@ -260,7 +260,7 @@ def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> 
 def _as_real(a: Any, name: str) -> jax.Array:
     try:
         a = jnp.asarray(a)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # None, ragged lists, objects: name the argument
         raise TypeError(f"{name} must be a real floating array: {e}") from None
     if not jnp.issubdtype(a.dtype, jnp.floating):
         kind = "complex" if jnp.issubdtype(a.dtype, jnp.complexfloating) else str(a.dtype)
@@ -313,7 +313,7 @@ def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *
     if not 1 <= n < K:
         raise ValueError(f"A must have 1 ≤ n < K columns (fewer columns than rows), got A.shape={A.shape}")
     vector = Y.ndim < A.ndim
-    krow = Y.shape[-1] if vector else (Y.shape[-2] if Y.ndim >= 2 else None)
+    krow = (Y.shape[-1] if Y.ndim else None) if vector else (Y.shape[-2] if Y.ndim >= 2 else None)
     if Y.ndim < 1 or krow != K:
         raise ValueError(
             f"Y must have shape (..., K) or (..., K, m) with K={K} from A.shape={A.shape}; "
