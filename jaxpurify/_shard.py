@@ -263,8 +263,9 @@ def purify_leaves(values: dict[str, Any], codebook, calls: Sequence[Call], optio
 
 def wanted(leaves: Sequence[Any]) -> bool:
     """Take the device path?  Yes for traced leaves and arrays spread over processes (the host
-    cannot read them), on an accelerator, and with more than one device; on a single CPU device
-    the host path (measured no slower there: README, "jit")."""
+    cannot read them), on an accelerator, and with more than one device.  On a single CPU device
+    the host path: its memory is bounded by ``max_entries``, and the device path is known to hang
+    on CPU with several solver shapes (LAPACK's batched QR; README draft, "Known problem")."""
     if any(isinstance(v, jax.core.Tracer) for v in leaves):
         return True
     if any(isinstance(v, jax.Array) and not v.is_fully_addressable for v in leaves):
