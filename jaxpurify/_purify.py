@@ -30,7 +30,7 @@ import numpy as np
 from jaxpurify import _seal, _shard
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
-from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_reports
+from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_columns, leaf_reports
 from jaxpurify._shard import DeviceReport, summarize
 from jaxpurify._solution import throw_if_uncertified
 from jaxpurify._solver import recover
@@ -117,7 +117,7 @@ def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None
 class GroupResult:
     """Per group: the purified (K, m) columns and their outlier mask; per column the statistics."""
 
-    values: np.ndarray
+    values: np.ndarray | None  # freed once the purified tree is built
     outliers: np.ndarray
     certified: np.ndarray
     inlier_residual: np.ndarray
@@ -151,26 +151,42 @@ def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_
             r.bound[span] = res.bound[s, :w]
 
 
-def entry_bounds(codebook, matrices: dict[str, np.ndarray], results: dict[str, GroupResult]) -> dict[str, float]:
+def column_norms(values: np.ndarray) -> np.ndarray:
+    """‖w‖₂ of every column of a (K, m) code, non-finite entries as 0, accumulated in float64 a
+    block of columns at a time (a float64 copy of a large leaf would cost twice its bytes)."""
+    K, m = values.shape
+    step = max(1, (1 << 20) // max(K, 1))
+    out = np.empty(m)
+    for j in range(0, m, step):
+        v = values[:, j : j + step].astype(np.float64)
+        v[~np.isfinite(v)] = 0.0
+        out[j : j + step] = np.sqrt(np.einsum("ij,ij->j", v, v))
+    return out
+
+
+def entry_bounds(codebook, matrices: dict[str, np.ndarray], results: dict[str, GroupResult],
+                 norms: dict[str, np.ndarray]) -> dict[str, float]:
     """Per protected leaf, a bound on |w − w_clean| per entry from the columns' certificates.
 
     A certified column has ‖x̂ − x‖₂ ≤ b·‖x̂‖₂ (``Recovery.bound``) and ‖x̂‖₂ ≤ ‖w‖₂ / σ_min(A), so
     every entry a_iᵀx̂ is within max_i‖a_i‖₂ · b · ‖w‖₂ / σ_min(A) of the clean one; never below
     the leaf's own float precision (``_seal.default_err``).  Uncertified columns carry no bound: a
-    leaf with none certified is judged at its float precision, so a kept input shows.
+    leaf with none certified is judged at its float precision, so a kept input shows.  ``norms``:
+    per group the purified columns' ‖w‖₂ (:func:`column_norms`).
     """
-    per_col = {}
+    per_col = []
     for name, r in results.items():
         A = np.asarray(matrices[name], np.float64)
         rows, smin = np.sqrt((A * A).sum(1)).max(), np.linalg.svd(A, compute_uv=False)[-1]
-        w = np.where(np.isfinite(r.values), r.values, 0.0).astype(np.float64)
         b = np.where(r.certified, r.bound if r.bound is not None else np.nan, np.nan)
         with np.errstate(invalid="ignore", over="ignore"):
-            e = rows * b * np.sqrt((w * w).sum(0)) / smin
-        per_col[name] = np.broadcast_to(np.where(np.isfinite(e), e, np.nan), r.values.shape)
+            e = rows * b * norms[name] / smin
+        per_col.append(np.where(np.isfinite(e), e, np.nan))
+    per_col = np.concatenate(per_col) if per_col else np.zeros(0)
     out = {}
-    for path, v in codebook.unpack(per_col).items():
-        v = np.asarray(v)[np.isfinite(v)]
+    for path, cols in leaf_columns(codebook).items():
+        v = per_col[cols]
+        v = v[np.isfinite(v)]
         leaf = codebook.seal_record.leaves.get(path)
         if v.size and leaf is not None:  # else the seal's own default (the leaf's float precision) applies
             out[path] = max(float(v.max()), _seal.default_err(leaf.dtype, leaf.max_abs))
@@ -279,13 +295,16 @@ def purify(
         with single_threaded_blas():  # see jaxpurify._threads
             solve_all(calls, cols, matrices, options, lambda call, res: assemble(call, res, results, keep_input))
         del cols
-        values = codebook.unpack({name: r.values for name, r in results.items()})
-        purified = codebook.replace(params, values)
+        purified = codebook.replace(params, codebook.unpack({name: r.values for name, r in results.items()}))
+    sealed = getattr(codebook, "seal_record", None) is not None
+    norms = {name: column_norms(r.values) for name, r in results.items()} if sealed else {}
+    for r in results.values():
+        r.values = None  # the purified tree holds them now: free the working copy before the checks
     seal = ()
-    if getattr(codebook, "seal_record", None) is not None:
+    if sealed:
         if matrices is None:
             matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
-        err = entry_bounds(codebook, matrices, results)
+        err = entry_bounds(codebook, matrices, results, norms)
         seal = tuple(codebook.verify(purified, err).values())
     report = Report(
         leaves=leaf_reports(codebook, protected, results),

@@ -231,18 +231,28 @@ class Report:
         }
 
 
+def leaf_columns(codebook) -> dict[str, np.ndarray]:
+    """Per protected leaf, the ids of the code columns that hold its entries (the groups' columns
+    numbered one after another, in order).  A group's (K, m) code is filled row by row from its
+    segments, so entry f of it lies in column f mod m: found from the segments alone, without
+    unpacking anything leaf-sized."""
+    out: dict[str, list] = {}
+    base = 0
+    for g in codebook.groups.values():
+        at = 0
+        for s in g.segments:
+            cols = np.arange(g.columns) if s.size >= g.columns else np.unique((at + np.arange(s.size)) % g.columns)
+            out.setdefault(s.path, []).append(base + cols)
+            at += s.size
+        base += g.columns
+    return {p: np.unique(np.concatenate(v)) for p, v in out.items()}
+
+
 def leaf_reports(codebook, protected: dict[str, Any], results: dict) -> tuple[LeafReport, ...]:
-    """Per protected leaf, its columns' statistics, found through ``codebook.unpack`` alone (so it
-    holds for any layout): each group's columns are numbered, the numbers unpacked into the leaves
-    tell which columns hold a leaf's entries, and the unpacked outlier masks give its flags."""
+    """Per protected leaf, its columns' statistics (columns from :func:`leaf_columns`; flags from
+    the unpacked outlier masks, so it holds for any layout)."""
     groups = codebook.groups
-    offsets, at = {}, 0
-    for name, g in groups.items():
-        offsets[name] = at
-        at += g.columns
-    ids = codebook.unpack({
-        name: np.broadcast_to(np.arange(offsets[name], offsets[name] + g.columns, dtype=np.int32), (g.K, g.columns))
-        for name, g in groups.items()})
+    columns = leaf_columns(codebook)
     flags = codebook.unpack({name: r.outliers for name, r in results.items()})
     cert = np.concatenate([results[name].certified for name in groups]) if groups else np.zeros(0, bool)
     inlier = np.concatenate([results[name].inlier_residual for name in groups]) if groups else np.zeros(0)
@@ -255,9 +265,7 @@ def leaf_reports(codebook, protected: dict[str, Any], results: dict) -> tuple[Le
             holders.setdefault(p, []).append(name)
     out = []
     for path in codebook.protected:
-        mark = np.zeros(at, bool)
-        mark[ids.pop(path)] = True
-        cols = np.flatnonzero(mark)
+        cols = columns[path]
         good = cols[cert[cols]]
         bounds = bound[good] if bound is not None else np.zeros(0)
         bounds = bounds[~np.isnan(bounds)]

@@ -141,3 +141,26 @@ def test_a_burst_in_memory_spreads_over_the_columns():
             assert per_column.sum() == 16
             widest = max(g.columns for g in cb.groups.values() if path in g.members)
             assert per_column.max() <= -(-16 // min(widest, 16)), (path, start)
+
+
+def test_leaf_columns_match_unpacked_column_ids():
+    """The report finds a leaf's columns from the segments alone; the reference numbers every
+    column, unpacks the numbers into the leaves and reads them back."""
+    from jaxpurify._report import leaf_columns
+
+    rng = np.random.default_rng(0)
+    params = {"conv": {"kernel": rng.standard_normal((3, 3, 8, 24)).astype(np.float32),
+                       "bias": np.zeros(24, np.float32)},
+              "big": {"kernel": rng.standard_normal((700, 40)).astype(np.float32)},
+              "head": {"kernel": rng.standard_normal((24, 10)).astype(np.float32),
+                       "bias": np.zeros(10, np.float32)},
+              "norm": {"scale": np.ones(7, np.float32)}}
+    cb = jp.Codebook.create(params, jax.random.key(0))
+    offsets = np.cumsum([0] + [g.columns for g in cb.groups.values()])
+    ids = cb.unpack({name: np.broadcast_to(np.arange(o, o + g.columns), (g.K, g.columns))
+                     for o, (name, g) in zip(offsets, cb.groups.items())})
+    got = leaf_columns(cb)
+    assert set(got) == set(cb.protected)
+    assert any(len(g.members) > 1 for g in cb.groups.values())  # pooled groups are exercised
+    for path in cb.protected:
+        np.testing.assert_array_equal(got[path], np.unique(ids[path]))
