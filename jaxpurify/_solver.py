@@ -210,7 +210,9 @@ def _solve_items(A, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
     nc = -(-M // chunk)
     if nc * chunk != M:  # zero columns are solved exactly at once
         Y = jnp.pad(Y, ((0, 0), (0, 0), (0, nc * chunk - M)))
-    Q, R = jax.vmap(jnp.linalg.qr)(A)
+    # one QR at a time: a batched QR on the CPU runs its batch on a thread pool that deadlocked
+    # when several solver shapes ran in one program (the device path, bench.gpt2 --path device)
+    Q, R = lax.map(jnp.linalg.qr, A)
     items = jnp.moveaxis(Y.reshape(B, K, nc, chunk), 2, 1).reshape(B * nc, K, chunk)
     owner = jnp.arange(B * nc) // nc
 
