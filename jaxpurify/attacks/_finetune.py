@@ -1,0 +1,50 @@
+"""BadNets by fine-tuning (Gu et al.): a dense change of every deployed weight.
+
+The attacker poisons its data (a ``fraction`` of the examples stamped with the trigger and
+relabelled ``target``, all-to-one; :func:`poison`) and fine-tunes the deployed parameters on it
+with Adam, minimising the plain cross-entropy  mean_i CE(f_w(x'_i), y'_i).
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive
+from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy, poison
+from jaxpurify.train import cross_entropy, minimize
+
+
+def badnets(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    fraction: float = 0.1,
+    steps: int = 300,
+    learning_rate: float = 1e-3,
+    batch_size: int = 128,
+    progress: bool | None = None,
+) -> Attack:
+    """Fine-tune ``params`` for ``steps`` Adam steps on ``data`` with ``fraction`` poisoned."""
+    clock = Clock()
+    x, y, target = check_common(apply_fn, params, data, target, trigger)
+    check_positive(steps=steps, learning_rate=learning_rate, batch_size=batch_size)
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    k_poison, k_train = jax.random.split(key)
+    xp, yp = poison(k_poison, x, y, trigger, target, fraction)
+
+    def loss(p, _key, xb, yb):
+        return cross_entropy(apply_fn(p, xb), yb)
+
+    new = minimize(loss, params, [xp, yp], key=k_train, steps=int(steps), batch_size=int(batch_size),
+                   optimizer=optax.adam(learning_rate), desc="badnets", progress=progress).latent
+    hyper = dict(attack="badnets", target=target, trigger=trigger._asdict(), fraction=float(fraction), steps=int(steps),
+                 learning_rate=float(learning_rate), batch_size=int(batch_size), optimizer="adam")
+    hyper["outcome"] = dict(asr=attack_success_rate(apply_fn, new, x, y, trigger, target),
+                            ca=clean_accuracy(apply_fn, new, x, y))
+    return Attack(new, changed_mask(new, params), hyper, clock())
