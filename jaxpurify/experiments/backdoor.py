@@ -99,9 +99,12 @@ def split(ds: data.Dataset, seed: int):
 
 
 def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
-        seed: int = 0, progress: bool = True, figure: bool = True, only: tuple[str, ...] | None = None) -> dict:
+        seed: int = 0, progress: bool = True, figure: bool = True, only: tuple[str, ...] | None = None,
+        keep: dict | None = None) -> dict:
     """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
-    ``only`` restricts the attacks (names of ``ATTACKS``); the unattacked model is always evaluated."""
+    ``only`` restricts the attacks (names of ``ATTACKS``); the unattacked model is always evaluated.
+    ``keep``, a dict, receives every evaluated tree by (attack, defense, benign_fraction), and
+    "apply", "test" (x, y) and "trigger", for checks outside."""
     unknown = sorted(set(only or ()) - set(ATTACKS))
     if unknown:
         raise ValueError(f"only: unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
@@ -133,6 +136,8 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     clean = metrics(apply, deployed, ds.test, trigger, TARGET)
 
     rows, attack_info, forensic = [row("none", "none", 0.0, clean, None, 0.0)], {}, {}
+    keep = {} if keep is None else keep
+    keep.update({"apply": apply, "test": tuple(ds.test), "trigger": trigger, ("none", "none", 0.0): deployed})
     names = ["none", *(a for a in ATTACKS if only is None or a in only)]
     with Progress(len(names), f"backdoor {dataset}/{arch}", disable=not progress or None) as bar:
         for a, name in enumerate(names):
@@ -145,6 +150,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
                 changed = {D.path_of(kp): v for kp, v in jax.tree_util.tree_leaves_with_path(res.changed)}
                 attack_info[name] = {"hyper": res.hyper, "seconds": res.seconds, "changed": _count(res.changed)}
                 rows.append(row(name, "none", 0.0, metrics(apply, attacked, ds.test, trigger, TARGET), None, 0.0))
+                keep[(name, "none", 0.0)] = attacked
                 flags, cert = D.outlier_masks(attacked, codebook)
                 forensic[name] = forensic_map(changed, flags, cert)
             for dname, defense in D.DEFENSES.items():
@@ -158,6 +164,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
                     done = defense(apply, attacked, codebook, benign, jax.random.fold_in(key, 1000 + a), **kw)
                     dt = time.perf_counter() - t1
                     rows.append(row(name, dname, f, metrics(apply, done.params, ds.test, trigger, TARGET), done, dt))
+                    keep[(name, dname, f)] = done.params
             bar.update(1, attack=name)
 
     res = {
