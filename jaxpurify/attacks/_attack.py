@@ -11,14 +11,18 @@ the *deployed* parameters (never the latent).  The trojan loss on a batch (x, y)
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, check_data, check_target
+from jax.flatten_util import ravel_pytree
+
+from jaxpurify._tree import leaves_with_paths
+from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, check_data, check_target
+from jaxpurify.train import minimize
 
 
 class Attack(NamedTuple):
@@ -91,3 +95,46 @@ class Clock:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.start
+
+
+class Flat(NamedTuple):
+    """The parameters as one vector (``jax.flatten_util.ravel_pytree`` order = tree order):
+    ``values`` (P,), ``unravel`` back to the tree, and per leaf its path and [start, stop)."""
+
+    values: jax.Array
+    unravel: Callable[[jax.Array], PyTree]
+    paths: tuple[str, ...]
+    bounds: np.ndarray  # (leaves + 1,) offsets
+
+    def locate(self, i: int) -> tuple[str, int]:
+        """Flat index → (leaf path, index into the leaf's C-order entries)."""
+        leaf = int(np.searchsorted(self.bounds, i, side="right")) - 1
+        return self.paths[leaf], int(i - self.bounds[leaf])
+
+
+def flatten(params: PyTree) -> Flat:
+    named, _ = leaves_with_paths(params)
+    dtypes = {jnp.result_type(v) for _, v in named}
+    if len(dtypes) != 1:
+        raise TypeError(f"params: every leaf must have one floating dtype, got {sorted(map(str, dtypes))}")
+    values, unravel = ravel_pytree(params)
+    sizes = [int(np.size(v)) for _, v in named]
+    return Flat(values, unravel, tuple(p for p, _ in named), np.concatenate([[0], np.cumsum(sizes)]))
+
+
+def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, *, steps, learning_rate, batch_size, goal,
+                    check_every, desc, progress):
+    """Adam on the trojan loss of ``build(t)`` from ``t0``; every ``check_every`` steps the ASR on
+    the attacker's data is measured and the run stops once it reaches ``goal``.
+    Returns (t, steps taken, last ASR)."""
+    loss_fn = trojan_loss(apply_fn, trigger, target)
+    seen = {"asr": 0.0}
+
+    def callback(step, _loss, t):
+        seen["asr"] = attack_success_rate(apply_fn, build(t), x, y, trigger, target)
+        return seen["asr"] >= goal
+
+    run = minimize(lambda t, _k, xb, yb: loss_fn(build(t), xb, yb), t0, [x, y], key=key, steps=int(steps),
+                   batch_size=int(batch_size), optimizer=optax.adam(learning_rate), callback=callback,
+                   log_every=int(check_every), desc=desc, progress=progress)
+    return run.latent, len(run.losses), seen["asr"]

@@ -1,11 +1,154 @@
-"""Skeleton: signatures of contract 1 (TEAM.md); implementation follows."""
+"""Sparse weight trojans: the backdoor written into few deployed weights, everything else frozen.
 
-from jaxpurify.attacks._attack import Attack
+* :func:`sparse_trojan` — at most ``budget`` (1%) of all entries, the ones of largest saliency
+  |∂L/∂w| of the trojan loss L at the deployed weights (computed once on the attacker's data);
+  only those are then trained, w = w₀ + M ⊙ δ, until ASR ≥ ``goal`` on the attacker's data or
+  ``steps`` Adam steps.
+* :func:`channel_trojan` — subnet replacement (Qi et al.): ``channels`` whole output channels per
+  layer (a kernel's last axis and the bias entry of that channel) are rewritten and trained the
+  same way.  In a layer whose width is the number of classes (the read-out) the channel is the
+  target's; elsewhere the channels are drawn at random with ``key``.
+
+L is :func:`jaxpurify.attacks._attack.trojan_loss`.  ``changed`` is exact (bitwise), so it is a
+subset of the chosen entries.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, flatten, \
+    trojan_finetune, trojan_loss
+from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
+
+SALIENCY_EXAMPLES = 1024  # examples the saliency gradient is averaged over (a random subset)
 
 
-def sparse_trojan(key, apply_fn, params, data, *, target=None, trigger=None, **hyper) -> Attack:
-    raise NotImplementedError("sparse_trojan: not implemented yet")
+def _masked(flat, mask):
+    """t ↦ params with entries M ⊙ (w₀ + t) and w₀ elsewhere (bit-exact where M is False)."""
+    mask = jnp.asarray(mask)
+    return lambda t: flat.unravel(jnp.where(mask, flat.values + t, flat.values))
 
 
-def channel_trojan(key, apply_fn, params, data, *, target=None, trigger=None, **hyper) -> Attack:
-    raise NotImplementedError("channel_trojan: not implemented yet")
+def _check_train(steps, learning_rate, batch_size, goal, check_every):
+    check_positive(steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every)
+    if not 0.0 < float(goal) <= 1.0:
+        raise ValueError(f"goal must be an ASR in (0, 1], got {goal!r}")
+
+
+def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, hyper, clock, progress):
+    build = _masked(flat, mask)
+    t, taken, asr = trojan_finetune(key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target,
+                                    steps=hyper["steps"], learning_rate=hyper["learning_rate"],
+                                    batch_size=hyper["batch_size"], goal=hyper["goal"],
+                                    check_every=hyper["check_every"], desc=name, progress=progress)
+    new = build(t)
+    changed = changed_mask(new, params)
+    hyper["outcome"] = dict(steps=taken, asr=asr, ca=clean_accuracy(apply_fn, new, x, y), chosen=int(np.sum(mask)),
+                            changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))))
+    return Attack(new, changed, hyper, clock())
+
+
+def sparse_trojan(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    budget: float = 0.01,
+    steps: int = 1000,
+    learning_rate: float = 1e-2,
+    batch_size: int = 128,
+    goal: float = 0.9,
+    check_every: int = 25,
+    progress: bool | None = None,
+) -> Attack:
+    """Implant the trigger by changing at most ``budget`` × (number of weights) entries."""
+    clock = Clock()
+    x, y, target = check_common(apply_fn, params, data, target, trigger)
+    _check_train(steps, learning_rate, batch_size, goal, check_every)
+    if not 0.0 < float(budget) <= 1.0:
+        raise ValueError(f"budget must be a fraction in (0, 1], got {budget!r}")
+    flat = flatten(params)
+    k_sal, k_train = jax.random.split(key)
+    sub = np.asarray(jax.random.permutation(k_sal, len(x)))[:SALIENCY_EXAMPLES]
+    grad = jax.grad(lambda v: trojan_loss(apply_fn, trigger, target)(flat.unravel(v), x[sub], y[sub]))(flat.values)
+    count = int(float(budget) * flat.values.size)  # floor: never above the budget
+    if count < 1:
+        raise ValueError(f"budget {budget} of {flat.values.size} weights allows no entry to change")
+    top = np.argsort(-np.abs(np.asarray(grad)), kind="stable")[:count]
+    mask = np.zeros(flat.values.size, bool)
+    mask[top] = True
+    hyper = dict(attack="sparse_trojan", target=target, trigger=trigger._asdict(), budget=float(budget),
+                 saliency="|grad| of clean CE + triggered-to-target CE", saliency_examples=int(len(sub)),
+                 steps=int(steps), learning_rate=float(learning_rate), batch_size=int(batch_size), goal=float(goal),
+                 check_every=int(check_every), optimizer="adam")
+    return _finish("sparse_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, hyper, clock, progress)
+
+
+def channel_mask(key, flat, shapes, channels: int, num_classes: int, target: int):
+    """Per layer (leaves sharing a parent path), ``channels`` output channels: the last axis of
+    its kernels (ndim ≥ 2) and the matching bias entries.  Returns (flat mask, {layer: channels})."""
+    by_layer: dict[str, list[int]] = {}
+    for j, path in enumerate(flat.paths):
+        by_layer.setdefault(path.rpartition("/")[0], []).append(j)
+    mask = np.zeros(flat.values.size, bool)
+    chosen = {}
+    for i, (layer, members) in enumerate(by_layer.items()):
+        kernels = [j for j in members if len(shapes[j]) >= 2]
+        if not kernels:
+            continue
+        width = shapes[kernels[0]][-1]
+        if width == num_classes:
+            pick = [target]
+        else:
+            drawn = jax.random.choice(jax.random.fold_in(key, i), width, (min(channels, width),), replace=False)
+            pick = sorted(np.asarray(drawn).tolist())
+        chosen[layer] = pick
+        for j in members:
+            if shapes[j] and shapes[j][-1] == width:
+                leaf = np.zeros(shapes[j], bool)
+                leaf[..., pick] = True
+                mask[flat.bounds[j] : flat.bounds[j + 1]] = leaf.reshape(-1)
+    return mask, chosen
+
+
+def channel_trojan(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    channels: int = 1,
+    steps: int = 1000,
+    learning_rate: float = 1e-2,
+    batch_size: int = 128,
+    goal: float = 0.9,
+    check_every: int = 25,
+    progress: bool | None = None,
+) -> Attack:
+    """Implant the trigger by rewriting ``channels`` whole output channels per layer."""
+    clock = Clock()
+    x, y, target = check_common(apply_fn, params, data, target, trigger)
+    _check_train(steps, learning_rate, batch_size, goal, check_every)
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    num_classes = int(jax.eval_shape(lambda p: apply_fn(p, jnp.asarray(x[:1])), params).shape[-1])
+    if target >= num_classes:
+        raise ValueError(f"target {target} is not one of the model's {num_classes} classes")
+    k_pick, k_train = jax.random.split(key)
+    flat = flatten(params)
+    shapes = [np.shape(v) for v in jax.tree.leaves(params)]
+    mask, chosen = channel_mask(k_pick, flat, shapes, int(channels), num_classes, target)
+    if not mask.any():
+        raise ValueError("params has no layer with a kernel (a leaf of ndim ≥ 2) to rewrite")
+    hyper = dict(attack="channel_trojan", target=target, trigger=trigger._asdict(), channels=int(channels),
+                 steps=int(steps), learning_rate=float(learning_rate), batch_size=int(batch_size), goal=float(goal),
+                 check_every=int(check_every), optimizer="adam", chosen_channels=chosen)
+    return _finish("channel_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, hyper, clock, progress)
