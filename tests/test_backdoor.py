@@ -133,8 +133,23 @@ def _plain_rates(apply, params, x, y, trigger, target):
     return ok / len(x), hit / others
 
 
+def _columns(codebook, deployed, attacked, purified):
+    """Per code column (all groups): k entries the attack changed (bitwise), the uniqueness bound
+    2k < K' − n + 1, the largest |purified − deployed| relative to the column's scale, 4k ≤ K' − n."""
+    changed = jax.tree.map(lambda a, b: (np.asarray(a).view(np.uint32) != np.asarray(b).view(np.uint32)).astype(np.float32),
+                           attacked, deployed)
+    ch, dep, pur = codebook.pack(changed), codebook.pack(deployed), codebook.pack(purified)
+    out = []
+    for name, g in codebook.groups.items():
+        usable = np.isfinite(dep[name]).sum(0)
+        k = np.nansum(ch[name], 0)
+        err = np.nanmax(np.abs(pur[name].astype(np.float64) - dep[name]), 0) / np.nanmax(np.abs(dep[name]), 0)
+        out += list(zip(k, 2 * k < usable - g.n + 1, err, 4 * k <= usable - g.n))
+    return out
+
+
 @pytest.mark.slow  # trains, attacks six ways and runs every defense: CI runs it with `pytest -m slow`
-def test_quick_digits_meets_the_first_target_and_shows_the_span_attack_surviving_purify(tmp_path):
+def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path):
     kept = {}
     res = backdoor.run("digits", str(tmp_path), quick=True, progress=False, figure=True, keep=kept)
     doc = json.loads((tmp_path / "backdoor.json").read_text())
@@ -143,20 +158,28 @@ def test_quick_digits_meets_the_first_target_and_shows_the_span_attack_surviving
     for r in doc["rows"]:
         assert set(r) == {"attack", "defense", "benign_fraction", "ca", "asr", "ra", "flagged", "certified_fraction",
                           "detected", "seconds"}
-    apply, (x, y), trigger, target = kept["apply"], kept["test"], kept["trigger"], res["target"]
-    clean_ca, clean_asr = _plain_rates(apply, kept[("none", "none", 0.0)], x, y, trigger, target)
-    assert clean_ca == pytest.approx(res["clean"]["ca"]) and clean_asr == pytest.approx(res["clean"]["asr"])
+    apply, (x, y), trigger, target, cb = kept["apply"], kept["test"], kept["trigger"], res["target"], kept["codebook"]
     deployed = kept[("none", "none", 0.0)]
+    clean_ca, clean_asr = _plain_rates(apply, deployed, x, y, trigger, target)
+    assert clean_ca == pytest.approx(res["clean"]["ca"]) and clean_asr == pytest.approx(res["clean"]["asr"])
+    verdict = {t["target"].split(":")[0]: t["met"] for t in doc["targets"]}
     for attack in ("sparse", "channels", "pbfa", "bit_trojan"):
         ca, asr = _plain_rates(apply, kept[(attack, "purify", 0.0)], x, y, trigger, target)
-        assert abs(ca - clean_ca) <= 0.005, attack
-        assert abs(asr - clean_asr) <= 0.01, attack
-        for path, v in res["forensic"][attack].items():
+        met = abs(ca - clean_ca) <= 0.005 and abs(asr - clean_asr) <= 0.01
+        assert verdict[attack] == met, attack  # the table states the target exactly as measured
+        for path, v in res["forensic"][attack].items():  # l1 flags every changed entry of a certified column
             assert v["changed_in_certified"] == 0 or v["certified_recall"] == 1.0, (attack, path)
-        # every changed entry is back at its deployed value (weights compared directly)
+        cols = _columns(cb, deployed, kept[(attack, "none", 0.0)], kept[(attack, "purify", 0.0)])
+        # a miss is explained by columns changed beyond what any certificate accepts
+        assert met or any(not within for _, within, _, _ in cols), attack
+        # every changed column well inside capacity (≤ a quarter of the redundancy) is restored
+        restored = [err <= 1e-4 for k, _, err, easy in cols if k > 0 and easy]
+        assert restored and all(restored), attack
+    for attack in ("pbfa", "bit_trojan"):  # a few flips each: the issue's first target, met
+        assert verdict[attack], attack
         for new, old in zip(jax.tree.leaves(kept[(attack, "purify", 0.0)]), jax.tree.leaves(deployed)):
             np.testing.assert_allclose(np.asarray(new), np.asarray(old), rtol=1e-4, atol=1e-4 * float(np.abs(old).max()))
-    ca_span, asr_span = _plain_rates(apply, kept[("span", "none", 0.0)], x, y, trigger, target)
+    _, asr_span = _plain_rates(apply, kept[("span", "none", 0.0)], x, y, trigger, target)
     _, asr_span_purified = _plain_rates(apply, kept[("span", "purify", 0.0)], x, y, trigger, target)
     assert asr_span >= clean_asr + 0.5  # the adaptive attack implanted the backdoor
     assert asr_span_purified >= asr_span - 0.01  # and l1 purification keeps it

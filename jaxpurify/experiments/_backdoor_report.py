@@ -25,6 +25,23 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(res: dict) -> str:
+    """One line per attack: CA / ASR (%) after each defense, the data defenses at the largest
+    benign budget, and the keyed seal's verdict."""
+    rows, budget = res["rows"], max(r["benign_fraction"] for r in res["rows"])
+    find = lambda a, d, f: next((r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (a, d, f)), None)
+    heads = [d if d in ("none", "purify", "l2", "checksum") else f"{d} ({budget:g})" for d in DEFENSE_ORDER]
+    lines = ["| attack | " + " | ".join(heads) + " | seal detects |", "|" + "---|" * (len(heads) + 2)]
+    for a in dict.fromkeys(r["attack"] for r in rows):
+        cells = []
+        for d in DEFENSE_ORDER:
+            r = find(a, d, 0.0) or find(a, d, budget)
+            cells.append("–" if r is None else f"{_pct(r['ca'])} / {_pct(r['asr'])}")
+        cells.append(_yes((find(a, "purify", 0.0) or {}).get("detected")))
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def forensic_table(forensic: dict) -> str:
     lines = ["| attack | leaf | changed | flagged | precision | recall | recall (certified columns) | channels changed / flagged |",
              "|" + "---|" * 8]
@@ -52,6 +69,7 @@ def markdown(res: dict) -> str:
             "`flagged`: entries the defense judged corrupted (– : it flags nothing by design). "
             "`detected`: the keyed seal (purify rows) or the checksums (checksum rows); – : no detector.",
             "",
+            "CA % / ASR % per defense:", "", summary(res), "", "All rows:", "",
             table(res["rows"]), "", "## Targets (issue 11)", ""]
     for t in res["targets"]:
         nums = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items() if k not in ("target", "met"))

@@ -104,7 +104,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
     ``only`` restricts the attacks (names of ``ATTACKS``); the unattacked model is always evaluated.
     ``keep``, a dict, receives every evaluated tree by (attack, defense, benign_fraction), and
-    "apply", "test" (x, y) and "trigger", for checks outside."""
+    "apply", "test" (x, y), "trigger" and "codebook", for checks outside."""
     unknown = sorted(set(only or ()) - set(ATTACKS))
     if unknown:
         raise ValueError(f"only: unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
@@ -137,7 +137,8 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
 
     rows, attack_info, forensic = [row("none", "none", 0.0, clean, None, 0.0)], {}, {}
     keep = {} if keep is None else keep
-    keep.update({"apply": apply, "test": tuple(ds.test), "trigger": trigger, ("none", "none", 0.0): deployed})
+    keep.update({"apply": apply, "test": tuple(ds.test), "trigger": trigger, "codebook": codebook,
+                 ("none", "none", 0.0): deployed})
     names = ["none", *(a for a in ATTACKS if only is None or a in only)]
     with Progress(len(names), f"backdoor {dataset}/{arch}", disable=not progress or None) as bar:
         for a, name in enumerate(names):
