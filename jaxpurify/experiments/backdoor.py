@@ -100,14 +100,16 @@ def split(ds: data.Dataset, seed: int):
 
 def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
         seed: int = 0, progress: bool = True, figure: bool = True, only: tuple[str, ...] | None = None,
-        keep: dict | None = None) -> dict:
+        keep: dict | None = None, defenses: tuple[str, ...] | None = None) -> dict:
     """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
-    ``only`` restricts the attacks (names of ``ATTACKS``); the unattacked model is always evaluated.
+    ``only`` / ``defenses`` restrict the attacks / defenses (names of ``ATTACKS`` / ``DEFENSES``);
+    the unattacked model is always evaluated.
     ``keep``, a dict, receives every evaluated tree by (attack, defense, benign_fraction), and
     "apply", "test" (x, y), "trigger" and "codebook", for checks outside."""
-    unknown = sorted(set(only or ()) - set(ATTACKS))
-    if unknown:
-        raise ValueError(f"only: unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+    for arg, chosen, known in (("only", only, ATTACKS), ("defenses", defenses, D.DEFENSES)):
+        unknown = sorted(set(chosen or ()) - set(known))
+        if unknown:
+            raise ValueError(f"{arg}: unknown name {unknown[0]!r}; choose from {', '.join(known)}")
     os.makedirs(out, exist_ok=True)
     ds = data.load(dataset, data_dir, seed=seed)
     if quick and dataset != "digits":
@@ -140,6 +142,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     keep.update({"apply": apply, "test": tuple(ds.test), "trigger": trigger, "codebook": codebook,
                  ("none", "none", 0.0): deployed})
     names = ["none", *(a for a in ATTACKS if only is None or a in only)]
+    chosen = {d: D.DEFENSES[d] for d in (defenses or D.DEFENSES)}
     with Progress(len(names), f"backdoor {dataset}/{arch}", disable=not progress or None) as bar:
         for a, name in enumerate(names):
             if name == "none":
@@ -154,7 +157,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
                 keep[(name, "none", 0.0)] = attacked
                 flags, cert = D.outlier_masks(attacked, codebook)
                 forensic[name] = forensic_map(changed, flags, cert)
-            for dname, defense in D.DEFENSES.items():
+            for dname, defense in chosen.items():
                 for f in (fractions if dname in D.NEEDS_DATA else (0.0,)):
                     if dname in D.NEEDS_DATA and f == 0.0:
                         continue  # no benign data: nothing to fine-tune on
@@ -207,7 +210,7 @@ def targets(res: dict) -> list[dict]:
                     "min_certified_recall": min(rec) if rec else None})
     for f in (0.05, 0.01):
         p, ft, fp = (_find(rows, "badnets", d, f) for d in ("purify+ft", "ft", "fp"))
-        if p is None:
+        if None in (p, ft, fp):
             continue
         ok = p["asr"] <= 0.05 and clean["ca"] - p["ca"] <= 0.02 and p["asr"] < min(ft["asr"], fp["asr"])
         out.append({"target": f"badnets, {f:g} benign: purify+ft ASR ≤ 5%, CA drop ≤ 2 pt, ASR below FT and FP",
