@@ -119,6 +119,22 @@ def test_backdoor_cli_names_the_missing_files(tmp_path, capsys):
     assert "t10k-images-idx3-ubyte" in capsys.readouterr().err
 
 
+def test_backdoor_without_matplotlib_runs_without_figure(tmp_path, monkeypatch, capsys):
+    real_find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    seen = {}
+
+    def fake_run(dataset, out, **kw):
+        seen.update(kw, dataset=dataset)
+        return {"dataset": dataset, "arch": kw["arch"], "clean": {"ca": 0.9, "asr": 0.0}, "rows": [], "targets": []}
+
+    monkeypatch.setattr(backdoor, "run", fake_run)
+    assert cli.main(["reproduce", "backdoor", "--quick", "--arch", "multi", "--out", str(tmp_path)]) == 0
+    assert seen["figure"] is False and seen["quick"] is True and seen["dataset"] == "digits" and seen["arch"] == "multi"
+    err = capsys.readouterr().err
+    assert "no figure" in err and 'pip install "jaxpurify[paper]"' in err
+
+
 # -- end to end (slow) -----------------------------------------------------------------------------
 def _plain_rates(apply, params, x, y, trigger, target):
     """CA and ASR by a plain loop over single examples (not the attacks package's batched metrics)."""
