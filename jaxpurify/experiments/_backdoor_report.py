@@ -67,7 +67,8 @@ def markdown(res: dict) -> str:
             "",
             "`benign`: the defender's benign data as a fraction of the training set (data-free defenses: 0). "
             "`flagged`: entries the defense judged corrupted (– : it flags nothing by design). "
-            "`detected`: the keyed seal (purify rows) or the checksums (checksum rows); – : no detector.",
+            "`detected`: the keyed seal (purify rows) or the checksums (checksum rows); – : no detector. "
+            "`s`: the defense's wall time (the first purify of a process includes compiling the solver).",
             "",
             "CA % / ASR % per defense:", "", summary(res), "", "All rows:", "",
             table(res["rows"]), "", "## Targets (issue 11)", ""]
