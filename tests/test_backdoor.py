@@ -164,7 +164,7 @@ def _columns(codebook, deployed, attacked, purified):
     return out
 
 
-@pytest.mark.slow  # trains and attacks five ways (≈ 4.5 min at load 15–20 on 2 cores): CI runs it with `pytest -m slow`
+@pytest.mark.slow  # trains and attacks five ways (122 s at load 6–8 on 2 cores): CI runs it with `pytest -m slow`
 def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path):
     kept = {}
     res = backdoor.run("digits", str(tmp_path), quick=True, progress=False, figure=True, keep=kept,
