@@ -90,7 +90,7 @@ def _purify(args) -> int:
 
 def _needs(args) -> list[tuple[str, str]]:
     """(module, how to install it) that this run imports, checked before any work starts."""
-    needs = [("matplotlib", PAPER)]  # every experiment draws its figure
+    needs = [] if args.experiment == "backdoor" else [("matplotlib", PAPER)]  # backdoor: figure only if present
     if args.experiment == "synthetic" and not args.no_lp:
         needs.append(("scipy", PAPER))
     if getattr(args, "source", None) == "tfds":
@@ -110,6 +110,8 @@ def _reproduce(args) -> int:
         raise BadInput(f"reproduce {args.experiment} needs {names}, not installed: {hows}")
     from jaxpurify.experiments import noise, realdata, synthetic
 
+    if args.experiment == "backdoor":
+        return _backdoor(args)
     if args.experiment == "synthetic":
         r = synthetic.run(args.out, quick=args.quick, seed=args.seed, lp=not args.no_lp)
         for leaf in ("weights", "biases"):
@@ -139,6 +141,25 @@ def _reproduce(args) -> int:
     return EXIT_OK
 
 
+def _backdoor(args) -> int:
+    from jaxpurify.experiments import backdoor
+
+    figure = not _missing([("matplotlib", PAPER)])
+    if not figure:
+        print(f"reproduce backdoor: matplotlib not installed, no figure ({PAPER})", file=sys.stderr)
+    res = backdoor.run(args.dataset, args.out, arch=args.arch, quick=args.quick, data_dir=args.data, seed=args.seed,
+                       figure=figure)
+    c = res["clean"]
+    print(f"{res['dataset']} / {res['arch']}: clean CA {c['ca']:.4f}, trigger rate {c['asr']:.4f}")
+    for r in res["rows"]:
+        print(f"  {r['attack']:<10} {r['defense']:<9} {r['benign_fraction']:<5g} CA {r['ca']:.4f}  ASR {r['asr']:.4f}  "
+              f"RA {r['ra']:.4f}  detected {r['detected']}")
+    for t in res["targets"]:
+        print(f"  {'met' if t['met'] else 'NOT met'}: {t['target']}")
+    print(f"wrote {args.out}/backdoor.json, backdoor.md" + (", backdoor.png" if figure else ""))
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -162,6 +183,11 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
                        help="standard files in --data-dir, or a prepared tensorflow-datasets dir")
     exps.add_parser("mnist", parents=[real, files], help="MNIST from --data-dir")
     exps.add_parser("cifar10", parents=[real, files], help="CIFAR-10 from --data-dir")
+    b = exps.add_parser("backdoor", parents=[shared], help="weight attacks × defenses × benign data (issue 11)")
+    b.add_argument("--dataset", choices=["digits", "mnist", "cifar10"], default="digits")
+    b.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
+    b.add_argument("--data", "--data-dir", dest="data", metavar="PATH",
+                   help="directory with MNIST IDX or CIFAR-10 binary files (nothing is downloaded)")
 
 
 def _parser() -> argparse.ArgumentParser:

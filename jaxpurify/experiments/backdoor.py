@@ -1,0 +1,223 @@
+"""``jaxpurify reproduce backdoor``: every attack × every defense × benign-data budget (issue 11).
+
+Threat model: the defender trains an encoded CNN (W = A·Θ, codebook key secret, every floating
+parameter protected), deploys W, seals it (``codebook.seal``) and keeps RADAR-style checksums
+(:func:`jaxpurify.defenses.checksum_signatures`). The attacker holds the deployed weights and a
+disjoint half of the training set, and changes the weights with each attack of
+:mod:`jaxpurify.attacks` at its fixed default hyper-parameters (recorded in the output). The
+defender then runs each defense of :mod:`jaxpurify.defenses` with a benign share of the training
+set (``FRACTIONS``; the data-free defenses run once, at 0).
+
+Metrics on the test set (BackdoorBench): CA, ASR (triggered non-target inputs sent to the target),
+RA (triggered non-target inputs still correct). The forensic map compares, per leaf and channel,
+the entries l1 flags as outliers (:func:`jaxpurify.defenses.outlier_masks`) with those the
+attack changed (``Attack.changed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import jax
+import numpy as np
+
+from jaxpurify import Codebook, attacks, data
+from jaxpurify import defenses as D
+from jaxpurify._progress import Progress
+from jaxpurify.experiments._common import write_json
+from jaxpurify.experiments.realdata import build
+from jaxpurify.train import train
+
+ATTACKS = {"badnets": attacks.badnets, "sparse": attacks.sparse_trojan, "channels": attacks.channel_trojan,
+           "pbfa": attacks.pbfa, "bit_trojan": attacks.bit_trojan, "span": attacks.span_trojan}
+FRACTIONS = (0.05, 0.01, 0.0)
+TARGET = 0
+LAST_CONV = {"one-hidden": "hidden", "multi": "conv1"}  # the layer fine-pruning prunes
+
+
+def secret_for(seed: int) -> bytes:
+    """256 secret bits derived from the seed, so a run can be repeated; no attack ever sees them."""
+    return hashlib.blake2b(f"jaxpurify reproduce backdoor {seed}".encode(), digest_size=32).digest()
+
+
+def last_conv_features(model, layer: str):
+    """features(params, x): the ReLU outputs (N, …, C) of ``layer``, for fine-pruning."""
+
+    def features(params, x):
+        _, state = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
+        return jax.nn.relu(state["intermediates"][layer]["__call__"][0])
+
+    return features
+
+
+def metrics(apply, params, test: data.Split, trigger, target: int) -> dict:
+    x, y = test
+    return {"ca": attacks.clean_accuracy(apply, params, x, y),
+            "asr": attacks.attack_success_rate(apply, params, x, y, trigger, target),
+            "ra": attacks.robust_accuracy(apply, params, x, y, trigger, target)}
+
+
+def _count(tree) -> int | None:
+    return None if tree is None else int(sum(np.sum(np.asarray(v)) for v in jax.tree.leaves(tree)))
+
+
+def row(attack: str, defense: str, fraction: float, m: dict, done: D.Defended | None, seconds: float) -> dict:
+    rep = done.report if done is not None else None
+    return {"attack": attack, "defense": defense, "benign_fraction": fraction, **m,
+            "flagged": _count(done.flagged) if done is not None else None,
+            "certified_fraction": rep.certified / rep.columns if rep is not None else None,
+            "detected": done.detected if done is not None else None, "seconds": seconds}
+
+
+def forensic_map(changed: dict, flagged: dict, certified: dict) -> dict:
+    """Per leaf: entries changed by the attack vs flagged by l1, precision and recall (None when
+    undefined), recall among entries whose column is certified, and the channels (last axis) hit."""
+    out = {}
+    for path, ch in changed.items():
+        ch, fl, ce = np.asarray(ch, bool), np.asarray(flagged[path], bool), np.asarray(certified[path], bool)
+        tp, cch = int((ch & fl).sum()), int((ch & ce).sum())
+        chan = lambda m: np.flatnonzero(m.reshape(-1, m.shape[-1]).any(0)).tolist()
+        out[path] = {
+            "changed": int(ch.sum()), "flagged": int(fl.sum()), "true_positive": tp,
+            "precision": tp / int(fl.sum()) if fl.any() else None,
+            "recall": tp / int(ch.sum()) if ch.any() else None,
+            "changed_in_certified": cch,
+            "certified_recall": int((ch & fl & ce).sum()) / cch if cch else None,
+            "channels_changed": chan(ch), "channels_flagged": chan(fl),
+        }
+    return out
+
+
+def split(ds: data.Dataset, seed: int):
+    """Attacker: a random half of the training set; the defender's benign pool: the other half."""
+    n = len(ds.train.x)
+    perm = np.random.default_rng(seed).permutation(n)
+    take = lambda idx: (ds.train.x[idx], ds.train.y[idx])
+    return take(perm[: n // 2]), take(perm[n // 2:]), n
+
+
+def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
+        seed: int = 0, progress: bool = True, figure: bool = True, only: tuple[str, ...] | None = None,
+        keep: dict | None = None, defenses: tuple[str, ...] | None = None) -> dict:
+    """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
+    ``only`` / ``defenses`` restrict the attacks / defenses (names of ``ATTACKS`` / ``DEFENSES``);
+    the unattacked model is always evaluated.
+    ``keep``, a dict, receives every evaluated tree by (attack, defense, benign_fraction), and
+    "apply", "test" (x, y), "trigger" and "codebook", for checks outside."""
+    for arg, chosen, known in (("only", only, ATTACKS), ("defenses", defenses, D.DEFENSES)):
+        unknown = sorted(set(chosen or ()) - set(known))
+        if unknown:
+            raise ValueError(f"{arg}: unknown name {unknown[0]!r}; choose from {', '.join(known)}")
+    os.makedirs(out, exist_ok=True)
+    ds = data.load(dataset, data_dir, seed=seed)
+    if quick and dataset != "digits":
+        ds = data.Dataset(data.Split(ds.train.x[:2000], ds.train.y[:2000]), data.Split(ds.test.x[:1000], ds.test.y[:1000]), ds.name)
+    shown = None if progress else False
+    steps, fractions = (600, (0.05, 0.0)) if quick else (1500, FRACTIONS)
+    key = jax.random.key(seed)
+    model, _ = build(arch, ds)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
+    codebook = Codebook.create(params0, secret_for(seed))  # every floating parameter protected
+    t0 = time.perf_counter()
+    latent = train(apply, codebook.init_latent(params0), codebook, ds.train.x, ds.train.y,
+                   key=jax.random.fold_in(key, 2), steps=steps, progress=shown).latent
+    deployed = codebook.decode(latent)
+    train_seconds = time.perf_counter() - t0
+    codebook.seal(deployed)
+    signatures = D.checksum_signatures(deployed, jax.random.fold_in(key, 3))
+
+    trigger = attacks.Trigger.for_image(ds.train.x.shape[1])
+    attacker, pool, n_train = split(ds, seed)
+    layer = LAST_CONV[arch]
+    extra = {"checksum": {"signatures": signatures}, "fp": {"features": last_conv_features(model, layer), "layer": layer}}
+    hypers = {"fp": {"layer": layer, "max_drop": 0.05, "step": 0.05, "max_prune": 0.9},
+              "checksum": {"group_size": signatures.group_size}}
+    clean = metrics(apply, deployed, ds.test, trigger, TARGET)
+
+    rows, attack_info, forensic = [row("none", "none", 0.0, clean, None, 0.0)], {}, {}
+    keep = {} if keep is None else keep
+    keep.update({"apply": apply, "test": tuple(ds.test), "trigger": trigger, "codebook": codebook,
+                 ("none", "none", 0.0): deployed})
+    names = ["none", *(a for a in ATTACKS if only is None or a in only)]
+    chosen = {d: D.DEFENSES[d] for d in (defenses or D.DEFENSES)}
+    with Progress(len(names), f"backdoor {dataset}/{arch}", disable=not progress or None) as bar:
+        for a, name in enumerate(names):
+            if name == "none":
+                attacked = deployed
+            else:
+                res = ATTACKS[name](jax.random.fold_in(key, 100 + a), apply, deployed, attacker, target=TARGET,
+                                    trigger=trigger, progress=shown)
+                attacked = res.params
+                changed = {D.path_of(kp): v for kp, v in jax.tree_util.tree_leaves_with_path(res.changed)}
+                attack_info[name] = {"hyper": res.hyper, "seconds": res.seconds, "changed": _count(res.changed)}
+                rows.append(row(name, "none", 0.0, metrics(apply, attacked, ds.test, trigger, TARGET), None, 0.0))
+                keep[(name, "none", 0.0)] = attacked
+                flags, cert = D.outlier_masks(attacked, codebook)
+                forensic[name] = forensic_map(changed, flags, cert)
+            for dname, defense in chosen.items():
+                for f in (fractions if dname in D.NEEDS_DATA else (0.0,)):
+                    if dname in D.NEEDS_DATA and f == 0.0:
+                        continue  # no benign data: nothing to fine-tune on
+                    m = int(round(f * n_train))
+                    benign = (pool[0][:m], pool[1][:m])
+                    kw = dict(extra.get(dname, {}), **({"progress": shown} if dname in D.NEEDS_DATA else {}))
+                    t1 = time.perf_counter()
+                    done = defense(apply, attacked, codebook, benign, jax.random.fold_in(key, 1000 + a), **kw)
+                    dt = time.perf_counter() - t1
+                    rows.append(row(name, dname, f, metrics(apply, done.params, ds.test, trigger, TARGET), done, dt))
+                    keep[(name, dname, f)] = done.params
+            bar.update(1, attack=name)
+
+    res = {
+        "dataset": ds.name, "arch": arch, "quick": quick, "seed": seed, "steps": steps, "target": TARGET,
+        "trigger": trigger._asdict(), "train_examples": n_train, "test_examples": len(ds.test.x),
+        "attacker_examples": len(attacker[0]), "benign_pool_examples": len(pool[0]), "train_seconds": train_seconds,
+        "clean": clean, "codebook": {name: {"K": g.K, "n": g.n, "columns": g.columns} for name, g in codebook.groups.items()},
+        "attacks": attack_info,
+        "defenses": {"fine_tuning": {"epochs": D.EPOCHS, "batch_size": D.BATCH, "lr": D.LR, "optimizer": "adam"}, **hypers},
+        "rows": rows, "forensic": forensic,
+    }
+    res["targets"] = targets(res)
+    write_json(os.path.join(out, "backdoor.json"), res)
+    from jaxpurify.experiments import _backdoor_report
+
+    with open(os.path.join(out, "backdoor.md"), "w") as fh:
+        fh.write(_backdoor_report.markdown(res))
+    if figure:
+        _backdoor_report.plot(res, os.path.join(out, "backdoor.png"))
+    return res
+
+
+def _find(rows, attack, defense, fraction=0.0):
+    return next((r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (attack, defense, fraction)), None)
+
+
+def targets(res: dict) -> list[dict]:
+    """The issue's targets, each with the numbers that decide it and whether it is met."""
+    rows, clean, out = res["rows"], res["clean"], []
+    for a in ("sparse", "channels", "pbfa", "bit_trojan"):
+        r = _find(rows, a, "purify")
+        leaves = res["forensic"].get(a, {}).values()
+        rec = [v["certified_recall"] for v in leaves if v["certified_recall"] is not None]
+        if r is None:
+            continue
+        ok = abs(r["ca"] - clean["ca"]) <= 0.005 and abs(r["asr"] - clean["asr"]) <= 0.01 and all(v == 1.0 for v in rec)
+        out.append({"target": f"{a}: purify alone restores CA ±0.5 pt, ASR ±1 pt, finds every certified change",
+                    "met": ok, "ca": r["ca"], "asr": r["asr"], "clean_ca": clean["ca"], "clean_asr": clean["asr"],
+                    "min_certified_recall": min(rec) if rec else None})
+    for f in (0.05, 0.01):
+        p, ft, fp = (_find(rows, "badnets", d, f) for d in ("purify+ft", "ft", "fp"))
+        if None in (p, ft, fp):
+            continue
+        ok = p["asr"] <= 0.05 and clean["ca"] - p["ca"] <= 0.02 and p["asr"] < min(ft["asr"], fp["asr"])
+        out.append({"target": f"badnets, {f:g} benign: purify+ft ASR ≤ 5%, CA drop ≤ 2 pt, ASR below FT and FP",
+                    "met": ok, "asr": p["asr"], "ca_drop": clean["ca"] - p["ca"], "ft_asr": ft["asr"], "fp_asr": fp["asr"]})
+    s, s0 = _find(rows, "span", "purify"), _find(rows, "span", "none")
+    if s is not None:
+        out.append({"target": "span: purify fails (ASR kept within 1 pt) and the keyed seal detects it",
+                    "met": s["asr"] >= s0["asr"] - 0.01 and s["detected"] is True, "asr_attacked": s0["asr"],
+                    "asr_purified": s["asr"], "detected": s["detected"]})
+    return out
