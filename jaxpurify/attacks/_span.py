@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify._codebook import Codebook
+from jaxpurify import Codebook
 from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_training, flatten, \
     trojan_finetune
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy

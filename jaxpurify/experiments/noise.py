@@ -21,7 +21,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify._solver import recover
+from jaxpurify import recover
 from jaxpurify._progress import Progress
 from jaxpurify.experiments._common import write_csv, write_json
 

@@ -24,8 +24,8 @@ import optax
 
 from jaxpurify import contamination as C
 from jaxpurify import data, models
-from jaxpurify._codebook import Codebook
-from jaxpurify._purify import purify
+from jaxpurify import Codebook
+from jaxpurify import purify
 from jaxpurify._tree import leaves_with_paths
 from jaxpurify._progress import Progress
 from jaxpurify.experiments._common import write_json

@@ -27,8 +27,8 @@ import numpy as np
 
 from jaxpurify import contamination as C
 from jaxpurify import models
-from jaxpurify._codebook import Codebook
-from jaxpurify._solver import recover
+from jaxpurify import Codebook
+from jaxpurify import recover
 from jaxpurify._progress import Progress
 from jaxpurify.experiments._common import lad_highs, rel_fro, write_csv, write_json
 
