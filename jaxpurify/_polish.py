@@ -24,7 +24,7 @@ def _mean_abs(a, mask):
     return jnp.sum(jnp.where(mask, a, 0.0), axis=0) / cnt
 
 
-def _fit(Q, y, inlier, c0, max_cg, active=None):
+def _fit(Q, y, inlier, c0, max_cg, active):
     """Least squares on the inlier rows of each column, in the Q basis: c = argmin ‖D(y − Q c)‖₂.
 
     Conjugate gradients on the normal equations G c = Qᵀ D y with G = Qᵀ D Q = I − Q_Oᵀ Q_O, an
@@ -42,8 +42,7 @@ def _fit(Q, y, inlier, c0, max_cg, active=None):
     G = lambda p: _mm(Q.T, d * _mm(Q, p))
     r = b - G(c)
     rs = jnp.sum(r * r, axis=0)
-    if active is not None:  # inactive columns keep c0 and do not hold the loop
-        rs = jnp.where(active, rs, 0.0)
+    rs = jnp.where(active, rs, 0.0)  # inactive columns keep c0 and do not hold the loop
     stop = (jnp.finfo(dtype).eps ** 2) * bb
 
     def cond(st):

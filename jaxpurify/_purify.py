@@ -165,7 +165,7 @@ def column_norms(values: np.ndarray) -> np.ndarray:
 
 
 def entry_bounds(codebook, matrices: dict[str, np.ndarray], results: dict[str, GroupResult],
-                 norms: dict[str, np.ndarray]) -> dict[str, float]:
+                 norms: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> dict[str, float]:
     """Per protected leaf, a bound on |w − w_clean| per entry from the columns' certificates.
 
     A certified column has ‖x̂ − x‖₂ ≤ b·‖x̂‖₂ (``Recovery.bound``) and ‖x̂‖₂ ≤ ‖w‖₂ / σ_min(A), so
@@ -184,7 +184,7 @@ def entry_bounds(codebook, matrices: dict[str, np.ndarray], results: dict[str, G
         per_col.append(np.where(np.isfinite(e), e, np.nan))
     per_col = np.concatenate(per_col) if per_col else np.zeros(0)
     out = {}
-    for path, cols in leaf_columns(codebook).items():
+    for path, cols in columns.items():
         v = per_col[cols]
         v = v[np.isfinite(v)]
         leaf = codebook.seal_record.leaves.get(path)
@@ -300,14 +300,15 @@ def purify(
     norms = {name: column_norms(r.values) for name, r in results.items()} if sealed else {}
     for r in results.values():
         r.values = None  # the purified tree holds them now: free the working copy before the checks
+    columns = leaf_columns(codebook)
     seal = ()
     if sealed:
         if matrices is None:
             matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
-        err = entry_bounds(codebook, matrices, results, norms)
+        err = entry_bounds(codebook, matrices, results, norms, columns)
         seal = tuple(codebook.verify(purified, err).values())
     report = Report(
-        leaves=leaf_reports(codebook, protected, results),
+        leaves=leaf_reports(codebook, protected, results, columns),
         groups=tuple(GroupReport.of(g, results[name]) for name, g in groups.items()),
         unprotected=tuple(UnprotectedLeaf.of(params, codebook)),
         on_uncertified=on_uncertified,

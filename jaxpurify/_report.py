@@ -248,11 +248,11 @@ def leaf_columns(codebook) -> dict[str, np.ndarray]:
     return {p: np.unique(np.concatenate(v)) for p, v in out.items()}
 
 
-def leaf_reports(codebook, protected: dict[str, Any], results: dict) -> tuple[LeafReport, ...]:
-    """Per protected leaf, its columns' statistics (columns from :func:`leaf_columns`; flags from
+def leaf_reports(codebook, protected: dict[str, Any], results: dict,
+                 columns: dict[str, np.ndarray]) -> tuple[LeafReport, ...]:
+    """Per protected leaf, its columns' statistics (``columns``: :func:`leaf_columns`; flags from
     the unpacked outlier masks, so it holds for any layout)."""
     groups = codebook.groups
-    columns = leaf_columns(codebook)
     flags = codebook.unpack({name: r.outliers for name, r in results.items()})
     cert = np.concatenate([results[name].certified for name in groups]) if groups else np.zeros(0, bool)
     inlier = np.concatenate([results[name].inlier_residual for name in groups]) if groups else np.zeros(0)
