@@ -55,9 +55,9 @@ FAULTS = (("zeroed", 0.05), ("copied", 0.05), ("negated", 0.02), ("doubled", 0.0
 
 
 def _batches(K: int, columns: int, width: int) -> int:
-    """Entry-fault batches of a regime: 4 at K ≤ 256, 1 at K = 1024 per 106,496 columns."""
+    """Entry-fault batches of a regime: 4 at K ≤ 256, 1 at K = 1024 per 106,496 columns (none if 0)."""
     share = 1 if K == 1024 else 4
-    return max(1, round(share * columns / 106_496 * 1024 / width))
+    return max(1, round(share * columns / 106_496 * 1024 / width)) if columns > 0 else 0
 
 
 def _codebook(K: int, ratio: float, dtype: str, width: int, seed: int):
@@ -182,7 +182,65 @@ def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
                 clean_columns=int((~faulted).sum()), per_fault=per)
 
 
+def honest_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
+    """A sealed leaf purified after faults well within capacity (no tampering): every alarm is false.
+
+    Each column gets k ≤ (K − n)/4 changed entries (k uniform): half gross errors of magnitude
+    10^U(0, 30) times the weight scale, half flips of an exponent or sign bit; then ``purify``
+    with its own seal check."""
+    g = cb.groups[name]
+    K, n = g.K, g.n
+    theta = rng.standard_normal((width, n)).astype(dtype)
+    deployed = cb.decode({name: theta})
+    cb.seal(deployed)
+    W = np.array(deployed["w"], copy=True)  # (width, K): column j of the code is row j here
+    bits, mant = (32, 23) if W.dtype == np.float32 else (64, 52)
+    udt = np.dtype(f"uint{bits}")
+    rms = float(np.sqrt(np.mean(np.square(W.astype(np.float64)))))
+    for j in range(width):
+        k = int(rng.integers((K - n) // 4 + 1))
+        rows = rng.choice(K, k, replace=False)
+        flip, add = rows[: k // 2], rows[k // 2 :]
+        one = np.ones(flip.size, udt) << rng.integers(mant, bits, size=flip.size).astype(udt)
+        W[j, flip] = (W[j, flip].view(udt) ^ one).view(W.dtype)
+        with np.errstate(over="ignore"):
+            W[j, add] = (W[j, add] + C.error_values(rng, add.size, rms, 1.0, 1e30)).astype(dtype)
+    purified, report = jp.purify({"w": W}, cb)
+    (verdict,) = report.seal
+    Y = np.asarray(cb.pack({"w": W})[name])
+    out = jp.recover(np.asarray(cb.matrix(name, dtype))[None], Y[None])  # which columns purify certified
+    certified = np.asarray(out.certified[0])
+    cols = max(1, cb.seal_record.chunk // K)
+    false_alarm = sum(1 for a, _ in verdict.failed_chunks if certified[a // K : a // K + cols].all())
+    return dict(columns=width, certified=int(report.certified), ok=int(report.ok), verified=int(report.verified),
+                false_alarm_chunks=int(false_alarm), seal_detectable=verdict.detectable,
+                max_abs_weight=float(np.abs(np.asarray(deployed["w"])).max()),
+                max_statistic_over_tolerance=verdict.statistic / verdict.tolerance if verdict.tolerance else math.inf)
+
+
+def merge(trials: list[dict]) -> dict:
+    """Trials of one regime as one: counts added, the worst detectable size and margin kept."""
+    out: dict = {}
+    for t in trials:
+        for k, v in t.items():
+            if isinstance(v, dict):
+                out[k] = merge([out[k], v]) if k in out else dict(v)
+            elif k in ("seal_detectable", "seal_tolerance", "max_statistic_over_tolerance"):
+                out[k] = max(out.get(k, -math.inf), v)
+            elif k == "max_abs_weight":
+                out[k] = min(out.get(k, math.inf), v)
+            elif k == "leaf_verified":
+                out[k] = out.get(k, False) or v
+            else:
+                out[k] = out.get(k, 0) + v
+    out["trials"] = len(trials)
+    return out
+
+
 def _row(cols: dict[str, np.ndarray]) -> dict:
+    if not cols:  # no entry faults asked for (--columns 0)
+        return dict(columns=0, certified=0, outside_bound_within_guarantee=0, certified_wrong_beyond_guarantee=0,
+                    exact_uncertified=0, max_error_over_bound=0.0)
     c, w = cols["certified"], cols["within"]
     over = c & w & (cols["rel"] > cols["bound"])
     with np.errstate(invalid="ignore"):
@@ -193,7 +251,7 @@ def _row(cols: dict[str, np.ndarray]) -> dict:
                 max_error_over_bound=float(ratio.max()) if ratio.size else 0.0)
 
 
-def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS, dtypes=DTYPES) -> dict:
+def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS, dtypes=DTYPES, trials: int = 1) -> dict:
     if width % GROUP:
         raise ValueError(f"width must be a multiple of {GROUP}, got {width}")
     rng = np.random.default_rng(seed)
@@ -215,11 +273,12 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                     for k, v in res.items():
                         acc.setdefault(k, []).append(v)
                 acc = {k: np.concatenate(v) for k, v in acc.items()}
-                for model in MODELS:
+                for model in MODELS if acc else ():
                     sel = acc["model"] == model
                     per_model.setdefault((model, dtype), []).append({k: v[sel] for k, v in acc.items() if k != "model"})
-                trial = in_range_trial(rng, cb, name, width, dtype)
-                row = dict(K=K, n=n, ratio=ratio, dtype=dtype, **_row(acc), in_range=trial,
+                trial = merge([in_range_trial(rng, cb, name, width, dtype) for _ in range(trials)])
+                honest = merge([honest_trial(rng, cb, name, width, dtype) for _ in range(trials)])
+                row = dict(K=K, n=n, ratio=ratio, dtype=dtype, **_row(acc), in_range=trial, honest=honest,
                            seconds=round(time.perf_counter() - t0, 1))
                 regimes.append(row)
                 log(f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, {row['certified']} certified, "
@@ -227,13 +286,16 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                     f"in-range faults {trial['certified_faulted']}/{trial['faulted']} certified by l1, "
                     f"{trial['undetected']} undetected with the seal, {trial['false_alarm_chunks']} false alarms "
                     f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond the guarantee, "
-                    f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|", flush=True)
+                    f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|; within capacity "
+                    f"{honest['certified']}/{honest['columns']} certified, ok {honest['ok']}/{trials}, "
+                    f"{honest['false_alarm_chunks']} false alarms, statistic/tolerance ≤ "
+                    f"{honest['max_statistic_over_tolerance']:.2g}", flush=True)
     models = []
     for (model, dtype), parts in per_model.items():
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         models.append(dict(model=model, dtype=dtype, **_row(merged)))
     return dict(regimes=regimes, models=models, seconds=round(time.perf_counter() - t_all, 1),
-                columns=sum(r["columns"] + r["in_range"]["columns"] for r in regimes),
+                columns=sum(r["columns"] + r["in_range"]["columns"] + r["honest"]["columns"] for r in regimes),
                 machine=dict(cpus=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
                              load=os.getloadavg()), width=width, seed=seed)
 
@@ -263,13 +325,15 @@ def main(argv=None) -> dict:
     p.add_argument("--columns", type=int, default=106_496, help="entry-fault columns in all (approximately)")
     p.add_argument("--width", type=int, default=1024, help="columns per solver call (a multiple of 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trials", type=int, default=1, help="sealed in-range and within-capacity leaves per regime")
     p.add_argument("--K", default=",".join(map(str, KS)), help="a subset of the K values, e.g. 16,64")
     p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "campaign.json"))
     a = p.parse_args(argv)
     result = run(a.columns, a.width, a.seed, Ks=tuple(int(k) for k in a.K.split(",")),
-                 ratios=tuple(float(r) for r in a.ratios.split(",")), dtypes=tuple(a.dtypes.split(",")))
+                 ratios=tuple(float(r) for r in a.ratios.split(",")), dtypes=tuple(a.dtypes.split(",")),
+                 trials=a.trials)
     print(table(result))
     print(f"{result['columns']:,} columns in {result['seconds']} s; load {result['machine']['load']}")
     if a.out:
