@@ -41,15 +41,19 @@ _BLOCK = 1 << 20  # entries per block of columns: the working memory is a few ar
 
 def latent_norms(values: np.ndarray, A: np.ndarray) -> np.ndarray:
     """‖A⁺w‖₂ of every column w of a (K, m) code (= ‖x̂‖₂ for a purified column w = A x̂), in
-    float64, a block of columns at a time; non-finite entries (uncertified inputs) count as 0."""
+    float64, a block of columns at a time; non-finite entries (uncertified inputs) count as 0.
+
+    A⁺w = (AᵀA)⁻¹Aᵀw = L⁻ᵀL⁻¹Aᵀw with AᵀA = LLᵀ: n × n factors only (A⁺ itself, and the SVD
+    behind ``np.linalg.pinv``, would cost several K × n float64 arrays at once)."""
     K, m = values.shape
-    pinv = np.linalg.pinv(np.asarray(A, np.float64))
+    A = np.asarray(A, np.float64)
+    Linv = np.linalg.inv(np.linalg.cholesky(A.T @ A))
     step = max(1, _BLOCK // max(K, 1))
     out = np.empty(m)
     for j in range(0, m, step):
         v = values[:, j : j + step].astype(np.float64)
         v[~np.isfinite(v)] = 0.0
-        out[j : j + step] = np.linalg.norm(pinv @ v, axis=0)
+        out[j : j + step] = np.linalg.norm(Linv.T @ (Linv @ (A.T @ v)), axis=0)
     return out
 
 

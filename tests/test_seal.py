@@ -166,7 +166,7 @@ def test_purify_catches_an_in_span_change_of_2_percent_that_the_per_leaf_toleran
     assert np.abs(purified["conv"]["kernel"] - W).max() > 0.015 * np.abs(W).max()  # l1 kept it
 
 
-def test_chunk_errors_follow_each_entry_to_its_column_through_unpack():
+def test_chunk_errors_follow_each_entry_to_its_column_through_unpack(monkeypatch):
     # purify's tolerance per chunk (jaxpurify._seal_bound) against a plain loop that finds each
     # entry's (group, row, column) through codebook.unpack: every layout (interleaved, pooled,
     # with a padded entry, single-axis along a middle axis), chunks that split columns and columns
@@ -190,6 +190,7 @@ def test_chunk_errors_follow_each_entry_to_its_column_through_unpack():
     cols = cb.unpack({name: w[1] for name, w in where.items()})
     group = cb.unpack({name: np.full((g.K, g.columns), i) for i, (name, g) in enumerate(cb.groups.items())})
     names = list(cb.groups)
+    monkeypatch.setattr(_seal_bound, "_BLOCK", 100)  # blocks of a few columns
     got = _seal_bound.chunk_errors(cb, mats, results, xn)
     for path, sealed in cb.seal_record.leaves.items():
         r, c, gi = (np.asarray(x[path]).reshape(-1) for x in (rows, cols, group))
@@ -204,6 +205,20 @@ def test_chunk_errors_follow_each_entry_to_its_column_through_unpack():
                 E2 += beta**2 * min(np.linalg.norm(A, 2) ** 2, np.sum(A[r[start : start + 64][sel]] ** 2))
             expect.append(math.sqrt(E2 / min(64, r.size - start)) + _seal.default_err("float32", sealed.max_abs))
         np.testing.assert_allclose(got[path], expect, rtol=1e-9, err_msg=path)
+
+
+def test_latent_norms_match_least_squares(monkeypatch):
+    # ‖x̂‖₂ of a purified column w = A x̂, read back from w (HiGHS is not needed: an l2 problem, lstsq)
+    from jaxpurify import _seal_bound
+
+    rng = np.random.default_rng(18)
+    A = (rng.standard_normal((96, 64)) / 8).astype(np.float32)  # K/n = 1.5
+    X = rng.standard_normal((64, 700)) * np.exp(rng.uniform(-20, 20, 700))
+    W = (A.astype(np.float64) @ X).astype(np.float32)
+    W[5, 3] = np.nan  # an uncertified input may hold erasures: counted as 0
+    ref = np.linalg.norm(np.linalg.lstsq(A.astype(np.float64), np.nan_to_num(W.astype(np.float64)), rcond=None)[0], axis=0)
+    monkeypatch.setattr(_seal_bound, "_BLOCK", 96 * 50)  # several blocks of columns
+    np.testing.assert_allclose(_seal_bound.latent_norms(W, A), ref, rtol=1e-10)
 
 
 def test_a_tolerance_per_chunk_judges_each_chunk_by_its_own():
