@@ -1,6 +1,7 @@
 """Fault campaign (issue 10): does a certificate ever overstate, and does the seal see what l1 cannot?
 
-    python -m jaxpurify.bench.campaign [--columns N] [--width W] [--out FILE]
+    python -m jaxpurify.bench.campaign [--columns N] [--width W] [--trials T] [--K 256,1024]
+                                       [--ratios 1.5,2] [--dtypes float32] [--out FILE]
 
 A benchmark, not a test.  Regimes are (K, K/n, dtype) with K ∈ {16, 64, 256, 1024},
 K/n ∈ {1.5, 2, 4, 8}, float32 and float64 (32 in all); each regime gets its own small codebook
@@ -17,12 +18,18 @@ K/n ∈ {1.5, 2, 4, 8}, float32 and float64 (32 in all); each regime gets its ow
   5% copied from another column, 2% negated, 2% doubled and 5% moved inside range(A) (y + A·z,
   the key-less span attack); ``recover`` says which are certified (l1 alone accepts them) and
   ``purify``'s seal verdict (per chunk of the leaf) whether each was detected.
+* **within capacity, sealed**: one sealed leaf of W columns, each with k ≤ (K − n)/4 gross
+  errors or exponent/sign flips and no tampering, purified: certified, ``report.ok``, and seal
+  false alarms (failed chunks whose columns are all certified).
+
+``--trials`` sealed leaves of each kind per regime (default 1); ``--columns 0`` runs them alone.
 
 Per regime and per model it prints: columns, certified, certified outside the bound with the
 corruption within the guarantee (k ≤ K' − n − k̂ changed entries; target 0), certified wrong
 beyond the guarantee, exact (rel. error ≤ 1e-4 float32, 1e-10 float64) but uncertified, and the
 in-range faults: certified by l1 and undetected by the seal (target 0), plus seal false alarms
-(failed chunks holding no faulted column).  ``--columns`` sets the entry-fault columns in all
+(failed chunks holding no faulted column), the smallest single-entry change purify's seal is sure
+to detect (worst chunk, × max|W|), and the within-capacity trials.  ``--columns`` sets the entry-fault columns in all
 (default 106,496: 4 batches of 1024 per regime at K ≤ 256, 1 at K = 1024, scaled to fit).
 JSON to ``benchmarks/results/campaign.json``.
 """
@@ -218,13 +225,13 @@ def honest_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
                 max_statistic_over_tolerance=verdict.statistic / verdict.tolerance if verdict.tolerance else math.inf)
 
 
-def merge(trials: list[dict]) -> dict:
+def merge(trials: list[dict], top: bool = True) -> dict:
     """Trials of one regime as one: counts added, the worst detectable size and margin kept."""
     out: dict = {}
     for t in trials:
         for k, v in t.items():
             if isinstance(v, dict):
-                out[k] = merge([out[k], v]) if k in out else dict(v)
+                out[k] = merge([out[k], v], top=False) if k in out else dict(v)
             elif k in ("seal_detectable", "seal_tolerance", "max_statistic_over_tolerance"):
                 out[k] = max(out.get(k, -math.inf), v)
             elif k == "max_abs_weight":
@@ -233,7 +240,8 @@ def merge(trials: list[dict]) -> dict:
                 out[k] = out.get(k, False) or v
             else:
                 out[k] = out.get(k, 0) + v
-    out["trials"] = len(trials)
+    if top:
+        out["trials"] = len(trials)
     return out
 
 
@@ -302,15 +310,17 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
 
 def table(result: dict) -> str:
     head = ("| K | K/n | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
-            "| exact, uncertified | in-range faults certified by l1 | undetected with the seal | seal false alarms |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "| exact, uncertified | in-range faults certified by l1 | undetected with the seal | seal false alarms "
+            "| seal detects (× max|W|) | within capacity, sealed: certified | ok | false alarms |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in result["regimes"]:
-        t = r["in_range"]
+        t, h = r["in_range"], r["honest"]
         lines.append(f"| {r['K']} | {r['K'] / r['n']:.2f} | {r['dtype']} | {r['columns']:,} | {r['certified']:,} | "
                      f"{r['outside_bound_within_guarantee']} | {r['certified_wrong_beyond_guarantee']} | "
                      f"{r['exact_uncertified']} | {t['certified_faulted']}/{t['faulted']} | {t['undetected']} | "
-                     f"{t['false_alarm_chunks']} |")
+                     f"{t['false_alarm_chunks']} | {t['seal_detectable'] / t['max_abs_weight']:.2g} | "
+                     f"{h['certified']:,}/{h['columns']:,} | {h['ok']}/{h['trials']} | {h['false_alarm_chunks']} |")
     lines += ["", "| model | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
               "| exact, uncertified | max error / bound |", "|---|---|---|---|---|---|---|---|"]
     for m in result["models"]:
