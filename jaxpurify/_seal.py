@@ -19,7 +19,8 @@ Verification of a purified leaf P against the sealed W, with e = P − W − δ 
   cannot both be ≤ τ.  So each row detects with probability ≥ 1/2, independently: P(miss) ≤ 2⁻³².
 
 ε defaults to (64·eps(solve dtype) + eps(leaf dtype))·max|W| (``default_err``; pass the
-purification's error bound instead when known).  Then a float32 leaf's smallest single-entry change
+purification's error bound instead when known, one number or one per chunk: ``purify`` derives
+it per chunk from the certificates, see ``jaxpurify._seal_bound``).  Then a float32 leaf's smallest single-entry change
 guaranteed detected is (t·√c + 1)·ε ≈ 550·ε ≈ 0.4% of max|W| (t ≈ 8–9, √4096 = 64), a float64
 leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·max|W| at c = 4096, so
 seal bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).
@@ -198,7 +199,7 @@ def _errors(seal: Seal, err) -> dict[str, np.ndarray]:
     return out
 
 
-def verify(seal: Seal, params: Any, err: float | Mapping[str, float] | None = None) -> dict[str, LeafVerdict]:
+def verify(seal: Seal, params: Any, err: float | Mapping[str, float | np.ndarray] | None = None) -> dict[str, LeafVerdict]:
     """Check every sealed leaf of ``params`` (a purified tree) against the seal.
 
     ``err``: the per-entry absolute error bound ε of the purification (‖e‖₂ ≤ √c·ε on every chunk
