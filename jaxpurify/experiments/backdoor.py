@@ -140,7 +140,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     if limit is None and quick and dataset != "digits":
         limit = (2000, 1000)
     if limit is not None:
-        (a, b), (tr, te) = limit, ds
+        (a, b), tr, te = limit, ds.train, ds.test
         ds = data.Dataset(data.Split(tr.x[:a], tr.y[:a]), data.Split(te.x[:b], te.y[:b]), ds.name)
     shown = None if progress else False
     steps, fractions = (steps or (600 if quick else 1500)), ((0.05, 0.0) if quick else FRACTIONS)
