@@ -108,6 +108,14 @@ def forensic_map(changed: dict, flagged: dict, certified: dict) -> dict:
     return out
 
 
+def first(ds: data.Dataset, train: int, test: int) -> data.Dataset:
+    """The first ``train`` training and ``test`` test examples (a reduced run, stated in its output)."""
+    if train < 2 or test < 1:
+        raise ValueError(f"limit: need at least 2 training and 1 test examples, got {train}, {test}")
+    return data.Dataset(data.Split(ds.train.x[:train], ds.train.y[:train]),
+                        data.Split(ds.test.x[:test], ds.test.y[:test]), ds.name)
+
+
 def split(ds: data.Dataset, seed: int):
     """Attacker: a random half of the training set; the defender's benign pool: the other half."""
     n = len(ds.train.x)
@@ -140,8 +148,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     if limit is None and quick and dataset != "digits":
         limit = (2000, 1000)
     if limit is not None:
-        (a, b), tr, te = limit, ds.train, ds.test
-        ds = data.Dataset(data.Split(tr.x[:a], tr.y[:a]), data.Split(te.x[:b], te.y[:b]), ds.name)
+        ds = first(ds, *limit)
     shown = None if progress else False
     steps, fractions = (steps or (600 if quick else 1500)), ((0.05, 0.0) if quick else FRACTIONS)
     key = jax.random.key(seed)
