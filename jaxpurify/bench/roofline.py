@@ -29,7 +29,8 @@ NEVER_STOP = 1e-30  # an ADMM tolerance no float32 residual reaches: every colum
 SHORT, LONG = 20, 120  # finder iterations of the two timed calls
 
 
-def _best(f, *args, repeat=5) -> float:
+def best_of(f, *args, repeat=5) -> float:
+    """Seconds of the fastest of ``repeat`` calls ``f(*args)`` after one warm-up call."""
     jax.block_until_ready(f(*args))
     ts = []
     for _ in range(repeat):
@@ -45,7 +46,7 @@ def matmul_peak() -> float:
     best = 0.0
     for N in (1024, 2048):
         a = jax.random.normal(jax.random.key(N), (N, N), jnp.float32)
-        best = max(best, 2 * N**3 / _best(mm, a, a) / 1e9)
+        best = max(best, 2 * N**3 / best_of(mm, a, a) / 1e9)
     return best
 
 
@@ -64,12 +65,12 @@ def iteration_rate(K: int, n: int, m: int, seed: int = 0) -> dict:
     t, its = {}, {}
     for N in (SHORT, LONG):
         opts = fixed_iterations(N)
-        t[N] = _best(lambda: jp.recover(A, Y, opts).x, repeat=3)
+        t[N] = best_of(lambda: jp.recover(A, Y, opts).x, repeat=3)
         its[N] = float(np.mean(np.asarray(jp.recover(A, Y, opts).iterations)))
     per_iter = (t[LONG] - t[SHORT]) / (its[LONG] - its[SHORT])
     Q, _ = jnp.linalg.qr(A)
     pair = jax.jit(lambda Q, v: jnp.matmul(Q, jnp.matmul(Q.T, v, precision=HIGHEST), precision=HIGHEST))
-    t_pair = _best(pair, Q, Y)
+    t_pair = best_of(pair, Q, Y)
     return {"K": K, "n": n, "m": m, "seconds_per_iteration": per_iter, "iteration_gflops": 4 * K * n * m / per_iter / 1e9,
             "product_pair_gflops": 4 * K * n * m / t_pair / 1e9, "iterations_timed": [its[SHORT], its[LONG]]}
 
