@@ -38,6 +38,7 @@ def load(directory: str) -> dict:
     res["grid"] = res["grid"] or []
     res["run"] = read("run.json") or {}
     res["solver"] = read("solver.json")
+    res["changes"] = read("changes.json")
     res["resnet"] = [r for r in (read(f"resnet_size_{s:g}.json") for s in SIZES) if r is not None]
     res["name"] = os.path.basename(os.path.normpath(directory))
     return res
@@ -142,8 +143,8 @@ def grid_by_k(res: dict, base: dict | None) -> list[str]:
         slow = min((r for r in run if r["m"] > 1), key=lambda r: r["recover"]["columns_per_s"], default=None)
         slow = f"{slow['ratio']}, {slow['rho']}, {slow['m']}: {slow['recover']['columns_per_s']:,.1f}" if slow else "—"
         brows = [r for r in base["grid"] if r["K"] == K] if base else []
-        L.append(f"| {K} | " + " | ".join(ratio(run, m) + "×" * (ratio(run, m) != "—") for m in ms)
-                 + (f" | {ratio(brows, ms[-1])}×" if base else "")
+        x = lambda r: r + "×" * (r != "—")
+        L.append(f"| {K} | " + " | ".join(x(ratio(run, m)) for m in ms) + (f" | {x(ratio(brows, ms[-1]))}" if base else "")
                  + f" | {cert:,} / {exact:,} / {wrong} of {cols:,} | {slow} | {len(rows) - len(run)} |")
     return L
 
@@ -267,7 +268,18 @@ def readme_blocks(res: dict, base: dict | None) -> dict[str, str]:
         blocks["resnet"] = "\n".join(resnet_table(res, base))
     if base:
         blocks["compare"] = "\n".join(compare_table(res, base))
+    if res["changes"]:
+        blocks["changes"] = changes_text(res["changes"])
     return blocks
+
+
+def changes_text(ch: dict) -> str:
+    """``changes.json`` (``python -m jaxpurify.bench.changes``) as its table, with command and load."""
+    from jaxpurify.bench.changes import table
+
+    load = lambda v: "/".join(f"{x:.1f}" for x in v)
+    return (f"`{ch['command']}` (K = 256, m = 512; best of 3 warm calls; load average 1/5/15 min "
+            f"{load(ch['load_before'])} before → {load(ch['load_after'])} after)\n\n" + table(ch["rows"]))
 
 
 def main(argv: list[str] | None = None) -> int:
