@@ -196,6 +196,10 @@ class Codebook:
         def put(path, leaf):
             if path not in leaves:
                 return leaf
+            if isinstance(leaf, jax.Array) and isinstance(leaves[path], jax.Array) and leaves[path].dtype == leaf.dtype:
+                if leaves[path].shape != leaf.shape:
+                    raise ValueError(f"leaf {path!r}: replacement has shape {leaves[path].shape}, expected {leaf.shape}")
+                return leaves[path]  # immutable: kept as it is (purify hands its working copy over this way)
             new = np.asarray(leaves[path])
             if new.shape != _leaf_shape(leaf):
                 raise ValueError(f"leaf {path!r}: replacement has shape {new.shape}, expected {_leaf_shape(leaf)}")
