@@ -30,8 +30,8 @@ class RESULTS:
         2: "the least-squares refit hit its step cap (max_cg) before converging; the fit is not exact",
         3: "the outlier mask still changed in the last polish round",
         4: "the fit is not exact on the inliers (residual above rtol·max|y_inlier| + atol)",
-        5: "no redundant row is left after the outliers and erasures (K' − k̂ ≤ n): "
-        "nothing checks the fit, so it is not certified",
+        5: "no redundant row is left after the outliers and erasures (K' − k̂ ≤ n, or K' − k̂ = n + 1 "
+        "with an inlier that no other row checks): nothing checks the fit, so it is not certified",
         6: "too many outliers for a certificate: 2·k̂ ≥ K' − n + 1",
         7: "x̂ leaves the float range (subnormal or overflow) in the column's own units",
     }
