@@ -51,7 +51,8 @@ class Recovery(NamedTuple):
       certified: (...[, m]) the column's code is ``RESULTS.successful``.
       result: (...[, m]) int8 code from :class:`RESULTS`: why a column is not certified.
       bound: (...[, m]) for a certified column, a bound on ‖x̂ − x‖₂ / ‖x̂‖₂ for any x that
-        explains the inliers to within the inlier tolerance (see ``certify``); inf otherwise.
+        explains the inliers to within the inlier tolerance (with n+1 inliers: all but any one of
+        them; see ``jaxpurify._certify``); inf otherwise.
       iterations: (...[, m]) ADMM iterations the column used in all passes.
       converged: (...[, m]) the finder met its stopping test in the column's last pass.
     """
