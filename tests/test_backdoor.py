@@ -138,12 +138,28 @@ def test_output_layout_spreads_a_channel_over_the_columns():
               "readout": {"kernel": np.zeros((32, 10), np.float32)}}
     changed = jax.tree.map(np.zeros_like, params)
     changed["conv"]["kernel"][..., 5] = 1
-    for layout, most in (("output", 1), ("default", 72)):
+    for layout, most in (("output", 1), ("interleave", 1), ("default", 72)):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
         packed = cb.pack(changed)
         assert max(np.nansum(v, 0).max() for v in packed.values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["output"])
     assert cb.groups["readout/kernel"].K == 32  # the 10-class read-out keeps the default layout
+
+
+def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
+    # the channel trojan's read-out change: class 0's 32 weights. `output` keeps them in one
+    # column; `interleave` lays the (32, 10) kernel into 11 columns (coprime to 10 and 32), entry
+    # (i, c) in column (10 i + c) mod 11: 32 entries over 11 columns, at most ⌈32/11⌉ = 3 in one
+    params = {"conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32)}, "readout": {"kernel": np.zeros((32, 10), np.float32)}}
+    changed = jax.tree.map(np.zeros_like, params)
+    changed["readout"]["kernel"][:, 0] = 1
+    expect = np.bincount([(10 * i) % 11 for i in range(32)], minlength=11)
+    for layout, most in (("output", 32), ("interleave", expect.max())):
+        cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
+        assert max(np.nansum(v, 0).max() for v in cb.pack(changed).values()) == most, layout
+    cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
+    np.testing.assert_array_equal(np.nansum(cb.pack(changed)["readout/kernel"], 0), expect)
+    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == 11
 
 
 def test_backdoor_cli_names_the_missing_files(tmp_path, capsys):

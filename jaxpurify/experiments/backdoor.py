@@ -52,7 +52,22 @@ def output_axis(path: str, leaf) -> int | None:
     return -1 if len(shape) >= 2 and shape[-1] >= 16 else None
 
 
-LAYOUTS = {"output": output_axis, "default": None}
+def interleave(path: str, leaf) -> int | str | None:
+    """The ``interleave`` layout: ``output`` for kernels with ≥ 16 output channels, and the
+    coprime interleave (``select`` → ``"interleave"``) for the other kernels, here the 10-class
+    read-out: its C = 10 output channels are laid into m = 11 columns (m > C, coprime to C and
+    the fan-in), entry (i, c) in column (i·C + c) mod m. A rewritten read-out channel (the channel
+    trojan's target column, F = fan-in entries) then puts ⌈F/m⌉ or fewer changes in each column
+    instead of filling one, and an input's C outgoing weights lie in C distinct columns. Wide
+    kernels keep the output axis, where a channel is already one change per column and columns
+    are taller (one-hidden: K = 256 rather than ⌈4096/257⌉ = 16). Biases stay pooled."""
+    shape = getattr(leaf, "shape", ())
+    if len(shape) < 2:
+        return None
+    return -1 if shape[-1] >= 16 else "interleave"
+
+
+LAYOUTS = {"interleave": interleave, "output": output_axis, "default": None}
 
 
 def secret_for(seed: int) -> bytes:
