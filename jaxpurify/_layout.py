@@ -16,7 +16,8 @@ The *interleave* choice (``select`` returns ``"interleave"``, :func:`interleave_
 leaf of C output channels and fan-in F = N / C the same way into m columns, m the smallest
 integer > C with gcd(m, C) = gcd(m, F) = 1: entry (i, c) lands in column (i·C + c) mod m, so one
 output channel's F entries spread ⌈F/m⌉ or fewer per column and one input's C entries over C
-distinct columns.  A rewritten whole channel then stays within a column's capacity.
+distinct columns.  A rewritten whole channel then puts ⌈F/m⌉ ≈ K/C changes in a column, within
+its capacity ⌊(K − n)/2⌋ ≈ 3K/8 at the default redundancy 4 when C ≥ 3.
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ def interleave_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy:
     The N entries in C order fill rows of m = :func:`coprime_width`(C, N / C) columns (C = the
     last axis, the output channels): entry (i, c) at flat index i·C + c lies in row (i·C + c) // m
     and column (i·C + c) mod m, K = ⌈N / m⌉ rows, the last one padded with erasures as in
-    :func:`pool_group`.  A rewritten output channel (F entries) puts at most ⌈F / m⌉ + 1 changes
-    in a column.  Rows split at ``max_rows`` (:func:`row_groups`).  Raises ``ValueError`` naming
+    :func:`pool_group`.  A rewritten output channel (F entries) puts at most ⌈F / m⌉ changes in
+    a column (gcd(m, C) = 1: any m consecutive i hit every column once).  Rows split at ``max_rows`` (:func:`row_groups`).  Raises ``ValueError`` naming
     the leaf if it has too few entries to give K / n any redundancy.
     """
     size, C = math.prod(shape), (shape[-1] if shape else 1)
