@@ -179,6 +179,7 @@ def test_backdoor_without_matplotlib_runs_without_figure(tmp_path, monkeypatch, 
     monkeypatch.setattr(backdoor, "run", fake_run)
     assert cli.main(["reproduce", "backdoor", "--quick", "--arch", "multi", "--out", str(tmp_path)]) == 0
     assert seen["figure"] is False and seen["quick"] is True and seen["dataset"] == "digits" and seen["arch"] == "multi"
+    assert seen["layout"] == "interleave"  # the default layout: the read-out interleaved
     err = capsys.readouterr().err
     assert "no figure" in err and 'pip install "jaxpurify[paper]"' in err
 
@@ -240,6 +241,9 @@ def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path
         # every changed column well inside capacity (≤ a quarter of the redundancy) is restored
         restored = [err <= 1e-4 for k, _, err, easy in cols if k > 0 and easy]
         assert restored and all(restored), attack
+    assert res["layout"] == "interleave"
+    for attack in ("sparse", "channels"):  # interleaved read-out: the rewritten target column is spread
+        assert verdict[attack], attack
     for attack in ("pbfa", "bit_trojan"):  # a few flips each: the first target, met
         assert verdict[attack], attack
         for new, old in zip(jax.tree.leaves(kept[(attack, "purify", 0.0)]), jax.tree.leaves(deployed)):

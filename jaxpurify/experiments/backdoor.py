@@ -141,15 +141,16 @@ def split(ds: data.Dataset, seed: int):
 
 def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
         seed: int = 0, progress: bool = True, figure: bool = True, only: tuple[str, ...] | None = None,
-        keep: dict | None = None, defenses: tuple[str, ...] | None = None, layout: str = "output",
+        keep: dict | None = None, defenses: tuple[str, ...] | None = None, layout: str = "interleave",
         steps: int | None = None, limit: tuple[int, int] | None = None) -> dict:
     """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
     ``only`` / ``defenses`` restrict the attacks / defenses (names of ``ATTACKS`` / ``DEFENSES``);
     the unattacked model is always evaluated.
     ``keep``, a dict, receives every evaluated tree by (attack, defense, benign_fraction), and
     "apply", "test" (x, y), "trigger" and "codebook", for checks outside.
-    ``layout``: the codebook layout (a name of ``LAYOUTS``; the attackers know it, as in
-    Kerckhoffs' principle, and the span attack uses it). ``steps``: training steps (default 1500,
+    ``layout``: the codebook layout (a name of ``LAYOUTS``, default ``interleave``: the one under
+    which every weight attack but BadNets and the span attack is undone; the attackers know it,
+    as in Kerckhoffs' principle, and the span attack uses it). ``steps``: training steps (default 1500,
     quick 600). ``limit``: (train, test) examples kept, the first of each split (quick: 2000, 1000
     off the digits)."""
     if layout not in LAYOUTS:
