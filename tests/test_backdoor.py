@@ -162,6 +162,18 @@ def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
     assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == 11
 
 
+def test_interleave_layout_pools_a_kernel_with_fan_in_below_16():
+    # the multi CNN's first conv (3, 3, 1, 32): fan-in 9, pooled with the biases into taller
+    # columns (K = 261 here) instead of K = 32 along its outputs
+    params = {"conv0": {"kernel": np.zeros((3, 3, 1, 32), np.float32), "bias": np.zeros(32, np.float32)},
+              "readout": {"kernel": np.zeros((32, 10), np.float32), "bias": np.zeros(10, np.float32)},
+              "dense": {"kernel": np.zeros((64, 32), np.float32), "bias": np.zeros(32, np.float32)}}
+    cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
+    (pool,) = [g for g in cb.groups.values() if "conv0/kernel" in g.members]
+    assert set(pool.members) == {"conv0/kernel", "conv0/bias", "readout/bias", "dense/bias"}
+    assert pool.K * pool.columns >= 288 + 74 and pool.K > 32
+
+
 def test_backdoor_cli_names_the_missing_files(tmp_path, capsys):
     assert cli.main(["reproduce", "backdoor", "--dataset", "mnist", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "t10k-images-idx3-ubyte" in capsys.readouterr().err

@@ -17,6 +17,7 @@ attack changed (``Attack.changed``).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 
@@ -53,16 +54,23 @@ def output_axis(path: str, leaf) -> int | None:
 
 
 def interleave(path: str, leaf) -> int | str | None:
-    """The ``interleave`` layout: ``output`` for kernels with ≥ 16 output channels, and the
-    coprime interleave (``select`` → ``"interleave"``) for the other kernels, here the 10-class
-    read-out: its C = 10 output channels are laid into m = 11 columns (m > C, coprime to C and
-    the fan-in), entry (i, c) in column (i·C + c) mod m. A rewritten read-out channel (the channel
-    trojan's target column, F = fan-in entries) then puts ⌈F/m⌉ or fewer changes in each column
-    instead of filling one, and an input's C outgoing weights lie in C distinct columns. Wide
-    kernels keep the output axis, where a channel is already one change per column and columns
-    are taller (one-hidden: K = 256 rather than ⌈4096/257⌉ = 16). Biases stay pooled."""
+    """The ``interleave`` layout (the default): every kernel's column holds only a few weights of
+    any one channel, and columns are tall.
+
+    - A kernel with fan-in < 16 (the multi CNN's first conv, 3×3×1×32): the library default,
+      which pools it with the biases (columns of up to 512 rows; here K = 261, 2 columns, 97
+      correctable) rather than K = 32 along its outputs (12 correctable), where the 1% sparse
+      trojan, free to put most of its budget into these 288 weights, overfilled columns.
+    - A kernel with ≥ 16 output channels: along its output axis, as ``output`` (a column holds one
+      weight of every channel; one-hidden: K = 256).
+    - Any other kernel, here the 10-class read-out: the coprime interleave (``select`` →
+      ``"interleave"``): its C outputs laid into m > C columns coprime to C and the fan-in F,
+      entry (i, c) in column (i·C + c) mod m (read-out (256, 10): m = 11, K = 233). A rewritten
+      read-out channel (the channel trojan's target column) puts ⌈F/m⌉ or fewer changes in a
+      column instead of filling one, and an input's C weights lie in C distinct columns.
+    Biases and other 1-D leaves: pooled (the default)."""
     shape = getattr(leaf, "shape", ())
-    if len(shape) < 2:
+    if len(shape) < 2 or math.prod(shape[:-1]) < 16:  # 16: the library pools leaves with fewer rows
         return None
     return -1 if shape[-1] >= 16 else "interleave"
 
