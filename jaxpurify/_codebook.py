@@ -32,7 +32,7 @@ from jaxpurify._layout import Group, LeafLayout, Segment
 from jaxpurify._tree import PyTree, leaves_with_paths
 
 
-Select = Callable[[str, Any], "bool | int | None"]
+Select = Callable[[str, Any], "bool | int | str | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,12 +124,14 @@ class Codebook:
         Default layout (see the module docstring): every floating leaf interleaved, tall leaves
         split at ``MAX_ROWS`` rows, small ones pooled.  ``select(path, leaf)`` may return False
         to skip a parameter, an int to encode the leaf alone along that axis (K = its length
-        there, A named by the path), or True / None for the default.
+        there, A named by the path), ``"interleave"`` for the coprime interleave of its C output
+        channels (m > C columns coprime to C and the fan-in: one rewritten channel spreads over
+        every column; ``_layout.interleave_groups``), or True / None for the default.
         """
         if isinstance(redundancy, bool) or not isinstance(redundancy, (int, float)) or not 1.0 < redundancy < math.inf:
             raise ValueError(f"redundancy must be a finite number > 1 (K/n), got {redundancy!r}")
         if select is not None and not callable(select):
-            raise TypeError(f"select must be a callable (path, leaf) -> bool | int | None, got {type(select).__name__}")
+            raise TypeError(f"select must be a callable (path, leaf) -> bool | int | str | None, got {type(select).__name__}")
         secret = _keys.secret_from_key(key)
         flat, keys, _ = _tree.flatten(params)
         tree, chosen, skipped = [], [], []
@@ -139,7 +141,7 @@ class Codebook:
             tree.append(k)
             choice = select(leaf.path, leaf.value) if select is not None else None
             axis = _axis_of(leaf.path, leaf.value, choice, redundancy)
-            if isinstance(axis, str):
+            if isinstance(axis, str) and axis != _layout.INTERLEAVE:
                 skipped.append((leaf.path, math.prod(_leaf_shape(leaf.value)), axis))
             else:
                 chosen.append((leaf.path, _leaf_shape(leaf.value), np.dtype(_leaf_dtype(leaf.value)).name, axis))
@@ -490,24 +492,31 @@ def _matmul(xp, a, b):
 
 def _axis_of(path: str, leaf, choice, redundancy: float) -> int | None | str:
     """What ``select``'s answer means for one parameter leaf: an axis (the single-axis layout),
-    None (the default layout), or the reason it is not protected.  Raises on impossible asks."""
+    None (the default layout), ``_layout.INTERLEAVE``, or the reason it is not protected.
+    Raises on impossible asks."""
     shape, dtype = _leaf_shape(leaf), _leaf_dtype(leaf)
     if choice is False:
         return "skipped by select"
-    if choice is not None and not isinstance(choice, (bool, int, np.integer)):
-        raise TypeError(f"select({path!r}, leaf) must return bool, int or None, got {choice!r}")
+    if choice is not None and not isinstance(choice, (bool, int, np.integer)) and not _interleave(choice):
+        raise TypeError(f"select({path!r}, leaf) must return bool, int, {_layout.INTERLEAVE!r} or None, got {choice!r}")
     if not jnp.issubdtype(dtype, jnp.floating) or math.prod(shape) == 0:
         if choice is not None:
             raise ValueError(f"leaf {path!r}: cannot encode a {dtype} leaf of shape {shape}")
         return f"not floating ({dtype})" if math.prod(shape) else "empty"
     if choice is None or choice is True:
         return None
+    if _interleave(choice):
+        return _layout.INTERLEAVE
     if not -len(shape) <= int(choice) < len(shape):
         raise ValueError(f"leaf {path!r}: select returned axis {choice} for shape {shape}")
     axis = int(choice) % len(shape)
     if not math.ceil(shape[axis] / redundancy) < shape[axis]:
         raise ValueError(f"leaf {path!r}: K={shape[axis]} along axis {axis} leaves no redundancy")
     return axis
+
+
+def _interleave(choice) -> bool:
+    return isinstance(choice, str) and choice == _layout.INTERLEAVE
 
 
 def _path(keys: tuple) -> str:

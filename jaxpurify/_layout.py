@@ -11,6 +11,13 @@ A leaf's layout order is its C order after moving its ``axis`` to the front (``a
 order as stored).  With ``axis=a`` and one segment holding the whole leaf, column j of Y is the
 vector of the leaf along axis a (the single-axis layout); with ``axis=None`` column j is
 W[..., j]: consecutive entries in memory land in consecutive columns.
+
+The *interleave* choice (``select`` returns ``"interleave"``, :func:`interleave_groups`) lays a
+leaf of C output channels and fan-in F = N / C the same way into m columns, m the smallest
+integer > C with gcd(m, C) = gcd(m, F) = 1: entry (i, c) lands in column (i·C + c) mod m, so one
+output channel's F entries spread ⌈F/m⌉ or fewer per column and one input's C entries over C
+distinct columns.  A rewritten whole channel then puts ⌈F/m⌉ ≈ K/C changes in a column, within
+its capacity ⌊(K − n)/2⌋ ≈ 3K/8 at the default redundancy 4 when C ≥ 3.
 """
 
 from __future__ import annotations
@@ -175,20 +182,25 @@ def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
 
 MIN_ROWS = 16  # a leaf with fewer rows (K) than this is pooled with others
 MAX_ROWS = 512  # K cap: the solve costs ∝ K per entry (measured, see README); taller leaves split
+INTERLEAVE = "interleave"  # what ``select`` returns for :func:`interleave_groups`
 
 
 def plan(chosen: list[tuple[str, tuple[int, ...], str, int | None]], redundancy: float, max_rows: int = MAX_ROWS):
     """The layout of the chosen leaves [(path, shape, dtype, axis)], in tree order.
 
     ``axis`` an int: the leaf alone along that axis (one group named by its path).  ``axis``
-    None, the default: a leaf with at least ``MIN_ROWS`` leading rows gets :func:`own_groups`;
-    the others are pooled per dtype (:func:`pool_group`).  Returns (leaves, groups, skipped),
-    ``skipped`` being [(path, size, reason)] for pools of a single entry (nothing to spare).
+    ``INTERLEAVE``: :func:`interleave_groups`.  ``axis`` None, the default: a leaf with at least
+    ``MIN_ROWS`` leading rows gets :func:`own_groups`; the others are pooled per dtype
+    (:func:`pool_group`).  Returns (leaves, groups, skipped), ``skipped`` being
+    [(path, size, reason)] for pools of a single entry (nothing to spare).
     """
     leaves, groups, skipped, pools = [], [], [], {}
     for path, shape, dtype, axis in chosen:
         size = math.prod(shape)
-        if axis is not None:
+        if axis == INTERLEAVE:
+            leaves.append(LeafLayout(path, shape, dtype, None))
+            groups += interleave_groups(path, shape, dtype, redundancy, max_rows)
+        elif axis is not None:
             leaves.append(LeafLayout(path, shape, dtype, axis))
             groups.append(_group(path, shape[axis], size // shape[axis], dtype, redundancy, (Segment(path, 0, size),)))
         elif len(shape) >= 2 and size // shape[-1] >= MIN_ROWS:
@@ -212,18 +224,61 @@ def own_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float,
     """Groups for one leaf laid out interleaved: (K, m) = (prod(leading dims), last dim).
 
     Column j is W[..., j]: entries consecutive in memory lie in consecutive columns, so a burst
-    of b entries puts about b/m in each column.  When K > ``max_rows`` the rows are split into
-    ``p`` contiguous blocks, one group each (named ``path#i``); ``p`` is the smallest count
-    ≥ ⌈K / max_rows⌉ that divides K when one does up to twice that, so the blocks share a shape.
+    of b entries puts about b/m in each column.  Rows split at ``max_rows`` (:func:`row_groups`).
     """
-    K, m = math.prod(shape[:-1]), shape[-1]
+    return row_groups(path, math.prod(shape), shape[-1], dtype, redundancy, max_rows)
+
+
+def coprime_width(channels: int, fan_in: int) -> int:
+    """m: the smallest integer > ``channels`` coprime to both ``channels`` and ``fan_in``.
+
+    With entry (i, c) of an (F, C) leaf in column (i·C + c) mod m: gcd(m, C) = 1 makes one
+    channel's entries i·C + c, i = 0…F−1, step by C (mod m) through every column before any
+    repeats, and m > C puts one input's C consecutive entries in C distinct columns.
+    gcd(m, F) = 1 (part of the measured design) likewise makes any stride-F run of entries
+    cycle through every column.
+    """
+    m = channels + 1
+    while math.gcd(m, channels) != 1 or math.gcd(m, fan_in) != 1:
+        m += 1
+    return m
+
+
+def interleave_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+    """Groups for one leaf laid out by a coprime interleave (the ``"interleave"`` choice).
+
+    The N entries in C order fill rows of m = :func:`coprime_width`(C, N / C) columns (C = the
+    last axis, the output channels): entry (i, c) at flat index i·C + c lies in row (i·C + c) // m
+    and column (i·C + c) mod m, K = ⌈N / m⌉ rows, the last one padded with erasures as in
+    :func:`pool_group`.  A rewritten output channel (F entries) puts at most ⌈F / m⌉ changes in
+    a column (gcd(m, C) = 1: any m consecutive i hit every column once).  Rows split at ``max_rows`` (:func:`row_groups`).  Raises ``ValueError`` naming
+    the leaf if it has too few entries to give K / n any redundancy.
+    """
+    size, C = math.prod(shape), (shape[-1] if shape else 1)
+    m = coprime_width(C, size // C)
+    K = -(-size // m)
+    if not math.ceil(K / redundancy) < K:
+        raise ValueError(f"leaf {path!r}: 'interleave' lays its {size} entries into {K} row(s) of {m} "
+                         f"columns, which leaves no redundancy (need n = ⌈K/{redundancy}⌉ < K)")
+    return row_groups(path, size, m, dtype, redundancy, max_rows)
+
+
+def row_groups(path: str, size: int, m: int, dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+    """One leaf's ``size`` entries, in layout order, row by row in m columns: K = ⌈size / m⌉ rows,
+    the last padded with erasures if m does not divide ``size``.
+
+    When K > ``max_rows`` the rows are split into ``p`` contiguous blocks, one group each (named
+    ``path#i``; only the last can be padded); ``p`` is the smallest count ≥ ⌈K / max_rows⌉ that
+    divides K when one does up to twice that, so the blocks share a shape.
+    """
+    K = -(-size // m)
     p = -(-K // max_rows)
     p = next((q for q in range(p, 2 * p + 1) if K % q == 0), p)
     bounds = [K * i // p for i in range(p + 1)]
     if p == 1:
-        return [_group(path, K, m, dtype, redundancy, (Segment(path, 0, K * m),))]
+        return [_group(path, K, m, dtype, redundancy, (Segment(path, 0, size),))]
     return [
-        _group(f"{path}#{i}", hi - lo, m, dtype, redundancy, (Segment(path, lo * m, hi * m),))
+        _group(f"{path}#{i}", hi - lo, m, dtype, redundancy, (Segment(path, lo * m, min(hi * m, size)),))
         for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
     ]
 

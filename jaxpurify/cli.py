@@ -189,8 +189,9 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     b.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
     b.add_argument("--data", "--data-dir", dest="data", metavar="PATH",
                    help="directory with MNIST IDX or CIFAR-10 binary files (nothing is downloaded)")
-    b.add_argument("--layout", choices=["output", "default"], default="output",
-                   help="codebook layout: kernels along their output axis (default), or the library's default")
+    b.add_argument("--layout", choices=["interleave", "output", "default"], default="interleave",
+                   help="codebook layout: wide kernels along their output axis and the read-out interleaved "
+                        "over coprime columns (default), output axis only, or the library's default")
     b.add_argument("--steps", type=int, help="training steps (default 1500, quick 600)")
     b.add_argument("--limit", type=int, nargs=2, metavar=("TRAIN", "TEST"),
                    help="keep only the first TRAIN training and TEST test examples (quick on mnist/cifar10: 2000 1000)")

@@ -138,12 +138,40 @@ def test_output_layout_spreads_a_channel_over_the_columns():
               "readout": {"kernel": np.zeros((32, 10), np.float32)}}
     changed = jax.tree.map(np.zeros_like, params)
     changed["conv"]["kernel"][..., 5] = 1
-    for layout, most in (("output", 1), ("default", 72)):
+    for layout, most in (("output", 1), ("interleave", 1), ("default", 72)):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
         packed = cb.pack(changed)
         assert max(np.nansum(v, 0).max() for v in packed.values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["output"])
     assert cb.groups["readout/kernel"].K == 32  # the 10-class read-out keeps the default layout
+
+
+def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
+    # the channel trojan's read-out change: class 0's 32 weights. `output` keeps them in one
+    # column; `interleave` lays the (32, 10) kernel into 11 columns (coprime to 10 and 32), entry
+    # (i, c) in column (10 i + c) mod 11: 32 entries over 11 columns, at most ⌈32/11⌉ = 3 in one
+    params = {"conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32)}, "readout": {"kernel": np.zeros((32, 10), np.float32)}}
+    changed = jax.tree.map(np.zeros_like, params)
+    changed["readout"]["kernel"][:, 0] = 1
+    expect = np.bincount([(10 * i) % 11 for i in range(32)], minlength=11)
+    for layout, most in (("output", 32), ("interleave", expect.max())):
+        cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
+        assert max(np.nansum(v, 0).max() for v in cb.pack(changed).values()) == most, layout
+    cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
+    np.testing.assert_array_equal(np.nansum(cb.pack(changed)["readout/kernel"], 0), expect)
+    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == 11
+
+
+def test_interleave_layout_pools_a_kernel_with_fan_in_below_16():
+    # the multi CNN's first conv (3, 3, 1, 32): fan-in 9, pooled with the biases into taller
+    # columns (K = 261 here) instead of K = 32 along its outputs
+    params = {"conv0": {"kernel": np.zeros((3, 3, 1, 32), np.float32), "bias": np.zeros(32, np.float32)},
+              "readout": {"kernel": np.zeros((32, 10), np.float32), "bias": np.zeros(10, np.float32)},
+              "dense": {"kernel": np.zeros((64, 32), np.float32), "bias": np.zeros(32, np.float32)}}
+    cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
+    (pool,) = [g for g in cb.groups.values() if "conv0/kernel" in g.members]
+    assert set(pool.members) == {"conv0/kernel", "conv0/bias", "readout/bias", "dense/bias"}
+    assert pool.K * pool.columns >= 288 + 74 and pool.K > 32
 
 
 def test_backdoor_cli_names_the_missing_files(tmp_path, capsys):
@@ -163,6 +191,7 @@ def test_backdoor_without_matplotlib_runs_without_figure(tmp_path, monkeypatch, 
     monkeypatch.setattr(backdoor, "run", fake_run)
     assert cli.main(["reproduce", "backdoor", "--quick", "--arch", "multi", "--out", str(tmp_path)]) == 0
     assert seen["figure"] is False and seen["quick"] is True and seen["dataset"] == "digits" and seen["arch"] == "multi"
+    assert seen["layout"] == "interleave"  # the default layout: the read-out interleaved
     err = capsys.readouterr().err
     assert "no figure" in err and 'pip install "jaxpurify[paper]"' in err
 
@@ -224,6 +253,9 @@ def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path
         # every changed column well inside capacity (≤ a quarter of the redundancy) is restored
         restored = [err <= 1e-4 for k, _, err, easy in cols if k > 0 and easy]
         assert restored and all(restored), attack
+    assert res["layout"] == "interleave"
+    for attack in ("sparse", "channels"):  # interleaved read-out: the rewritten target column is spread
+        assert verdict[attack], attack
     for attack in ("pbfa", "bit_trojan"):  # a few flips each: the issue's first target, met
         assert verdict[attack], attack
         for new, old in zip(jax.tree.leaves(kept[(attack, "purify", 0.0)]), jax.tree.leaves(deployed)):

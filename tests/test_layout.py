@@ -164,3 +164,121 @@ def test_leaf_columns_match_unpacked_column_ids():
     assert any(len(g.members) > 1 for g in cb.groups.values())  # pooled groups are exercised
     for path in cb.protected:
         np.testing.assert_array_equal(got[path], np.unique(ids[path]))
+
+
+# -- the "interleave" choice ---------------------------------------------------------------------
+def _interleave(path, leaf):
+    return "interleave"
+
+
+def _smallest_coprime(C, F):
+    """The definition, by brute force over every candidate (not the library's search)."""
+    return min(m for m in range(C + 1, C + 1 + 4 * (C + F)) if np.gcd(m, C) == 1 and np.gcd(m, F) == 1)
+
+
+@pytest.mark.parametrize("C,F", [(10, 256), (10, 1280), (6, 21), (16, 15), (32, 72), (1, 7), (30, 77)])
+def test_coprime_width_is_the_smallest_width_above_C_coprime_to_C_and_fan_in(C, F):
+    m = _layout.coprime_width(C, F)
+    assert m == _smallest_coprime(C, F)
+    assert m > C and np.gcd(m, C) == 1 and np.gcd(m, F) == 1
+
+
+@pytest.mark.parametrize("shape,max_rows", [((7, 3, 6), 512), ((256, 10), 512), ((300, 10), 64), ((5, 4, 9), 4)])
+def test_interleave_places_entry_i_c_at_row_and_column_of_i_C_plus_c(shape, max_rows):
+    """Entry (i, c) (i the C-order index over the fan-in axes) sits at flat index i·C + c of the
+    leaf's rows of m columns: row (i·C + c) // m, column (i·C + c) mod m; rows split at max_rows."""
+    rng = np.random.default_rng(3)
+    leaf = rng.standard_normal(shape).astype(np.float32)
+    C, F = shape[-1], leaf.size // shape[-1]
+    leaves, groups, _ = _layout.plan([("w", shape, "float32", _layout.INTERLEAVE)], 4.0, max_rows)
+    packed = _layout.pack(groups, {lay.path: lay for lay in leaves}, {"w": leaf})
+    m = _smallest_coprime(C, F)
+    starts = [g.segments[0].start // m for g in groups]  # first row of each group
+    assert all(g.columns == m and g.n == -(-g.K // 4) and g.K <= max_rows for g in groups)
+    assert sum(g.K for g in groups) == -(-leaf.size // m)
+    for idx in itertools.product(*map(range, shape)):
+        i, c = np.ravel_multi_index(idx[:-1], shape[:-1]) if len(shape) > 1 else 0, idx[-1]
+        row, col = divmod(int(i) * C + c, m)
+        gi = max(k for k, s in enumerate(starts) if s <= row)
+        assert packed[groups[gi].name][row - starts[gi], col] == leaf[idx]
+    last = packed[groups[-1].name].reshape(-1)
+    assert np.isnan(last).sum() == sum(g.K for g in groups) * m - leaf.size
+    assert np.isnan(last[last.size - (np.isnan(last).sum()):]).all()  # padding only at the end
+    back = _layout.unpack(groups, {lay.path: lay for lay in leaves}, packed)
+    np.testing.assert_array_equal(back["w"], leaf)
+
+
+def test_interleave_spreads_a_rewritten_output_channel_over_every_column():
+    """A (256, 10) read-out: rewriting output channel c touches ≤ ⌈256/m⌉ entries of any
+    column (counted by a plain loop over the placement rule, and by pack); one input row's 10
+    entries lie in 10 distinct columns.  In the default layout the channel is one whole column."""
+    shape = (256, 10)
+    cb = jp.Codebook.create({"w": np.zeros(shape, np.float32)}, b"\x05" * 32, select=_interleave)
+    (g,) = cb.groups.values()
+    m = g.columns
+    assert m == 11 and g.K == -(-2560 // 11)
+    for c in range(10):
+        loop = np.zeros(m, int)
+        for i in range(256):
+            loop[(i * 10 + c) % m] += 1
+        mask = np.zeros(shape, np.float32)
+        mask[:, c] = 1
+        packed = cb.pack({"w": mask})[g.name]
+        np.testing.assert_array_equal(np.nansum(packed, 0), loop)
+        assert loop.max() <= -(-256 // m) and loop.sum() == 256
+    for i in range(256):
+        assert len({(i * 10 + c) % m for c in range(10)}) == 10
+    default = jp.Codebook.create({"w": np.zeros(shape, np.float32)}, b"\x05" * 32)
+    mask = np.zeros(shape, np.float32)
+    mask[:, 3] = 1
+    assert max(np.nansum(v, 0).max() for v in default.pack({"w": mask}).values()) == 256
+
+
+def test_interleave_round_trips_through_encode_decode_and_the_codebook_file(tmp_path):
+    rng = np.random.default_rng(4)
+    params = {"head": {"kernel": rng.standard_normal((40, 10)).astype(np.float32),
+                       "bias": rng.standard_normal(10).astype(np.float32)},
+              "conv": {"kernel": rng.standard_normal((3, 3, 2, 16)).astype(np.float32)}}
+    select = lambda path, leaf: "interleave" if path == "head/kernel" else None
+    cb = jp.Codebook.create(params, b"\x06" * 32, select=select)
+    g = cb.groups["head/kernel"]
+    assert (g.K, g.columns) == (-(-400 // 11), 11)
+    latent = cb.init_latent(params)
+    W = cb.decode(latent)
+    # W is in range(A) column by column: decode(encode(W)) = W, and the code of W is A·Θ
+    W2 = cb.decode(cb.encode(W))
+    for a, b in zip(jax.tree.leaves(W), jax.tree.leaves(W2)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    Y = cb.pack(W)["head/kernel"]
+    A = np.asarray(cb.matrix("head/kernel"), np.float64)
+    Theta = np.asarray(latent["head/kernel"], np.float64)
+    full = A @ Theta
+    np.testing.assert_allclose(Y[np.isfinite(Y)], full[np.isfinite(Y)], rtol=1e-5, atol=1e-5)
+    cb.save(tmp_path / "cb.json", tmp_path / "cb.key")
+    back = jp.Codebook.load(tmp_path / "cb.json", tmp_path / "cb.key")
+    assert back.groups == cb.groups
+    for a, b in zip(jax.tree.leaves(W), jax.tree.leaves(back.decode(latent))):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+def test_interleave_refuses_a_leaf_too_small_for_redundancy():
+    with pytest.raises(ValueError, match="leaf 'b'.*interleave"):
+        jp.Codebook.create({"b": np.zeros(10, np.float32)}, b"\x07" * 32, select=_interleave)
+    with pytest.raises(TypeError, match="'interleave'"):
+        jp.Codebook.create({"b": np.zeros((40, 10), np.float32)}, b"\x07" * 32, select=lambda p, l: "interleaved")
+
+
+@pytest.mark.slow  # compiles the solver for its shape: 13.5 s at load 5 on 2 cores (the default suite is at its budget)
+def test_interleave_purify_restores_a_rewritten_read_out_channel_exactly():
+    """The channel trojan's read-out change: one of 10 output channels of a (256, 10) kernel
+    rewritten whole.  Interleaved, every column is certified and the clean weights come back."""
+    rng = np.random.default_rng(5)
+    params = {"readout": {"kernel": rng.standard_normal((256, 10)).astype(np.float32)}}
+    cb = jp.Codebook.create(params, b"\x08" * 32, select=_interleave)
+    clean = cb.decode(cb.init_latent(params))
+    bad = jax.tree.map(np.array, clean)
+    bad["readout"]["kernel"][:, 0] = 3.0 * rng.standard_normal(256)
+    purified, report = jp.purify(bad, cb)
+    assert report.certified == report.columns == 11
+    ref = np.asarray(clean["readout"]["kernel"])
+    np.testing.assert_allclose(np.asarray(purified["readout"]["kernel"]), ref, rtol=0, atol=1e-5 * np.abs(ref).max())

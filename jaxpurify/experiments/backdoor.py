@@ -17,6 +17,7 @@ attack changed (``Attack.changed``).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 
@@ -52,7 +53,29 @@ def output_axis(path: str, leaf) -> int | None:
     return -1 if len(shape) >= 2 and shape[-1] >= 16 else None
 
 
-LAYOUTS = {"output": output_axis, "default": None}
+def interleave(path: str, leaf) -> int | str | None:
+    """The ``interleave`` layout (the default): every kernel's column holds only a few weights of
+    any one channel, and columns are tall.
+
+    - A kernel with fan-in < 16 (the multi CNN's first conv, 3×3×1×32): the library default,
+      which pools it with the biases (columns of up to 512 rows; here K = 261, 2 columns, 97
+      correctable) rather than K = 32 along its outputs (12 correctable), where the 1% sparse
+      trojan, free to put most of its budget into these 288 weights, overfilled columns.
+    - A kernel with ≥ 16 output channels: along its output axis, as ``output`` (a column holds one
+      weight of every channel; one-hidden: K = 256).
+    - Any other kernel, here the 10-class read-out: the coprime interleave (``select`` →
+      ``"interleave"``): its C outputs laid into m > C columns coprime to C and the fan-in F,
+      entry (i, c) in column (i·C + c) mod m (read-out (256, 10): m = 11, K = 233). A rewritten
+      read-out channel (the channel trojan's target column) puts ⌈F/m⌉ or fewer changes in a
+      column instead of filling one, and an input's C weights lie in C distinct columns.
+    Biases and other 1-D leaves: pooled (the default)."""
+    shape = getattr(leaf, "shape", ())
+    if len(shape) < 2 or math.prod(shape[:-1]) < 16:  # 16: the library pools leaves with fewer rows
+        return None
+    return -1 if shape[-1] >= 16 else "interleave"
+
+
+LAYOUTS = {"interleave": interleave, "output": output_axis, "default": None}
 
 
 def secret_for(seed: int) -> bytes:
@@ -126,15 +149,16 @@ def split(ds: data.Dataset, seed: int):
 
 def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
         seed: int = 0, progress: bool = True, figure: bool = True, only: tuple[str, ...] | None = None,
-        keep: dict | None = None, defenses: tuple[str, ...] | None = None, layout: str = "output",
+        keep: dict | None = None, defenses: tuple[str, ...] | None = None, layout: str = "interleave",
         steps: int | None = None, limit: tuple[int, int] | None = None) -> dict:
     """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
     ``only`` / ``defenses`` restrict the attacks / defenses (names of ``ATTACKS`` / ``DEFENSES``);
     the unattacked model is always evaluated.
     ``keep``, a dict, receives every evaluated tree by (attack, defense, benign_fraction), and
     "apply", "test" (x, y), "trigger" and "codebook", for checks outside.
-    ``layout``: the codebook layout (a name of ``LAYOUTS``; the attackers know it, as in
-    Kerckhoffs' principle, and the span attack uses it). ``steps``: training steps (default 1500,
+    ``layout``: the codebook layout (a name of ``LAYOUTS``, default ``interleave``: the one under
+    which every weight attack but BadNets and the span attack is undone; the attackers know it,
+    as in Kerckhoffs' principle, and the span attack uses it). ``steps``: training steps (default 1500,
     quick 600). ``limit``: (train, test) examples kept, the first of each split (quick: 2000, 1000
     off the digits)."""
     if layout not in LAYOUTS:
