@@ -82,27 +82,33 @@ class _Best(NamedTuple):
     done: jax.Array  # (m,) finder met its test in the column's last pass
 
 
-def _find_and_polish(A, Q, R, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
-    """One pass on a block: ADMM finder and polish; after the first pass also a trimmed refit.
+def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, sweep):
+    """One pass on a block: ADMM finder, polish and, on passes after the first sweep, a trimmed refit.
 
-    The first pass runs on every column, so its polish stops after ``FIRST_ROUNDS`` rounds: most
-    masks settle in two, and the few that do not go on in the narrow later passes.
+    ``sweep`` (traced) marks the first sweep over all columns: its polish stops after
+    ``FIRST_ROUNDS`` rounds (most masks settle in two; the rest go on in later passes) and it does
+    not trim.  One traced flag rather than two code paths keeps a single copy of this pass in the
+    compiled program: the compile time of ``recover`` is roughly proportional to its size.
     """
     dtype = y.dtype
     rtol = tols.rtol.astype(dtype)
-    rounds = min(opts.polish_rounds, FIRST_ROUNDS) if first else opts.polish_rounds
+    rounds = jnp.where(sweep, min(opts.polish_rounds, FIRST_ROUNDS), opts.polish_rounds)
     c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), opts.finder_iters, tols.admm_tol, tols.relax)
     r_admm = y - _mm(Q, c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
-    x, r, outl, ok, stable, solved = polish(A, Q, R, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
-    if opts.trim and not first:
-        n = A.shape[1]
-        h = (jnp.sum(finite, axis=0) - n) // 2
-        cut = ~finite | largest(jnp.abs(r_admm), finite, h)
-        xt, rt, ot, okt, st, sv = polish(A, Q, R, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
-        take = okt & ~ok
-        x, r, outl = (jnp.where(take, a, b) for a, b in ((xt, x), (rt, r), (ot, outl)))
-        ok, stable, solved = ok | okt, jnp.where(take, st, stable), jnp.where(take, sv, solved)
+    fit = polish(A, Q, R, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
+    if opts.trim:
+        def trimmed(fit):
+            x, r, outl, ok, stable, solved = fit
+            h = (jnp.sum(finite, axis=0) - n) // 2
+            cut = ~finite | largest(jnp.abs(r_admm), finite, h)
+            xt, rt, ot, okt, st, sv = polish(A, Q, R, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
+            take = okt & ~ok
+            x, r, outl = (jnp.where(take, a, b) for a, b in ((xt, x), (rt, r), (ot, outl)))
+            return x, r, outl, ok | okt, jnp.where(take, st, stable), jnp.where(take, sv, solved)
+
+        fit = lax.cond(~sweep & jnp.any(~fit[3]), trimmed, lambda f: f, fit)
+    x, _, outl, ok, stable, solved = fit
     x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
     return x, outl, ok, stable, solved, x_admm, outl0, iters, done
 
@@ -133,25 +139,37 @@ def _update(best: _Best, A, y, finite, active, result) -> _Best:
     )
 
 
-def _narrow_pass(A, Q, R, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
-    """One more pass for up to m / COMPACT columns that are not certified and have passes left,
-    gathered into a narrow block: a column that is done stops costing work."""
+class _Loop(NamedTuple):
+    best: _Best
+    tries: jax.Array  # (m,) passes a column has had
+    t: jax.Array  # () passes run on this block
+
+
+def _pass(A, Q, R, n, y, finite, atol, loop: _Loop, tols, opts) -> _Loop:
+    """One pass on a block of m / COMPACT columns.  The first ``COMPACT`` passes sweep the block
+    in column order; later ones gather the columns not yet certified that have passes left, so a
+    column that is done stops costing work."""
+    best, tries, t = loop
     m = y.shape[1]
     w = max(1, m // COMPACT)
+    sweep = t < -(-m // w)
     # unused slots get the out-of-range index m: gathered as the last column (clipped), and
     # dropped when scattering back, so no slot can overwrite a column it does not own
-    (idx,) = jnp.nonzero(~best.ok & (tries < opts.passes), size=w, fill_value=m)
+    ordered = t * w + jnp.arange(w)
+    (left,) = jnp.nonzero(~best.ok & (tries < opts.passes), size=w, fill_value=m)
+    idx = jnp.where(sweep, jnp.where(ordered < m, ordered, m), left)
     valid = idx < m
     g = lambda a: jnp.take(a, idx, axis=-1, mode="clip")
-    sub = _find_and_polish(A, Q, R, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
+    sub = _find_and_polish(A, Q, R, n, g(y), g(finite), g(best.ignore), g(atol), tols, opts, sweep)
     sub_best = _update(_Best(*(g(a) for a in best)), A, g(y), g(finite), valid, sub)
     best = _Best(*(old.at[..., idx].set(new, mode="drop") for old, new in zip(best, sub_best)))
-    return best, tries.at[idx].add(1, mode="drop")
+    return _Loop(best, tries.at[idx].add(1, mode="drop"), t + 1)
 
 
-def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
-    """A: (K, n) with thin QR ``Q, R``; Y: (K, m) → Recovery with the column axis last."""
-    K, n = A.shape
+def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+    """A: (K, N) with thin QR ``Q, R`` and ``n`` ≤ N real columns (the rest zero, Q's too);
+    Y: (K, m) → Recovery with the column axis last."""
+    K, N = A.shape
     m = Y.shape[1]
     dtype = Y.dtype
     finite = jnp.isfinite(Y)
@@ -161,22 +179,21 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
 
     ignore = far_above_median(y, finite, PRESCREEN)
     best = _Best(
-        x=jnp.zeros((n, m), dtype), outliers=~finite, ok=jnp.zeros((m,), bool), stable=jnp.zeros((m,), bool),
+        x=jnp.zeros((N, m), dtype), outliers=~finite, ok=jnp.zeros((m,), bool), stable=jnp.zeros((m,), bool),
         solved=jnp.zeros((m,), bool),
-        x_est=jnp.zeros((n, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
+        x_est=jnp.zeros((N, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
         iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool),
     )
-    first = _find_and_polish(A, Q, R, y, finite, ignore, atol, tols, opts, True)
-    best = _update(best, A, y, finite, jnp.ones((m,), bool), first)
+    sweeps = -(-m // max(1, m // COMPACT))
 
-    def todo(carry):
-        b, tries = carry
-        return jnp.any(~b.ok & (tries < opts.passes))
+    def todo(loop: _Loop):
+        return (loop.t < sweeps) | jnp.any(~loop.best.ok & (loop.tries < opts.passes))
 
-    def more(carry):
-        return _narrow_pass(A, Q, R, y, finite, atol, *carry, tols, opts)
+    def more(loop: _Loop):
+        return _pass(A, Q, R, n, y, finite, atol, loop, tols, opts)
 
-    best, _ = lax.while_loop(todo, more, (best, jnp.ones((m,), jnp.int32)))
+    loop = _Loop(best, jnp.zeros((m,), jnp.int32), jnp.asarray(0, jnp.int32))
+    best = lax.while_loop(todo, more, loop).best
 
     x = jnp.where(best.ok, best.x, best.x_est)
     r = y - _mm(A, x)
@@ -184,7 +201,7 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
     fit = Fit(x, r, outl, best.ok, best.stable, best.solved)
-    code, certified, bound = certify(Q, R, fit, finite, tol)
+    code, certified, bound = certify(Q, R, n, fit, finite, tol)
     x_n, x = x, jnp.ldexp(x, e)
     # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal
     # results to zero): such a column is not what was certified, so it is not certified
@@ -202,9 +219,23 @@ def _chunk(K: int, M: int) -> int:
     return min(M, max(128, min(1024, 4 * K)))
 
 
-def _solve_items(A, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
-    """A: (B, K, n), Y: (B, K, M) → Recovery with leading B.  Each matrix is factorized once;
-    its columns are solved in chunks one after another (``lax.map``)."""
+def _factor(A, n):
+    """Thin QR of A (K, N) whose columns from ``n`` on are zero: Q's columns from n on are zeroed
+    (so the projector Q Qᵀ is that of the n real columns) and R gets an identity block there (so
+    x̂'s padding entries solve to 0).  Householder QR works left to right, so the first n columns
+    of Q and R are exactly those of the real A."""
+    Q, R = jnp.linalg.qr(A)
+    N = A.shape[1]
+    real = jnp.arange(N) < n
+    Q = jnp.where(real, Q, 0.0)
+    R = jnp.where(real[:, None] & real, R, jnp.eye(N, dtype=R.dtype))
+    return Q, R
+
+
+def _solve_items(A, Y, ncols, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+    """A: (B, K, N), Y: (B, K, M), ncols: (B,) real columns of each A → Recovery with leading B.
+    Each matrix is factorized once; its columns are solved in chunks one after another
+    (``lax.map``)."""
     B, K, M = Y.shape
     chunk = _chunk(K, M)
     nc = -(-M // chunk)
@@ -212,13 +243,13 @@ def _solve_items(A, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
         Y = jnp.pad(Y, ((0, 0), (0, 0), (0, nc * chunk - M)))
     # one QR at a time: a batched QR on the CPU runs its batch on a thread pool that deadlocked
     # when several solver shapes ran in one program (the device path, bench.gpt2 --path device)
-    Q, R = lax.map(jnp.linalg.qr, A)
+    Q, R = lax.map(lambda a_n: _factor(*a_n), (A, ncols))
     items = jnp.moveaxis(Y.reshape(B, K, nc, chunk), 2, 1).reshape(B * nc, K, chunk)
     owner = jnp.arange(B * nc) // nc
 
     def solve(item):
         i, y = item
-        return _recover_block(A[i], Q[i], R[i], y, opts, tols)
+        return _recover_block(A[i], Q[i], R[i], ncols[i], y, opts, tols)
 
     out = lax.map(solve, (owner, items))
 
@@ -240,7 +271,7 @@ def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> 
     if A.ndim == 2:
         # One A for the whole batch: fold the batch into columns so all share one factorization.
         Yf = jnp.moveaxis(Y.reshape((-1, K, m)), 0, 1).reshape(K, -1)
-        out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], opts, tols)))
+        out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], jnp.full((1,), n), opts, tols)))
 
         def unfold(a):
             if a.ndim == 1:
@@ -252,7 +283,7 @@ def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> 
     else:
         Ab = jnp.broadcast_to(A, batch + (K, n)).reshape((-1, K, n))
         Yb = jnp.broadcast_to(Y, batch + (K, m)).reshape((-1, K, m))
-        out = _solve_items(Ab, Yb, opts, tols)
+        out = _solve_items(Ab, Yb, jnp.full((Ab.shape[0],), n), opts, tols)
         out = Recovery(*(o.reshape(batch + o.shape[1:]) for o in out))
     if vector:
         out = Recovery(*(o[..., 0] for o in out))
