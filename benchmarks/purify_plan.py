@@ -10,6 +10,10 @@
    behind ``_plan.ITEM_COST``.
 3. Warm purify of one ResNet-18-sized tree (``--resnet SIZE``, 5% gross errors) with this plan and
    with the previous one, alternating in one process: the plan is the only difference.
+
+It measures an internal choice, so unlike the suite it imports ``jaxpurify._plan`` and swaps
+``jaxpurify._purify.plan`` on purpose; it follows the plan's internals and is not part of
+``jaxpurify bench``.
 """
 
 from __future__ import annotations

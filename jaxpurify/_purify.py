@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _seal, _shard
+from jaxpurify import _seal_bound, _shard
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_columns, leaf_reports
@@ -151,48 +151,6 @@ def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_
             r.bound[span] = res.bound[s, :w]
 
 
-def column_norms(values: np.ndarray) -> np.ndarray:
-    """‖w‖₂ of every column of a (K, m) code, non-finite entries as 0, accumulated in float64 a
-    block of columns at a time (a float64 copy of a large leaf would cost twice its bytes)."""
-    K, m = values.shape
-    step = max(1, (1 << 20) // max(K, 1))
-    out = np.empty(m)
-    for j in range(0, m, step):
-        v = values[:, j : j + step].astype(np.float64)
-        v[~np.isfinite(v)] = 0.0
-        out[j : j + step] = np.sqrt(np.einsum("ij,ij->j", v, v))
-    return out
-
-
-def entry_bounds(codebook, matrices: dict[str, np.ndarray], results: dict[str, GroupResult],
-                 norms: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> dict[str, float]:
-    """Per protected leaf, a bound on |w − w_clean| per entry from the columns' certificates.
-
-    A certified column has ‖x̂ − x‖₂ ≤ b·‖x̂‖₂ (``Recovery.bound``) and ‖x̂‖₂ ≤ ‖w‖₂ / σ_min(A), so
-    every entry a_iᵀx̂ is within max_i‖a_i‖₂ · b · ‖w‖₂ / σ_min(A) of the clean one; never below
-    the leaf's own float precision (``_seal.default_err``).  Uncertified columns carry no bound: a
-    leaf with none certified is judged at its float precision, so a kept input shows.  ``norms``:
-    per group the purified columns' ‖w‖₂ (:func:`column_norms`).
-    """
-    per_col = []
-    for name, r in results.items():
-        A = np.asarray(matrices[name], np.float64)
-        rows, smin = np.sqrt((A * A).sum(1)).max(), np.linalg.svd(A, compute_uv=False)[-1]
-        b = np.where(r.certified, r.bound if r.bound is not None else np.nan, np.nan)
-        with np.errstate(invalid="ignore", over="ignore"):
-            e = rows * b * norms[name] / smin
-        per_col.append(np.where(np.isfinite(e), e, np.nan))
-    per_col = np.concatenate(per_col) if per_col else np.zeros(0)
-    out = {}
-    for path, cols in columns.items():
-        v = per_col[cols]
-        v = v[np.isfinite(v)]
-        leaf = codebook.seal_record.leaves.get(path)
-        if v.size and leaf is not None:  # else the seal's own default (the leaf's float precision) applies
-            out[path] = max(float(v.max()), _seal.default_err(leaf.dtype, leaf.max_abs))
-    return out
-
-
 # -- the public entry point ----------------------------------------------------------------------
 def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int) -> dict[str, Any]:
     """Validate everything before any work; returns the protected leaves by path."""
@@ -256,7 +214,8 @@ def purify(
     ``False`` forces a path (``False`` is refused for traced or multi-process leaves).
 
     If the codebook has a keyed seal (``codebook.seal(deployed)``), the purified tree is checked
-    against it with a per-entry tolerance derived from the certificates' error bounds, and
+    against it with a tolerance per seal chunk derived from the certificates' error bounds
+    (``jaxpurify._seal_bound``), and
     ``report.ok`` also requires every sealed leaf to verify: this catches what l1 cannot see
     (changes inside range(A)); see SECURITY.md.  (Not under ``jit`` or across processes: the
     seal is checked on the host.)
@@ -297,15 +256,16 @@ def purify(
         del cols
         purified = codebook.replace(params, codebook.unpack({name: r.values for name, r in results.items()}))
     sealed = getattr(codebook, "seal_record", None) is not None
-    norms = {name: column_norms(r.values) for name, r in results.items()} if sealed else {}
+    if sealed and matrices is None:
+        matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
+    # the seal's tolerance needs each column's ‖x̂‖₂, read from the purified values (see _seal_bound)
+    xnorms = {name: _seal_bound.latent_norms(r.values, matrices[name]) for name, r in results.items()} if sealed else {}
     for r in results.values():
         r.values = None  # the purified tree holds them now: free the working copy before the checks
     columns = leaf_columns(codebook)
     seal = ()
     if sealed:
-        if matrices is None:
-            matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
-        err = entry_bounds(codebook, matrices, results, norms, columns)
+        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms)
         seal = tuple(codebook.verify(purified, err).values())
     report = Report(
         leaves=leaf_reports(codebook, protected, results, columns),

@@ -19,7 +19,8 @@ Verification of a purified leaf P against the sealed W, with e = P − W − δ 
   cannot both be ≤ τ.  So each row detects with probability ≥ 1/2, independently: P(miss) ≤ 2⁻³².
 
 ε defaults to (64·eps(solve dtype) + eps(leaf dtype))·max|W| (``default_err``; pass the
-purification's error bound instead when known).  Then a float32 leaf's smallest single-entry change
+purification's error bound instead when known, one number or one per chunk: ``purify`` derives
+it per chunk from the certificates, see ``jaxpurify._seal_bound``).  Then a float32 leaf's smallest single-entry change
 guaranteed detected is (t·√c + 1)·ε ≈ 550·ε ≈ 0.4% of max|W| (t ≈ 8–9, √4096 = 64), a float64
 leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·max|W| at c = 4096, so
 seal bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).
@@ -179,23 +180,34 @@ def default_err(dtype: str, max_abs: float) -> float:
     return (ERR_ULPS * float(jnp.finfo(solve).eps) + float(jnp.finfo(dtype).eps)) * max_abs
 
 
-def _errors(seal: Seal, err) -> dict[str, float]:
+def _errors(seal: Seal, err) -> dict[str, np.ndarray]:
+    """Per sealed leaf, ε per chunk (float64, one value per chunk) from ``err`` (see :func:`verify`)."""
     out = {}
     for path, s in seal.leaves.items():
         e = err.get(path, None) if isinstance(err, Mapping) else err
         if e is None:
             e = default_err(s.dtype, s.max_abs)
-        if isinstance(e, bool) or not isinstance(e, (int, float, np.floating, np.integer)) or not (0 <= e < math.inf):
-            raise ValueError(f"err for leaf {path!r} must be a finite number ≥ 0, got {e!r}")
-        out[path] = float(e)
+        chunks = -(-math.prod(s.shape) // seal.chunk)
+        if isinstance(e, bool) or not isinstance(e, (int, float, np.floating, np.integer, np.ndarray)):
+            raise ValueError(f"err for leaf {path!r} must be a finite number ≥ 0 or one per chunk, got {e!r}")
+        a = np.asarray(e, np.float64)
+        if a.ndim == 0:
+            a = np.full(chunks, float(a))
+        if a.shape != (chunks,) or not np.all((a >= 0) & (a < math.inf)):
+            raise ValueError(f"err for leaf {path!r} must be a finite number ≥ 0 or {chunks} of them (one per chunk), got {e!r}")
+        out[path] = a
     return out
 
 
-def verify(seal: Seal, params: Any, err: float | Mapping[str, float] | None = None) -> dict[str, LeafVerdict]:
+def verify(seal: Seal, params: Any, err: float | Mapping[str, float | np.ndarray] | None = None) -> dict[str, LeafVerdict]:
     """Check every sealed leaf of ``params`` (a purified tree) against the seal.
 
-    ``err``: the per-entry absolute error bound ε of the purification, one number or per leaf path
-    (a missing path or None: ``default_err`` of the sealed leaf).  Returns ``{path: LeafVerdict}``.
+    ``err``: the per-entry absolute error bound ε of the purification (‖e‖₂ ≤ √c·ε on every chunk
+    of c entries), one number or per leaf path, each a number or an array of one ε per chunk (a
+    missing path or None: ``default_err`` of the sealed leaf).  Returns ``{path: LeafVerdict}``;
+    with ε per chunk, its ``statistic`` and ``tolerance`` are those of the chunk with the largest
+    statistic / ε (so ``verified`` iff statistic ≤ tolerance), and ``detectable`` the largest
+    over the chunks.
     Raises ``ValueError`` naming the leaf if a sealed leaf is missing or has another shape.
     """
     have = dict(leaves_with_paths(params)[0])
@@ -211,14 +223,18 @@ def verify(seal: Seal, params: Any, err: float | Mapping[str, float] | None = No
         sizes = np.minimum(seal.chunk, leaf.size - seal.chunk * np.arange(diff.size))
         t = math.sqrt(2.0 * math.log(2.0 * seal.rows * diff.size / FALSE_ALARM))
         per_entry = diff / (t * np.sqrt(sizes))  # NaN where the leaf is not finite
-        ok = per_entry <= errs[path]
+        eps = errs[path]
+        ok = per_entry <= eps
         bad = np.flatnonzero(~ok)
+        with np.errstate(divide="ignore", invalid="ignore"):  # ε = 0 (an all-zero leaf): any change is infinitely far
+            ratio = np.where(per_entry > 0, per_entry / eps, 0.0)
+        worst = int(np.argmax(np.where(np.isnan(per_entry), np.inf, ratio)))
         out[path] = LeafVerdict(
             path=path,
             verified=bool(ok.all()),
-            statistic=float(np.max(np.where(np.isnan(per_entry), np.inf, per_entry))),
-            tolerance=errs[path],
-            detectable=(t * math.sqrt(min(seal.chunk, leaf.size)) + 1.0) * errs[path],
+            statistic=float(per_entry[worst]) if np.isfinite(per_entry[worst]) else math.inf,
+            tolerance=float(eps[worst]),
+            detectable=float(np.max((t * np.sqrt(sizes) + 1.0) * eps)),
             failed_chunks=tuple((int(k) * seal.chunk, int(k) * seal.chunk + int(sizes[k])) for k in bad),
         )
     return out

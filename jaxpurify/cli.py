@@ -148,7 +148,8 @@ def _backdoor(args) -> int:
     if not figure:
         print(f"reproduce backdoor: matplotlib not installed, no figure ({PAPER})", file=sys.stderr)
     res = backdoor.run(args.dataset, args.out, arch=args.arch, quick=args.quick, data_dir=args.data, seed=args.seed,
-                       figure=figure)
+                       figure=figure, layout=args.layout, steps=args.steps,
+                       limit=tuple(args.limit) if args.limit else None)
     c = res["clean"]
     print(f"{res['dataset']} / {res['arch']}: clean CA {c['ca']:.4f}, trigger rate {c['asr']:.4f}")
     for r in res["rows"]:
@@ -188,6 +189,11 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     b.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
     b.add_argument("--data", "--data-dir", dest="data", metavar="PATH",
                    help="directory with MNIST IDX or CIFAR-10 binary files (nothing is downloaded)")
+    b.add_argument("--layout", choices=["output", "default"], default="output",
+                   help="codebook layout: kernels along their output axis (default), or the library's default")
+    b.add_argument("--steps", type=int, help="training steps (default 1500, quick 600)")
+    b.add_argument("--limit", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                   help="keep only the first TRAIN training and TEST test examples (quick on mnist/cifar10: 2000 1000)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -204,6 +204,14 @@ def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
                    progress=False)
     assert 1 <= len(a.hyper["outcome"]["flips"]) <= 8
     _check_flips(a, params)
+    # TBT-style: only the read-out kernel is searched; every other leaf is kept bit for bit
+    b = bit_trojan(jax.random.key(6), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, flips=4,
+                   leaves=("readout/kernel",), progress=False)
+    _check_flips(b, params)
+    assert recorded(b)["leaves"] == ["readout/kernel"]
+    moved = differs(b.params, params)
+    assert moved["readout"]["kernel"].sum() == len(b.hyper["outcome"]["flips"]) >= 1
+    assert not any(moved[k][v].any() for k, v in (("hidden", "kernel"), ("hidden", "bias"), ("readout", "bias")))
 
 
 @pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
@@ -257,6 +265,9 @@ def test_bad_data_is_refused(model, digits):
                       budget=0.0)
     with pytest.raises(ValueError, match="bits"):
         pbfa(jax.random.key(0), apply_jit, params, (x, y), bits=(40,))
+    with pytest.raises(ValueError, match="leaves: 'readout/kernal'"):
+        bit_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8),
+                   leaves=("readout/kernal",))
 
 
 @pytest.mark.slow

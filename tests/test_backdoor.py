@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpurify import Codebook, cli
+from jaxpurify import Codebook, cli, data
 from jaxpurify import defenses as D
 from jaxpurify.experiments import backdoor
 
@@ -112,6 +112,38 @@ def test_forensic_map_counts_by_hand():
     assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
     assert m["changed_in_certified"] == 2 and m["certified_recall"] == 1.0  # the missed one is uncertified
     assert m["channels_changed"] == [0, 1, 2] and m["channels_flagged"] == [0, 2]
+
+
+def test_first_keeps_the_leading_examples_of_each_split():
+    rng = np.random.default_rng(0)
+    split = lambda n: data.Split(rng.random((n, 8, 8, 1), np.float32), rng.integers(0, 10, n).astype(np.int32))
+    ds = data.Dataset(split(40), split(20), "toy")
+    cut = backdoor.first(ds, 10, 3)
+    np.testing.assert_array_equal(cut.train.x, ds.train.x[:10])
+    np.testing.assert_array_equal(cut.test.y, ds.test.y[:3])
+    assert cut.name == ds.name and len(cut.train.y) == 10 and len(cut.test.x) == 3
+    with pytest.raises(ValueError, match="limit"):
+        backdoor.first(ds, 1, 3)
+
+
+def test_backdoor_refuses_an_unknown_layout(tmp_path):
+    with pytest.raises(ValueError, match="layout: unknown name 'diagonal'"):
+        backdoor.run("digits", str(tmp_path), layout="diagonal")
+
+
+def test_output_layout_spreads_a_channel_over_the_columns():
+    # a (3, 3, 8, 32) kernel along its 32 outputs: 72 columns, each one weight of every channel,
+    # so rewriting channel 5 changes one entry per column (the default layout: one whole column)
+    params = {"conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32), "bias": np.zeros(32, np.float32)},
+              "readout": {"kernel": np.zeros((32, 10), np.float32)}}
+    changed = jax.tree.map(np.zeros_like, params)
+    changed["conv"]["kernel"][..., 5] = 1
+    for layout, most in (("output", 1), ("default", 72)):
+        cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
+        packed = cb.pack(changed)
+        assert max(np.nansum(v, 0).max() for v in packed.values()) == most, layout
+    cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["output"])
+    assert cb.groups["readout/kernel"].K == 32  # the 10-class read-out keeps the default layout
 
 
 def test_backdoor_cli_names_the_missing_files(tmp_path, capsys):

@@ -28,3 +28,37 @@ def test_peer_timing_reports_the_peers_own_accuracy():
     assert r["max_rel_err"] == pytest.approx(float(problems.rel_err(ref, X[:, [0, 3, 5]]).max()), abs=1e-9)
     missing = peers.time_peer(lambda A: __import__("not_a_real_module_xyz"), A, Y, X, np.array([0]))
     assert missing == {"available": False, "reason": "not installed (not_a_real_module_xyz)"}
+
+
+def _cell(K, ratio, rho, m, cps, cert, exact, wrong=0, highs=None):
+    rec = {"columns_per_s": cps, "certified": cert, "exact": exact, "columns": m, "certified_wrong": wrong}
+    peers = {"HiGHS (linprog)": {"available": True, "max_rel_err": 1e-12, "columns_per_s": highs}} if highs else {}
+    return {"K": K, "n": K // ratio, "ratio": ratio, "rho": rho, "m": m, "recover": rec, "peers": peers,
+            "ratio_to": {"HiGHS (linprog)": cps / highs} if highs else {}}
+
+
+def test_report_grid_tables_show_the_json_figures_and_the_skipped_cells():
+    from jaxpurify.bench import report
+
+    grid = [_cell(64, 2, 0.2, 64, 500.0, 40, 39, wrong=1, highs=10.0), _cell(64, 4, 0.05, 64, 9000.0, 64, 64, highs=30.0),
+            {"K": 64, "n": 32, "ratio": 2, "rho": 0.2, "m": 4096, "skipped": "predicted 999 s > budget 150 s"}]
+    res = {"grid": grid, "run": {"parts": {"grid": {"command": "jaxpurify bench", "commit": "abc1234",
+                                                    "seconds": 5.0, "load_before": [1.0, 2.0, 3.0],
+                                                    "load_after": [4.0, 5.0, 6.0]}}}}
+    rows = report.grid_table(res, None)
+    assert "`jaxpurify bench`" in rows[0] and "1.0/2.0/3.0 before → 4.0/5.0/6.0 after" in rows[0]
+    assert "| 64 | 2 | 0.2 | 64 | 500.0 | 40/64 | 39/64 | 1 | 50× |" in rows[4]
+    assert "skipped: predicted 999 s > budget 150 s" in rows[6]
+    by_k = report.grid_by_k(res, None)
+    # 40 + 64 certified, 39 + 64 exact, 1 certified-not-exact of 128 columns; ratios 50× and 300×; m=4096 not run
+    assert "| 64 | 50–300× | — | 104 / 103 / 1 of 128 | 2, 0.2, 64: 500.0 | 1 |" in by_k[2]
+
+
+def test_report_rewrites_only_the_marked_blocks():
+    from jaxpurify.bench import report
+
+    text = "intro\n<!-- bench:grid -->\nold table\n<!-- /bench:grid -->\nhand-written prose\n"
+    new = report.replace_blocks(text, {"grid": "| new |"})
+    assert new == "intro\n<!-- bench:grid -->\n| new |\n<!-- /bench:grid -->\nhand-written prose\n"
+    with pytest.raises(ValueError, match="bench:roofline"):
+        report.replace_blocks(text, {"roofline": "x"})

@@ -147,6 +147,99 @@ def test_honest_purification_within_capacity_verifies(setup, rate):
     assert verdicts["conv/kernel"].detectable < 0.005 * np.abs(W).max()  # the stated guarantee
 
 
+def test_purify_catches_an_in_span_change_of_2_percent_that_the_per_leaf_tolerance_let_through(setup):
+    # purify's seal tolerance was one ε per leaf, max_i‖a_i‖·b·‖w‖/σ_min(A): here it could not see
+    # less than ~20% of max|W| and passed this change as verified.  Per chunk, from each column's
+    # ‖x̂‖ and σ_max(A) (jaxpurify._seal_bound), the same change is caught.
+    cb, deployed = setup
+    W = deployed["conv"]["kernel"]
+    Y = _cols(W).copy()
+    step = np.asarray(cb.matrix("conv/kernel"), np.float64) @ np.random.default_rng(13).standard_normal(N)
+    j = 100
+    Y[:, j] += 0.02 * np.abs(W).max() * step / np.abs(step).max()
+    purified, report = _purify(cb, _with_kernel(deployed, _uncols(Y, W)))
+    assert report.all_certified and not report.ok and not report.verified
+    v = {x.path: x for x in report.seal}
+    start = (K * j) // 4096 * 4096
+    assert v["conv/kernel"].failed_chunks == ((start, start + 4096),) and v["conv/bias"].verified
+    assert v["conv/kernel"].detectable < 0.05 * np.abs(W).max()  # ~2%; the per-leaf ε gave ~20%
+    assert np.abs(purified["conv"]["kernel"] - W).max() > 0.015 * np.abs(W).max()  # l1 kept it
+
+
+def test_chunk_errors_follow_each_entry_to_its_column_through_unpack(monkeypatch):
+    # purify's tolerance per chunk (jaxpurify._seal_bound) against a plain loop that finds each
+    # entry's (group, row, column) through codebook.unpack: every layout (interleaved, pooled,
+    # with a padded entry, single-axis along a middle axis), chunks that split columns and columns
+    # that split chunks
+    from types import SimpleNamespace
+
+    from jaxpurify import _seal_bound
+
+    tree = {"a": np.zeros((40, 24), np.float32), "b": np.zeros((7,), np.float32),
+            "c": np.zeros((7, 3), np.float32), "d": np.zeros((3, 20, 5), np.float32), "e": np.zeros((11, 49), np.float32)}
+    cb = jp.Codebook.create(tree, bytes(range(32)), select=lambda path, leaf: 1 if path == "d" else None)
+    rng = np.random.default_rng(16)
+    cb.seal({k: rng.standard_normal(v.shape).astype(np.float32) for k, v in tree.items()}, chunk=64)
+    mats, results, xn, where = {}, {}, {}, {}
+    for name, g in cb.groups.items():
+        mats[name] = np.asarray(cb.matrix(name, jnp.float32))
+        results[name] = SimpleNamespace(certified=rng.random(g.columns) < 0.8, bound=rng.uniform(0, 1e-3, g.columns))
+        xn[name] = rng.uniform(0.5, 2.0, g.columns)
+        where[name] = np.indices((g.K, g.columns))
+    rows = cb.unpack({name: w[0] for name, w in where.items()})
+    cols = cb.unpack({name: w[1] for name, w in where.items()})
+    group = cb.unpack({name: np.full((g.K, g.columns), i) for i, (name, g) in enumerate(cb.groups.items())})
+    names = list(cb.groups)
+    smax2 = {name: np.linalg.norm(a.astype(np.float64), 2) ** 2 for name, a in mats.items()}
+    monkeypatch.setattr(_seal_bound, "_BLOCK", 100)  # blocks of a few columns
+    got = _seal_bound.chunk_errors(cb, mats, results, xn)
+    for path, sealed in cb.seal_record.leaves.items():
+        r, c, gi = (np.asarray(x[path]).reshape(-1) for x in (rows, cols, group))
+        expect = []
+        for start in range(0, r.size, 64):
+            E2 = 0.0
+            for key in set(zip(gi[start : start + 64], c[start : start + 64])):
+                name, j = names[key[0]], key[1]
+                sel = (gi[start : start + 64] == key[0]) & (c[start : start + 64] == j)
+                A = mats[name].astype(np.float64)
+                beta = results[name].bound[j] * xn[name][j] if results[name].certified[j] else 0.0
+                E2 += beta**2 * min(smax2[name], np.sum(A[r[start : start + 64][sel]] ** 2))
+            expect.append(math.sqrt(E2 / min(64, r.size - start)) + _seal.default_err("float32", sealed.max_abs))
+        np.testing.assert_allclose(got[path], expect, rtol=1e-9, err_msg=path)
+
+
+def test_latent_norms_match_least_squares(monkeypatch):
+    # ‖x̂‖₂ of a purified column w = A x̂, read back from w (HiGHS is not needed: an l2 problem, lstsq)
+    from jaxpurify import _seal_bound
+
+    rng = np.random.default_rng(18)
+    A = (rng.standard_normal((96, 64)) / 8).astype(np.float32)  # K/n = 1.5
+    X = rng.standard_normal((64, 700)) * np.exp(rng.uniform(-20, 20, 700))
+    W = (A.astype(np.float64) @ X).astype(np.float32)
+    W[5, 3] = np.nan  # an uncertified input may hold erasures: counted as 0
+    ref = np.linalg.norm(np.linalg.lstsq(A.astype(np.float64), np.nan_to_num(W.astype(np.float64)), rcond=None)[0], axis=0)
+    monkeypatch.setattr(_seal_bound, "_BLOCK", 96 * 50)  # several blocks of columns
+    np.testing.assert_allclose(_seal_bound.latent_norms(W, A), ref, rtol=1e-10)
+
+
+def test_a_tolerance_per_chunk_judges_each_chunk_by_its_own():
+    cb = jp.Codebook.create({"w": np.zeros((100, 64), np.float64)})
+    w = np.random.default_rng(17).standard_normal((100, 64))
+    cb.seal({"w": w})
+    v = w.copy()
+    v.flat[10] += 0.37  # chunk 0 of 2
+    t = math.sqrt(2 * math.log(2 * 32 * 2 / 2.0**-40))
+    stat = 0.37 / (t * 64)
+    out = cb.verify({"w": v}, err={"w": np.array([1.001 * stat, 0.0])})["w"]
+    assert out.verified and out.tolerance == pytest.approx(1.001 * stat) and out.statistic == pytest.approx(stat)
+    out = cb.verify({"w": v}, err={"w": np.array([0.999 * stat, 1.0])})["w"]
+    assert not out.verified and out.failed_chunks == ((0, 4096),) and out.statistic > out.tolerance
+    assert out.detectable == pytest.approx((t * math.sqrt(2304) + 1) * 1.0)  # the loosest chunk's guarantee
+    for bad in (np.array([1.0]), np.array([1.0, -1.0]), np.array([1.0, np.inf]), "1"):
+        with pytest.raises(ValueError, match="'w'"):
+            cb.verify({"w": v}, err={"w": bad})
+
+
 def test_statistic_is_the_change_over_t_sqrt_c():
     # one entry changed by δ: every sketch row of its chunk moves by exactly ±δ
     cb = jp.Codebook.create({"w": np.zeros((100, 64), np.float64)})
@@ -237,3 +330,74 @@ def test_sketch_matches_a_plain_python_rederivation():
             bits = [(stream[(row * size + i) // 8] >> (7 - (row * size + i) % 8)) & 1 for i in range(size)]
             expect = math.fsum((1 - 2 * b) * x for b, x in zip(bits, w[start : start + size]))
             assert sketch[chunk, row] == pytest.approx(expect, rel=1e-12, abs=1e-12)
+
+
+# -- purify's own tolerance (jaxpurify._seal_bound): per chunk, from each column's ‖x̂‖ and bound --
+K2, N2 = 256, 128  # float32, K/n = 2: where the per-leaf tolerance let in-range changes through
+
+
+@pytest.fixture(scope="module")
+def sealed_k256():
+    # (64, 256) encoded along its last axis: 64 columns of K = 256, one seal chunk per 16 columns
+    cb = jp.Codebook.create({"w": np.zeros((64, K2), np.float32)}, bytes(range(32)), redundancy=K2 / N2,
+                            select=lambda path, leaf: 1)
+    theta = np.random.default_rng(10).standard_normal((64, N2)).astype(np.float32)
+    deployed = {"w": np.asarray(cb.decode({"w": theta})["w"])}
+    cb.seal(deployed)
+    return cb, deployed
+
+
+@pytest.mark.slow  # one more solver shape to compile (K = 256)
+def test_span_change_of_a_few_percent_is_caught_by_purify_at_k256(sealed_k256):
+    # The per-leaf ε (max_i‖a_i‖·b·‖w‖/σ_min(A)) made purify's seal blind below ~2× max|W| here:
+    # this 5% change of one column passed as verified.  Per chunk, from ‖x̂‖, it is caught.
+    cb, deployed = sealed_k256
+    W = deployed["w"]
+    A = np.asarray(cb.matrix("w", np.float32), np.float64)
+    step = A @ np.random.default_rng(11).standard_normal(N2)  # in range(A): l1 certifies it
+    j = 37
+    V = W.astype(np.float64)
+    V[j] += 0.05 * np.abs(W).max() * step / np.abs(step).max()
+    purified, report = _purify(cb, {"w": V.astype(np.float32)})
+    assert report.all_certified and not report.verified and not report.ok
+    (v,) = report.seal
+    assert v.failed_chunks == ((16 * K2 * (j // 16), 16 * K2 * (j // 16 + 1)),)  # only the changed column's chunk
+    assert v.detectable < 0.05 * np.abs(W).max()  # the single-entry guarantee, stated per leaf
+    assert np.abs(purified["w"] - W).max() > 0.04 * np.abs(W).max()  # l1 kept the change
+
+
+@pytest.mark.slow
+def test_honest_purification_at_k256_verifies_with_the_per_chunk_tolerance(sealed_k256):
+    cb, deployed = sealed_k256
+    W = deployed["w"]
+    rng = np.random.default_rng(12)
+    V = W.copy()
+    for j in range(W.shape[0]):  # up to (K − n)/4 = 32 gross errors per column, 1–1e30 × the weight scale
+        idx = rng.choice(K2, int(rng.integers(33)), replace=False)
+        V[j, idx] += rng.choice([-1, 1], idx.size) * np.exp(rng.uniform(0, np.log(1e30), idx.size)).astype(np.float32)
+    V[3, :5] = np.nan  # erasures too
+    purified, report = _purify(cb, {"w": V})
+    assert report.all_certified and report.verified and report.ok  # no false alarm
+    (v,) = report.seal
+    assert v.statistic < 0.1 * v.tolerance
+    assert np.abs(purified["w"] - W).max() <= 1e-4 * np.abs(W).max()  # honest: the clean weights are back
+
+
+@pytest.mark.slow  # a K = 1024 solver shape to compile
+def test_honest_purification_at_k1024_verifies_with_the_per_chunk_tolerance():
+    K3, N3 = 1024, 512
+    cb = jp.Codebook.create({"w": np.zeros((16, K3), np.float32)}, bytes(range(32)), redundancy=K3 / N3,
+                            select=lambda path, leaf: 1)
+    W = np.asarray(cb.decode({"w": np.random.default_rng(14).standard_normal((16, N3)).astype(np.float32)})["w"])
+    cb.seal({"w": W})
+    rng = np.random.default_rng(15)
+    V = W.copy()
+    for j in range(16):  # up to (K − n)/4 = 128 gross errors per column
+        idx = rng.choice(K3, int(rng.integers(129)), replace=False)
+        V[j, idx] += rng.choice([-1, 1], idx.size) * np.exp(rng.uniform(0, np.log(1e30), idx.size)).astype(np.float32)
+    purified, report = _purify(cb, {"w": V})
+    assert report.all_certified and report.verified and report.ok
+    (v,) = report.seal
+    assert v.statistic < 0.1 * v.tolerance
+    assert v.detectable < 0.1 * np.abs(W).max()  # was 0.4–4.3× max|W| with one ε per leaf
+    assert np.abs(purified["w"] - W).max() <= 1e-4 * np.abs(W).max()

@@ -16,6 +16,8 @@ sign, 23–30 the exponent, 0–22 the mantissa).  Each step of the search (Raki
   examples still classified correctly.
 * :func:`bit_trojan` — targeted: L = trojan loss (clean CE + triggered-to-target CE), the flip
   that *lowers* it most (and only if it does); stops after ``flips`` flips or at ASR ≥ ``goal``.
+  ``leaves`` restricts the candidates to the named leaves: ``("readout/kernel",)`` is the
+  last-layer search of TBT (Rakin et al., 2020), there with the trigger fixed, not crafted.
 
 ``hyper["outcome"]["flips"]`` lists every flip kept, as [leaf path, index into the leaf's C-order
 entries, bit]; each weight is flipped at most once, so ``changed`` marks exactly those entries.
@@ -43,16 +45,17 @@ def flip_bits(values: jax.Array, index, bit) -> jax.Array:
 
 
 def _search_step(loss_of_flat, candidates: int, bits: tuple[int, ...], sign: float, allowed=None):
-    """jit(values, flipped, x, y) -> (index, bit, loss after): the best single flip.
+    """jit(values, frozen, x, y) -> (index, bit, loss after): the best single flip.
 
+    ``frozen`` marks the entries not to try (already flipped, or outside the attack's scope);
     ``sign`` +1 keeps the flip of highest loss (untargeted), −1 the lowest (targeted); a flip for
     which ``allowed(values, x, y)`` is False counts as the worst."""
     bit_arr = jnp.asarray(bits, jnp.uint32)
 
     @jax.jit
-    def step(values, flipped, x, y):
+    def step(values, frozen, x, y):
         g = jax.grad(loss_of_flat)(values, x, y)
-        score = jnp.where(flipped | ~jnp.isfinite(g), -1.0, jnp.abs(g))
+        score = jnp.where(frozen | ~jnp.isfinite(g), -1.0, jnp.abs(g))
         _, top = jax.lax.top_k(score, candidates)
         idx = jnp.repeat(top, len(bits))
         bit = jnp.tile(bit_arr, candidates)
@@ -85,17 +88,33 @@ def _check_bits(bits, flips, candidates, batch_size):
     return bits
 
 
+def _scope(flat, leaves) -> np.ndarray:
+    """Bool over the flat entries: True outside the named leaves (None: every leaf in scope)."""
+    if leaves is None:
+        return np.zeros(flat.values.size, bool)
+    unknown = sorted(set(leaves) - set(flat.paths))
+    if unknown or not leaves:
+        raise ValueError(f"leaves: {unknown[0] if unknown else 'empty'!r} is not a leaf of params; "
+                         f"choose from {', '.join(flat.paths)}")
+    out = np.ones(flat.values.size, bool)
+    for j, path in enumerate(flat.paths):
+        if path in leaves:
+            out[flat.bounds[j] : flat.bounds[j + 1]] = False
+    return out
+
+
 def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress, clock, allowed=None):
     """The shared loop: flip, record, ``stop(params)`` → (bool, outcome numbers)."""
     flat = flatten(params)
     if flat.values.dtype != jnp.float32:
         raise TypeError(f"params: bit flips are defined on float32 weights, got {flat.values.dtype}")
-    if hyper["candidates"] > flat.values.size:
-        raise ValueError(f"candidates {hyper['candidates']} exceeds the {flat.values.size} weights")
+    outside = _scope(flat, hyper.get("leaves"))
+    if hyper["candidates"] > int((~outside).sum()):
+        raise ValueError(f"candidates {hyper['candidates']} exceeds the {int((~outside).sum())} weights in scope")
     xb, yb = _eval_batch(key, x, y, hyper["batch_size"])
     step = _search_step(lambda v, xs, ys: loss(flat.unravel(v), xs, ys), hyper["candidates"], hyper["bits"], sign,
                         None if allowed is None else allowed(xb, yb, lambda v: flat.unravel(v)))
-    values, flipped = flat.values, jnp.zeros(flat.values.size, bool)
+    values, flipped = flat.values, jnp.asarray(outside)  # out of scope: never a candidate
     current = float(loss(params, xb, yb))
     kept, done, measure = [], False, {}
     with Progress(total=hyper["flips"], desc=desc, disable=None if progress is None else not progress) as bar:
@@ -172,10 +191,12 @@ def bit_trojan(
     batch_size: int = 256,
     goal: float = 0.9,
     max_drop: float = 0.02,
+    leaves: tuple[str, ...] | None = None,
     progress: bool | None = None,
 ) -> Attack:
     """Targeted bit trojan: flips that implant ``trigger`` → ``target`` while keeping clean
-    accuracy on the evaluation batch within ``max_drop`` of the deployed model's."""
+    accuracy on the evaluation batch within ``max_drop`` of the deployed model's; only in
+    ``leaves`` (paths, e.g. ``("readout/kernel",)``) if given."""
     clock = Clock()
     x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
     bits = _check_bits(bits, flips, candidates, batch_size)
@@ -197,7 +218,7 @@ def bit_trojan(
 
     hyper = dict(attack="bit_trojan", target=target, trigger=trigger._asdict(), flips=int(flips),
                  candidates=int(candidates), bits=list(bits), batch_size=int(batch_size), goal=float(goal),
-                 max_drop=float(max_drop), loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
+                 max_drop=float(max_drop), leaves=None if leaves is None else list(leaves), loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
                  "if the evaluation batch's accuracy stays within max_drop of the deployed model's")
     return _search(key, apply_fn, params, x, y, trojan_loss(apply_fn, trigger, target), -1.0, stop, hyper,
                    "bit_trojan", progress, clock, allowed)

@@ -1,6 +1,7 @@
 """Fault campaign (issue 10): does a certificate ever overstate, and does the seal see what l1 cannot?
 
-    python -m jaxpurify.bench.campaign [--columns N] [--width W] [--out FILE]
+    python -m jaxpurify.bench.campaign [--columns N] [--width W] [--trials T] [--K 256,1024]
+                                       [--ratios 1.5,2] [--dtypes float32] [--out FILE]
 
 A benchmark, not a test.  Regimes are (K, K/n, dtype) with K ∈ {16, 64, 256, 1024},
 K/n ∈ {1.5, 2, 4, 8}, float32 and float64 (32 in all); each regime gets its own small codebook
@@ -17,12 +18,18 @@ K/n ∈ {1.5, 2, 4, 8}, float32 and float64 (32 in all); each regime gets its ow
   5% copied from another column, 2% negated, 2% doubled and 5% moved inside range(A) (y + A·z,
   the key-less span attack); ``recover`` says which are certified (l1 alone accepts them) and
   ``purify``'s seal verdict (per chunk of the leaf) whether each was detected.
+* **within capacity, sealed**: one sealed leaf of W columns, each with k ≤ (K − n)/4 gross
+  errors or exponent/sign flips and no tampering, purified: certified, ``report.ok``, and seal
+  false alarms (failed chunks whose columns are all certified).
+
+``--trials`` sealed leaves of each kind per regime (default 1); ``--columns 0`` runs them alone.
 
 Per regime and per model it prints: columns, certified, certified outside the bound with the
 corruption within the guarantee (k ≤ K' − n − k̂ changed entries; target 0), certified wrong
 beyond the guarantee, exact (rel. error ≤ 1e-4 float32, 1e-10 float64) but uncertified, and the
 in-range faults: certified by l1 and undetected by the seal (target 0), plus seal false alarms
-(failed chunks holding no faulted column).  ``--columns`` sets the entry-fault columns in all
+(failed chunks holding no faulted column), the smallest single-entry change purify's seal is sure
+to detect (worst chunk, × max|W|), and the within-capacity trials.  ``--columns`` sets the entry-fault columns in all
 (default 106,496: 4 batches of 1024 per regime at K ≤ 256, 1 at K = 1024, scaled to fit).
 JSON to ``benchmarks/results/campaign.json``.
 """
@@ -55,9 +62,9 @@ FAULTS = (("zeroed", 0.05), ("copied", 0.05), ("negated", 0.02), ("doubled", 0.0
 
 
 def _batches(K: int, columns: int, width: int) -> int:
-    """Entry-fault batches of a regime: 4 at K ≤ 256, 1 at K = 1024 per 106,496 columns."""
+    """Entry-fault batches of a regime: 4 at K ≤ 256, 1 at K = 1024 per 106,496 columns (none if 0)."""
     share = 1 if K == 1024 else 4
-    return max(1, round(share * columns / 106_496 * 1024 / width))
+    return max(1, round(share * columns / 106_496 * 1024 / width)) if columns > 0 else 0
 
 
 def _codebook(K: int, ratio: float, dtype: str, width: int, seed: int):
@@ -130,14 +137,18 @@ def judge(A, Y, X, clean, out, dtype) -> dict[str, np.ndarray]:
                 k=k, usable=usable, k_hat=k_hat, within=k <= usable - n - k_hat, exact=rel <= EXACT[dtype])
 
 
-def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
-    """A sealed leaf of clean columns, in-range column faults, recover + purify with the seal."""
+def _sealed_leaf(rng, cb, name: str, width: int, dtype: str):
+    """(K, n, θ, deployed, W): a clean leaf of ``width`` columns, sealed; W a copy to damage."""
     g = cb.groups[name]
-    K, n = g.K, g.n
-    theta = rng.standard_normal((width, n)).astype(dtype)
+    theta = rng.standard_normal((width, g.n)).astype(dtype)
     deployed = cb.decode({name: theta})
     cb.seal(deployed)
-    W = np.array(deployed["w"], copy=True)  # (width, K): column j of the code is row j here
+    return g.K, g.n, theta, deployed, np.array(deployed["w"], copy=True)  # column j of the code is row j of W
+
+
+def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
+    """A sealed leaf of clean columns, in-range column faults, recover + purify with the seal."""
+    K, n, theta, deployed, W = _sealed_leaf(rng, cb, name, width, dtype)
     A = np.asarray(cb.matrix(name, dtype), np.float64)
     order = rng.permutation(width)
     fault = np.full(width, "", object)
@@ -182,7 +193,61 @@ def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
                 clean_columns=int((~faulted).sum()), per_fault=per)
 
 
+def honest_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
+    """A sealed leaf purified after faults well within capacity (no tampering): every alarm is false.
+
+    Each column gets k ≤ (K − n)/4 changed entries (k uniform): half gross errors of magnitude
+    10^U(0, 30) times the weight scale, half flips of an exponent or sign bit; then ``purify``
+    with its own seal check."""
+    K, n, _, deployed, W = _sealed_leaf(rng, cb, name, width, dtype)
+    bits, mant = (32, 23) if W.dtype == np.float32 else (64, 52)
+    udt = np.dtype(f"uint{bits}")
+    rms = float(np.sqrt(np.mean(np.square(W.astype(np.float64)))))
+    for j in range(width):
+        k = int(rng.integers((K - n) // 4 + 1))
+        rows = rng.choice(K, k, replace=False)
+        flip, add = rows[: k // 2], rows[k // 2 :]
+        one = np.ones(flip.size, udt) << rng.integers(mant, bits, size=flip.size).astype(udt)
+        W[j, flip] = (W[j, flip].view(udt) ^ one).view(W.dtype)
+        with np.errstate(over="ignore"):
+            W[j, add] = (W[j, add] + C.error_values(rng, add.size, rms, 1.0, 1e30)).astype(dtype)
+    purified, report = jp.purify({"w": W}, cb)
+    (verdict,) = report.seal
+    Y = np.asarray(cb.pack({"w": W})[name])
+    out = jp.recover(np.asarray(cb.matrix(name, dtype))[None], Y[None])  # which columns purify certified
+    certified = np.asarray(out.certified[0])
+    cols = max(1, cb.seal_record.chunk // K)
+    false_alarm = sum(1 for a, _ in verdict.failed_chunks if certified[a // K : a // K + cols].all())
+    return dict(columns=width, certified=int(report.certified), ok=int(report.ok), verified=int(report.verified),
+                false_alarm_chunks=int(false_alarm), seal_detectable=verdict.detectable,
+                max_abs_weight=float(np.abs(np.asarray(deployed["w"])).max()),
+                max_statistic_over_tolerance=verdict.statistic / verdict.tolerance if verdict.tolerance else math.inf)
+
+
+def merge(trials: list[dict], top: bool = True) -> dict:
+    """Trials of one regime as one: counts added, the worst detectable size and margin kept."""
+    out: dict = {}
+    for t in trials:
+        for k, v in t.items():
+            if isinstance(v, dict):
+                out[k] = merge([out[k], v], top=False) if k in out else dict(v)
+            elif k in ("seal_detectable", "seal_tolerance", "max_statistic_over_tolerance"):
+                out[k] = max(out.get(k, -math.inf), v)
+            elif k == "max_abs_weight":
+                out[k] = min(out.get(k, math.inf), v)
+            elif k == "leaf_verified":
+                out[k] = out.get(k, False) or v
+            else:
+                out[k] = out.get(k, 0) + v
+    if top:
+        out["trials"] = len(trials)
+    return out
+
+
 def _row(cols: dict[str, np.ndarray]) -> dict:
+    if not cols:  # no entry faults asked for (--columns 0)
+        return dict(columns=0, certified=0, outside_bound_within_guarantee=0, certified_wrong_beyond_guarantee=0,
+                    exact_uncertified=0, max_error_over_bound=0.0)
     c, w = cols["certified"], cols["within"]
     over = c & w & (cols["rel"] > cols["bound"])
     with np.errstate(invalid="ignore"):
@@ -193,7 +258,7 @@ def _row(cols: dict[str, np.ndarray]) -> dict:
                 max_error_over_bound=float(ratio.max()) if ratio.size else 0.0)
 
 
-def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS, dtypes=DTYPES) -> dict:
+def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS, dtypes=DTYPES, trials: int = 1) -> dict:
     if width % GROUP:
         raise ValueError(f"width must be a multiple of {GROUP}, got {width}")
     rng = np.random.default_rng(seed)
@@ -215,11 +280,12 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                     for k, v in res.items():
                         acc.setdefault(k, []).append(v)
                 acc = {k: np.concatenate(v) for k, v in acc.items()}
-                for model in MODELS:
+                for model in MODELS if acc else ():
                     sel = acc["model"] == model
                     per_model.setdefault((model, dtype), []).append({k: v[sel] for k, v in acc.items() if k != "model"})
-                trial = in_range_trial(rng, cb, name, width, dtype)
-                row = dict(K=K, n=n, ratio=ratio, dtype=dtype, **_row(acc), in_range=trial,
+                trial = merge([in_range_trial(rng, cb, name, width, dtype) for _ in range(trials)])
+                honest = merge([honest_trial(rng, cb, name, width, dtype) for _ in range(trials)])
+                row = dict(K=K, n=n, ratio=ratio, dtype=dtype, **_row(acc), in_range=trial, honest=honest,
                            seconds=round(time.perf_counter() - t0, 1))
                 regimes.append(row)
                 log(f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, {row['certified']} certified, "
@@ -227,28 +293,33 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                     f"in-range faults {trial['certified_faulted']}/{trial['faulted']} certified by l1, "
                     f"{trial['undetected']} undetected with the seal, {trial['false_alarm_chunks']} false alarms "
                     f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond the guarantee, "
-                    f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|", flush=True)
+                    f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|; within capacity "
+                    f"{honest['certified']}/{honest['columns']} certified, ok {honest['ok']}/{trials}, "
+                    f"{honest['false_alarm_chunks']} false alarms, statistic/tolerance ≤ "
+                    f"{honest['max_statistic_over_tolerance']:.2g}", flush=True)
     models = []
     for (model, dtype), parts in per_model.items():
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         models.append(dict(model=model, dtype=dtype, **_row(merged)))
     return dict(regimes=regimes, models=models, seconds=round(time.perf_counter() - t_all, 1),
-                columns=sum(r["columns"] + r["in_range"]["columns"] for r in regimes),
+                columns=sum(r["columns"] + r["in_range"]["columns"] + r["honest"]["columns"] for r in regimes),
                 machine=dict(cpus=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
                              load=os.getloadavg()), width=width, seed=seed)
 
 
 def table(result: dict) -> str:
     head = ("| K | K/n | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
-            "| exact, uncertified | in-range faults certified by l1 | undetected with the seal | seal false alarms |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "| exact, uncertified | in-range faults certified by l1 | undetected with the seal | seal false alarms "
+            "| seal detects (× max|W|) | within capacity, sealed: certified | ok | false alarms |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in result["regimes"]:
-        t = r["in_range"]
+        t, h = r["in_range"], r["honest"]
         lines.append(f"| {r['K']} | {r['K'] / r['n']:.2f} | {r['dtype']} | {r['columns']:,} | {r['certified']:,} | "
                      f"{r['outside_bound_within_guarantee']} | {r['certified_wrong_beyond_guarantee']} | "
                      f"{r['exact_uncertified']} | {t['certified_faulted']}/{t['faulted']} | {t['undetected']} | "
-                     f"{t['false_alarm_chunks']} |")
+                     f"{t['false_alarm_chunks']} | {t['seal_detectable'] / t['max_abs_weight']:.2g} | "
+                     f"{h['certified']:,}/{h['columns']:,} | {h['ok']}/{h['trials']} | {h['false_alarm_chunks']} |")
     lines += ["", "| model | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
               "| exact, uncertified | max error / bound |", "|---|---|---|---|---|---|---|---|"]
     for m in result["models"]:
@@ -263,13 +334,15 @@ def main(argv=None) -> dict:
     p.add_argument("--columns", type=int, default=106_496, help="entry-fault columns in all (approximately)")
     p.add_argument("--width", type=int, default=1024, help="columns per solver call (a multiple of 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trials", type=int, default=1, help="sealed in-range and within-capacity leaves per regime")
     p.add_argument("--K", default=",".join(map(str, KS)), help="a subset of the K values, e.g. 16,64")
     p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "campaign.json"))
     a = p.parse_args(argv)
     result = run(a.columns, a.width, a.seed, Ks=tuple(int(k) for k in a.K.split(",")),
-                 ratios=tuple(float(r) for r in a.ratios.split(",")), dtypes=tuple(a.dtypes.split(",")))
+                 ratios=tuple(float(r) for r in a.ratios.split(",")), dtypes=tuple(a.dtypes.split(",")),
+                 trials=a.trials)
     print(table(result))
     print(f"{result['columns']:,} columns in {result['seconds']} s; load {result['machine']['load']}")
     if a.out:

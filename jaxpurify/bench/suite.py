@@ -8,8 +8,9 @@
    and XLA's memory per shape.
 4. End to end: ``purify`` of ResNet-18-sized trees (one process per size, for honest memory).
 
-Writes ``OUT/{peers,grid,roofline}.json``, ``OUT/resnet_size_*.json`` and ``OUT/summary.md``;
-OUT defaults to ``benchmarks/results`` (``benchmarks/results/quick`` with ``--quick``).
+Writes ``OUT/{peers,grid,roofline}.json``, ``OUT/resnet_size_*.json``, ``OUT/run.json`` (per part:
+the command, git commit, seconds and the load average before and after) and ``OUT/summary.md``
+(``jaxpurify.bench.report``; parts not named by ``--only`` keep the previous run's JSON); OUT defaults to ``benchmarks/results`` (``benchmarks/results/quick`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 import jaxpurify as jp
 from jaxpurify.bench import peers as P
+from jaxpurify.bench import report
 from jaxpurify.bench import roofline as R
 from jaxpurify.bench.problems import machine, problem, rel_err
 from jaxpurify.experiments._common import write_json
@@ -49,9 +51,11 @@ def time_recover(A, Y, X, repeat: int | None = None) -> dict:
         out = jax.block_until_ready(jp.recover(A32, Y32))
         ts.append(time.perf_counter() - t0)
     err = rel_err(out.x, X)
+    cert = np.asarray(out.certified)
     m = Y.shape[1]
     return {"seconds": min(ts), "first_call_seconds": first, "columns_per_s": m / min(ts),
-            "certified": int(np.asarray(out.certified).sum()), "columns": m, "max_rel_err": float(err.max()),
+            "certified": int(cert.sum()), "columns": m,
+            "certified_wrong": int((cert & (err > EXACT)).sum()), "max_rel_err": float(err.max()),
             "exact": int((err <= EXACT).sum()), "iterations_median": float(np.median(np.asarray(out.iterations))),
             "iterations_max": int(np.max(np.asarray(out.iterations)))}
 
@@ -82,6 +86,8 @@ def target(quick: bool) -> dict:
     for r in peers.values():
         if r.get("available"):
             r["ratio"] = ours["columns_per_s"] / r["columns_per_s"]
+    print(f"target point: recover {ours['columns_per_s']:.0f} col/s; " + ", ".join(
+        f"{k} {v['ratio']:.0f}x" for k, v in peers.items() if v.get("available")), flush=True)
     return {"K": K, "n": n, "m": m, "rho": rho, "recover": ours, "peers": peers}
 
 
@@ -119,19 +125,22 @@ def grid(quick: bool, log=print) -> list[dict]:
 
 
 def roofline(quick: bool, log=print) -> dict:
-    peak = R.matmul_peak()
     shapes = [(256, 64, 512), (256, 64, 1024)] if quick else [
         (256, 64, 512), (256, 64, 1024), (1024, 256, 512), (1024, 256, 1024), (4096, 1024, 512)]
-    rates, compiles = [], []
+    rates, compiles, peaks = [], [], []
     for K, n, m in shapes:
+        # the peak is re-measured beside each shape: on a shared machine it moves within a run
+        peak = R.matmul_peak()
         r = R.iteration_rate(K, n, m)
-        r["fraction_of_peak"] = r["iteration_gflops"] / peak
+        peak = max(peak, R.matmul_peak())
+        r.update(matmul_peak_gflops=peak, fraction_of_peak=r["iteration_gflops"] / peak)
         rates.append(r)
+        peaks.append(peak)
         c = R.compile_and_memory(K, n, m)
         compiles.append(c)
         log(f"K={K} n={n} m={m}: iteration {r['iteration_gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.0%} of "
             f"peak {peak:.1f}; compile {c['compile_seconds']:.2f} s; XLA memory {c.get('xla_bytes_over_input') or 0:.1f}× input")
-    return {"matmul_peak_gflops": peak, "iteration": rates, "compile": compiles}
+    return {"matmul_peak_gflops": max(peaks), "iteration": rates, "compile": compiles}
 
 
 def resnet(quick: bool, out: str, log=print) -> list[dict]:
@@ -149,64 +158,6 @@ def resnet(quick: bool, out: str, log=print) -> list[dict]:
     return res
 
 
-def _peer_cell(r: dict) -> str:
-    if not r.get("available"):
-        return f"— ({r.get('reason', 'n/a')})"
-    return f"{r['columns_per_s']:.3g} col/s, err {r['max_rel_err']:.0e}, {r['columns_timed']} cols"
-
-
-def summary(res: dict) -> str:
-    t = res["target"]
-    L = [f"# jaxpurify benchmarks{' (quick)' if res['quick'] else ''}", "",
-         f"machine: {res['machine']}; command: `{res['command']}` ({res['seconds']:.0f} s; parts not named "
-         "by --only are read from the previous run's JSON in the same directory)", "",
-         f"## recover vs LP peers (K={t['K']}, n={t['n']}, m={t['m']}, {t['rho']:.0%} gross errors)", "",
-         "Peers are timed on a sample of columns and extrapolated (count in the table).", "",
-         "| solver | columns/s | max rel err | recover / peer |", "|---|---|---|---|",
-         f"| jaxpurify.recover (float32, all {t['m']} columns) | {t['recover']['columns_per_s']:.0f} | "
-         f"{t['recover']['max_rel_err']:.1e} | 1 |"]
-    for name, r in t["peers"].items():
-        if r.get("available"):
-            L.append(f"| {name}: {r['solver']} ({r['columns_timed']} columns) | {r['columns_per_s']:.1f} | "
-                     f"{r['max_rel_err']:.1e} | {r['ratio']:.0f}× |")
-        else:
-            L.append(f"| {name} | not available: {r['reason']} | | |")
-    names = list(P.PEERS) + ["MPAX"]
-    L += ["", "## Grid: throughput ratio recover / peer", "",
-          "Ours: all m columns, float32. Exact = relative error ≤ 1e-5 against the planted x. Where l1 "
-          "recovery itself fails (ρ beyond the threshold for K/n) no solver is exact; see the HiGHS err column.", "",
-          "| K | K/n | ρ | m | recover col/s | certified | exact | " + " | ".join(n.split()[0] for n in names)
-          + " | HiGHS err |", "|" + "---|" * (8 + len(names))]
-    for r in res["grid"]:
-        if "skipped" in r:
-            L.append(f"| {r['K']} | {r['ratio']} | {r['rho']} | {r['m']} | skipped: {r['skipped']} |" + " |" * (2 + len(names) + 1))
-            continue
-        o = r["recover"]
-        ratios = [f"{r['ratio_to'][n]:,.0f}×" if n in r["ratio_to"] else "—" for n in names]
-        h = r["peers"]["HiGHS (linprog)"] if r["peers"]["HiGHS (linprog)"].get("available") else {}
-        L.append(f"| {r['K']} | {r['ratio']} | {r['rho']} | {r['m']} | {o['columns_per_s']:,.1f} | "
-                 f"{o['certified']}/{o['columns']} | {o['exact']}/{o['columns']} | " + " | ".join(ratios)
-                 + f" | {h.get('max_rel_err', float('nan')):.0e} |")
-    rf = res["roofline"]
-    L += ["", f"## Roofline (matmul peak {rf['matmul_peak_gflops']:.1f} GFLOP/s, float32 square, same run)", "",
-          "| K | n | m | s/iteration | GFLOP/s (products) | fraction of peak | product pair alone | compile s | XLA memory / input |",
-          "|---|---|---|---|---|---|---|---|---|"]
-    for it, c in zip(rf["iteration"], rf["compile"]):
-        L.append(f"| {it['K']} | {it['n']} | {it['m']} | {it['seconds_per_iteration']*1e3:.2f} ms | "
-                 f"{it['iteration_gflops']:.1f} | {it['fraction_of_peak']:.0%} | {it['product_pair_gflops']:.1f} | "
-                 f"{c['compile_seconds']:.2f} | {c.get('xla_bytes_over_input') or float('nan'):.1f}× |")
-    L += ["", "## End to end: purify of a ResNet-18-sized tree, 5% gross errors", "",
-          "| size | parameters | cold s (incl. compile) | warm s | peak added cold / param bytes | warm | certified |",
-          "|---|---|---|---|---|---|---|"]
-    for r in res["resnet"]:
-        if "error" in r:
-            L.append(f"| {r['size']} | failed: {r['error']} | | | | | |")
-        else:
-            L.append(f"| {r['size']:g}× | {r['parameters']:,} | {r['cold_seconds']:.1f} | {r['warm_seconds']:.1f} | "
-                     f"{r['cold_peak_over_param_bytes']:.1f}× | {r['warm_peak_over_param_bytes']:.1f}× | {r['certified']} |")
-    return "\n".join(L) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jaxpurify bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,44 +169,46 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or os.path.join("benchmarks", "results", "quick" if a.quick else "")
     os.makedirs(out, exist_ok=True)
     parts = a.only or ["target", "grid", "roofline", "resnet"]
-    t0 = time.perf_counter()
     log = lambda s: print(s, flush=True)
-    res = {"quick": a.quick, "machine": machine(), "command": "jaxpurify bench" + (" --quick" if a.quick else ""),
-           "target": None, "grid": [], "roofline": None, "resnet": []}
-    if "target" in parts:
-        res["target"] = target(a.quick)
-        write_json(os.path.join(out, "peers.json"), res["target"])
-        log(f"target point: recover {res['target']['recover']['columns_per_s']:.0f} col/s; " + ", ".join(
-            f"{k} {v['ratio']:.0f}x" for k, v in res["target"]["peers"].items() if v.get("available")))
-    if "grid" in parts:
-        res["grid"] = grid(a.quick, log)
-        write_json(os.path.join(out, "grid.json"), res["grid"])
-    if "roofline" in parts:
-        res["roofline"] = roofline(a.quick, log)
-        write_json(os.path.join(out, "roofline.json"), res["roofline"])
-    if "resnet" in parts:
-        res["resnet"] = resnet(a.quick, out, log)
-    res["seconds"] = time.perf_counter() - t0
-    # parts not run this time come from the last run's files, so the summary stays complete
-    stored = {"target": "peers.json", "grid": "grid.json", "roofline": "roofline.json"}
-    for part, name in stored.items():
-        path = os.path.join(out, name)
-        if part not in parts and os.path.exists(path):
-            with open(path) as f:
-                res[part] = json.load(f)
-    if "resnet" not in parts:
-        for size in ((0.25,) if a.quick else (0.25, 0.5, 1.0, 2.0)):
-            path = os.path.join(out, f"resnet_size_{size:g}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    res["resnet"].append(json.load(f))
-    if res["target"] and res["grid"] and res["roofline"] and res["resnet"]:
-        res["command"] += "".join(f" --only {x}" for x in (a.only or []))
-        text = summary(res)
-        with open(os.path.join(out, "summary.md"), "w") as f:
-            f.write(text)
-        print(text)
+    command = "jaxpurify bench" + (" --quick" if a.quick else "") + "".join(f" --only {x}" for x in (a.only or []))
+    command += f" --out {a.out}" if a.out else ""
+    run = {"quick": a.quick, "machine": machine(), "parts": {}}
+    old = os.path.join(out, "run.json")
+    if os.path.exists(old):  # parts not run this time keep their own command and load
+        with open(old) as f:
+            run["parts"] = json.load(f).get("parts", {})
+    steps = {"target": lambda: write_json(os.path.join(out, "peers.json"), target(a.quick)),
+             "grid": lambda: write_json(os.path.join(out, "grid.json"), grid(a.quick, log)),
+             "roofline": lambda: write_json(os.path.join(out, "roofline.json"), roofline(a.quick, log)),
+             "resnet": lambda: resnet(a.quick, out, log)}
+    for part in parts:
+        meta = {"command": command, "commit": _commit(), "load_before": os.getloadavg(),
+                "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        t0 = time.perf_counter()
+        steps[part]()
+        meta.update(seconds=time.perf_counter() - t0, load_after=os.getloadavg())
+        run["parts"][part] = meta
+        write_json(old, run)
+        log(f"{part}: {meta['seconds']:.0f} s, load {meta['load_before']} → {meta['load_after']}")
+    res = report.load(out)
+    text = report.summary(res)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(text)
+    print(text)
     return 0
+
+
+def _commit() -> str:
+    """The source's git commit, '+dirty' when jaxpurify/ has uncommitted changes; '?' outside git."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

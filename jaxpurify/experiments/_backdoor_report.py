@@ -55,6 +55,18 @@ def forensic_table(forensic: dict) -> str:
     return "\n".join(lines)
 
 
+def _setup(res: dict) -> str:
+    """The run's settings that change its numbers: data, training steps, codebook layout."""
+    note = {"mnist-t10k-split": "MNIST from the user's t10k files only (no train files given): split at random "
+                                "(seeded) into training and test examples by the experiment itself"}.get(res["dataset"], "")
+    limit = res.get("limit")
+    parts = [note, f"first {limit[0]} training / {limit[1]} test examples kept (a reduced run)" if limit else "",
+             f"{res['steps']} training steps",
+             f"codebook layout `{res.get('layout', 'default')}`: "
+             + ", ".join(f"{name} K={g['K']}, n={g['n']}, {g['columns']} columns" for name, g in res["codebook"].items())]
+    return "Setup: " + "; ".join(p for p in parts if p) + "."
+
+
 def markdown(res: dict) -> str:
     c = res["clean"]
     text = [f"# Backdoor and weight-attack defense: {res['dataset']}, {res['arch']} CNN",
@@ -64,6 +76,8 @@ def markdown(res: dict) -> str:
             f"{res['trigger']['corner']}; {res['train_examples']} training examples (attacker: {res['attacker_examples']}, "
             f"defender's benign pool: {res['benign_pool_examples']}), {res['test_examples']} test examples"
             + (" (quick mode)" if res["quick"] else "") + ".",
+            "",
+            _setup(res),
             "",
             "`benign`: the defender's benign data as a fraction of the training set (data-free defenses: 0). "
             "`flagged`: entries the defense judged corrupted (– : it flags nothing by design). "
