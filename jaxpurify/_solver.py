@@ -262,7 +262,8 @@ def _solve_items(A, Y, ncols, opts: RecoverOptions, tols: Tolerances) -> Recover
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "vector"))
-def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
+def _recover_jit(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
+    """``ncols``: per matrix of the batch (broadcast like A's batch), its real columns."""
     if vector:
         Y = Y[..., None]
     batch = jnp.broadcast_shapes(A.shape[:-2], Y.shape[:-2])
@@ -271,7 +272,7 @@ def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> 
     if A.ndim == 2:
         # One A for the whole batch: fold the batch into columns so all share one factorization.
         Yf = jnp.moveaxis(Y.reshape((-1, K, m)), 0, 1).reshape(K, -1)
-        out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], jnp.full((1,), n), opts, tols)))
+        out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], jnp.reshape(ncols, (1,)), opts, tols)))
 
         def unfold(a):
             if a.ndim == 1:
@@ -283,7 +284,7 @@ def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> 
     else:
         Ab = jnp.broadcast_to(A, batch + (K, n)).reshape((-1, K, n))
         Yb = jnp.broadcast_to(Y, batch + (K, m)).reshape((-1, K, m))
-        out = _solve_items(Ab, Yb, jnp.full((Ab.shape[0],), n), opts, tols)
+        out = _solve_items(Ab, Yb, jnp.broadcast_to(ncols, batch).reshape(-1), opts, tols)
         out = Recovery(*(o.reshape(batch + o.shape[1:]) for o in out))
     if vector:
         out = Recovery(*(o[..., 0] for o in out))
@@ -364,23 +365,41 @@ def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *
     A, Y = A.astype(dtype), Y.astype(dtype)
     if A.size == 0 or Y.size == 0:
         return _empty(A, Y, vector, dtype)
-    f = lambda v: jnp.asarray(v, jnp.float32)
-    tols = Tolerances(f(opts.admm_tol), f(opts.rtol_for(dtype)), f(opts.atol), f(opts.relax))
-    # the tolerances travel as traced scalars, so only the static fields key the compilation
-    static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
-    if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
-        # the solve is not differentiated; x and residual get the implicit derivative (_grad)
-        out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), tols, static, vector)
-        out = differentiable(A, Y, out, vector)
-    else:  # eager: run to completion with the BLAS held to one thread (see _threads)
-        with single_threaded_blas():
-            out = jax.block_until_ready(_recover_jit(A, Y, tols, static, vector))
+    out = _run(A, Y, jnp.full(A.shape[:-2], n, jnp.int32), opts, vector)
     if throw:
         if isinstance(out.result, jax.core.Tracer):
             throw_if_uncertified(out.result)
         else:
             out.raise_if_uncertified()
     return out
+
+
+def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
+    """The solve behind :func:`recover` and :func:`recover_padded`: A and Y already checked and cast."""
+    dtype = A.dtype
+    f = lambda v: jnp.asarray(v, jnp.float32)
+    tols = Tolerances(f(opts.admm_tol), f(opts.rtol_for(dtype)), f(opts.atol), f(opts.relax))
+    # the tolerances travel as traced scalars, so only the static fields key the compilation
+    static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
+    if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
+        # the solve is not differentiated; x and residual get the implicit derivative (_grad)
+        out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), ncols, tols, static, vector)
+        return differentiable(A, Y, out, vector)
+    with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
+        return jax.block_until_ready(_recover_jit(A, Y, ncols, tols, static, vector))
+
+
+def recover_padded(A: jax.Array, Y: jax.Array, ncols: ArrayLike, options: RecoverOptions) -> Recovery:
+    """:func:`recover` for a batch of matrices padded to one shape, so that differently sized codes
+    share one compiled solver (``purify``'s shape buckets).
+
+    A: (B, K, N) floating, finite; its columns from ``ncols[b]`` on are zero, and so are the
+    returned x̂'s rows from there.  Y: (B, K, m); rows a code does not have are erasures (NaN).  The
+    certificate of batch entry b is that of its real (K'_b, ncols[b]) problem: 2k̂ < K' − n_b + 1.
+    Inputs are not checked (the caller built them); ``options`` as in :func:`recover`.
+    """
+    dtype = jnp.promote_types(jnp.result_type(A, Y), jnp.float32)
+    return _run(A.astype(dtype), Y.astype(dtype), jnp.asarray(ncols, jnp.int32), options, vector=False)
 
 
 __all__ = ["RESULTS", "Recovery", "RecoverOptions", "recover"]
