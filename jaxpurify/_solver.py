@@ -82,33 +82,27 @@ class _Best(NamedTuple):
     done: jax.Array  # (m,) finder met its test in the column's last pass
 
 
-def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, sweep):
-    """One pass on a block: ADMM finder, polish and, on passes after the first sweep, a trimmed refit.
+def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
+    """One pass on a block: ADMM finder and polish; after the first pass also a trimmed refit.
 
-    ``sweep`` (traced) marks the first sweep over all columns: its polish stops after
-    ``FIRST_ROUNDS`` rounds (most masks settle in two; the rest go on in later passes) and it does
-    not trim.  One traced flag rather than two code paths keeps a single copy of this pass in the
-    compiled program: the compile time of ``recover`` is roughly proportional to its size.
+    The first pass runs on every column, so its polish stops after ``FIRST_ROUNDS`` rounds: most
+    masks settle in two, and the few that do not go on in the narrow later passes.  ``n`` (may
+    be traced) is the number of real columns of A.
     """
     dtype = y.dtype
     rtol = tols.rtol.astype(dtype)
-    rounds = jnp.where(sweep, min(opts.polish_rounds, FIRST_ROUNDS), opts.polish_rounds)
+    rounds = min(opts.polish_rounds, FIRST_ROUNDS) if first else opts.polish_rounds
     c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), opts.finder_iters, tols.admm_tol, tols.relax)
     r_admm = y - _mm(Q, c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
-    fit = polish(A, Q, R, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
-    if opts.trim:
-        def trimmed(fit):
-            x, r, outl, ok, stable, solved = fit
-            h = (jnp.sum(finite, axis=0) - n) // 2
-            cut = ~finite | largest(jnp.abs(r_admm), finite, h)
-            xt, rt, ot, okt, st, sv = polish(A, Q, R, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
-            take = okt & ~ok
-            x, r, outl = (jnp.where(take, a, b) for a, b in ((xt, x), (rt, r), (ot, outl)))
-            return x, r, outl, ok | okt, jnp.where(take, st, stable), jnp.where(take, sv, solved)
-
-        fit = lax.cond(~sweep & jnp.any(~fit[3]), trimmed, lambda f: f, fit)
-    x, _, outl, ok, stable, solved = fit
+    x, r, outl, ok, stable, solved = polish(A, Q, R, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
+    if opts.trim and not first:
+        h = (jnp.sum(finite, axis=0) - n) // 2
+        cut = ~finite | largest(jnp.abs(r_admm), finite, h)
+        xt, rt, ot, okt, st, sv = polish(A, Q, R, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
+        take = okt & ~ok
+        x, r, outl = (jnp.where(take, a, b) for a, b in ((xt, x), (rt, r), (ot, outl)))
+        ok, stable, solved = ok | okt, jnp.where(take, st, stable), jnp.where(take, sv, solved)
     x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
     return x, outl, ok, stable, solved, x_admm, outl0, iters, done
 
@@ -139,31 +133,20 @@ def _update(best: _Best, A, y, finite, active, result) -> _Best:
     )
 
 
-class _Loop(NamedTuple):
-    best: _Best
-    tries: jax.Array  # (m,) passes a column has had
-    t: jax.Array  # () passes run on this block
-
-
-def _pass(A, Q, R, n, y, finite, atol, loop: _Loop, tols, opts) -> _Loop:
-    """One pass on a block of m / COMPACT columns.  The first ``COMPACT`` passes sweep the block
-    in column order; later ones gather the columns not yet certified that have passes left, so a
-    column that is done stops costing work."""
-    best, tries, t = loop
+def _narrow_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
+    """One more pass for up to m / COMPACT columns that are not certified and have passes left,
+    gathered into a narrow block: a column that is done stops costing work."""
     m = y.shape[1]
     w = max(1, m // COMPACT)
-    sweep = t < -(-m // w)
     # unused slots get the out-of-range index m: gathered as the last column (clipped), and
     # dropped when scattering back, so no slot can overwrite a column it does not own
-    ordered = t * w + jnp.arange(w)
-    (left,) = jnp.nonzero(~best.ok & (tries < opts.passes), size=w, fill_value=m)
-    idx = jnp.where(sweep, jnp.where(ordered < m, ordered, m), left)
+    (idx,) = jnp.nonzero(~best.ok & (tries < opts.passes), size=w, fill_value=m)
     valid = idx < m
     g = lambda a: jnp.take(a, idx, axis=-1, mode="clip")
-    sub = _find_and_polish(A, Q, R, n, g(y), g(finite), g(best.ignore), g(atol), tols, opts, sweep)
+    sub = _find_and_polish(A, Q, R, n, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
     sub_best = _update(_Best(*(g(a) for a in best)), A, g(y), g(finite), valid, sub)
     best = _Best(*(old.at[..., idx].set(new, mode="drop") for old, new in zip(best, sub_best)))
-    return _Loop(best, tries.at[idx].add(1, mode="drop"), t + 1)
+    return best, tries.at[idx].add(1, mode="drop")
 
 
 def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
@@ -184,16 +167,17 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
         x_est=jnp.zeros((N, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
         iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool),
     )
-    sweeps = -(-m // max(1, m // COMPACT))
+    first = _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols, opts, True)
+    best = _update(best, A, y, finite, jnp.ones((m,), bool), first)
 
-    def todo(loop: _Loop):
-        return (loop.t < sweeps) | jnp.any(~loop.best.ok & (loop.tries < opts.passes))
+    def todo(carry):
+        b, tries = carry
+        return jnp.any(~b.ok & (tries < opts.passes))
 
-    def more(loop: _Loop):
-        return _pass(A, Q, R, n, y, finite, atol, loop, tols, opts)
+    def more(carry):
+        return _narrow_pass(A, Q, R, n, y, finite, atol, *carry, tols, opts)
 
-    loop = _Loop(best, jnp.zeros((m,), jnp.int32), jnp.asarray(0, jnp.int32))
-    best = lax.while_loop(todo, more, loop).best
+    best, _ = lax.while_loop(todo, more, (best, jnp.ones((m,), jnp.int32)))
 
     x = jnp.where(best.ok, best.x, best.x_est)
     r = y - _mm(A, x)
