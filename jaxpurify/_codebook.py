@@ -196,6 +196,10 @@ class Codebook:
         def put(path, leaf):
             if path not in leaves:
                 return leaf
+            if isinstance(leaf, jax.Array) and isinstance(leaves[path], jax.Array) and leaves[path].dtype == leaf.dtype:
+                if leaves[path].shape != leaf.shape:
+                    raise ValueError(f"leaf {path!r}: replacement has shape {leaves[path].shape}, expected {leaf.shape}")
+                return leaves[path]  # immutable: kept as it is (purify hands its working copy over this way)
             new = np.asarray(leaves[path])
             if new.shape != _leaf_shape(leaf):
                 raise ValueError(f"leaf {path!r}: replacement has shape {new.shape}, expected {_leaf_shape(leaf)}")
@@ -399,8 +403,12 @@ class Codebook:
         return self.seal_record
 
     def verify(self, params: PyTree, err: Any = None) -> dict[str, "_seal.LeafVerdict"]:
-        """Check a (purified) tree against the seal: ``{path: LeafVerdict}``; ``err`` is the
-        per-entry error bound of the purification (a number or per path)."""
+        """Check a (purified) tree against the seal: ``{path: LeafVerdict}``.
+
+        ``err`` is the per-entry error bound ε of the purification (‖e‖₂ ≤ √c·ε on each seal chunk
+        of c entries): one number for every leaf, or per leaf path a number or an array of one ε
+        per seal chunk (what ``purify`` passes, from ``jaxpurify._seal_bound``); None or a missing
+        path: the leaf's rounding-level default.  See ``jaxpurify._seal.verify``."""
         if self.seal_record is None:
             raise ValueError("the codebook has no seal: call codebook.seal(deployed_params) first")
         return _seal.verify(self.seal_record, params, err)

@@ -30,8 +30,8 @@ class RESULTS:
         2: "the least-squares refit hit its step cap (max_cg) before converging; the fit is not exact",
         3: "the outlier mask still changed in the last polish round",
         4: "the fit is not exact on the inliers (residual above rtol·max|y_inlier| + atol)",
-        5: "no redundant row is left after the outliers and erasures (K' − k̂ ≤ n): "
-        "nothing checks the fit, so it is not certified",
+        5: "no redundant row is left after the outliers and erasures (K' − k̂ ≤ n, or K' − k̂ = n + 1 "
+        "with an inlier that no other row checks): nothing checks the fit, so it is not certified",
         6: "too many outliers for a certificate: 2·k̂ ≥ K' − n + 1",
         7: "x̂ leaves the float range (subnormal or overflow) in the column's own units",
     }
@@ -51,7 +51,8 @@ class Recovery(NamedTuple):
       certified: (...[, m]) the column's code is ``RESULTS.successful``.
       result: (...[, m]) int8 code from :class:`RESULTS`: why a column is not certified.
       bound: (...[, m]) for a certified column, a bound on ‖x̂ − x‖₂ / ‖x̂‖₂ for any x that
-        explains the inliers to within the inlier tolerance (see ``certify``); inf otherwise.
+        explains the inliers to within the inlier tolerance (with n+1 inliers: all but any one of
+        them; see ``jaxpurify._certify``); inf otherwise.
       iterations: (...[, m]) ADMM iterations the column used in all passes.
       converged: (...[, m]) the finder met its stopping test in the column's last pass.
     """

@@ -264,6 +264,25 @@ def test_input_is_never_modified(case):
     assert all(np.asarray(p).dtype == np.asarray(h).dtype for p, h in zip(jax.tree.leaves(pur), jax.tree.leaves(host)))
 
 
+def test_working_copy_is_aligned_and_handed_to_jax_without_a_copy(case):
+    # issue 10, item 8: the purified leaf shares the working copy's memory instead of copying it;
+    # that needs a 64-byte aligned buffer (NumPy aligns to 16, and device_put copies such a buffer)
+    for src in [np.arange(15.0, dtype=np.float32).reshape(3, 5)[:, ::-1], np.arange(7.0)[1:],
+                np.arange(33.0).astype(jnp.bfloat16).reshape(1, 33)]:
+        work = _purify._aligned_copy(src)
+        assert work.ctypes.data % 64 == 0 and work.flags.writeable and work.flags.c_contiguous
+        assert work.dtype == src.dtype and not np.shares_memory(work, src)
+        np.testing.assert_array_equal(work, src)
+    cb, _, bad, _ = case
+    work = _purify._aligned_copy(np.ones(bad["w1"].shape, np.float32))
+    out = _purify._hand_over({**bad, "h": np.zeros(3)}, {"w1": work, "h": np.ones(3)})
+    assert out["w1"].unsafe_buffer_pointer() == work.ctypes.data  # aliased, not copied
+    assert isinstance(out["h"], np.ndarray)  # a host leaf is not handed over
+    assert cb.replace(bad, {"w1": out["w1"]})["w1"] is out["w1"]  # and replace keeps it as it is
+    with pytest.raises(ValueError, match="'w1'.*shape"):
+        cb.replace(bad, {"w1": jnp.ones((3, 3), jnp.float32)})
+
+
 def test_plan_packs_narrow_groups_into_narrow_items():
     G = lambda name, K, n, m: types.SimpleNamespace(name=name, K=K, n=n, columns=m, dtype="float32")
     wide = G("wide", 256, 64, 10_000)

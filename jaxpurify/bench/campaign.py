@@ -26,7 +26,9 @@ K/n ∈ {1.5, 2, 4, 8}, float32 and float64 (32 in all); each regime gets its ow
 
 Per regime and per model it prints: columns, certified, certified outside the bound with the
 corruption within the guarantee (k ≤ K' − n − k̂ changed entries; target 0), certified wrong
-beyond the guarantee, exact (rel. error ≤ 1e-4 float32, 1e-10 float64) but uncertified, and the
+beyond the guarantee, exact (rel. error ≤ 1e-4 float32, 1e-10 float64) but uncertified, how loose
+the bound is (median bound / true error; also over the certified columns with |I| = n+1 inliers,
+where the bound carries the leverage factor of ``jaxpurify._certify``), and the
 in-range faults: certified by l1 and undetected by the seal (target 0), plus seal false alarms
 (failed chunks holding no faulted column), the smallest single-entry change purify's seal is sure
 to detect (worst chunk, × max|W|), and the within-capacity trials.  ``--columns`` sets the entry-fault columns in all
@@ -134,7 +136,8 @@ def judge(A, Y, X, clean, out, dtype) -> dict[str, np.ndarray]:
     usable = fin.sum(0)
     k_hat = (np.asarray(out.outliers[0]) & fin).sum(0)
     return dict(certified=np.asarray(out.certified[0]), bound=np.asarray(out.bound[0], np.float64), rel=rel,
-                k=k, usable=usable, k_hat=k_hat, within=k <= usable - n - k_hat, exact=rel <= EXACT[dtype])
+                k=k, usable=usable, k_hat=k_hat, within=k <= usable - n - k_hat, exact=rel <= EXACT[dtype],
+                n=np.full(k.shape, n))
 
 
 def _sealed_leaf(rng, cb, name: str, width: int, dtype: str):
@@ -247,15 +250,23 @@ def merge(trials: list[dict], top: bool = True) -> dict:
 def _row(cols: dict[str, np.ndarray]) -> dict:
     if not cols:  # no entry faults asked for (--columns 0)
         return dict(columns=0, certified=0, outside_bound_within_guarantee=0, certified_wrong_beyond_guarantee=0,
-                    exact_uncertified=0, max_error_over_bound=0.0)
+                    exact_uncertified=0, max_error_over_bound=0.0, median_bound_over_error=math.nan,
+                    edge_certified=0, edge_median_bound_over_error=math.nan)
     c, w = cols["certified"], cols["within"]
+    # how loose the bound is: bound / true error over certified columns within the guarantee with an
+    # error (> 0) and a finite bound; "edge": |I| = n+1 inliers, where the leverage factor applies
+    tight = c & w & (cols["rel"] > 0) & np.isfinite(cols["bound"])
+    edge = c & (cols["usable"] - cols["k_hat"] == cols["n"] + 1)
+    med = lambda sel: float(np.median(cols["bound"][sel] / cols["rel"][sel])) if sel.any() else math.nan
     over = c & w & (cols["rel"] > cols["bound"])
     with np.errstate(invalid="ignore"):
         ratio = np.where(c & w & (cols["bound"] > 0), cols["rel"] / np.where(cols["bound"] > 0, cols["bound"], 1), 0)
     return dict(columns=int(c.size), certified=int(c.sum()), outside_bound_within_guarantee=int(over.sum()),
                 certified_wrong_beyond_guarantee=int((c & ~w & (cols["rel"] > cols["bound"])).sum()),
                 exact_uncertified=int((~c & cols["exact"]).sum()),
-                max_error_over_bound=float(ratio.max()) if ratio.size else 0.0)
+                max_error_over_bound=float(ratio.max()) if ratio.size else 0.0,
+                median_bound_over_error=med(tight), edge_certified=int(edge.sum()),
+                edge_median_bound_over_error=med(tight & edge))
 
 
 def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS, dtypes=DTYPES, trials: int = 1) -> dict:
@@ -289,7 +300,9 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                            seconds=round(time.perf_counter() - t0, 1))
                 regimes.append(row)
                 log(f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, {row['certified']} certified, "
-                    f"{row['outside_bound_within_guarantee']} outside bound, {row['exact_uncertified']} exact uncertified; "
+                    f"{row['outside_bound_within_guarantee']} outside bound, {row['exact_uncertified']} exact uncertified, "
+                    f"median bound/error {row['median_bound_over_error']:.3g} ({row['edge_certified']} certified with "
+                    f"|I| = n+1: {row['edge_median_bound_over_error']:.3g}); "
                     f"in-range faults {trial['certified_faulted']}/{trial['faulted']} certified by l1, "
                     f"{trial['undetected']} undetected with the seal, {trial['false_alarm_chunks']} false alarms "
                     f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond the guarantee, "
@@ -321,11 +334,11 @@ def table(result: dict) -> str:
                      f"{t['false_alarm_chunks']} | {t['seal_detectable'] / t['max_abs_weight']:.2g} | "
                      f"{h['certified']:,}/{h['columns']:,} | {h['ok']}/{h['trials']} | {h['false_alarm_chunks']} |")
     lines += ["", "| model | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
-              "| exact, uncertified | max error / bound |", "|---|---|---|---|---|---|---|---|"]
+              "| exact, uncertified | max error / bound | median bound / error |", "|---|---|---|---|---|---|---|---|---|"]
     for m in result["models"]:
         lines.append(f"| {m['model']} | {m['dtype']} | {m['columns']:,} | {m['certified']:,} | "
                      f"{m['outside_bound_within_guarantee']} | {m['certified_wrong_beyond_guarantee']} | "
-                     f"{m['exact_uncertified']} | {m['max_error_over_bound']:.2g} |")
+                     f"{m['exact_uncertified']} | {m['max_error_over_bound']:.2g} | {m['median_bound_over_error']:.3g} |")
     return "\n".join(lines)
 
 
