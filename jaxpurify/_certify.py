@@ -139,12 +139,13 @@ def _edge_margins(Q, inliers, need, slots: int = 8):
     return margin, smin2
 
 
-def certify(Q, R, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
+def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Result codes (int8), certified flags and relative error bounds for a block of columns.
 
-    ``tol`` is the per-column inlier tolerance τ; ``finite`` marks the usable rows.
+    ``tol`` is the per-column inlier tolerance τ; ``finite`` marks the usable rows.  ``n`` (may be
+    traced) is the number of real columns of A: Q's and R's columns from n on are padding (zero in
+    Q, identity in R; ``_solver._factor``).
     """
-    n = Q.shape[1]
     usable = jnp.sum(finite, axis=0)
     k_hat = jnp.sum(fit.outliers & finite, axis=0)
     inliers = usable - k_hat
@@ -156,8 +157,11 @@ def certify(Q, R, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.Arra
     code = jnp.where(fit_ok, code, cause.astype(jnp.int8))
     # rank from the singular values of R (those of A), not from R's diagonal: an unpivoted QR's
     # min|R_ii| only bounds σ_min from above, so a nearly singular A could pass that test
-    s = jnp.linalg.svd(R, compute_uv=False)
-    full_rank = s[-1] > Q.shape[0] * jnp.finfo(R.dtype).eps * s[0]
+    N = R.shape[0]
+    real = jnp.arange(N) < n
+    s = jnp.linalg.svd(jnp.where(real[:, None] & real, R, 0.0), compute_uv=False)  # padding: 0s, last
+    smin_r = s[n - 1]
+    full_rank = smin_r > Q.shape[0] * jnp.finfo(R.dtype).eps * s[0]
     code = jnp.where(full_rank, code, jnp.int8(RESULTS.rank_deficient))
     # |I| = n+1: one inlier may be a corrupted entry (module docstring): the bound takes 2τ√n / min_j|u_j|,
     # and min_j|u_j| = 0 (an inlier no other row checks, e.g. a duplicated row of A) leaves no slack
@@ -166,7 +170,6 @@ def certify(Q, R, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.Arra
     code = jnp.where(edge & (margin == 0), jnp.int8(RESULTS.no_slack), code)
     certified = code == RESULTS.successful
 
-    smin_r = s[-1]
     lam = jnp.clip(_outlier_norm2(Q, fit.outliers | ~finite), 0.0, 1.0)
     # on |I| = n+1 columns σ_min(Q_I)² comes from G itself, sharper than the power-iteration estimate
     smin = smin_r * jnp.sqrt(jnp.where(edge, smin2_edge, jnp.maximum(1.0 - lam, 0.0)))

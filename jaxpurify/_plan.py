@@ -1,12 +1,14 @@
 """The plan of :func:`jaxpurify.purify`: the columns of all groups laid into solver calls.
 
 A call solves ``slots`` items at once, each item ``width`` columns of one group with the group's
-A (K × n), so a call's shape is (slots, K, n, width) and each distinct shape compiles once.
-Groups with the same n whose K are within ``ROW_SLACK`` share a row count (the extra rows are
-erasures: NaN in y, zero in A, so the certificate counts only the real rows).  Columns are cut
-into items of at most ``MAX_WIDTHS`` widths per row count, chosen from W, W/2, W/4, … by an
-estimate of the work — padding, a fixed cost per item, a compilation per width — so a one-column
-group costs a narrow item, not a whole block.  Each call holds at most ``max_entries`` entries.
+A (K_g × n_g), padded to the call's (K, N): extra rows are erasures (NaN in y, zero in A, so the
+certificate counts only the real rows) and extra columns of A are zero (the solver is told each
+item's real n, ``recover_padded``).  A call's shape is (slots, K, N, width) and each distinct
+shape compiles once, so groups are merged into (K, N) *buckets* while the padding costs less than
+the compilation it saves, and within a bucket columns are cut into items of at most
+``MAX_WIDTHS`` widths chosen from W, W/2, W/4, … by the same estimate of the work (padding, a
+fixed cost per item, a compilation per shape), so a one-column group costs a narrow item, not a
+whole block.  Each call holds at most ``max_entries`` entries.
 """
 
 from __future__ import annotations
@@ -20,20 +22,23 @@ import numpy as np
 
 from jaxpurify._options import RecoverOptions
 
-ROW_SLACK = 0.125  # groups of one n share a row count if it adds at most 12.5% rows: fewer compiles
 WIDTH_STEP = 2  # ratio between item widths on the ladder W, W/2, W/4, …
-MAX_WIDTHS = 3  # at most this many item widths (solver shapes) per row count
+MAX_WIDTHS = 3  # at most this many item widths (solver shapes) per bucket
 MIN_WIDTH = 8  # narrowest item; below this the per-item overhead dominates
 MAX_WIDTH = 1024  # wider items buy nothing: recover works through its columns in chunks of ≤ 1024
+# Work is counted in K·(N + N_FIXED) per column: the products with Q cost K·N, the masks, medians
+# and bisections a few dozen passes of K each.
+N_FIXED = 16
 # An item costs about as much as ITEM_COST more columns: its QR and the fixed cost of each of its
 # solver iterations, which grows with the machine's load.  Measured (benchmarks.purify_plan): idle,
 # K = 64, ≈ 36 columns; at load ~10 on 2 cores, K = 256, ≈ 900 (8 items of 128 took 7× one of
 # 1024).  512 leans to wide items; narrow ones only where a group is narrow.
 ITEM_COST = 512
-# Each width compiles one more solver shape (1–3 s once per process, or once per machine with
-# JAX's persistent cache); in the estimate it weighs as this many entries (K × columns) of work,
-# about half a second of solving on an idle machine.
-WIDTH_COST = 1 << 22
+# Each solver shape compiles once per process (3–5 s of CPU on this 2-core machine, whatever its
+# size) or once per machine with JAX's persistent cache.  In the estimate it weighs as this much
+# work — about a second of solving — less than its cost on a first call, because the solve is paid
+# on every call and the compilation only once.
+SHAPE_COST = 1 << 28
 # float16 / bfloat16 leaves are solved in float32, but their values carry their own rounding
 # (≤ eps/2 relative): unless the caller sets rtol, inliers are judged at that precision.
 LOW_PRECISION_RTOL = 4.0  # × eps of the leaf's dtype
@@ -50,7 +55,9 @@ class Item:
 
 @dataclasses.dataclass(frozen=True)
 class Call:
-    """One solver call of shape (slots, K, n, width); ``items`` fill the first slots."""
+    """One solver call of shape (slots, K, n, width); ``items`` fill the first slots.  K and n are
+    the bucket's: an item's group may have fewer rows (erasures) and fewer latent rows (zero columns
+    of A; the solver gets each item's own n)."""
 
     dtype: str  # the leaves' dtype; solved in at least float32
     K: int
@@ -79,16 +86,6 @@ def options_for(dtype: str, options: RecoverOptions) -> RecoverOptions:
     return options.replace(rtol=LOW_PRECISION_RTOL * float(jnp.finfo(dtype).eps))
 
 
-def _row_buckets(Ks: Iterable[int]) -> dict[int, int]:
-    """K → the row count it is solved at: the largest K of its bucket, at most ROW_SLACK above."""
-    out, top = {}, None
-    for K in sorted(set(Ks), reverse=True):
-        if top is None or top > K * (1 + ROW_SLACK):
-            top = K
-        out[K] = top
-    return out
-
-
 def _pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
@@ -109,11 +106,52 @@ def _split(m: int, widths: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _cost(groups, widths: Sequence[int], K: int) -> int:
-    """Estimated work, in entries, of solving ``groups`` in items of ``widths``: padding included,
-    ITEM_COST columns per item, WIDTH_COST per width (a compilation)."""
-    cols = sum((w + ITEM_COST) * c for g in groups for w, c in _split(g.columns, widths))
-    return K * cols + WIDTH_COST * len(widths)
+def _work(K: int, N: int) -> int:
+    return K * (N + N_FIXED)
+
+
+def _widths(groups, K: int, N: int, max_entries: int) -> tuple[tuple[int, ...], int]:
+    """The item widths for ``groups`` solved at (K, N), and the estimated cost of the bucket:
+    padding included, ITEM_COST columns per item, SHAPE_COST per width (a compilation)."""
+    cap = 1 << max(0, (max(1, max_entries // K)).bit_length() - 1)  # a power of two ≤ budget
+    ladder = [min(_pow2(max(g.columns for g in groups)), cap, MAX_WIDTH)]
+    while ladder[-1] // WIDTH_STEP >= MIN_WIDTH:
+        ladder.append(ladder[-1] // WIDTH_STEP)
+
+    def cost(ws):
+        cols = sum((w + ITEM_COST) * c for g in groups for w, c in _split(g.columns, ws))
+        return _work(K, N) * cols + SHAPE_COST * len(ws)
+
+    subsets = (ws for r in range(1, MAX_WIDTHS + 1) for ws in itertools.combinations(ladder, r))
+    best = min(subsets, key=cost)
+    return best, cost(best)
+
+
+def _buckets(groups, max_entries: int) -> list[tuple[int, int, list]]:
+    """Groups of one dtype → (K, N, members) buckets.  Start from one bucket per (K, n); merge the
+    pair, among buckets next to each other in work per column, that lowers the estimated cost the
+    most (a merged bucket solves at the larger K and the larger N), until no merge does."""
+    members: dict[tuple[int, int], list] = {}
+    for g in groups:
+        members.setdefault((g.K, g.n), []).append(g)
+    cost = {kn: _widths(gs, *kn, max_entries)[1] for kn, gs in members.items()}
+    while len(members) > 1:
+        order = sorted(members, key=lambda kn: (_work(*kn), kn))
+        best = None
+        for a, b in zip(order, order[1:]):
+            kn = (max(a[0], b[0]), max(a[1], b[1]))
+            gs = members[a] + members[b] + (members[kn] if kn not in (a, b) and kn in members else [])
+            new = _widths(gs, *kn, max_entries)[1]
+            gain = cost[a] + cost[b] + (cost[kn] if kn not in (a, b) and kn in members else 0) - new
+            if gain > 0 and (best is None or gain > best[0]):
+                best = (gain, a, b, kn, gs, new)
+        if best is None:
+            break
+        _, a, b, kn, gs, new = best
+        for old in {a, b, kn} & members.keys():
+            del members[old], cost[old]
+        members[kn], cost[kn] = gs, new
+    return [(K, N, gs) for (K, N), gs in sorted(members.items())]
 
 
 def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
@@ -124,22 +162,13 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
     is larger.
     """
     groups = [g for g in groups if g.columns > 0]
-    classes: dict[tuple[str, int], list] = {}
+    by_dtype: dict[str, list] = {}
     for g in groups:
-        classes.setdefault((np.dtype(g.dtype).name, g.n), []).append(g)
+        by_dtype.setdefault(np.dtype(g.dtype).name, []).append(g)
     calls = []
-    for (dtype, n), members in classes.items():
-        rows = _row_buckets(g.K for g in members)
-        by_rows: dict[int, list] = {}
-        for g in members:
-            by_rows.setdefault(rows[g.K], []).append(g)
-        for K, gs in sorted(by_rows.items()):
-            cap = 1 << max(0, (max(1, max_entries // K)).bit_length() - 1)  # a power of two ≤ budget
-            ladder = [min(_pow2(max(g.columns for g in gs)), cap, MAX_WIDTH)]
-            while ladder[-1] // WIDTH_STEP >= MIN_WIDTH:
-                ladder.append(ladder[-1] // WIDTH_STEP)
-            subsets = (ws for r in range(1, MAX_WIDTHS + 1) for ws in itertools.combinations(ladder, r))
-            widths = min(subsets, key=lambda ws: _cost(gs, ws, K))
+    for dtype, gs_of_dtype in by_dtype.items():
+        for K, N, gs in _buckets(gs_of_dtype, max_entries):
+            widths, _ = _widths(gs, K, N, max_entries)
             items: dict[int, list[Item]] = {}
             for g in gs:
                 at = 0
@@ -153,5 +182,5 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
                 most = max(1, max_entries // (K * w))
                 slots = -(-len(its) // -(-len(its) // most))
                 for i in range(0, len(its), slots):
-                    calls.append(Call(dtype, K, n, w, slots, tuple(its[i : i + slots])))
+                    calls.append(Call(dtype, K, N, w, slots, tuple(its[i : i + slots])))
     return tuple(calls)

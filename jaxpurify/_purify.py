@@ -33,7 +33,7 @@ from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_columns, leaf_reports
 from jaxpurify._shard import DeviceReport, summarize
 from jaxpurify._solution import throw_if_uncertified
-from jaxpurify._solver import recover
+from jaxpurify._solver import recover_padded
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify._tree import leaves_with_paths, map_with_path
 
@@ -69,26 +69,29 @@ class CallResult:
 
 
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
-    """Host (A, Y) of a call.  Extra rows are erasures (NaN in Y, 0 in A).  Extra columns repeat
-    the item's own columns and empty slots repeat the last item (so padding is as easy as the
-    real columns; a duplicate-index scatter in the solver's narrow passes once let zero padding
-    overwrite a real column, tests/test_certificate.py::test_a_column_beside_zero_columns_…)."""
+    """Host (A, Y, n) of a call.  Extra rows are erasures (NaN in Y, 0 in A), extra columns of A
+    are zero (n: each slot's real columns).  Extra columns of Y repeat the item's own columns and
+    empty slots repeat the last item (so padding is as easy as the real columns; a duplicate-index
+    scatter in the solver's narrow passes once let zero padding overwrite a real column,
+    tests/test_certificate.py::test_a_column_beside_zero_columns_…)."""
     dt = np.dtype(call.solve_dtype)
     A = np.zeros((call.slots, call.K, call.n), dt)
     Y = np.empty((call.slots, call.K, call.width), dt)
+    n = np.empty(call.slots, np.int32)
     for s in range(call.slots):
         it = call.items[min(s, len(call.items) - 1)]
         a = matrices[it.group]
-        A[s, : a.shape[0]] = a
+        A[s, : a.shape[0], : a.shape[1]] = a
+        n[s] = a.shape[1]
         Y[s, a.shape[0] :] = np.nan
         Y[s, : a.shape[0]] = cols[it.group][:, it.start + np.arange(call.width) % (it.stop - it.start)]
-    return A, Y
+    return A, Y, n
 
 
 def dispatch(call: Call, cols, matrices, options: RecoverOptions):
     """Start one call on the device (asynchronously): one host → device transfer."""
-    A, Y = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
-    out = recover(A, Y, options_for(call.dtype, options))
+    A, Y, n = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
+    out = recover_padded(A, Y, n, options_for(call.dtype, options))
     fitted, inlier = summarize(A, Y, out.x, out.outliers)
     return fitted, out.certified, inlier, out.bound, out.outliers
 

@@ -37,7 +37,7 @@ from jaxpurify import _layout
 from jaxpurify._layout import Group, LeafLayout
 from jaxpurify._options import RecoverOptions
 from jaxpurify._plan import Call, Item, options_for, solve_dtype
-from jaxpurify._solver import recover
+from jaxpurify._solver import recover_padded
 
 AXIS = "slots"  # the mesh's one axis: solver slots (whole items of columns) are split over it
 
@@ -145,11 +145,12 @@ def runs(batch: Batch) -> tuple[Run, ...]:
 
 
 def stack(batch: Batch, cols: dict[str, jax.Array], matrices: dict[str, jax.Array], slots: int):
-    """(A, Y) of a batch, as the host path's ``stack``: extra rows are erasures (NaN in Y, 0 in A),
-    an item's extra columns repeat its own, extra slots repeat the last item."""
+    """(A, Y, n) of a batch, as the host path's ``stack``: extra rows are erasures (NaN in Y, 0 in
+    A), extra columns of A are zero (n: each slot's real columns), an item's extra columns repeat
+    its own, extra slots repeat the last item."""
     dt = solve_dtype(batch.dtype)
     w = batch.width
-    As, Ys = [], []
+    As, Ys, ns = [], [], []
     for r in runs(batch):
         y = cols[r.group]
         full = (r.slots - 1) * w  # columns of the run's full items; the last item has `tail`
@@ -163,13 +164,15 @@ def stack(batch: Batch, cols: dict[str, jax.Array], matrices: dict[str, jax.Arra
         y = jnp.moveaxis(y.astype(dt).reshape(y.shape[0], r.slots, w), 1, 0)
         Ys.append(jnp.pad(y, rows, constant_values=np.nan))
         a = matrices[r.group].astype(dt)
-        As.append(jnp.broadcast_to(jnp.pad(a, rows[1:]), (r.slots, batch.K, a.shape[1])))
-    A, Y = jnp.concatenate(As), jnp.concatenate(Ys)
+        As.append(jnp.broadcast_to(jnp.pad(a, (rows[1], (0, batch.n - a.shape[1]))), (r.slots, batch.K, batch.n)))
+        ns.append(np.full(r.slots, a.shape[1], np.int32))
+    A, Y, n = jnp.concatenate(As), jnp.concatenate(Ys), np.concatenate(ns)
     extra = slots - A.shape[0]
     if extra:
         A = jnp.concatenate([A, jnp.broadcast_to(A[-1:], (extra,) + A.shape[1:])])
         Y = jnp.concatenate([Y, jnp.broadcast_to(Y[-1:], (extra,) + Y.shape[1:])])
-    return A, Y
+        n = np.concatenate([n, np.full(extra, n[-1], np.int32)])
+    return A, Y, n
 
 
 @jax.jit
@@ -180,19 +183,19 @@ def summarize(A, Y, x, outliers):
     return fitted, inlier
 
 
-def _solve_local(A, Y, options: RecoverOptions):
-    out = recover(A, Y, options)
+def _solve_local(A, Y, n, options: RecoverOptions):
+    out = recover_padded(A, Y, n, options)
     fitted, inlier = summarize(A, Y, out.x, out.outliers)
     return fitted, out.outliers, out.certified, out.result, inlier, out.bound
 
 
-def solve(A, Y, options: RecoverOptions, mesh: Mesh):
+def solve(A, Y, n, options: RecoverOptions, mesh: Mesh):
     """``recover`` and its summary on a batch, each device solving whole slots of it."""
     spec = P(AXIS)
     # check_vma off: recover's loops start from unsharded constants, which is right per shard
     f = jax.shard_map(functools.partial(_solve_local, options=options), mesh=mesh,
-                      in_specs=(spec, spec), out_specs=spec, check_vma=False)
-    return f(A, Y)
+                      in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    return f(A, Y, jnp.asarray(n))
 
 
 # -- assemble -------------------------------------------------------------------------------------
@@ -243,8 +246,8 @@ def run(values: dict[str, jax.Array], matrices: dict[str, jax.Array], *, layout:
     cols = _layout.pack(layout.groups, leaves, values, xp=jnp)
     outs = []
     for batch in plan:
-        A, Y = stack(batch, cols, matrices, slots_for(batch, mesh.size))
-        outs.append(solve(A, Y, options_for(batch.dtype, options), mesh))
+        A, Y, n = stack(batch, cols, matrices, slots_for(batch, mesh.size))
+        outs.append(solve(A, Y, n, options_for(batch.dtype, options), mesh))
     group_values, report = assemble(layout.groups, plan, outs, cols, keep_input)
     purified = _layout.unpack(layout.groups, leaves, group_values, xp=jnp)
     return {p: spread(v.astype(leaves[p].dtype), mesh) for p, v in purified.items()}, report

@@ -82,11 +82,12 @@ class _Best(NamedTuple):
     done: jax.Array  # (m,) finder met its test in the column's last pass
 
 
-def _find_and_polish(A, Q, R, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
+def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
     """One pass on a block: ADMM finder and polish; after the first pass also a trimmed refit.
 
     The first pass runs on every column, so its polish stops after ``FIRST_ROUNDS`` rounds: most
-    masks settle in two, and the few that do not go on in the narrow later passes.
+    masks settle in two, and the few that do not go on in the narrow later passes.  ``n`` (may
+    be traced) is the number of real columns of A.
     """
     dtype = y.dtype
     rtol = tols.rtol.astype(dtype)
@@ -96,7 +97,6 @@ def _find_and_polish(A, Q, R, y, finite, ignore, atol, tols: Tolerances, opts: R
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
     x, r, outl, ok, stable, solved = polish(A, Q, R, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
     if opts.trim and not first:
-        n = A.shape[1]
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
         xt, rt, ot, okt, st, sv = polish(A, Q, R, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
@@ -133,7 +133,7 @@ def _update(best: _Best, A, y, finite, active, result) -> _Best:
     )
 
 
-def _narrow_pass(A, Q, R, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
+def _narrow_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
     """One more pass for up to m / COMPACT columns that are not certified and have passes left,
     gathered into a narrow block: a column that is done stops costing work."""
     m = y.shape[1]
@@ -143,15 +143,16 @@ def _narrow_pass(A, Q, R, y, finite, atol, best: _Best, tries, tols, opts) -> tu
     (idx,) = jnp.nonzero(~best.ok & (tries < opts.passes), size=w, fill_value=m)
     valid = idx < m
     g = lambda a: jnp.take(a, idx, axis=-1, mode="clip")
-    sub = _find_and_polish(A, Q, R, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
+    sub = _find_and_polish(A, Q, R, n, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
     sub_best = _update(_Best(*(g(a) for a in best)), A, g(y), g(finite), valid, sub)
     best = _Best(*(old.at[..., idx].set(new, mode="drop") for old, new in zip(best, sub_best)))
     return best, tries.at[idx].add(1, mode="drop")
 
 
-def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
-    """A: (K, n) with thin QR ``Q, R``; Y: (K, m) → Recovery with the column axis last."""
-    K, n = A.shape
+def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+    """A: (K, N) with thin QR ``Q, R`` and ``n`` ≤ N real columns (the rest zero, Q's too);
+    Y: (K, m) → Recovery with the column axis last."""
+    K, N = A.shape
     m = Y.shape[1]
     dtype = Y.dtype
     finite = jnp.isfinite(Y)
@@ -161,12 +162,12 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
 
     ignore = far_above_median(y, finite, PRESCREEN)
     best = _Best(
-        x=jnp.zeros((n, m), dtype), outliers=~finite, ok=jnp.zeros((m,), bool), stable=jnp.zeros((m,), bool),
+        x=jnp.zeros((N, m), dtype), outliers=~finite, ok=jnp.zeros((m,), bool), stable=jnp.zeros((m,), bool),
         solved=jnp.zeros((m,), bool),
-        x_est=jnp.zeros((n, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
+        x_est=jnp.zeros((N, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
         iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool),
     )
-    first = _find_and_polish(A, Q, R, y, finite, ignore, atol, tols, opts, True)
+    first = _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols, opts, True)
     best = _update(best, A, y, finite, jnp.ones((m,), bool), first)
 
     def todo(carry):
@@ -174,7 +175,7 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
         return jnp.any(~b.ok & (tries < opts.passes))
 
     def more(carry):
-        return _narrow_pass(A, Q, R, y, finite, atol, *carry, tols, opts)
+        return _narrow_pass(A, Q, R, n, y, finite, atol, *carry, tols, opts)
 
     best, _ = lax.while_loop(todo, more, (best, jnp.ones((m,), jnp.int32)))
 
@@ -184,7 +185,7 @@ def _recover_block(A, Q, R, Y, opts: RecoverOptions, tols: Tolerances) -> Recove
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
     fit = Fit(x, r, outl, best.ok, best.stable, best.solved)
-    code, certified, bound = certify(Q, R, fit, finite, tol)
+    code, certified, bound = certify(Q, R, n, fit, finite, tol)
     x_n, x = x, jnp.ldexp(x, e)
     # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal
     # results to zero): such a column is not what was certified, so it is not certified
@@ -202,9 +203,23 @@ def _chunk(K: int, M: int) -> int:
     return min(M, max(128, min(1024, 4 * K)))
 
 
-def _solve_items(A, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
-    """A: (B, K, n), Y: (B, K, M) → Recovery with leading B.  Each matrix is factorized once;
-    its columns are solved in chunks one after another (``lax.map``)."""
+def _factor(A, n):
+    """Thin QR of A (K, N) whose columns from ``n`` on are zero: Q's columns from n on are zeroed
+    (so the projector Q Qᵀ is that of the n real columns) and R gets an identity block there (so
+    x̂'s padding entries solve to 0).  Householder QR works left to right, so the first n columns
+    of Q and R are exactly those of the real A."""
+    Q, R = jnp.linalg.qr(A)
+    N = A.shape[1]
+    real = jnp.arange(N) < n
+    Q = jnp.where(real, Q, 0.0)
+    R = jnp.where(real[:, None] & real, R, jnp.eye(N, dtype=R.dtype))
+    return Q, R
+
+
+def _solve_items(A, Y, ncols, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+    """A: (B, K, N), Y: (B, K, M), ncols: (B,) real columns of each A → Recovery with leading B.
+    Each matrix is factorized once; its columns are solved in chunks one after another
+    (``lax.map``)."""
     B, K, M = Y.shape
     chunk = _chunk(K, M)
     nc = -(-M // chunk)
@@ -212,13 +227,13 @@ def _solve_items(A, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
         Y = jnp.pad(Y, ((0, 0), (0, 0), (0, nc * chunk - M)))
     # one QR at a time: a batched QR on the CPU runs its batch on a thread pool that deadlocked
     # when several solver shapes ran in one program (the device path, bench.gpt2 --path device)
-    Q, R = lax.map(jnp.linalg.qr, A)
+    Q, R = lax.map(lambda a_n: _factor(*a_n), (A, ncols))
     items = jnp.moveaxis(Y.reshape(B, K, nc, chunk), 2, 1).reshape(B * nc, K, chunk)
     owner = jnp.arange(B * nc) // nc
 
     def solve(item):
         i, y = item
-        return _recover_block(A[i], Q[i], R[i], y, opts, tols)
+        return _recover_block(A[i], Q[i], R[i], ncols[i], y, opts, tols)
 
     out = lax.map(solve, (owner, items))
 
@@ -230,8 +245,8 @@ def _solve_items(A, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
     return Recovery(*(unchunk(o) for o in out))
 
 
-@functools.partial(jax.jit, static_argnames=("opts", "vector"))
-def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
+def _recover_impl(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
+    """``ncols``: per matrix of the batch (broadcast like A's batch), its real columns."""
     if vector:
         Y = Y[..., None]
     batch = jnp.broadcast_shapes(A.shape[:-2], Y.shape[:-2])
@@ -240,7 +255,7 @@ def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> 
     if A.ndim == 2:
         # One A for the whole batch: fold the batch into columns so all share one factorization.
         Yf = jnp.moveaxis(Y.reshape((-1, K, m)), 0, 1).reshape(K, -1)
-        out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], opts, tols)))
+        out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], jnp.reshape(ncols, (1,)), opts, tols)))
 
         def unfold(a):
             if a.ndim == 1:
@@ -252,11 +267,34 @@ def _recover_jit(A, Y, tols: Tolerances, opts: RecoverOptions, vector: bool) -> 
     else:
         Ab = jnp.broadcast_to(A, batch + (K, n)).reshape((-1, K, n))
         Yb = jnp.broadcast_to(Y, batch + (K, m)).reshape((-1, K, m))
-        out = _solve_items(Ab, Yb, opts, tols)
+        out = _solve_items(Ab, Yb, jnp.broadcast_to(ncols, batch).reshape(-1), opts, tols)
         out = Recovery(*(o.reshape(batch + o.shape[1:]) for o in out))
     if vector:
         out = Recovery(*(o[..., 0] for o in out))
     return out
+
+
+_recover_jit = jax.jit(_recover_impl, static_argnames=("opts", "vector"))
+# XLA's CPU compiler spends most of a first recover (3–5 s of CPU per solver shape) generating its
+# fusions.  Its older loop emitters compile the same program about 30% faster and, measured at
+# K = 256 and 512, run it as fast with bit-identical results (benchmarks/README.md, "first call").
+# Only eager calls on the CPU use it (inside the caller's jit the caller's options apply); a
+# jaxlib without the option falls back to the default (_run).
+CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+_recover_jit_cpu = jax.jit(_recover_impl, static_argnames=("opts", "vector"), compiler_options=CPU_COMPILER_OPTIONS)
+_cpu_options_ok = True
+
+
+def _eager(*args, **kwargs) -> Recovery:
+    global _cpu_options_ok
+    if _cpu_options_ok and jax.default_backend() == "cpu":
+        try:
+            return _recover_jit_cpu(*args, **kwargs)
+        except Exception as e:  # an XLA without the option refuses it by name before compiling
+            if "compile option" not in str(e):
+                raise
+            _cpu_options_ok = False
+    return _recover_jit(*args, **kwargs)
 
 
 def _as_real(a: Any, name: str) -> jax.Array:
@@ -333,23 +371,41 @@ def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *
     A, Y = A.astype(dtype), Y.astype(dtype)
     if A.size == 0 or Y.size == 0:
         return _empty(A, Y, vector, dtype)
-    f = lambda v: jnp.asarray(v, jnp.float32)
-    tols = Tolerances(f(opts.admm_tol), f(opts.rtol_for(dtype)), f(opts.atol), f(opts.relax))
-    # the tolerances travel as traced scalars, so only the static fields key the compilation
-    static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
-    if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
-        # the solve is not differentiated; x and residual get the implicit derivative (_grad)
-        out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), tols, static, vector)
-        out = differentiable(A, Y, out, vector)
-    else:  # eager: run to completion with the BLAS held to one thread (see _threads)
-        with single_threaded_blas():
-            out = jax.block_until_ready(_recover_jit(A, Y, tols, static, vector))
+    out = _run(A, Y, jnp.full(A.shape[:-2], n, jnp.int32), opts, vector)
     if throw:
         if isinstance(out.result, jax.core.Tracer):
             throw_if_uncertified(out.result)
         else:
             out.raise_if_uncertified()
     return out
+
+
+def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
+    """The solve behind :func:`recover` and :func:`recover_padded`: A and Y already checked and cast."""
+    dtype = A.dtype
+    f = lambda v: jnp.asarray(v, jnp.float32)
+    tols = Tolerances(f(opts.admm_tol), f(opts.rtol_for(dtype)), f(opts.atol), f(opts.relax))
+    # the tolerances travel as traced scalars, so only the static fields key the compilation
+    static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
+    if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
+        # the solve is not differentiated; x and residual get the implicit derivative (_grad)
+        out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), ncols, tols, static, vector)
+        return differentiable(A, Y, out, vector)
+    with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
+        return jax.block_until_ready(_eager(A, Y, ncols, tols, static, vector))
+
+
+def recover_padded(A: jax.Array, Y: jax.Array, ncols: ArrayLike, options: RecoverOptions) -> Recovery:
+    """:func:`recover` for a batch of matrices padded to one shape, so that differently sized codes
+    share one compiled solver (``purify``'s shape buckets).
+
+    A: (B, K, N) floating, finite; its columns from ``ncols[b]`` on are zero, and so are the
+    returned x̂'s rows from there.  Y: (B, K, m); rows a code does not have are erasures (NaN).  The
+    certificate of batch entry b is that of its real (K'_b, ncols[b]) problem: 2k̂ < K' − n_b + 1.
+    Inputs are not checked (the caller built them); ``options`` as in :func:`recover`.
+    """
+    dtype = jnp.promote_types(jnp.result_type(A, Y), jnp.float32)
+    return _run(A.astype(dtype), Y.astype(dtype), jnp.asarray(ncols, jnp.int32), options, vector=False)
 
 
 __all__ = ["RESULTS", "Recovery", "RecoverOptions", "recover"]

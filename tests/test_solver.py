@@ -239,3 +239,45 @@ def test_recover_under_jit_with_a_closed_over_matrix():
     y = A @ jnp.asarray(rng.standard_normal(8), jnp.float32)
     x = jax.jit(lambda v: jp.recover(A, v).x)(y)
     np.testing.assert_allclose(np.asarray(x), np.linalg.lstsq(np.asarray(A), np.asarray(y), rcond=None)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_padded_matrices_are_solved_as_their_real_problems():
+    """recover_padded (purify's shape buckets): a 48×12 code padded to 64×16 (NaN rows, zero
+    columns) beside a real 64×16 one.  Each is judged against HiGHS on its own problem, and the
+    count uses its own n: 17 errors of 48 rows certify with n = 12 (34 < 37), not with 16."""
+    rng = np.random.default_rng(5)
+    m = 16
+    A1, X1, Y1, _ = instance(rng, 48, 12, m, 17)
+    A2, X2, Y2, _ = instance(rng, 64, 16, m, 12)
+    A = np.zeros((2, 64, 16), np.float32)
+    Y = np.full((2, 64, m), np.nan, np.float32)
+    A[0, :48, :12], Y[0, :48] = A1, Y1
+    A[1], Y[1] = A2, Y2
+    out = _solver.recover_padded(jnp.asarray(A), jnp.asarray(Y), np.array([12, 16]), jp.RecoverOptions())
+    x, cert = np.asarray(out.x, np.float64), np.asarray(out.certified)
+    assert np.all(x[0, 12:] == 0)
+    for b, (Ab, Xb, Yb) in enumerate([(A1, X1, Y1), (A2, X2, Y2)]):
+        n = Ab.shape[1]
+        lp = np.stack([lad_highs(Ab, Yb[:, j]) for j in range(m)], axis=1)
+        assert np.all(rel_err(x[b, :n], Xb)[cert[b]] <= TOL[np.float32])
+        assert np.all(cert[b][rel_err(lp, Xb) <= 1e-6])
+        assert cert[b].sum() >= m // 2
+        # the same flags as the unpadded problem solved alone
+        alone = jp.recover(Ab.astype(np.float32), Yb.astype(np.float32))
+        np.testing.assert_array_equal(np.asarray(alone.certified), cert[b])
+
+
+@pytest.mark.slow
+def test_an_xla_without_the_cpu_compile_option_falls_back(monkeypatch):
+    """recover's eager CPU path asks XLA for a compile option (_solver.CPU_COMPILER_OPTIONS); an XLA
+    that does not know it refuses it by name, and recover then compiles without it."""
+    bogus = jax.jit(_solver._recover_impl, static_argnames=("opts", "vector"),
+                    compiler_options={"xla_no_such_option_for_jaxpurify": True})
+    monkeypatch.setattr(_solver, "_recover_jit_cpu", bogus)
+    monkeypatch.setattr(_solver, "_cpu_options_ok", True)
+    rng = np.random.default_rng(3)
+    A, X, Y, _ = instance(rng, 40, 10, 5, 3)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    assert _solver._cpu_options_ok is False
+    lp = np.stack([lad_highs(A, Y[:, j]) for j in range(5)], axis=1)
+    assert np.all(np.asarray(out.certified)) and np.all(rel_err(out.x, lp) <= TOL[np.float32])
