@@ -57,6 +57,9 @@ from jax import lax
 from jaxpurify._admm import _mm
 from jaxpurify._solution import RESULTS
 
+# every product at full float32 (tests/test_precision.py): TPUs default to one bfloat16 pass
+HIGHEST = lax.Precision.HIGHEST
+
 POWER_STEPS = 8  # power iterations for ‖Q_O‖²: each costs one projection
 
 
@@ -102,12 +105,12 @@ def _null_margin(Q, inl):
     o = inl.astype(dtype)
     # Q's all-zero columns (padding of A, if any) would make G singular: they carry no leverage
     pad = jnp.diag((jnp.sum(Q * Q, axis=0) == 0).astype(dtype))
-    G = jnp.einsum("kn,ks,kp->snp", Q, o, Q) + pad
+    G = jnp.einsum("kn,ks,kp->snp", Q, o, Q, precision=HIGHEST) + pad
     w, V = jnp.linalg.eigh(G)  # one factorization for both the solves and λ_min(G)
 
     def off_range(v):  # (K, s) on I → minus its projection on range(Q_I)
-        b = jnp.einsum("snp,ns->sp", V, _mm(Q.T, v)) / w
-        return o * (v - _mm(Q, jnp.einsum("snp,sp->ns", V, b)))
+        b = jnp.einsum("snp,ns->sp", V, _mm(Q.T, v), precision=HIGHEST) / w
+        return o * (v - _mm(Q, jnp.einsum("snp,sp->ns", V, b, precision=HIGHEST)))
 
     u = off_range(off_range(o))
     u = u / jnp.sqrt(jnp.sum(u * u, axis=0))
