@@ -91,7 +91,7 @@ def _outlier_norm2(Q, outliers):
     return theta + 2.0 * jnp.sqrt(jnp.sum(jnp.square(w - theta * v), axis=0))
 
 
-def _null_margin(Q, inl):
+def _null_margin(Q, inl, n, rows):
     """For s columns whose inliers I (``inl``, (K, s)) are n+1 rows: a lower bound on min_{j∈I}|u_j|,
     u the unit vector of R^I orthogonal to range(A_I) = range(Q_I) (its leverages are 1 − u_j²),
     and σ_min(Q_I)² (both err low; each (s,)).
@@ -100,7 +100,8 @@ def _null_margin(Q, inl):
     u' = cos θ·u + sin θ·w, w ∈ range(Q_I): ‖Q_Iᵀu'‖ ≥ sin θ·σ_min(Q_I), so
     |u_j| ≥ |u'_j| − ‖Q_Iᵀu'‖/σ_min(Q_I).  0 when that is not positive or G is singular."""
     dtype = Q.dtype
-    K, n = Q.shape
+    # the rounding terms count the real rows and columns (``rows``, ``n``): padding is exact zeros
+    K = rows.astype(dtype)
     eps = jnp.finfo(dtype).eps
     o = inl.astype(dtype)
     # Q's all-zero columns (padding of A, if any) would make G singular: they carry no leverage
@@ -116,12 +117,12 @@ def _null_margin(Q, inl):
     u = u / jnp.sqrt(jnp.sum(u * u, axis=0))
     # the K-term sums of G and Q_Iᵀu' round by ≤ K·eps per entry: err low on σ², high on ‖Q_Iᵀu'‖
     smin2 = w[:, 0] - K * eps
-    rho = jnp.sqrt(jnp.sum(jnp.square(_mm(Q.T, u)), axis=0)) + K * jnp.sqrt(n) * eps
+    rho = jnp.sqrt(jnp.sum(jnp.square(_mm(Q.T, u)), axis=0)) + K * jnp.sqrt(jnp.asarray(n, dtype)) * eps
     lo = jnp.min(jnp.where(inl, jnp.abs(u), jnp.inf), axis=0) - rho / jnp.sqrt(smin2)
     return jnp.where(lo > 0, lo, 0.0), jnp.maximum(smin2, 0.0)  # NaN (singular G) → 0
 
 
-def _edge_margins(Q, inliers, need, slots: int = 8):
+def _edge_margins(Q, inliers, need, n, rows, slots: int = 8):
     """``_null_margin`` of the columns that ``need`` it, ``slots`` at a time (margin 1 and σ² NaN for
     the others): they are rare (certified with |I| = n+1 needs K' ≤ n+2), so a block without one
     costs nothing here."""
@@ -131,7 +132,7 @@ def _edge_margins(Q, inliers, need, slots: int = 8):
     def body(carry):
         margin, smin2, todo = carry
         idx = jnp.argsort(~todo, stable=True)[:s]  # the first s columns still to do (distinct)
-        got, got2 = _null_margin(Q, inliers[:, idx])
+        got, got2 = _null_margin(Q, inliers[:, idx], n, rows)
         keep = todo[idx]
         margin = margin.at[idx].set(jnp.where(keep, got, margin[idx]))
         smin2 = smin2.at[idx].set(jnp.where(keep, got2, smin2[idx]))
@@ -164,12 +165,14 @@ def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.A
     real = jnp.arange(N) < n
     s = jnp.linalg.svd(jnp.where(real[:, None] & real, R, 0.0), compute_uv=False)  # padding: 0s, last
     smin_r = s[n - 1]
-    full_rank = smin_r > Q.shape[0] * jnp.finfo(R.dtype).eps * s[0]
+    # A's real rows: padding rows (purify's shape buckets) are zero in A and so in Q
+    rows = jnp.sum(jnp.any(Q != 0, axis=1))
+    full_rank = smin_r > rows * jnp.finfo(R.dtype).eps * s[0]
     code = jnp.where(full_rank, code, jnp.int8(RESULTS.rank_deficient))
     # |I| = n+1: one inlier may be a corrupted entry (module docstring): the bound takes 2τ√n / min_j|u_j|,
     # and min_j|u_j| = 0 (an inlier no other row checks, e.g. a duplicated row of A) leaves no slack
     edge = (code == RESULTS.successful) & (inliers == n + 1)
-    margin, smin2_edge = _edge_margins(Q, finite & ~fit.outliers, edge)
+    margin, smin2_edge = _edge_margins(Q, finite & ~fit.outliers, edge, n, rows)
     code = jnp.where(edge & (margin == 0), jnp.int8(RESULTS.no_slack), code)
     certified = code == RESULTS.successful
 

@@ -249,13 +249,25 @@ def test_padded_matrices_are_solved_as_their_real_problems():
     m = 16
     A1, X1, Y1, _ = instance(rng, 48, 12, m, 17)
     A2, X2, Y2, _ = instance(rng, 64, 16, m, 12)
-    A = np.zeros((2, 64, 16), np.float32)
-    Y = np.full((2, 64, m), np.nan, np.float32)
+    # third slot: 13 × 4 with σ_min/σ_max = 5e-6, full rank for its own 13 rows (13·eps ≈ 1.5e-6)
+    # but not if judged with the bucket's 64 rows (64·eps ≈ 7.6e-6): the reviewer's case
+    U, _ = np.linalg.qr(rng.standard_normal((13, 4)))
+    V, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    A3 = ((U * np.array([1, 1, 1, 5e-6])) @ V.T).astype(np.float32)
+    X3 = rng.standard_normal((4, m))
+    Y3 = (A3.astype(np.float64) @ X3).astype(np.float32)
+    Y3[3] += 10.0
+    A = np.zeros((3, 64, 16), np.float32)
+    Y = np.full((3, 64, m), np.nan, np.float32)
     A[0, :48, :12], Y[0, :48] = A1, Y1
     A[1], Y[1] = A2, Y2
-    out = _solver.recover_padded(jnp.asarray(A), jnp.asarray(Y), np.array([12, 16]), jp.RecoverOptions())
+    A[2, :13, :4], Y[2, :13] = A3, Y3
+    out = _solver.recover_padded(jnp.asarray(A), jnp.asarray(Y), np.array([12, 16, 4]), jp.RecoverOptions())
     x, cert = np.asarray(out.x, np.float64), np.asarray(out.certified)
-    assert np.all(x[0, 12:] == 0)
+    assert np.all(x[0, 12:] == 0) and np.all(x[2, 4:] == 0)
+    s = np.linalg.svd(A3.astype(np.float64), compute_uv=False)
+    assert 13 * np.finfo(np.float32).eps < s[-1] / s[0] < 64 * np.finfo(np.float32).eps
+    assert cert[2].all() and np.all(rel_err(x[2, :4], X3) <= np.asarray(out.bound[2]))
     for b, (Ab, Xb, Yb) in enumerate([(A1, X1, Y1), (A2, X2, Y2)]):
         n = Ab.shape[1]
         lp = np.stack([lad_highs(Ab, Yb[:, j]) for j in range(m)], axis=1)
