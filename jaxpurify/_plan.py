@@ -135,14 +135,20 @@ def _buckets(groups, max_entries: int) -> list[tuple[int, int, list]]:
     for g in groups:
         members.setdefault((g.K, g.n), []).append(g)
     cost = {kn: _widths(gs, *kn, max_entries)[1] for kn, gs in members.items()}
+    # a pair's merge, kept until one of the buckets it reads changes: each round then prices only
+    # the pairs next to the last merge (a model with hundreds of distinct (K, n) plans in seconds)
+    priced: dict[tuple, tuple] = {}
     while len(members) > 1:
         order = sorted(members, key=lambda kn: (_work(*kn), kn))
         best = None
         for a, b in zip(order, order[1:]):
-            kn = (max(a[0], b[0]), max(a[1], b[1]))
-            gs = members[a] + members[b] + (members[kn] if kn not in (a, b) and kn in members else [])
-            new = _widths(gs, *kn, max_entries)[1]
-            gain = cost[a] + cost[b] + (cost[kn] if kn not in (a, b) and kn in members else 0) - new
+            if (a, b) not in priced:
+                kn = (max(a[0], b[0]), max(a[1], b[1]))
+                third = kn not in (a, b) and kn in members
+                gs = members[a] + members[b] + (members[kn] if third else [])
+                new = _widths(gs, *kn, max_entries)[1]
+                priced[a, b] = (cost[a] + cost[b] + (cost[kn] if third else 0) - new, kn, gs, new)
+            gain, kn, gs, new = priced[a, b]
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, a, b, kn, gs, new)
         if best is None:
@@ -151,6 +157,8 @@ def _buckets(groups, max_entries: int) -> list[tuple[int, int, list]]:
         for old in {a, b, kn} & members.keys():
             del members[old], cost[old]
         members[kn], cost[kn] = gs, new
+        changed = {a, b, kn}
+        priced = {ab: v for ab, v in priced.items() if not changed & {ab[0], ab[1], v[1]}}
     return [(K, N, gs) for (K, N), gs in sorted(members.items())]
 
 
