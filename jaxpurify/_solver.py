@@ -275,26 +275,6 @@ def _recover_impl(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: b
 
 
 _recover_jit = jax.jit(_recover_impl, static_argnames=("opts", "vector"))
-# XLA's CPU compiler spends most of a first recover (3–5 s of CPU per solver shape) generating its
-# fusions.  Its older loop emitters compile the same program about 30% faster and, measured at
-# K = 256 and 512, run it as fast with bit-identical results (benchmarks/README.md, "first call").
-# Only eager calls on the CPU use it (inside the caller's jit the caller's options apply); a
-# jaxlib without the option falls back to the default (_run).
-CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-_recover_jit_cpu = jax.jit(_recover_impl, static_argnames=("opts", "vector"), compiler_options=CPU_COMPILER_OPTIONS)
-_cpu_options_ok = True
-
-
-def _eager(*args, **kwargs) -> Recovery:
-    global _cpu_options_ok
-    if _cpu_options_ok and jax.default_backend() == "cpu":
-        try:
-            return _recover_jit_cpu(*args, **kwargs)
-        except Exception as e:  # an XLA without the option refuses it by name before compiling
-            if "compile option" not in str(e):
-                raise
-            _cpu_options_ok = False
-    return _recover_jit(*args, **kwargs)
 
 
 def _as_real(a: Any, name: str) -> jax.Array:
@@ -392,7 +372,7 @@ def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
         out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), ncols, tols, static, vector)
         return differentiable(A, Y, out, vector)
     with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
-        return jax.block_until_ready(_eager(A, Y, ncols, tols, static, vector))
+        return jax.block_until_ready(_recover_jit(A, Y, ncols, tols, static, vector))
 
 
 def recover_padded(A: jax.Array, Y: jax.Array, ncols: ArrayLike, options: RecoverOptions) -> Recovery:

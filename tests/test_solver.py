@@ -277,19 +277,3 @@ def test_padded_matrices_are_solved_as_their_real_problems():
         # the same flags as the unpadded problem solved alone
         alone = jp.recover(Ab.astype(np.float32), Yb.astype(np.float32))
         np.testing.assert_array_equal(np.asarray(alone.certified), cert[b])
-
-
-@pytest.mark.slow
-def test_an_xla_without_the_cpu_compile_option_falls_back(monkeypatch):
-    """recover's eager CPU path asks XLA for a compile option (_solver.CPU_COMPILER_OPTIONS); an XLA
-    that does not know it refuses it by name, and recover then compiles without it."""
-    bogus = jax.jit(_solver._recover_impl, static_argnames=("opts", "vector"),
-                    compiler_options={"xla_no_such_option_for_jaxpurify": True})
-    monkeypatch.setattr(_solver, "_recover_jit_cpu", bogus)
-    monkeypatch.setattr(_solver, "_cpu_options_ok", True)
-    rng = np.random.default_rng(3)
-    A, X, Y, _ = instance(rng, 40, 10, 5, 3)
-    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
-    assert _solver._cpu_options_ok is False
-    lp = np.stack([lad_highs(A, Y[:, j]) for j in range(5)], axis=1)
-    assert np.all(np.asarray(out.certified)) and np.all(rel_err(out.x, lp) <= TOL[np.float32])
