@@ -127,14 +127,16 @@ def _widths(groups, K: int, N: int, max_entries: int) -> tuple[tuple[int, ...], 
     return best, cost(best)
 
 
-def _buckets(groups, max_entries: int) -> list[tuple[int, int, list]]:
-    """Groups of one dtype → (K, N, members) buckets.  Start from one bucket per (K, n); merge the
+def _buckets(groups, max_entries: int) -> list[tuple[int, int, list, tuple[int, ...]]]:
+    """Groups of one dtype → (K, N, members, item widths) buckets.  Start from one bucket per (K, n); merge the
     pair, among buckets next to each other in work per column, that lowers the estimated cost the
     most (a merged bucket solves at the larger K and the larger N), until no merge does."""
     members: dict[tuple[int, int], list] = {}
     for g in groups:
         members.setdefault((g.K, g.n), []).append(g)
-    cost = {kn: _widths(gs, *kn, max_entries)[1] for kn, gs in members.items()}
+    priced_alone = {kn: _widths(gs, *kn, max_entries) for kn, gs in members.items()}
+    widths = {kn: w for kn, (w, _) in priced_alone.items()}
+    cost = {kn: c for kn, (_, c) in priced_alone.items()}
     # a pair's merge, kept until one of the buckets it reads changes: each round then prices only
     # the pairs next to the last merge (a model with hundreds of distinct (K, n) plans in seconds)
     priced: dict[tuple, tuple] = {}
@@ -146,8 +148,8 @@ def _buckets(groups, max_entries: int) -> list[tuple[int, int, list]]:
                 kn = (max(a[0], b[0]), max(a[1], b[1]))
                 third = kn not in (a, b) and kn in members
                 gs = members[a] + members[b] + (members[kn] if third else [])
-                new = _widths(gs, *kn, max_entries)[1]
-                priced[a, b] = (cost[a] + cost[b] + (cost[kn] if third else 0) - new, kn, gs, new)
+                ws, new = _widths(gs, *kn, max_entries)
+                priced[a, b] = (cost[a] + cost[b] + (cost[kn] if third else 0) - new, kn, gs, (ws, new))
             gain, kn, gs, new = priced[a, b]
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, a, b, kn, gs, new)
@@ -155,11 +157,11 @@ def _buckets(groups, max_entries: int) -> list[tuple[int, int, list]]:
             break
         _, a, b, kn, gs, new = best
         for old in {a, b, kn} & members.keys():
-            del members[old], cost[old]
-        members[kn], cost[kn] = gs, new
+            del members[old], cost[old], widths[old]
+        members[kn], (widths[kn], cost[kn]) = gs, new
         changed = {a, b, kn}
         priced = {ab: v for ab, v in priced.items() if not changed & {ab[0], ab[1], v[1]}}
-    return [(K, N, gs) for (K, N), gs in sorted(members.items())]
+    return [(K, N, gs, widths[K, N]) for (K, N), gs in sorted(members.items())]
 
 
 def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
@@ -175,8 +177,7 @@ def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
         by_dtype.setdefault(np.dtype(g.dtype).name, []).append(g)
     calls = []
     for dtype, gs_of_dtype in by_dtype.items():
-        for K, N, gs in _buckets(gs_of_dtype, max_entries):
-            widths, _ = _widths(gs, K, N, max_entries)
+        for K, N, gs, widths in _buckets(gs_of_dtype, max_entries):
             items: dict[int, list[Item]] = {}
             for g in gs:
                 at = 0

@@ -245,7 +245,8 @@ def _solve_items(A, Y, ncols, opts: RecoverOptions, tols: Tolerances) -> Recover
     return Recovery(*(unchunk(o) for o in out))
 
 
-def _recover_impl(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
+@functools.partial(jax.jit, static_argnames=("opts", "vector"))
+def _recover_jit(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
     """``ncols``: per matrix of the batch (broadcast like A's batch), its real columns."""
     if vector:
         Y = Y[..., None]
@@ -272,9 +273,6 @@ def _recover_impl(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: b
     if vector:
         out = Recovery(*(o[..., 0] for o in out))
     return out
-
-
-_recover_jit = jax.jit(_recover_impl, static_argnames=("opts", "vector"))
 
 
 def _as_real(a: Any, name: str) -> jax.Array:
