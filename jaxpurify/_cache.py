@@ -2,7 +2,9 @@
 
 purify compiles one solver per (K, n) block shape; in a fresh process that compilation dominates
 the first call. With the persistent cache, a later process loads the compiled executables from
-disk instead. The cache is trusted code: it lives in a directory only this user can write.
+disk instead, and the solver's lowered program from ``jaxpurify._exported`` (the compilation cache
+does not skip tracing and lowering). The cache is trusted code: it lives in a directory only this
+user can write.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 
 import jax
+
+from jaxpurify import _exported
 
 ENV_DISABLE = "JAXPURIFY_NO_COMPILATION_CACHE"
 
@@ -38,4 +42,5 @@ def enable_compilation_cache(path: str | os.PathLike | None = None, *, min_compi
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    _exported.use_dir(path)  # and the lowered solver programs, which this cache does not keep
     return path

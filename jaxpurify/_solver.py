@@ -37,6 +37,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from jaxpurify import _exported
 from jaxpurify._admm import _mm, admm
 from jaxpurify._certify import Fit, certify
 from jaxpurify._grad import differentiable
@@ -370,7 +371,18 @@ def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
         out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), ncols, tols, static, vector)
         return differentiable(A, Y, out, vector)
     with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
-        return jax.block_until_ready(_recover_jit(A, Y, ncols, tols, static, vector))
+        if _exported.enabled():  # a later process reloads the lowered program (_exported)
+            flat = jax.jit(functools.partial(_recover_flat, opts=static, vector=vector))
+            out = Recovery(*_exported.call(flat, f"recover {static!r} {vector}", A, Y, ncols, *tols))
+        else:
+            out = _recover_jit(A, Y, ncols, tols, static, vector)
+        return jax.block_until_ready(out)
+
+
+@functools.partial(jax.jit, static_argnames=("opts", "vector"))
+def _recover_flat(A, Y, ncols, admm_tol, rtol, atol, relax, *, opts: RecoverOptions, vector: bool):
+    """:func:`_recover_jit` with arrays only in and out, as ``jax.export`` serializes them."""
+    return tuple(_recover_jit(A, Y, ncols, Tolerances(admm_tol, rtol, atol, relax), opts, vector))
 
 
 def recover_padded(A: jax.Array, Y: jax.Array, ncols: ArrayLike, options: RecoverOptions) -> Recovery:

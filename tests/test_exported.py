@@ -1,0 +1,68 @@
+"""The exported solver programs kept beside the compilation cache (jaxpurify/_exported.py)."""
+
+import os
+
+import numpy as np
+import pytest
+
+import jaxpurify as jp
+from jaxpurify import _exported
+from reference import lad_highs
+
+
+@pytest.fixture
+def export_dir(tmp_path):
+    _exported.use_dir(str(tmp_path))
+    yield os.path.join(str(tmp_path), _exported.SUBDIR)
+    _exported.use_dir(None)
+
+
+def _problem(K=12, n=3, m=5, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(K, n)).astype(np.float32)
+    Y = A @ rng.normal(size=(n, m)).astype(np.float32)
+    Y[[1, 7], :] += 50.0
+    return A, Y
+
+
+def test_a_program_is_exported_stored_and_reloaded(export_dir):
+    A, Y = _problem()
+    written = jp.recover(A, Y)  # exported, stored, run
+    (name,) = os.listdir(export_dir)
+    assert os.stat(export_dir).st_mode & 0o077 == 0
+    _exported.use_dir(os.path.dirname(export_dir))  # forget the loaded program: read it from disk
+    reloaded = jp.recover(A, Y)
+    assert os.listdir(export_dir) == [name]
+    for field in written._fields:
+        np.testing.assert_array_equal(np.asarray(getattr(reloaded, field)), np.asarray(getattr(written, field)), err_msg=field)
+    assert bool(np.all(written.certified))
+    for j in range(Y.shape[1]):  # HiGHS is the reference for the l1 solution
+        np.testing.assert_allclose(np.asarray(written.x[:, j]), lad_highs(A.astype(np.float64), Y[:, j].astype(np.float64)),
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_reloaded_program_gives_the_traced_solvers_results_bit_for_bit(export_dir):
+    # the host path with the cache on must stay bit-identical to the jit and device paths
+    A, Y = _problem(K=20, n=5, m=7, seed=1)
+    _exported.use_dir(None)
+    traced = jp.recover(A, Y)
+    _exported.use_dir(os.path.dirname(export_dir))
+    exported = jp.recover(A, Y)
+    for field in traced._fields:
+        np.testing.assert_array_equal(np.asarray(getattr(exported, field)), np.asarray(getattr(traced, field)), err_msg=field)
+    assert bool(np.all(traced.certified))
+
+
+def test_an_unreadable_or_mismatched_file_is_exported_again(export_dir):
+    A, Y = _problem()
+    args = (A, Y)
+    key = _exported._key("t", args)
+    os.makedirs(export_dir, mode=0o700)
+    path = os.path.join(export_dir, key + ".jaxexport")
+    with open(path, "wb") as f:
+        f.write(b"not a program")
+    assert _exported._read(key, args) is None
+    # the key separates shapes and dtypes, and static arguments by their tag
+    assert len({key, _exported._key("t", (A, Y[:, :4])), _exported._key("t", (A.astype(np.float64), Y)),
+                _exported._key("u", args)}) == 4
