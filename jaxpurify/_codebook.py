@@ -249,7 +249,10 @@ class Codebook:
             raise ValueError(f"group {name!r} is not in the codebook") from None
         if name not in self._cache:
             self._cache[name] = gaussian_matrix(self.secret, name, g.K, g.n)
-        return jnp.asarray(self._cache[name], dtype=dtype or g.dtype)
+        a, dtype = self._cache[name], jnp.dtype(dtype or g.dtype)
+        if dtype in (np.float32, np.float64):  # rounded by NumPy, as JAX itself would: no XLA program
+            a = a.astype(dtype)
+        return jnp.asarray(a, dtype=dtype)
 
     # -- encode / decode ---------------------------------------------------------------------
     def _theta_shape(self, g: Group) -> tuple[int, ...]:
