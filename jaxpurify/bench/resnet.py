@@ -83,12 +83,11 @@ def main(argv=None):
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--max-entries", type=int, default=None, help="purify's max_entries (default: its own)")
     p.add_argument("--compilation-cache", metavar="DIR",
-                   help="use JAX's persistent compilation cache in DIR (a second process then skips compiling)")
+                   help="jp.enable_compilation_cache(DIR): a second process then skips compiling and tracing")
     p.add_argument("--json")
     a = p.parse_args(argv)
-    if a.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", a.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if a.compilation_cache:  # as the command line does: compiled and exported programs
+        jp.enable_compilation_cache(a.compilation_cache)
     shapes = resnet18_tree(math.sqrt(a.size))
     cb = jp.Codebook.create(shapes, jax.random.key(0), redundancy=4.0)
     latent = cb.encode(shapes)
