@@ -7,15 +7,16 @@ a 2.1 s ``jaxpurify purify`` with a warm cache.  Here the lowered program (Stabl
 ms), and the compilation cache supplies the executable.
 
 Only on when :func:`jaxpurify.enable_compilation_cache` was called (the command line does it).
-A program is found again only under the same key: this package's source, the JAX and jaxlib
-versions, the backend, the trace-time configuration below, the static arguments and every
-input's shape and dtype.  An unreadable or mismatched file is ignored and rewritten.  The files
-are code as much as the compilation cache's are: they live in its directory (mode 0o700).
+A program is found again only under the same key: this package's source as imported, the JAX
+and jaxlib versions, the platform, the trace-time configuration below, the static arguments and
+every input's shape and dtype.  A file that cannot be read, does not match, or fails to run is
+exported again and overwritten; a cache that cannot be written only costs the next process the
+tracing.  The files are code as much as the compilation cache's are: they live in its directory,
+which :func:`jaxpurify.enable_compilation_cache` requires to be writable by this user only.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import pathlib
@@ -25,7 +26,21 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+
+def _code_digest() -> str:
+    """The package's source (so an edited checkout never reuses a program), read at import: a
+    process that imported the old code must not store its program under the new code's key."""
+    h = hashlib.sha256()
+    root = pathlib.Path(__file__).parent
+    files = sorted(root.rglob("*.py")) or sorted(root.rglob("*.pyc"))  # a bytecode-only install
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
+    h.update(f"{jax.__version__} {jax.lib.__version__}".encode())
+    return h.hexdigest()
+
+
 SUBDIR = "jaxpurify-solvers"
+_DIGEST = _code_digest()
 _dir: str | None = None
 _loaded: dict[str, Callable] = {}  # key → jitted call of the exported program, per process
 
@@ -41,21 +56,21 @@ def enabled() -> bool:
     return _dir is not None
 
 
-@functools.lru_cache(maxsize=None)
-def _code_digest() -> str:
-    """This package's source (so an edited checkout never loads a stale program) and versions."""
-    h = hashlib.sha256()
-    root = pathlib.Path(__file__).parent
-    for p in sorted(root.rglob("*.py")):
-        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
-    h.update(f"{jax.__version__} {jax.lib.__version__}".encode())
-    return h.hexdigest()
+def _platform(args) -> str | None:
+    """The export platform of the inputs when they all live on one device of the default backend
+    (what ``jax.export`` lowers for), else None (several devices, sharded, or another backend)."""
+    devices = set()
+    for a in args:
+        devices |= set(a.devices()) if isinstance(a, jax.Array) else set()
+    if len(devices) != 1 or next(iter(devices)).platform != jax.default_backend():
+        return None
+    return jax.export.default_export_platform()
 
 
-def _key(tag: str, args: tuple) -> str:
+def _key(tag: str, platform: str, args: tuple) -> str:
     cfg = jax.config
     parts = [
-        _code_digest(), tag, jax.default_backend(),
+        _DIGEST, tag, platform,
         # configuration read while tracing: it changes the program, not only its compilation
         str(cfg.jax_enable_x64), str(cfg.jax_default_matmul_precision), str(cfg.jax_numpy_dtype_promotion),
         *(f"{np.shape(a)}{np.dtype(a.dtype)}" for a in args),
@@ -63,44 +78,58 @@ def _key(tag: str, args: tuple) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
 
-def call(fn: Callable, tag: str, *args: Any) -> Any:
-    """``fn(*args)`` (``fn`` jitted, arrays in and out, static arguments bound and described by
-    ``tag``), through the exported program kept for this key; exported and stored on a miss."""
-    key = _key(tag, args)
+def call(fn: Callable, tag: str, outputs: int, *args: Any) -> Any:
+    """``fn(*args)`` — ``fn`` jitted, arrays in and a tuple of ``outputs`` arrays out, static
+    arguments bound and described by ``tag`` — through the exported program kept for this key;
+    exported and stored on a miss.  Without a cache directory, or for inputs spread over several
+    devices, simply ``fn(*args)``."""
+    where = _dir
+    platform = _platform(args)
+    if where is None or platform is None:
+        return fn(*args)
+    key = _key(tag, platform, args)
     run = _loaded.get(key)
-    if run is None:
-        exp = _read(key, args)
-        if exp is None:
-            exp = jax.export.export(fn)(*args)
-            _write(key, exp.serialize())
-        run = _loaded[key] = jax.jit(exp.call)
+    if run is not None:
+        return run(*args)
+    exp = _read(where, key, platform, outputs, args)
+    if exp is not None:
+        try:  # a damaged file can deserialize and still fail to compile
+            out = jax.jit(exp.call)(*args)
+        except Exception:
+            exp = None
+        else:
+            _loaded[key] = jax.jit(exp.call)
+            return out
+    exp = jax.export.export(fn, platforms=(platform,))(*args)
+    _write(where, key, exp.serialize())
+    run = _loaded[key] = jax.jit(exp.call)
     return run(*args)
 
 
-def _read(key: str, args: tuple):
-    path = os.path.join(_dir, key + ".jaxexport")
+def _read(where: str, key: str, platform: str, outputs: int, args: tuple):
     try:
-        with open(path, "rb") as f:
+        with open(os.path.join(where, key + ".jaxexport"), "rb") as f:
             exp = jax.export.deserialize(bytearray(f.read()))
-    except FileNotFoundError:
+        want = tuple((tuple(np.shape(a)), np.dtype(a.dtype)) for a in args)
+        have = tuple((tuple(v.shape), np.dtype(v.dtype)) for v in exp.in_avals)
+        fits = have == want and len(exp.out_avals) == outputs and tuple(exp.platforms) == (platform,)
+        return exp if fits and exp.nr_devices == 1 else None
+    except Exception:  # missing, truncated or foreign: export again and overwrite it
         return None
-    except Exception:  # truncated or foreign file: export again and overwrite it
-        return None
-    want = tuple((tuple(np.shape(a)), np.dtype(a.dtype)) for a in args)
-    have = tuple((tuple(v.shape), np.dtype(v.dtype)) for v in exp.in_avals)
-    return exp if have == want else None
 
 
-def _write(key: str, blob: bytes) -> None:
+def _write(where: str, key: str, blob: bytes) -> None:
     """Atomic: a concurrent reader sees the old file or the whole new one, never a part."""
-    os.makedirs(_dir, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=_dir, prefix=".tmp-")
+    tmp = None
     try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-        os.replace(tmp, os.path.join(_dir, key + ".jaxexport"))
+        os.replace(tmp, os.path.join(where, key + ".jaxexport"))
     except OSError:  # a read-only cache only costs the next process the tracing
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

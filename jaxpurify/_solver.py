@@ -377,7 +377,7 @@ def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
     with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
         if _exported.enabled():  # a later process reloads the lowered program (_exported)
             flat = jax.jit(functools.partial(_recover_flat, opts=static, vector=vector))
-            out = Recovery(*_exported.call(flat, f"recover {static!r} {vector}", A, Y, ncols, *tols))
+            out = Recovery(*_exported.call(flat, f"recover {static!r} {vector}", len(Recovery._fields), A, Y, ncols, *tols))
         else:
             out = _recover_jit(A, Y, ncols, tols, static, vector)
         return jax.block_until_ready(out)

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -54,15 +55,45 @@ def test_a_reloaded_program_gives_the_traced_solvers_results_bit_for_bit(export_
     assert bool(np.all(traced.certified))
 
 
-def test_an_unreadable_or_mismatched_file_is_exported_again(export_dir):
+def test_a_damaged_or_mismatched_file_is_exported_again(export_dir):
     A, Y = _problem()
+    good = jp.recover(A, Y)
+    (name,) = os.listdir(export_dir)
+    path = os.path.join(export_dir, name)
+    blob = bytearray(open(path, "rb").read())
+    flipped = bytearray(blob)
+    flipped[len(blob) * 3 // 5] ^= 0xFF  # may still deserialize, and then fail to compile
+    for damage in (b"not a program", bytes(blob[: len(blob) // 2]), bytes(flipped)):
+        with open(path, "wb") as f:
+            f.write(damage)
+        _exported.use_dir(os.path.dirname(export_dir))  # forget the loaded program
+        again = jp.recover(A, Y)
+        np.testing.assert_array_equal(np.asarray(again.x), np.asarray(good.x))
+        rewritten = jax.export.deserialize(bytearray(open(path, "rb").read()))  # a whole program again
+        assert len(rewritten.in_avals) == 7 and len(rewritten.out_avals) == len(good)
+    # the key separates shapes, dtypes, platforms and static arguments (the tag)
     args = (A, Y)
-    key = _exported._key("t", args)
-    os.makedirs(export_dir, mode=0o700)
-    path = os.path.join(export_dir, key + ".jaxexport")
-    with open(path, "wb") as f:
-        f.write(b"not a program")
-    assert _exported._read(key, args) is None
-    # the key separates shapes and dtypes, and static arguments by their tag
-    assert len({key, _exported._key("t", (A, Y[:, :4])), _exported._key("t", (A.astype(np.float64), Y)),
-                _exported._key("u", args)}) == 4
+    keys = {_exported._key("t", "cpu", args), _exported._key("t", "cpu", (A, Y[:, :4])),
+            _exported._key("t", "cpu", (A.astype(np.float64), Y)), _exported._key("u", "cpu", args),
+            _exported._key("t", "cuda", args)}
+    assert len(keys) == 5
+
+
+def test_a_cache_directory_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(PermissionError, match="writable by others"):
+        jp.enable_compilation_cache(str(shared))
+    assert not _exported.enabled()
+
+
+def test_an_unwritable_cache_costs_time_not_the_result(export_dir, monkeypatch):
+    A, Y = _problem()
+
+    def refuse(*a, **k):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(_exported.tempfile, "mkstemp", refuse)
+    out = jp.recover(A, Y)  # exported and run, not stored
+    assert bool(np.all(out.certified)) and not os.listdir(export_dir)
