@@ -17,7 +17,8 @@ and certify the answer (``_certify``).  The solver is three named pure pieces ov
 3. **certify** (``_certify``): result code, certificate and error bound per column.
 
 Passes after the first run only on the columns not yet certified, gathered into blocks an
-eighth as wide (``COMPACT``): a column that is done stops costing work.
+eighth as wide (``COMPACT``): a column that is done stops costing work.  (A problem narrower than
+128 columns runs them at its own width: ``NARROW_MIN``.)
 
 Every column is solved in its own units: it is scaled by a power of two near its median
 magnitude before the solve and the answer scaled back, both exactly.  So scaling a column by any
@@ -152,7 +153,7 @@ def _narrow_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) ->
     m = y.shape[1]
     w = max(1, m // COMPACT)
     # the first w wanted columns, in order; both directions are gathers (no scatter, and no
-    # jnp.nonzero, which scatters): XLA's CPU backend took ~1 s longer to compile the scatters
+    # jnp.nonzero, which scatters): XLA's CPU backend took ~0.4 s longer to compile the scatters
     want = ~best.ok & (tries < opts.passes)
     rank = jnp.cumsum(want)  # column j is the rank[j]-th wanted one
     idx = jnp.sum(rank[None, :] <= jnp.arange(w)[:, None], axis=1)  # slot i → its column; m if unused
