@@ -180,8 +180,8 @@ def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.A
     # on |I| = n+1 columns σ_min(Q_I)² comes from G itself, sharper than the power-iteration estimate
     smin = smin_r * jnp.sqrt(jnp.where(edge, smin2_edge, jnp.maximum(1.0 - lam, 0.0)))
     xn = jnp.sqrt(jnp.sum(fit.x * fit.x, axis=0))
-    rows = jnp.where(edge, n / jnp.square(margin), inliers.astype(tol.dtype))  # n/0 = inf: no bound
-    abs_bound = 2.0 * tol * jnp.sqrt(rows) / jnp.maximum(smin, jnp.finfo(tol.dtype).tiny)
+    terms = jnp.where(edge, n / jnp.square(margin), inliers.astype(tol.dtype))  # n/0 = inf: no bound
+    abs_bound = 2.0 * tol * jnp.sqrt(terms) / jnp.maximum(smin, jnp.finfo(tol.dtype).tiny)
     rel = jnp.where(xn > 0, abs_bound / jnp.where(xn > 0, xn, 1.0), jnp.where(abs_bound > 0, jnp.inf, 0.0))
     bound = jnp.where(certified & (smin > 0), rel, jnp.inf)
     return code, certified, bound

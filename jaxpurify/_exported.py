@@ -93,12 +93,13 @@ def call(fn: Callable, tag: str, outputs: int, *args: Any) -> Any:
         return run(*args)
     exp = _read(where, key, platform, outputs, args)
     if exp is not None:
+        run = jax.jit(exp.call)
         try:  # a damaged file can deserialize and still fail to compile
-            out = jax.jit(exp.call)(*args)
+            out = run(*args)
         except Exception:
-            exp = None
+            pass
         else:
-            _loaded[key] = jax.jit(exp.call)
+            _loaded[key] = run
             return out
     exp = jax.export.export(fn, platforms=(platform,))(*args)
     _write(where, key, exp.serialize())

@@ -391,17 +391,22 @@ def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
         return differentiable(A, Y, out, vector)
     with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
         if _exported.enabled():  # a later process reloads the lowered program (_exported)
-            flat = jax.jit(functools.partial(_recover_flat, opts=static, vector=vector))
+            flat = _recover_flat(static, vector)
             out = Recovery(*_exported.call(flat, f"recover {static!r} {vector}", len(Recovery._fields), A, Y, ncols, *tols))
         else:
             out = _recover_jit(A, Y, ncols, tols, static, vector)
         return jax.block_until_ready(out)
 
 
-@functools.partial(jax.jit, static_argnames=("opts", "vector"))
-def _recover_flat(A, Y, ncols, admm_tol, rtol, atol, relax, *, opts: RecoverOptions, vector: bool):
-    """:func:`_recover_jit` with arrays only in and out, as ``jax.export`` serializes them."""
-    return tuple(_recover_jit(A, Y, ncols, Tolerances(admm_tol, rtol, atol, relax), opts, vector))
+@functools.lru_cache(maxsize=None)
+def _recover_flat(opts: RecoverOptions, vector: bool):
+    """:func:`_recover_jit` for these static arguments, jitted once, with arrays only in and out
+    (as ``jax.export`` serializes them)."""
+
+    def flat(A, Y, ncols, admm_tol, rtol, atol, relax):
+        return tuple(_recover_jit(A, Y, ncols, Tolerances(admm_tol, rtol, atol, relax), opts, vector))
+
+    return jax.jit(flat)
 
 
 def recover_padded(A: jax.Array, Y: jax.Array, ncols: ArrayLike, options: RecoverOptions) -> Recovery:
