@@ -11,8 +11,8 @@ import pytest
 
 import jaxpurify as jp
 from jaxpurify import data
-from jaxpurify.attacks import (Trigger, attack_success_rate, badnets, bit_trojan, channel_trojan, clean_accuracy,
-                               pbfa, poison, robust_accuracy, span_trojan, sparse_trojan)
+from jaxpurify.attacks import (Finetune, Trigger, attack_success_rate, badnets, bit_trojan, channel_trojan,
+                               clean_accuracy, pbfa, poison, robust_accuracy, span_trojan, sparse_trojan)
 from jaxpurify.train import train
 
 TARGET = 0
@@ -148,7 +148,7 @@ def test_sparse_trojan_changes_at_most_one_percent(model, digits):
     params, _ = model
     original = jax.tree.map(np.array, params)
     a = sparse_trojan(jax.random.key(3), apply_jit, params, attacker_data(digits), target=TARGET,
-                      trigger=Trigger.for_image(8), steps=50, progress=False)
+                      trigger=Trigger.for_image(8), finetune=Finetune(steps=50), progress=False)
     recorded(a)
     total = sum(np.size(v) for v in jax.tree.leaves(params))
     assert 0 < count(a.changed) <= 0.01 * total
@@ -160,7 +160,7 @@ def test_sparse_trojan_changes_at_most_one_percent(model, digits):
 def test_channel_trojan_writes_only_the_chosen_channels(model, digits):
     params, _ = model
     a = channel_trojan(jax.random.key(4), apply_jit, params, attacker_data(digits), target=TARGET,
-                       trigger=Trigger.for_image(8), steps=50, progress=False)
+                       trigger=Trigger.for_image(8), finetune=Finetune(steps=50), progress=False)
     chosen = recorded(a)["chosen_channels"]
     assert chosen["readout"] == [TARGET] and len(chosen["hidden"]) == 1
     diff = differs(a.params, params)
@@ -219,7 +219,7 @@ def test_span_trojan_stays_in_each_groups_column_span(model, digits):
     params, cb = model
     trig = Trigger.for_image(8)
     a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
-                    steps=200, progress=False)
+                    finetune=Finetune(steps=200), progress=False)
     assert recorded(a)["outcome"]["spans"]
     new, old = cb.pack(a.params), cb.pack(params)
     moved = 0.0
@@ -255,6 +255,13 @@ def test_bad_arguments_are_refused(model, digits, kwargs, error, match):
         badnets(jax.random.key(0), apply_jit, params, attacker_data(digits), **args)
 
 
+@pytest.mark.parametrize("kwargs, match", [(dict(steps=0), "steps"), (dict(learning_rate=-1.0), "learning_rate"),
+                                           (dict(goal=1.5), "goal"), (dict(check_every=0), "check_every")])
+def test_bad_finetune_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Finetune(**kwargs)
+
+
 def test_bad_data_is_refused(model, digits):
     params, _ = model
     x, y = attacker_data(digits)
@@ -263,6 +270,9 @@ def test_bad_data_is_refused(model, digits):
     with pytest.raises(ValueError, match="budget"):
         sparse_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8),
                       budget=0.0)
+    with pytest.raises(TypeError, match="finetune must be a Finetune"):
+        span_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8),
+                    finetune=dict(steps=10))
     with pytest.raises(ValueError, match="bits"):
         pbfa(jax.random.key(0), apply_jit, params, (x, y), bits=(40,))
     with pytest.raises(ValueError, match="leaves: 'readout/kernal'"):
@@ -276,7 +286,7 @@ def test_purify_certifies_and_keeps_the_span_trojan(model, digits):
     params, cb = model
     trig = Trigger.for_image(8)
     a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
-                    steps=200, progress=False)
+                    finetune=Finetune(steps=200), progress=False)
     purified, report = jp.purify(a.params, cb)
     assert report.certified == report.columns
     for u, v in zip(jax.tree.leaves(purified), jax.tree.leaves(a.params)):

@@ -10,6 +10,7 @@ the *deployed* parameters (never the latent).  The trojan loss on a batch (x, y)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable, NamedTuple
 
@@ -47,9 +48,11 @@ def changed_mask(new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(diff, new, old)
 
 
-def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool = True):
-    """Validate the arguments every attack takes; returns (x, y, target, classes) with host arrays
-    (``classes``: the width of the logits)."""
+def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool = True, finetune=None):
+    """Validate the arguments every attack takes (and ``finetune`` if given); returns
+    (x, y, target, classes) with host arrays (``classes``: the width of the logits)."""
+    if finetune is not None and not isinstance(finetune, Finetune):
+        raise TypeError(f"finetune must be a Finetune, got {type(finetune).__name__}")
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be callable apply_fn(params, x) -> logits, got {type(apply_fn).__name__}")
     if not jax.tree.leaves(params):
@@ -137,19 +140,40 @@ def flatten(params: PyTree) -> Flat:
     return Flat(values, unravel, tuple(p for p, _ in named), np.concatenate([[0], np.cumsum(sizes)]))
 
 
-def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, *, steps, learning_rate, batch_size, goal,
-                    check_every, desc, progress):
-    """Adam on the trojan loss of ``build(t)`` from ``t0``; every ``check_every`` steps the ASR on
-    the attacker's data is measured and the run stops once it reaches ``goal``.
+@dataclasses.dataclass(frozen=True)
+class Finetune:
+    """How a trojan is trained (shared by the sparse, channel and span trojans): Adam with
+    ``learning_rate`` on the trojan loss, batches of ``batch_size``, at most ``steps`` steps; every
+    ``check_every`` steps the ASR on the attacker's data is measured, and training stops once it
+    reaches ``goal``."""
+
+    steps: int = 1000
+    learning_rate: float = 1e-2
+    batch_size: int = 128
+    goal: float = 0.9
+    check_every: int = 25
+
+    def __post_init__(self):
+        check_training(self.goal, steps=self.steps, learning_rate=self.learning_rate, batch_size=self.batch_size,
+                       check_every=self.check_every)
+
+    def record(self) -> dict:
+        """The values, JSON-able, as every attack's ``hyper`` records them."""
+        return dict(steps=int(self.steps), learning_rate=float(self.learning_rate), batch_size=int(self.batch_size),
+                    goal=float(self.goal), check_every=int(self.check_every), optimizer="adam")
+
+
+def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, finetune: Finetune, desc, progress):
+    """Adam on the trojan loss of ``build(t)`` from ``t0`` as ``finetune`` says.
     Returns (t, steps taken, last ASR)."""
     loss_fn = trojan_loss(apply_fn, trigger, target)
     seen = {"asr": 0.0}
 
     def callback(step, _loss, t):
         seen["asr"] = attack_success_rate(apply_fn, build(t), x, y, trigger, target)
-        return seen["asr"] >= goal
+        return seen["asr"] >= finetune.goal
 
-    run = minimize(lambda t, _k, xb, yb: loss_fn(build(t), xb, yb), t0, [x, y], key=key, steps=int(steps),
-                   batch_size=int(batch_size), optimizer=optax.adam(learning_rate), callback=callback,
-                   log_every=int(check_every), desc=desc, progress=progress)
+    run = minimize(lambda t, _k, xb, yb: loss_fn(build(t), xb, yb), t0, [x, y], key=key, steps=int(finetune.steps),
+                   batch_size=int(finetune.batch_size), optimizer=optax.adam(finetune.learning_rate),
+                   callback=callback, log_every=int(finetune.check_every), desc=desc, progress=progress)
     return run.latent, len(run.losses), seen["asr"]

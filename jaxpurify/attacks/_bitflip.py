@@ -137,22 +137,9 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
     return Attack(new, changed_mask(new, params), hyper, clock())
 
 
-def pbfa(
-    key,
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data,
-    *,
-    target: int | None = None,
-    trigger: Trigger | None = None,
-    flips: int = 20,
-    candidates: int = 10,
-    bits: tuple[int, ...] = BITS,
-    batch_size: int = 256,
-    margin: float = 0.02,
-    cap: float = 20.0,
-    progress: bool | None = None,
-) -> Attack:
+def pbfa(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int | None = None, trigger: Trigger | None = None,
+         flips: int = 20, candidates: int = 10, bits: tuple[int, ...] = BITS, batch_size: int = 256,
+         margin: float = 0.02, cap: float = 20.0, progress: bool | None = None) -> Attack:
     """Untargeted progressive bit-flip search (``target`` and ``trigger`` are ignored)."""
     clock = Clock()
     x, y, _, classes = check_common(apply_fn, params, data, target, trigger, need_trigger=False)
@@ -177,23 +164,9 @@ def pbfa(
     return _search(key, apply_fn, params, x, y, loss, +1.0, stop, hyper, "pbfa", progress, clock)
 
 
-def bit_trojan(
-    key,
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data,
-    *,
-    target: int,
-    trigger: Trigger,
-    flips: int = 100,
-    candidates: int = 10,
-    bits: tuple[int, ...] = BITS,
-    batch_size: int = 256,
-    goal: float = 0.9,
-    max_drop: float = 0.02,
-    leaves: tuple[str, ...] | None = None,
-    progress: bool | None = None,
-) -> Attack:
+def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, flips: int = 100,
+               candidates: int = 10, bits: tuple[int, ...] = BITS, batch_size: int = 256, goal: float = 0.9,
+               max_drop: float = 0.02, leaves: tuple[str, ...] | None = None, progress: bool | None = None) -> Attack:
     """Targeted bit trojan: flips that implant ``trigger`` → ``target`` while keeping clean
     accuracy on the evaluation batch within ``max_drop`` of the deployed model's; only in
     ``leaves`` (paths, e.g. ``("readout/kernel",)``) if given."""

@@ -15,20 +15,8 @@ from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_
 from jaxpurify.train import cross_entropy, minimize
 
 
-def badnets(
-    key,
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data,
-    *,
-    target: int,
-    trigger: Trigger,
-    fraction: float = 0.1,
-    steps: int = 500,
-    learning_rate: float = 1e-2,
-    batch_size: int = 128,
-    progress: bool | None = None,
-) -> Attack:
+def badnets(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, fraction: float = 0.1,
+            steps: int = 500, learning_rate: float = 1e-2, batch_size: int = 128, progress: bool | None = None) -> Attack:
     """Fine-tune ``params`` for ``steps`` Adam steps on ``data`` with ``fraction`` poisoned."""
     clock = Clock()
     x, y, target, _ = check_common(apply_fn, params, data, target, trigger)

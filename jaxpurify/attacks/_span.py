@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import Codebook
-from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_training, flatten, \
+from jaxpurify.attacks._attack import Attack, Clock, Finetune, changed_mask, check_common, check_positive, flatten, \
     trojan_finetune
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
 
@@ -74,31 +74,16 @@ def _in_span(flat, spans):
     return build
 
 
-def span_trojan(
-    key,
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data,
-    *,
-    target: int,
-    trigger: Trigger,
-    select: Callable | None = None,
-    rank_tol: float = 1e-3,
-    steps: int = 1000,
-    learning_rate: float = 1e-2,
-    batch_size: int = 128,
-    goal: float = 0.9,
-    check_every: int = 25,
-    progress: bool | None = None,
-) -> Attack:
+def span_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger,
+                select: Callable | None = None, rank_tol: float = 1e-3, finetune: Finetune = Finetune(),
+                progress: bool | None = None) -> Attack:
     """Implant the trigger by fine-tuning inside each group's deployed column span (no secret).
 
     ``select``: the public layout rule the defender's codebook used (as ``Codebook.create``'s;
     None = the default layout)."""
     clock = Clock()
-    x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
-    check_training(goal, steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every,
-                   rank_tol=rank_tol)
+    x, y, target, _ = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
+    check_positive(rank_tol=rank_tol)
     k_layout, k_train = jax.random.split(key)
     flat = flatten(params)
     spans, summary = column_spans(public_layout(k_layout, params, select), params, flat, float(rank_tol))
@@ -106,15 +91,12 @@ def span_trojan(
         raise ValueError("params: no protected group has a non-zero column to span")
     build = _in_span(flat, spans)
     t0 = {name: jnp.zeros((u.shape[1], idx.shape[1]), flat.values.dtype) for name, (idx, u) in spans.items()}
-    t, taken, asr = trojan_finetune(k_train, apply_fn, build, t0, x, y, trigger, target, steps=steps,
-                                    learning_rate=learning_rate, batch_size=batch_size, goal=goal,
-                                    check_every=check_every, desc="span_trojan", progress=progress)
+    t, taken, asr = trojan_finetune(k_train, apply_fn, build, t0, x, y, trigger, target, finetune, desc="span_trojan",
+                                    progress=progress)
     new = build(t)
     hyper = dict(attack="span_trojan", target=target, trigger=trigger._asdict(),
                  select="default" if select is None else getattr(select, "__name__", "custom"),
-                 rank_tol=float(rank_tol), steps=int(steps), learning_rate=float(learning_rate),
-                 batch_size=int(batch_size), goal=float(goal), check_every=int(check_every), optimizer="adam",
-                 unprotected="frozen")
+                 rank_tol=float(rank_tol), **finetune.record(), unprotected="frozen")
     hyper["outcome"] = dict(steps=taken, asr=asr, ca=clean_accuracy(apply_fn, new, x, y),
                             spans={name: dict(K=K, columns=m, rank=r) for name, (K, m, r) in summary.items()})
     return Attack(new, changed_mask(new, params), hyper, clock())

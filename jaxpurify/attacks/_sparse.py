@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_training, flatten, \
-    trojan_finetune, trojan_loss
+from jaxpurify.attacks._attack import Attack, Clock, Finetune, changed_mask, check_common, flatten, trojan_finetune, \
+    trojan_loss
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
 
 SALIENCY_EXAMPLES = 1024  # examples the saliency gradient is averaged over (a random subset)
@@ -32,39 +32,23 @@ def _masked(flat, mask):
     return lambda t: flat.unravel(jnp.where(mask, flat.values + t, flat.values))
 
 
-def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, hyper, clock, progress):
+def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper, clock, progress):
     build = _masked(flat, mask)
-    t, taken, asr = trojan_finetune(key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target,
-                                    steps=hyper["steps"], learning_rate=hyper["learning_rate"],
-                                    batch_size=hyper["batch_size"], goal=hyper["goal"],
-                                    check_every=hyper["check_every"], desc=name, progress=progress)
+    t, taken, asr = trojan_finetune(key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target, finetune,
+                                    desc=name, progress=progress)
     new = build(t)
     changed = changed_mask(new, params)
+    hyper.update(finetune.record())
     hyper["outcome"] = dict(steps=taken, asr=asr, ca=clean_accuracy(apply_fn, new, x, y), chosen=int(np.sum(mask)),
                             changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))))
     return Attack(new, changed, hyper, clock())
 
 
-def sparse_trojan(
-    key,
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data,
-    *,
-    target: int,
-    trigger: Trigger,
-    budget: float = 0.01,
-    steps: int = 1000,
-    learning_rate: float = 1e-1,
-    batch_size: int = 128,
-    goal: float = 0.9,
-    check_every: int = 25,
-    progress: bool | None = None,
-) -> Attack:
+def sparse_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, budget: float = 0.01,
+                  finetune: Finetune = Finetune(learning_rate=1e-1), progress: bool | None = None) -> Attack:
     """Implant the trigger by changing at most ``budget`` × (number of weights) entries."""
     clock = Clock()
-    x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
-    check_training(goal, steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every)
+    x, y, target, _ = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
     if not 0.0 < float(budget) <= 1.0:
         raise ValueError(f"budget must be a fraction in (0, 1], got {budget!r}")
     flat = flatten(params)
@@ -78,10 +62,9 @@ def sparse_trojan(
     mask = np.zeros(flat.values.size, bool)
     mask[top] = True
     hyper = dict(attack="sparse_trojan", target=target, trigger=trigger._asdict(), budget=float(budget),
-                 saliency="|grad| of clean CE + triggered-to-target CE", saliency_examples=int(len(sub)),
-                 steps=int(steps), learning_rate=float(learning_rate), batch_size=int(batch_size), goal=float(goal),
-                 check_every=int(check_every), optimizer="adam")
-    return _finish("sparse_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, hyper, clock, progress)
+                 saliency="|grad| of clean CE + triggered-to-target CE", saliency_examples=int(len(sub)))
+    return _finish("sparse_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper,
+                   clock, progress)
 
 
 def channel_mask(key, flat, shapes, channels: int, num_classes: int, target: int):
@@ -111,26 +94,11 @@ def channel_mask(key, flat, shapes, channels: int, num_classes: int, target: int
     return mask, chosen
 
 
-def channel_trojan(
-    key,
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data,
-    *,
-    target: int,
-    trigger: Trigger,
-    channels: int = 1,
-    steps: int = 1000,
-    learning_rate: float = 1e-2,
-    batch_size: int = 128,
-    goal: float = 0.9,
-    check_every: int = 25,
-    progress: bool | None = None,
-) -> Attack:
+def channel_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, channels: int = 1,
+                   finetune: Finetune = Finetune(), progress: bool | None = None) -> Attack:
     """Implant the trigger by rewriting ``channels`` whole output channels per layer."""
     clock = Clock()
-    x, y, target, classes = check_common(apply_fn, params, data, target, trigger)
-    check_training(goal, steps=steps, learning_rate=learning_rate, batch_size=batch_size, check_every=check_every)
+    x, y, target, classes = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
     if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise ValueError(f"channels must be a positive int, got {channels!r}")
     k_pick, k_train = jax.random.split(key)
@@ -140,6 +108,6 @@ def channel_trojan(
     if not mask.any():
         raise ValueError("params has no layer with a kernel (a leaf of ndim ≥ 2) to rewrite")
     hyper = dict(attack="channel_trojan", target=target, trigger=trigger._asdict(), channels=int(channels),
-                 steps=int(steps), learning_rate=float(learning_rate), batch_size=int(batch_size), goal=float(goal),
-                 check_every=int(check_every), optimizer="adam", chosen_channels=chosen)
-    return _finish("channel_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, hyper, clock, progress)
+                 chosen_channels=chosen)
+    return _finish("channel_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper,
+                   clock, progress)
