@@ -87,6 +87,7 @@ class _Best(NamedTuple):
     ignore: jax.Array  # (K, m) rows the next finder pass leaves out
     iters: jax.Array  # (m,)
     done: jax.Array  # (m,) finder met its test in the column's last pass
+    over: jax.Array  # (m,) the last pass's mask broke the count bound
 
 
 def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
@@ -102,16 +103,15 @@ def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts
     c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), opts.finder_iters, tols.admm_tol, tols.relax)
     r_admm = y - _mm(Q, c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
-    x, r, outl, ok, stable, solved = polish(A, Q, R, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
+    fit = polish(A, Q, R, n, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
     if opts.trim and not first:
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
-        xt, rt, ot, okt, st, sv = polish(A, Q, R, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
-        take = okt & ~ok
-        x, r, outl = (jnp.where(take, a, b) for a, b in ((xt, x), (rt, r), (ot, outl)))
-        ok, stable, solved = ok | okt, jnp.where(take, st, stable), jnp.where(take, sv, solved)
+        trimmed = polish(A, Q, R, n, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
+        take = trimmed.exact & trimmed.stable & ~(fit.exact & fit.stable)
+        fit = Fit(*(jnp.where(take, t, f) for t, f in zip(trimmed, fit)))
     x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
-    return x, outl, ok, stable, solved, x_admm, outl0, iters, done
+    return fit, x_admm, outl0, iters, done
 
 
 def _l1(A, y, finite, x):
@@ -120,7 +120,8 @@ def _l1(A, y, finite, x):
 
 def _update(best: _Best, A, y, finite, active, result) -> _Best:
     """Fold one pass's results into the kept answer of the ``active`` columns."""
-    x, outl, ok, stable, solved, x_admm, outl0, iters, done = result
+    fit, x_admm, outl0, iters, done = result
+    x, outl, ok = fit.x, fit.outliers, fit.exact & fit.stable
     take = active & ok & ~best.ok
     f_pol, f_admm = _l1(A, y, finite, x), _l1(A, y, finite, x_admm)
     x_est = jnp.where(f_pol <= f_admm, x, x_admm)
@@ -130,13 +131,14 @@ def _update(best: _Best, A, y, finite, active, result) -> _Best:
         x=pick(x, best.x, take),
         outliers=pick(outl, best.outliers, take | (active & ~best.ok)),
         ok=best.ok | take,
-        stable=pick(stable, best.stable, active),
-        solved=pick(solved, best.solved, active),
+        stable=pick(fit.stable, best.stable, active),
+        solved=pick(fit.solved, best.solved, active),
         x_est=pick(x_est, best.x_est, better),
         f_est=pick(jnp.minimum(f_pol, f_admm), best.f_est, better),
         ignore=pick(best.ignore | outl0, best.ignore, active),
         iters=pick(best.iters + iters, best.iters, active),
         done=pick(done, best.done, active),
+        over=pick(fit.over, best.over, active),
     )
 
 
@@ -183,7 +185,7 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
         x=jnp.zeros((N, m), dtype), outliers=~finite, ok=jnp.zeros((m,), bool), stable=jnp.zeros((m,), bool),
         solved=jnp.zeros((m,), bool),
         x_est=jnp.zeros((N, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
-        iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool),
+        iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool), over=jnp.zeros((m,), bool),
     )
     first = _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols, opts, True)
     best = _update(best, A, y, finite, jnp.ones((m,), bool), first)
@@ -204,7 +206,7 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     tol = tolerance(y, ~best.outliers, tols.rtol.astype(dtype), atol)
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
-    fit = Fit(x, r, outl, best.ok, best.stable, best.solved)
+    fit = Fit(x, r, outl, best.ok, best.stable, best.solved, best.over & ~best.ok)
     code, certified, bound = certify(Q, R, n, fit, finite, tol)
     x_n, x = x, jnp.ldexp(x, e)
     # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal

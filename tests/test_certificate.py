@@ -36,6 +36,26 @@ def test_count_bound_blocks_certificate_even_when_exact():
     assert np.isinf(np.asarray(out.bound)).all()
 
 
+def test_a_mask_past_the_count_bound_is_given_up_as_count_bound():
+    """K/n = 2 with 20 errors of 64 rows (2·20 ≥ 64 − 32 + 1): the polish stops refitting a mask
+    past the bound, and the column says so (before, it said iteration_cap or inexact_fit)."""
+    rng = np.random.default_rng(10)
+    A, X, Y, _ = instance(rng, 64, 32, 40, 20)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    assert 2 * 20 >= 64 - 32 + 1
+    codes = _codes(out)
+    # no_slack: a mask so large that no redundant row is left, the same failure one step further
+    assert np.isin(codes, [RESULTS.count_bound, RESULTS.no_slack]).all()
+    assert (codes == RESULTS.count_bound).sum() >= 30
+    assert not np.asarray(out.certified).any()
+    # one error fewer per column and the same solver certifies most columns, each exact
+    A, X, Y, _ = instance(rng, 64, 32, 40, 12)
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32))
+    cert = np.asarray(out.certified)
+    assert cert.sum() >= 30
+    assert rel_err(out.x, X)[cert].max() < 1e-5
+
+
 @pytest.mark.parametrize("erased,errors", [(24, 0), (22, 1)])
 def test_no_slack_never_certifies(erased, errors):
     """K' − k̂ = n: every column fits exactly, so the fit checks nothing (issue: 'vacuous certificate')."""
