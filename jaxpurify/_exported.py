@@ -13,6 +13,10 @@ every input's shape and dtype.  A file that cannot be read, does not match, or f
 exported again and overwritten; a cache that cannot be written only costs the next process the
 tracing.  The files are code as much as the compilation cache's are: they live in its directory,
 which :func:`jaxpurify.enable_compilation_cache` requires to be writable by this user only.
+
+Every source edit or JAX upgrade changes the keys, so old programs are never read again: after
+each write the least recently used programs are deleted while the folder holds more than
+``MAX_BYTES`` (a read marks a program used), and so are temporary files a killed writer left.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import os
 import pathlib
 import tempfile
+import time
 from typing import Any, Callable
 
 import jax
@@ -40,6 +45,11 @@ def _code_digest() -> str:
 
 
 SUBDIR = "jaxpurify-solvers"
+SUFFIX = ".jaxexport"
+# ~80 KB per solver shape: room for several hundred shapes, small beside the compilation cache
+MAX_BYTES = 64 << 20
+# a temporary file this old was left by a killed writer (a live write takes milliseconds)
+STALE_TMP_SECONDS = 3600.0
 _DIGEST = _code_digest()
 _dir: str | None = None
 _loaded: dict[str, Callable] = {}  # key → jitted call of the exported program, per process
@@ -109,12 +119,16 @@ def call(fn: Callable, tag: str, outputs: int, *args: Any) -> Any:
 
 def _read(where: str, key: str, platform: str, outputs: int, args: tuple):
     try:
-        with open(os.path.join(where, key + ".jaxexport"), "rb") as f:
+        path = os.path.join(where, key + SUFFIX)
+        with open(path, "rb") as f:
             exp = jax.export.deserialize(bytearray(f.read()))
         want = tuple((tuple(np.shape(a)), np.dtype(a.dtype)) for a in args)
         have = tuple((tuple(v.shape), np.dtype(v.dtype)) for v in exp.in_avals)
         fits = have == want and len(exp.out_avals) == outputs and tuple(exp.platforms) == (platform,)
-        return exp if fits and exp.nr_devices == 1 else None
+        if not (fits and exp.nr_devices == 1):
+            return None
+        _touch(path)
+        return exp
     except Exception:  # missing, truncated or foreign: export again and overwrite it
         return None
 
@@ -127,10 +141,48 @@ def _write(where: str, key: str, blob: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=where, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-        os.replace(tmp, os.path.join(where, key + ".jaxexport"))
+        os.replace(tmp, os.path.join(where, key + SUFFIX))
+        tmp = None
+        _sweep(where, keep=key + SUFFIX)
     except OSError:  # a read-only cache only costs the next process the tracing
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _touch(path: str) -> None:
+    """Mark a program used (its mtime): the sweep deletes the least recently used first."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache: nothing to mark, nothing will be swept
+        pass
+
+
+def _sweep(where: str, keep: str) -> None:
+    """Delete stale temporary files, then the least recently used programs (never ``keep``, the
+    one just written) until the folder's programs take at most ``MAX_BYTES``."""
+    now = time.time()
+    programs = []
+    with os.scandir(where) as entries:
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+                if e.name.startswith(".tmp-") and now - st.st_mtime > STALE_TMP_SECONDS:
+                    os.unlink(e.path)
+                elif e.name.endswith(SUFFIX) and e.is_file(follow_symlinks=False):
+                    programs.append((st.st_mtime, st.st_size, e.name))
+            except OSError:  # another process swept it first
+                pass
+    total = sum(size for _, size, _ in programs)
+    for _, size, name in sorted(programs):
+        if total <= MAX_BYTES:
+            break
+        if name == keep:
+            continue
+        try:
+            os.unlink(os.path.join(where, name))
+        except OSError:
+            continue
+        total -= size

@@ -1,6 +1,7 @@
 """The exported solver programs kept beside the compilation cache (jaxpurify/_exported.py)."""
 
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +111,34 @@ def test_an_unwritable_cache_costs_time_not_the_result(export_dir, monkeypatch):
     got = _exported.call(fn, "tiny", 2, *args)  # exported and run, not stored
     np.testing.assert_array_equal(np.asarray(got[0]), want[0])
     assert not os.path.exists(export_dir) or not os.listdir(export_dir)
+
+
+def test_least_recently_used_programs_and_dead_temporaries_are_swept(export_dir, monkeypatch):
+    fn, args, _ = _tiny()
+    _exported.call(fn, "tiny", 2, *args)
+    (first,) = os.listdir(export_dir)
+    now = time.time()
+
+    def place(name, size, hours):
+        path = os.path.join(export_dir, name)
+        if size is not None:
+            with open(path, "wb") as f:
+                f.write(b"x" * size)
+        os.utime(path, (now - 3600 * hours,) * 2)
+
+    for name, hours in (("a.jaxexport", 4), ("b.jaxexport", 3), ("c.jaxexport", 2)):
+        place(name, 10_000, hours)
+    place(first, None, 5)  # the oldest file ...
+    _exported.use_dir(os.path.dirname(export_dir))
+    _exported.call(fn, "tiny", 2, *args)  # ... until this read marks it used
+    place(".tmp-dead", 10, 2)  # left by a killed writer
+    place(".tmp-live", 10, 0)  # being written now
+    limit = 20_000 + 2 * os.path.getsize(os.path.join(export_dir, first)) + 1000  # room for all but one 10 kB file
+    monkeypatch.setattr(_exported, "MAX_BYTES", limit)
+    _exported.call(fn, "other tag", 2, *args)  # a second program (same size: the tag only changes its key)
+    left = set(os.listdir(export_dir))
+    (second,) = left - {first, "a.jaxexport", "b.jaxexport", "c.jaxexport", ".tmp-dead", ".tmp-live"}
+    # the least recently used (a) went, the one read lately stayed; so did the live temporary
+    assert left == {first, second, "b.jaxexport", "c.jaxexport", ".tmp-live"}
+    total = sum(os.path.getsize(os.path.join(export_dir, n)) for n in left if n.endswith(".jaxexport"))
+    assert total <= limit
