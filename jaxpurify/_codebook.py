@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _codebook_file, _keys, _layout, _seal, _tree
+from jaxpurify import _codebook_file, _keys, _layout, _seal
+from jaxpurify import tree as _tree
 from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
 from jaxpurify._layout import Group, LeafLayout, Segment
-from jaxpurify._tree import PyTree, leaves_with_paths
+from jaxpurify.tree import PyTree, leaves_with_paths
 
 
 Select = Callable[[str, Any], "bool | int | str | None"]
@@ -535,6 +536,3 @@ def _leaf_dtype(leaf) -> np.dtype:
 def _leaf_shape(leaf) -> tuple[int, ...]:
     shape = getattr(leaf, "shape", None)
     return tuple(shape) if shape is not None else np.shape(leaf)
-
-
-_table = _layout.table  # purify and demo import it from here

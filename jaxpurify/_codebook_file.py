@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _keys
-from jaxpurify._tree import leaves_with_paths
+from jaxpurify.tree import leaves_with_paths
 
 FORMAT = "jaxpurify.codebook"
 KEY_FORMAT = "jaxpurify.codebook-key"

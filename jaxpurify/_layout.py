@@ -29,6 +29,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpurify.progress import table
+
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
@@ -345,11 +347,3 @@ class Capacity:
             "weakest": {"group": self.weakest.name, "max_outliers": self.weakest.weakest},
             "unprotected": [{"path": p, "size": z, "reason": r} for p, z, r in self.skipped],
         }
-
-
-def table(head, rows) -> str:
-    """A plain-text table, first column left-aligned."""
-    cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])

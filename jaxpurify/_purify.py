@@ -35,7 +35,7 @@ from jaxpurify._shard import DeviceReport, summarize
 from jaxpurify._solution import throw_if_uncertified
 from jaxpurify._solver import recover_padded
 from jaxpurify._threads import single_threaded_blas
-from jaxpurify._tree import leaves_with_paths, map_with_path
+from jaxpurify.tree import leaves_with_paths, map_with_path
 
 PyTree = Any
 ON_UNCERTIFIED = ("input", "estimate", "raise")

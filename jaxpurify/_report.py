@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxpurify import _tree
-from jaxpurify._codebook import _table
+from jaxpurify import tree as _tree
+from jaxpurify.progress import table as _table
 
 _KEPT = {
     "input": "kept as they came in",

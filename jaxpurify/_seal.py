@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _keys
-from jaxpurify._tree import leaves_with_paths
+from jaxpurify.tree import leaves_with_paths
 
 CHUNK = 4096
 ROWS = 32

@@ -18,8 +18,8 @@ import numpy as np
 
 from jaxpurify import contamination as C
 from jaxpurify import data, models
-from jaxpurify._codebook import Codebook, _table
-from jaxpurify._purify import purify
+from jaxpurify import Codebook, purify
+from jaxpurify.progress import table
 from jaxpurify.train import accuracy, train
 
 
@@ -121,7 +121,7 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
         rows.append((name, corrupted, f"{_fmt(w0)} → {_fmt(w1)}", f"{_fmt(l0)} → {_fmt(l1)}",
                      f"{a0:.3f} → {a1:.3f}", f"{rep.certified}/{rep.columns}",
                      "yes" if within else "no", "yes" if recovered else "no", f"{dt:.2f}"))
-    say(_table(head, rows))
+    say(table(head, rows))
     say("")
     say("weight err: max |W − W_clean| / max |W_clean| over the encoded leaves; logit err: max |Δlogit| on 256 "
         "Gaussian inputs; accuracy: contaminated → purified on the digits test split. A column counts as "

@@ -6,7 +6,7 @@
     params = load("model.safetensors", template=params_like)
 
 Every format stores the same thing: the tree's leaves under their '/'-joined paths
-(``jaxpurify._tree.leaves_with_paths``), as a nested dict of host arrays. Writes go to a temporary
+(``jaxpurify.tree.leaves_with_paths``), as a nested dict of host arrays. Writes go to a temporary
 file or directory next to the destination and are renamed into place, so a failed write leaves the
 old checkpoint (or nothing), never a half-written one. Loads read the whole file, then check it
 against a template (paths, shapes and dtypes; errors name the leaf) before anything is returned:
@@ -23,7 +23,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxpurify._tree import leaves_with_paths
+from jaxpurify.tree import leaves_with_paths
 
 PyTree = Any
 
@@ -95,7 +95,7 @@ def _host_array(path: str, leaf) -> np.ndarray:
 
 
 def flatten(params: PyTree) -> dict[str, np.ndarray]:
-    """``{path: host array}`` for every leaf; paths as :func:`jaxpurify._tree.leaves_with_paths`."""
+    """``{path: host array}`` for every leaf; paths as :func:`jaxpurify.tree.leaves_with_paths`."""
     named, _ = leaves_with_paths(params)
     if not named:
         raise ValueError("params has no leaves to save")

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from jaxpurify._codebook import Codebook
-from jaxpurify._progress import Progress
+from jaxpurify.progress import Progress
 
 PyTree = Any
 # callback(step, loss, latent) -> True to stop; step = steps done so far, loss = that step's loss

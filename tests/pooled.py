@@ -14,7 +14,7 @@ import numpy as np
 from jaxpurify import _layout
 from jaxpurify._codebook import gaussian_matrix
 from jaxpurify._layout import Group, LeafLayout, Segment
-from jaxpurify._tree import leaves_with_paths
+from jaxpurify.tree import leaves_with_paths
 
 WORDS = (7, 11)
 

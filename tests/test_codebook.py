@@ -21,7 +21,7 @@ def params():
 
 
 def _flat(tree):
-    """path → leaf, by a plain loop over jax's own flattening (independent of jaxpurify._tree)."""
+    """path → leaf, by a plain loop over jax's own flattening (independent of jaxpurify.tree)."""
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         out["/".join(str(k.key) for k in path)] = leaf

@@ -31,7 +31,7 @@ def _params():
 
 
 def _flat_reference(tree):
-    """Paths by a plain recursive walk over the nested dicts (independent of jaxpurify._tree)."""
+    """Paths by a plain recursive walk over the nested dicts (independent of jaxpurify.tree)."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):

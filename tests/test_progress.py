@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from jaxpurify._progress import Progress, progress
+from jaxpurify.progress import Progress, progress
 
 
 class FakeTerminal(io.StringIO):

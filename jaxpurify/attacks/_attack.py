@@ -21,7 +21,7 @@ import optax
 
 from jax.flatten_util import ravel_pytree
 
-from jaxpurify._tree import leaves_with_paths
+from jaxpurify.tree import leaves_with_paths
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, check_data, check_target
 from jaxpurify.train import minimize
 

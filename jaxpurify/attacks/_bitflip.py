@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxpurify._progress import Progress
+from jaxpurify.progress import Progress
 from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, check_training, flatten, trojan_loss
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy
 

@@ -1,4 +1,4 @@
-"""Shared helpers for the experiments: LP reference, CSV/JSON output (progress: jaxpurify._progress)."""
+"""Shared helpers for the experiments: LP reference, CSV/JSON output (progress: jaxpurify.progress)."""
 
 from __future__ import annotations
 

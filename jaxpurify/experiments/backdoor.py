@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxpurify import Codebook, attacks, data
 from jaxpurify import defenses as D
-from jaxpurify._progress import Progress
+from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import write_json
 from jaxpurify.experiments.realdata import build
 from jaxpurify.train import train

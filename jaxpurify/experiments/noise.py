@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import recover
-from jaxpurify._progress import Progress
+from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import write_csv, write_json
 
 SIGMAS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)

@@ -26,8 +26,8 @@ from jaxpurify import contamination as C
 from jaxpurify import data, models
 from jaxpurify import Codebook
 from jaxpurify import purify
-from jaxpurify._tree import leaves_with_paths
-from jaxpurify._progress import Progress
+from jaxpurify.tree import leaves_with_paths
+from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import write_json
 from jaxpurify.train import accuracy, train
 

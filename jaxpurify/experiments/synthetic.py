@@ -29,7 +29,7 @@ from jaxpurify import contamination as C
 from jaxpurify import models
 from jaxpurify import Codebook
 from jaxpurify import recover
-from jaxpurify._progress import Progress
+from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import lad_highs, rel_fro, write_csv, write_json
 
 FULL = dict(ratios=(1.5, 2, 3, 4, 6, 8), rhos=tuple(round(0.05 * i, 2) for i in range(1, 11)), trials=20)

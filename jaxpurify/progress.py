@@ -1,4 +1,5 @@
-"""Progress display for long loops: a rich bar on a terminal, plain log lines elsewhere.
+"""Console output: progress display for long loops (a rich bar on a terminal, plain log lines
+elsewhere) and plain-text tables (:func:`table`).
 
     with Progress(total=steps, desc="train") as bar:
         for i in range(steps):
@@ -176,3 +177,11 @@ def progress(
         for item in iterable:
             yield item
             bar.update(1)
+
+
+def table(head, rows) -> str:
+    """A plain-text table, first column left-aligned."""
+    cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])
