@@ -16,6 +16,11 @@ from jax import lax
 
 HIGHEST = lax.Precision.HIGHEST
 CHECK_EVERY = 10  # ADMM iterations between residual checks (and penalty updates)
+# Residual balancing (Boyd et al. §3.4.1): ρ moves only when the relative primal and dual
+# residuals differ by more than BALANCE× either way, by the square root of their ratio clipped to
+# STEP_CLIP, so one noisy check cannot swing it by orders of magnitude.
+BALANCE = 5.0
+STEP_CLIP = (1e-2, 1e2)
 
 
 class _AdmmState(NamedTuple):
@@ -110,8 +115,8 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
         # Residual balancing: move ρ towards equal relative primal and dual residuals.
         ratio = (rn / jnp.maximum(prim_scale, tiny)) / jnp.maximum(sn / jnp.maximum(dual_scale, tiny), tiny)
         ratio = jnp.where(rn > 0, ratio, 1.0)
-        adapt = ((ratio > 5.0) | (ratio < 0.2)) & ~done
-        factor = jnp.where(adapt, jnp.clip(jnp.sqrt(ratio), 1e-2, 1e2), 1.0).astype(dtype)
+        adapt = ((ratio > BALANCE) | (ratio < 1.0 / BALANCE)) & ~done
+        factor = jnp.where(adapt, jnp.clip(jnp.sqrt(ratio), *STEP_CLIP), 1.0).astype(dtype)
         return _AdmmState(z=z, u=u / factor, rho=s.rho * factor, it=it, iters=iters, done=done)
 
     def cond(s: _AdmmState):

@@ -14,6 +14,11 @@ from jax import lax
 from jaxpurify._admm import _mm
 from jaxpurify._certify import Fit
 
+# A re-read marks a row an outlier only past this many times the mean inlier residual (as well as
+# past the exactness tolerance): one missed outlier spreads its error over every residual of the
+# fit, and without this bound every row would be flagged at once.
+SPREAD = 10.0
+
 
 def tolerance(y, inlier, rtol, atol):
     big = jnp.max(jnp.where(inlier, jnp.abs(y), 0.0), axis=0)
@@ -76,9 +81,8 @@ def over_bound(outliers, finite, n):
 def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
     """Refit on the inliers and re-read the outlier mask until it is stable; columns are (K, b).
 
-    A row is read as an outlier when its residual exceeds both the exactness tolerance and ten
-    times the mean inlier residual.  The second bound keeps one missed outlier, which spreads its
-    error over every residual of the fit, from getting every row flagged at once.  A column whose
+    A row is read as an outlier when its residual exceeds both the exactness tolerance and
+    ``SPREAD`` times the mean inlier residual.  A column whose
     mask breaks the count bound (``Fit.over``) in two reads in a row is not refitted again: no fit
     of it can be certified, and at K/n = 2 such columns held the loop for all the others (2.2× the
     time).  Its first refit still runs, so a column whose too many errors were all found comes
@@ -94,7 +98,7 @@ def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
         r = y - _mm(A, x)
         a = jnp.abs(r)
         tol = tolerance(y, ~outl, rtol, atol)
-        new = ~finite | (a > jnp.maximum(tol, 10.0 * _mean_abs(a, ~outl)))
+        new = ~finite | (a > jnp.maximum(tol, SPREAD * _mean_abs(a, ~outl)))
         keep = lambda a, b: jnp.where(live, a, b)
         new = keep(new, outl)
         over = over_bound(new, finite, n)

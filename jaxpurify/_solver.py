@@ -74,6 +74,16 @@ class Tolerances(NamedTuple):
     relax: jax.Array
 
 
+class _Pass(NamedTuple):
+    """What one finder pass gives a block of columns."""
+
+    fit: Fit  # the polished fit (the trimmed one where only it is exact)
+    x_admm: jax.Array  # (n, m) the finder's own estimate
+    outl0: jax.Array  # (K, m) the finder's first-guess outliers (left out of the next pass)
+    iters: jax.Array  # (m,) finder iterations
+    done: jax.Array  # (m,) the finder met its stopping test
+
+
 class _Best(NamedTuple):
     """Per column: the answer kept so far (certified fit, else the best l1 estimate)."""
 
@@ -111,14 +121,14 @@ def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts
         take = trimmed.exact & trimmed.stable & ~(fit.exact & fit.stable)
         fit = Fit(*(jnp.where(take, t, f) for t, f in zip(trimmed, fit)))
     x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
-    return fit, x_admm, outl0, iters, done
+    return _Pass(fit, x_admm, outl0, iters, done)
 
 
 def _l1(A, y, finite, x):
     return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
 
 
-def _update(best: _Best, A, y, finite, active, result) -> _Best:
+def _update(best: _Best, A, y, finite, active, result: _Pass) -> _Best:
     """Fold one pass's results into the kept answer of the ``active`` columns."""
     fit, x_admm, outl0, iters, done = result
     x, outl, ok = fit.x, fit.outliers, fit.exact & fit.stable
