@@ -72,7 +72,7 @@ class Fit(NamedTuple):
     exact: jax.Array  # (m,) fit within tolerance on every inlier
     stable: jax.Array  # (m,) the mask did not change in the last polish round
     solved: jax.Array  # (m,) the last least-squares refit converged within its step cap
-    over: jax.Array  # (m,) the mask breaks the count bound (so the polish stopped refitting it)
+    over: jax.Array  # (m,) the mask settled past the count bound, or the polish gave it up there
 
 
 def _outlier_norm2(Q, outliers):
@@ -158,10 +158,11 @@ def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.A
     code = jnp.where(2 * k_hat < usable - n + 1, jnp.int8(RESULTS.successful), code)
     code = jnp.where(inliers >= n + 1, code, jnp.int8(RESULTS.no_slack))
     fit_ok = fit.exact & fit.stable
-    # a mask over the count bound is the reason even when its fit is not exact: the polish does
-    # not refit such a column, so its refit state says nothing
     cause = jnp.where(~fit.stable, RESULTS.unstable_mask, jnp.where(fit.solved, RESULTS.inexact_fit, RESULTS.iteration_cap))
-    cause = jnp.where(fit.over, RESULTS.count_bound, cause)
+    # a mask that settled past the count bound (or was given up there) is the reason whatever the
+    # refit's state; no_slack where the reported mask leaves no redundant row at all
+    too_many = jnp.where(code == RESULTS.no_slack, RESULTS.no_slack, RESULTS.count_bound)
+    cause = jnp.where(fit.over, too_many, cause)
     code = jnp.where(fit_ok, code, cause.astype(jnp.int8))
     # rank from the singular values of R (those of A), not from R's diagonal: an unpivoted QR's
     # min|R_ii| only bounds σ_min from above, so a nearly singular A could pass that test

@@ -92,7 +92,7 @@ def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
     def body(carry):
         # only columns whose mask changed in the last round are refitted: a stable column is
         # frozen, so its answer does not depend on how many rounds the rest of the batch needs
-        c0, x0, r0, outl, live, over0, solved0, k = carry
+        c0, x0, r0, outl, live, over0, gave, solved0, k = carry
         c, solved = _fit(Q, y, ~outl, c0, max_cg, live)
         x = jax.scipy.linalg.solve_triangular(R, c, lower=False)
         r = y - _mm(A, x)
@@ -102,20 +102,24 @@ def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
         keep = lambda a, b: jnp.where(live, a, b)
         new = keep(new, outl)
         over = over_bound(new, finite, n)
+        moved = live & jnp.any(new != outl, axis=0)
         # given up after two reads in a row past the bound: one can be a missed outlier's spread
-        again = live & jnp.any(new != outl, axis=0) & ~(over & over0)
-        return keep(c, c0), keep(x, x0), keep(r, r0), new, again, over, keep(solved, solved0), k + 1
+        quit = moved & over & over0
+        return (keep(c, c0), keep(x, x0), keep(r, r0), new, moved & ~quit, over, gave | quit, keep(solved, solved0),
+                k + 1)
 
     def cond(carry):
-        return jnp.any(carry[4]) & (carry[7] < rounds)
+        return jnp.any(carry[4]) & (carry[8] < rounds)
 
     b = y.shape[1]
     none = jnp.zeros((b,), bool)
-    carry = (c0, jnp.zeros_like(c0), y, outl0, jnp.ones((b,), bool), none, none, jnp.asarray(0, jnp.int32))
-    _, x, r, outl, changed, over, solved, _ = lax.while_loop(cond, body, carry)
+    carry = (c0, jnp.zeros_like(c0), y, outl0, jnp.ones((b,), bool), none, none, none, jnp.asarray(0, jnp.int32))
+    _, x, r, outl, changed, _, gave, solved, _ = lax.while_loop(cond, body, carry)
     tol = tolerance(y, ~outl, rtol, atol)
     exact = jnp.all(outl | (jnp.abs(r) <= tol), axis=0)
-    return Fit(x, r, outl, exact, ~changed, solved, over)
+    # a given-up column's mask is the read after its last fit: not a settled mask of that fit
+    stable = ~changed & ~gave
+    return Fit(x, r, outl, exact, stable, solved, gave | (stable & over_bound(outl, finite, n)))
 
 
 def _median_bound(a, usable):

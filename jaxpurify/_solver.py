@@ -118,20 +118,29 @@ def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
         trimmed = polish(A, Q, R, n, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
-        take = trimmed.exact & trimmed.stable & ~(fit.exact & fit.stable)
+        take = _done(trimmed, finite, n) & ~_done(fit, finite, n)
         fit = Fit(*(jnp.where(take, t, f) for t, f in zip(trimmed, fit)))
     x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
     return _Pass(fit, x_admm, outl0, iters, done)
+
+
+def _done(fit: Fit, finite, n) -> jax.Array:
+    """A column needs no more passes: exact on a settled mask that leaves a redundant row.  With n
+    inliers or fewer any column fits exactly, so such a fit is no answer, and a later pass may
+    still find a mask that can be certified.  (An exact fit with redundancy but past the count
+    bound is kept as done: going on doubled the time of cells past the bound for nothing.)"""
+    slack = jnp.sum(finite & ~fit.outliers, axis=0) >= n + 1
+    return fit.exact & fit.stable & ~(fit.over & ~slack)
 
 
 def _l1(A, y, finite, x):
     return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
 
 
-def _update(best: _Best, A, y, finite, active, result: _Pass) -> _Best:
+def _update(best: _Best, A, n, y, finite, active, result: _Pass) -> _Best:
     """Fold one pass's results into the kept answer of the ``active`` columns."""
     fit, x_admm, outl0, iters, done = result
-    x, outl, ok = fit.x, fit.outliers, fit.exact & fit.stable
+    x, outl, ok = fit.x, fit.outliers, _done(fit, finite, n)
     take = active & ok & ~best.ok
     f_pol, f_admm = _l1(A, y, finite, x), _l1(A, y, finite, x_admm)
     x_est = jnp.where(f_pol <= f_admm, x, x_admm)
@@ -156,7 +165,7 @@ def _full_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) -> t
     """One more pass on every column not certified with passes left, at the block's own width."""
     want = ~best.ok & (tries < opts.passes)
     sub = _find_and_polish(A, Q, R, n, y, finite, best.ignore, atol, tols, opts, False)
-    return _update(best, A, y, finite, want, sub), tries + want
+    return _update(best, A, n, y, finite, want, sub), tries + want
 
 
 def _narrow_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
@@ -173,7 +182,7 @@ def _narrow_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) ->
     valid = idx < m
     g = lambda a: jnp.take(a, idx, axis=-1, mode="clip")
     sub = _find_and_polish(A, Q, R, n, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
-    sub_best = _update(_Best(*(g(a) for a in best)), A, g(y), g(finite), valid, sub)
+    sub_best = _update(_Best(*(g(a) for a in best)), A, n, g(y), g(finite), valid, sub)
     back = lambda new, old: jnp.where(slot < w, jnp.take(new, slot, axis=-1, mode="clip"), old)
     best = _Best(*(back(new, old) for new, old in zip(sub_best, best)))
     return best, tries + (slot < w)
@@ -198,7 +207,7 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
         iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool), over=jnp.zeros((m,), bool),
     )
     first = _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols, opts, True)
-    best = _update(best, A, y, finite, jnp.ones((m,), bool), first)
+    best = _update(best, A, n, y, finite, jnp.ones((m,), bool), first)
 
     def todo(carry):
         b, tries = carry
