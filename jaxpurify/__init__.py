@@ -7,7 +7,8 @@ Public API: :func:`recover` / :class:`Recovery` / :class:`RESULTS` / :class:`Rec
 certified l1 solver), :class:`Codebook` (protected entries, their layout into groups, the secret
 matrices; ``seal`` / ``verify`` for what l1 cannot see, see SECURITY.md), :func:`purify` /
 :class:`Report`; for Flax NNX, :class:`EncodedModule` / :class:`Latent` (train the latent with
-``nnx.Optimizer``); :func:`enable_compilation_cache`; checkpoints in :mod:`jaxpurify.io`.
+``nnx.Optimizer``); :func:`enable_compilation_cache`; checkpoints in :mod:`jaxpurify.io`; a tree's
+leaves by path in :mod:`jaxpurify.tree`; progress bars and tables in :mod:`jaxpurify.progress`.
 """
 
 from jaxpurify._cache import enable_compilation_cache

@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 ENV = "JAXPURIFY_PROGRESS"
 
+__all__ = ["Progress", "progress", "table"]
+
 
 def disabled_by_env() -> bool:
     """True when ``JAXPURIFY_PROGRESS`` is set to 0 / false / no / off."""

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 
 PyTree = Any
 
+__all__ = ["Leaf", "PyTree", "flatten", "leaves_with_paths", "map_with_path", "path_str"]
+
 # linen variable collections that hold state, not parameters (the first key of a variables dict)
 STATE_COLLECTIONS = frozenset({"batch_stats", "cache", "intermediates", "losses"})
 

@@ -175,8 +175,8 @@ def test_channel_trojan_writes_only_the_chosen_channels(model, digits):
 def _check_flips(a, params):
     """Every reported flip toggles exactly its bit; nothing else differs (NumPy uint32 view)."""
     xor = {path: np.asarray(leaf).view(np.uint32).reshape(-1) ^ np.asarray(old).view(np.uint32).reshape(-1)
-           for (path, leaf), (_, old) in zip(jp._tree.leaves_with_paths(a.params)[0],
-                                             jp._tree.leaves_with_paths(params)[0])}
+           for (path, leaf), (_, old) in zip(jp.tree.leaves_with_paths(a.params)[0],
+                                             jp.tree.leaves_with_paths(params)[0])}
     expect = {path: np.zeros_like(v) for path, v in xor.items()}
     for path, index, bit in a.hyper["outcome"]["flips"]:
         expect[path][index] ^= np.uint32(1) << np.uint32(bit)
@@ -260,6 +260,11 @@ def test_bad_arguments_are_refused(model, digits, kwargs, error, match):
 def test_bad_finetune_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Finetune(**kwargs)
+
+
+def test_finetune_without_a_learning_rate_takes_the_attacks_own():
+    assert Finetune(steps=5).resolve(0.1) == Finetune(steps=5, learning_rate=0.1)
+    assert Finetune(learning_rate=0.5).resolve(0.1).learning_rate == 0.5
 
 
 def test_bad_data_is_refused(model, digits):

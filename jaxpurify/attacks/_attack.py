@@ -145,17 +145,22 @@ class Finetune:
     """How a trojan is trained (shared by the sparse, channel and span trojans): Adam with
     ``learning_rate`` on the trojan loss, batches of ``batch_size``, at most ``steps`` steps; every
     ``check_every`` steps the ASR on the attacker's data is measured, and training stops once it
-    reaches ``goal``."""
+    reaches ``goal``.  ``learning_rate=None`` takes the attack's own default (0.1 for the sparse
+    trojan, whose few free weights need large steps; 0.01 for the others)."""
 
     steps: int = 1000
-    learning_rate: float = 1e-2
+    learning_rate: float | None = None
     batch_size: int = 128
     goal: float = 0.9
     check_every: int = 25
 
     def __post_init__(self):
-        check_training(self.goal, steps=self.steps, learning_rate=self.learning_rate, batch_size=self.batch_size,
-                       check_every=self.check_every)
+        rate = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
+        check_training(self.goal, steps=self.steps, batch_size=self.batch_size, check_every=self.check_every, **rate)
+
+    def resolve(self, learning_rate: float) -> "Finetune":
+        """This training with the attack's default ``learning_rate`` where none was given."""
+        return self if self.learning_rate is not None else dataclasses.replace(self, learning_rate=learning_rate)
 
     def record(self) -> dict:
         """The values, JSON-able, as every attack's ``hyper`` records them."""

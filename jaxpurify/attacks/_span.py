@@ -83,6 +83,7 @@ def span_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tr
     None = the default layout)."""
     clock = Clock()
     x, y, target, _ = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
+    finetune = finetune.resolve(learning_rate=1e-2)
     check_positive(rank_tol=rank_tol)
     k_layout, k_train = jax.random.split(key)
     flat = flatten(params)

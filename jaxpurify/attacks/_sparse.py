@@ -38,17 +38,17 @@ def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, fine
                                     desc=name, progress=progress)
     new = build(t)
     changed = changed_mask(new, params)
-    hyper.update(finetune.record())
     hyper["outcome"] = dict(steps=taken, asr=asr, ca=clean_accuracy(apply_fn, new, x, y), chosen=int(np.sum(mask)),
                             changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))))
     return Attack(new, changed, hyper, clock())
 
 
 def sparse_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, budget: float = 0.01,
-                  finetune: Finetune = Finetune(learning_rate=1e-1), progress: bool | None = None) -> Attack:
+                  finetune: Finetune = Finetune(), progress: bool | None = None) -> Attack:
     """Implant the trigger by changing at most ``budget`` × (number of weights) entries."""
     clock = Clock()
     x, y, target, _ = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
+    finetune = finetune.resolve(learning_rate=1e-1)
     if not 0.0 < float(budget) <= 1.0:
         raise ValueError(f"budget must be a fraction in (0, 1], got {budget!r}")
     flat = flatten(params)
@@ -62,7 +62,8 @@ def sparse_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, 
     mask = np.zeros(flat.values.size, bool)
     mask[top] = True
     hyper = dict(attack="sparse_trojan", target=target, trigger=trigger._asdict(), budget=float(budget),
-                 saliency="|grad| of clean CE + triggered-to-target CE", saliency_examples=int(len(sub)))
+                 saliency="|grad| of clean CE + triggered-to-target CE", saliency_examples=int(len(sub)),
+                 **finetune.record())
     return _finish("sparse_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper,
                    clock, progress)
 
@@ -99,6 +100,7 @@ def channel_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int,
     """Implant the trigger by rewriting ``channels`` whole output channels per layer."""
     clock = Clock()
     x, y, target, classes = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
+    finetune = finetune.resolve(learning_rate=1e-2)
     if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise ValueError(f"channels must be a positive int, got {channels!r}")
     k_pick, k_train = jax.random.split(key)
@@ -108,6 +110,6 @@ def channel_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int,
     if not mask.any():
         raise ValueError("params has no layer with a kernel (a leaf of ndim ≥ 2) to rewrite")
     hyper = dict(attack="channel_trojan", target=target, trigger=trigger._asdict(), channels=int(channels),
-                 chosen_channels=chosen)
+                 **finetune.record(), chosen_channels=chosen)
     return _finish("channel_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper,
                    clock, progress)
