@@ -82,11 +82,10 @@ def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
     """Refit on the inliers and re-read the outlier mask until it is stable; columns are (K, b).
 
     A row is read as an outlier when its residual exceeds both the exactness tolerance and
-    ``SPREAD`` times the mean inlier residual.  A column whose
-    mask breaks the count bound (``Fit.over``) in two reads in a row is not refitted again: no fit
-    of it can be certified, and at K/n = 2 such columns held the loop for all the others (2.2× the
-    time).  Its first refit still runs, so a column whose too many errors were all found comes
-    back exact.
+    ``SPREAD`` times the mean inlier residual.  A column whose mask breaks the count bound in two
+    reads in a row is given up (not refitted again, not ``stable``; ``Fit.over``): no fit of it
+    can be certified, and at K/n = 2 such columns held the loop for all the others.  Its first
+    refit still runs, so a column whose too many errors were all found comes back exact.
     """
 
     def body(carry):

@@ -97,7 +97,7 @@ class _Best(NamedTuple):
     ignore: jax.Array  # (K, m) rows the next finder pass leaves out
     iters: jax.Array  # (m,)
     done: jax.Array  # (m,) finder met its test in the column's last pass
-    over: jax.Array  # (m,) the last pass's mask broke the count bound
+    over: jax.Array  # (m,) in the last pass the mask settled past the count bound or was given up there
 
 
 def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
