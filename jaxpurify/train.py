@@ -86,9 +86,9 @@ def minimize(
         return optax.apply_updates(t, upd), s, l
 
     # Steps are dispatched one compiled call each, not run inside a lax.fori_loop: XLA's CPU
-    # backend runs a convolution inside a while loop 10-17x slower than the same step on its own
-    # (the multi-layer CNN at 28x28: 707 vs 60 ms a step, benchmarks/README.md). Dispatch is
-    # asynchronous, so the host still waits only once per chunk.
+    # backend runs a convolution inside a while loop 11-20x slower than the same step on its own
+    # (the multi-layer CNN at 28x28: 728 vs 64 ms a step, benchmarks/README.md "Training").
+    # Dispatch is asynchronous, so the host still waits only once per chunk.
     state = opt.init(latent)
     history: list[np.ndarray] = []
     done = 0
@@ -99,7 +99,7 @@ def minimize(
             for i in range(done, stop):
                 latent, state, l = one_step(i, latent, state, arrays)
                 chunk.append(l)
-            losses = np.asarray(jnp.stack(chunk))  # the only host sync of the chunk
+            losses = np.asarray(jnp.stack(chunk), np.float32)  # the only host sync of the chunk
             history.append(losses)
             done = stop
             bar.update(len(losses), loss=float(losses[-1]))
