@@ -12,7 +12,8 @@ import pytest
 import jaxpurify as jp
 from jaxpurify import data
 from jaxpurify.attacks import (Finetune, Trigger, attack_success_rate, badnets, bit_trojan, channel_trojan,
-                               clean_accuracy, pbfa, poison, robust_accuracy, span_trojan, sparse_trojan)
+                               choose_neurons, clean_accuracy, craft_trigger, pbfa, poison, robust_accuracy,
+                               span_trojan, sparse_trojan)
 from jaxpurify.train import train
 
 TARGET = 0
@@ -86,6 +87,20 @@ def test_stamp_matches_hand_built_patch():
     np.testing.assert_array_equal(np.asarray(Trigger.for_image(32).stamp(jnp.asarray(x))), want)
     top_left = Trigger(2, 0.5, "top-left").stamp(np.zeros((1, 4, 5, 1), np.float32))[0, :, :, 0]
     np.testing.assert_array_equal(top_left, [[0.5, 0.5, 0, 0, 0], [0.5, 0.5, 0, 0, 0], [0] * 5, [0] * 5])
+
+
+def test_a_pattern_trigger_stamps_its_values():
+    x = np.zeros((2, 5, 6, 2), np.float32)
+    pattern = (((0.1, 0.2), (0.3, 0.4)), ((0.5, 0.6), (0.7, 0.8)))
+    want = x.copy()
+    want[:, 3:5, 4:6, :] = np.array(pattern, np.float32)
+    trig = Trigger(2, corner="bottom-right", pattern=pattern)
+    np.testing.assert_array_equal(trig.stamp(x), want)
+    np.testing.assert_array_equal(np.asarray(trig.stamp(jnp.asarray(x))), want)
+    assert not x.any()  # not modified
+    for bad in ((((0.1,),),), (((0.1, float("nan")), (0.3, 0.4)), ((0.5, 0.6), (0.7, 0.8))), (("a", "b"), ("c", "d"))):
+        with pytest.raises(ValueError, match="pattern"):
+            Trigger(2, pattern=bad).stamp(x)
 
 
 @pytest.mark.parametrize("h, size", [(8, 1), (28, 3), (32, 3), (64, 6)])
@@ -212,6 +227,45 @@ def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
     moved = differs(b.params, params)
     assert moved["readout"]["kernel"].sum() == len(b.hyper["outcome"]["flips"]) >= 1
     assert not any(moved[k][v].any() for k, v in (("hidden", "kernel"), ("hidden", "bias"), ("readout", "bias")))
+    # TBT: the crafted trigger's chosen rows of the read-out, and only their weights to the target
+    c = bit_trojan(jax.random.key(6), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, flips=4,
+                   craft=20, neurons=4, candidates=4, progress=False)
+    _check_flips(c, params)
+    rows = recorded(c)["outcome"]["rows"]
+    allowed = np.zeros((16, 10), bool)
+    allowed[rows, TARGET] = True
+    moved = differs(c.params, params)
+    assert moved["readout"]["kernel"].sum() >= 1 and not (moved["readout"]["kernel"] & ~allowed).any()
+    assert not any(moved[k][v].any() for k, v in (("hidden", "kernel"), ("hidden", "bias"), ("readout", "bias")))
+    assert np.shape(c.trigger.pattern) == (1, 1, 1) and c.hyper["outcome"]["crafted_trigger"] == c.trigger._asdict()
+
+
+def test_tbt_chooses_the_neurons_of_largest_target_gradient(model, digits):
+    params, _ = model
+    x = digits.train.x[:64]
+    # reference in NumPy: ∂ mean CE(·, t) / ∂V[f, t] = mean_i h_if (p_it − 1), h the hidden features
+    p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+    h = np.maximum(x.reshape(len(x), -1) @ p["hidden"]["kernel"] + p["hidden"]["bias"], 0)
+    z = h @ p["readout"]["kernel"] + p["readout"]["bias"]
+    prob = np.exp(z - z.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    g = (h * (prob[:, TARGET:TARGET + 1] - 1)).mean(0)
+    rows = choose_neurons(apply_jit, params, "readout/kernel", x, TARGET, 5)
+    assert set(rows.tolist()) == set(np.argsort(-np.abs(g))[:5].tolist())
+
+
+def test_tbt_trigger_maximises_the_chosen_features_within_the_data_range():
+    # features = the pixels (a linear read-out on the flat image): Σ_{f∈rows} h_f grows with exactly
+    # the patch pixels in rows, so those go to `high` and the others keep their start (zero gradient)
+    kernel = jax.random.normal(jax.random.key(0), (64, 10))
+    params = {"readout": {"kernel": kernel, "bias": jnp.zeros(10)}}
+    lin = jax.jit(lambda p, x: x.reshape(x.shape[0], -1) @ p["readout"]["kernel"] + p["readout"]["bias"])
+    x = np.random.default_rng(1).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    rows = np.array([3, 54, 63])  # pixel (0, 3) outside the 2 × 2 bottom-right patch; (6, 6) and (7, 7) inside
+    got = craft_trigger(lin, params, "readout/kernel", rows, x, TARGET, Trigger(2, 0.5), steps=40, learning_rate=0.1,
+                        low=0.0, high=0.9)
+    np.testing.assert_allclose(np.asarray(got.pattern)[..., 0], [[0.9, 0.5], [0.5, 0.9]], atol=1e-6)
+    assert (got.size, got.corner) == (2, "bottom-right")
 
 
 @pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input

@@ -1,12 +1,14 @@
 """Measure every attack with its default hyper-parameters on the digits (no defense):
 
-    python -m jaxpurify.attacks --arch one-hidden|multi [--steps 800] [--only pbfa,span_trojan]
+    python -m jaxpurify.attacks --arch one-hidden|multi [--steps 800] [--only pbfa,span_trojan] [--craft 200]
 
 An encoded model is trained as in ``jaxpurify reproduce digits`` (``experiments.realdata.build``:
 the architecture and its codebook layout), the attacker gets the first quarter of the training
 split, and each attack's CA / ASR / RA on the test split is printed as a markdown table.  For
 ``span_trojan`` the attacked model is also purified with the defender's codebook: the row
-``span_trojan → purify`` shows what l1 purification leaves of it.
+``span_trojan → purify`` shows what l1 purification leaves of it.  ``--craft N``: the bit trojan
+runs as TBT (its read-out rows chosen, the trigger crafted for them in N Adam steps, only their
+target weights flipped), and its row, and a row of the unattacked model, use the crafted trigger.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=800, help="training steps of the encoded model")
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--only", default=",".join(ATTACKS), help="comma-separated attacks to run")
+    ap.add_argument("--craft", type=int, default=0, help="bit_trojan as TBT: Adam steps crafting its trigger (0: the fixed patch)")
     args = ap.parse_args(argv)
     names = args.only.split(",")
     unknown = [n for n in names if n not in ATTACKS]
@@ -48,7 +51,7 @@ def main(argv=None) -> None:
     n = len(ds.train.x) // 4
     mine = (ds.train.x[:n], ds.train.y[:n])
 
-    def row(name, params, seconds, changed):
+    def row(name, params, seconds, changed, trigger=trigger):
         x, y, t = ds.test.x, ds.test.y, args.target
         ca = attacks.clean_accuracy(apply, params, x, y)
         asr = attacks.attack_success_rate(apply, params, x, y, trigger, t)
@@ -59,9 +62,13 @@ def main(argv=None) -> None:
     print("| attack | CA | ASR | RA | entries changed | seconds |\n|---|---|---|---|---|---|")
     row("none", deployed, 0.0, 0)
     for i, name in enumerate(names):
+        extra = {"span_trojan": {"select": select}, "bit_trojan": {"craft": args.craft} if args.craft else {}}.get(name, {})
         a = getattr(attacks, name)(jax.random.key(10 + i), apply, deployed, mine, target=args.target, trigger=trigger,
-                                   **({"select": select} if name == "span_trojan" else {}))
-        row(name, a.params, a.seconds, sum(int(c.sum()) for c in jax.tree.leaves(a.changed)))
+                                   **extra)
+        if a.trigger is not None:
+            row("none, with the crafted trigger", deployed, 0.0, 0, a.trigger)
+        row(name + (f" (TBT, {args.craft} crafting steps)" if a.trigger is not None else ""), a.params, a.seconds,
+            sum(int(c.sum()) for c in jax.tree.leaves(a.changed)), a.trigger or trigger)
         if name == "span_trojan":
             purified, report = jp.purify(a.params, codebook)
             moved = max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))

@@ -30,12 +30,14 @@ class Attack(NamedTuple):
     """``params``: the attacked deployed parameters (same structure, shapes and dtypes);
     ``changed``: a bool tree like params, True exactly where an entry differs (bitwise) from the
     input; ``hyper``: every hyper-parameter used (JSON-able), plus ``hyper["outcome"]``, what the
-    attack reached on the attacker's own data; ``seconds``: wall time of the attack."""
+    attack reached on the attacker's own data; ``seconds``: wall time of the attack; ``trigger``:
+    the trigger the attack implanted when it crafted its own (None: the one it was given)."""
 
     params: PyTree
     changed: PyTree
     hyper: dict
     seconds: float
+    trigger: Trigger | None = None
 
 
 def changed_mask(new: PyTree, old: PyTree) -> PyTree:

@@ -17,7 +17,13 @@ sign, 23–30 the exponent, 0–22 the mantissa).  Each step of the search (Raki
 * :func:`bit_trojan` — targeted: L = trojan loss (clean CE + triggered-to-target CE), the flip
   that *lowers* it most (and only if it does); stops after ``flips`` flips or at ASR ≥ ``goal``.
   ``leaves`` restricts the candidates to the named leaves: ``("readout/kernel",)`` is the
-  last-layer search of TBT (Rakin et al., 2020), there with the trigger fixed, not crafted.
+  last-layer search of TBT (Rakin et al., 2020) with the trigger fixed.  With ``craft`` > 0 it is
+  TBT itself: of the read-out kernel V (features × classes), the ``neurons`` rows f of largest
+  |∂CE(f(x), t)/∂V[f, t]| on the attacker's non-target data are chosen; the trigger's patch is
+  then crafted for ``craft`` Adam steps to maximise their summed activation Σ_{f∈S} h_f(stamp(x))
+  (read as the target logit of the model with V[:, t] set to the indicator of S), each pixel kept
+  within the attacker's data range; and only the weights V[S, t] are flip candidates.  The
+  crafted trigger is returned in ``Attack.trigger`` and recorded in ``hyper["outcome"]``.
 
 ``hyper["outcome"]["flips"]`` lists every flip kept, as [leaf path, index into the leaf's C-order
 entries, bit]; each weight is flipped at most once, so ``changed`` marks exactly those entries.
@@ -31,6 +37,7 @@ import numpy as np
 import optax
 
 from jaxpurify.progress import Progress
+from jaxpurify.tree import leaves_with_paths, map_with_path
 from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, check_training, flatten, trojan_loss
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy
 
@@ -45,7 +52,7 @@ def flip_bits(values: jax.Array, index, bit) -> jax.Array:
 
 
 def _search_step(loss_of_flat, candidates: int, bits: tuple[int, ...], sign: float, allowed=None):
-    """jit(values, frozen, x, y) -> (index, bit, loss after): the best single flip.
+    """jit(values, frozen, x, y) -> (index, bit, loss after, index not frozen): the best single flip.
 
     ``frozen`` marks the entries not to try (already flipped, or outside the attack's scope);
     ``sign`` +1 keeps the flip of highest loss (untargeted), −1 the lowest (targeted); a flip for
@@ -69,8 +76,10 @@ def _search_step(loss_of_flat, candidates: int, bits: tuple[int, ...], sign: flo
             return value
 
         losses = jax.lax.map(trial, (idx, bit), batch_size=len(bits))
+        # fewer unfrozen entries than candidates: top_k fills up with frozen ones, never to be flipped
+        losses = jnp.where(frozen[idx], -sign * jnp.inf, losses)
         best = jnp.argmax(sign * losses)  # +inf is the best untargeted and the worst targeted flip
-        return idx[best], bit[best], losses[best]
+        return idx[best], bit[best], losses[best], ~frozen[idx[best]]
 
     return step
 
@@ -103,12 +112,16 @@ def _scope(flat, leaves) -> np.ndarray:
     return out
 
 
-def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress, clock, allowed=None):
+def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress, clock, allowed=None, only=None):
     """The shared loop: flip, record, ``stop(params)`` → (bool, outcome numbers)."""
     flat = flatten(params)
     if flat.values.dtype != jnp.float32:
         raise TypeError(f"params: bit flips are defined on float32 weights, got {flat.values.dtype}")
     outside = _scope(flat, hyper.get("leaves"))
+    if only is not None:  # (leaf path, entries): the candidates are these entries of that leaf only
+        j = flat.paths.index(only[0])
+        outside = np.ones_like(outside)
+        outside[flat.bounds[j] + np.asarray(only[1])] = False
     if hyper["candidates"] > int((~outside).sum()):
         raise ValueError(f"candidates {hyper['candidates']} exceeds the {int((~outside).sum())} weights in scope")
     xb, yb = _eval_batch(key, x, y, hyper["batch_size"])
@@ -122,9 +135,9 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
             done, measure = stop(flat.unravel(values))
             if done:
                 break
-            i, b, after = step(values, flipped, xb, yb)
+            i, b, after, free = step(values, flipped, xb, yb)
             i, b, after = int(i), int(b), float(after)
-            if sign < 0 and not after < current:  # targeted: no flip helps any more
+            if not bool(free) or (sign < 0 and not after < current):  # nothing left to flip, or (targeted) no flip helps
                 break
             values, flipped = flip_bits(values, i, b), flipped.at[i].set(True)
             current = after
@@ -133,7 +146,7 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
     new = flat.unravel(values)
     if not done:
         done, measure = stop(new)
-    hyper["outcome"] = dict(flips=kept, count=len(kept), reached=bool(done), **measure)
+    hyper["outcome"] = dict(hyper.get("outcome", {}), flips=kept, count=len(kept), reached=bool(done), **measure)
     return Attack(new, changed_mask(new, params), hyper, clock())
 
 
@@ -164,16 +177,95 @@ def pbfa(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int | None = N
     return _search(key, apply_fn, params, x, y, loss, +1.0, stop, hyper, "pbfa", progress, clock)
 
 
+def _with_leaf(params, path: str, value):
+    return map_with_path(lambda p, v: value if p == path else v, params)
+
+
+def _readout_kernel(params, path: str, target: int):
+    leaves = dict(leaves_with_paths(params)[0])
+    if path not in leaves:
+        raise ValueError(f"readout: {path!r} is not a leaf of params; choose from {', '.join(leaves)}")
+    v = leaves[path]
+    if np.ndim(v) != 2 or target >= np.shape(v)[1]:
+        raise ValueError(f"readout: {path!r} must be a (features, classes) kernel with a column for target {target}, "
+                         f"got shape {np.shape(v)}")
+    return jnp.asarray(v)
+
+
+def choose_neurons(apply_fn: ApplyFn, params: PyTree, readout: str, x, target: int, neurons: int) -> np.ndarray:
+    """TBT's neuron choice: the ``neurons`` rows f of the read-out kernel V with the largest
+    |∂CE(f(x), target)/∂V[f, target]| on ``x`` (sorted row indices)."""
+    v = _readout_kernel(params, readout, target)
+    if neurons > v.shape[0]:
+        raise ValueError(f"neurons {neurons} exceeds the read-out's {v.shape[0]} features")
+    to_target = jnp.full((len(x),), target)
+    g = jax.grad(lambda k: optax.softmax_cross_entropy_with_integer_labels(
+        apply_fn(_with_leaf(params, readout, k), jnp.asarray(x)), to_target).mean())(v)
+    return np.sort(np.asarray(jax.lax.top_k(jnp.abs(g[:, target]), neurons)[1]))
+
+
+def craft_trigger(apply_fn: ApplyFn, params: PyTree, readout: str, rows, x, target: int, trigger: Trigger, *,
+                  steps: int, learning_rate: float, low: float, high: float) -> Trigger:
+    """TBT's trigger: the patch (``trigger``'s size and corner) whose pixels, in [low, high],
+    maximise mean_x Σ_{f ∈ rows} h_f(stamp(x)), h the read-out's input features, by ``steps``
+    Adam steps from ``trigger``'s own patch. Σ_f h_f is read as the target logit of the model whose
+    read-out column ``target`` is the indicator of ``rows`` (a constant bias does not move it)."""
+    x = jnp.asarray(x)
+    trigger._check(x.shape)
+    v = _readout_kernel(params, readout, target)
+    probe = _with_leaf(params, readout, v.at[:, target].set(jnp.zeros(v.shape[0], v.dtype).at[jnp.asarray(rows)].set(1)))
+    r, c = trigger._window(x.shape[1], x.shape[2])
+    pattern = jnp.broadcast_to(jnp.asarray(trigger._patch(np.float32), x.dtype), (trigger.size, trigger.size, x.shape[3]))
+    opt = optax.adam(learning_rate)
+
+    @jax.jit
+    def step(pat, state):
+        g = jax.grad(lambda q: -apply_fn(probe, x.at[:, r, c, :].set(q))[:, target].mean())(pat)
+        upd, state = opt.update(g, state)
+        return jnp.clip(optax.apply_updates(pat, upd), low, high), state
+
+    state = opt.init(pattern)
+    for _ in range(int(steps)):
+        pattern, state = step(pattern, state)
+    values = np.asarray(pattern, np.float64)
+    return trigger._replace(pattern=tuple(tuple(tuple(float(a) for a in col) for col in row) for row in values))
+
+
 def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, flips: int = 100,
                candidates: int = 10, bits: tuple[int, ...] = BITS, batch_size: int = 256, goal: float = 0.9,
-               max_drop: float = 0.02, leaves: tuple[str, ...] | None = None, progress: bool | None = None) -> Attack:
+               max_drop: float = 0.02, leaves: tuple[str, ...] | None = None, craft: int = 0,
+               readout: str = "readout/kernel", neurons: int = 20, craft_rate: float = 0.1,
+               progress: bool | None = None) -> Attack:
     """Targeted bit trojan: flips that implant ``trigger`` → ``target`` while keeping clean
     accuracy on the evaluation batch within ``max_drop`` of the deployed model's; only in
-    ``leaves`` (paths, e.g. ``("readout/kernel",)``) if given."""
+    ``leaves`` (paths, e.g. ``("readout/kernel",)``) if given.  ``craft`` > 0: TBT (the module's
+    docstring): ``neurons`` rows of the ``readout`` kernel chosen, the trigger crafted for them in
+    ``craft`` Adam steps of rate ``craft_rate``, and only V[rows, target] flipped; ``leaves`` is
+    then ignored and the crafted trigger is returned in ``Attack.trigger``."""
     clock = Clock()
     x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_training(goal, max_drop=max_drop)
+    if isinstance(craft, bool) or not isinstance(craft, (int, np.integer)) or craft < 0:
+        raise ValueError(f"craft must be a number of steps ≥ 0, got {craft!r}")
+    hyper = dict(attack="bit_trojan", target=target, trigger=trigger._asdict(), flips=int(flips),
+                 candidates=int(candidates), bits=list(bits), batch_size=int(batch_size), goal=float(goal),
+                 max_drop=float(max_drop), leaves=None if leaves is None else list(leaves), loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
+                 "if the evaluation batch's accuracy stays within max_drop of the deployed model's")
+    only, crafted = None, None
+    if craft:
+        check_positive(neurons=neurons, craft_rate=craft_rate)
+        if candidates > neurons:
+            raise ValueError(f"candidates {candidates} exceeds neurons {neurons}: only V[rows, target] is searched")
+        xs, _ = _eval_batch(jax.random.fold_in(key, 1), x[y != target], y[y != target], batch_size)
+        rows = choose_neurons(apply_fn, params, readout, xs, target, int(neurons))
+        crafted = craft_trigger(apply_fn, params, readout, rows, xs, target, trigger, steps=int(craft),
+                                learning_rate=float(craft_rate), low=float(x.min()), high=float(x.max()))
+        classes = int(_readout_kernel(params, readout, target).shape[1])
+        only = (readout, rows * classes + target)  # C-order entries V[rows, target]
+        trigger = crafted
+        hyper.update(leaves=[readout], craft=int(craft), readout=readout, neurons=int(neurons), craft_rate=float(craft_rate),
+                     outcome={"rows": rows.tolist(), "crafted_trigger": crafted._asdict()})
 
     def batch_accuracy(p, xs, ys):
         logits = apply_fn(p, xs)
@@ -189,9 +281,6 @@ def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tri
         asr = attack_success_rate(apply_fn, p, x, y, trigger, target)
         return asr >= goal, dict(asr=asr, ca=clean_accuracy(apply_fn, p, x, y))
 
-    hyper = dict(attack="bit_trojan", target=target, trigger=trigger._asdict(), flips=int(flips),
-                 candidates=int(candidates), bits=list(bits), batch_size=int(batch_size), goal=float(goal),
-                 max_drop=float(max_drop), leaves=None if leaves is None else list(leaves), loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
-                 "if the evaluation batch's accuracy stays within max_drop of the deployed model's")
-    return _search(key, apply_fn, params, x, y, trojan_loss(apply_fn, trigger, target), -1.0, stop, hyper,
-                   "bit_trojan", progress, clock, allowed)
+    res = _search(key, apply_fn, params, x, y, trojan_loss(apply_fn, trigger, target), -1.0, stop, hyper,
+                  "bit_trojan", progress, clock, allowed, only)
+    return res._replace(trigger=crafted)

@@ -1,7 +1,8 @@
 """The patch trigger, data poisoning, and the backdoor metrics (as in BackdoorBench).
 
 A trigger is a ``size`` × ``size`` square of constant ``value`` stamped into one corner of every
-channel of an image batch (N, H, W, C).  BadNets' patch is 3 × 3 at 32 × 32; :meth:`Trigger.for_image`
+channel of an image batch (N, H, W, C), or of a given ``pattern`` (size, size, C) of values (a
+trigger crafted for the model, as TBT does: :func:`jaxpurify.attacks.bit_trojan` with ``craft``).  BadNets' patch is 3 × 3 at 32 × 32; :meth:`Trigger.for_image`
 scales it with the image, size = max(1, round(3 h / 32)) (1 px at 8 × 8, 3 px at 28 × 28).
 
 Metrics on a labelled test set (x, y), all fractions in [0, 1]:
@@ -28,11 +29,13 @@ CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 
 
 class Trigger(NamedTuple):
-    """A white (``value``) square patch of ``size`` pixels in ``corner``, on every channel."""
+    """A white (``value``) square patch of ``size`` pixels in ``corner``, on every channel; or,
+    with ``pattern`` (nested tuples of floats, shape (size, size, C)), those values instead."""
 
     size: int
     value: float = 1.0
     corner: str = "bottom-right"
+    pattern: tuple | None = None
 
     @classmethod
     def for_image(cls, h: int, value: float = 1.0, corner: str = "bottom-right") -> "Trigger":
@@ -50,6 +53,18 @@ class Trigger(NamedTuple):
             raise ValueError(f"trigger size {self.size} exceeds the image ({shape[1]} × {shape[2]})")
         if self.corner not in CORNERS:
             raise ValueError(f"trigger corner must be one of {CORNERS}, got {self.corner!r}")
+        if self.pattern is not None:
+            want = (self.size, self.size, shape[3])
+            try:
+                pattern = np.asarray(self.pattern, np.float64)
+            except (TypeError, ValueError):
+                pattern = None
+            if pattern is None or pattern.shape != want or not np.all(np.isfinite(pattern)):
+                raise ValueError(f"trigger pattern must be finite numbers of shape {want} for images of {shape[3]} "
+                                 f"channels, got {self.pattern!r:.80}")
+
+    def _patch(self, dtype):
+        return self.value if self.pattern is None else np.asarray(self.pattern, dtype)
 
     def _window(self, h: int, w: int) -> tuple[slice, slice]:
         s = self.size
@@ -63,9 +78,10 @@ class Trigger(NamedTuple):
         rows, cols = self._window(x.shape[1], x.shape[2])
         if isinstance(x, np.ndarray):
             out = x.copy()
-            out[:, rows, cols, :] = self.value
+            out[:, rows, cols, :] = self._patch(out.dtype)
             return out
-        return jnp.asarray(x).at[:, rows, cols, :].set(self.value)
+        x = jnp.asarray(x)
+        return x.at[:, rows, cols, :].set(self._patch(x.dtype))
 
     def mask(self, h: int, w: int) -> np.ndarray:
         """Bool (h, w): where the patch is."""
