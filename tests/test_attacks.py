@@ -193,6 +193,8 @@ def _check_flips(a, params):
            for (path, leaf), (_, old) in zip(jp.tree.leaves_with_paths(a.params)[0],
                                              jp.tree.leaves_with_paths(params)[0])}
     expect = {path: np.zeros_like(v) for path, v in xor.items()}
+    where = [(path, index) for path, index, _ in a.hyper["outcome"]["flips"]]
+    assert len(set(where)) == len(where) == count(a.changed)  # each weight flipped once
     for path, index, bit in a.hyper["outcome"]["flips"]:
         expect[path][index] ^= np.uint32(1) << np.uint32(bit)
     for path in xor:
@@ -237,7 +239,22 @@ def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
     moved = differs(c.params, params)
     assert moved["readout"]["kernel"].sum() >= 1 and not (moved["readout"]["kernel"] & ~allowed).any()
     assert not any(moved[k][v].any() for k, v in (("hidden", "kernel"), ("hidden", "bias"), ("readout", "bias")))
-    assert np.shape(c.trigger.pattern) == (1, 1, 1) and c.hyper["outcome"]["crafted_trigger"] == c.trigger._asdict()
+    x, y = attacker_data(digits)
+    assert np.shape(c.trigger.pattern) == (1, 1, 1) and x.min() <= c.trigger.pattern[0][0][0] <= x.max()
+    # the search and its stop rule measured the crafted trigger, not the one passed
+    assert c.hyper["outcome"]["asr"] == attack_success_rate(apply_jit, c.params, x, y, c.trigger, TARGET)
+
+
+def test_the_flip_search_never_flips_a_weight_twice():
+    # more candidates than weights: once most are flipped, top_k must not offer a flipped one again
+    # (it did: entry 0 flipped 8 times, 4 weights changed for 12 reported flips)
+    w = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)}
+    lin = jax.jit(lambda p, x: x.reshape(x.shape[0], -1)[:, :4] @ p["w"])
+    x = np.random.default_rng(1).normal(size=(64, 2, 2, 1)).astype(np.float32)
+    y = np.asarray(jnp.argmax(lin(w, x), -1))
+    a = pbfa(jax.random.key(0), lin, w, (x, y), flips=12, candidates=10, bits=(22,), margin=1e-6, progress=False)
+    _check_flips(a, w)
+    assert len(a.hyper["outcome"]["flips"]) == 12
 
 
 def test_tbt_chooses_the_neurons_of_largest_target_gradient(model, digits):
@@ -307,6 +324,34 @@ def test_bad_arguments_are_refused(model, digits, kwargs, error, match):
     args = dict(target=TARGET, trigger=Trigger.for_image(8)) | kwargs
     with pytest.raises(error, match=match):
         badnets(jax.random.key(0), apply_jit, params, attacker_data(digits), **args)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(neurons=0), "neurons"), (dict(neurons=2.5), "neurons"), (dict(readout="hidden/kernel"), "readout"),
+    (dict(readout="nope"), "readout"), (dict(craft=-1), "craft"), (dict(craft_rate=0.0), "craft_rate"),
+])
+def test_bad_tbt_arguments_are_refused(model, digits, kwargs, match):
+    params, _ = model
+    args = dict(craft=5) | kwargs
+    with pytest.raises(ValueError, match=match):
+        bit_trojan(jax.random.key(0), apply_jit, params, attacker_data(digits), target=TARGET,
+                   trigger=Trigger.for_image(8), candidates=1, progress=False, **args)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rows=[99]), "rows"), (dict(rows=[-1]), "rows"), (dict(rows=[1, 1]), "rows"), (dict(steps=-2), "steps"),
+    (dict(learning_rate=-1.0), "learning_rate"), (dict(low=1.0, high=0.0), "low"), (dict(target=-1), "target"),
+])
+def test_bad_crafting_arguments_are_refused(model, digits, kwargs, match):
+    params, _ = model
+    args = dict(rows=[0, 1], target=TARGET, steps=1, learning_rate=0.1, low=0.0, high=1.0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        craft_trigger(apply_jit, params, "readout/kernel", args.pop("rows"), digits.train.x[:8], args.pop("target"),
+                      Trigger.for_image(8), **args)
+    with pytest.raises(ValueError, match="neurons"):
+        choose_neurons(apply_jit, params, "readout/kernel", digits.train.x[:8], TARGET, 0)
+    with pytest.raises(TypeError, match="pattern"):
+        Trigger(1, pattern=np.ones((1, 1, 1))).stamp(digits.train.x[:1])
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(steps=0), "steps"), (dict(learning_rate=-1.0), "learning_rate"),

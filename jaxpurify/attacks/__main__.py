@@ -7,7 +7,7 @@ the architecture and its codebook layout), the attacker gets the first quarter o
 split, and each attack's CA / ASR / RA on the test split is printed as a markdown table.  For
 ``span_trojan`` the attacked model is also purified with the defender's codebook: the row
 ``span_trojan → purify`` shows what l1 purification leaves of it.  ``--craft N``: the bit trojan
-runs as TBT (its read-out rows chosen, the trigger crafted for them in N Adam steps, only their
+runs TBT-style (its read-out rows chosen, the trigger crafted for them in N Adam steps, only their
 target weights flipped), and its row, and a row of the unattacked model, use the crafted trigger.
 """
 
@@ -32,12 +32,14 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=800, help="training steps of the encoded model")
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--only", default=",".join(ATTACKS), help="comma-separated attacks to run")
-    ap.add_argument("--craft", type=int, default=0, help="bit_trojan as TBT: Adam steps crafting its trigger (0: the fixed patch)")
+    ap.add_argument("--craft", type=int, default=0, help="bit_trojan TBT-style: Adam steps crafting its trigger (0: the fixed patch)")
     args = ap.parse_args(argv)
     names = args.only.split(",")
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         ap.error(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+    if args.craft and "bit_trojan" not in names:
+        ap.error("--craft applies to bit_trojan, which --only leaves out")
 
     ds = data.digits()
     model, select = build(args.arch, ds)
@@ -67,7 +69,7 @@ def main(argv=None) -> None:
                                    **extra)
         if a.trigger is not None:
             row("none, with the crafted trigger", deployed, 0.0, 0, a.trigger)
-        row(name + (f" (TBT, {args.craft} crafting steps)" if a.trigger is not None else ""), a.params, a.seconds,
+        row(name + (f" (TBT-style, {args.craft} crafting steps)" if a.trigger is not None else ""), a.params, a.seconds,
             sum(int(c.sum()) for c in jax.tree.leaves(a.changed)), a.trigger or trigger)
         if name == "span_trojan":
             purified, report = jp.purify(a.params, codebook)

@@ -18,7 +18,9 @@ sign, 23–30 the exponent, 0–22 the mantissa).  Each step of the search (Raki
   that *lowers* it most (and only if it does); stops after ``flips`` flips or at ASR ≥ ``goal``.
   ``leaves`` restricts the candidates to the named leaves: ``("readout/kernel",)`` is the
   last-layer search of TBT (Rakin et al., 2020) with the trigger fixed.  With ``craft`` > 0 it is
-  TBT itself: of the read-out kernel V (features × classes), the ``neurons`` rows f of largest
+  TBT-style: TBT's neuron choice and trigger, then this module's float32 greedy search (TBT
+  itself fine-tunes the chosen weights of an 8-bit model and flips the bits that differ). Of the
+  read-out kernel V (features × classes), the ``neurons`` rows f of largest
   |∂CE(f(x), t)/∂V[f, t]| on the attacker's non-target data are chosen; the trigger's patch is
   then crafted for ``craft`` Adam steps to maximise their summed activation Σ_{f∈S} h_f(stamp(x))
   (read as the target logit of the model with V[:, t] set to the indicator of S), each pixel kept
@@ -181,14 +183,23 @@ def _with_leaf(params, path: str, value):
     return map_with_path(lambda p, v: value if p == path else v, params)
 
 
-def _readout_kernel(params, path: str, target: int):
+def _count_arg(name: str, v, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}, got {v!r}")
+    return int(v)
+
+
+def _readout_kernel(params, path: str, target: int, classes: int | None = None):
+    """The (features, classes) read-out kernel at ``path``; ``classes``: the logits' width, if known."""
     leaves = dict(leaves_with_paths(params)[0])
     if path not in leaves:
         raise ValueError(f"readout: {path!r} is not a leaf of params; choose from {', '.join(leaves)}")
     v = leaves[path]
-    if np.ndim(v) != 2 or target >= np.shape(v)[1]:
-        raise ValueError(f"readout: {path!r} must be a (features, classes) kernel with a column for target {target}, "
-                         f"got shape {np.shape(v)}")
+    _count_arg("target", target, 0)
+    if np.ndim(v) != 2 or target >= np.shape(v)[1] or (classes is not None and np.shape(v)[1] != classes):
+        raise ValueError(f"readout: {path!r} must be the (features, classes) kernel of the logits"
+                         + (f" ({classes} classes)" if classes is not None else "")
+                         + f" with a column for target {target}, got shape {np.shape(v)}")
     return jnp.asarray(v)
 
 
@@ -196,6 +207,7 @@ def choose_neurons(apply_fn: ApplyFn, params: PyTree, readout: str, x, target: i
     """TBT's neuron choice: the ``neurons`` rows f of the read-out kernel V with the largest
     |∂CE(f(x), target)/∂V[f, target]| on ``x`` (sorted row indices)."""
     v = _readout_kernel(params, readout, target)
+    neurons = _count_arg("neurons", neurons, 1)
     if neurons > v.shape[0]:
         raise ValueError(f"neurons {neurons} exceeds the read-out's {v.shape[0]} features")
     to_target = jnp.full((len(x),), target)
@@ -206,16 +218,27 @@ def choose_neurons(apply_fn: ApplyFn, params: PyTree, readout: str, x, target: i
 
 def craft_trigger(apply_fn: ApplyFn, params: PyTree, readout: str, rows, x, target: int, trigger: Trigger, *,
                   steps: int, learning_rate: float, low: float, high: float) -> Trigger:
-    """TBT's trigger: the patch (``trigger``'s size and corner) whose pixels, in [low, high],
+    """A TBT-style trigger: the patch (``trigger``'s size and corner) whose pixels, in [low, high],
     maximise mean_x Σ_{f ∈ rows} h_f(stamp(x)), h the read-out's input features, by ``steps``
-    Adam steps from ``trigger``'s own patch. Σ_f h_f is read as the target logit of the model whose
-    read-out column ``target`` is the indicator of ``rows`` (a constant bias does not move it)."""
+    Adam steps from ``trigger``'s own patch (clipped). Σ_f h_f is read as the target logit of the
+    model whose read-out column ``target`` is the indicator of ``rows`` (a constant bias does not
+    move it).  TBT itself drives the chosen activations toward a set value (an MSE); here their
+    sum is maximised, the data range bounding it."""
     x = jnp.asarray(x)
     trigger._check(x.shape)
     v = _readout_kernel(params, readout, target)
+    steps = _count_arg("steps", steps, 0)
+    check_positive(learning_rate=learning_rate)
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise ValueError(f"low and high must be finite with low ≤ high, got {low!r}, {high!r}")
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not rows.size or not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 \
+            or rows.max() >= v.shape[0] or len(set(rows.tolist())) != rows.size:
+        raise ValueError(f"rows must be distinct row indices of the read-out's {v.shape[0]} features, got {rows!r:.80}")
     probe = _with_leaf(params, readout, v.at[:, target].set(jnp.zeros(v.shape[0], v.dtype).at[jnp.asarray(rows)].set(1)))
     r, c = trigger._window(x.shape[1], x.shape[2])
     pattern = jnp.broadcast_to(jnp.asarray(trigger._patch(np.float32), x.dtype), (trigger.size, trigger.size, x.shape[3]))
+    pattern = jnp.clip(pattern, low, high)
     opt = optax.adam(learning_rate)
 
     @jax.jit
@@ -225,7 +248,7 @@ def craft_trigger(apply_fn: ApplyFn, params: PyTree, readout: str, rows, x, targ
         return jnp.clip(optax.apply_updates(pat, upd), low, high), state
 
     state = opt.init(pattern)
-    for _ in range(int(steps)):
+    for _ in range(steps):
         pattern, state = step(pattern, state)
     values = np.asarray(pattern, np.float64)
     return trigger._replace(pattern=tuple(tuple(tuple(float(a) for a in col) for col in row) for row in values))
@@ -238,30 +261,33 @@ def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tri
                progress: bool | None = None) -> Attack:
     """Targeted bit trojan: flips that implant ``trigger`` → ``target`` while keeping clean
     accuracy on the evaluation batch within ``max_drop`` of the deployed model's; only in
-    ``leaves`` (paths, e.g. ``("readout/kernel",)``) if given.  ``craft`` > 0: TBT (the module's
-    docstring): ``neurons`` rows of the ``readout`` kernel chosen, the trigger crafted for them in
+    ``leaves`` (paths, e.g. ``("readout/kernel",)``) if given.  ``craft`` > 0: TBT-style (the
+    module's docstring): ``neurons`` rows of the ``readout`` kernel (the logits' (features,
+    classes) kernel) chosen on the attacker's non-target data, the trigger crafted for them in
     ``craft`` Adam steps of rate ``craft_rate``, and only V[rows, target] flipped; ``leaves`` is
-    then ignored and the crafted trigger is returned in ``Attack.trigger``."""
+    then ignored. ``Attack.trigger`` is the crafted trigger (``hyper["trigger"]`` stays the one
+    passed, the crafting's start); without ``craft`` it is None: the trigger passed is the one
+    implanted."""
     clock = Clock()
-    x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
+    x, y, target, classes = check_common(apply_fn, params, data, target, trigger)
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_training(goal, max_drop=max_drop)
-    if isinstance(craft, bool) or not isinstance(craft, (int, np.integer)) or craft < 0:
-        raise ValueError(f"craft must be a number of steps ≥ 0, got {craft!r}")
+    craft = _count_arg("craft", craft, 0)
     hyper = dict(attack="bit_trojan", target=target, trigger=trigger._asdict(), flips=int(flips),
                  candidates=int(candidates), bits=list(bits), batch_size=int(batch_size), goal=float(goal),
                  max_drop=float(max_drop), leaves=None if leaves is None else list(leaves), loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
                  "if the evaluation batch's accuracy stays within max_drop of the deployed model's")
     only, crafted = None, None
     if craft:
-        check_positive(neurons=neurons, craft_rate=craft_rate)
+        neurons = _count_arg("neurons", neurons, 1)
+        check_positive(craft_rate=craft_rate)
+        _readout_kernel(params, readout, target, classes)
         if candidates > neurons:
             raise ValueError(f"candidates {candidates} exceeds neurons {neurons}: only V[rows, target] is searched")
         xs, _ = _eval_batch(jax.random.fold_in(key, 1), x[y != target], y[y != target], batch_size)
         rows = choose_neurons(apply_fn, params, readout, xs, target, int(neurons))
         crafted = craft_trigger(apply_fn, params, readout, rows, xs, target, trigger, steps=int(craft),
                                 learning_rate=float(craft_rate), low=float(x.min()), high=float(x.max()))
-        classes = int(_readout_kernel(params, readout, target).shape[1])
         only = (readout, rows * classes + target)  # C-order entries V[rows, target]
         trigger = crafted
         hyper.update(leaves=[readout], craft=int(craft), readout=readout, neurons=int(neurons), craft_rate=float(craft_rate),

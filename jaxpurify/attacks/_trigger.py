@@ -54,6 +54,8 @@ class Trigger(NamedTuple):
         if self.corner not in CORNERS:
             raise ValueError(f"trigger corner must be one of {CORNERS}, got {self.corner!r}")
         if self.pattern is not None:
+            if not isinstance(self.pattern, (tuple, list)):  # an array would not survive JSON or ==
+                raise TypeError(f"trigger pattern must be nested tuples of numbers, got {type(self.pattern).__name__}")
             want = (self.size, self.size, shape[3])
             try:
                 pattern = np.asarray(self.pattern, np.float64)
