@@ -100,6 +100,13 @@ def check_positive(**values) -> None:
             raise ValueError(f"{name} must be a positive number, got {v!r}")
 
 
+def check_count(name: str, v, low: int) -> int:
+    """``v`` as an int, or ValueError naming ``name`` unless it is an integer ≥ ``low``."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}, got {v!r}")
+    return int(v)
+
+
 def check_training(goal, **positive) -> None:
     """``goal`` an ASR in (0, 1]; every other value given a positive number."""
     check_positive(**positive)

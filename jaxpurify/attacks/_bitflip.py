@@ -40,7 +40,8 @@ import optax
 
 from jaxpurify.progress import Progress
 from jaxpurify.tree import leaves_with_paths, map_with_path
-from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive, check_training, flatten, trojan_loss
+from jaxpurify.attacks._attack import (Attack, Clock, changed_mask, check_common, check_count, check_positive, check_training,
+                                      flatten, trojan_loss)
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy
 
 BITS = tuple(range(22, 32))  # top mantissa bit, the 8 exponent bits, the sign
@@ -183,19 +184,13 @@ def _with_leaf(params, path: str, value):
     return map_with_path(lambda p, v: value if p == path else v, params)
 
 
-def _count_arg(name: str, v, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ValueError(f"{name} must be an integer ≥ {low}, got {v!r}")
-    return int(v)
-
-
 def _readout_kernel(params, path: str, target: int, classes: int | None = None):
     """The (features, classes) read-out kernel at ``path``; ``classes``: the logits' width, if known."""
     leaves = dict(leaves_with_paths(params)[0])
     if path not in leaves:
         raise ValueError(f"readout: {path!r} is not a leaf of params; choose from {', '.join(leaves)}")
     v = leaves[path]
-    _count_arg("target", target, 0)
+    check_count("target", target, 0)
     if np.ndim(v) != 2 or target >= np.shape(v)[1] or (classes is not None and np.shape(v)[1] != classes):
         raise ValueError(f"readout: {path!r} must be the (features, classes) kernel of the logits"
                          + (f" ({classes} classes)" if classes is not None else "")
@@ -207,7 +202,7 @@ def choose_neurons(apply_fn: ApplyFn, params: PyTree, readout: str, x, target: i
     """TBT's neuron choice: the ``neurons`` rows f of the read-out kernel V with the largest
     |∂CE(f(x), target)/∂V[f, target]| on ``x`` (sorted row indices)."""
     v = _readout_kernel(params, readout, target)
-    neurons = _count_arg("neurons", neurons, 1)
+    neurons = check_count("neurons", neurons, 1)
     if neurons > v.shape[0]:
         raise ValueError(f"neurons {neurons} exceeds the read-out's {v.shape[0]} features")
     to_target = jnp.full((len(x),), target)
@@ -227,7 +222,7 @@ def craft_trigger(apply_fn: ApplyFn, params: PyTree, readout: str, rows, x, targ
     x = jnp.asarray(x)
     trigger._check(x.shape)
     v = _readout_kernel(params, readout, target)
-    steps = _count_arg("steps", steps, 0)
+    steps = check_count("steps", steps, 0)
     check_positive(learning_rate=learning_rate)
     if not (np.isfinite(low) and np.isfinite(high) and low <= high):
         raise ValueError(f"low and high must be finite with low ≤ high, got {low!r}, {high!r}")
@@ -272,14 +267,14 @@ def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tri
     x, y, target, classes = check_common(apply_fn, params, data, target, trigger)
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_training(goal, max_drop=max_drop)
-    craft = _count_arg("craft", craft, 0)
+    craft = check_count("craft", craft, 0)
     hyper = dict(attack="bit_trojan", target=target, trigger=trigger._asdict(), flips=int(flips),
                  candidates=int(candidates), bits=list(bits), batch_size=int(batch_size), goal=float(goal),
                  max_drop=float(max_drop), leaves=None if leaves is None else list(leaves), loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
                  "if the evaluation batch's accuracy stays within max_drop of the deployed model's")
     only, crafted = None, None
     if craft:
-        neurons = _count_arg("neurons", neurons, 1)
+        neurons = check_count("neurons", neurons, 1)
         check_positive(craft_rate=craft_rate)
         _readout_kernel(params, readout, target, classes)
         if candidates > neurons:

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify.attacks._attack import Attack, Clock, Finetune, changed_mask, check_common, flatten, trojan_finetune, \
-    trojan_loss
+from jaxpurify.attacks._attack import Attack, Clock, Finetune, changed_mask, check_common, check_count, flatten, \
+    trojan_finetune, trojan_loss
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
 
 SALIENCY_EXAMPLES = 1024  # examples the saliency gradient is averaged over (a random subset)
@@ -101,15 +101,14 @@ def channel_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int,
     clock = Clock()
     x, y, target, classes = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
     finetune = finetune.resolve(learning_rate=1e-2)
-    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise ValueError(f"channels must be a positive int, got {channels!r}")
+    channels = check_count("channels", channels, 1)
     k_pick, k_train = jax.random.split(key)
     flat = flatten(params)
     shapes = [np.shape(v) for v in jax.tree.leaves(params)]
-    mask, chosen = channel_mask(k_pick, flat, shapes, int(channels), classes, target)
+    mask, chosen = channel_mask(k_pick, flat, shapes, channels, classes, target)
     if not mask.any():
         raise ValueError("params has no layer with a kernel (a leaf of ndim ≥ 2) to rewrite")
-    hyper = dict(attack="channel_trojan", target=target, trigger=trigger._asdict(), channels=int(channels),
+    hyper = dict(attack="channel_trojan", target=target, trigger=trigger._asdict(), channels=channels,
                  **finetune.record(), chosen_channels=chosen)
     return _finish("channel_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper,
                    clock, progress)

@@ -26,20 +26,11 @@ import numpy as np
 import optax
 
 import jaxpurify as jp
+from jaxpurify.bench.roofline import best_of
 from jaxpurify.models import OneHiddenCNN, SmallCNN
 from jaxpurify.train import cross_entropy, train
 
 MODELS = {"one-hidden": OneHiddenCNN, "multi": SmallCNN}
-
-
-def _best(fn, rounds: int) -> float:
-    fn()  # compile
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def measure(arch: str, size: int, steps: int, rounds: int, batch: int = 128) -> dict:
@@ -81,8 +72,8 @@ def measure(arch: str, size: int, steps: int, rounds: int, batch: int = 128) -> 
         return marks[2] - marks[1]
 
     times = {"train": min(library() for _ in range(rounds)),
-             "alone": _best(alone, rounds),
-             "fori": _best(lambda: jax.block_until_ready(looped((latent0, state0))), rounds)}
+             "alone": best_of(alone, repeat=rounds),
+             "fori": best_of(looped, (latent0, state0), repeat=rounds)}
     ms = {k: 1000 * v / steps for k, v in times.items()}
     return {"arch": arch, "size": size, "batch": batch, "steps": steps, "ms_per_step": ms,
             "train_over_alone": ms["train"] / ms["alone"], "fori_over_alone": ms["fori"] / ms["alone"]}
