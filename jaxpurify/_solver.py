@@ -17,7 +17,9 @@ and certify the answer (``_certify``).  The solver is three named pure pieces ov
 3. **certify** (``_certify``): result code, certificate and error bound per column.
 
 Passes after the first run only on the columns not yet certified, gathered into blocks an
-eighth as wide (``COMPACT``): a column that is done stops costing work.  (A problem narrower than
+eighth as wide (``COMPACT``): a column that is done stops costing work.  Their ADMM is shorter
+(``retry_iters``): those columns are mostly past the l1 boundary, where an early ADMM residual
+ranks the true outliers better for the trim than a converged one.  (A problem narrower than
 128 columns runs them at its own width: ``NARROW_MIN``.)
 
 Every column is solved in its own units: it is scaled by a power of two near its median
@@ -110,7 +112,8 @@ def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts
     dtype = y.dtype
     rtol = tols.rtol.astype(dtype)
     rounds = min(opts.polish_rounds, FIRST_ROUNDS) if first else opts.polish_rounds
-    c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), opts.finder_iters, tols.admm_tol, tols.relax)
+    iters_cap = opts.finder_iters if first else opts.retry_iters
+    c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), iters_cap, tols.admm_tol, tols.relax)
     r_admm = y - _mm(Q, c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
     fit = polish(A, Q, R, n, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)

@@ -4,6 +4,7 @@
 * ``default``: ``recover`` as shipped;
 * ``no trimming``: ``trim=False`` (later passes do not try "drop the largest residuals, refit");
 * ``one pass``: ``passes=1`` (no later passes on the columns the first one did not certify);
+* ``long later passes``: ``retry_iters=30`` (the later passes run ADMM as long as the first);
 * ``long finder, one pass``: ``finder_iters=2000, passes=1, trim=False``: ADMM run to its
   tolerance before the polish, close to how v1 found outliers (v1 also ran up to 3 full-width
   passes; this is not v1, only its finder strategy).
@@ -31,6 +32,7 @@ from jaxpurify.experiments._common import write_json
 
 EXACT = 1e-5
 VARIANTS = {"default": {}, "no trimming": {"trim": False}, "one pass": {"passes": 1},
+            "long later passes": {"retry_iters": 30},
             "long finder, one pass": {"finder_iters": 2000, "passes": 1, "trim": False}}
 POINTS = ((4, 0.15), (2, 0.20), (2, 0.25))  # (K/n, ρ) at K = 256, m = 512
 
