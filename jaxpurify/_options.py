@@ -30,11 +30,11 @@ class RecoverOptions:
         the outliers, not an accurate l1 minimizer, so a short finder plus further passes on the
         few columns not yet certified beats one long run (measured: benchmarks/README.md).
       passes: finder passes in all; passes after the first run only on uncertified columns.
-      retry_iters: ADMM iterations on the passes after the first.  Shorter than the first pass's:
-        a column left uncertified there is mostly one past the l1 boundary, where a converged
-        ADMM residual points at the l1 minimizer's (wrong) outliers, while an early one still
-        ranks the true outliers first for the trim (measured: K/n = 2 at 25% errors, 445 → 509
-        of 512 columns certified; benchmarks/README.md).
+      retry_iters: ADMM iterations on the passes after the first.  Shorter than the first pass's,
+        which certified far more columns past the l1 boundary (K/n = 2 at 25% errors: 445 → 509 of
+        512; ``python -m jaxpurify.bench.changes``), presumably because a converged ADMM residual
+        points at the l1 minimizer's wrong outliers; past the count bound fewer uncertified
+        columns come back exact (README, "Solver v2").
       admm_tol: relative ADMM stopping tolerance on primal and dual residuals (finder only).
       relax: ADMM over-relaxation in (0, 2).
       polish_rounds: cap on refit / re-read-mask rounds of the polish.
