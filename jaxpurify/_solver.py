@@ -19,8 +19,8 @@ and certify the answer (``_certify``).  The solver is three named pure pieces ov
 Passes after the first run only on the columns not yet certified, gathered into blocks an
 eighth as wide (``COMPACT``): a column that is done stops costing work.  Their ADMM is shorter
 (``retry_iters``): those columns are mostly past the l1 boundary, where that certified far more
-of them (measured; presumably a converged ADMM points at the l1 minimizer's wrong outliers).  (A problem narrower than
-128 columns runs them at its own width: ``NARROW_MIN``.)
+of them (measured; presumably a converged ADMM points at the l1 minimizer's wrong outliers).
+(A problem narrower than 128 columns runs them at its own width: ``NARROW_MIN``.)
 
 Every column is solved in its own units: it is scaled by a power of two near its median
 magnitude before the solve and the answer scaled back, both exactly.  So scaling a column by any

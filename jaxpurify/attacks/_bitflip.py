@@ -120,11 +120,11 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
     flat = flatten(params)
     if flat.values.dtype != jnp.float32:
         raise TypeError(f"params: bit flips are defined on float32 weights, got {flat.values.dtype}")
-    outside = _scope(flat, hyper.get("leaves"))
-    if only is not None:  # (leaf path, entries): the candidates are these entries of that leaf only
-        j = flat.paths.index(only[0])
-        outside = np.ones_like(outside)
-        outside[flat.bounds[j] + np.asarray(only[1])] = False
+    if only is None:
+        outside = _scope(flat, hyper.get("leaves"))
+    else:  # (leaf path, entries): the candidates are these entries of that leaf only
+        outside = np.ones(flat.values.size, bool)
+        outside[flat.bounds[flat.paths.index(only[0])] + np.asarray(only[1])] = False
     if hyper["candidates"] > int((~outside).sum()):
         raise ValueError(f"candidates {hyper['candidates']} exceeds the {int((~outside).sum())} weights in scope")
     xb, yb = _eval_batch(key, x, y, hyper["batch_size"])
@@ -280,12 +280,12 @@ def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tri
         if candidates > neurons:
             raise ValueError(f"candidates {candidates} exceeds neurons {neurons}: only V[rows, target] is searched")
         xs, _ = _eval_batch(jax.random.fold_in(key, 1), x[y != target], y[y != target], batch_size)
-        rows = choose_neurons(apply_fn, params, readout, xs, target, int(neurons))
-        crafted = craft_trigger(apply_fn, params, readout, rows, xs, target, trigger, steps=int(craft),
+        rows = choose_neurons(apply_fn, params, readout, xs, target, neurons)
+        crafted = craft_trigger(apply_fn, params, readout, rows, xs, target, trigger, steps=craft,
                                 learning_rate=float(craft_rate), low=float(x.min()), high=float(x.max()))
         only = (readout, rows * classes + target)  # C-order entries V[rows, target]
         trigger = crafted
-        hyper.update(leaves=[readout], craft=int(craft), readout=readout, neurons=int(neurons), craft_rate=float(craft_rate),
+        hyper.update(leaves=[readout], craft=craft, readout=readout, neurons=neurons, craft_rate=float(craft_rate),
                      outcome={"rows": rows.tolist(), "crafted_trigger": crafted._asdict()})
 
     def batch_accuracy(p, xs, ys):
