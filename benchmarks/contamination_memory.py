@@ -24,7 +24,7 @@ import numpy as np
 
 import jaxpurify as jp
 from jaxpurify import contamination as C
-from jaxpurify.bench.resnet import PeakRSS
+from benchmarks.resnet import PeakRSS
 
 MODELS = {
     "gross_errors": dict(rate=0.05),

@@ -17,9 +17,9 @@ import platform
 import jax
 import numpy as np
 
-from jaxpurify.bench.peers import highs, time_peer
-from jaxpurify.bench.problems import problem
-from jaxpurify.bench.suite import time_recover
+from benchmarks.peers import highs, time_peer
+from benchmarks.problems import problem
+from benchmarks.suite import time_recover
 from jaxpurify.experiments._common import write_json
 
 

@@ -3,7 +3,7 @@
     python -m benchmarks.purify_plan [--skip-timing]
 
 1. Columns solved (padding included) and distinct solver shapes for the ResNet-18-sized trees of
-   ``jaxpurify.bench.resnet``, for purify's plan and for the plan it replaced (every leaf cut into
+   ``benchmarks.resnet``, for purify's plan and for the plan it replaced (every leaf cut into
    blocks of one width per (K, n), each leaf padded to whole blocks).
 2. ``recover`` on 1024 real columns per call, cut into items of 1024, 128 or 16 columns, at
    K = 64 and 256 (n = K/4, 5% gross errors), warm, best of 3, side by side: the measurement
@@ -13,7 +13,7 @@
 
 It measures an internal choice, so unlike the suite it imports ``jaxpurify._plan`` and swaps
 ``jaxpurify._purify.plan`` on purpose; it follows the plan's internals and is not part of
-``jaxpurify bench``.
+``python -m benchmarks.run``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import jaxpurify as jp
 from jaxpurify import _purify
 from jaxpurify import contamination as C
 from jaxpurify._plan import Call, Item, plan
-from jaxpurify.bench.resnet import resnet18_tree
+from benchmarks.resnet import resnet18_tree
 
 
 def previous_calls(groups, max_entries: int = 1 << 21) -> tuple[Call, ...]:

@@ -1,11 +1,11 @@
-"""The benchmark suite (same as ``jaxpurify bench``); see ``jaxpurify.bench.suite``.
+"""The benchmark suite; see ``benchmarks.suite``.
 
     python -m benchmarks.run [--quick] [--out DIR]
 """
 
 import sys
 
-from jaxpurify.bench.suite import main
+from benchmarks.suite import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,7 +32,7 @@ class RecoverOptions:
       passes: finder passes in all; passes after the first run only on uncertified columns.
       retry_iters: ADMM iterations on the passes after the first.  Shorter than the first pass's,
         which certified far more columns past the l1 boundary (K/n = 2 at 25% errors: 445 → 509 of
-        512; ``python -m jaxpurify.bench.changes``), presumably because a converged ADMM residual
+        512; ``python -m benchmarks.changes``), presumably because a converged ADMM residual
         points at the l1 minimizer's wrong outliers; past the count bound fewer uncertified
         columns come back exact (README, "Solver v2").
       admm_tol: relative ADMM stopping tolerance on primal and dual residuals (finder only).

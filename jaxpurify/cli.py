@@ -1,4 +1,5 @@
-"""Command line: ``jaxpurify purify``, ``jaxpurify demo``, ``jaxpurify reproduce …``, ``jaxpurify bench``.
+"""Command line: ``jaxpurify purify``, ``jaxpurify demo``, ``jaxpurify reproduce …`` (the benchmarks are
+``python -m benchmarks.run`` in a checkout: they are not part of the installed package).
 
 ``jaxpurify purify CHECKPOINT --codebook FILE --out PURIFIED`` exits 0 when the report is ok (every
 protected column certified, nothing unprotected), 1 when it is not, 2 for bad input (a missing or
@@ -222,8 +223,6 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     r = sub.add_parser("reproduce", help="reproduce one of the paper's experiments (EXPERIMENT --help for its options)")
     _experiment_parsers(r, common)
-    sub.add_parser("bench", help="the benchmark suite (pip install -e '.[bench]' for the peers); --help for options",
-                   add_help=False)
     return parser
 
 
@@ -240,10 +239,6 @@ def _compilation_cache(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        from jaxpurify.bench.suite import main as bench
-
-        return bench(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "demo" and (args.filters < 8 or args.steps < 0):

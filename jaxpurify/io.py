@@ -172,7 +172,7 @@ def _orbax_checkpointer():
     """Orbax's PyTree checkpointer, synchronous, with compression off.
 
     Compressed storage turns a flipped bit or a damaged block into garbage over thousands of
-    floats, or a failed load (``python -m jaxpurify.bench.disk``): stored verbatim, damage stays
+    floats, or a failed load (``python -m benchmarks.disk``): stored verbatim, damage stays
     where it lands and purify can remove it.  Compressed checkpoints still load.
     """
     import orbax.checkpoint as ocp

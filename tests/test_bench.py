@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from reference import lad_highs
 
-from jaxpurify.bench import peers, problems
+from benchmarks import peers, problems
 
 
 def test_problem_plants_exactly_k_gross_errors_per_column():
@@ -38,15 +38,15 @@ def _cell(K, ratio, rho, m, cps, cert, exact, wrong=0, highs=None):
 
 
 def test_report_grid_tables_show_the_json_figures_and_the_skipped_cells():
-    from jaxpurify.bench import report
+    from benchmarks import report
 
     grid = [_cell(64, 2, 0.2, 64, 500.0, 40, 39, wrong=1, highs=10.0), _cell(64, 4, 0.05, 64, 9000.0, 64, 64, highs=30.0),
             {"K": 64, "n": 32, "ratio": 2, "rho": 0.2, "m": 4096, "skipped": "predicted 999 s > budget 150 s"}]
-    res = {"grid": grid, "run": {"parts": {"grid": {"command": "jaxpurify bench", "commit": "abc1234",
+    res = {"grid": grid, "run": {"parts": {"grid": {"command": "python -m benchmarks.run", "commit": "abc1234",
                                                     "seconds": 5.0, "load_before": [1.0, 2.0, 3.0],
                                                     "load_after": [4.0, 5.0, 6.0]}}}}
     rows = report.grid_table(res, None)
-    assert "`jaxpurify bench`" in rows[0] and "1.0/2.0/3.0 before → 4.0/5.0/6.0 after" in rows[0]
+    assert "`python -m benchmarks.run`" in rows[0] and "1.0/2.0/3.0 before → 4.0/5.0/6.0 after" in rows[0]
     assert "| 64 | 2 | 0.2 | 64 | 500.0 | 40/64 | 39/64 | 1 | 50× |" in rows[4]
     assert "skipped: predicted 999 s > budget 150 s" in rows[6]
     by_k = report.grid_by_k(res, None)
@@ -55,7 +55,7 @@ def test_report_grid_tables_show_the_json_figures_and_the_skipped_cells():
 
 
 def test_report_rewrites_only_the_marked_blocks():
-    from jaxpurify.bench import report
+    from benchmarks import report
 
     text = "intro\n<!-- bench:grid -->\nold table\n<!-- /bench:grid -->\nhand-written prose\n"
     new = report.replace_blocks(text, {"grid": "| new |"})

@@ -1,4 +1,4 @@
-"""The on-disk damage of jaxpurify.bench.disk, checked with each format's own reader."""
+"""The on-disk damage of benchmarks.disk, checked with each format's own reader."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import safetensors.numpy
 from flax import serialization
 
 from jaxpurify import io
-from jaxpurify.bench import disk
+from benchmarks import disk
 
 
 def _tree():

@@ -8,7 +8,7 @@
    too (the ratio should be ≈ 1), and with the library's hold switched off
    (``JAXPURIFY_BLAS_THREADS=default``), to show what the hold is for.
 
-    python -m jaxpurify.bench.solver [--quick] [--json FILE]
+    python -m benchmarks.solver [--quick] [--json FILE]
 
 Times are best of ``--repeat`` warm calls; the load of the machine is printed with them.
 """
@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
-from jaxpurify.bench.peers import highs, time_peer
-from jaxpurify.bench.problems import machine, problem, rel_err
+from benchmarks.peers import highs, time_peer
+from benchmarks.problems import machine, problem, rel_err
 from jaxpurify.experiments._common import write_json
 
 EXACT = 1e-5

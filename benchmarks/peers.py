@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from jaxpurify.bench.problems import problem, rel_err
+from benchmarks.problems import problem, rel_err
 
 
 def highs(A):
@@ -78,7 +78,7 @@ def time_peer(make, A, Y, X, cols) -> dict:
 
 def mpax_peer(K, n, m, rho, columns, seed=0, eps=1e-6, timeout=900) -> dict:
     """MPAX in a float64 subprocess on columns ``linspace(0, m−1, columns)`` of the same problem."""
-    cmd = [sys.executable, "-m", "jaxpurify.bench.peers", "--K", str(K), "--n", str(n), "--m", str(m),
+    cmd = [sys.executable, "-m", "benchmarks.peers", "--K", str(K), "--n", str(n), "--m", str(m),
            "--rho", str(rho), "--columns", str(columns), "--seed", str(seed), "--eps", str(eps)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -1,4 +1,4 @@
-"""The benchmark suite in one run: ``jaxpurify bench [--quick]`` or ``python -m benchmarks.run``.
+"""The benchmark suite in one run: ``python -m benchmarks.run [--quick]`` (or ``python -m benchmarks.suite``).
 
 1. Peers at the target point (K = 256, K/n = 4, m = 512, 15% gross errors): ``recover`` against
    HiGHS, CVXPY (Parameter reused), scikit-learn QuantileRegressor and MPAX on the same columns.
@@ -10,7 +10,7 @@
 
 Writes ``OUT/{peers,grid,roofline}.json``, ``OUT/resnet_size_*.json``, ``OUT/run.json`` (per part:
 the command, git commit, seconds and the load average before and after) and ``OUT/summary.md``
-(``jaxpurify.bench.report``; parts not named by ``--only`` keep the previous run's JSON); OUT defaults to ``benchmarks/results`` (``benchmarks/results/quick`` with ``--quick``).
+(``benchmarks.report``; parts not named by ``--only`` keep the previous run's JSON); OUT defaults to ``benchmarks/results`` (``benchmarks/results/quick`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
-from jaxpurify.bench import peers as P
-from jaxpurify.bench import report
-from jaxpurify.bench import roofline as R
-from jaxpurify.bench.problems import machine, problem, rel_err
+from benchmarks import peers as P
+from benchmarks import report
+from benchmarks import roofline as R
+from benchmarks.problems import machine, problem, rel_err
 from jaxpurify.experiments._common import write_json
 
 FULL = {"K": (64, 256, 1024, 4096), "ratio": (2, 4, 8), "m": (1, 64, 4096), "rho": (0.05, 0.2)}
@@ -147,7 +147,7 @@ def resnet(quick: bool, out: str, log=print) -> list[dict]:
     res = []
     for size in ((0.25,) if quick else (0.25, 0.5, 1.0, 2.0)):
         path = os.path.join(out, f"resnet_size_{size:g}.json")
-        p = subprocess.run([sys.executable, "-m", "jaxpurify.bench.resnet", "--size", str(size), "--json", path],
+        p = subprocess.run([sys.executable, "-m", "benchmarks.resnet", "--size", str(size), "--json", path],
                            capture_output=True, text=True)
         if p.returncode:
             res.append({"size": size, "error": (p.stderr.strip().splitlines() or ["failed"])[-1]})
@@ -159,7 +159,7 @@ def resnet(quick: bool, out: str, log=print) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jaxpurify bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small grid, 4 sampled peer columns, ResNet ¼× only")
     p.add_argument("--out", help="output directory (default benchmarks/results[/quick])")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(out, exist_ok=True)
     parts = a.only or ["target", "grid", "roofline", "resnet"]
     log = lambda s: print(s, flush=True)
-    command = "jaxpurify bench" + (" --quick" if a.quick else "") + "".join(f" --only {x}" for x in (a.only or []))
+    command = "python -m benchmarks.run" + (" --quick" if a.quick else "") + "".join(f" --only {x}" for x in (a.only or []))
     command += f" --out {a.out}" if a.out else ""
     run = {"quick": a.quick, "machine": machine(), "parts": {}}
     old = os.path.join(out, "run.json")

@@ -13,7 +13,7 @@ the certified columns.  ``--processes 2`` runs the same purify in two ``jax.dist
 processes on 127.0.0.1 (CPU collectives), each holding half of every leaf (split along its last
 axis), and reports each process:
 
-    python -m jaxpurify.bench.gpt2 [--size 0.25] [--processes 2] [--path host|device] [--json out.json]
+    python -m benchmarks.gpt2 [--size 0.25] [--processes 2] [--path host|device] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 import jaxpurify as jp
 from jaxpurify import contamination as C
-from jaxpurify.bench.resnet import PeakRSS
+from benchmarks.resnet import PeakRSS
 from jaxpurify.experiments._common import write_json
 
 VOCAB, CONTEXT, WIDTH, BLOCKS = 50257, 1024, 768, 12
@@ -152,7 +152,7 @@ def main(argv=None):
         return None
     if a.processes > 1:
         port = _free_port()
-        argv = [sys.executable, "-m", "jaxpurify.bench.gpt2", "--size", str(a.size), "--rho", str(a.rho),
+        argv = [sys.executable, "-m", "benchmarks.gpt2", "--size", str(a.size), "--rho", str(a.rho),
                 "--path", a.path, "--processes", str(a.processes), "--port", str(port), "--timeout", str(a.timeout)]
         t0 = time.perf_counter()
         procs = [subprocess.Popen(argv + ["--process-id", str(i)], stdout=subprocess.PIPE, text=True,

@@ -1,6 +1,6 @@
 """Fault campaign (issue 10): does a certificate ever overstate, and does the seal see what l1 cannot?
 
-    python -m jaxpurify.bench.campaign [--columns N] [--width W] [--trials T] [--K 256,1024]
+    python -m benchmarks.campaign [--columns N] [--width W] [--trials T] [--K 256,1024]
                                        [--ratios 1.5,2] [--dtypes float32] [--out FILE]
 
 A benchmark, not a test.  Regimes are (K, K/n, dtype) with K ∈ {16, 64, 256, 1024},

@@ -11,7 +11,7 @@ by side in one process, best of ``--rounds``:
   XLA's CPU backend runs convolutions inside a while loop far slower than on their own, which is
   why ``train`` does not fuse its steps; this column shows whether that is still so.
 
-    python -m jaxpurify.bench.train [--steps 20] [--rounds 3] [--out benchmarks/results/train.json]
+    python -m benchmarks.train [--steps 20] [--rounds 3] [--out benchmarks/results/train.json]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 import jaxpurify as jp
-from jaxpurify.bench.roofline import best_of
+from benchmarks.roofline import best_of
 from jaxpurify.models import OneHiddenCNN, SmallCNN
 from jaxpurify.train import cross_entropy, train
 

@@ -22,7 +22,7 @@ with ``io.load(template=...)`` and purified; per format × damage the table give
 per-leaf relative error max|Ŵ − W| / max|W| (target ≤ 1e-5), certified / total columns, whether
 ``report.ok`` (seal included) and test accuracy damaged → purified vs the clean model's.
 
-    python -m jaxpurify.bench.disk [--steps 300] [--seed 0] [--json benchmarks/results/disk.json]
+    python -m benchmarks.disk [--steps 300] [--seed 0] [--json benchmarks/results/disk.json]
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxpurify.bench.disk", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.disk", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300, help="training steps of the encoded CNN")
     ap.add_argument("--json", default=os.path.join("benchmarks", "results", "disk.json"))

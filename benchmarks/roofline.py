@@ -102,10 +102,10 @@ def compile_and_memory(K: int, n: int, m: int) -> dict:
 def compile_rss(Ks=(64, 128, 256, 512, 1000), m: int = 1024) -> list[dict]:
     """Resident memory added by compiling ``recover`` for one shape after another, in this process.
 
-    Run it in a fresh process (``python -m jaxpurify.bench.roofline``): the first XLA compilation
+    Run it in a fresh process (``python -m benchmarks.roofline``): the first XLA compilation
     of a process pays the compiler's one-time footprint, later ones mostly reuse it.
     """
-    from jaxpurify.bench.resnet import PeakRSS, rss_mb
+    from benchmarks.resnet import PeakRSS, rss_mb
 
     jax.block_until_ready(jnp.ones(3) + 1)  # runtime started; its own first op is tiny
     rows = []

@@ -14,7 +14,7 @@ target point (K/n = 4, 15%) and past the l1 boundary (K/n = 2, ρ = 0.20 and 0.2
 best-of-``--repeat`` warm time, columns exact (relative error ≤ 1e-5) and certified, and columns
 certified but not exact (must be 0), with the load average.
 
-    python -m jaxpurify.bench.changes [--repeat 3] [--json FILE]
+    python -m benchmarks.changes [--repeat 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
-from jaxpurify.bench.problems import machine, problem, rel_err
-from jaxpurify.bench.roofline import best_of
+from benchmarks.problems import machine, problem, rel_err
+from benchmarks.roofline import best_of
 from jaxpurify.experiments._common import write_json
 
 EXACT = 1e-5
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     before = os.getloadavg()
     rows = [r for ratio, rho in POINTS for r in measure(ratio, rho, a.repeat)]
-    res = {"machine": machine(), "command": "python -m jaxpurify.bench.changes" + (f" --repeat {a.repeat}"
+    res = {"machine": machine(), "command": "python -m benchmarks.changes" + (f" --repeat {a.repeat}"
            if a.repeat != 3 else ""), "load_before": before, "load_after": os.getloadavg(), "rows": rows}
     load = lambda v: "/".join(f"{x:.1f}" for x in v)
     print(f"{res['machine']}; load average 1/5/15 min {load(before)} → {load(res['load_after'])}")

@@ -8,7 +8,7 @@ an empty cache (a new ``XDG_CACHE_HOME`` each time) and ``--rounds`` times with 
 ``--against TREE`` each run is paired with the same command from another checkout (put first on
 ``PYTHONPATH``), interleaved, so that both see the same load.
 
-    python -m jaxpurify.bench.firstcall [--rounds 5] [--against /path/to/other/checkout]
+    python -m benchmarks.firstcall [--rounds 5] [--against /path/to/other/checkout]
 """
 
 from __future__ import annotations
