@@ -135,9 +135,17 @@ def judge(A, Y, X, clean, out, dtype) -> dict[str, np.ndarray]:
     k = changed.sum(0)
     usable = fin.sum(0)
     k_hat = (np.asarray(out.outliers[0]) & fin).sum(0)
-    return dict(certified=np.asarray(out.certified[0]), bound=np.asarray(out.bound[0], np.float64), rel=rel,
-                k=k, usable=usable, k_hat=k_hat, within=k <= usable - n - k_hat, exact=rel <= EXACT[dtype],
-                n=np.full(k.shape, n))
+    return dict(
+        certified=np.asarray(out.certified[0]),
+        bound=np.asarray(out.bound[0], np.float64),
+        rel=rel,
+        k=k,
+        usable=usable,
+        k_hat=k_hat,
+        within=k <= usable - n - k_hat,
+        exact=rel <= EXACT[dtype],
+        n=np.full(k.shape, n),
+    )
 
 
 def _sealed_leaf(rng, cb, name: str, width: int, dtype: str):
@@ -170,7 +178,12 @@ def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
         elif kind == "doubled":
             W[idx] = 2 * W[idx]
         else:  # a change inside range(A) of a tenth of the column's size
-            z = rng.standard_normal((idx.size, n)) * 0.1 * np.linalg.norm(theta[idx], axis=1, keepdims=True) / math.sqrt(n)
+            z = (
+                rng.standard_normal((idx.size, n))
+                * 0.1
+                * np.linalg.norm(theta[idx], axis=1, keepdims=True)
+                / math.sqrt(n)
+            )
             W[idx] = (W[idx] + z @ A.T).astype(dtype)
     tampered = {"w": W}
     Y = np.asarray(cb.pack(tampered)[name])
@@ -185,15 +198,28 @@ def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
     chunk_cols = max(1, cb.seal_record.chunk // K)
     chunk_of = np.arange(width) // chunk_cols
     false_alarm = sum(1 for c in np.unique(chunk_of[failed]) if not faulted[chunk_of == c].any())
-    per = {kind: dict(columns=int((fault == kind).sum()),
-                      certified=int((certified & (fault == kind)).sum()),
-                      undetected=int((certified & (fault == kind) & ~failed).sum())) for kind, _ in FAULTS}
-    return dict(columns=width, faulted=int(faulted.sum()), certified_faulted=int((certified & faulted).sum()),
-                seal_tolerance=verdict.tolerance, seal_detectable=verdict.detectable,
-                max_abs_weight=float(np.abs(np.asarray(deployed["w"])).max()),
-                undetected=int((certified & faulted & ~failed).sum()), leaf_verified=bool(verdict.verified),
-                false_alarm_chunks=int(false_alarm), clean_certified=int((certified & ~faulted).sum()),
-                clean_columns=int((~faulted).sum()), per_fault=per)
+    per = {
+        kind: dict(
+            columns=int((fault == kind).sum()),
+            certified=int((certified & (fault == kind)).sum()),
+            undetected=int((certified & (fault == kind) & ~failed).sum()),
+        )
+        for kind, _ in FAULTS
+    }
+    return dict(
+        columns=width,
+        faulted=int(faulted.sum()),
+        certified_faulted=int((certified & faulted).sum()),
+        seal_tolerance=verdict.tolerance,
+        seal_detectable=verdict.detectable,
+        max_abs_weight=float(np.abs(np.asarray(deployed["w"])).max()),
+        undetected=int((certified & faulted & ~failed).sum()),
+        leaf_verified=bool(verdict.verified),
+        false_alarm_chunks=int(false_alarm),
+        clean_certified=int((certified & ~faulted).sum()),
+        clean_columns=int((~faulted).sum()),
+        per_fault=per,
+    )
 
 
 def honest_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
@@ -221,10 +247,16 @@ def honest_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
     certified = np.asarray(out.certified[0])
     cols = max(1, cb.seal_record.chunk // K)
     false_alarm = sum(1 for a, _ in verdict.failed_chunks if certified[a // K : a // K + cols].all())
-    return dict(columns=width, certified=int(report.certified), ok=int(report.ok), verified=int(report.verified),
-                false_alarm_chunks=int(false_alarm), seal_detectable=verdict.detectable,
-                max_abs_weight=float(np.abs(np.asarray(deployed["w"])).max()),
-                max_statistic_over_tolerance=verdict.statistic / verdict.tolerance if verdict.tolerance else math.inf)
+    return dict(
+        columns=width,
+        certified=int(report.certified),
+        ok=int(report.ok),
+        verified=int(report.verified),
+        false_alarm_chunks=int(false_alarm),
+        seal_detectable=verdict.detectable,
+        max_abs_weight=float(np.abs(np.asarray(deployed["w"])).max()),
+        max_statistic_over_tolerance=verdict.statistic / verdict.tolerance if verdict.tolerance else math.inf,
+    )
 
 
 def merge(trials: list[dict], top: bool = True) -> dict:
@@ -249,9 +281,17 @@ def merge(trials: list[dict], top: bool = True) -> dict:
 
 def _row(cols: dict[str, np.ndarray]) -> dict:
     if not cols:  # no entry faults asked for (--columns 0)
-        return dict(columns=0, certified=0, outside_bound_within_guarantee=0, certified_wrong_beyond_guarantee=0,
-                    exact_uncertified=0, max_error_over_bound=0.0, median_bound_over_error=math.nan,
-                    edge_certified=0, edge_median_bound_over_error=math.nan)
+        return dict(
+            columns=0,
+            certified=0,
+            outside_bound_within_guarantee=0,
+            certified_wrong_beyond_guarantee=0,
+            exact_uncertified=0,
+            max_error_over_bound=0.0,
+            median_bound_over_error=math.nan,
+            edge_certified=0,
+            edge_median_bound_over_error=math.nan,
+        )
     c, w = cols["certified"], cols["within"]
     # how loose the bound is: bound / true error over certified columns within the guarantee with an
     # error (> 0) and a finite bound; "edge": |I| = n+1 inliers, where the leverage factor applies
@@ -261,15 +301,22 @@ def _row(cols: dict[str, np.ndarray]) -> dict:
     over = c & w & (cols["rel"] > cols["bound"])
     with np.errstate(invalid="ignore"):
         ratio = np.where(c & w & (cols["bound"] > 0), cols["rel"] / np.where(cols["bound"] > 0, cols["bound"], 1), 0)
-    return dict(columns=int(c.size), certified=int(c.sum()), outside_bound_within_guarantee=int(over.sum()),
-                certified_wrong_beyond_guarantee=int((c & ~w & (cols["rel"] > cols["bound"])).sum()),
-                exact_uncertified=int((~c & cols["exact"]).sum()),
-                max_error_over_bound=float(ratio.max()) if ratio.size else 0.0,
-                median_bound_over_error=med(tight), edge_certified=int(edge.sum()),
-                edge_median_bound_over_error=med(tight & edge))
+    return dict(
+        columns=int(c.size),
+        certified=int(c.sum()),
+        outside_bound_within_guarantee=int(over.sum()),
+        certified_wrong_beyond_guarantee=int((c & ~w & (cols["rel"] > cols["bound"])).sum()),
+        exact_uncertified=int((~c & cols["exact"]).sum()),
+        max_error_over_bound=float(ratio.max()) if ratio.size else 0.0,
+        median_bound_over_error=med(tight),
+        edge_certified=int(edge.sum()),
+        edge_median_bound_over_error=med(tight & edge),
+    )
 
 
-def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS, dtypes=DTYPES, trials: int = 1) -> dict:
+def run(
+    columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS, dtypes=DTYPES, trials: int = 1
+) -> dict:
     if width % GROUP:
         raise ValueError(f"width must be a multiple of {GROUP}, got {width}")
     rng = np.random.default_rng(seed)
@@ -296,10 +343,19 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                     per_model.setdefault((model, dtype), []).append({k: v[sel] for k, v in acc.items() if k != "model"})
                 trial = merge([in_range_trial(rng, cb, name, width, dtype) for _ in range(trials)])
                 honest = merge([honest_trial(rng, cb, name, width, dtype) for _ in range(trials)])
-                row = dict(K=K, n=n, ratio=ratio, dtype=dtype, **_row(acc), in_range=trial, honest=honest,
-                           seconds=round(time.perf_counter() - t0, 1))
+                row = dict(
+                    K=K,
+                    n=n,
+                    ratio=ratio,
+                    dtype=dtype,
+                    **_row(acc),
+                    in_range=trial,
+                    honest=honest,
+                    seconds=round(time.perf_counter() - t0, 1),
+                )
                 regimes.append(row)
-                log(f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, {row['certified']} certified, "
+                log(
+                    f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, {row['certified']} certified, "
                     f"{row['outside_bound_within_guarantee']} outside bound, {row['exact_uncertified']} exact uncertified, "
                     f"median bound/error {row['median_bound_over_error']:.3g} ({row['edge_certified']} certified with "
                     f"|I| = n+1: {row['edge_median_bound_over_error']:.3g}); "
@@ -309,36 +365,53 @@ def run(columns: int, width: int, seed: int = 0, log=print, Ks=KS, ratios=RATIOS
                     f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|; within capacity "
                     f"{honest['certified']}/{honest['columns']} certified, ok {honest['ok']}/{trials}, "
                     f"{honest['false_alarm_chunks']} false alarms, statistic/tolerance ≤ "
-                    f"{honest['max_statistic_over_tolerance']:.2g}", flush=True)
+                    f"{honest['max_statistic_over_tolerance']:.2g}",
+                    flush=True,
+                )
     models = []
     for (model, dtype), parts in per_model.items():
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         models.append(dict(model=model, dtype=dtype, **_row(merged)))
-    return dict(regimes=regimes, models=models, seconds=round(time.perf_counter() - t_all, 1),
-                columns=sum(r["columns"] + r["in_range"]["columns"] + r["honest"]["columns"] for r in regimes),
-                machine=dict(cpus=os.cpu_count(), python=platform.python_version(), jax=jax.__version__,
-                             load=os.getloadavg()), width=width, seed=seed)
+    return dict(
+        regimes=regimes,
+        models=models,
+        seconds=round(time.perf_counter() - t_all, 1),
+        columns=sum(r["columns"] + r["in_range"]["columns"] + r["honest"]["columns"] for r in regimes),
+        machine=dict(cpus=os.cpu_count(), python=platform.python_version(), jax=jax.__version__, load=os.getloadavg()),
+        width=width,
+        seed=seed,
+    )
 
 
 def table(result: dict) -> str:
-    head = ("| K | K/n | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
-            "| exact, uncertified | in-range faults certified by l1 | undetected with the seal | seal false alarms "
-            "| seal detects (× max|W|) | within capacity, sealed: certified | ok | false alarms |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| K | K/n | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
+        "| exact, uncertified | in-range faults certified by l1 | undetected with the seal | seal false alarms "
+        "| seal detects (× max|W|) | within capacity, sealed: certified | ok | false alarms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in result["regimes"]:
         t, h = r["in_range"], r["honest"]
-        lines.append(f"| {r['K']} | {r['K'] / r['n']:.2f} | {r['dtype']} | {r['columns']:,} | {r['certified']:,} | "
-                     f"{r['outside_bound_within_guarantee']} | {r['certified_wrong_beyond_guarantee']} | "
-                     f"{r['exact_uncertified']} | {t['certified_faulted']}/{t['faulted']} | {t['undetected']} | "
-                     f"{t['false_alarm_chunks']} | {t['seal_detectable'] / t['max_abs_weight']:.2g} | "
-                     f"{h['certified']:,}/{h['columns']:,} | {h['ok']}/{h['trials']} | {h['false_alarm_chunks']} |")
-    lines += ["", "| model | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
-              "| exact, uncertified | max error / bound | median bound / error |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['K']} | {r['K'] / r['n']:.2f} | {r['dtype']} | {r['columns']:,} | {r['certified']:,} | "
+            f"{r['outside_bound_within_guarantee']} | {r['certified_wrong_beyond_guarantee']} | "
+            f"{r['exact_uncertified']} | {t['certified_faulted']}/{t['faulted']} | {t['undetected']} | "
+            f"{t['false_alarm_chunks']} | {t['seal_detectable'] / t['max_abs_weight']:.2g} | "
+            f"{h['certified']:,}/{h['columns']:,} | {h['ok']}/{h['trials']} | {h['false_alarm_chunks']} |"
+        )
+    lines += [
+        "",
+        "| model | dtype | columns | certified | outside bound (within guarantee) | certified wrong beyond guarantee "
+        "| exact, uncertified | max error / bound | median bound / error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in result["models"]:
-        lines.append(f"| {m['model']} | {m['dtype']} | {m['columns']:,} | {m['certified']:,} | "
-                     f"{m['outside_bound_within_guarantee']} | {m['certified_wrong_beyond_guarantee']} | "
-                     f"{m['exact_uncertified']} | {m['max_error_over_bound']:.2g} | {m['median_bound_over_error']:.3g} |")
+        lines.append(
+            f"| {m['model']} | {m['dtype']} | {m['columns']:,} | {m['certified']:,} | "
+            f"{m['outside_bound_within_guarantee']} | {m['certified_wrong_beyond_guarantee']} | "
+            f"{m['exact_uncertified']} | {m['max_error_over_bound']:.2g} | {m['median_bound_over_error']:.3g} |"
+        )
     return "\n".join(lines)
 
 
@@ -353,9 +426,15 @@ def main(argv=None) -> dict:
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "campaign.json"))
     a = p.parse_args(argv)
-    result = run(a.columns, a.width, a.seed, Ks=tuple(int(k) for k in a.K.split(",")),
-                 ratios=tuple(float(r) for r in a.ratios.split(",")), dtypes=tuple(a.dtypes.split(",")),
-                 trials=a.trials)
+    result = run(
+        a.columns,
+        a.width,
+        a.seed,
+        Ks=tuple(int(k) for k in a.K.split(",")),
+        ratios=tuple(float(r) for r in a.ratios.split(",")),
+        dtypes=tuple(a.dtypes.split(",")),
+        trials=a.trials,
+    )
     print(table(result))
     print(f"{result['columns']:,} columns in {result['seconds']} s; load {result['machine']['load']}")
     if a.out:

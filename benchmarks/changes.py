@@ -31,9 +31,13 @@ from benchmarks.roofline import best_of
 from jaxpurify.experiments._common import write_json
 
 EXACT = 1e-5
-VARIANTS = {"default": {}, "no trimming": {"trim": False}, "one pass": {"passes": 1},
-            "long later passes": {"retry_iters": 30},
-            "long finder, one pass": {"finder_iters": 2000, "passes": 1, "trim": False}}
+VARIANTS = {
+    "default": {},
+    "no trimming": {"trim": False},
+    "one pass": {"passes": 1},
+    "long later passes": {"retry_iters": 30},
+    "long finder, one pass": {"finder_iters": 2000, "passes": 1, "trim": False},
+}
 POINTS = ((4, 0.15), (2, 0.20), (2, 0.25))  # (K/n, ρ) at K = 256, m = 512
 
 
@@ -47,10 +51,19 @@ def measure(ratio: int, rho: float, repeat: int) -> list[dict]:
         t = best_of(lambda: jp.recover(A32, Y32, opts).x, repeat=repeat)
         out = jp.recover(A32, Y32, opts)
         err, cert = rel_err(out.x, X), np.asarray(out.certified)
-        rows.append({"K/n": ratio, "rho": rho, "variant": name, "options": change, "seconds": t,
-                     "exact_certified": int((cert & (err <= EXACT)).sum()), "columns": 512,
-                     "certified_wrong": int((cert & (err > EXACT)).sum()),
-                     "load": [round(x, 2) for x in os.getloadavg()]})
+        rows.append(
+            {
+                "K/n": ratio,
+                "rho": rho,
+                "variant": name,
+                "options": change,
+                "seconds": t,
+                "exact_certified": int((cert & (err <= EXACT)).sum()),
+                "columns": 512,
+                "certified_wrong": int((cert & (err > EXACT)).sum()),
+                "load": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
     return rows
 
 
@@ -58,15 +71,19 @@ def table(rows: list[dict]) -> str:
     """Markdown: one line per variant, one column pair per point, time relative to the default."""
     pts = list(dict.fromkeys((r["K/n"], r["rho"]) for r in rows))
     by = {(r["variant"], r["K/n"], r["rho"]): r for r in rows}
-    L = ["| variant | " + " | ".join(f"K/n={k}, ρ={p}: exact & certified, time (× default)" for k, p in pts) + " |",
-         "|---|" + "---|" * len(pts)]
+    L = [
+        "| variant | " + " | ".join(f"K/n={k}, ρ={p}: exact & certified, time (× default)" for k, p in pts) + " |",
+        "|---|" + "---|" * len(pts),
+    ]
     for name in VARIANTS:
         cells = []
         for k, p in pts:
             r, d = by[(name, k, p)], by[("default", k, p)]
             wrong = f", {r['certified_wrong']} certified wrong" if r["certified_wrong"] else ""
-            cells.append(f"{r['exact_certified']}/{r['columns']}{wrong}, {r['seconds'] * 1e3:.0f} ms "
-                         f"({r['seconds'] / d['seconds']:.2f}×)")
+            cells.append(
+                f"{r['exact_certified']}/{r['columns']}{wrong}, {r['seconds'] * 1e3:.0f} ms "
+                f"({r['seconds'] / d['seconds']:.2f}×)"
+            )
         opt = ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items())
         L.append(f"| {name}{f' (`{opt}`)' if opt else ''} | " + " | ".join(cells) + " |")
     return "\n".join(L)
@@ -79,8 +96,13 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     before = os.getloadavg()
     rows = [r for ratio, rho in POINTS for r in measure(ratio, rho, a.repeat)]
-    res = {"machine": machine(), "command": "python -m benchmarks.changes" + (f" --repeat {a.repeat}"
-           if a.repeat != 3 else ""), "load_before": before, "load_after": os.getloadavg(), "rows": rows}
+    res = {
+        "machine": machine(),
+        "command": "python -m benchmarks.changes" + (f" --repeat {a.repeat}" if a.repeat != 3 else ""),
+        "load_before": before,
+        "load_after": os.getloadavg(),
+        "rows": rows,
+    }
     load = lambda v: "/".join(f"{x:.1f}" for x in v)
     print(f"{res['machine']}; load average 1/5/15 min {load(before)} → {load(res['load_after'])}")
     print(table(rows))

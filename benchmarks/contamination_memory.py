@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
-from jaxpurify import contamination as C
 from benchmarks.resnet import PeakRSS
+from jaxpurify import contamination as C
 
 MODELS = {
     "gross_errors": dict(rate=0.05),
@@ -47,8 +47,13 @@ def main(argv=None):
     leaf = jax.device_put(np.random.default_rng(0).standard_normal((a.rows, a.cols), dtype=np.float32))
     params = {"w": leaf}
     cb = jp.Codebook.create(params, jax.random.key(0), select=lambda path, x: 0)
-    C.contaminate(jax.random.key(1), {"w": leaf[:8, :8]}, jp.Codebook.create({"w": leaf[:8, :8]}, 0, select=lambda p_, x: 0),
-                  C.gross_errors, rate=0.1)  # JAX's one-time start-up memory is not the model's
+    C.contaminate(
+        jax.random.key(1),
+        {"w": leaf[:8, :8]},
+        jp.Codebook.create({"w": leaf[:8, :8]}, 0, select=lambda p_, x: 0),
+        C.gross_errors,
+        rate=0.1,
+    )  # JAX's one-time start-up memory is not the model's
     mb = leaf.nbytes / 2**20
     rows = []
     for name in a.models.split(","):
@@ -58,8 +63,15 @@ def main(argv=None):
             out = C.contaminate(jax.random.key(2), params, cb, getattr(C, name), **MODELS[name])
             jax.block_until_ready(out)
             dt = time.perf_counter() - t0
-        rows.append({"model": name, "leaf_mb": round(mb, 1), "seconds": round(dt, 2),
-                     "peak_added_mb": round(m.added, 1), "peak_over_leaf": round(m.added / mb, 2)})
+        rows.append(
+            {
+                "model": name,
+                "leaf_mb": round(mb, 1),
+                "seconds": round(dt, 2),
+                "peak_added_mb": round(m.added, 1),
+                "peak_over_leaf": round(m.added / mb, 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         if a.purify and name == "gross_errors":
             damaged = out
@@ -72,9 +84,17 @@ def main(argv=None):
             t0 = time.perf_counter()
             purified, report = jp.purify(damaged, cb, options=cheap)
             dt = time.perf_counter() - t0
-        rows.append({"model": "purify (sealed, cheapest solver options)", "leaf_mb": round(mb, 1), "seconds": round(dt, 2),
-                     "peak_added_mb": round(m.added, 1), "peak_over_leaf": round(m.added / mb, 2),
-                     "calls": report.calls, "certified": report.certified})
+        rows.append(
+            {
+                "model": "purify (sealed, cheapest solver options)",
+                "leaf_mb": round(mb, 1),
+                "seconds": round(dt, 2),
+                "peak_added_mb": round(m.added, 1),
+                "peak_over_leaf": round(m.added / mb, 2),
+                "calls": report.calls,
+                "certified": report.certified,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

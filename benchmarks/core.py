@@ -40,24 +40,36 @@ def main(argv=None):
     lp = time_peer(highs, A, Y, X, cols)
     res = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}",
-        "K": a.K, "n": a.n, "m": a.m, "rho": a.rho,
-        "recover_seconds": ours["seconds"], "recover_first_call_seconds": ours["first_call_seconds"],
+        "K": a.K,
+        "n": a.n,
+        "m": a.m,
+        "rho": a.rho,
+        "recover_seconds": ours["seconds"],
+        "recover_first_call_seconds": ours["first_call_seconds"],
         "recover_columns_per_s": ours["columns_per_s"],
-        "recover_max_rel_err": ours["max_rel_err"], "certified": f"{ours['certified']}/{a.m}",
-        "iterations_median": ours["iterations_median"], "iterations_max": ours["iterations_max"],
-        "highs_seconds_per_column": lp["seconds_per_column"], "highs_columns_timed": len(cols),
-        "highs_columns_per_s": lp["columns_per_s"], "highs_max_rel_err": lp["max_rel_err"],
+        "recover_max_rel_err": ours["max_rel_err"],
+        "certified": f"{ours['certified']}/{a.m}",
+        "iterations_median": ours["iterations_median"],
+        "iterations_max": ours["iterations_max"],
+        "highs_seconds_per_column": lp["seconds_per_column"],
+        "highs_columns_timed": len(cols),
+        "highs_columns_per_s": lp["columns_per_s"],
+        "highs_max_rel_err": lp["max_rel_err"],
         "throughput_ratio": ours["columns_per_s"] / lp["columns_per_s"],
     }
     print(f"machine: {res['machine']}")
     print(f"problem: K={a.K} n={a.n} m={a.m}, {a.rho:.0%} gross errors per column")
-    print(f"recover : {res['recover_seconds']*1e3:8.1f} ms for {a.m} columns = {res['recover_columns_per_s']:10.0f} col/s  "
-          f"(first call incl. compile {res['recover_first_call_seconds']:.2f} s; best of {a.repeat}); "
-          f"max rel err {res['recover_max_rel_err']:.1e}; "
-          f"certified {res['certified']}; ADMM iterations median {res['iterations_median']:.0f}, max {res['iterations_max']}")
-    print(f"HiGHS   : {res['highs_seconds_per_column']*1e3:8.1f} ms per column = {res['highs_columns_per_s']:10.1f} col/s  "
-          f"(timed on {len(cols)} of {a.m} columns after one warm-up, extrapolated); "
-          f"max rel err {res['highs_max_rel_err']:.1e}")
+    print(
+        f"recover : {res['recover_seconds'] * 1e3:8.1f} ms for {a.m} columns = {res['recover_columns_per_s']:10.0f} col/s  "
+        f"(first call incl. compile {res['recover_first_call_seconds']:.2f} s; best of {a.repeat}); "
+        f"max rel err {res['recover_max_rel_err']:.1e}; "
+        f"certified {res['certified']}; ADMM iterations median {res['iterations_median']:.0f}, max {res['iterations_max']}"
+    )
+    print(
+        f"HiGHS   : {res['highs_seconds_per_column'] * 1e3:8.1f} ms per column = {res['highs_columns_per_s']:10.1f} col/s  "
+        f"(timed on {len(cols)} of {a.m} columns after one warm-up, extrapolated); "
+        f"max rel err {res['highs_max_rel_err']:.1e}"
+    )
     print(f"throughput ratio recover / HiGHS: {res['throughput_ratio']:.0f}x  (target ≥ 300x at rel err ≤ 1e-5)")
     if a.json:
         write_json(a.json, res)

@@ -76,8 +76,13 @@ def _safetensors_regions(path: str) -> list[Region]:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
     base = 8 + size
-    return [(path, base + a, base + b) for k, v in header.items() if k != "__metadata__"
-            for a, b in [v["data_offsets"]] if v["dtype"] == "F32"]
+    return [
+        (path, base + a, base + b)
+        for k, v in header.items()
+        if k != "__metadata__"
+        for a, b in [v["data_offsets"]]
+        if v["dtype"] == "F32"
+    ]
 
 
 def _find_arrays(files: list[str], clean: dict[str, np.ndarray], strict: bool) -> list[Region]:
@@ -196,8 +201,9 @@ def trained(seed: int, steps: int):
         warnings.simplefilter("ignore", jp.WeakKeyWarning)
         codebook = jp.Codebook.create(params, jax.random.key(seed + 1))
     latent = codebook.init_latent(params)
-    latent = train(apply, latent, codebook, ds.train.x, ds.train.y, key=jax.random.key(seed + 2),
-                   steps=steps, progress=False).latent
+    latent = train(
+        apply, latent, codebook, ds.train.x, ds.train.y, key=jax.random.key(seed + 2), steps=steps, progress=False
+    ).latent
     deployed = jax.tree.map(np.asarray, codebook.decode(latent))
     codebook.seal(deployed)
     return apply, codebook, deployed, ds
@@ -219,8 +225,13 @@ def one(fmt, kind, workdir, seed, apply, codebook, deployed, ds, acc_clean, scal
     save(path, deployed, fmt)
     regions = payload(path, fmt, io.flatten(deployed))
     damage(np.random.default_rng([seed, list(DAMAGE).index(kind), FORMATS.index(fmt)]), regions, kind, scale)
-    row = {"format": fmt, "damage": kind, "payload_bytes": sum(b - a for _, a, b in regions), "acc_clean": acc_clean,
-           "parameter_bytes": sum(v.nbytes for v in io.flatten(deployed).values())}
+    row = {
+        "format": fmt,
+        "damage": kind,
+        "payload_bytes": sum(b - a for _, a, b in regions),
+        "acc_clean": acc_clean,
+        "parameter_bytes": sum(v.nbytes for v in io.flatten(deployed).values()),
+    }
     try:
         loaded = io.load(path, template=deployed)
     except ValueError as e:
@@ -231,8 +242,14 @@ def one(fmt, kind, workdir, seed, apply, codebook, deployed, ds, acc_clean, scal
     seconds = time.perf_counter() - t0
     errs = rel_errors(purified, deployed)
     return row | {
-        "load_error": None, "floats_changed": changed, "certified": report.certified, "columns": report.columns,
-        "ok": report.ok, "max_rel_err": max(errs.values()), "rel_err": errs, "purify_seconds": seconds,
+        "load_error": None,
+        "floats_changed": changed,
+        "certified": report.certified,
+        "columns": report.columns,
+        "ok": report.ok,
+        "max_rel_err": max(errs.values()),
+        "rel_err": errs,
+        "purify_seconds": seconds,
         "acc_damaged": accuracy(apply, loaded, ds.test.x, ds.test.y),
         "acc_purified": accuracy(apply, purified, ds.test.x, ds.test.y),
     }
@@ -250,9 +267,18 @@ def run(seed: int = 0, steps: int = 300, formats=FORMATS) -> dict:
             for kind in DAMAGE:
                 rows.append(one(fmt, kind, workdir, seed, apply, codebook, deployed, ds, acc_clean, scale))
     cap = codebook.capacity()
-    return {"seed": seed, "steps": steps, "parameters": int(floats.size), "acc_clean": acc_clean,
-            "capacity": str(cap), "target_rel_err": TARGET, "rows": rows, "seconds": time.perf_counter() - t0,
-            "load_average": os.getloadavg()[0], "jax": jax.__version__}
+    return {
+        "seed": seed,
+        "steps": steps,
+        "parameters": int(floats.size),
+        "acc_clean": acc_clean,
+        "capacity": str(cap),
+        "target_rel_err": TARGET,
+        "rows": rows,
+        "seconds": time.perf_counter() - t0,
+        "load_average": os.getloadavg()[0],
+        "jax": jax.__version__,
+    }
 
 
 def _reason(message: str) -> str:
@@ -272,9 +298,11 @@ def markdown(result: dict) -> str:
             continue
         err = r["max_rel_err"]
         mark = "" if err <= TARGET else " **(> 1e-5)**"
-        lines.append(f"| {r['format']} | {r['damage']} | {r['floats_changed']} | {err:.1e}{mark} | "
-                     f"{r['certified']}/{r['columns']} | {'yes' if r['ok'] else 'no'} | "
-                     f"{r['acc_damaged']:.3f} → {r['acc_purified']:.3f} ({r['acc_clean']:.3f}) |")
+        lines.append(
+            f"| {r['format']} | {r['damage']} | {r['floats_changed']} | {err:.1e}{mark} | "
+            f"{r['certified']}/{r['columns']} | {'yes' if r['ok'] else 'no'} | "
+            f"{r['acc_damaged']:.3f} → {r['acc_purified']:.3f} ({r['acc_clean']:.3f}) |"
+        )
     return "\n".join(lines)
 
 
@@ -287,8 +315,10 @@ def main(argv=None) -> int:
     result = run(args.seed, args.steps)
     if args.json:
         write_json(args.json, result)
-    print(f"{result['parameters']} parameters, {result['steps']} training steps, {result['seconds']:.0f} s, "
-          f"load average {result['load_average']:.1f}")
+    print(
+        f"{result['parameters']} parameters, {result['steps']} training steps, {result['seconds']:.0f} s, "
+        f"load average {result['load_average']:.1f}"
+    )
     print(markdown(result))
     bad = [r for r in result["rows"] if not r["load_error"] and not (r["ok"] and r["max_rel_err"] <= TARGET)]
     return 1 if bad else 0

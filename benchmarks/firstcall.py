@@ -59,8 +59,13 @@ def run_once(tree: str | None, cache_home: str, book: str, model: str, out: str)
     if tree:
         env["PYTHONPATH"] = tree + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "jaxpurify.cli", "purify", model, "--codebook", book, "--out", out],
-                       env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxpurify.cli", "purify", model, "--codebook", book, "--out", out],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
     return time.perf_counter() - t0, r.returncode
 
 

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
-from jaxpurify import contamination as C
 from benchmarks.resnet import PeakRSS
+from jaxpurify import contamination as C
 from jaxpurify.experiments._common import write_json
 
 VOCAB, CONTEXT, WIDTH, BLOCKS = 50257, 1024, 768, 12
@@ -43,11 +43,15 @@ def gpt2_tree(size: float = 1.0) -> dict:
     """Zeros with GPT-2 small's shapes; ``size`` scales the block count and the embedding rows."""
     d = WIDTH
     blocks = max(1, round(BLOCKS * size))
-    tree = {"wte": (max(16, round(VOCAB * size)), d), "wpe": (max(16, round(CONTEXT * size)), d),
-            "ln_f": {"scale": (d,), "bias": (d,)}}
+    tree = {
+        "wte": (max(16, round(VOCAB * size)), d),
+        "wpe": (max(16, round(CONTEXT * size)), d),
+        "ln_f": {"scale": (d,), "bias": (d,)},
+    }
     for i in range(blocks):
         tree[f"h{i}"] = {
-            "ln_1": {"scale": (d,), "bias": (d,)}, "ln_2": {"scale": (d,), "bias": (d,)},
+            "ln_1": {"scale": (d,), "bias": (d,)},
+            "ln_2": {"scale": (d,), "bias": (d,)},
             "attn": {"c_attn": {"kernel": (d, 3 * d), "bias": (3 * d,)}, "c_proj": {"kernel": (d, d), "bias": (d,)}},
             "mlp": {"c_fc": {"kernel": (d, 4 * d), "bias": (4 * d,)}, "c_proj": {"kernel": (4 * d, d), "bias": (d,)}},
         }
@@ -75,7 +79,8 @@ def timed(fn):
 
 def spread_over_processes(tree, process: int, processes: int):
     """Each process keeps its block of every leaf's last axis, as one global array."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     mesh = Mesh(np.asarray(jax.devices()), ("hosts",))
 
@@ -95,8 +100,17 @@ def run(size: float, rho: float, path: str, process: int = 0, processes: int = 1
     if processes > 1:
         bad = spread_over_processes(bad, process, processes)
     device = {"auto": None, "host": False, "device": True}[path]
-    res = {"size": size, "parameters": int(nparams), "parameter_mb": pbytes / 2**20, "rho": rho, "process": process,
-           "processes": processes, "devices": jax.device_count(), "path": path, "groups": len(cb.groups)}
+    res = {
+        "size": size,
+        "parameters": int(nparams),
+        "parameter_mb": pbytes / 2**20,
+        "rho": rho,
+        "process": process,
+        "processes": processes,
+        "devices": jax.device_count(),
+        "path": path,
+        "groups": len(cb.groups),
+    }
     for label in ("cold", "warm"):
         (pur, rep), seconds, added = timed(lambda: jp.purify(bad, cb, device=device))
         res[f"{label}_seconds"] = seconds
@@ -152,16 +166,40 @@ def main(argv=None):
         return None
     if a.processes > 1:
         port = _free_port()
-        argv = [sys.executable, "-m", "benchmarks.gpt2", "--size", str(a.size), "--rho", str(a.rho),
-                "--path", a.path, "--processes", str(a.processes), "--port", str(port), "--timeout", str(a.timeout)]
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.gpt2",
+            "--size",
+            str(a.size),
+            "--rho",
+            str(a.rho),
+            "--path",
+            a.path,
+            "--processes",
+            str(a.processes),
+            "--port",
+            str(port),
+            "--timeout",
+            str(a.timeout),
+        ]
         t0 = time.perf_counter()
-        procs = [subprocess.Popen(argv + ["--process-id", str(i)], stdout=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, JAX_PLATFORMS="cpu")) for i in range(a.processes)]
+        procs = [
+            subprocess.Popen(
+                argv + ["--process-id", str(i)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            )
+            for i in range(a.processes)
+        ]
         outs = [proc.communicate()[0] for proc in procs]
         if any(proc.returncode for proc in procs):
             raise SystemExit(f"a process failed: {[proc.returncode for proc in procs]}")
-        res = {"processes": [json.loads(o.strip().splitlines()[-1]) for o in outs],
-               "wall_seconds_all": time.perf_counter() - t0}
+        res = {
+            "processes": [json.loads(o.strip().splitlines()[-1]) for o in outs],
+            "wall_seconds_all": time.perf_counter() - t0,
+        }
     else:
         res = run(a.size, a.rho, a.path)
     if a.json:

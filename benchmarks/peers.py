@@ -58,8 +58,11 @@ def quantile_regressor(A):
     return solve, "HiGHS via QuantileRegressor"
 
 
-PEERS = {"HiGHS (linprog)": highs, "CVXPY (Parameter reused)": cvxpy_default,
-         "scikit-learn QuantileRegressor": quantile_regressor}
+PEERS = {
+    "HiGHS (linprog)": highs,
+    "CVXPY (Parameter reused)": cvxpy_default,
+    "scikit-learn QuantileRegressor": quantile_regressor,
+}
 
 
 def time_peer(make, A, Y, X, cols) -> dict:
@@ -72,14 +75,37 @@ def time_peer(make, A, Y, X, cols) -> dict:
     t0 = time.perf_counter()
     xs = np.stack([solve(Y[:, j]) for j in cols], axis=1)
     dt = (time.perf_counter() - t0) / len(cols)
-    return {"available": True, "solver": name, "seconds_per_column": dt, "columns_per_s": 1 / dt,
-            "columns_timed": len(cols), "max_rel_err": float(np.nanmax(rel_err(xs, X[:, cols])))}
+    return {
+        "available": True,
+        "solver": name,
+        "seconds_per_column": dt,
+        "columns_per_s": 1 / dt,
+        "columns_timed": len(cols),
+        "max_rel_err": float(np.nanmax(rel_err(xs, X[:, cols]))),
+    }
 
 
 def mpax_peer(K, n, m, rho, columns, seed=0, eps=1e-6, timeout=900) -> dict:
     """MPAX in a float64 subprocess on columns ``linspace(0, m−1, columns)`` of the same problem."""
-    cmd = [sys.executable, "-m", "benchmarks.peers", "--K", str(K), "--n", str(n), "--m", str(m),
-           "--rho", str(rho), "--columns", str(columns), "--seed", str(seed), "--eps", str(eps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.peers",
+        "--K",
+        str(K),
+        "--n",
+        str(n),
+        "--m",
+        str(m),
+        "--rho",
+        str(rho),
+        "--columns",
+        str(columns),
+        "--seed",
+        str(seed),
+        "--eps",
+        str(eps),
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -111,8 +137,13 @@ def _mpax_main(a) -> dict:
     hi = jnp.full(n + 2 * K, jnp.inf)
     G, h = jnp.zeros((0, n + 2 * K)), jnp.zeros(0)
     solver = mpax.r2HPDHG(eps_abs=a.eps, eps_rel=a.eps, verbose=False)
-    solve = jax.jit(jax.vmap(lambda y: solver.optimize(
-        mpax.create_lp(c, Aeq, y, G, h, lo, hi, use_sparse_matrix=False)).primal_solution[:n]))
+    solve = jax.jit(
+        jax.vmap(
+            lambda y: solver.optimize(mpax.create_lp(c, Aeq, y, G, h, lo, hi, use_sparse_matrix=False)).primal_solution[
+                :n
+            ]
+        )
+    )
     Yc = jnp.asarray(Y[:, cols].T)
     t0 = time.perf_counter()
     jax.block_until_ready(solve(Yc))
@@ -120,15 +151,28 @@ def _mpax_main(a) -> dict:
     t0 = time.perf_counter()
     xs = np.asarray(jax.block_until_ready(solve(Yc)))
     dt = (time.perf_counter() - t0) / len(cols)
-    return {"available": True, "solver": f"MPAX r2HPDHG {mpax.__name__} (float64, eps {a.eps:g}, vmapped)",
-            "seconds_per_column": dt, "columns_per_s": 1 / dt, "columns_timed": len(cols),
-            "compile_seconds": first - dt * len(cols), "max_rel_err": float(rel_err(xs.T, X[:, cols]).max())}
+    return {
+        "available": True,
+        "solver": f"MPAX r2HPDHG {mpax.__name__} (float64, eps {a.eps:g}, vmapped)",
+        "seconds_per_column": dt,
+        "columns_per_s": 1 / dt,
+        "columns_timed": len(cols),
+        "compile_seconds": first - dt * len(cols),
+        "max_rel_err": float(rel_err(xs.T, X[:, cols]).max()),
+    }
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="MPAX peer (run in its own process: it needs float64)")
-    for k, t in (("--K", int), ("--n", int), ("--m", int), ("--rho", float), ("--columns", int),
-                 ("--seed", int), ("--eps", float)):
+    for k, t in (
+        ("--K", int),
+        ("--n", int),
+        ("--m", int),
+        ("--rho", float),
+        ("--columns", int),
+        ("--seed", int),
+        ("--eps", float),
+    ):
         p.add_argument(k, type=t, required=k not in ("--seed", "--eps"))
     p.set_defaults(seed=0, eps=1e-6)
     print(json.dumps(_mpax_main(p.parse_args())))

@@ -37,5 +37,7 @@ def machine() -> str:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
     except OSError:
         pass
-    return (f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"jax {jax.__version__} on {jax.default_backend()}")
+    return (
+        f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"jax {jax.__version__} on {jax.default_backend()}"
+    )

@@ -28,10 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks.resnet import resnet18_tree
 from jaxpurify import _purify
 from jaxpurify import contamination as C
 from jaxpurify._plan import Call, Item, plan
-from benchmarks.resnet import resnet18_tree
 
 
 def previous_calls(groups, max_entries: int = 1 << 21) -> tuple[Call, ...]:
@@ -46,8 +46,10 @@ def previous_calls(groups, max_entries: int = 1 << 21) -> tuple[Call, ...]:
         block = min(1 << (max(g.columns for g in mem) - 1).bit_length(), per_call)
         items = [Item(g.name, j, min(j + block, g.columns)) for g in mem for j in range(0, g.columns, block)]
         per_batch = max(1, min(per_call // block, len(items)))
-        calls += [Call(dtype, K, n, block, per_batch, tuple(items[i : i + per_batch]))
-                  for i in range(0, len(items), per_batch)]
+        calls += [
+            Call(dtype, K, n, block, per_batch, tuple(items[i : i + per_batch]))
+            for i in range(0, len(items), per_batch)
+        ]
     return tuple(calls)
 
 
@@ -63,9 +65,12 @@ def plans() -> None:
         gs = list(cb.groups.values())
         calls = plan(gs, 1 << 21)
         old, old_shapes = previous_plan(gs)
-        print(f"ResNet-18 × {size}: {len(gs)} groups, {sum(g.columns for g in gs)} columns; solved: "
-              f"plan {sum(c.slots * c.width for c in calls)} in {len({c.shape for c in calls})} shapes, "
-              f"previous {old} in {old_shapes} shapes", flush=True)
+        print(
+            f"ResNet-18 × {size}: {len(gs)} groups, {sum(g.columns for g in gs)} columns; solved: "
+            f"plan {sum(c.slots * c.width for c in calls)} in {len({c.shape for c in calls})} shapes, "
+            f"previous {old} in {old_shapes} shapes",
+            flush=True,
+        )
 
 
 def side_by_side(size: float, repeats: int, last_axis: bool) -> None:
@@ -75,8 +80,11 @@ def side_by_side(size: float, repeats: int, last_axis: bool) -> None:
     40 norm scales and biases are then single-column groups)."""
     select = (lambda path, leaf: leaf.ndim - 1) if last_axis else None
     cb = jp.Codebook.create(resnet18_tree(math.sqrt(size)), jax.random.key(0), redundancy=4.0, select=select)
-    clean = cb.decode(jax.tree.map(lambda t: jax.random.normal(jax.random.key(t.size), t.shape), cb.init_latent(
-        resnet18_tree(math.sqrt(size)))))
+    clean = cb.decode(
+        jax.tree.map(
+            lambda t: jax.random.normal(jax.random.key(t.size), t.shape), cb.init_latent(resnet18_tree(math.sqrt(size)))
+        )
+    )
     bad = C.contaminate(jax.random.key(1), clean, cb, C.gross_errors, rate=0.05)
     variants = {"plan": _purify.plan, "previous": lambda groups, max_entries: previous_calls(groups, max_entries)}
     best = collections.defaultdict(lambda: math.inf)
@@ -88,11 +96,17 @@ def side_by_side(size: float, repeats: int, last_axis: bool) -> None:
             jax.block_until_ready(pur)
             dt = time.perf_counter() - t0
             if r == 0:
-                print(f"  {name}: first call {dt:.1f} s ({rep.solver_shapes} shapes), certified {rep.certified}/{rep.columns}")
+                print(
+                    f"  {name}: first call {dt:.1f} s ({rep.solver_shapes} shapes), certified {rep.certified}/{rep.columns}"
+                )
             else:
                 best[name] = min(best[name], dt)
     _purify.plan = variants["plan"]
-    print(f"ResNet-18 × {size} ({'last-axis' if last_axis else 'default'} layout), warm, best of {repeats}: " + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()), flush=True)
+    print(
+        f"ResNet-18 × {size} ({'last-axis' if last_axis else 'default'} layout), warm, best of {repeats}: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in best.items()),
+        flush=True,
+    )
 
 
 def widths() -> None:

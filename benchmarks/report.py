@@ -27,6 +27,7 @@ PART_FILES = {"target": "peers.json", "grid": "grid.json", "roofline": "roofline
 def load(directory: str) -> dict:
     """The JSON of one results directory: {"run", "target", "grid", "roofline", "resnet", "solver"};
     a part that is not there is None (or [] for the lists)."""
+
     def read(name):
         path = os.path.join(directory, name)
         if not os.path.exists(path):
@@ -52,8 +53,11 @@ def provenance(res: dict, part: str) -> str:
     load = lambda v: "/".join(f"{x:.1f}" for x in v)
     said = [f"commit {p.get('commit', '?')}"] + [p[k] for k in ("started",) if k in p]
     said += [f"{p['seconds']:.0f} s"] if "seconds" in p else []
-    said += ([f"load average 1/5/15 min {load(p['load_before'])} before → {load(p['load_after'])} after"]
-             if "load_before" in p else ["load not recorded"])
+    said += (
+        [f"load average 1/5/15 min {load(p['load_before'])} before → {load(p['load_after'])} after"]
+        if "load_before" in p
+        else ["load not recorded"]
+    )
     return f"`{p['command']}` ({', '.join(said)})"
 
 
@@ -75,22 +79,30 @@ def _wrong(o: dict):
 
 # -- tables ---------------------------------------------------------------------------------------
 
+
 def target_table(res: dict, base: dict | None) -> list[str]:
     t, b = res["target"], (base or {}).get("target")
     bn = base["name"] if base else None
-    L = [f"K={t['K']}, n={t['n']}, m={t['m']}, {t['rho']:.0%} gross errors; peers timed on a sample of columns and "
-         f"extrapolated. {provenance(res, 'target')}", "",
-         "| solver | columns/s | max rel err | recover / peer |" + (f" {bn}: recover / peer |" if b else ""),
-         "|---|---|---|---|" + ("---|" if b else "")]
+    L = [
+        f"K={t['K']}, n={t['n']}, m={t['m']}, {t['rho']:.0%} gross errors; peers timed on a sample of columns and "
+        f"extrapolated. {provenance(res, 'target')}",
+        "",
+        "| solver | columns/s | max rel err | recover / peer |" + (f" {bn}: recover / peer |" if b else ""),
+        "|---|---|---|---|" + ("---|" if b else ""),
+    ]
     o = t["recover"]
-    L.append(f"| jaxpurify.recover (float32, all {t['m']} columns) | {o['columns_per_s']:,.0f} | {o['max_rel_err']:.1e} | 1 |"
-             + (f" {bn}: {b['recover']['columns_per_s']:,.0f} col/s |" if b else ""))
+    L.append(
+        f"| jaxpurify.recover (float32, all {t['m']} columns) | {o['columns_per_s']:,.0f} | {o['max_rel_err']:.1e} | 1 |"
+        + (f" {bn}: {b['recover']['columns_per_s']:,.0f} col/s |" if b else "")
+    )
     for name, r in t["peers"].items():
         old = (b or {}).get("peers", {}).get(name, {})
         tail = (f" {old['ratio']:,.0f}× |" if old.get("available") else " — |") if b else ""
         if r.get("available"):
-            L.append(f"| {name}: {r['solver']} ({r['columns_timed']} columns) | {r['columns_per_s']:.1f} | "
-                     f"{r['max_rel_err']:.1e} | {r['ratio']:,.0f}× |" + tail)
+            L.append(
+                f"| {name}: {r['solver']} ({r['columns_timed']} columns) | {r['columns_per_s']:.1f} | "
+                f"{r['max_rel_err']:.1e} | {r['ratio']:,.0f}× |" + tail
+            )
         else:
             L.append(f"| {name} | not available: {r['reason']} | | |" + tail)
     return L
@@ -99,11 +111,16 @@ def target_table(res: dict, base: dict | None) -> list[str]:
 def grid_table(res: dict, base: dict | None) -> list[str]:
     old = _cells(base["grid"]) if base else {}
     bn = base["name"] if base else None
-    L = [f"Ours: all m columns, float32. Exact = relative error ≤ 1e-5 against the planted x. Where l1 recovery "
-         f"itself fails no solver is exact; see the HiGHS err column. {provenance(res, 'grid')}", "",
-         "| K | K/n | ρ | m | recover col/s | certified | exact | certified, not exact | "
-         + " | ".join(n.split()[0] for n in PEERS) + " | HiGHS err |" + (f" {bn} col/s | now / {bn} |" if base else ""),
-         "|" + "---|" * (9 + len(PEERS) + (2 if base else 0))]
+    L = [
+        f"Ours: all m columns, float32. Exact = relative error ≤ 1e-5 against the planted x. Where l1 recovery "
+        f"itself fails no solver is exact; see the HiGHS err column. {provenance(res, 'grid')}",
+        "",
+        "| K | K/n | ρ | m | recover col/s | certified | exact | certified, not exact | "
+        + " | ".join(n.split()[0] for n in PEERS)
+        + " | HiGHS err |"
+        + (f" {bn} col/s | now / {bn} |" if base else ""),
+        "|" + "---|" * (9 + len(PEERS) + (2 if base else 0)),
+    ]
     for r in res["grid"]:
         key = (r["K"], r["ratio"], r["rho"], r["m"])
         head = f"| {r['K']} | {r['ratio']} | {r['rho']} | {r['m']} |"
@@ -117,8 +134,10 @@ def grid_table(res: dict, base: dict | None) -> list[str]:
         h = r["peers"].get(HIGHS, {})
         herr = f"{h['max_rel_err']:.0e}" if h.get("available") else "—"
         w = _wrong(o)
-        L.append(head + f" {o['columns_per_s']:,.1f} | {o['certified']}/{o['columns']} | {o['exact']}/{o['columns']} | "
-                 f"{'—' if w is None else w} | " + " | ".join(ratios) + f" | {herr} |")
+        L.append(
+            head + f" {o['columns_per_s']:,.1f} | {o['certified']}/{o['columns']} | {o['exact']}/{o['columns']} | "
+            f"{'—' if w is None else w} | " + " | ".join(ratios) + f" | {herr} |"
+        )
         if base:
             L[-1] += tail + (f" {o['columns_per_s'] / b['columns_per_s']:.2f}× |" if b else " — |")
     return L
@@ -128,9 +147,13 @@ def grid_by_k(res: dict, base: dict | None) -> list[str]:
     """Per K: recover / HiGHS over the cells at each m, exactness, slowest cell; v1 beside it."""
     bn = base["name"] if base else None
     ms = sorted({r["m"] for r in res["grid"]})
-    L = ["| K | " + " | ".join(f"recover / HiGHS, m={m}" for m in ms) + (f" | {bn}: recover / HiGHS, m={ms[-1]}" if base else "")
-         + " | certified / exact / certified-not-exact, all cells | slowest cell (K/n, ρ, m: col/s) | skipped |",
-         "|" + "---|" * (len(ms) + 4 + (1 if base else 0))]
+    L = [
+        "| K | "
+        + " | ".join(f"recover / HiGHS, m={m}" for m in ms)
+        + (f" | {bn}: recover / HiGHS, m={ms[-1]}" if base else "")
+        + " | certified / exact / certified-not-exact, all cells | slowest cell (K/n, ρ, m: col/s) | skipped |",
+        "|" + "---|" * (len(ms) + 4 + (1 if base else 0)),
+    ]
     for K in sorted({r["K"] for r in res["grid"]}):
         rows = [r for r in res["grid"] if r["K"] == K]
         run = [r for r in rows if "skipped" not in r]
@@ -144,8 +167,12 @@ def grid_by_k(res: dict, base: dict | None) -> list[str]:
         slow = f"{slow['ratio']}, {slow['rho']}, {slow['m']}: {slow['recover']['columns_per_s']:,.1f}" if slow else "—"
         brows = [r for r in base["grid"] if r["K"] == K] if base else []
         x = lambda r: r + "×" * (r != "—")
-        L.append(f"| {K} | " + " | ".join(x(ratio(run, m)) for m in ms) + (f" | {x(ratio(brows, ms[-1]))}" if base else "")
-                 + f" | {cert:,} / {exact:,} / {wrong} of {cols:,} | {slow} | {len(rows) - len(run)} |")
+        L.append(
+            f"| {K} | "
+            + " | ".join(x(ratio(run, m)) for m in ms)
+            + (f" | {x(ratio(brows, ms[-1]))}" if base else "")
+            + f" | {cert:,} / {exact:,} / {wrong} of {cols:,} | {slow} | {len(rows) - len(run)} |"
+        )
     return L
 
 
@@ -153,36 +180,47 @@ def roofline_table(res: dict, base: dict | None) -> list[str]:
     rf, b = res["roofline"], (base or {}).get("roofline")
     bn = base["name"] if base else None
     old = {(r["K"], r["n"], r["m"]): (r, c) for r, c in zip(b["iteration"], b["compile"])} if b else {}
-    L = [f"Matmul peak {rf['matmul_peak_gflops']:.1f} GFLOP/s (float32 square, best in the run; each row's fraction is "
-         f"of the peak measured beside it where recorded). {provenance(res, 'roofline')}", "",
-         "| K | n | m | s/iteration | GFLOP/s (products) | matmul peak | fraction of peak | product pair alone | "
-         "compile s | XLA memory / input |" + (f" {bn}: fraction of peak, compile s |" if b else ""),
-         "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if b else "")]
+    L = [
+        f"Matmul peak {rf['matmul_peak_gflops']:.1f} GFLOP/s (float32 square, best in the run; each row's fraction is "
+        f"of the peak measured beside it where recorded). {provenance(res, 'roofline')}",
+        "",
+        "| K | n | m | s/iteration | GFLOP/s (products) | matmul peak | fraction of peak | product pair alone | "
+        "compile s | XLA memory / input |" + (f" {bn}: fraction of peak, compile s |" if b else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if b else ""),
+    ]
     for it, c in zip(rf["iteration"], rf["compile"]):
         o = old.get((it["K"], it["n"], it["m"]))
-        L.append(f"| {it['K']} | {it['n']} | {it['m']} | {it['seconds_per_iteration'] * 1e3:.2f} ms | "
-                 f"{it['iteration_gflops']:.1f} | {it.get('matmul_peak_gflops', rf['matmul_peak_gflops']):.1f} | "
-                 f"{it['fraction_of_peak']:.0%} | {it['product_pair_gflops']:.1f} | "
-                 f"{c['compile_seconds']:.2f} | {c.get('xla_bytes_over_input') or float('nan'):.1f}× |"
-                 + ((f" {o[0]['fraction_of_peak']:.0%}, {o[1]['compile_seconds']:.2f} |" if o else " — |") if b else ""))
+        L.append(
+            f"| {it['K']} | {it['n']} | {it['m']} | {it['seconds_per_iteration'] * 1e3:.2f} ms | "
+            f"{it['iteration_gflops']:.1f} | {it.get('matmul_peak_gflops', rf['matmul_peak_gflops']):.1f} | "
+            f"{it['fraction_of_peak']:.0%} | {it['product_pair_gflops']:.1f} | "
+            f"{c['compile_seconds']:.2f} | {c.get('xla_bytes_over_input') or float('nan'):.1f}× |"
+            + ((f" {o[0]['fraction_of_peak']:.0%}, {o[1]['compile_seconds']:.2f} |" if o else " — |") if b else "")
+        )
     return L
 
 
 def resnet_table(res: dict, base: dict | None) -> list[str]:
     old = {r["size"]: r for r in (base or {}).get("resnet", []) if "error" not in r}
     bn = base["name"] if base else None
-    L = [f"5% gross errors, one process per size. {provenance(res, 'resnet')}", "",
-         "| size | parameters | cold s (incl. compile) | warm s | peak added cold / param bytes | warm | certified |"
-         + (f" {bn}: cold s, warm s |" if base else ""), "|---|---|---|---|---|---|---|" + ("---|" if base else "")]
+    L = [
+        f"5% gross errors, one process per size. {provenance(res, 'resnet')}",
+        "",
+        "| size | parameters | cold s (incl. compile) | warm s | peak added cold / param bytes | warm | certified |"
+        + (f" {bn}: cold s, warm s |" if base else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if base else ""),
+    ]
     for r in res["resnet"]:
         o = old.get(r["size"])
-        tail = ((f" {o['cold_seconds']:.1f}, {o['warm_seconds']:.1f} |" if o else " — |") if base else "")
+        tail = (f" {o['cold_seconds']:.1f}, {o['warm_seconds']:.1f} |" if o else " — |") if base else ""
         if "error" in r:
             L.append(f"| {r['size']} | failed: {r['error']} | | | | | |" + tail)
         else:
-            L.append(f"| {r['size']:g}× | {r['parameters']:,} | {r['cold_seconds']:.1f} | {r['warm_seconds']:.1f} | "
-                     f"{r['cold_peak_over_param_bytes']:.1f}× | {r['warm_peak_over_param_bytes']:.1f}× | {r['certified']} |"
-                     + tail)
+            L.append(
+                f"| {r['size']:g}× | {r['parameters']:,} | {r['cold_seconds']:.1f} | {r['warm_seconds']:.1f} | "
+                f"{r['cold_peak_over_param_bytes']:.1f}× | {r['warm_peak_over_param_bytes']:.1f}× | {r['certified']} |"
+                + tail
+            )
     return L
 
 
@@ -192,23 +230,32 @@ def compare_table(res: dict, base: dict) -> list[str]:
     L = [f"| figure | {bn} | now |", "|---|---|---|"]
     t, b = res.get("target"), base.get("target")
     if t and b:
-        L.append(f"| target point: recover col/s | {b['recover']['columns_per_s']:,.0f} | {t['recover']['columns_per_s']:,.0f} |")
+        L.append(
+            f"| target point: recover col/s | {b['recover']['columns_per_s']:,.0f} | {t['recover']['columns_per_s']:,.0f} |"
+        )
         h_old, h_now = b["peers"].get(HIGHS, {}), t["peers"].get(HIGHS, {})
         if h_old.get("available") and h_now.get("available"):
             L.append(f"| target point: recover / HiGHS | {h_old['ratio']:,.0f}× | {h_now['ratio']:,.0f}× |")
-    both = [(now_cells[k], old_cells[k]) for k in now_cells if k in old_cells
-            and "skipped" not in now_cells[k] and "skipped" not in old_cells[k]]
+    both = [
+        (now_cells[k], old_cells[k])
+        for k in now_cells
+        if k in old_cells and "skipped" not in now_cells[k] and "skipped" not in old_cells[k]
+    ]
     if both:
         for m in sorted({n["m"] for n, _ in both}):
             sp = sorted(n["recover"]["columns_per_s"] / o["recover"]["columns_per_s"] for n, o in both if n["m"] == m)
-            L.append(f"| grid, m={m}: recover col/s now / {bn}, {len(sp)} cells (min, median, max) | 1 | "
-                     f"{sp[0]:.2f}×, {sp[len(sp) // 2]:.2f}×, {sp[-1]:.2f}× |")
+            L.append(
+                f"| grid, m={m}: recover col/s now / {bn}, {len(sp)} cells (min, median, max) | 1 | "
+                f"{sp[0]:.2f}×, {sp[len(sp) // 2]:.2f}×, {sp[-1]:.2f}× |"
+            )
         hard = [(n, o) for n, o in both if n["ratio"] == 2 and n["rho"] == 0.2]
         if hard:
             cnt = lambda rs, i: sum(p[i]["recover"]["certified"] for p in rs)
             cols = sum(n["recover"]["columns"] for n, _ in hard)
-            L.append(f"| grid, K/n=2, ρ=0.2 (past the l1 boundary): certified columns, {len(hard)} cells | "
-                     f"{cnt(hard, 1):,} of {cols:,} | {cnt(hard, 0):,} of {cols:,} |")
+            L.append(
+                f"| grid, K/n=2, ρ=0.2 (past the l1 boundary): certified columns, {len(hard)} cells | "
+                f"{cnt(hard, 1):,} of {cols:,} | {cnt(hard, 0):,} of {cols:,} |"
+            )
     skipped = lambda g: sum("skipped" in r for r in g)
     if res["grid"] and base["grid"]:
         L.append(f"| grid: cells skipped (predicted > 150 s) | {skipped(base['grid'])} | {skipped(res['grid'])} |")
@@ -222,22 +269,34 @@ def compare_table(res: dict, base: dict) -> list[str]:
     for r in res.get("resnet", []):
         o = old_r.get(r["size"])
         if o and "error" not in r:
-            fig = lambda x: (f"{x['cold_seconds']:.1f} / {x['warm_seconds']:.1f} / "
-                             f"{x['warm_peak_over_param_bytes']:.1f}× / {x['certified']}")
-            L.append(f"| ResNet-18 × {r['size']:g}: cold s / warm s / warm peak ÷ parameter bytes / columns certified "
-                     f"(the layouts differ) | {fig(o)} | {fig(r)} |")
+            fig = lambda x: (
+                f"{x['cold_seconds']:.1f} / {x['warm_seconds']:.1f} / "
+                f"{x['warm_peak_over_param_bytes']:.1f}× / {x['certified']}"
+            )
+            L.append(
+                f"| ResNet-18 × {r['size']:g}: cold s / warm s / warm peak ÷ parameter bytes / columns certified "
+                f"(the layouts differ) | {fig(o)} | {fig(r)} |"
+            )
     return L
 
 
 def summary(res: dict, base: dict | None = None) -> str:
     """The whole of ``summary.md``: every part that is present, each with its command and load."""
-    L = [f"# jaxpurify benchmarks{' (quick)' if res['run'].get('quick') else ''}", "",
-         f"machine: {res['run'].get('machine', 'not recorded')}. Generated by `python -m benchmarks.report` "
-         "from the JSON in this directory" + (f"; columns named {base['name']} are that earlier run's figures, "
-                                              "for comparison only" if base else "") + "."]
-    parts = [("target", "recover vs LP peers", target_table), ("grid", "Grid: throughput ratio recover / peer",
-             grid_table), ("grid", "Grid by K", grid_by_k), ("roofline", "Roofline", roofline_table),
-             ("resnet", "End to end: purify of a ResNet-18-sized tree", resnet_table)]
+    L = [
+        f"# jaxpurify benchmarks{' (quick)' if res['run'].get('quick') else ''}",
+        "",
+        f"machine: {res['run'].get('machine', 'not recorded')}. Generated by `python -m benchmarks.report` "
+        "from the JSON in this directory"
+        + (f"; columns named {base['name']} are that earlier run's figures, for comparison only" if base else "")
+        + ".",
+    ]
+    parts = [
+        ("target", "recover vs LP peers", target_table),
+        ("grid", "Grid: throughput ratio recover / peer", grid_table),
+        ("grid", "Grid by K", grid_by_k),
+        ("roofline", "Roofline", roofline_table),
+        ("resnet", "End to end: purify of a ResNet-18-sized tree", resnet_table),
+    ]
     if base:
         L += ["", f"## Compared with {base['name']}", ""] + compare_table(res, base)
     for part, title, table in parts:
@@ -278,8 +337,10 @@ def changes_text(ch: dict) -> str:
     from benchmarks.changes import table
 
     load = lambda v: "/".join(f"{x:.1f}" for x in v)
-    return (f"`{ch['command']}` (K = 256, m = 512; best of 3 warm calls; load average 1/5/15 min "
-            f"{load(ch['load_before'])} before → {load(ch['load_after'])} after)\n\n" + table(ch["rows"]))
+    return (
+        f"`{ch['command']}` (K = 256, m = 512; best of 3 warm calls; load average 1/5/15 min "
+        f"{load(ch['load_before'])} before → {load(ch['load_after'])} after)\n\n" + table(ch["rows"])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,8 +35,10 @@ def resnet18_tree(width: float = 1.0, classes: int = 1000) -> dict:
         for b in range(2):
             stride_block = li > 1 and b == 0
             blk = {
-                "conv1": {"kernel": (3, 3, cin, c(ch))}, "bn1": {"scale": (c(ch),), "bias": (c(ch),)},
-                "conv2": {"kernel": (3, 3, c(ch), c(ch))}, "bn2": {"scale": (c(ch),), "bias": (c(ch),)},
+                "conv1": {"kernel": (3, 3, cin, c(ch))},
+                "bn1": {"scale": (c(ch),), "bias": (c(ch),)},
+                "conv2": {"kernel": (3, 3, c(ch), c(ch))},
+                "bn2": {"scale": (c(ch),), "bias": (c(ch),)},
             }
             if stride_block:
                 blk["down"] = {"kernel": (1, 1, cin, c(ch))}
@@ -82,8 +84,11 @@ def main(argv=None):
     p.add_argument("--size", type=float, default=1.0, help="parameter count relative to ResNet-18")
     p.add_argument("--rho", type=float, default=0.05)
     p.add_argument("--max-entries", type=int, default=None, help="purify's max_entries (default: its own)")
-    p.add_argument("--compilation-cache", metavar="DIR",
-                   help="jp.enable_compilation_cache(DIR): a second process then skips compiling and tracing")
+    p.add_argument(
+        "--compilation-cache",
+        metavar="DIR",
+        help="jp.enable_compilation_cache(DIR): a second process then skips compiling and tracing",
+    )
     p.add_argument("--json")
     a = p.parse_args(argv)
     if a.compilation_cache:  # as the command line does: compiled and exported programs
@@ -108,18 +113,31 @@ def main(argv=None):
         pur, rep = jp.purify(bad, cb, **kw)
         jax.block_until_ready(pur)
         warm = time.perf_counter() - t0
-    err = max(float(jnp.max(jnp.abs(x - y)) / jnp.maximum(jnp.max(jnp.abs(y)), 1e-30))
-              for x, y in zip(jax.tree.leaves(pur), jax.tree.leaves(clean)))
+    err = max(
+        float(jnp.max(jnp.abs(x - y)) / jnp.maximum(jnp.max(jnp.abs(y)), 1e-30))
+        for x, y in zip(jax.tree.leaves(pur), jax.tree.leaves(clean))
+    )
     res = {
-        "size": a.size, "parameters": int(nparams), "parameter_mb": pbytes / 2**20, "rho": a.rho,
-        "groups": len(cb.groups), "leaves": len(cb.protected), "solver_shapes": rep.solver_shapes,
+        "size": a.size,
+        "parameters": int(nparams),
+        "parameter_mb": pbytes / 2**20,
+        "rho": a.rho,
+        "groups": len(cb.groups),
+        "leaves": len(cb.protected),
+        "solver_shapes": rep.solver_shapes,
         "calls": rep.calls,
-        "cold_seconds": cold, "warm_seconds": warm,
-        "max_entries": kw.get("max_entries", "default"), "compilation_cache": bool(a.compilation_cache),
+        "cold_seconds": cold,
+        "warm_seconds": warm,
+        "max_entries": kw.get("max_entries", "default"),
+        "compilation_cache": bool(a.compilation_cache),
         # peak resident memory added by the call, output tree included (the input already existed)
-        "cold_peak_added_mb": m_cold.added, "cold_peak_over_param_bytes": m_cold.added / (pbytes / 2**20),
-        "warm_peak_added_mb": m_warm.added, "warm_peak_over_param_bytes": m_warm.added / (pbytes / 2**20),
-        "certified": f"{rep.certified}/{rep.columns}", "ok": rep.ok, "max_rel_err": err,
+        "cold_peak_added_mb": m_cold.added,
+        "cold_peak_over_param_bytes": m_cold.added / (pbytes / 2**20),
+        "warm_peak_added_mb": m_warm.added,
+        "warm_peak_over_param_bytes": m_warm.added / (pbytes / 2**20),
+        "certified": f"{rep.certified}/{rep.columns}",
+        "ok": rep.ok,
+        "max_rel_err": err,
     }
     print(json.dumps(res))
     if a.json:

@@ -53,8 +53,7 @@ def matmul_peak() -> float:
 def fixed_iterations(iters: int) -> jp.RecoverOptions:
     """Options under which ``recover`` runs exactly ``iters`` finder iterations on every column,
     once, with the cheapest polish: what differs between two such calls is the iterations."""
-    return jp.RecoverOptions(finder_iters=iters, passes=1, admm_tol=NEVER_STOP, polish_rounds=1, max_cg=1,
-                             trim=False)
+    return jp.RecoverOptions(finder_iters=iters, passes=1, admm_tol=NEVER_STOP, polish_rounds=1, max_cg=1, trim=False)
 
 
 def iteration_rate(K: int, n: int, m: int, seed: int = 0) -> dict:
@@ -71,8 +70,15 @@ def iteration_rate(K: int, n: int, m: int, seed: int = 0) -> dict:
     Q, _ = jnp.linalg.qr(A)
     pair = jax.jit(lambda Q, v: jnp.matmul(Q, jnp.matmul(Q.T, v, precision=HIGHEST), precision=HIGHEST))
     t_pair = best_of(pair, Q, Y)
-    return {"K": K, "n": n, "m": m, "seconds_per_iteration": per_iter, "iteration_gflops": 4 * K * n * m / per_iter / 1e9,
-            "product_pair_gflops": 4 * K * n * m / t_pair / 1e9, "iterations_timed": [its[SHORT], its[LONG]]}
+    return {
+        "K": K,
+        "n": n,
+        "m": m,
+        "seconds_per_iteration": per_iter,
+        "iteration_gflops": 4 * K * n * m / per_iter / 1e9,
+        "product_pair_gflops": 4 * K * n * m / t_pair / 1e9,
+        "iterations_timed": [its[SHORT], its[LONG]],
+    }
 
 
 def _lowered(A: jax.ShapeDtypeStruct, Y: jax.ShapeDtypeStruct):
@@ -121,5 +127,7 @@ def compile_rss(Ks=(64, 128, 256, 512, 1000), m: int = 1024) -> list[dict]:
 
 if __name__ == "__main__":
     for r in compile_rss():
-        print(f"compile K={r['K']:<5} n={r['n']:<4} m={r['m']}: peak RSS added {r['peak_added_mb']:6.0f} MB, "
-              f"RSS after {r['rss_after_mb']:6.0f} MB")
+        print(
+            f"compile K={r['K']:<5} n={r['n']:<4} m={r['m']}: peak RSS added {r['peak_added_mb']:6.0f} MB, "
+            f"RSS after {r['rss_after_mb']:6.0f} MB"
+        )

@@ -58,16 +58,23 @@ def target(repeat: int, highs_columns: int) -> dict:
     cols = np.linspace(0, 511, highs_columns).astype(int)
     lp = time_peer(highs, A, Y, X, cols)
     per_col_lp = lp["seconds_per_column"] if lp.get("available") else float("nan")
-    return {"projection_ms": 1e3 * t_proj, "recover_ms": 1e3 * t_rec, "projections": t_rec / t_proj,
-            "highs_ms_per_column": 1e3 * per_col_lp, "vs_highs": per_col_lp * 512 / t_rec,
-            "certified": int(np.asarray(out.certified).sum()), "exact": int((err <= EXACT).sum()),
-            "max_rel_err": float(err.max()), "load": _load()}
+    return {
+        "projection_ms": 1e3 * t_proj,
+        "recover_ms": 1e3 * t_rec,
+        "projections": t_rec / t_proj,
+        "highs_ms_per_column": 1e3 * per_col_lp,
+        "vs_highs": per_col_lp * 512 / t_rec,
+        "certified": int(np.asarray(out.certified).sum()),
+        "exact": int((err <= EXACT).sum()),
+        "max_rel_err": float(err.max()),
+        "load": _load(),
+    }
 
 
 def boundary(repeat: int, quick: bool) -> list[dict]:
     rows = []
     for ratio in (1.5, 2.0):
-        for rho in ((0.05, 0.25) if quick else (0.05, 0.15, 0.20, 0.25)):
+        for rho in (0.05, 0.25) if quick else (0.05, 0.15, 0.20, 0.25):
             n = int(256 / ratio)
             A, X, Y = problem(256, n, 512, rho)
             A32, Y32 = jnp.asarray(A, jnp.float32), jnp.asarray(Y, jnp.float32)
@@ -75,9 +82,18 @@ def boundary(repeat: int, quick: bool) -> list[dict]:
             out = jp.recover(A32, Y32)
             err = rel_err(out.x, X)
             cert = np.asarray(out.certified)
-            rows.append({"K/n": ratio, "rho": rho, "n": n, "exact_certified": float(np.mean(cert & (err <= EXACT))),
-                         "exact": float(np.mean(err <= EXACT)), "certified_wrong": int(np.sum(cert & (err > EXACT))),
-                         "seconds": t, "load": _load()})
+            rows.append(
+                {
+                    "K/n": ratio,
+                    "rho": rho,
+                    "n": n,
+                    "exact_certified": float(np.mean(cert & (err <= EXACT))),
+                    "exact": float(np.mean(err <= EXACT)),
+                    "certified_wrong": int(np.sum(cert & (err > EXACT))),
+                    "seconds": t,
+                    "load": _load(),
+                }
+            )
     return rows
 
 
@@ -97,9 +113,14 @@ def threads(repeat: int) -> dict:
             res["unheld"] = min(res.get("unheld", 1e9), _best(f, repeat))
         finally:
             del os.environ["JAXPURIFY_BLAS_THREADS"]
-    return {"library_ms": 1e3 * res["library"], "blas_held_ms": 1e3 * res["held"], "unheld_ms": 1e3 * res["unheld"],
-            "library_over_held": res["library"] / res["held"], "unheld_over_held": res["unheld"] / res["held"],
-            "load": _load()}
+    return {
+        "library_ms": 1e3 * res["library"],
+        "blas_held_ms": 1e3 * res["held"],
+        "unheld_ms": 1e3 * res["unheld"],
+        "library_over_held": res["library"] / res["held"],
+        "unheld_over_held": res["unheld"] / res["held"],
+        "load": _load(),
+    }
 
 
 def main(argv=None) -> dict:
@@ -111,19 +132,25 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     print(machine())
     t = target(a.repeat, 8 if a.quick else a.highs_columns)
-    print(f"target K=256 n=64 m=512 15%: projection {t['projection_ms']:.2f} ms, recover {t['recover_ms']:.1f} ms "
-          f"= {t['projections']:.0f} projections; HiGHS {t['highs_ms_per_column']:.1f} ms/column → recover "
-          f"{t['vs_highs']:.0f}× faster; certified {t['certified']}/512, exact {t['exact']}, "
-          f"max rel err {t['max_rel_err']:.1e} (load {t['load']})")
+    print(
+        f"target K=256 n=64 m=512 15%: projection {t['projection_ms']:.2f} ms, recover {t['recover_ms']:.1f} ms "
+        f"= {t['projections']:.0f} projections; HiGHS {t['highs_ms_per_column']:.1f} ms/column → recover "
+        f"{t['vs_highs']:.0f}× faster; certified {t['certified']}/512, exact {t['exact']}, "
+        f"max rel err {t['max_rel_err']:.1e} (load {t['load']})"
+    )
     b = boundary(a.repeat if not a.quick else 2, a.quick)
     for r in b:
-        print(f"K=256 K/n={r['K/n']:<3} rho={r['rho']:.2f}: exact & certified {r['exact_certified']:.3f} "
-              f"(exact {r['exact']:.3f}), certified but wrong {r['certified_wrong']}, {r['seconds'] * 1e3:.0f} ms "
-              f"(load {r['load']})")
+        print(
+            f"K=256 K/n={r['K/n']:<3} rho={r['rho']:.2f}: exact & certified {r['exact_certified']:.3f} "
+            f"(exact {r['exact']:.3f}), certified but wrong {r['certified_wrong']}, {r['seconds'] * 1e3:.0f} ms "
+            f"(load {r['load']})"
+        )
     th = threads(a.repeat)
-    print(f"threads: library {th['library_ms']:.1f} ms, BLAS held to 1 from outside {th['blas_held_ms']:.1f} ms "
-          f"(ratio {th['library_over_held']:.2f}); library hold off {th['unheld_ms']:.1f} ms "
-          f"(ratio {th['unheld_over_held']:.2f}) (load {th['load']})")
+    print(
+        f"threads: library {th['library_ms']:.1f} ms, BLAS held to 1 from outside {th['blas_held_ms']:.1f} ms "
+        f"(ratio {th['library_over_held']:.2f}); library hold off {th['unheld_ms']:.1f} ms "
+        f"(ratio {th['unheld_over_held']:.2f}) (load {th['load']})"
+    )
     res = {"machine": machine(), "target": t, "boundary": b, "threads": th}
     if a.json:
         write_json(a.json, res)

@@ -53,11 +53,18 @@ def time_recover(A, Y, X, repeat: int | None = None) -> dict:
     err = rel_err(out.x, X)
     cert = np.asarray(out.certified)
     m = Y.shape[1]
-    return {"seconds": min(ts), "first_call_seconds": first, "columns_per_s": m / min(ts),
-            "certified": int(cert.sum()), "columns": m,
-            "certified_wrong": int((cert & (err > EXACT)).sum()), "max_rel_err": float(err.max()),
-            "exact": int((err <= EXACT).sum()), "iterations_median": float(np.median(np.asarray(out.iterations))),
-            "iterations_max": int(np.max(np.asarray(out.iterations)))}
+    return {
+        "seconds": min(ts),
+        "first_call_seconds": first,
+        "columns_per_s": m / min(ts),
+        "certified": int(cert.sum()),
+        "columns": m,
+        "certified_wrong": int((cert & (err > EXACT)).sum()),
+        "max_rel_err": float(err.max()),
+        "exact": int((err <= EXACT).sum()),
+        "iterations_median": float(np.median(np.asarray(out.iterations))),
+        "iterations_max": int(np.max(np.asarray(out.iterations))),
+    }
 
 
 CELL_BUDGET = 150.0  # seconds; a recover cell predicted to take longer is skipped and said so
@@ -86,8 +93,11 @@ def target(quick: bool) -> dict:
     for r in peers.values():
         if r.get("available"):
             r["ratio"] = ours["columns_per_s"] / r["columns_per_s"]
-    print(f"target point: recover {ours['columns_per_s']:.0f} col/s; " + ", ".join(
-        f"{k} {v['ratio']:.0f}x" for k, v in peers.items() if v.get("available")), flush=True)
+    print(
+        f"target point: recover {ours['columns_per_s']:.0f} col/s; "
+        + ", ".join(f"{k} {v['ratio']:.0f}x" for k, v in peers.items() if v.get("available")),
+        flush=True,
+    )
     return {"K": K, "n": n, "m": m, "rho": rho, "recover": ours, "peers": peers}
 
 
@@ -100,13 +110,28 @@ def grid(quick: bool, log=print) -> list[dict]:
         A, X, Y = problem(K, n, mmax, rho, seed=K + ratio)
         cols = np.linspace(0, mmax - 1, _sample(K, quick)).astype(int)
         # MPAX builds a dense (K, n + 2K) LP per column: beyond K = 1024 it exceeds the time budget
-        peers = peers_at(A, Y, X, cols, dict(K=K, n=n, m=mmax, rho=rho, seed=K + ratio), mpax=not quick and K <= MPAX_MAX_K,
-                         lp=K <= PEER_MAX_K)
+        peers = peers_at(
+            A,
+            Y,
+            X,
+            cols,
+            dict(K=K, n=n, m=mmax, rho=rho, seed=K + ratio),
+            mpax=not quick and K <= MPAX_MAX_K,
+            lp=K <= PEER_MAX_K,
+        )
         per_col = None
         for m in g["m"]:
             if per_col is not None and 2 * per_col * m > CELL_BUDGET:
-                rows.append({"K": K, "n": n, "ratio": ratio, "m": m, "rho": rho, "skipped":
-                             f"predicted {2 * per_col * m:.0f} s > budget {CELL_BUDGET:.0f} s"})
+                rows.append(
+                    {
+                        "K": K,
+                        "n": n,
+                        "ratio": ratio,
+                        "m": m,
+                        "rho": rho,
+                        "skipped": f"predicted {2 * per_col * m:.0f} s > budget {CELL_BUDGET:.0f} s",
+                    }
+                )
                 log(f"K={K:<5} K/n={ratio} rho={rho:<4} m={m:<5} skipped: {rows[-1]['skipped']}")
                 continue
             ours = time_recover(A, Y[:, :m], X[:, :m])
@@ -118,15 +143,20 @@ def grid(quick: bool, log=print) -> list[dict]:
                     row["ratio_to"][name] = ours["columns_per_s"] / r["columns_per_s"]
             row["peers"] = peers
             rows.append(row)
-            log(f"K={K:<5} K/n={ratio} rho={rho:<4} m={m:<5} recover {ours['columns_per_s']:9.1f} col/s "
+            log(
+                f"K={K:<5} K/n={ratio} rho={rho:<4} m={m:<5} recover {ours['columns_per_s']:9.1f} col/s "
                 f"certified {ours['certified']}/{m} exact {ours['exact']}/{m}  "
-                + "  ".join(f"{k.split()[0]} {v:,.0f}x" for k, v in row["ratio_to"].items()))
+                + "  ".join(f"{k.split()[0]} {v:,.0f}x" for k, v in row["ratio_to"].items())
+            )
     return rows
 
 
 def roofline(quick: bool, log=print) -> dict:
-    shapes = [(256, 64, 512), (256, 64, 1024)] if quick else [
-        (256, 64, 512), (256, 64, 1024), (1024, 256, 512), (1024, 256, 1024), (4096, 1024, 512)]
+    shapes = (
+        [(256, 64, 512), (256, 64, 1024)]
+        if quick
+        else [(256, 64, 512), (256, 64, 1024), (1024, 256, 512), (1024, 256, 1024), (4096, 1024, 512)]
+    )
     rates, compiles, peaks = [], [], []
     for K, n, m in shapes:
         # the peak is re-measured beside each shape: on a shared machine it moves within a run
@@ -138,17 +168,22 @@ def roofline(quick: bool, log=print) -> dict:
         peaks.append(peak)
         c = R.compile_and_memory(K, n, m)
         compiles.append(c)
-        log(f"K={K} n={n} m={m}: iteration {r['iteration_gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.0%} of "
-            f"peak {peak:.1f}; compile {c['compile_seconds']:.2f} s; XLA memory {c.get('xla_bytes_over_input') or 0:.1f}× input")
+        log(
+            f"K={K} n={n} m={m}: iteration {r['iteration_gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.0%} of "
+            f"peak {peak:.1f}; compile {c['compile_seconds']:.2f} s; XLA memory {c.get('xla_bytes_over_input') or 0:.1f}× input"
+        )
     return {"matmul_peak_gflops": max(peaks), "iteration": rates, "compile": compiles}
 
 
 def resnet(quick: bool, out: str, log=print) -> list[dict]:
     res = []
-    for size in ((0.25,) if quick else (0.25, 0.5, 1.0, 2.0)):
+    for size in (0.25,) if quick else (0.25, 0.5, 1.0, 2.0):
         path = os.path.join(out, f"resnet_size_{size:g}.json")
-        p = subprocess.run([sys.executable, "-m", "benchmarks.resnet", "--size", str(size), "--json", path],
-                           capture_output=True, text=True)
+        p = subprocess.run(
+            [sys.executable, "-m", "benchmarks.resnet", "--size", str(size), "--json", path],
+            capture_output=True,
+            text=True,
+        )
         if p.returncode:
             res.append({"size": size, "error": (p.stderr.strip().splitlines() or ["failed"])[-1]})
         else:
@@ -159,31 +194,44 @@ def resnet(quick: bool, out: str, log=print) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small grid, 4 sampled peer columns, ResNet ¼× only")
     p.add_argument("--out", help="output directory (default benchmarks/results[/quick])")
-    p.add_argument("--only", choices=["target", "grid", "roofline", "resnet"], action="append",
-                   help="run only these parts (repeatable)")
+    p.add_argument(
+        "--only",
+        choices=["target", "grid", "roofline", "resnet"],
+        action="append",
+        help="run only these parts (repeatable)",
+    )
     a = p.parse_args(argv)
     out = a.out or os.path.join("benchmarks", "results", "quick" if a.quick else "")
     os.makedirs(out, exist_ok=True)
     parts = a.only or ["target", "grid", "roofline", "resnet"]
     log = lambda s: print(s, flush=True)
-    command = "python -m benchmarks.run" + (" --quick" if a.quick else "") + "".join(f" --only {x}" for x in (a.only or []))
+    command = (
+        "python -m benchmarks.run" + (" --quick" if a.quick else "") + "".join(f" --only {x}" for x in (a.only or []))
+    )
     command += f" --out {a.out}" if a.out else ""
     run = {"quick": a.quick, "machine": machine(), "parts": {}}
     old = os.path.join(out, "run.json")
     if os.path.exists(old):  # parts not run this time keep their own command and load
         with open(old) as f:
             run["parts"] = json.load(f).get("parts", {})
-    steps = {"target": lambda: write_json(os.path.join(out, "peers.json"), target(a.quick)),
-             "grid": lambda: write_json(os.path.join(out, "grid.json"), grid(a.quick, log)),
-             "roofline": lambda: write_json(os.path.join(out, "roofline.json"), roofline(a.quick, log)),
-             "resnet": lambda: resnet(a.quick, out, log)}
+    steps = {
+        "target": lambda: write_json(os.path.join(out, "peers.json"), target(a.quick)),
+        "grid": lambda: write_json(os.path.join(out, "grid.json"), grid(a.quick, log)),
+        "roofline": lambda: write_json(os.path.join(out, "roofline.json"), roofline(a.quick, log)),
+        "resnet": lambda: resnet(a.quick, out, log),
+    }
     for part in parts:
-        meta = {"command": command, "commit": _commit(), "load_before": os.getloadavg(),
-                "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        meta = {
+            "command": command,
+            "commit": _commit(),
+            "load_before": os.getloadavg(),
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
         t0 = time.perf_counter()
         steps[part]()
         meta.update(seconds=time.perf_counter() - t0, load_after=os.getloadavg())
@@ -202,10 +250,12 @@ def _commit() -> str:
     """The source's git commit, '+dirty' when jaxpurify/ has uncommitted changes; '?' outside git."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True,
-                               text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
     return head + ("+dirty" if dirty else "")

@@ -67,16 +67,36 @@ def measure(arch: str, size: int, steps: int, rounds: int, batch: int = 128) -> 
         # train compiles its step on every call, so time the second chunk of `steps` steps,
         # callback to callback (each callback follows the chunk's one host sync)
         marks = []
-        train(apply, latent0, codebook, x, y, key=key, steps=3 * steps, batch_size=batch, log_every=steps,
-              progress=False, callback=lambda *_: marks.append(time.perf_counter()))
+        train(
+            apply,
+            latent0,
+            codebook,
+            x,
+            y,
+            key=key,
+            steps=3 * steps,
+            batch_size=batch,
+            log_every=steps,
+            progress=False,
+            callback=lambda *_: marks.append(time.perf_counter()),
+        )
         return marks[2] - marks[1]
 
-    times = {"train": min(library() for _ in range(rounds)),
-             "alone": best_of(alone, repeat=rounds),
-             "fori": best_of(looped, (latent0, state0), repeat=rounds)}
+    times = {
+        "train": min(library() for _ in range(rounds)),
+        "alone": best_of(alone, repeat=rounds),
+        "fori": best_of(looped, (latent0, state0), repeat=rounds),
+    }
     ms = {k: 1000 * v / steps for k, v in times.items()}
-    return {"arch": arch, "size": size, "batch": batch, "steps": steps, "ms_per_step": ms,
-            "train_over_alone": ms["train"] / ms["alone"], "fori_over_alone": ms["fori"] / ms["alone"]}
+    return {
+        "arch": arch,
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "ms_per_step": ms,
+        "train_over_alone": ms["train"] / ms["alone"],
+        "fori_over_alone": ms["fori"] / ms["alone"],
+    }
 
 
 def main(argv=None) -> None:
@@ -87,12 +107,16 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     load = os.getloadavg()[0]
     rows = [measure(arch, size, a.steps, a.rounds) for arch in MODELS for size in (8, 28)]
-    print(f"load average {load:.1f} → {os.getloadavg()[0]:.1f}; ms per step, best of {a.rounds} runs of {a.steps} steps")
+    print(
+        f"load average {load:.1f} → {os.getloadavg()[0]:.1f}; ms per step, best of {a.rounds} runs of {a.steps} steps"
+    )
     print(f"{'model':<16}{'train':>9}{'alone':>9}{'fori':>9}{'train/alone':>13}{'fori/alone':>12}")
     for r in rows:
         ms = r["ms_per_step"]
-        print(f"{r['arch'] + ' ' + str(r['size']) + 'x' + str(r['size']):<16}{ms['train']:>9.1f}{ms['alone']:>9.1f}"
-              f"{ms['fori']:>9.1f}{r['train_over_alone']:>13.2f}{r['fori_over_alone']:>12.1f}")
+        print(
+            f"{r['arch'] + ' ' + str(r['size']) + 'x' + str(r['size']):<16}{ms['train']:>9.1f}{ms['alone']:>9.1f}"
+            f"{ms['fori']:>9.1f}{r['train_over_alone']:>13.2f}{r['fori_over_alone']:>12.1f}"
+        )
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"load": load, "rows": rows}, f, indent=1)

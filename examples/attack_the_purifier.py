@@ -85,9 +85,11 @@ def main():
         rel = jnp.linalg.norm(out.x - theta, axis=0) / jnp.linalg.norm(out.x, axis=0)
         ratio = np.asarray(jnp.where(out.certified, rel / out.bound, 0.0))
         off = float(jnp.linalg.norm(A @ (out.x - theta)) / jnp.linalg.norm(W))
-        print(f"{name:<38} |δ|max {float(jnp.abs(delta).max()) / a.atol:.2f}·atol  certified "
-              f"{int(out.certified.sum()):>3}/{a.columns}  error/bound median {np.median(ratio):.3f} "
-              f"max {ratio.max():.3f}  purified W off by {off:.2e}")
+        print(
+            f"{name:<38} |δ|max {float(jnp.abs(delta).max()) / a.atol:.2f}·atol  certified "
+            f"{int(out.certified.sum()):>3}/{a.columns}  error/bound median {np.median(ratio):.3f} "
+            f"max {ratio.max():.3f}  purified W off by {off:.2e}"
+        )
         return out
 
     t0 = time.perf_counter()
@@ -97,10 +99,14 @@ def main():
     for f in (0.25, 1.0):
         delta, g = attack(f * a.atol, 0.5 * f * a.atol * signs)
         out = report(f"sign-gradient ascent, budget {f}·atol", delta)
-    print(f"gradient on the gross-error entries: max {float(jnp.abs(jnp.where(mask, g, 0.0)).max()):.1e} "
-          f"(all found as outliers: {bool(jnp.all(out.outliers[mask]))}); the ceiling of error/bound is 0.5")
-    print(f"K={a.K} n={a.n} columns={a.columns} errors/column={a.errors} atol={a.atol} "
-          f"steps={a.steps}: {time.perf_counter() - t0:.1f} s")
+    print(
+        f"gradient on the gross-error entries: max {float(jnp.abs(jnp.where(mask, g, 0.0)).max()):.1e} "
+        f"(all found as outliers: {bool(jnp.all(out.outliers[mask]))}); the ceiling of error/bound is 0.5"
+    )
+    print(
+        f"K={a.K} n={a.n} columns={a.columns} errors/column={a.errors} atol={a.atol} "
+        f"steps={a.steps}: {time.perf_counter() - t0:.1f} s"
+    )
 
 
 if __name__ == "__main__":

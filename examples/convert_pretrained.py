@@ -56,26 +56,54 @@ def main(argv=None) -> dict:
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     # the pretrained model: trained with no codebook
-    params = train(apply, params, None, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 1),
-                   steps=1000, optimizer=optax.adam(3e-3)).latent
+    params = train(
+        apply,
+        params,
+        None,
+        ds.train.x,
+        ds.train.y,
+        key=jax.random.fold_in(key, 1),
+        steps=1000,
+        optimizer=optax.adam(3e-3),
+    ).latent
     acc = lambda p: accuracy(apply, p, ds.test.x, ds.test.y)
 
     codebook = jp.Codebook.create(params, jax.random.fold_in(key, 2))  # the default layout
     projected = codebook.decode(codebook.encode(params))
 
     t0, c0 = time.perf_counter(), time.process_time()
-    latent, losses = convert(apply, params, codebook, ds.train.x, key=jax.random.fold_in(key, 3), steps=args.steps,
-                             batch_size=args.batch_size, loss=args.loss, temperature=args.temperature, mixup=args.mixup,
-                             optimizer=default_optimizer(args.steps, args.lr))
+    latent, losses = convert(
+        apply,
+        params,
+        codebook,
+        ds.train.x,
+        key=jax.random.fold_in(key, 3),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        loss=args.loss,
+        temperature=args.temperature,
+        mixup=args.mixup,
+        optimizer=default_optimizer(args.steps, args.lr),
+    )
     protected = codebook.decode(latent)
     jax.block_until_ready(protected)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
 
-    res = {"unprotected": acc(params), "encode_only": acc(projected), "converted": acc(protected),
-           "seconds": seconds, "cpu_seconds": cpu, "steps": len(losses), "loss_first": float(losses[0]), "loss_last": float(losses[-1])}
-    print(f"test accuracy: unprotected {res['unprotected']:.3f} | encode only {res['encode_only']:.3f} | "
-          f"converted {res['converted']:.3f} ({res['steps']} steps, {seconds:.1f} s wall, {cpu:.1f} s CPU, "
-          f"loss {res['loss_first']:.3g} -> {res['loss_last']:.3g})")
+    res = {
+        "unprotected": acc(params),
+        "encode_only": acc(projected),
+        "converted": acc(protected),
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "steps": len(losses),
+        "loss_first": float(losses[0]),
+        "loss_last": float(losses[-1]),
+    }
+    print(
+        f"test accuracy: unprotected {res['unprotected']:.3f} | encode only {res['encode_only']:.3f} | "
+        f"converted {res['converted']:.3f} ({res['steps']} steps, {seconds:.1f} s wall, {cpu:.1f} s CPU, "
+        f"loss {res['loss_first']:.3g} -> {res['loss_last']:.3g})"
+    )
     return res
 
 

@@ -24,9 +24,25 @@ from jaxpurify._solution import RESULTS, Recovery
 from jaxpurify._solver import recover
 
 __all__ = [
-    "Codebook", "EncodedModule", "Group", "Latent", "LeafSpec", "LeafReport", "LeafVerdict", "LegacyCodebookWarning",
-    "RESULTS", "RecoverOptions", "Recovery", "Report", "Seal", "UncertifiedError", "UncertifiedWarning",
-    "WeakKeyWarning", "enable_compilation_cache", "purify", "recover",
+    "Codebook",
+    "EncodedModule",
+    "Group",
+    "Latent",
+    "LeafSpec",
+    "LeafReport",
+    "LeafVerdict",
+    "LegacyCodebookWarning",
+    "RESULTS",
+    "RecoverOptions",
+    "Recovery",
+    "Report",
+    "Seal",
+    "UncertifiedError",
+    "UncertifiedWarning",
+    "WeakKeyWarning",
+    "enable_compilation_cache",
+    "purify",
+    "recover",
 ]
 
 

@@ -122,7 +122,6 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
     def cond(s: _AdmmState):
         return (s.it < max_iter) & ~jnp.all(s.done)
 
-
     s = lax.while_loop(cond, step, state)
     c = _mm(Q.T, y - s.z - s.u)
     return c, s.z, s.iters, s.done

@@ -158,7 +158,9 @@ def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.A
     code = jnp.where(2 * k_hat < usable - n + 1, jnp.int8(RESULTS.successful), code)
     code = jnp.where(inliers >= n + 1, code, jnp.int8(RESULTS.no_slack))
     fit_ok = fit.exact & fit.stable
-    cause = jnp.where(~fit.stable, RESULTS.unstable_mask, jnp.where(fit.solved, RESULTS.inexact_fit, RESULTS.iteration_cap))
+    cause = jnp.where(
+        ~fit.stable, RESULTS.unstable_mask, jnp.where(fit.solved, RESULTS.inexact_fit, RESULTS.iteration_cap)
+    )
     # a mask that settled past the count bound (or was given up there) is the reason whatever the
     # refit's state; no_slack where the reported mask leaves no redundant row at all
     too_many = jnp.where(code == RESULTS.no_slack, RESULTS.no_slack, RESULTS.count_bound)

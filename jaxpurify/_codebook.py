@@ -19,8 +19,8 @@ import dataclasses
 import hmac
 import math
 import os
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,6 @@ from jaxpurify import tree as _tree
 from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
 from jaxpurify._layout import Group, LeafLayout, Segment
 from jaxpurify.tree import PyTree, leaves_with_paths
-
 
 Select = Callable[[str, Any], "bool | int | str | None"]
 
@@ -87,8 +86,8 @@ class Codebook:
         tree: list[tuple] | None = None,
         skipped: list[tuple[str, int, str]] = (),
         *,
-        model: "_codebook_file.Fingerprint | None" = None,
-        seal: "_seal.Seal | None" = None,
+        model: _codebook_file.Fingerprint | None = None,
+        seal: _seal.Seal | None = None,
     ):
         self.secret = _keys.check_secret(secret)  # never printed: see __repr__
         self.model = model  # (path, shape, dtype) of every leaf of the tree it was made for
@@ -107,7 +106,7 @@ class Codebook:
     @classmethod
     def create(
         cls, params: PyTree, key: Any = None, *, redundancy: float = 4.0, select: Select | None = None
-    ) -> "Codebook":
+    ) -> Codebook:
         """Protect every floating parameter of ``params`` and bind the layout to a secret.
 
         ``key=None`` (the default) draws a 256-bit secret from ``os.urandom``; 16–64 ``bytes`` are
@@ -132,7 +131,9 @@ class Codebook:
         if isinstance(redundancy, bool) or not isinstance(redundancy, (int, float)) or not 1.0 < redundancy < math.inf:
             raise ValueError(f"redundancy must be a finite number > 1 (K/n), got {redundancy!r}")
         if select is not None and not callable(select):
-            raise TypeError(f"select must be a callable (path, leaf) -> bool | int | str | None, got {type(select).__name__}")
+            raise TypeError(
+                f"select must be a callable (path, leaf) -> bool | int | str | None, got {type(select).__name__}"
+            )
         secret = _keys.secret_from_key(key)
         flat, keys, _ = _tree.flatten(params)
         tree, chosen, skipped = [], [], []
@@ -201,7 +202,9 @@ class Codebook:
                 return leaf
             if isinstance(leaf, jax.Array) and isinstance(leaves[path], jax.Array) and leaves[path].dtype == leaf.dtype:
                 if leaves[path].shape != leaf.shape:
-                    raise ValueError(f"leaf {path!r}: replacement has shape {leaves[path].shape}, expected {leaf.shape}")
+                    raise ValueError(
+                        f"leaf {path!r}: replacement has shape {leaves[path].shape}, expected {leaf.shape}"
+                    )
                 return leaves[path]  # immutable: kept as it is (purify hands its working copy over this way)
             new = np.asarray(leaves[path])
             if new.shape != _leaf_shape(leaf):
@@ -236,7 +239,9 @@ class Codebook:
             if path not in by_path:
                 raise ValueError(f"leaf {path!r} of the codebook is missing from params")
             if _leaf_shape(by_path[path]) != lay.shape:
-                raise ValueError(f"leaf {path!r} has shape {_leaf_shape(by_path[path])}, the codebook expects {lay.shape}")
+                raise ValueError(
+                    f"leaf {path!r} has shape {_leaf_shape(by_path[path])}, the codebook expects {lay.shape}"
+                )
             if not jnp.issubdtype(_leaf_dtype(by_path[path]), jnp.floating):
                 raise ValueError(f"leaf {path!r} has dtype {_leaf_dtype(by_path[path])}, expected floating")
         return {p: by_path[p] for p in self._leaves}
@@ -362,7 +367,7 @@ class Codebook:
         return {"redundancy": self.redundancy, **_layout_to_json(self)}
 
     @classmethod
-    def from_json(cls, data: dict, secret: bytes) -> "Codebook":
+    def from_json(cls, data: dict, secret: bytes) -> Codebook:
         """A codebook from a document that ``_codebook_file.read`` has authenticated and checked."""
         red, model = _codebook_file.check_layout(data)
         try:
@@ -380,7 +385,7 @@ class Codebook:
         _codebook_file.write(path, key_path, doc, self.secret)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> "Codebook":
+    def load(cls, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> Codebook:
         """Read and authenticate a codebook; ``ValueError`` says what is wrong (wrong key, tampered,
         malformed field or leaf).  Version-1 files (key inside) load with a warning."""
         for what, p in (("path", path), ("key_path", key_path)):
@@ -401,14 +406,14 @@ class Codebook:
             if have.get(lay.path) != (lay.shape, lay.dtype):
                 raise ValueError(f"other model: leaf {lay.path!r} is missing or is not {lay.dtype}{list(lay.shape)}")
 
-    def seal(self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS) -> "_seal.Seal":
+    def seal(self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS) -> _seal.Seal:
         """Record a keyed sketch of the deployed ``params`` (see ``jaxpurify._seal``); kept in the
         codebook and its file.  ``params`` must be the model the codebook was made for."""
         self.check(params)
         self.seal_record = _seal.Seal.create(self.secret, params, chunk=chunk, rows=rows)
         return self.seal_record
 
-    def verify(self, params: PyTree, err: Any = None) -> dict[str, "_seal.LeafVerdict"]:
+    def verify(self, params: PyTree, err: Any = None) -> dict[str, _seal.LeafVerdict]:
         """Check a (purified) tree against the seal: ``{path: LeafVerdict}``.
 
         ``err`` is the per-entry error bound ε of the purification (‖e‖₂ ≤ √c·ε on each seal chunk
@@ -423,13 +428,17 @@ class Codebook:
         if not isinstance(other, Codebook):
             return False
         mine = (self.to_json(), self.model, self.seal_record)
-        return mine == (other.to_json(), other.model, other.seal_record) and hmac.compare_digest(self.secret, other.secret)
+        return mine == (other.to_json(), other.model, other.seal_record) and hmac.compare_digest(
+            self.secret, other.secret
+        )
 
     __hash__ = None
 
     def __repr__(self) -> str:  # never the secret
         sealed = ", sealed" if self.seal_record is not None else ""
-        return f"Codebook({len(self._leaves)} leaves in {len(self._groups)} groups, redundancy={self.redundancy}{sealed})"
+        return (
+            f"Codebook({len(self._leaves)} leaves in {len(self._groups)} groups, redundancy={self.redundancy}{sealed})"
+        )
 
 
 # -- layout fields of the codebook file (version 2; version 1 had one single-axis group per leaf)
@@ -440,8 +449,14 @@ def _layout_to_json(cb: Codebook) -> dict:
             for lay in cb._leaves.values()
         ],
         "groups": [
-            {"name": g.name, "K": g.K, "n": g.n, "columns": g.columns, "dtype": g.dtype,
-             "segments": [[sg.path, sg.start, sg.stop] for sg in g.segments]}
+            {
+                "name": g.name,
+                "K": g.K,
+                "n": g.n,
+                "columns": g.columns,
+                "dtype": g.dtype,
+                "segments": [[sg.path, sg.start, sg.stop] for sg in g.segments],
+            }
             for g in cb._groups.values()
         ],
         "tree": [list(k) for k in cb._tree],
@@ -451,6 +466,7 @@ def _layout_to_json(cb: Codebook) -> dict:
 
 def _layout_from_json(data: dict) -> tuple:
     """(leaves, groups, tree, skipped) for ``Codebook(key, redundancy, ...)``; raises on bad types."""
+
     def axis(d):
         return None if d["axis"] is None else int(d["axis"])
 
@@ -459,20 +475,35 @@ def _layout_from_json(data: dict) -> tuple:
             raise TypeError(f"tree key {k!r} is not a str or int")
         return k
 
-    leaves = [LeafLayout(str(d["path"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]), axis(d)) for d in data["leaves"]]
+    leaves = [
+        LeafLayout(str(d["path"]), tuple(int(v) for v in d["shape"]), str(d["dtype"]), axis(d)) for d in data["leaves"]
+    ]
     for lay in leaves:
         if lay.axis is not None and not 0 <= lay.axis < len(lay.shape):
             raise ValueError(f"leaf {lay.path!r}: axis {lay.axis} out of range")
         np.dtype(lay.dtype)  # a name NumPy knows
     if data.get("version") == 1:
         groups = [
-            Group(lay.path, int(d["K"]), int(d["n"]), lay.size // max(int(d["K"]), 1), lay.dtype, (Segment(lay.path, 0, lay.size),))
+            Group(
+                lay.path,
+                int(d["K"]),
+                int(d["n"]),
+                lay.size // max(int(d["K"]), 1),
+                lay.dtype,
+                (Segment(lay.path, 0, lay.size),),
+            )
             for lay, d in zip(leaves, data["leaves"])
         ]
         return leaves, groups, None, []
     groups = [
-        Group(str(d["name"]), int(d["K"]), int(d["n"]), int(d["columns"]), str(d["dtype"]),
-              tuple(Segment(str(p), int(a), int(b)) for p, a, b in d["segments"]))
+        Group(
+            str(d["name"]),
+            int(d["K"]),
+            int(d["n"]),
+            int(d["columns"]),
+            str(d["dtype"]),
+            tuple(Segment(str(p), int(a), int(b)) for p, a, b in d["segments"]),
+        )
         for d in data["groups"]
     ]
     tree = [tuple(key(k) for k in ks) for ks in data["tree"]]

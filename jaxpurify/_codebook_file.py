@@ -157,8 +157,10 @@ def _check_leaves(doc: dict) -> dict[str, dict]:
         if doc.get("version") == 1:  # one group per leaf along its axis, K and n in the leaf
             K, n = _int(d.get("K"), f"{what} K"), _int(d.get("n"), f"{what} n")
             if axis is None or shape[axis] != K or not 1 <= n < K:
-                raise ValueError(f"malformed codebook file: {what}: need K = shape[axis] and 1 ≤ n < K "
-                                 f"(axis {axis}, shape {list(shape)}, K {K}, n {n})")
+                raise ValueError(
+                    f"malformed codebook file: {what}: need K = shape[axis] and 1 ≤ n < K "
+                    f"(axis {axis}, shape {list(shape)}, K {K}, n {n})"
+                )
         out[d["path"]] = d
     return out
 
@@ -175,7 +177,9 @@ def _check_groups(doc: dict, leaves: dict[str, dict]) -> None:
         _floating(g.get("dtype"), what)
         for seg in _list(g.get("segments"), f"{what} segments"):
             if not (isinstance(seg, list) and len(seg) == 3 and seg[0] in leaves):
-                raise ValueError(f"malformed codebook file: {what}: segment {seg!r} is not [protected leaf, start, stop]")
+                raise ValueError(
+                    f"malformed codebook file: {what}: segment {seg!r} is not [protected leaf, start, stop]"
+                )
             _int(seg[1], f"{what} segment start"), _int(seg[2], f"{what} segment stop")
     for ks in _list(doc.get("tree"), "'tree'"):
         if not isinstance(ks, list) or not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in ks):
@@ -207,7 +211,9 @@ def check_layout(doc: dict) -> tuple[float, Fingerprint | None]:
     known = {p: (s, d) for p, s, d in fp}
     for d in leaves.values():
         if known.get(d["path"]) != (tuple(d["shape"]), d["dtype"]):
-            raise ValueError(f"malformed codebook file: leaf {d['path']!r} is not in the model fingerprint with its shape and dtype")
+            raise ValueError(
+                f"malformed codebook file: leaf {d['path']!r} is not in the model fingerprint with its shape and dtype"
+            )
     return float(red), tuple(fp)
 
 
@@ -268,8 +274,11 @@ def read_secret(key_path: str) -> bytes:
             "to name the file written beside it by save()"
         ) from None
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warnings.warn(f"codebook key file {key_path!r} is accessible to group/others (mode {oct(mode & 0o777)}); "
-                      "chmod 600 it", UserWarning, stacklevel=4)
+        warnings.warn(
+            f"codebook key file {key_path!r} is accessible to group/others (mode {oct(mode & 0o777)}); chmod 600 it",
+            UserWarning,
+            stacklevel=4,
+        )
     d = _read_json(key_path, "the key file")
     if not isinstance(d, dict) or d.get("format") != KEY_FORMAT or not isinstance(d.get("secret"), str):
         raise ValueError(f"{key_path}: not a {KEY_FORMAT} file")
@@ -295,8 +304,10 @@ def read(path, key_path=None) -> tuple[dict, bytes]:
     secret = read_secret(kp)
     kid = _keys.key_id(secret)
     if doc.get("key_id") != kid:
-        raise ValueError(f"{path}: wrong key: the key file {kp!r} (key id {kid}) is not this codebook's "
-                         f"(key id {doc.get('key_id')!r})")
+        raise ValueError(
+            f"{path}: wrong key: the key file {kp!r} (key id {kid}) is not this codebook's "
+            f"(key id {doc.get('key_id')!r})"
+        )
     mac = doc.get("mac")
     try:
         expected = _mac(secret, doc)
@@ -309,12 +320,18 @@ def read(path, key_path=None) -> tuple[dict, bytes]:
 
 
 def _read_v1(path: str, doc: dict) -> tuple[dict, bytes]:
-    warnings.warn(f"{path}: version-1 codebook (key inside the file, no MAC, no model fingerprint): loaded "
-                  "unauthenticated; save() it again to get an authenticated version-2 file and a separate key file",
-                  LegacyCodebookWarning, stacklevel=4)
+    warnings.warn(
+        f"{path}: version-1 codebook (key inside the file, no MAC, no model fingerprint): loaded "
+        "unauthenticated; save() it again to get an authenticated version-2 file and a separate key file",
+        LegacyCodebookWarning,
+        stacklevel=4,
+    )
     words = doc.get("key")
-    if not (isinstance(words, list) and words and all(isinstance(w, int) and not isinstance(w, bool)
-                                                      and 0 <= w < 2**32 for w in words)):
+    if not (
+        isinstance(words, list)
+        and words
+        and all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**32 for w in words)
+    ):
         raise ValueError(f"{path}: malformed codebook file: 'key' must be a non-empty list of uint32 words")
     doc = dict(doc, model=None, seal=None)
     check_layout(doc)

@@ -26,7 +26,8 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -80,9 +81,13 @@ def _platform(args) -> str | None:
 def _key(tag: str, platform: str, args: tuple) -> str:
     cfg = jax.config
     parts = [
-        _DIGEST, tag, platform,
+        _DIGEST,
+        tag,
+        platform,
         # configuration read while tracing: it changes the program, not only its compilation
-        str(cfg.jax_enable_x64), str(cfg.jax_default_matmul_precision), str(cfg.jax_numpy_dtype_promotion),
+        str(cfg.jax_enable_x64),
+        str(cfg.jax_default_matmul_precision),
+        str(cfg.jax_numpy_dtype_promotion),
         *(f"{np.shape(a)}{np.dtype(a.dtype)}" for a in args),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]

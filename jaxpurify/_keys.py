@@ -130,7 +130,9 @@ def check_secret(secret: Any, what: str = "secret") -> bytes:
     if not isinstance(secret, (bytes, bytearray)):
         raise TypeError(f"{what} must be bytes, got {type(secret).__name__}")
     if not 1 <= len(secret) <= MAX_SECRET_BYTES:
-        raise ValueError(f"{what} must have 1–{MAX_SECRET_BYTES} bytes, got {len(secret)} (an empty key would make A public)")
+        raise ValueError(
+            f"{what} must have 1–{MAX_SECRET_BYTES} bytes, got {len(secret)} (an empty key would make A public)"
+        )
     return bytes(secret)
 
 

@@ -163,9 +163,13 @@ def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
             raise ValueError(f"leaf {lay.path!r}: cannot encode a {lay.dtype} leaf of shape {lay.shape}")
     for g in groups.values():
         if not (0 < g.n < g.K and g.columns > 0):
-            raise ValueError(f"group {g.name!r}: need 0 < n < K and columns > 0, got K={g.K}, n={g.n}, columns={g.columns}")
+            raise ValueError(
+                f"group {g.name!r}: need 0 < n < K and columns > 0, got K={g.K}, n={g.n}, columns={g.columns}"
+            )
         if not (g.K - 1) * g.columns < g.entries <= g.K * g.columns:
-            raise ValueError(f"group {g.name!r}: {g.entries} entries do not fill {g.K} × {g.columns} (at most one padded row)")
+            raise ValueError(
+                f"group {g.name!r}: {g.entries} entries do not fill {g.K} × {g.columns} (at most one padded row)"
+            )
         for s in g.segments:
             if s.path not in leaves or leaves[s.path].dtype != g.dtype:
                 raise ValueError(f"group {g.name!r}: segment of unknown leaf {s.path!r} or of another dtype")
@@ -260,8 +264,10 @@ def interleave_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy:
     m = coprime_width(C, size // C)
     K = -(-size // m)
     if not math.ceil(K / redundancy) < K:
-        raise ValueError(f"leaf {path!r}: 'interleave' lays its {size} entries into {K} row(s) of {m} "
-                         f"columns, which leaves no redundancy (need n = ⌈K/{redundancy}⌉ < K)")
+        raise ValueError(
+            f"leaf {path!r}: 'interleave' lays its {size} entries into {K} row(s) of {m} "
+            f"columns, which leaves no redundancy (need n = ⌈K/{redundancy}⌉ < K)"
+        )
     return row_groups(path, size, m, dtype, redundancy, max_rows)
 
 
@@ -340,8 +346,14 @@ class Capacity:
             "floating": self.floating,
             "fraction": self.fraction,
             "groups": {
-                g.name: {"members": list(g.members), "K": g.K, "n": g.n, "columns": g.columns,
-                         "max_outliers": g.max_outliers, "weakest": g.weakest}
+                g.name: {
+                    "members": list(g.members),
+                    "K": g.K,
+                    "n": g.n,
+                    "columns": g.columns,
+                    "max_outliers": g.max_outliers,
+                    "weakest": g.weakest,
+                }
                 for g in self.groups
             },
             "weakest": {"group": self.weakest.name, "max_outliers": self.weakest.weakest},

@@ -23,7 +23,8 @@ usual); purified weights go back with ``nnx.update(model, purified)``.  Non-``Pa
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flax import nnx
 

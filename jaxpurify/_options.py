@@ -79,7 +79,7 @@ class RecoverOptions:
         if not isinstance(self.trim, bool):
             raise ValueError(f"trim must be a bool, got {self.trim!r}")
 
-    def replace(self, **changes) -> "RecoverOptions":
+    def replace(self, **changes) -> RecoverOptions:
         """A copy with ``changes``; unknown names raise ``TypeError`` naming them."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:

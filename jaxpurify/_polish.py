@@ -104,8 +104,17 @@ def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
         moved = live & jnp.any(new != outl, axis=0)
         # given up after two reads in a row past the bound: one can be a missed outlier's spread
         quit = moved & over & over0
-        return (keep(c, c0), keep(x, x0), keep(r, r0), new, moved & ~quit, over, gave | quit, keep(solved, solved0),
-                k + 1)
+        return (
+            keep(c, c0),
+            keep(x, x0),
+            keep(r, r0),
+            new,
+            moved & ~quit,
+            over,
+            gave | quit,
+            keep(solved, solved0),
+            k + 1,
+        )
 
     def cond(carry):
         return jnp.any(carry[4]) & (carry[8] < rounds)

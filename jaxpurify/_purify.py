@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,8 +100,13 @@ def dispatch(call: Call, cols, matrices, options: RecoverOptions):
 def fetch(pending) -> CallResult:
     """Wait for a dispatched call: one device → host transfer."""
     fitted, cert, inlier, bound, outl = pending
-    return CallResult(np.asarray(fitted), np.asarray(cert), np.asarray(inlier),
-                      None if bound is None else np.asarray(bound), np.asarray(outl))
+    return CallResult(
+        np.asarray(fitted),
+        np.asarray(cert),
+        np.asarray(inlier),
+        None if bound is None else np.asarray(bound),
+        np.asarray(outl),
+    )
 
 
 def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None:
@@ -129,8 +135,13 @@ class GroupResult:
 
 def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupResult]:
     return {
-        name: GroupResult(_aligned_copy(cols[name]), np.zeros((g.K, g.columns), bool),
-                          np.zeros(g.columns, bool), np.zeros(g.columns), None)
+        name: GroupResult(
+            _aligned_copy(cols[name]),
+            np.zeros((g.K, g.columns), bool),
+            np.zeros(g.columns, bool),
+            np.zeros(g.columns),
+            None,
+        )
         for name, g in groups.items()
     }
 
@@ -161,9 +172,10 @@ def _hand_over(params: PyTree, leaves: dict[str, np.ndarray]) -> dict[str, Any]:
     JAX array may share their memory, so nothing may write to them afterwards, and purify
     does not.  ``Codebook.replace`` keeps a JAX array of the leaf's dtype as it is."""
     by_path = dict(leaves_with_paths(params)[0])
-    return {p: jax.device_put(v, may_alias=True)
-            if isinstance(by_path[p], jax.Array) and v.dtype == by_path[p].dtype else v
-            for p, v in leaves.items()}
+    return {
+        p: jax.device_put(v, may_alias=True) if isinstance(by_path[p], jax.Array) and v.dtype == by_path[p].dtype else v
+        for p, v in leaves.items()
+    }
 
 
 def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_input: bool) -> None:
@@ -270,7 +282,9 @@ def purify(
     elif device not in (True, False):
         raise TypeError(f"device must be None, True or False, got {device!r}")
     elif not device and not on_host:
-        raise ValueError("device=False: params hold traced or multi-process arrays, which only the device path can read")
+        raise ValueError(
+            "device=False: params hold traced or multi-process arrays, which only the device path can read"
+        )
 
     if device:
         leaves, dev = _shard.purify_leaves(protected, codebook, calls, options, keep_input)
@@ -289,7 +303,9 @@ def purify(
             solve_all(calls, cols, matrices, options, lambda call, res: assemble(call, res, results, keep_input))
         del cols
         # the working copy becomes the purified leaves (no copy: _hand_over); from here on it is read only
-        purified = codebook.replace(params, _hand_over(params, codebook.unpack({n: r.values for n, r in results.items()})))
+        purified = codebook.replace(
+            params, _hand_over(params, codebook.unpack({n: r.values for n, r in results.items()}))
+        )
     sealed = getattr(codebook, "seal_record", None) is not None
     if sealed and matrices is None:
         matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
@@ -336,6 +352,13 @@ def _like(old, new: jax.Array):
 def _host_results(groups: dict, dev: DeviceReport, values: dict[str, np.ndarray]) -> dict[str, GroupResult]:
     """The device path's results as the host path's :class:`GroupResult` (for the same Report)."""
     host = lambda a, dt=None: np.asarray(a) if dt is None else np.asarray(a).astype(dt)
-    return {name: GroupResult(np.array(values[name], copy=True), host(dev.outliers[name]), host(dev.certified[name]),
-                              host(dev.inlier_residual[name], np.float64), host(dev.bound[name], np.float64))
-            for name in groups}
+    return {
+        name: GroupResult(
+            np.array(values[name], copy=True),
+            host(dev.outliers[name]),
+            host(dev.certified[name]),
+            host(dev.inlier_residual[name], np.float64),
+            host(dev.bound[name], np.float64),
+        )
+        for name in groups
+    }

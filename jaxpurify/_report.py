@@ -56,7 +56,9 @@ class LeafReport:
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d.update(groups=list(self.groups), max_inlier_residual=_num(self.max_inlier_residual), max_bound=_num(self.max_bound))
+        d.update(
+            groups=list(self.groups), max_inlier_residual=_num(self.max_inlier_residual), max_bound=_num(self.max_bound)
+        )
         return d
 
 
@@ -72,7 +74,7 @@ class GroupReport:
     members: tuple[str, ...]
 
     @classmethod
-    def of(cls, group, result) -> "GroupReport":
+    def of(cls, group, result) -> GroupReport:
         return cls(group.name, group.K, group.n, group.columns, int(result.certified.sum()), tuple(group.members))
 
     def as_dict(self) -> dict:
@@ -97,7 +99,7 @@ class UnprotectedLeaf:
         return self.parameter and self.floating
 
     @classmethod
-    def of(cls, params: Any, codebook) -> list["UnprotectedLeaf"]:
+    def of(cls, params: Any, codebook) -> list[UnprotectedLeaf]:
         by_path = {leaf.path: leaf for leaf in _tree.flatten(params)[0]}
         out = []
         for path, size, reason in codebook.unprotected(params):
@@ -177,38 +179,70 @@ class Report:
     def status(self) -> str:
         """One line: ok, or what is wrong."""
         if self.ok:
-            return (f"ok: all {self.columns} columns certified; every floating parameter protected"
-                    + ("; the keyed seal verified" if self.seal else ""))
+            return f"ok: all {self.columns} columns certified; every floating parameter protected" + (
+                "; the keyed seal verified" if self.seal else ""
+            )
         problems = []
         if self.certified != self.columns:
-            problems.append(f"{self.columns - self.certified} of {self.columns} columns not certified "
-                            f"({_KEPT[self.on_uncertified]})")
+            problems.append(
+                f"{self.columns - self.certified} of {self.columns} columns not certified "
+                f"({_KEPT[self.on_uncertified]})"
+            )
         loose = self.unprotected_parameters
         if loose:
             bad = sum(u.nonfinite for u in loose)
-            problems.append(f"{len(loose)} floating parameter leaves ({sum(u.size for u in loose)} values) unprotected"
-                            + (f", {bad} of them with non-finite values" if bad else ""))
+            problems.append(
+                f"{len(loose)} floating parameter leaves ({sum(u.size for u in loose)} values) unprotected"
+                + (f", {bad} of them with non-finite values" if bad else "")
+            )
         failed = [v.path for v in self.seal if not v.verified]
         if failed:
-            problems.append(f"{len(failed)} leaves fail the keyed seal ({', '.join(failed[:3])}"
-                            + (", …" if len(failed) > 3 else "") + "): changed beyond the purification's error bound")
+            problems.append(
+                f"{len(failed)} leaves fail the keyed seal ({', '.join(failed[:3])}"
+                + (", …" if len(failed) > 3 else "")
+                + "): changed beyond the purification's error bound"
+            )
         return "NOT OK: " + "; ".join(problems)
 
     def __str__(self) -> str:
         head = ("leaf", "certified", "flagged", "erasures", "max inlier |r|", "max bound")
-        rows = [(r.path, f"{r.certified}/{r.columns}", r.flagged, r.erasures, _fmt(r.max_inlier_residual),
-                 _fmt(r.max_bound)) for r in self.leaves]
+        rows = [
+            (
+                r.path,
+                f"{r.certified}/{r.columns}",
+                r.flagged,
+                r.erasures,
+                _fmt(r.max_inlier_residual),
+                _fmt(r.max_bound),
+            )
+            for r in self.leaves
+        ]
         text = _table(head, rows)
         if self.unprotected:
             text += "\n\nnot protected:\n" + _table(
                 ("leaf", "values", "reason", "non-finite", "counts against ok"),
-                [(u.path, u.size, u.reason, "yes" if u.nonfinite else "no", "yes" if u.counts else "no")
-                 for u in self.unprotected])
+                [
+                    (u.path, u.size, u.reason, "yes" if u.nonfinite else "no", "yes" if u.counts else "no")
+                    for u in self.unprotected
+                ],
+            )
         if self.seal:
-            text += "\n\nkeyed seal (a change of one entry by more than 'detectable' is caught with P ≥ 1 − 2^-32):\n" + _table(
-                ("leaf", "verified", "statistic", "tolerance", "detectable"),
-                [(v.path, "yes" if v.verified else "NO", _fmt(v.statistic), _fmt(v.tolerance), _fmt(v.detectable))
-                 for v in self.seal])
+            text += (
+                "\n\nkeyed seal (a change of one entry by more than 'detectable' is caught with P ≥ 1 − 2^-32):\n"
+                + _table(
+                    ("leaf", "verified", "statistic", "tolerance", "detectable"),
+                    [
+                        (
+                            v.path,
+                            "yes" if v.verified else "NO",
+                            _fmt(v.statistic),
+                            _fmt(v.tolerance),
+                            _fmt(v.detectable),
+                        )
+                        for v in self.seal
+                    ],
+                )
+            )
         return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
 
     def as_dict(self) -> dict:
@@ -248,8 +282,9 @@ def leaf_columns(codebook) -> dict[str, np.ndarray]:
     return {p: np.unique(np.concatenate(v)) for p, v in out.items()}
 
 
-def leaf_reports(codebook, protected: dict[str, Any], results: dict,
-                 columns: dict[str, np.ndarray]) -> tuple[LeafReport, ...]:
+def leaf_reports(
+    codebook, protected: dict[str, Any], results: dict, columns: dict[str, np.ndarray]
+) -> tuple[LeafReport, ...]:
     """Per protected leaf, its columns' statistics (``columns``: :func:`leaf_columns`; flags from
     the unpacked outlier masks, so it holds for any layout)."""
     groups = codebook.groups
@@ -257,8 +292,16 @@ def leaf_reports(codebook, protected: dict[str, Any], results: dict,
     cert = np.concatenate([results[name].certified for name in groups]) if groups else np.zeros(0, bool)
     inlier = np.concatenate([results[name].inlier_residual for name in groups]) if groups else np.zeros(0)
     has_bound = any(r.bound is not None for r in results.values())
-    bound = np.concatenate([results[n].bound if results[n].bound is not None else np.full(g.columns, np.nan)
-                            for n, g in groups.items()]) if has_bound else None
+    bound = (
+        np.concatenate(
+            [
+                results[n].bound if results[n].bound is not None else np.full(g.columns, np.nan)
+                for n, g in groups.items()
+            ]
+        )
+        if has_bound
+        else None
+    )
     holders: dict[str, list[str]] = {}
     for name, g in groups.items():
         for p in g.members:
@@ -270,14 +313,16 @@ def leaf_reports(codebook, protected: dict[str, Any], results: dict,
         bounds = bound[good] if bound is not None else np.zeros(0)
         bounds = bounds[~np.isnan(bounds)]
         leaf = np.asarray(protected[path])
-        out.append(LeafReport(
-            path=path,
-            columns=int(cols.size),
-            certified=int(good.size),
-            flagged=int(flags.pop(path).sum()),
-            erasures=int(leaf.size - np.count_nonzero(np.isfinite(leaf))),
-            max_inlier_residual=float(inlier[cols].max()) if cols.size else 0.0,
-            max_bound=float(bounds.max()) if bounds.size else None,
-            groups=tuple(holders.get(path, ())),
-        ))
+        out.append(
+            LeafReport(
+                path=path,
+                columns=int(cols.size),
+                certified=int(good.size),
+                flagged=int(flags.pop(path).sum()),
+                erasures=int(leaf.size - np.count_nonzero(np.isfinite(leaf))),
+                max_inlier_residual=float(inlier[cols].max()) if cols.size else 0.0,
+                max_bound=float(bounds.max()) if bounds.size else None,
+                groups=tuple(holders.get(path, ())),
+            )
+        )
     return tuple(out)

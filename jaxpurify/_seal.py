@@ -38,7 +38,8 @@ import dataclasses
 import hashlib
 import math
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -118,7 +119,7 @@ class Seal:
         self.chunk, self.rows, self.nonce = chunk, rows, nonce
 
     @classmethod
-    def create(cls, secret: bytes, params: Any, *, chunk: int = CHUNK, rows: int = ROWS) -> "Seal":
+    def create(cls, secret: bytes, params: Any, *, chunk: int = CHUNK, rows: int = ROWS) -> Seal:
         """Seal every floating leaf of ``params`` (protected or not: a leaf purify leaves alone is
         then checked to be unchanged)."""
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -146,12 +147,16 @@ class Seal:
         leaves = {}
         for path, s in self.leaves.items():
             blob = _crypt(self._enc_key, self.nonce, path, s.sketch.astype("<f8").tobytes())
-            leaves[path] = {"shape": list(s.shape), "dtype": s.dtype, "max_abs": s.max_abs,
-                            "sketch": base64.b64encode(blob).decode()}
+            leaves[path] = {
+                "shape": list(s.shape),
+                "dtype": s.dtype,
+                "max_abs": s.max_abs,
+                "sketch": base64.b64encode(blob).decode(),
+            }
         return {"chunk": self.chunk, "rows": self.rows, "nonce": self.nonce.hex(), "leaves": leaves}
 
     @classmethod
-    def from_json(cls, data: Any, secret: bytes) -> "Seal":
+    def from_json(cls, data: Any, secret: bytes) -> Seal:
         try:
             chunk, rows, nonce = int(data["chunk"]), int(data["rows"]), bytes.fromhex(data["nonce"])
             if chunk < 1 or not 8 <= rows <= 256:
@@ -194,12 +199,16 @@ def _errors(seal: Seal, err) -> dict[str, np.ndarray]:
         if a.ndim == 0:
             a = np.full(chunks, float(a))
         if a.shape != (chunks,) or not np.all((a >= 0) & (a < math.inf)):
-            raise ValueError(f"err for leaf {path!r} must be a finite number ≥ 0 or {chunks} of them (one per chunk), got {e!r}")
+            raise ValueError(
+                f"err for leaf {path!r} must be a finite number ≥ 0 or {chunks} of them (one per chunk), got {e!r}"
+            )
         out[path] = a
     return out
 
 
-def verify(seal: Seal, params: Any, err: float | Mapping[str, float | np.ndarray] | None = None) -> dict[str, LeafVerdict]:
+def verify(
+    seal: Seal, params: Any, err: float | Mapping[str, float | np.ndarray] | None = None
+) -> dict[str, LeafVerdict]:
     """Check every sealed leaf of ``params`` (a purified tree) against the seal.
 
     ``err``: the per-entry absolute error bound ε of the purification (‖e‖₂ ≤ √c·ε on every chunk

@@ -75,7 +75,9 @@ def _leaf_index(codebook, g, q: np.ndarray, spans) -> tuple[np.ndarray, np.ndarr
     return leaf, pos
 
 
-def chunk_errors(codebook, matrices: dict[str, np.ndarray], results: dict, xnorms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def chunk_errors(
+    codebook, matrices: dict[str, np.ndarray], results: dict, xnorms: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Per sealed protected leaf, ε_C of each seal chunk (module docstring).  ``results``: per group
     ``certified`` and ``bound`` (relative) per column; ``xnorms``: per group :func:`latent_norms`."""
     seal = codebook.seal_record

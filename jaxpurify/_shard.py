@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxpurify import _layout
 from jaxpurify._layout import Group, LeafLayout
@@ -86,7 +88,7 @@ class Layout:
     leaves: tuple[LeafLayout, ...]
 
     @classmethod
-    def of(cls, codebook) -> "Layout":
+    def of(cls, codebook) -> Layout:
         return cls(tuple(codebook.groups.values()), tuple(codebook._leaves.values()))
 
     @property
@@ -136,8 +138,12 @@ def runs(batch: Batch) -> tuple[Run, ...]:
     out: list[Run] = []
     for s, it in enumerate(batch.items):
         last = out[-1] if out else None
-        if (last is not None and last.group == it.group and last.start + last.columns == it.start
-                and last.columns == last.slots * batch.width):
+        if (
+            last is not None
+            and last.group == it.group
+            and last.start + last.columns == it.start
+            and last.columns == last.slots * batch.width
+        ):
             out[-1] = Run(it.group, last.slot, last.slots + 1, last.start, last.columns + it.stop - it.start)
         else:
             out.append(Run(it.group, s, 1, it.start, it.stop - it.start))
@@ -193,8 +199,13 @@ def solve(A, Y, n, options: RecoverOptions, mesh: Mesh):
     """``recover`` and its summary on a batch, each device solving whole slots of it."""
     spec = P(AXIS)
     # check_vma off: recover's loops start from unsharded constants, which is right per shard
-    f = jax.shard_map(functools.partial(_solve_local, options=options), mesh=mesh,
-                      in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    f = jax.shard_map(
+        functools.partial(_solve_local, options=options),
+        mesh=mesh,
+        in_specs=(spec, spec, spec),
+        out_specs=spec,
+        check_vma=False,
+    )
     return f(A, Y, jnp.asarray(n))
 
 
@@ -239,8 +250,16 @@ def spread(x: jax.Array, mesh: Mesh) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "plan", "options", "keep_input", "mesh"))
-def run(values: dict[str, jax.Array], matrices: dict[str, jax.Array], *, layout: Layout, plan: tuple[Batch, ...],
-        options: RecoverOptions, keep_input: bool, mesh: Mesh) -> tuple[dict[str, jax.Array], DeviceReport]:
+def run(
+    values: dict[str, jax.Array],
+    matrices: dict[str, jax.Array],
+    *,
+    layout: Layout,
+    plan: tuple[Batch, ...],
+    options: RecoverOptions,
+    keep_input: bool,
+    mesh: Mesh,
+) -> tuple[dict[str, jax.Array], DeviceReport]:
     """The device path on the protected leaves (by path): purified leaves (by path) and the report."""
     leaves = layout.by_path
     cols = _layout.pack(layout.groups, leaves, values, xp=jnp)
@@ -253,15 +272,30 @@ def run(values: dict[str, jax.Array], matrices: dict[str, jax.Array], *, layout:
     return {p: spread(v.astype(leaves[p].dtype), mesh) for p, v in purified.items()}, report
 
 
-def purify_leaves(values: dict[str, Any], codebook, calls: Sequence[Call], options: RecoverOptions,
-                  keep_input: bool, mesh: Mesh | None = None) -> tuple[dict[str, jax.Array], DeviceReport]:
+def purify_leaves(
+    values: dict[str, Any],
+    codebook,
+    calls: Sequence[Call],
+    options: RecoverOptions,
+    keep_input: bool,
+    mesh: Mesh | None = None,
+) -> tuple[dict[str, jax.Array], DeviceReport]:
     """The device path for ``purify``: the protected leaves (by path) → purified leaves, report."""
     # host arrays: every process passes the same ones (a multi-process jit takes them as replicated);
     # computed eagerly even while purify is being traced
     with jax.ensure_compile_time_eval():
-        matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in codebook.groups.items()}
-    return run(values, matrices, layout=Layout.of(codebook), plan=batches(calls), options=options,
-               keep_input=keep_input, mesh=device_mesh() if mesh is None else mesh)
+        matrices = {
+            name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in codebook.groups.items()
+        }
+    return run(
+        values,
+        matrices,
+        layout=Layout.of(codebook),
+        plan=batches(calls),
+        options=options,
+        keep_input=keep_input,
+        mesh=device_mesh() if mesh is None else mesh,
+    )
 
 
 def wanted(leaves: Sequence[Any]) -> bool:

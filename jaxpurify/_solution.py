@@ -71,7 +71,7 @@ class Recovery(NamedTuple):
         codes, counts = np.unique(np.asarray(self.result), return_counts=True)
         return {RESULTS.message(c): int(k) for c, k in zip(codes, counts)}
 
-    def raise_if_uncertified(self) -> "Recovery":
+    def raise_if_uncertified(self) -> Recovery:
         """Opt-in throw (outside ``jit``): ``RuntimeError`` listing why columns failed."""
         _raise(np.asarray(self.result))
         return self

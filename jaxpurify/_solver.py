@@ -46,9 +46,9 @@ from jaxpurify._certify import Fit, certify
 from jaxpurify._grad import differentiable
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._polish import far_above_median, largest, polish, tolerance
-from jaxpurify._units import column_exponent, scale
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 from jaxpurify._threads import single_threaded_blas
+from jaxpurify._units import column_exponent, scale
 
 # A clean column A x has no entry 1e4 times its median (at most n − 1 entries of A x can vanish),
 # so values that far out are gross errors: the first pass leaves them out of the ADMM, which keeps
@@ -204,10 +204,17 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
 
     ignore = far_above_median(y, finite, PRESCREEN)
     best = _Best(
-        x=jnp.zeros((N, m), dtype), outliers=~finite, ok=jnp.zeros((m,), bool), stable=jnp.zeros((m,), bool),
+        x=jnp.zeros((N, m), dtype),
+        outliers=~finite,
+        ok=jnp.zeros((m,), bool),
+        stable=jnp.zeros((m,), bool),
         solved=jnp.zeros((m,), bool),
-        x_est=jnp.zeros((N, m), dtype), f_est=jnp.full((m,), jnp.inf, dtype), ignore=ignore,
-        iters=jnp.zeros((m,), jnp.int32), done=jnp.zeros((m,), bool), over=jnp.zeros((m,), bool),
+        x_est=jnp.zeros((N, m), dtype),
+        f_est=jnp.full((m,), jnp.inf, dtype),
+        ignore=ignore,
+        iters=jnp.zeros((m,), jnp.int32),
+        done=jnp.zeros((m,), bool),
+        over=jnp.zeros((m,), bool),
     )
     first = _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols, opts, True)
     best = _update(best, A, n, y, finite, jnp.ones((m,), bool), first)
@@ -338,12 +345,21 @@ def _empty(A, Y, vector: bool, dtype) -> Recovery:
     K, n = A.shape[-2:]
     tail = () if vector else (Y.shape[-1],)
     z = lambda rows, dt, fill=0: jnp.full(batch + rows + tail, fill, dt)
-    return Recovery(z((n,), dtype), z((K,), dtype), z((K,), bool), z((), bool), z((), jnp.int8),
-                    z((), dtype, np.inf), z((), jnp.int32), z((), bool))
+    return Recovery(
+        z((n,), dtype),
+        z((K,), dtype),
+        z((K,), bool),
+        z((), bool),
+        z((), jnp.int8),
+        z((), dtype, np.inf),
+        z((), jnp.int32),
+        z((), bool),
+    )
 
 
-def recover(A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *, throw: bool = False,
-            **overrides: Any) -> Recovery:
+def recover(
+    A: ArrayLike, Y: ArrayLike, options: RecoverOptions | None = None, *, throw: bool = False, **overrides: Any
+) -> Recovery:
     """Recover x̂ = argmin_x ‖y − A x‖₁ for every column y of ``Y``, with a certificate.
 
     Args:
@@ -416,13 +432,15 @@ def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
     with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
         if _exported.enabled():  # a later process reloads the lowered program (_exported)
             flat = _recover_flat(static, vector)
-            out = Recovery(*_exported.call(flat, f"recover {static!r} {vector}", len(Recovery._fields), A, Y, ncols, *tols))
+            out = Recovery(
+                *_exported.call(flat, f"recover {static!r} {vector}", len(Recovery._fields), A, Y, ncols, *tols)
+            )
         else:
             out = _recover_jit(A, Y, ncols, tols, static, vector)
         return jax.block_until_ready(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _recover_flat(opts: RecoverOptions, vector: bool):
     """:func:`_recover_jit` for these static arguments, jitted once, with arrays only in and out
     (as ``jax.export`` serializes them)."""

@@ -34,6 +34,7 @@ def _one_line(e: BaseException) -> str:
 
 # -- purify ---------------------------------------------------------------------------------------
 
+
 def load_codebook(path: str, key_path: str | None = None):
     """The codebook of ``jaxpurify purify``; the one place the CLI reads codebooks and keys."""
     from jaxpurify import Codebook
@@ -80,7 +81,9 @@ def _purify(args) -> int:
     if args.report:
         _write_json(args.report, {"checkpoint": args.checkpoint, "format": fmt, "out": args.out, **report.as_dict()})
     if purified is None:
-        print(f"jaxpurify purify: columns not certified (--on-uncertified raise); {args.out} not written", file=sys.stderr)
+        print(
+            f"jaxpurify purify: columns not certified (--on-uncertified raise); {args.out} not written", file=sys.stderr
+        )
         return EXIT_NOT_OK
     io.save(out, purified, format=fmt)
     print(f"wrote {args.out} ({fmt})" + (f" and {args.report}" if args.report else ""), file=sys.stderr)
@@ -88,6 +91,7 @@ def _purify(args) -> int:
 
 
 # -- reproduce ------------------------------------------------------------------------------------
+
 
 def _needs(args) -> list[tuple[str, str]]:
     """(module, how to install it) that this run imports, checked before any work starts."""
@@ -119,25 +123,42 @@ def _reproduce(args) -> int:
             print(f"{leaf}: exact-recovery rate (LP rate) by K/n × ρ")
             for row in r[leaf]:
                 lp = f" ({row['lp_success_rate']:.2f})" if row["lp_success_rate"] != "" else ""
-                print(f"  K/n={row['ratio']:<4g} rho={row['rho']:.2f}  {row['success_rate']:.2f}{lp}  certified {row['certified_rate']:.2f}")
+                print(
+                    f"  K/n={row['ratio']:<4g} rho={row['rho']:.2f}  {row['success_rate']:.2f}{lp}  certified {row['certified_rate']:.2f}"
+                )
         print(f"wrote {args.out}/phase_weights.csv, phase_biases.csv, function_check.csv, phase.png")
         return EXIT_OK
     if args.experiment == "noise":
         rows = noise.run(args.out, quick=args.quick, seed=args.seed)
         for r in rows:
-            print(f"sigma={r['sigma']:<8g} l1 {r['l1_err']:.2e} (certified {r['l1_certified_rate']:.2f})  "
-                  f"l1 strict {r['l1_strict_err']:.2e}  l2 {r['l2_err']:.2e}  Huber {r['huber_err']:.2e}")
+            print(
+                f"sigma={r['sigma']:<8g} l1 {r['l1_err']:.2e} (certified {r['l1_certified_rate']:.2f})  "
+                f"l1 strict {r['l1_strict_err']:.2e}  l2 {r['l2_err']:.2e}  Huber {r['huber_err']:.2e}"
+            )
         print(f"wrote {args.out}/noise.csv, noise.png")
         return EXIT_OK
-    res = realdata.run(args.experiment, args.out, arch=args.arch, quick=args.quick,
-                       data_dir=getattr(args, "data_dir", None), seed=args.seed, steps=args.steps, lr=args.lr,
-                       redundancy=args.redundancy, source=getattr(args, "source", "files"))
-    print(f"{res['dataset']} / {res['arch']}: clean accuracy {res['acc_clean_encoded']:.4f} (encoded), "
-          f"{res['acc_unencoded']:.4f} (same architecture, not encoded)")
+    res = realdata.run(
+        args.experiment,
+        args.out,
+        arch=args.arch,
+        quick=args.quick,
+        data_dir=getattr(args, "data_dir", None),
+        seed=args.seed,
+        steps=args.steps,
+        lr=args.lr,
+        redundancy=args.redundancy,
+        source=getattr(args, "source", "files"),
+    )
+    print(
+        f"{res['dataset']} / {res['arch']}: clean accuracy {res['acc_clean_encoded']:.4f} (encoded), "
+        f"{res['acc_unencoded']:.4f} (same architecture, not encoded)"
+    )
     for r in res["scenarios"]:
-        print(f"  {r['kind']:<8} {r['level']:<6g} acc contaminated {r['acc_contaminated']:.4f}  l2 {r['acc_l2']:.4f}  "
-              f"purified {r['acc_purified']:.4f}  certified {r['certified_fraction']:.3f}  "
-              f"{'within' if r['within_capacity'] else 'beyond'} capacity")
+        print(
+            f"  {r['kind']:<8} {r['level']:<6g} acc contaminated {r['acc_contaminated']:.4f}  l2 {r['acc_l2']:.4f}  "
+            f"purified {r['acc_purified']:.4f}  certified {r['certified_fraction']:.3f}  "
+            f"{'within' if r['within_capacity'] else 'beyond'} capacity"
+        )
     print(f"wrote {args.out}/results.json, accuracy.png")
     return EXIT_OK
 
@@ -148,14 +169,25 @@ def _backdoor(args) -> int:
     figure = not _missing([("matplotlib", PAPER)])
     if not figure:
         print(f"reproduce backdoor: matplotlib not installed, no figure ({PAPER})", file=sys.stderr)
-    res = backdoor.run(args.dataset, args.out, arch=args.arch, quick=args.quick, data_dir=args.data, seed=args.seed,
-                       figure=figure, layout=args.layout, steps=args.steps,
-                       limit=tuple(args.limit) if args.limit else None)
+    res = backdoor.run(
+        args.dataset,
+        args.out,
+        arch=args.arch,
+        quick=args.quick,
+        data_dir=args.data,
+        seed=args.seed,
+        figure=figure,
+        layout=args.layout,
+        steps=args.steps,
+        limit=tuple(args.limit) if args.limit else None,
+    )
     c = res["clean"]
     print(f"{res['dataset']} / {res['arch']}: clean CA {c['ca']:.4f}, trigger rate {c['asr']:.4f}")
     for r in res["rows"]:
-        print(f"  {r['attack']:<10} {r['defense']:<9} {r['benign_fraction']:<5g} CA {r['ca']:.4f}  ASR {r['asr']:.4f}  "
-              f"RA {r['ra']:.4f}  detected {r['detected']}")
+        print(
+            f"  {r['attack']:<10} {r['defense']:<9} {r['benign_fraction']:<5g} CA {r['ca']:.4f}  ASR {r['asr']:.4f}  "
+            f"RA {r['ra']:.4f}  detected {r['detected']}"
+        )
     for t in res["targets"]:
         print(f"  {'met' if t['met'] else 'NOT met'}: {t['target']}")
     print(f"wrote {args.out}/backdoor.json, backdoor.md" + (", backdoor.png" if figure else ""))
@@ -163,6 +195,7 @@ def _backdoor(args) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------------
+
 
 def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     exps = reproduce.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
@@ -181,43 +214,77 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     exps.add_parser("digits", parents=[real], help="the embedded 8×8 digits (no download)")
     files = argparse.ArgumentParser(add_help=False)
     files.add_argument("--data-dir", help="directory with MNIST IDX or CIFAR-10 binary files (nothing is downloaded)")
-    files.add_argument("--source", choices=["files", "tfds"], default="files",
-                       help="standard files in --data-dir, or a prepared tensorflow-datasets dir")
+    files.add_argument(
+        "--source",
+        choices=["files", "tfds"],
+        default="files",
+        help="standard files in --data-dir, or a prepared tensorflow-datasets dir",
+    )
     exps.add_parser("mnist", parents=[real, files], help="MNIST from --data-dir")
     exps.add_parser("cifar10", parents=[real, files], help="CIFAR-10 from --data-dir")
     b = exps.add_parser("backdoor", parents=[shared], help="weight attacks × defenses × benign data (issue 11)")
     b.add_argument("--dataset", choices=["digits", "mnist", "cifar10"], default="digits")
     b.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
-    b.add_argument("--data", "--data-dir", dest="data", metavar="PATH",
-                   help="directory with MNIST IDX or CIFAR-10 binary files (nothing is downloaded)")
-    b.add_argument("--layout", choices=["interleave", "output", "default"], default="interleave",
-                   help="codebook layout: wide kernels along their output axis and the read-out interleaved "
-                        "over coprime columns (default), output axis only, or the library's default")
+    b.add_argument(
+        "--data",
+        "--data-dir",
+        dest="data",
+        metavar="PATH",
+        help="directory with MNIST IDX or CIFAR-10 binary files (nothing is downloaded)",
+    )
+    b.add_argument(
+        "--layout",
+        choices=["interleave", "output", "default"],
+        default="interleave",
+        help="codebook layout: wide kernels along their output axis and the read-out interleaved "
+        "over coprime columns (default), output axis only, or the library's default",
+    )
     b.add_argument("--steps", type=int, help="training steps (default 1500, quick 600)")
-    b.add_argument("--limit", type=int, nargs=2, metavar=("TRAIN", "TEST"),
-                   help="keep only the first TRAIN training and TEST test examples (quick on mnist/cifar10: 2000 1000)")
+    b.add_argument(
+        "--limit",
+        type=int,
+        nargs=2,
+        metavar=("TRAIN", "TEST"),
+        help="keep only the first TRAIN training and TEST test examples (quick on mnist/cifar10: 2000 1000)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxpurify", description="Purify contaminated networks by certified l1 recovery.")
+    parser = argparse.ArgumentParser(
+        prog="jaxpurify", description="Purify contaminated networks by certified l1 recovery."
+    )
     parser.add_argument("--version", action="version", version=f"jaxpurify {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--no-compilation-cache", action="store_true",
-                        help="do not use JAX's persistent compilation cache (also: JAXPURIFY_NO_COMPILATION_CACHE=1)")
+    common.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use JAX's persistent compilation cache (also: JAXPURIFY_NO_COMPILATION_CACHE=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("purify", parents=[common], help="purify a checkpoint (Orbax, .safetensors or Flax msgpack)",
-                       description="Recover every protected leaf of CHECKPOINT, print the report and write the "
-                                   "purified checkpoint in the input's format. Exit status: 0 report ok, "
-                                   "1 columns not certified or leaves not protected, 2 bad input.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="an Orbax checkpoint directory, a .safetensors or a .msgpack file")
+    p = sub.add_parser(
+        "purify",
+        parents=[common],
+        help="purify a checkpoint (Orbax, .safetensors or Flax msgpack)",
+        description="Recover every protected leaf of CHECKPOINT, print the report and write the "
+        "purified checkpoint in the input's format. Exit status: 0 report ok, "
+        "1 columns not certified or leaves not protected, 2 bad input.",
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="an Orbax checkpoint directory, a .safetensors or a .msgpack file"
+    )
     p.add_argument("--codebook", required=True, metavar="FILE", help="the codebook the model was encoded with")
     p.add_argument("--key", metavar="FILE", help="the codebook's key file (default: the codebook's path + .key)")
     p.add_argument("--out", required=True, metavar="PURIFIED", help="where to write the purified checkpoint")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
-    p.add_argument("--on-uncertified", choices=ON_UNCERTIFIED, default="input",
-                   help="columns not certified: keep the input values (default), write the l1 estimate, "
-                        "or raise (write nothing)")
-    d = sub.add_parser("demo", parents=[common], help="encode, contaminate and purify the paper's CNN on the embedded digits")
+    p.add_argument(
+        "--on-uncertified",
+        choices=ON_UNCERTIFIED,
+        default="input",
+        help="columns not certified: keep the input values (default), write the l1 estimate, or raise (write nothing)",
+    )
+    d = sub.add_parser(
+        "demo", parents=[common], help="encode, contaminate and purify the paper's CNN on the embedded digits"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--filters", type=int, default=256, help="hidden filters K (default 256)")
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -225,7 +226,9 @@ def dense_noise(key: Key, x, sigma: float) -> jax.Array:
     arr = np.asarray(x)
     rng = _rng(key)
     s = sigma * _rms(np.atleast_1d(arr))
-    return _map_blocks(np.atleast_1d(arr), -1, lambda b: (b + s * rng.standard_normal(b.shape)).astype(b.dtype)).reshape(arr.shape)
+    return _map_blocks(
+        np.atleast_1d(arr), -1, lambda b: (b + s * rng.standard_normal(b.shape)).astype(b.dtype)
+    ).reshape(arr.shape)
 
 
 # -- whole-column faults -------------------------------------------------------------------------
@@ -275,7 +278,11 @@ def copy_columns(key: Key, x, rate: float, *, axis: int = -1) -> jax.Array:
     sources = sources + (sources >= targets)
     lookup = dict(zip(targets.tolist(), sources.tolist()))
     return _overwrite_columns(
-        arr, axis, targets, lambda t: src[(slice(None),) + np.unravel_index(np.array([lookup[int(j)] for j in t], np.intp), rest)])
+        arr,
+        axis,
+        targets,
+        lambda t: src[(slice(None),) + np.unravel_index(np.array([lookup[int(j)] for j in t], np.intp), rest)],
+    )
 
 
 # -- trees ---------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ The teacher's outputs are computed once, before the loop. The result is a latent
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,10 @@ def soft_cross_entropy(student: jax.Array, teacher: jax.Array, temperature: floa
     The T² keeps the gradient's size independent of T.
     """
     p = jax.nn.softmax(teacher / temperature, axis=-1)
-    kl = jnp.sum(p * (jax.nn.log_softmax(teacher / temperature, axis=-1)
-                      - jax.nn.log_softmax(student / temperature, axis=-1)), axis=-1)
+    kl = jnp.sum(
+        p * (jax.nn.log_softmax(teacher / temperature, axis=-1) - jax.nn.log_softmax(student / temperature, axis=-1)),
+        axis=-1,
+    )
     return temperature**2 * jnp.mean(kl)
 
 
@@ -141,11 +144,22 @@ def convert(
 
         data = [x_unlabelled]
     else:
+
         def objective(t, k, xb, tb):
             return match(apply_fn(codebook.decode(t), xb), tb)
 
         data = [x_unlabelled, targets]
 
-    return minimize(objective, latent, data, key=key, steps=steps, batch_size=batch_size,
-                    optimizer=optimizer or default_optimizer(steps), callback=callback, log_every=log_every,
-                    desc="convert", progress=progress)
+    return minimize(
+        objective,
+        latent,
+        data,
+        key=key,
+        steps=steps,
+        batch_size=batch_size,
+        optimizer=optimizer or default_optimizer(steps),
+        callback=callback,
+        log_every=log_every,
+        desc="convert",
+        progress=progress,
+    )

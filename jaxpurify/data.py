@@ -127,8 +127,9 @@ def cifar10(data_dir: str) -> Dataset:
 
     parts = [read(f"data_batch_{i}.bin") for i in range(1, 6)]
     tx, ty = read("test_batch.bin")
-    return Dataset(Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])),
-                   Split(tx, ty), "cifar10")
+    return Dataset(
+        Split(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])), Split(tx, ty), "cifar10"
+    )
 
 
 def from_tfds(name: str, data_dir: str | None = None) -> Dataset:
@@ -142,18 +143,25 @@ def from_tfds(name: str, data_dir: str | None = None) -> Dataset:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise ValueError("--source tfds needs tensorflow-datasets (pip install tensorflow-datasets tensorflow)") from None
+        raise ValueError(
+            "--source tfds needs tensorflow-datasets (pip install tensorflow-datasets tensorflow)"
+        ) from None
     try:
-        parts = tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True,
-                          download=False, data_dir=data_dir)
+        parts = tfds.load(
+            name, split=["train", "test"], batch_size=-1, as_supervised=True, download=False, data_dir=data_dir
+        )
     except Exception as e:  # tfds raises its own assertion/NotFound types
-        raise FileNotFoundError(f"tensorflow-datasets has no prepared {name!r} in "
-                                f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}: {e})") from None
+        raise FileNotFoundError(
+            f"tensorflow-datasets has no prepared {name!r} in "
+            f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}: {e})"
+        ) from None
     splits = []
     for x, y in tfds.as_numpy(parts):
         x = np.asarray(x)
         if x.ndim != 4 or x.dtype != np.uint8:
-            raise ValueError(f"tensorflow-datasets {name!r}: expected uint8 images (N, H, W, C), got {x.dtype} {x.shape}")
+            raise ValueError(
+                f"tensorflow-datasets {name!r}: expected uint8 images (N, H, W, C), got {x.dtype} {x.shape}"
+            )
         splits.append(Split(x.astype(np.float32) / 255.0, np.asarray(y, np.int32)))
     return Dataset(splits[0], splits[1], name)
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +64,8 @@ def by_path(tree: PyTree) -> dict[str, Any]:
 def tree_from_paths(params: PyTree, values: dict[str, Any], fill=False) -> PyTree:
     """A tree like ``params`` holding ``values[path]`` where given, else ``fill`` in the leaf's shape."""
     return jax.tree_util.tree_map_with_path(
-        lambda kp, v: np.asarray(values[path_of(kp)]) if path_of(kp) in values else np.full(np.shape(v), fill),
-        params)
+        lambda kp, v: np.asarray(values[path_of(kp)]) if path_of(kp) in values else np.full(np.shape(v), fill), params
+    )
 
 
 def _floating(v) -> bool:
@@ -84,7 +85,9 @@ def _steps(n: int, epochs: int, batch_size: int) -> int:
 
 
 # -- purification ----------------------------------------------------------------------------------
-def outlier_masks(params: PyTree, codebook: Codebook, **overrides) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def outlier_masks(
+    params: PyTree, codebook: Codebook, **overrides
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per protected leaf: the entries ``recover`` flags as outliers, and the entries whose column
     is certified (bool arrays of the leaf's shape).  One ``recover`` per group on
     ``codebook.pack(params)`` with the options purify gets (``overrides``): the report's counts,
@@ -102,7 +105,9 @@ def _seal_verdict(report: Report) -> bool | None:
     return (not report.verified) if report.sealed else None
 
 
-def purify_only(apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: Data | None, key, **overrides) -> Defended:
+def purify_only(
+    apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: Data | None, key, **overrides
+) -> Defended:
     """l1 purification, no data: uncertified columns keep their input (``on_uncertified="input"``).
     ``detected``: the keyed seal failed on the purified tree (None without a seal)."""
     del apply_fn, benign, key
@@ -111,15 +116,36 @@ def purify_only(apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: D
     return Defended(purified, tree_from_paths(params, flags), report, _seal_verdict(report))
 
 
-def purify_finetune(apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: Data, key, *, epochs: int = EPOCHS,
-                    batch_size: int = BATCH, lr: float = LR, progress: bool | None = None, **overrides) -> Defended:
+def purify_finetune(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    codebook: Codebook,
+    benign: Data,
+    key,
+    *,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    progress: bool | None = None,
+    **overrides,
+) -> Defended:
     """Purify, then train Θ = encode(purified) through ``codebook.decode`` on the benign data
     (Adam, ``epochs`` passes): the result stays in range(A) and so remains purifiable."""
     x, y = _check_benign(benign, "purify_finetune")
     done = purify_only(apply_fn, params, codebook, None, None, **overrides)
     latent = codebook.encode(done.params)
-    latent = train(apply_fn, latent, codebook, x, y, key=key, steps=_steps(len(x), epochs, batch_size),
-                   batch_size=batch_size, optimizer=optax.adam(lr), progress=progress).latent
+    latent = train(
+        apply_fn,
+        latent,
+        codebook,
+        x,
+        y,
+        key=key,
+        steps=_steps(len(x), epochs, batch_size),
+        batch_size=batch_size,
+        optimizer=optax.adam(lr),
+        progress=progress,
+    ).latent
     return done._replace(params=codebook.decode(latent))
 
 
@@ -132,17 +158,46 @@ def _finetune_masked(apply_fn, params, mask, benign, key, epochs, batch_size, lr
     def loss(t, _key, xb, yb):
         return cross_entropy(apply_fn(apply_mask(t), xb), yb)
 
-    out = minimize(loss, apply_mask(params), [x, y], key=key, steps=_steps(len(x), epochs, batch_size),
-                   batch_size=batch_size, optimizer=optax.adam(lr), desc="fine-tune", progress=progress)
+    out = minimize(
+        loss,
+        apply_mask(params),
+        [x, y],
+        key=key,
+        steps=_steps(len(x), epochs, batch_size),
+        batch_size=batch_size,
+        optimizer=optax.adam(lr),
+        desc="fine-tune",
+        progress=progress,
+    )
     return apply_mask(out.latent)
 
 
-def finetune(apply_fn: ApplyFn, params: PyTree, codebook: Codebook | None, benign: Data, key, *, epochs: int = EPOCHS,
-             batch_size: int = BATCH, lr: float = LR, progress: bool | None = None) -> Defended:
+def finetune(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    codebook: Codebook | None,
+    benign: Data,
+    key,
+    *,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    progress: bool | None = None,
+) -> Defended:
     """Plain fine-tuning (FT) of the deployed weights on the benign data (Adam, ``epochs`` passes)."""
     x, y = _check_benign(benign, "finetune")
-    tuned = train(apply_fn, params, None, x, y, key=key, steps=_steps(len(x), epochs, batch_size),
-                  batch_size=batch_size, optimizer=optax.adam(lr), progress=progress).latent
+    tuned = train(
+        apply_fn,
+        params,
+        None,
+        x,
+        y,
+        key=key,
+        steps=_steps(len(x), epochs, batch_size),
+        batch_size=batch_size,
+        optimizer=optax.adam(lr),
+        progress=progress,
+    ).latent
     return Defended(tuned, None, None, None)
 
 
@@ -152,10 +207,23 @@ def dormancy_order(features: Callable[[PyTree, jax.Array], jax.Array], params: P
     return np.argsort(act.reshape(-1, act.shape[-1]).mean(0), kind="stable")
 
 
-def fine_prune(apply_fn: ApplyFn, params: PyTree, codebook: Codebook | None, benign: Data, key, *,
-               features: Callable[[PyTree, jax.Array], jax.Array], layer: str, max_drop: float = 0.05,
-               step: float = 0.05, max_prune: float = 0.9, epochs: int = EPOCHS, batch_size: int = BATCH,
-               lr: float = LR, progress: bool | None = None) -> Defended:
+def fine_prune(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    codebook: Codebook | None,
+    benign: Data,
+    key,
+    *,
+    features: Callable[[PyTree, jax.Array], jax.Array],
+    layer: str,
+    max_drop: float = 0.05,
+    step: float = 0.05,
+    max_prune: float = 0.9,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    progress: bool | None = None,
+) -> Defended:
     """Fine-pruning: ``features(params, x)`` are the post-activation outputs (…, C) of ``layer``
     (a path prefix: its leaves' last axis is the channel). Channels are pruned, least active on
     the benign data first, in steps of ``step``·C, as long as benign accuracy stays within
@@ -232,8 +300,9 @@ def checksum_signatures(params: PyTree, key, group_size: int = 16) -> Signatures
     return Signatures(key, group_size, sums)
 
 
-def checksum(apply_fn: ApplyFn, params: PyTree, codebook: Codebook | None, benign: Data | None, key, *,
-             signatures: Signatures) -> Defended:
+def checksum(
+    apply_fn: ApplyFn, params: PyTree, codebook: Codebook | None, benign: Data | None, key, *, signatures: Signatures
+) -> Defended:
     """Recompute every group's checksum; the entries of groups that changed are set to zero.
     ``detected``: some group changed. No data, no codebook (RADAR needs neither)."""
     del apply_fn, codebook, benign, key
@@ -250,10 +319,17 @@ def checksum(apply_fn: ApplyFn, params: PyTree, codebook: Codebook | None, benig
         hit[perm] = np.repeat(bad, signatures.group_size)[: v.size]
         flags[p] = hit.reshape(v.shape)
     zeroed = jax.tree_util.tree_map_with_path(
-        lambda kp, v: jnp.where(flags[path_of(kp)], jnp.zeros((), v.dtype), v) if path_of(kp) in flags else v, params)
+        lambda kp, v: jnp.where(flags[path_of(kp)], jnp.zeros((), v.dtype), v) if path_of(kp) in flags else v, params
+    )
     return Defended(zeroed, tree_from_paths(params, flags), None, any(bool(f.any()) for f in flags.values()))
 
 
-DEFENSES = {"purify": purify_only, "purify+ft": purify_finetune, "ft": finetune, "fp": fine_prune,
-            "l2": l2_project, "checksum": checksum}
+DEFENSES = {
+    "purify": purify_only,
+    "purify+ft": purify_finetune,
+    "ft": finetune,
+    "fp": fine_prune,
+    "l2": l2_project,
+    "checksum": checksum,
+}
 NEEDS_DATA = frozenset({"purify+ft", "ft", "fp"})

@@ -10,15 +10,14 @@ K' = finite entries) is not recovered: every column certified and the weights ba
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpurify import Codebook, data, models, purify
 from jaxpurify import contamination as C
-from jaxpurify import data, models
-from jaxpurify import Codebook, purify
 from jaxpurify.progress import table
 from jaxpurify.train import accuracy, train
 
@@ -57,15 +56,30 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
     apply = lambda p, x: model.apply({"params": p}, x)
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     # The paper's setting: the hidden layer (filters and biases) is encoded; the read-out is not.
-    cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=4.0, select=lambda p, _: -1 if p.startswith("hidden/") else False)
+    cb = Codebook.create(
+        params0,
+        jax.random.fold_in(key, 1),
+        redundancy=4.0,
+        select=lambda p, _: -1 if p.startswith("hidden/") else False,
+    )
     latent = cb.init_latent(params0)
-    latent = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
-                   progress=None if verbose else False).latent
+    latent = train(
+        apply,
+        latent,
+        cb,
+        ds.train.x,
+        ds.train.y,
+        key=jax.random.fold_in(key, 2),
+        steps=steps,
+        progress=None if verbose else False,
+    ).latent
     clean = cb.decode(latent)
     acc0 = accuracy(apply, clean, ds.test.x, ds.test.y)
-    say(f"jaxpurify demo: one-hidden-layer CNN ({filters} filters, {patch}×{patch} patches) on scikit-learn's "
+    say(
+        f"jaxpurify demo: one-hidden-layer CNN ({filters} filters, {patch}×{patch} patches) on scikit-learn's "
         f"digits ({len(ds.train.x)} train / {len(ds.test.x)} test), trained through the codebook for {steps} steps: "
-        f"test accuracy {acc0:.3f}")
+        f"test accuracy {acc0:.3f}"
+    )
     say(str(cb.capacity()))
     say("")
 
@@ -93,8 +107,17 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
         (f"dense noise {sigma:g}·rms + gross 5%", noisy_gross, {}, 6 * sigma * rms),
         ("gross errors 45% (beyond capacity)", C.gross_errors, dict(rate=0.45), 0.0),
     ]
-    head = ("scenario", "corrupted", "weight err before→after", "logit err before→after",
-            "accuracy", "certified", "in capacity", "recovered", "time (s)")
+    head = (
+        "scenario",
+        "corrupted",
+        "weight err before→after",
+        "logit err before→after",
+        "accuracy",
+        "certified",
+        "in capacity",
+        "recovered",
+        "time (s)",
+    )
     rows, failed = [], []
     for i, (name, fn, kw, atol) in enumerate(scenarios):
         bad = C.contaminate(jax.random.fold_in(key, 100 + i), clean, cb, fn, **kw)
@@ -118,14 +141,26 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
         recovered = rep.all_certified and w1 <= bound
         if within and not recovered:
             failed.append(name)
-        rows.append((name, corrupted, f"{_fmt(w0)} → {_fmt(w1)}", f"{_fmt(l0)} → {_fmt(l1)}",
-                     f"{a0:.3f} → {a1:.3f}", f"{rep.certified}/{rep.columns}",
-                     "yes" if within else "no", "yes" if recovered else "no", f"{dt:.2f}"))
+        rows.append(
+            (
+                name,
+                corrupted,
+                f"{_fmt(w0)} → {_fmt(w1)}",
+                f"{_fmt(l0)} → {_fmt(l1)}",
+                f"{a0:.3f} → {a1:.3f}",
+                f"{rep.certified}/{rep.columns}",
+                "yes" if within else "no",
+                "yes" if recovered else "no",
+                f"{dt:.2f}",
+            )
+        )
     say(table(head, rows))
     say("")
-    say("weight err: max |W − W_clean| / max |W_clean| over the encoded leaves; logit err: max |Δlogit| on 256 "
+    say(
+        "weight err: max |W − W_clean| / max |W_clean| over the encoded leaves; logit err: max |Δlogit| on 256 "
         "Gaussian inputs; accuracy: contaminated → purified on the digits test split. A column counts as "
-        "recovered only when certified (2k̂ < K' − n + 1 and exact on its inliers).")
+        "recovered only when certified (2k̂ < K' − n + 1 and exact on its inliers)."
+    )
     say(f"total {time.perf_counter() - t_start:.1f} s")
     if failed:
         say("FAILED within capacity: " + ", ".join(failed))

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -34,6 +35,7 @@ _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkp
 
 # -- formats --------------------------------------------------------------------------------------
 
+
 def detect_format(path: str | os.PathLike) -> str:
     """The format of an existing checkpoint: 'orbax' (a directory), 'safetensors' or 'msgpack'.
 
@@ -46,7 +48,9 @@ def detect_format(path: str | os.PathLike) -> str:
             return "orbax"
         inner = sorted(d for d in os.listdir(path) if os.path.exists(os.path.join(path, d, "_METADATA")))
         hint = f"; the checkpoint may be {os.path.join(path, inner[0])} (a CheckpointManager item)" if inner else ""
-        raise ValueError(f"{path}: a directory but not an Orbax checkpoint (no _CHECKPOINT_METADATA or _METADATA){hint}")
+        raise ValueError(
+            f"{path}: a directory but not an Orbax checkpoint (no _CHECKPOINT_METADATA or _METADATA){hint}"
+        )
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
     by_suffix = _SUFFIXES.get(os.path.splitext(path)[1].lower())
@@ -69,8 +73,10 @@ def save_format(path: str | os.PathLike, format: str | None = None) -> str:
     implied = _SUFFIXES.get(suffix, "orbax" if not suffix else None)
     if format is None:
         if implied is None:
-            raise ValueError(f"cannot tell the format of {path!r} from suffix {suffix!r}; pass format= "
-                             f"one of {FORMATS} (or use .safetensors, .msgpack, or no suffix for Orbax)")
+            raise ValueError(
+                f"cannot tell the format of {path!r} from suffix {suffix!r}; pass format= "
+                f"one of {FORMATS} (or use .safetensors, .msgpack, or no suffix for Orbax)"
+            )
         return implied
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -80,6 +86,7 @@ def save_format(path: str | os.PathLike, format: str | None = None) -> str:
 
 
 # -- trees <-> flat {path: array} -----------------------------------------------------------------
+
 
 def _host_array(path: str, leaf) -> np.ndarray:
     dtype = getattr(leaf, "dtype", None)
@@ -121,6 +128,7 @@ def _nest(flat: dict[str, np.ndarray]) -> dict:
 
 
 # -- atomic writes --------------------------------------------------------------------------------
+
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
@@ -167,6 +175,7 @@ def _replace_dir(new: str, path: str) -> None:
 
 
 # -- per-format writers and readers ---------------------------------------------------------------
+
 
 def _orbax_checkpointer():
     """Orbax's PyTree checkpointer, synchronous, with compression off.
@@ -228,12 +237,19 @@ def _load_msgpack(path: str) -> Any:
 
 
 _WRITERS: dict[str, Callable[[str, dict], None]] = {
-    "orbax": _save_orbax, "safetensors": _save_safetensors, "msgpack": _save_msgpack}
+    "orbax": _save_orbax,
+    "safetensors": _save_safetensors,
+    "msgpack": _save_msgpack,
+}
 _READERS: dict[str, Callable[[str], Any]] = {
-    "orbax": _load_orbax, "safetensors": _load_safetensors, "msgpack": _load_msgpack}
+    "orbax": _load_orbax,
+    "safetensors": _load_safetensors,
+    "msgpack": _load_msgpack,
+}
 
 
 # -- public API -----------------------------------------------------------------------------------
+
 
 def save(path: str | os.PathLike, params: PyTree, format: str | None = None) -> str:
     """Write ``params`` to ``path`` atomically; returns the format written.

@@ -11,7 +11,7 @@ read-out V.  ``SmallCNN`` is a small multi-layer CNN for the multi-layer experim
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -95,8 +96,8 @@ class Progress:
 
     def _make_rich(self):
         try:
-            from rich.console import Console
             from rich import progress as rp
+            from rich.console import Console
         except ImportError:  # fall back to plain lines; rich is optional at run time
             return None
         bar = rp.Progress(
@@ -157,7 +158,7 @@ class Progress:
         elif self._printed != self.count:  # the final count, unless the last line showed it
             self._write_line(time.monotonic())
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

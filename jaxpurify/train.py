@@ -10,7 +10,8 @@ sees the loss, the progress bar and the callback once per chunk of ``log_every``
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -138,8 +139,19 @@ def train(
     def loss(t, _key, xb, yb):
         return loss_fn(apply_fn(decode(t), xb), yb)
 
-    return minimize(loss, latent, [x, y], key=key, steps=steps, batch_size=batch_size, optimizer=optimizer,
-                    callback=callback, log_every=log_every, desc="train", progress=progress)
+    return minimize(
+        loss,
+        latent,
+        [x, y],
+        key=key,
+        steps=steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        callback=callback,
+        log_every=log_every,
+        desc="train",
+        progress=progress,
+    )
 
 
 def accuracy(apply_fn, params, x, y, batch: int = 2048) -> float:

@@ -13,8 +13,8 @@ typed PRNG key, or a linen collection other than ``params`` such as ``batch_stat
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -15,10 +15,11 @@ def main(process_id: int, processes: int, port: int, path: str) -> None:
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=processes, process_id=process_id)
     import numpy as np
     from jax.experimental import multihost_utils
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+    from shard_case import MAX_ENTRIES, case
 
     import jaxpurify as jp
-    from shard_case import MAX_ENTRIES, case
 
     cb, _, bad = case()
     sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ("hosts",)), P(None, "hosts"))
@@ -32,8 +33,9 @@ def main(process_id: int, processes: int, port: int, path: str) -> None:
     assert not spread["a"].is_fully_addressable
     pur, rep = jp.purify(spread, cb, max_entries=MAX_ENTRIES)
     out = {f"leaf/{k}": np.asarray(multihost_utils.process_allgather(pur[k], tiled=True)) for k in cb.protected}
-    out["certified"] = np.asarray([int(np.sum(multihost_utils.process_allgather(c, tiled=True)))
-                                   for c in rep.certified.values()]).sum()
+    out["certified"] = np.asarray(
+        [int(np.sum(multihost_utils.process_allgather(c, tiled=True))) for c in rep.certified.values()]
+    ).sum()
     out["report"] = np.asarray(type(rep).__name__)
     np.savez(path, **out)
     jax.distributed.shutdown()

@@ -26,8 +26,11 @@ def tree_shapes() -> dict:
 class PooledCodebook:
     def __init__(self, dtype: str = "float32"):
         f32 = dtype
-        self._leaves = {"a": LeafLayout("a", (2, 20), f32, None), "b": LeafLayout("b", (5,), f32, None),
-                        "c": LeafLayout("c", (3, 16), f32, 1)}
+        self._leaves = {
+            "a": LeafLayout("a", (2, 20), f32, None),
+            "b": LeafLayout("b", (5,), f32, None),
+            "c": LeafLayout("c", (3, 16), f32, 1),
+        }
         # g0: 8 × 8 = 64 entries ← a (40) + b (5) + c[0:19];  g1: 9 × 4 ← c[19:48] and 7 NaN
         self._groups = {
             "g0": Group("g0", 8, 2, 8, f32, (Segment("a", 0, 40), Segment("b", 0, 5), Segment("c", 0, 19))),
@@ -59,8 +62,11 @@ class PooledCodebook:
         return jax.tree_util.tree_unflatten(treedef, out)
 
     def unprotected(self, params):
-        return [(p, int(np.size(leaf)), "not selected" if jnp.issubdtype(leaf.dtype, jnp.floating) else "not floating")
-                for p, leaf in leaves_with_paths(params)[0] if p not in self._leaves]
+        return [
+            (p, int(np.size(leaf)), "not selected" if jnp.issubdtype(leaf.dtype, jnp.floating) else "not floating")
+            for p, leaf in leaves_with_paths(params)[0]
+            if p not in self._leaves
+        ]
 
 
 def columns_of(cb: PooledCodebook, path: str) -> list[tuple[str, int]]:
@@ -78,8 +84,10 @@ def columns_of(cb: PooledCodebook, path: str) -> list[tuple[str, int]]:
 def clean_params(cb: PooledCodebook, seed: int = 0) -> dict:
     """Params whose every code column lies in range(A), plus an unprotected float and an int leaf."""
     rng = np.random.default_rng(seed)
-    cols = {name: np.asarray(cb.matrix(name), np.float64) @ rng.standard_normal((g.n, g.columns))
-            for name, g in cb.groups.items()}
+    cols = {
+        name: np.asarray(cb.matrix(name), np.float64) @ rng.standard_normal((g.n, g.columns))
+        for name, g in cb.groups.items()
+    }
     leaves = cb.unpack(cols)
     out = {k: jnp.asarray(v, cb.groups["g0"].dtype) for k, v in leaves.items()}
     out["free"] = jnp.asarray(rng.standard_normal(4), jnp.float32)

@@ -33,4 +33,6 @@ def instance(rng, K, n, m, k, *, low=1.0, high=1e3, dtype=np.float64):
 
 
 def rel_err(x, ref, axis=0):
-    return np.linalg.norm(np.asarray(x, np.float64) - ref, axis=axis) / np.maximum(np.linalg.norm(ref, axis=axis), 1e-300)
+    return np.linalg.norm(np.asarray(x, np.float64) - ref, axis=axis) / np.maximum(
+        np.linalg.norm(ref, axis=axis), 1e-300
+    )

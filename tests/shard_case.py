@@ -22,8 +22,10 @@ COLUMNS = 64 + 48
 def case():
     """(codebook, clean, contaminated): 10% gross errors in every column."""
     rng = np.random.default_rng(0)
-    params = {"a": jnp.asarray(rng.standard_normal((32, 64)), jnp.float32),
-              "b": jnp.asarray(rng.standard_normal((32, 48)), jnp.float32)}
+    params = {
+        "a": jnp.asarray(rng.standard_normal((32, 64)), jnp.float32),
+        "b": jnp.asarray(rng.standard_normal((32, 48)), jnp.float32),
+    }
     cb = jp.Codebook.create(params, b"0123456789abcdef")
     clean = cb.decode(cb.init_latent(params))
     bad = C.contaminate(jax.random.key(3), clean, cb, C.gross_errors, rate=0.1)

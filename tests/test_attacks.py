@@ -11,9 +11,22 @@ import pytest
 
 import jaxpurify as jp
 from jaxpurify import data
-from jaxpurify.attacks import (Finetune, Trigger, attack_success_rate, badnets, bit_trojan, channel_trojan,
-                               choose_neurons, clean_accuracy, craft_trigger, pbfa, poison, robust_accuracy,
-                               span_trojan, sparse_trojan)
+from jaxpurify.attacks import (
+    Finetune,
+    Trigger,
+    attack_success_rate,
+    badnets,
+    bit_trojan,
+    channel_trojan,
+    choose_neurons,
+    clean_accuracy,
+    craft_trigger,
+    pbfa,
+    poison,
+    robust_accuracy,
+    span_trojan,
+    sparse_trojan,
+)
 from jaxpurify.train import train
 
 TARGET = 0
@@ -37,11 +50,22 @@ def digits():
 def model(digits):
     """Trained encoded MLP: (deployed params, codebook, clean test accuracy)."""
     k1, k2 = jax.random.split(jax.random.key(0))
-    p0 = {"hidden": {"kernel": jax.random.normal(k1, (64, 16)) / 8, "bias": jnp.zeros(16)},
-          "readout": {"kernel": jax.random.normal(k2, (16, 10)) / 4, "bias": jnp.zeros(10)}}
+    p0 = {
+        "hidden": {"kernel": jax.random.normal(k1, (64, 16)) / 8, "bias": jnp.zeros(16)},
+        "readout": {"kernel": jax.random.normal(k2, (16, 10)) / 4, "bias": jnp.zeros(10)},
+    }
     cb = jp.Codebook.create(p0, key=b"test-attacks-secret")
-    latent = train(apply, cb.init_latent(p0), cb, digits.train.x, digits.train.y, key=jax.random.key(1), steps=300,
-                   batch_size=256, progress=False).latent
+    latent = train(
+        apply,
+        cb.init_latent(p0),
+        cb,
+        digits.train.x,
+        digits.train.y,
+        key=jax.random.key(1),
+        steps=300,
+        batch_size=256,
+        progress=False,
+    ).latent
     return cb.decode(latent), cb
 
 
@@ -72,6 +96,7 @@ def assert_trees_equal(a, b):
 
 
 # -- trigger, poisoning, metrics -------------------------------------------------------------------
+
 
 def test_stamp_matches_hand_built_patch():
     x = np.random.default_rng(0).uniform(size=(3, 32, 32, 2)).astype(np.float32)
@@ -145,13 +170,22 @@ def test_metrics_against_a_plain_loop(model, digits):
 
 # -- attacks ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_badnets_implants_the_trigger(model, digits):
     params, _ = model
     trig = Trigger.for_image(8)
     before = attack_success_rate(apply_jit, params, digits.test.x, digits.test.y, trig, TARGET)
-    a = badnets(jax.random.key(2), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, steps=300,
-               progress=False)
+    a = badnets(
+        jax.random.key(2),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=trig,
+        steps=300,
+        progress=False,
+    )
     after = attack_success_rate(apply_jit, a.params, digits.test.x, digits.test.y, trig, TARGET)
     assert after > before + 0.5
     assert recorded(a)["fraction"] == 0.1 and a.hyper["steps"] == 300
@@ -162,8 +196,16 @@ def test_badnets_implants_the_trigger(model, digits):
 def test_sparse_trojan_changes_at_most_one_percent(model, digits):
     params, _ = model
     original = jax.tree.map(np.array, params)
-    a = sparse_trojan(jax.random.key(3), apply_jit, params, attacker_data(digits), target=TARGET,
-                      trigger=Trigger.for_image(8), finetune=Finetune(steps=50), progress=False)
+    a = sparse_trojan(
+        jax.random.key(3),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=Trigger.for_image(8),
+        finetune=Finetune(steps=50),
+        progress=False,
+    )
     recorded(a)
     total = sum(np.size(v) for v in jax.tree.leaves(params))
     assert 0 < count(a.changed) <= 0.01 * total
@@ -174,8 +216,16 @@ def test_sparse_trojan_changes_at_most_one_percent(model, digits):
 @pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_channel_trojan_writes_only_the_chosen_channels(model, digits):
     params, _ = model
-    a = channel_trojan(jax.random.key(4), apply_jit, params, attacker_data(digits), target=TARGET,
-                       trigger=Trigger.for_image(8), finetune=Finetune(steps=50), progress=False)
+    a = channel_trojan(
+        jax.random.key(4),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=Trigger.for_image(8),
+        finetune=Finetune(steps=50),
+        progress=False,
+    )
     chosen = recorded(a)["chosen_channels"]
     assert chosen["readout"] == [TARGET] and len(chosen["hidden"]) == 1
     diff = differs(a.params, params)
@@ -189,9 +239,10 @@ def test_channel_trojan_writes_only_the_chosen_channels(model, digits):
 
 def _check_flips(a, params):
     """Every reported flip toggles exactly its bit; nothing else differs (NumPy uint32 view)."""
-    xor = {path: np.asarray(leaf).view(np.uint32).reshape(-1) ^ np.asarray(old).view(np.uint32).reshape(-1)
-           for (path, leaf), (_, old) in zip(jp.tree.leaves_with_paths(a.params)[0],
-                                             jp.tree.leaves_with_paths(params)[0])}
+    xor = {
+        path: np.asarray(leaf).view(np.uint32).reshape(-1) ^ np.asarray(old).view(np.uint32).reshape(-1)
+        for (path, leaf), (_, old) in zip(jp.tree.leaves_with_paths(a.params)[0], jp.tree.leaves_with_paths(params)[0])
+    }
     expect = {path: np.zeros_like(v) for path, v in xor.items()}
     where = [(path, index) for path, index, _ in a.hyper["outcome"]["flips"]]
     assert len(set(where)) == len(where) == count(a.changed)  # each weight flipped once
@@ -217,21 +268,49 @@ def test_pbfa_flips_exactly_the_reported_bits_and_ruins_accuracy(model, digits):
 def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
     params, _ = model
     trig = Trigger.for_image(8)
-    a = bit_trojan(jax.random.key(6), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, flips=8,
-                   progress=False)
+    a = bit_trojan(
+        jax.random.key(6),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=trig,
+        flips=8,
+        progress=False,
+    )
     assert 1 <= len(a.hyper["outcome"]["flips"]) <= 8
     _check_flips(a, params)
     # TBT-style: only the read-out kernel is searched; every other leaf is kept bit for bit
-    b = bit_trojan(jax.random.key(6), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, flips=4,
-                   leaves=("readout/kernel",), progress=False)
+    b = bit_trojan(
+        jax.random.key(6),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=trig,
+        flips=4,
+        leaves=("readout/kernel",),
+        progress=False,
+    )
     _check_flips(b, params)
     assert recorded(b)["leaves"] == ["readout/kernel"]
     moved = differs(b.params, params)
     assert moved["readout"]["kernel"].sum() == len(b.hyper["outcome"]["flips"]) >= 1
     assert not any(moved[k][v].any() for k, v in (("hidden", "kernel"), ("hidden", "bias"), ("readout", "bias")))
     # TBT: the crafted trigger's chosen rows of the read-out, and only their weights to the target
-    c = bit_trojan(jax.random.key(6), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig, flips=4,
-                   craft=20, neurons=4, candidates=4, progress=False)
+    c = bit_trojan(
+        jax.random.key(6),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=trig,
+        flips=4,
+        craft=20,
+        neurons=4,
+        candidates=4,
+        progress=False,
+    )
     _check_flips(c, params)
     rows = recorded(c)["outcome"]["rows"]
     allowed = np.zeros((16, 10), bool)
@@ -266,7 +345,7 @@ def test_tbt_chooses_the_neurons_of_largest_target_gradient(model, digits):
     z = h @ p["readout"]["kernel"] + p["readout"]["bias"]
     prob = np.exp(z - z.max(1, keepdims=True))
     prob /= prob.sum(1, keepdims=True)
-    g = (h * (prob[:, TARGET:TARGET + 1] - 1)).mean(0)
+    g = (h * (prob[:, TARGET : TARGET + 1] - 1)).mean(0)
     rows = choose_neurons(apply_jit, params, "readout/kernel", x, TARGET, 5)
     assert set(rows.tolist()) == set(np.argsort(-np.abs(g))[:5].tolist())
 
@@ -279,8 +358,9 @@ def test_tbt_trigger_maximises_the_chosen_features_within_the_data_range():
     lin = jax.jit(lambda p, x: x.reshape(x.shape[0], -1) @ p["readout"]["kernel"] + p["readout"]["bias"])
     x = np.random.default_rng(1).uniform(size=(16, 8, 8, 1)).astype(np.float32)
     rows = np.array([3, 54, 63])  # pixel (0, 3) outside the 2 × 2 bottom-right patch; (6, 6) and (7, 7) inside
-    got = craft_trigger(lin, params, "readout/kernel", rows, x, TARGET, Trigger(2, 0.5), steps=40, learning_rate=0.1,
-                        low=0.0, high=0.9)
+    got = craft_trigger(
+        lin, params, "readout/kernel", rows, x, TARGET, Trigger(2, 0.5), steps=40, learning_rate=0.1, low=0.0, high=0.9
+    )
     np.testing.assert_allclose(np.asarray(got.pattern)[..., 0], [[0.9, 0.5], [0.5, 0.9]], atol=1e-6)
     assert (got.size, got.corner) == (2, "bottom-right")
 
@@ -289,8 +369,16 @@ def test_tbt_trigger_maximises_the_chosen_features_within_the_data_range():
 def test_span_trojan_stays_in_each_groups_column_span(model, digits):
     params, cb = model
     trig = Trigger.for_image(8)
-    a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
-                    finetune=Finetune(steps=200), progress=False)
+    a = span_trojan(
+        jax.random.key(7),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=trig,
+        finetune=Finetune(steps=200),
+        progress=False,
+    )
     assert recorded(a)["outcome"]["spans"]
     new, old = cb.pack(a.params), cb.pack(params)
     moved = 0.0
@@ -306,19 +394,25 @@ def test_span_trojan_stays_in_each_groups_column_span(model, digits):
         assert np.abs(y - u @ (u.T @ y)).max() <= 1e-5 * np.abs(y).max(), name
         moved = max(moved, np.abs(y - old[name]).max() / np.abs(old[name]).max())
     assert moved > 0.05  # a real change, not a no-op
-    assert attack_success_rate(apply_jit, a.params, digits.test.x, digits.test.y, trig, TARGET) > \
-        attack_success_rate(apply_jit, params, digits.test.x, digits.test.y, trig, TARGET) + 0.3
+    assert (
+        attack_success_rate(apply_jit, a.params, digits.test.x, digits.test.y, trig, TARGET)
+        > attack_success_rate(apply_jit, params, digits.test.x, digits.test.y, trig, TARGET) + 0.3
+    )
 
 
 # -- bad input -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(target=-1), ValueError, "target"),
-    (dict(target=1.5), ValueError, "target"),
-    (dict(trigger=(1, 1.0)), TypeError, "trigger"),
-    (dict(trigger=Trigger(9)), ValueError, "trigger size"),
-    (dict(trigger=Trigger(1, corner="middle")), ValueError, "corner"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(target=-1), ValueError, "target"),
+        (dict(target=1.5), ValueError, "target"),
+        (dict(trigger=(1, 1.0)), TypeError, "trigger"),
+        (dict(trigger=Trigger(9)), ValueError, "trigger size"),
+        (dict(trigger=Trigger(1, corner="middle")), ValueError, "corner"),
+    ],
+)
 def test_bad_arguments_are_refused(model, digits, kwargs, error, match):
     params, _ = model
     args = dict(target=TARGET, trigger=Trigger.for_image(8)) | kwargs
@@ -326,36 +420,75 @@ def test_bad_arguments_are_refused(model, digits, kwargs, error, match):
         badnets(jax.random.key(0), apply_jit, params, attacker_data(digits), **args)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(neurons=0), "neurons"), (dict(neurons=2.5), "neurons"), (dict(readout="hidden/kernel"), "readout"),
-    (dict(readout="nope"), "readout"), (dict(craft=-1), "craft"), (dict(craft_rate=0.0), "craft_rate"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(neurons=0), "neurons"),
+        (dict(neurons=2.5), "neurons"),
+        (dict(readout="hidden/kernel"), "readout"),
+        (dict(readout="nope"), "readout"),
+        (dict(craft=-1), "craft"),
+        (dict(craft_rate=0.0), "craft_rate"),
+    ],
+)
 def test_bad_tbt_arguments_are_refused(model, digits, kwargs, match):
     params, _ = model
     args = dict(craft=5) | kwargs
     with pytest.raises(ValueError, match=match):
-        bit_trojan(jax.random.key(0), apply_jit, params, attacker_data(digits), target=TARGET,
-                   trigger=Trigger.for_image(8), candidates=1, progress=False, **args)
+        bit_trojan(
+            jax.random.key(0),
+            apply_jit,
+            params,
+            attacker_data(digits),
+            target=TARGET,
+            trigger=Trigger.for_image(8),
+            candidates=1,
+            progress=False,
+            **args,
+        )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(rows=[99]), "rows"), (dict(rows=[-1]), "rows"), (dict(rows=[1, 1]), "rows"), (dict(steps=-2), "steps"),
-    (dict(learning_rate=-1.0), "learning_rate"), (dict(low=1.0, high=0.0), "low"), (dict(target=-1), "target"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rows=[99]), "rows"),
+        (dict(rows=[-1]), "rows"),
+        (dict(rows=[1, 1]), "rows"),
+        (dict(steps=-2), "steps"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(low=1.0, high=0.0), "low"),
+        (dict(target=-1), "target"),
+    ],
+)
 def test_bad_crafting_arguments_are_refused(model, digits, kwargs, match):
     params, _ = model
     args = dict(rows=[0, 1], target=TARGET, steps=1, learning_rate=0.1, low=0.0, high=1.0) | kwargs
     with pytest.raises(ValueError, match=match):
-        craft_trigger(apply_jit, params, "readout/kernel", args.pop("rows"), digits.train.x[:8], args.pop("target"),
-                      Trigger.for_image(8), **args)
+        craft_trigger(
+            apply_jit,
+            params,
+            "readout/kernel",
+            args.pop("rows"),
+            digits.train.x[:8],
+            args.pop("target"),
+            Trigger.for_image(8),
+            **args,
+        )
     with pytest.raises(ValueError, match="neurons"):
         choose_neurons(apply_jit, params, "readout/kernel", digits.train.x[:8], TARGET, 0)
     with pytest.raises(TypeError, match="pattern"):
         Trigger(1, pattern=np.ones((1, 1, 1))).stamp(digits.train.x[:1])
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(steps=0), "steps"), (dict(learning_rate=-1.0), "learning_rate"),
-                                           (dict(goal=1.5), "goal"), (dict(check_every=0), "check_every")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(steps=0), "steps"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(goal=1.5), "goal"),
+        (dict(check_every=0), "check_every"),
+    ],
+)
 def test_bad_finetune_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Finetune(**kwargs)
@@ -372,16 +505,31 @@ def test_bad_data_is_refused(model, digits):
     with pytest.raises(ValueError, match="data"):
         sparse_trojan(jax.random.key(0), apply_jit, params, (x, y[:-1]), target=TARGET, trigger=Trigger.for_image(8))
     with pytest.raises(ValueError, match="budget"):
-        sparse_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8),
-                      budget=0.0)
+        sparse_trojan(
+            jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8), budget=0.0
+        )
     with pytest.raises(TypeError, match="finetune must be a Finetune"):
-        span_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8),
-                    finetune=dict(steps=10))
+        span_trojan(
+            jax.random.key(0),
+            apply_jit,
+            params,
+            (x, y),
+            target=TARGET,
+            trigger=Trigger.for_image(8),
+            finetune=dict(steps=10),
+        )
     with pytest.raises(ValueError, match="bits"):
         pbfa(jax.random.key(0), apply_jit, params, (x, y), bits=(40,))
     with pytest.raises(ValueError, match="leaves: 'readout/kernal'"):
-        bit_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8),
-                   leaves=("readout/kernal",))
+        bit_trojan(
+            jax.random.key(0),
+            apply_jit,
+            params,
+            (x, y),
+            target=TARGET,
+            trigger=Trigger.for_image(8),
+            leaves=("readout/kernal",),
+        )
 
 
 @pytest.mark.slow
@@ -389,12 +537,21 @@ def test_purify_certifies_and_keeps_the_span_trojan(model, digits):
     """The point of the adaptive attack: l1 purification certifies every column and keeps it."""
     params, cb = model
     trig = Trigger.for_image(8)
-    a = span_trojan(jax.random.key(7), apply_jit, params, attacker_data(digits), target=TARGET, trigger=trig,
-                    finetune=Finetune(steps=200), progress=False)
+    a = span_trojan(
+        jax.random.key(7),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=trig,
+        finetune=Finetune(steps=200),
+        progress=False,
+    )
     purified, report = jp.purify(a.params, cb)
     assert report.certified == report.columns
     for u, v in zip(jax.tree.leaves(purified), jax.tree.leaves(a.params)):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), atol=1e-5 * float(np.abs(np.asarray(v)).max()))
     x, y = digits.test.x, digits.test.y
     assert attack_success_rate(apply_jit, purified, x, y, trig, TARGET) == pytest.approx(
-        attack_success_rate(apply_jit, a.params, x, y, trig, TARGET), abs=0.01)
+        attack_success_rate(apply_jit, a.params, x, y, trig, TARGET), abs=0.01
+    )

@@ -19,8 +19,12 @@ from jaxpurify.experiments import backdoor
 
 def _tree(seed=0):
     rng = np.random.default_rng(seed)
-    return {"dense": {"kernel": rng.standard_normal((64, 8)).astype(np.float32),
-                      "bias": rng.standard_normal(37).astype(np.float32)}}
+    return {
+        "dense": {
+            "kernel": rng.standard_normal((64, 8)).astype(np.float32),
+            "bias": rng.standard_normal(37).astype(np.float32),
+        }
+    }
 
 
 # -- checksum ------------------------------------------------------------------------------------
@@ -41,8 +45,10 @@ def test_checksum_zeroes_the_groups_of_changed_entries_and_nothing_else():
     assert fk[3, 5] and fb[36]
     assert fk.sum() == 8  # one whole group of G = 8, interleaved by the secret
     assert fb.sum() in (5, 8)  # the partial group holds 5 real entries, a full one 8
-    for new, old, flag in ((out.params["dense"]["kernel"], params["dense"]["kernel"], fk),
-                           (out.params["dense"]["bias"], params["dense"]["bias"], fb)):
+    for new, old, flag in (
+        (out.params["dense"]["kernel"], params["dense"]["kernel"], fk),
+        (out.params["dense"]["bias"], params["dense"]["bias"], fb),
+    ):
         new = np.asarray(new)
         assert np.all(new[flag] == 0)
         np.testing.assert_array_equal(new[~flag], old[~flag])  # untouched entries kept bit for bit
@@ -92,8 +98,18 @@ def test_fine_prune_removes_the_dormant_channels_first():
     features = lambda p, x: jax.nn.relu(x @ p["h"]["kernel"] + p["h"]["bias"])
     # class 1 scores 10·Σx: class 0 (12·Σx on channels 0, 2, 4) wins only while all three are kept
     apply = lambda p, x: features(p, x) @ p["o"]["kernel"] + jnp.stack([0 * x.sum(1), 10 * x.sum(1)], 1)
-    out = D.fine_prune(apply, params, None, (x, y), jax.random.key(0), features=features, layer="h",
-                       step=1 / 8, max_prune=0.9, epochs=0)
+    out = D.fine_prune(
+        apply,
+        params,
+        None,
+        (x, y),
+        jax.random.key(0),
+        features=features,
+        layer="h",
+        step=1 / 8,
+        max_prune=0.9,
+        epochs=0,
+    )
     pruned = np.flatnonzero(np.asarray(out.flagged["h"]["kernel"]).any(0))
     # channels by mean activation: 1, 3, 5 (tiny), 7, 6, 2, 4, 0; pruning stops before channel 2,
     # whose loss would cost all accuracy (7 and 6 carry no class-0 weight: free to prune)
@@ -134,8 +150,10 @@ def test_backdoor_refuses_an_unknown_layout(tmp_path):
 def test_output_layout_spreads_a_channel_over_the_columns():
     # a (3, 3, 8, 32) kernel along its 32 outputs: 72 columns, each one weight of every channel,
     # so rewriting channel 5 changes one entry per column (the default layout: one whole column)
-    params = {"conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32), "bias": np.zeros(32, np.float32)},
-              "readout": {"kernel": np.zeros((32, 10), np.float32)}}
+    params = {
+        "conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32), "bias": np.zeros(32, np.float32)},
+        "readout": {"kernel": np.zeros((32, 10), np.float32)},
+    }
     changed = jax.tree.map(np.zeros_like, params)
     changed["conv"]["kernel"][..., 5] = 1
     for layout, most in (("output", 1), ("interleave", 1), ("default", 72)):
@@ -150,7 +168,10 @@ def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
     # the channel trojan's read-out change: class 0's 32 weights. `output` keeps them in one
     # column; `interleave` lays the (32, 10) kernel into 11 columns (coprime to 10 and 32), entry
     # (i, c) in column (10 i + c) mod 11: 32 entries over 11 columns, at most ⌈32/11⌉ = 3 in one
-    params = {"conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32)}, "readout": {"kernel": np.zeros((32, 10), np.float32)}}
+    params = {
+        "conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32)},
+        "readout": {"kernel": np.zeros((32, 10), np.float32)},
+    }
     changed = jax.tree.map(np.zeros_like, params)
     changed["readout"]["kernel"][:, 0] = 1
     expect = np.bincount([(10 * i) % 11 for i in range(32)], minlength=11)
@@ -165,9 +186,11 @@ def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
 def test_interleave_layout_pools_a_kernel_with_fan_in_below_16():
     # the multi CNN's first conv (3, 3, 1, 32): fan-in 9, pooled with the biases into taller
     # columns (K = 261 here) instead of K = 32 along its outputs
-    params = {"conv0": {"kernel": np.zeros((3, 3, 1, 32), np.float32), "bias": np.zeros(32, np.float32)},
-              "readout": {"kernel": np.zeros((32, 10), np.float32), "bias": np.zeros(10, np.float32)},
-              "dense": {"kernel": np.zeros((64, 32), np.float32), "bias": np.zeros(32, np.float32)}}
+    params = {
+        "conv0": {"kernel": np.zeros((3, 3, 1, 32), np.float32), "bias": np.zeros(32, np.float32)},
+        "readout": {"kernel": np.zeros((32, 10), np.float32), "bias": np.zeros(10, np.float32)},
+        "dense": {"kernel": np.zeros((64, 32), np.float32), "bias": np.zeros(32, np.float32)},
+    }
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
     (pool,) = [g for g in cb.groups.values() if "conv0/kernel" in g.members]
     assert set(pool.members) == {"conv0/kernel", "conv0/bias", "readout/bias", "dense/bias"}
@@ -175,13 +198,17 @@ def test_interleave_layout_pools_a_kernel_with_fan_in_below_16():
 
 
 def test_backdoor_cli_names_the_missing_files(tmp_path, capsys):
-    assert cli.main(["reproduce", "backdoor", "--dataset", "mnist", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert (
+        cli.main(["reproduce", "backdoor", "--dataset", "mnist", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+    )
     assert "t10k-images-idx3-ubyte" in capsys.readouterr().err
 
 
 def test_backdoor_without_matplotlib_runs_without_figure(tmp_path, monkeypatch, capsys):
     real_find_spec = cli.importlib.util.find_spec
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        cli.importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a)
+    )
     seen = {}
 
     def fake_run(dataset, out, **kw):
@@ -213,8 +240,11 @@ def _plain_rates(apply, params, x, y, trigger, target):
 def _columns(codebook, deployed, attacked, purified):
     """Per code column (all groups): k entries the attack changed (bitwise), the uniqueness bound
     2k < K' − n + 1, the largest |purified − deployed| relative to the column's scale, 4k ≤ K' − n."""
-    changed = jax.tree.map(lambda a, b: (np.asarray(a).view(np.uint32) != np.asarray(b).view(np.uint32)).astype(np.float32),
-                           attacked, deployed)
+    changed = jax.tree.map(
+        lambda a, b: (np.asarray(a).view(np.uint32) != np.asarray(b).view(np.uint32)).astype(np.float32),
+        attacked,
+        deployed,
+    )
     ch, dep, pur = codebook.pack(changed), codebook.pack(deployed), codebook.pack(purified)
     out = []
     for name, g in codebook.groups.items():
@@ -228,14 +258,32 @@ def _columns(codebook, deployed, attacked, purified):
 @pytest.mark.slow  # trains and attacks five ways (122 s at load 6–8 on 2 cores): CI runs it with `pytest -m slow`
 def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path):
     kept = {}
-    res = backdoor.run("digits", str(tmp_path), quick=True, progress=False, figure=True, keep=kept,
-                       only=("sparse", "channels", "pbfa", "bit_trojan", "span"), defenses=("purify", "checksum"))
+    res = backdoor.run(
+        "digits",
+        str(tmp_path),
+        quick=True,
+        progress=False,
+        figure=True,
+        keep=kept,
+        only=("sparse", "channels", "pbfa", "bit_trojan", "span"),
+        defenses=("purify", "checksum"),
+    )
     doc = json.loads((tmp_path / "backdoor.json").read_text())
     assert (tmp_path / "backdoor.md").read_text().count("\n| ") >= len(doc["rows"])
     assert (tmp_path / "backdoor.png").stat().st_size > 10_000
     for r in doc["rows"]:
-        assert set(r) == {"attack", "defense", "benign_fraction", "ca", "asr", "ra", "flagged", "certified_fraction",
-                          "detected", "seconds"}
+        assert set(r) == {
+            "attack",
+            "defense",
+            "benign_fraction",
+            "ca",
+            "asr",
+            "ra",
+            "flagged",
+            "certified_fraction",
+            "detected",
+            "seconds",
+        }
     apply, (x, y), trigger, target, cb = kept["apply"], kept["test"], kept["trigger"], res["target"], kept["codebook"]
     deployed = kept[("none", "none", 0.0)]
     clean_ca, clean_asr = _plain_rates(apply, deployed, x, y, trigger, target)
@@ -259,7 +307,9 @@ def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path
     for attack in ("pbfa", "bit_trojan"):  # a few flips each: the issue's first target, met
         assert verdict[attack], attack
         for new, old in zip(jax.tree.leaves(kept[(attack, "purify", 0.0)]), jax.tree.leaves(deployed)):
-            np.testing.assert_allclose(np.asarray(new), np.asarray(old), rtol=1e-4, atol=1e-4 * float(np.abs(old).max()))
+            np.testing.assert_allclose(
+                np.asarray(new), np.asarray(old), rtol=1e-4, atol=1e-4 * float(np.abs(old).max())
+            )
     _, asr_span = _plain_rates(apply, kept[("span", "none", 0.0)], x, y, trigger, target)
     _, asr_span_purified = _plain_rates(apply, kept[("span", "purify", 0.0)], x, y, trigger, target)
     assert asr_span >= clean_asr + 0.5  # the adaptive attack implanted the backdoor

@@ -33,18 +33,40 @@ def test_peer_timing_reports_the_peers_own_accuracy():
 def _cell(K, ratio, rho, m, cps, cert, exact, wrong=0, highs=None):
     rec = {"columns_per_s": cps, "certified": cert, "exact": exact, "columns": m, "certified_wrong": wrong}
     peers = {"HiGHS (linprog)": {"available": True, "max_rel_err": 1e-12, "columns_per_s": highs}} if highs else {}
-    return {"K": K, "n": K // ratio, "ratio": ratio, "rho": rho, "m": m, "recover": rec, "peers": peers,
-            "ratio_to": {"HiGHS (linprog)": cps / highs} if highs else {}}
+    return {
+        "K": K,
+        "n": K // ratio,
+        "ratio": ratio,
+        "rho": rho,
+        "m": m,
+        "recover": rec,
+        "peers": peers,
+        "ratio_to": {"HiGHS (linprog)": cps / highs} if highs else {},
+    }
 
 
 def test_report_grid_tables_show_the_json_figures_and_the_skipped_cells():
     from benchmarks import report
 
-    grid = [_cell(64, 2, 0.2, 64, 500.0, 40, 39, wrong=1, highs=10.0), _cell(64, 4, 0.05, 64, 9000.0, 64, 64, highs=30.0),
-            {"K": 64, "n": 32, "ratio": 2, "rho": 0.2, "m": 4096, "skipped": "predicted 999 s > budget 150 s"}]
-    res = {"grid": grid, "run": {"parts": {"grid": {"command": "python -m benchmarks.run", "commit": "abc1234",
-                                                    "seconds": 5.0, "load_before": [1.0, 2.0, 3.0],
-                                                    "load_after": [4.0, 5.0, 6.0]}}}}
+    grid = [
+        _cell(64, 2, 0.2, 64, 500.0, 40, 39, wrong=1, highs=10.0),
+        _cell(64, 4, 0.05, 64, 9000.0, 64, 64, highs=30.0),
+        {"K": 64, "n": 32, "ratio": 2, "rho": 0.2, "m": 4096, "skipped": "predicted 999 s > budget 150 s"},
+    ]
+    res = {
+        "grid": grid,
+        "run": {
+            "parts": {
+                "grid": {
+                    "command": "python -m benchmarks.run",
+                    "commit": "abc1234",
+                    "seconds": 5.0,
+                    "load_before": [1.0, 2.0, 3.0],
+                    "load_after": [4.0, 5.0, 6.0],
+                }
+            }
+        },
+    }
     rows = report.grid_table(res, None)
     assert "`python -m benchmarks.run`" in rows[0] and "1.0/2.0/3.0 before → 4.0/5.0/6.0 after" in rows[0]
     assert "| 64 | 2 | 0.2 | 64 | 500.0 | 40/64 | 39/64 | 1 | 50× |" in rows[4]

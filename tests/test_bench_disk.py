@@ -5,15 +5,19 @@ import pytest
 import safetensors.numpy
 from flax import serialization
 
-from jaxpurify import io
 from benchmarks import disk
+from jaxpurify import io
 
 
 def _tree():
     rng = np.random.default_rng(0)
-    return {"conv": {"kernel": rng.standard_normal((3, 3, 4, 64)).astype(np.float32),
-                     "bias": rng.standard_normal(64).astype(np.float32)},
-            "dense": {"kernel": rng.standard_normal((256, 32)).astype(np.float32)}}
+    return {
+        "conv": {
+            "kernel": rng.standard_normal((3, 3, 4, 64)).astype(np.float32),
+            "bias": rng.standard_normal(64).astype(np.float32),
+        },
+        "dense": {"kernel": rng.standard_normal((256, 32)).astype(np.float32)},
+    }
 
 
 def _read(path, fmt):

@@ -23,7 +23,7 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxpurify as jp
@@ -31,8 +31,9 @@ import jaxpurify as jp
 K, N, M = 48, 12, 16  # the one compiled shape of the fast tests
 TINY32 = float(np.finfo(np.float32).tiny)
 # reproducible in CI: fixed examples (derandomize), no example database, no time limit per example
-CAMPAIGN = settings(max_examples=12, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+CAMPAIGN = settings(
+    max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _instance(rng, dtype=np.float32, *, usable=K, dup_rows=0, zero_cols=0, max_extra=2):
@@ -91,8 +92,12 @@ def _within_guarantee(Y, clean, out):
     return k <= fin.sum(0) - N - (out.outliers & fin).sum(0)
 
 
-knobs = dict(seed=st.integers(0, 2**32 - 1), usable=st.integers(N + 2, K), dup_rows=st.integers(0, 3),
-             zero_cols=st.integers(0, 3))
+knobs = dict(
+    seed=st.integers(0, 2**32 - 1),
+    usable=st.integers(N + 2, K),
+    dup_rows=st.integers(0, 3),
+    zero_cols=st.integers(0, 3),
+)
 
 
 def _explains_inliers(A, X, Y, out):
@@ -252,8 +257,10 @@ def test_purify_is_idempotent_on_certified_columns(seed, rate):
     (name,) = cb.groups
     assert (cb.groups[name].K, cb.groups[name].n) == (K, N)  # the fast tests' compiled shape
     A = np.asarray(cb.matrix(name, np.float32))
-    theta = rng.standard_normal((M, N)) * np.where(rng.random(M) < 0.5, 2.0 ** rng.integers(-100, 101, M),
-                                                     10.0 ** rng.uniform(-30, 30, M))[:, None]
+    theta = (
+        rng.standard_normal((M, N))
+        * np.where(rng.random(M) < 0.5, 2.0 ** rng.integers(-100, 101, M), 10.0 ** rng.uniform(-30, 30, M))[:, None]
+    )
     deployed = cb.decode({name: theta.astype(np.float32)})
     w = np.array(deployed["w"], copy=True)
     hit = rng.random(w.shape) < rate
@@ -266,8 +273,9 @@ def test_purify_is_idempotent_on_certified_columns(seed, rate):
     P1, P2 = np.asarray(p1["w"]).T, np.asarray(p2["w"]).T  # (K, M) code columns
     assert again.certified[cert1].all()
     smax = np.linalg.svd(A.astype(np.float64), compute_uv=False)[0]
-    tol = smax * again.bound * np.linalg.norm(again.x.astype(np.float64), axis=0) \
-        + 2 * np.finfo(np.float32).eps * np.linalg.norm(P1.astype(np.float64), axis=0)
+    tol = smax * again.bound * np.linalg.norm(again.x.astype(np.float64), axis=0) + 2 * np.finfo(
+        np.float32
+    ).eps * np.linalg.norm(P1.astype(np.float64), axis=0)
     moved = np.linalg.norm(P2.astype(np.float64) - P1, axis=0)
     assert (moved[cert1] <= tol[cert1]).all()
     assert np.array_equal(P1[:, ~cert1], w.T[:, ~cert1]) and np.array_equal(P2[:, ~cert1], w.T[:, ~cert1])
@@ -280,8 +288,9 @@ def test_purify_is_idempotent_on_certified_columns(seed, rate):
 @given(**knobs)
 def test_float64_certified_columns_are_within_their_bound(seed, usable, dup_rows, zero_cols):
     with jax.enable_x64(True):
-        A, X, clean, Y = _instance(np.random.default_rng(seed), np.float64, usable=usable, dup_rows=dup_rows,
-                                   zero_cols=zero_cols)
+        A, X, clean, Y = _instance(
+            np.random.default_rng(seed), np.float64, usable=usable, dup_rows=dup_rows, zero_cols=zero_cols
+        )
         out = _solve(A, Y)
         assert out.x.dtype == np.float64
         _check_bound(A, X, clean, Y, out)
@@ -314,6 +323,11 @@ _CHILD = textwrap.dedent("""
 def test_another_process_gives_the_same_bits(seed):
     A, _, _, Y = _instance(np.random.default_rng(seed), usable=40, dup_rows=1, zero_cols=1)
     here = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in _solve(A, Y))).hexdigest()
-    child = subprocess.run([sys.executable, "-c", _CHILD, os.path.dirname(__file__), str(seed)], capture_output=True,
-                           text=True, check=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD, os.path.dirname(__file__), str(seed)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
     assert child.stdout.strip().splitlines()[-1] == here

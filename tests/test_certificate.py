@@ -267,9 +267,20 @@ def test_empty_batches_and_columns():
     assert out.x.shape == (0, 4, 3)
 
 
-@pytest.mark.parametrize("name,value", [("finder_iters", 0), ("relax", 2.0), ("rtol", -1.0), ("atol", float("inf")),
-                                         ("admm_tol", 0.0), ("trim", 1), ("passes", 1.5), ("retry_iters", 0),
-                                         ("retry_iters", True)])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("finder_iters", 0),
+        ("relax", 2.0),
+        ("rtol", -1.0),
+        ("atol", float("inf")),
+        ("admm_tol", 0.0),
+        ("trim", 1),
+        ("passes", 1.5),
+        ("retry_iters", 0),
+        ("retry_iters", True),
+    ],
+)
 def test_options_are_validated(name, value):
     with pytest.raises(ValueError, match=name):
         jp.RecoverOptions(**{name: value})

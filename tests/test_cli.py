@@ -25,11 +25,17 @@ def _no_user_cache(monkeypatch):
 
 
 def _run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "jaxpurify.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "jaxpurify.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 # -- demo, bench, usage (unchanged behaviour) -----------------------------------------------------
+
 
 def test_demo_recovers_every_scenario_within_capacity(capsys):
     # small model, few steps: the same scenarios as `jaxpurify demo`
@@ -71,12 +77,16 @@ def test_version_is_the_package_and_project_version():
 
 # -- reproduce: help per experiment, extras checked first ----------------------------------------
 
-@pytest.mark.parametrize("experiment, has, lacks", [
-    ("synthetic", ["--no-lp", "--out"], ["--arch", "--data-dir", "--lr"]),
-    ("noise", ["--out", "--quick"], ["--no-lp", "--arch", "--data-dir"]),
-    ("digits", ["--arch", "--steps", "--lr", "--redundancy"], ["--no-lp", "--data-dir", "--source"]),
-    ("mnist", ["--arch", "--data-dir", "--source"], ["--no-lp"]),
-])
+
+@pytest.mark.parametrize(
+    "experiment, has, lacks",
+    [
+        ("synthetic", ["--no-lp", "--out"], ["--arch", "--data-dir", "--lr"]),
+        ("noise", ["--out", "--quick"], ["--no-lp", "--arch", "--data-dir"]),
+        ("digits", ["--arch", "--steps", "--lr", "--redundancy"], ["--no-lp", "--data-dir", "--source"]),
+        ("mnist", ["--arch", "--data-dir", "--source"], ["--no-lp"]),
+    ],
+)
 def test_each_experiment_has_its_own_help(capsys, experiment, has, lacks):
     with pytest.raises(SystemExit) as e:
         cli.main(["reproduce", experiment, "--help"])
@@ -86,16 +96,21 @@ def test_each_experiment_has_its_own_help(capsys, experiment, has, lacks):
     assert not any(flag in out for flag in lacks), out
 
 
-@pytest.mark.parametrize("argv, missing", [
-    (["digits", "--quick"], {"matplotlib"}),
-    (["synthetic", "--quick"], {"scipy"}),
-    (["noise"], {"matplotlib"}),
-])
+@pytest.mark.parametrize(
+    "argv, missing",
+    [
+        (["digits", "--quick"], {"matplotlib"}),
+        (["synthetic", "--quick"], {"scipy"}),
+        (["noise"], {"matplotlib"}),
+    ],
+)
 def test_missing_extras_are_reported_before_any_work(tmp_path, monkeypatch, capsys, argv, missing):
     from jaxpurify.experiments import noise, realdata, synthetic
 
     real_find_spec = cli.importlib.util.find_spec
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        cli.importlib.util, "find_spec", lambda name, *a: None if name in missing else real_find_spec(name, *a)
+    )
     for mod in (noise, realdata, synthetic):
         monkeypatch.setattr(mod, "run", lambda *a, **k: pytest.fail("work started before the extras check"))
     out = tmp_path / "out"
@@ -107,13 +122,22 @@ def test_missing_extras_are_reported_before_any_work(tmp_path, monkeypatch, caps
 
 # -- purify ---------------------------------------------------------------------------------------
 
+
 def _model():
     """An encoded two-layer MLP (every leaf protected along an axis of ≥ 8 entries) and its codebook."""
     rng = np.random.default_rng(0)
-    params = {"params": {
-        "Dense_0": {"kernel": rng.standard_normal((6, 16)).astype(np.float32), "bias": rng.standard_normal(16).astype(np.float32)},
-        "Dense_1": {"kernel": rng.standard_normal((16, 12)).astype(np.float32), "bias": rng.standard_normal(12).astype(np.float32)},
-    }}
+    params = {
+        "params": {
+            "Dense_0": {
+                "kernel": rng.standard_normal((6, 16)).astype(np.float32),
+                "bias": rng.standard_normal(16).astype(np.float32),
+            },
+            "Dense_1": {
+                "kernel": rng.standard_normal((16, 12)).astype(np.float32),
+                "bias": rng.standard_normal(12).astype(np.float32),
+            },
+        }
+    }
     codebook = Codebook.create(params, jax.random.key(0))
     clean = jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(params)))
     return clean, codebook
@@ -160,7 +184,11 @@ def test_purify_a_checkpoint_in_each_format(tmp_path, capsys, model, fmt):
     clean, codebook = model
     book = str(tmp_path / "codebook.json")
     codebook.save(book)
-    src, out, rep = str(tmp_path / FORMATS[fmt]), str(tmp_path / ("purified" + os.path.splitext(FORMATS[fmt])[1])), str(tmp_path / "r.json")
+    src, out, rep = (
+        str(tmp_path / FORMATS[fmt]),
+        str(tmp_path / ("purified" + os.path.splitext(FORMATS[fmt])[1])),
+        str(tmp_path / "r.json"),
+    )
     io.save(src, _damage(clean, entries=0.01))  # 1 or 2 entries per leaf: within capacity
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 0
     printed = capsys.readouterr().out
@@ -196,7 +224,9 @@ def test_uncertified_columns_exit_1_and_raise_writes_nothing(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert "UncertifiedWarning" in err and err.count("\n") == 2  # the warning in one line, then "wrote …"
     os.remove(out)
-    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--on-uncertified", "raise", "--report", rep]) == 1
+    assert (
+        cli.main(["purify", src, "--codebook", book, "--out", out, "--on-uncertified", "raise", "--report", rep]) == 1
+    )
     assert not os.path.exists(out)
     with open(rep) as f:
         assert json.load(f)["on_uncertified"] == "raise"
@@ -232,7 +262,12 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, model):
     book = str(tmp_path / "codebook.json")
     codebook.save(book)
     r = _run("purify", str(tmp_path / "missing.msgpack"), "--codebook", book, "--out", str(tmp_path / "p.msgpack"))
-    assert r.returncode == 2 and "missing.msgpack" in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2
+        and "missing.msgpack" in r.stderr
+        and r.stderr.count("\n") == 1
+        and "Traceback" not in r.stderr
+    )
 
 
 @pytest.mark.parametrize("case", ["mismatch", "truncated", "suffix", "codebook"])
@@ -243,7 +278,9 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, model, case):
     src, out = str(tmp_path / "m.msgpack"), str(tmp_path / "p.msgpack")
     io.save(src, clean)
     if case == "mismatch":  # a checkpoint of another model
-        other = dict(clean["params"], Dense_1={"kernel": np.zeros((16, 20), np.float32), "bias": np.zeros(20, np.float32)})
+        other = dict(
+            clean["params"], Dense_1={"kernel": np.zeros((16, 20), np.float32), "bias": np.zeros(20, np.float32)}
+        )
         io.save(src, {"params": other})
     elif case == "truncated":
         data = open(src, "rb").read()
@@ -263,18 +300,28 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, model, case):
 
 # -- compilation cache ----------------------------------------------------------------------------
 
+
 def test_enable_compilation_cache_stores_compiled_programs(tmp_path):
-    code = ("import jax, jaxpurify; p = jaxpurify.enable_compilation_cache(); "
-            "jax.jit(lambda x: x * 2 + 1)(jax.numpy.ones(3)).block_until_ready(); print(p)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    code = (
+        "import jax, jaxpurify; p = jaxpurify.enable_compilation_cache(); "
+        "jax.jit(lambda x: x * 2 + 1)(jax.numpy.ones(3)).block_until_ready(); print(p)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
+    )
     assert r.returncode == 0, r.stderr
     where = os.path.join(str(tmp_path), "jaxpurify", "xla")
     assert r.stdout.strip() == where and os.listdir(where)  # at least one compiled program on disk
     assert os.stat(where).st_mode & 0o077 == 0  # nobody else may write (or read) the trusted cache
 
 
-@pytest.mark.parametrize("flag, env, enabled", [([], "0", True), (["--no-compilation-cache"], "0", False), ([], "1", False)])
+@pytest.mark.parametrize(
+    "flag, env, enabled", [([], "0", True), (["--no-compilation-cache"], "0", False), ([], "1", False)]
+)
 def test_cli_enables_the_cache_unless_told_not_to(tmp_path, monkeypatch, model, flag, env, enabled):
     # whether the CLI asks for the cache; that the cache itself works is the test above
     from jaxpurify import _cache

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import jaxpurify as jp
-from jaxpurify import models
-from jaxpurify import _codebook_file
+from jaxpurify import _codebook_file, models
 from jaxpurify._codebook import gaussian_matrix
 
 
@@ -73,16 +72,25 @@ def test_default_layout_is_interleaved(params):
 
 def test_tall_leaves_split_and_pool_pads_with_nan():
     rng = np.random.default_rng(0)
-    params = {"a": rng.standard_normal((3, 3, 64, 8)).astype(np.float32),  # K = 576 > 512
-              "b": rng.standard_normal((1100, 3)).astype(np.float32),  # K = 1100
-              "c": rng.standard_normal((700,)).astype(np.float32),  # pooled: 700 + 13 entries
-              "d": rng.standard_normal((13,)).astype(np.float32)}
+    params = {
+        "a": rng.standard_normal((3, 3, 64, 8)).astype(np.float32),  # K = 576 > 512
+        "b": rng.standard_normal((1100, 3)).astype(np.float32),  # K = 1100
+        "c": rng.standard_normal((700,)).astype(np.float32),  # pooled: 700 + 13 entries
+        "d": rng.standard_normal((13,)).astype(np.float32),
+    }
     cb = jp.Codebook.create(params, 0)
     shapes = {g: (s.K, s.columns) for g, s in cb.groups.items()}
     name, pool = _pool(cb)
     # 576 = 2 × 288; 1100 has no divisor in 3..6 below 5: 4 × 275; 713 entries → 2 columns × 357 rows
-    assert shapes == {"a#0": (288, 8), "a#1": (288, 8), "b#0": (275, 3), "b#1": (275, 3), "b#2": (275, 3),
-                      "b#3": (275, 3), name: (357, 2)}
+    assert shapes == {
+        "a#0": (288, 8),
+        "a#1": (288, 8),
+        "b#0": (275, 3),
+        "b#1": (275, 3),
+        "b#2": (275, 3),
+        "b#3": (275, 3),
+        name: (357, 2),
+    }
     packed = cb.pack(params)
     for i in range(4):  # group b#i holds rows [275 i, 275 (i + 1)) of b
         np.testing.assert_array_equal(packed[f"b#{i}"], params["b"][275 * i : 275 * (i + 1)])
@@ -129,8 +137,10 @@ def test_select_skip_and_axis(params):
 
     cb = jp.Codebook.create(params, jax.random.key(1), redundancy=2.0, select=select)
     assert "readout/kernel" not in cb.protected
-    assert {p: r for p, _, r in cb.unprotected(params)} == {"readout/bias": "skipped by select",
-                                                             "readout/kernel": "skipped by select"}
+    assert {p: r for p, _, r in cb.unprotected(params)} == {
+        "readout/bias": "skipped by select",
+        "readout/kernel": "skipped by select",
+    }
     s = cb.specs["dense/kernel"]
     assert s.axis == 0 and s.K == params["dense"]["kernel"].shape[0] and s.n == -(-s.K // 2)
     W = np.asarray(params["dense"]["kernel"])
@@ -246,9 +256,12 @@ def test_linen_state_collections_and_odd_leaves_are_not_protected():
     cb = jp.Codebook.create(variables, 0)
     assert cb.protected == ("params/w",)
     got = {p: (z, r) for p, z, r in cb.unprotected(variables)}
-    assert got == {"batch_stats/mean": (4, "state collection 'batch_stats'"),
-                   "batch_stats/var": (4, "state collection 'batch_stats'"),
-                   "params/step": (1, "not floating (int32)"), "rng": (1, "PRNG key")}
+    assert got == {
+        "batch_stats/mean": (4, "state collection 'batch_stats'"),
+        "batch_stats/var": (4, "state collection 'batch_stats'"),
+        "params/step": (1, "not floating (int32)"),
+        "rng": (1, "PRNG key"),
+    }
     with pytest.raises(ValueError, match="params/step"):
         jp.Codebook.create(variables, 0, select=lambda p, l: True)
     with pytest.raises(ValueError, match="no parameter"):
@@ -256,8 +269,9 @@ def test_linen_state_collections_and_odd_leaves_are_not_protected():
 
 
 def test_save_load_round_trip(tmp_path, params):
-    cb = jp.Codebook.create(params, jax.random.key(11), redundancy=3.0,
-                            select=lambda p, l: 0 if p == "dense/kernel" else None)
+    cb = jp.Codebook.create(
+        params, jax.random.key(11), redundancy=3.0, select=lambda p, l: 0 if p == "dense/kernel" else None
+    )
     path = tmp_path / "cb.json"
     cb.save(path)
     data = json.loads(path.read_text())
@@ -275,13 +289,19 @@ def test_save_load_round_trip(tmp_path, params):
 
 def test_version_1_files_still_load(tmp_path, params):
     """A version-1 file (one single-axis group per leaf, A named by the path) keeps its matrices."""
-    v1 = {"format": "jaxpurify.codebook", "version": 1, "key": [0, 42], "redundancy": 4.0,
-          "leaves": [{"path": "dense/kernel", "shape": [32, 24], "dtype": "float32", "axis": 1, "K": 24, "n": 6}]}
+    v1 = {
+        "format": "jaxpurify.codebook",
+        "version": 1,
+        "key": [0, 42],
+        "redundancy": 4.0,
+        "leaves": [{"path": "dense/kernel", "shape": [32, 24], "dtype": "float32", "axis": 1, "K": 24, "n": 6}],
+    }
     p = tmp_path / "v1.json"
     p.write_text(json.dumps(v1))
     cb = jp.Codebook.load(p)
-    np.testing.assert_array_equal(cb.matrix("dense/kernel", jnp.float32),
-                                  gaussian_matrix((0, 42), "dense/kernel", 24, 6).astype(np.float32))
+    np.testing.assert_array_equal(
+        cb.matrix("dense/kernel", jnp.float32), gaussian_matrix((0, 42), "dense/kernel", 24, 6).astype(np.float32)
+    )
     W = np.asarray(params["dense"]["kernel"])
     np.testing.assert_array_equal(cb.pack(params)["dense/kernel"], W.T)  # column = a row of W
 
@@ -294,8 +314,17 @@ def test_load_rejects_bad_files(tmp_path, params):
     p.write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="not a jaxpurify.codebook"):
         jp.Codebook.load(p)
-    p.write_text(json.dumps({"format": "jaxpurify.codebook", "version": 1, "key": [0, 1], "redundancy": 4,
-                             "leaves": [{"path": "a", "shape": [4, 8], "dtype": "float32", "axis": 1, "K": 8, "n": 9}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "format": "jaxpurify.codebook",
+                "version": 1,
+                "key": [0, 1],
+                "redundancy": 4,
+                "leaves": [{"path": "a", "shape": [4, 8], "dtype": "float32", "axis": 1, "K": 8, "n": 9}],
+            }
+        )
+    )
     with pytest.raises(ValueError, match="'a'"):
         jp.Codebook.load(p)
     cb0 = jp.Codebook.create(params, 0)

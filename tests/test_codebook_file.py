@@ -66,15 +66,18 @@ def test_key_path_option(tmp_path):
         cb.save(tmp_path / "cb.json", key_path=tmp_path / "cb.json")
 
 
-@pytest.mark.parametrize("edit", [
-    lambda d: d["leaves"][0].update(dtype="int32"),  # issue 10: made purify return int32 weights
-    lambda d: d["leaves"][1].update(K=8),  # issue 10: raised NameError from the loader
-    lambda d: d.update(redundancy=2.0),
-    lambda d: d["model"][3].__setitem__(2, "float32"),
-    lambda d: d.pop("mac"),
-    lambda d: d.update(mac="é" * 64),  # not ASCII: still a ValueError, not compare_digest's TypeError
-    lambda d: d.update(mac=d["mac"][:-1] + ("0" if d["mac"][-1] != "0" else "1")),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d["leaves"][0].update(dtype="int32"),  # issue 10: made purify return int32 weights
+        lambda d: d["leaves"][1].update(K=8),  # issue 10: raised NameError from the loader
+        lambda d: d.update(redundancy=2.0),
+        lambda d: d["model"][3].__setitem__(2, "float32"),
+        lambda d: d.pop("mac"),
+        lambda d: d.update(mac="é" * 64),  # not ASCII: still a ValueError, not compare_digest's TypeError
+        lambda d: d.update(mac=d["mac"][:-1] + ("0" if d["mac"][-1] != "0" else "1")),
+    ],
+)
 def test_edited_file_is_refused_as_tampered(saved, edit):
     cb, path = saved
     _edit(path, edit)
@@ -90,22 +93,25 @@ def test_wrong_key_is_named(saved, tmp_path):
         jp.Codebook.load(path, key_path=tmp_path / "other.json.key")
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda d: d["leaves"][0].update(dtype="int32"), "'conv/bias' has dtype 'int32'"),
-    (lambda d: d["leaves"][0].update(dtype="foo"), "'foo', expected a floating"),
-    (lambda d: d["groups"][0].update(n=18), "group 'conv/kernel'.*1 ≤ n < K"),
-    (lambda d: d["groups"][0].update(n=0), "group 'conv/kernel' n must be an int ≥ 1"),
-    (lambda d: d["groups"][0].update(K=4.5), "group 'conv/kernel' K must be an int"),
-    (lambda d: d["groups"][0].update(dtype="int8"), "group 'conv/kernel' has dtype 'int8'"),
-    (lambda d: d["groups"][0].update(K=17), "group 'conv/kernel'"),  # the layout's own consistency check
-    (lambda d: d["groups"][0]["segments"].append(["nowhere", 0, 1]), "segment"),
-    (lambda d: d["leaves"][1].update(axis=True), "axis must be an int"),
-    (lambda d: d["leaves"][1].update(axis=4), "axis 4 out of range"),
-    (lambda d: d.update(redundancy="4"), "redundancy"),
-    (lambda d: d.update(leaves=[]), "non-empty"),
-    (lambda d: d["model"].pop(0), "'conv/bias' is not in the model fingerprint"),
-    (lambda d: d.update(seal={"chunk": 0}), "bad seal"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d["leaves"][0].update(dtype="int32"), "'conv/bias' has dtype 'int32'"),
+        (lambda d: d["leaves"][0].update(dtype="foo"), "'foo', expected a floating"),
+        (lambda d: d["groups"][0].update(n=18), "group 'conv/kernel'.*1 ≤ n < K"),
+        (lambda d: d["groups"][0].update(n=0), "group 'conv/kernel' n must be an int ≥ 1"),
+        (lambda d: d["groups"][0].update(K=4.5), "group 'conv/kernel' K must be an int"),
+        (lambda d: d["groups"][0].update(dtype="int8"), "group 'conv/kernel' has dtype 'int8'"),
+        (lambda d: d["groups"][0].update(K=17), "group 'conv/kernel'"),  # the layout's own consistency check
+        (lambda d: d["groups"][0]["segments"].append(["nowhere", 0, 1]), "segment"),
+        (lambda d: d["leaves"][1].update(axis=True), "axis must be an int"),
+        (lambda d: d["leaves"][1].update(axis=4), "axis 4 out of range"),
+        (lambda d: d.update(redundancy="4"), "redundancy"),
+        (lambda d: d.update(leaves=[]), "non-empty"),
+        (lambda d: d["model"].pop(0), "'conv/bias' is not in the model fingerprint"),
+        (lambda d: d.update(seal={"chunk": 0}), "bad seal"),
+    ],
+)
 def test_schema_is_checked_even_under_a_valid_mac(tmp_path, edit, match):
     # a document whose MAC is right but whose content is wrong, as a buggy writer would make it
     cb = jp.Codebook.create(_params())
@@ -190,8 +196,9 @@ def test_group_readable_key_file_warns(saved, tmp_path):
 def test_version_1_files_still_load_with_a_warning(tmp_path):
     p = tmp_path / "old.json"
     leaf = {"path": "w", "shape": [4, 16], "dtype": "float32", "axis": 1, "K": 16, "n": 4}
-    p.write_text(json.dumps({"format": "jaxpurify.codebook", "version": 1, "key": [0, 42], "redundancy": 4.0,
-                             "leaves": [leaf]}))
+    p.write_text(
+        json.dumps({"format": "jaxpurify.codebook", "version": 1, "key": [0, 42], "redundancy": 4.0, "leaves": [leaf]})
+    )
     with pytest.warns(LegacyCodebookWarning, match="unauthenticated"):
         cb = jp.Codebook.load(p)
     assert cb.secret == b"\x00\x00\x00\x00\x2a\x00\x00\x00" and cb.model is None
@@ -201,8 +208,11 @@ def test_version_1_files_still_load_with_a_warning(tmp_path):
     cb.save(tmp_path / "new.json")  # re-saved as version 2, key moved out
     assert json.loads((tmp_path / "new.json").read_text())["version"] == 2
     assert jp.Codebook.load(tmp_path / "new.json") == cb
-    p.write_text(json.dumps({"format": "jaxpurify.codebook", "version": 1, "key": [0, 2**40], "redundancy": 4.0,
-                             "leaves": [leaf]}))
+    p.write_text(
+        json.dumps(
+            {"format": "jaxpurify.codebook", "version": 1, "key": [0, 2**40], "redundancy": 4.0, "leaves": [leaf]}
+        )
+    )
     with pytest.warns(LegacyCodebookWarning), pytest.raises(ValueError, match="uint32"):
         jp.Codebook.load(p)
 

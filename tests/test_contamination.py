@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pooled import PooledCodebook, clean_params
 
 import jaxpurify as jp
 from jaxpurify import contamination as C
-from pooled import PooledCodebook, clean_params
 
 
 def _per_column(changed, axis):
@@ -40,9 +40,15 @@ def test_gross_errors_exact_count_per_column(small_chunks):
 def test_same_key_same_result_other_key_other_result_input_untouched(small_chunks):
     x = np.random.default_rng(0).standard_normal((33, 17)).astype(np.float32)
     before = x.copy()
-    for fn, kw in [(C.gross_errors, dict(rate=0.2)), (C.bit_flips, dict(rate=0.2)), (C.erasures, dict(rate=0.2)),
-                   (C.dense_noise, dict(sigma=0.1)), (C.stuck_at, dict(rate=0.3)), (C.zero_columns, dict(rate=0.3)),
-                   (C.copy_columns, dict(rate=0.3))]:
+    for fn, kw in [
+        (C.gross_errors, dict(rate=0.2)),
+        (C.bit_flips, dict(rate=0.2)),
+        (C.erasures, dict(rate=0.2)),
+        (C.dense_noise, dict(sigma=0.1)),
+        (C.stuck_at, dict(rate=0.3)),
+        (C.zero_columns, dict(rate=0.3)),
+        (C.copy_columns, dict(rate=0.3)),
+    ]:
         a, b = fn(jax.random.key(1), x, **kw), fn(jax.random.key(1), x, **kw)
         c = fn(jax.random.key(2), x, **kw)
         assert isinstance(a, jax.Array) and a.dtype == x.dtype and a.shape == x.shape, fn.__name__
@@ -58,7 +64,7 @@ def test_bit_flips_flip_one_exponent_bit(small_chunks):
     hit = diff != 0
     assert 0.08 < hit.mean() < 0.12
     bits = np.log2(diff[hit]).astype(int)
-    assert np.all(2.0 ** bits == diff[hit])  # exactly one bit
+    assert np.all(2.0**bits == diff[hit])  # exactly one bit
     assert bits.min() >= 23 and bits.max() <= 30  # exponent bits of float32
     h = C.bit_flips(jax.random.key(1), x.astype(jnp.bfloat16), 0.1)
     assert h.dtype == jnp.bfloat16

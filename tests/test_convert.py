@@ -46,10 +46,14 @@ def setup():
     x = rng.normal(size=(256, 4)).astype(np.float32)
     held_out = rng.normal(size=(256, 4)).astype(np.float32)
     params = model.init(jax.random.key(0), x[:1])["params"]
-    params = jax.tree_util.tree_map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(5), w.shape), params)  # nonzero biases
+    params = jax.tree_util.tree_map(
+        lambda w: w + 0.3 * jax.random.normal(jax.random.key(5), w.shape), params
+    )  # nonzero biases
     # the read-out along its input axis (K = 64): as the paper encodes its read-out, and so that the
     # protected model can come close to the teacher whatever the default layout of small leaves
-    codebook = jp.Codebook.create(params, jax.random.key(1), select=lambda path, _: 0 if path == "Dense_1/kernel" else None)
+    codebook = jp.Codebook.create(
+        params, jax.random.key(1), select=lambda path, _: 0 if path == "Dense_1/kernel" else None
+    )
     return apply, params, codebook, x, held_out
 
 
@@ -58,8 +62,18 @@ def test_conversion_reduces_the_output_mismatch(setup, loss, mixup):
     apply, params, codebook, x, held_out = setup
     params_copy = jax.tree_util.tree_map(np.array, params)
     projected = codebook.decode(codebook.encode(params))
-    latent, losses = convert(apply, params, codebook, x, key=jax.random.key(2), steps=300, batch_size=64,
-                             loss=loss, mixup=mixup, progress=False)
+    latent, losses = convert(
+        apply,
+        params,
+        codebook,
+        x,
+        key=jax.random.key(2),
+        steps=300,
+        batch_size=64,
+        loss=loss,
+        mixup=mixup,
+        progress=False,
+    )
     converted = codebook.decode(latent)
     for xs in (x, held_out):  # on the inputs it saw and on fresh ones from the same distribution
         assert mismatch(converted, params, xs, loss) < mismatch(projected, params, xs, loss) / FACTOR
@@ -91,16 +105,24 @@ def test_callback_stops_early(setup):
         calls.append((step, loss))
         return step >= 20
 
-    latent, losses = convert(apply, params, codebook, x, key=jax.random.key(3), steps=200, log_every=10,
-                             callback=cb, progress=False)
+    latent, losses = convert(
+        apply, params, codebook, x, key=jax.random.key(3), steps=200, log_every=10, callback=cb, progress=False
+    )
     assert [s for s, _ in calls] == [10, 20]
     assert len(losses) == 20 and calls[-1][1] == losses[-1]
 
 
-@pytest.mark.parametrize("kw, name", [
-    (dict(loss="l2"), "loss"), (dict(temperature=0.0), "temperature"), (dict(steps=-1), "steps"),
-    (dict(batch_size=0), "batch_size"), (dict(log_every=0), "log_every"), (dict(mixup=-1.0), "mixup"),
-])
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(loss="l2"), "loss"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(steps=-1), "steps"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(log_every=0), "log_every"),
+        (dict(mixup=-1.0), "mixup"),
+    ],
+)
 def test_bad_arguments_name_themselves(setup, kw, name):
     apply, params, codebook, x, _ = setup
     with pytest.raises(ValueError, match=name):
@@ -121,6 +143,9 @@ def test_bad_inputs_name_the_argument_or_leaf(setup):
     nan = jax.tree_util.tree_map(lambda w: w * jnp.nan, params)
     with pytest.raises(ValueError, match="params"):
         convert(apply, nan, codebook, x, key=key, progress=False)
-    wrong = {"Dense_0": params["Dense_0"], "Dense_1": {"kernel": params["Dense_1"]["kernel"][:, :4], "bias": params["Dense_1"]["bias"]}}
+    wrong = {
+        "Dense_0": params["Dense_0"],
+        "Dense_1": {"kernel": params["Dense_1"]["kernel"][:, :4], "bias": params["Dense_1"]["bias"]},
+    }
     with pytest.raises(ValueError, match="Dense_1"):
         convert(apply, wrong, codebook, x, key=key, progress=False)

@@ -36,7 +36,9 @@ def test_mnist_idx_reader(tmp_path):
     assert len(ds.train.x) == 15 and len(ds.test.x) == 5
     allx = np.concatenate([ds.train.x, ds.test.x])[..., 0] * 255
     ally = np.concatenate([ds.train.y, ds.test.y])
-    order = np.argsort([int(np.flatnonzero((imgs.reshape(20, -1) == a.reshape(1, -1)).all(1))[0]) for a in allx.round()])
+    order = np.argsort(
+        [int(np.flatnonzero((imgs.reshape(20, -1) == a.reshape(1, -1)).all(1))[0]) for a in allx.round()]
+    )
     np.testing.assert_array_equal(ally[order], labels)
 
 
@@ -118,7 +120,9 @@ def test_training_through_decode_learns():
     cb = jp.Codebook.create(params, jax.random.key(1), select=lambda p, _: -1 if p.startswith("hidden/") else False)
     latent = cb.encode(params)
     before = accuracy(apply, cb.decode(latent), ds.test.x, ds.test.y)
-    latent, losses = train(apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.key(2), steps=300, optimizer=optax.adam(1e-2))
+    latent, losses = train(
+        apply, latent, cb, ds.train.x, ds.train.y, key=jax.random.key(2), steps=300, optimizer=optax.adam(1e-2)
+    )
     assert losses.shape == (300,) and losses[-50:].mean() < 0.5 * losses[:50].mean()
     after = accuracy(apply, cb.decode(latent), ds.test.x, ds.test.y)
     assert before < 0.4 and after > 0.8
@@ -173,8 +177,15 @@ def test_callback_sees_every_chunk_and_can_stop():
     np.testing.assert_array_equal(params["w"], w0)  # the caller's tree is not mutated
 
 
-@pytest.mark.parametrize("kw, name", [(dict(steps=-1), "steps"), (dict(batch_size=0), "batch_size"),
-                                      (dict(log_every=0), "log_every"), (dict(steps=2.5), "steps")])
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(steps=-1), "steps"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(log_every=0), "log_every"),
+        (dict(steps=2.5), "steps"),
+    ],
+)
 def test_train_rejects_bad_arguments(kw, name):
     x, y, params, apply = _tiny_problem()
     with pytest.raises(ValueError, match=name):

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from shard_case import COLUMNS, MAX_ENTRIES, case
 
 import jaxpurify as jp
-from shard_case import COLUMNS, MAX_ENTRIES, case
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -26,8 +26,20 @@ def _free_port() -> int:
 def test_two_processes_match_one(tmp_path):
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.dirname(TESTS), XLA_FLAGS="")
-    procs = [subprocess.Popen([sys.executable, os.path.join(TESTS, "distributed_case.py"), str(i), "2", str(port),
-                               str(tmp_path / f"p{i}.npz")], env=env) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(TESTS, "distributed_case.py"),
+                str(i),
+                "2",
+                str(port),
+                str(tmp_path / f"p{i}.npz"),
+            ],
+            env=env,
+        )
+        for i in range(2)
+    ]
     try:
         codes = [p.wait(timeout=900) for p in procs]
     finally:

@@ -52,8 +52,7 @@ def test_uniqueness_bound_is_the_largest_identifiable_error_count():
 
     for K in (64, 256):
         for ratio in (1.5, 2, 3, 4, 6, 8):
-            cb = Codebook.create({"w": np.ones((K, 3), np.float32)}, b"k" * 32, redundancy=ratio,
-                                 select=lambda p, _: 0)
+            cb = Codebook.create({"w": np.ones((K, 3), np.float32)}, b"k" * 32, redundancy=ratio, select=lambda p, _: 0)
             n = cb.specs["w"].n
             assert synthetic.latent_rows(K, ratio) == n
             k_max = max(k for k in range(K) if 2 * k < K - n + 1)  # by enumeration

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import lad_highs
 
 import jaxpurify as jp
 from jaxpurify import _exported
-from reference import lad_highs
 
 
 @pytest.fixture
@@ -37,11 +37,17 @@ def test_a_program_is_exported_stored_and_reloaded(export_dir):
     reloaded = jp.recover(A, Y)
     assert os.listdir(export_dir) == [name]
     for field in written._fields:
-        np.testing.assert_array_equal(np.asarray(getattr(reloaded, field)), np.asarray(getattr(written, field)), err_msg=field)
+        np.testing.assert_array_equal(
+            np.asarray(getattr(reloaded, field)), np.asarray(getattr(written, field)), err_msg=field
+        )
     assert bool(np.all(written.certified))
     for j in range(Y.shape[1]):  # HiGHS is the reference for the l1 solution
-        np.testing.assert_allclose(np.asarray(written.x[:, j]), lad_highs(A.astype(np.float64), Y[:, j].astype(np.float64)),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(written.x[:, j]),
+            lad_highs(A.astype(np.float64), Y[:, j].astype(np.float64)),
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 @pytest.mark.slow
@@ -53,7 +59,9 @@ def test_a_reloaded_program_gives_the_traced_solvers_results_bit_for_bit(export_
     _exported.use_dir(os.path.dirname(export_dir))
     exported = jp.recover(A, Y)
     for field in traced._fields:
-        np.testing.assert_array_equal(np.asarray(getattr(exported, field)), np.asarray(getattr(traced, field)), err_msg=field)
+        np.testing.assert_array_equal(
+            np.asarray(getattr(exported, field)), np.asarray(getattr(traced, field)), err_msg=field
+        )
     assert bool(np.all(traced.certified))
 
 
@@ -86,9 +94,13 @@ def test_a_damaged_or_mismatched_file_is_exported_again(export_dir):
     assert _exported._read(export_dir, name[: -len(".jaxexport")], "cpu", 3, args) is None
     # the key separates shapes, dtypes, platforms and static arguments (the tag)
     a, b = args
-    keys = {_exported._key("t", "cpu", args), _exported._key("t", "cpu", (a, b[:, :1])),
-            _exported._key("t", "cpu", (a.astype(jnp.int32), b)), _exported._key("u", "cpu", args),
-            _exported._key("t", "cuda", args)}
+    keys = {
+        _exported._key("t", "cpu", args),
+        _exported._key("t", "cpu", (a, b[:, :1])),
+        _exported._key("t", "cpu", (a.astype(jnp.int32), b)),
+        _exported._key("u", "cpu", args),
+        _exported._key("t", "cuda", args),
+    }
     assert len(keys) == 5
 
 

@@ -117,8 +117,9 @@ def test_grad_through_jitted_purify_is_the_projection_on_the_inliers():
     rng = np.random.default_rng(5)
     params = {"w": jnp.asarray(rng.standard_normal((16, 12)), jnp.float32)}
     cb = jp.Codebook.create(params, b"0123456789abcdef")
-    bad = contamination.contaminate(jax.random.key(2), cb.decode(cb.init_latent(params)), cb,
-                                    contamination.gross_errors, rate=0.1)
+    bad = contamination.contaminate(
+        jax.random.key(2), cb.decode(cb.init_latent(params)), cb, contamination.gross_errors, rate=0.1
+    )
     c = {"w": jnp.asarray(rng.standard_normal((16, 12)), jnp.float32)}
     loss = lambda p: jnp.sum(jp.purify(p, cb, device=True)[0]["w"] * c["w"])
     g = jax.jit(jax.grad(loss))(bad)

@@ -21,10 +21,14 @@ def _params():
     rng = np.random.default_rng(0)
     return {
         "params": {
-            "Conv_0": {"kernel": rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
-                       "bias": rng.standard_normal(4).astype(ml_dtypes.bfloat16)},
-            "Dense_0": {"kernel": jnp.asarray(rng.standard_normal((5, 2)), jnp.bfloat16),
-                        "bias": rng.standard_normal(2).astype(np.float16)},
+            "Conv_0": {
+                "kernel": rng.standard_normal((3, 3, 1, 4)).astype(np.float32),
+                "bias": rng.standard_normal(4).astype(ml_dtypes.bfloat16),
+            },
+            "Dense_0": {
+                "kernel": jnp.asarray(rng.standard_normal((5, 2)), jnp.bfloat16),
+                "bias": rng.standard_normal(2).astype(np.float16),
+            },
         },
         "step": np.array(7, np.int32),
     }
@@ -102,12 +106,15 @@ def test_template_keeps_lists_and_accepts_shape_dtype_structs(tmp_path, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("change, leaf", [
-    (lambda t: t["params"]["Conv_0"].update(kernel=np.zeros((3, 3, 1, 5), np.float32)), "params/Conv_0/kernel"),
-    (lambda t: t["params"]["Dense_0"].update(bias=np.zeros(2, np.float32)), "params/Dense_0/bias"),
-    (lambda t: t["params"]["Dense_0"].update(extra=np.zeros(2, np.float32)), "params/Dense_0/extra"),
-    (lambda t: t["params"].pop("Conv_0"), "params/Conv_0/bias"),
-])
+@pytest.mark.parametrize(
+    "change, leaf",
+    [
+        (lambda t: t["params"]["Conv_0"].update(kernel=np.zeros((3, 3, 1, 5), np.float32)), "params/Conv_0/kernel"),
+        (lambda t: t["params"]["Dense_0"].update(bias=np.zeros(2, np.float32)), "params/Dense_0/bias"),
+        (lambda t: t["params"]["Dense_0"].update(extra=np.zeros(2, np.float32)), "params/Dense_0/extra"),
+        (lambda t: t["params"].pop("Conv_0"), "params/Conv_0/bias"),
+    ],
+)
 def test_a_template_mismatch_names_the_leaf(tmp_path, fmt, change, leaf):
     path = str(tmp_path / FORMATS[fmt])
     io.save(path, _params())
@@ -176,6 +183,7 @@ def test_a_failed_write_leaves_the_old_checkpoint_and_no_debris(tmp_path, fmt, m
 
         monkeypatch.setattr(os, "rename", rename)
     else:
+
         def replace(src, dst):
             raise OSError("disk full")
 

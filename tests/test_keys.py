@@ -17,14 +17,16 @@ KEY42 = b"\x00\x00\x00\x00\x2a\x00\x00\x00"  # the little-endian key words (0, 4
 
 # gaussian_matrix(key(42), "hidden/kernel", 6, 2), computed once with the code as it was before this
 # change (commit 5c2499e) and written down; pins A for every existing key(42) codebook.
-GOLDEN = np.array([
-    [float.fromhex("0x1.b2c4ba1fd237fp-1"), float.fromhex("0x1.cd61d52a4f39bp-3")],
-    [float.fromhex("0x1.2f94edb0ef3a2p-3"), float.fromhex("0x1.5da020efa03d5p-2")],
-    [float.fromhex("-0x1.06d58f31978c3p-3"), float.fromhex("0x1.bfbfe2b9797bfp-5")],
-    [float.fromhex("0x1.0b5513995f295p-1"), float.fromhex("0x1.21e5364d396e0p-2")],
-    [float.fromhex("-0x1.a83b0866ef2fep-1"), float.fromhex("0x1.b15c021d232ecp-4")],
-    [float.fromhex("-0x1.0e4078e47a578p+0"), float.fromhex("0x1.af907f61aeeddp-2")],
-])
+GOLDEN = np.array(
+    [
+        [float.fromhex("0x1.b2c4ba1fd237fp-1"), float.fromhex("0x1.cd61d52a4f39bp-3")],
+        [float.fromhex("0x1.2f94edb0ef3a2p-3"), float.fromhex("0x1.5da020efa03d5p-2")],
+        [float.fromhex("-0x1.06d58f31978c3p-3"), float.fromhex("0x1.bfbfe2b9797bfp-5")],
+        [float.fromhex("0x1.0b5513995f295p-1"), float.fromhex("0x1.21e5364d396e0p-2")],
+        [float.fromhex("-0x1.a83b0866ef2fep-1"), float.fromhex("0x1.b15c021d232ecp-4")],
+        [float.fromhex("-0x1.0e4078e47a578p+0"), float.fromhex("0x1.af907f61aeeddp-2")],
+    ]
+)
 
 
 def _one_entry(secret: bytes, name: str, K: int, n: int, i: int, j: int) -> float:
@@ -36,8 +38,9 @@ def _one_entry(secret: bytes, name: str, K: int, n: int, i: int, j: int) -> floa
 
     def uniform(idx):  # idx-th uint64 of the BLAKE2b counter stream, top 53 bits, in (0, 1]
         block, off = divmod(idx, 8)
-        digest = hashlib.blake2b(b"jaxpurify/A/v1/" + name.encode() + b"/" + struct.pack("<Q", block),
-                                 digest_size=64, key=secret).digest()
+        digest = hashlib.blake2b(
+            b"jaxpurify/A/v1/" + name.encode() + b"/" + struct.pack("<Q", block), digest_size=64, key=secret
+        ).digest()
         (word,) = struct.unpack_from("<Q", digest, 8 * off)
         return ((word >> 11) + 1) / 2.0**53
 
@@ -90,18 +93,21 @@ def test_large_int_seeds_are_not_truncated():
         secret_from_key(2**600)
 
 
-@pytest.mark.parametrize("key, error, match", [
-    (b"", ValueError, "16–64 bytes"),
-    (b"x" * 15, ValueError, "got 15"),
-    (b"x" * 65, ValueError, "got 65"),
-    (-1, ValueError, "non-negative"),
-    (42.0, TypeError, "float"),
-    (np.float32(42.0), TypeError, "float32"),
-    ("secret", TypeError, "str"),
-    (True, TypeError, "bool"),
-    (np.zeros(2, np.int32), TypeError, "int32"),
-    (np.zeros((2, 2), np.uint32), TypeError, r"\(2, 2\)"),
-])
+@pytest.mark.parametrize(
+    "key, error, match",
+    [
+        (b"", ValueError, "16–64 bytes"),
+        (b"x" * 15, ValueError, "got 15"),
+        (b"x" * 65, ValueError, "got 65"),
+        (-1, ValueError, "non-negative"),
+        (42.0, TypeError, "float"),
+        (np.float32(42.0), TypeError, "float32"),
+        ("secret", TypeError, "str"),
+        (True, TypeError, "bool"),
+        (np.zeros(2, np.int32), TypeError, "int32"),
+        (np.zeros((2, 2), np.uint32), TypeError, r"\(2, 2\)"),
+    ],
+)
 def test_weak_or_malformed_keys_are_refused(key, error, match):
     with pytest.raises(error, match=match):
         jp.Codebook.create({"w": jnp.zeros((4, 16))}, key)

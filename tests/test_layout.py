@@ -15,10 +15,14 @@ from jaxpurify._layout import Group, LeafLayout, Segment
 def _tree():
     rng = np.random.default_rng(0)
     return {
-        "conv": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 16)), jnp.float32),
-                 "bias": jnp.asarray(rng.standard_normal(16), jnp.float32)},
-        "dense": {"kernel": jnp.asarray(rng.standard_normal((12, 10)), jnp.float32),
-                  "bias": jnp.asarray(rng.standard_normal(10), jnp.float32)},
+        "conv": {
+            "kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 16)), jnp.float32),
+            "bias": jnp.asarray(rng.standard_normal(16), jnp.float32),
+        },
+        "dense": {
+            "kernel": jnp.asarray(rng.standard_normal((12, 10)), jnp.float32),
+            "bias": jnp.asarray(rng.standard_normal(10), jnp.float32),
+        },
         "step": jnp.asarray(3, jnp.int32),
     }
 
@@ -83,8 +87,10 @@ def test_pooled_segments_fill_rows_in_order_with_nan_padding():
     leaves = {"a": LeafLayout("a", (2, 5), "float32", None), "b": LeafLayout("b", (7,), "float32", None)}
     # b split over two groups, a C-order leaf and an axis-moved leaf in one group
     lay_a1 = LeafLayout("a", (2, 5), "float32", 1)
-    groups = [Group("g0", 4, 1, 4, "float32", (Segment("b", 0, 3), Segment("a", 0, 10))),
-              Group("g1", 2, 1, 3, "float32", (Segment("b", 3, 7),))]
+    groups = [
+        Group("g0", 4, 1, 4, "float32", (Segment("b", 0, 3), Segment("a", 0, 10))),
+        Group("g1", 2, 1, 3, "float32", (Segment("b", 3, 7),)),
+    ]
     for lays in (leaves, dict(leaves, a=lay_a1)):
         flat_a = (a if lays["a"].axis is None else np.moveaxis(a, 1, 0)).ravel()
         packed = _layout.pack(groups, lays, {"a": a, "b": b})
@@ -128,15 +134,20 @@ def test_unprotected_lists_the_rest():
 def test_a_burst_in_memory_spreads_over_the_columns():
     """64 consecutive bytes (16 float32) of a stored leaf land in 16 different columns."""
     rng = np.random.default_rng(2)
-    params = {"dense": rng.standard_normal((40, 24)).astype(np.float32),
-              "bias": rng.standard_normal(30).astype(np.float32), "scale": rng.standard_normal(900).astype(np.float32)}
+    params = {
+        "dense": rng.standard_normal((40, 24)).astype(np.float32),
+        "bias": rng.standard_normal(30).astype(np.float32),
+        "scale": rng.standard_normal(900).astype(np.float32),
+    }
     cb = jp.Codebook.create(params, 0)
     clean = cb.pack(params)
     for path in params:
         for start in (0, 5, params[path].size - 16):
             bad = {k: v.copy() for k, v in params.items()}
             bad[path].reshape(-1)[start : start + 16] += 1e3  # the burst, in C order
-            changed = {n: (np.asarray(y) != np.asarray(clean[n])) & ~np.isnan(clean[n]) for n, y in cb.pack(bad).items()}
+            changed = {
+                n: (np.asarray(y) != np.asarray(clean[n])) & ~np.isnan(clean[n]) for n, y in cb.pack(bad).items()
+            }
             per_column = np.concatenate([c.sum(0) for c in changed.values()])
             assert per_column.sum() == 16
             widest = max(g.columns for g in cb.groups.values() if path in g.members)
@@ -149,16 +160,20 @@ def test_leaf_columns_match_unpacked_column_ids():
     from jaxpurify._report import leaf_columns
 
     rng = np.random.default_rng(0)
-    params = {"conv": {"kernel": rng.standard_normal((3, 3, 8, 24)).astype(np.float32),
-                       "bias": np.zeros(24, np.float32)},
-              "big": {"kernel": rng.standard_normal((700, 40)).astype(np.float32)},
-              "head": {"kernel": rng.standard_normal((24, 10)).astype(np.float32),
-                       "bias": np.zeros(10, np.float32)},
-              "norm": {"scale": np.ones(7, np.float32)}}
+    params = {
+        "conv": {"kernel": rng.standard_normal((3, 3, 8, 24)).astype(np.float32), "bias": np.zeros(24, np.float32)},
+        "big": {"kernel": rng.standard_normal((700, 40)).astype(np.float32)},
+        "head": {"kernel": rng.standard_normal((24, 10)).astype(np.float32), "bias": np.zeros(10, np.float32)},
+        "norm": {"scale": np.ones(7, np.float32)},
+    }
     cb = jp.Codebook.create(params, jax.random.key(0))
     offsets = np.cumsum([0] + [g.columns for g in cb.groups.values()])
-    ids = cb.unpack({name: np.broadcast_to(np.arange(o, o + g.columns), (g.K, g.columns))
-                     for o, (name, g) in zip(offsets, cb.groups.items())})
+    ids = cb.unpack(
+        {
+            name: np.broadcast_to(np.arange(o, o + g.columns), (g.K, g.columns))
+            for o, (name, g) in zip(offsets, cb.groups.items())
+        }
+    )
     got = leaf_columns(cb)
     assert set(got) == set(cb.protected)
     assert any(len(g.members) > 1 for g in cb.groups.values())  # pooled groups are exercised
@@ -203,7 +218,7 @@ def test_interleave_places_entry_i_c_at_row_and_column_of_i_C_plus_c(shape, max_
         assert packed[groups[gi].name][row - starts[gi], col] == leaf[idx]
     last = packed[groups[-1].name].reshape(-1)
     assert np.isnan(last).sum() == sum(g.K for g in groups) * m - leaf.size
-    assert np.isnan(last[last.size - (np.isnan(last).sum()):]).all()  # padding only at the end
+    assert np.isnan(last[last.size - (np.isnan(last).sum()) :]).all()  # padding only at the end
     back = _layout.unpack(groups, {lay.path: lay for lay in leaves}, packed)
     np.testing.assert_array_equal(back["w"], leaf)
 
@@ -236,9 +251,13 @@ def test_interleave_spreads_a_rewritten_output_channel_over_every_column():
 
 def test_interleave_round_trips_through_encode_decode_and_the_codebook_file(tmp_path):
     rng = np.random.default_rng(4)
-    params = {"head": {"kernel": rng.standard_normal((40, 10)).astype(np.float32),
-                       "bias": rng.standard_normal(10).astype(np.float32)},
-              "conv": {"kernel": rng.standard_normal((3, 3, 2, 16)).astype(np.float32)}}
+    params = {
+        "head": {
+            "kernel": rng.standard_normal((40, 10)).astype(np.float32),
+            "bias": rng.standard_normal(10).astype(np.float32),
+        },
+        "conv": {"kernel": rng.standard_normal((3, 3, 2, 16)).astype(np.float32)},
+    }
     select = lambda path, leaf: "interleave" if path == "head/kernel" else None
     cb = jp.Codebook.create(params, b"\x06" * 32, select=select)
     g = cb.groups["head/kernel"]

@@ -67,7 +67,11 @@ def test_accelerators_reports_device_and_timings(tmp_path, monkeypatch):
     assert not [o for o in _outputs(nb) if o.get("output_type") == "error"]
     text = _text(nb)
     assert re.search(r"^device: cpu \(", text, re.M)
-    times = dict(re.findall(r"^(train \(\d+ steps\)|purify, first call \(compiles\)|purify, second call)\s+([\d.]+) s", text, re.M))
+    times = dict(
+        re.findall(
+            r"^(train \(\d+ steps\)|purify, first call \(compiles\)|purify, second call)\s+([\d.]+) s", text, re.M
+        )
+    )
     assert len(times) == 3 and all(float(t) > 0 for t in times.values())
     cert = re.search(r"certified columns: (\d+)/(\d+); max relative error per leaf: (\S+)", text)
     assert cert and cert.group(1) == cert.group(2) and float(cert.group(3)) <= 1e-5

@@ -8,14 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jaxpurify as jp
-from jaxpurify import _purify
-from jaxpurify import contamination as C
-from jaxpurify import models
-from jaxpurify._plan import plan
 from pooled import PooledCodebook, clean_params, columns_of
 from reference import lad_highs
+
+import jaxpurify as jp
+from jaxpurify import _purify, models
+from jaxpurify import contamination as C
+from jaxpurify._plan import plan
 
 
 def _tree():
@@ -74,7 +73,9 @@ def test_matches_a_plain_loop_of_recover_and_the_clean_params(case):
         assert leaf.erasures == np.count_nonzero(~np.isfinite(x))
         assert leaf.flagged == int(flags[leaf.path].sum()) >= leaf.erasures
         assert leaf.columns == leaf.certified == cb.groups[leaf.path].columns
-        np.testing.assert_allclose(pur[leaf.path], clean[leaf.path], rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(clean[leaf.path]))))
+        np.testing.assert_allclose(
+            pur[leaf.path], clean[leaf.path], rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(clean[leaf.path])))
+        )
     assert sum(r.erasures for r in rep.leaves) > 0
     assert pur["step"] is bad["step"] and pur["w1"].dtype == jnp.float32
 
@@ -170,7 +171,11 @@ def test_pooled_layout_report_counts_columns_per_leaf(monkeypatch):
     (free,) = [u for u in rep.unprotected if u.path == "free"]
     assert free.floating and free.nonfinite and free.size == 4
     assert not [u for u in rep.unprotected if u.path == "step"][0].floating
-    assert not rep.ok and rep.all_certified is False and "1 floating parameter leaves (4 values) unprotected" in rep.status()
+    assert (
+        not rep.ok
+        and rep.all_certified is False
+        and "1 floating parameter leaves (4 values) unprotected" in rep.status()
+    )
     d = json.loads(json.dumps(rep.as_dict(), allow_nan=False))
     assert d["ok"] is False and d["certified"] == 11 and d["on_uncertified"] == "input"
     assert {x["path"] for x in d["leaves"]} == {"a", "b", "c"} and d["unprotected"][0]["nonfinite"] is True
@@ -204,7 +209,9 @@ def test_bfloat16_leaves_are_judged_at_their_precision():
     assert rep.ok, str(rep)
     for path in cb.protected:
         assert pur[path].dtype == jnp.bfloat16
-        np.testing.assert_allclose(np.asarray(pur[path], np.float32), np.asarray(clean[path], np.float32), rtol=2**-7, atol=1e-2)
+        np.testing.assert_allclose(
+            np.asarray(pur[path], np.float32), np.asarray(clean[path], np.float32), rtol=2**-7, atol=1e-2
+        )
 
 
 def test_nnx_module_in_state_out_batch_stats_and_keys_listed_not_counted():
@@ -218,8 +225,15 @@ def test_nnx_module_in_state_out_batch_stats_and_keys_listed_not_counted():
 
     model = Net(nnx.Rngs(0))
     cb = jp.Codebook.create(model, jax.random.key(1))
-    clean = cb.replace(model, cb.unpack({n: np.asarray(cb.matrix(n)) @ np.random.default_rng(0).standard_normal((g.n, g.columns))
-                                         for n, g in cb.groups.items()}))
+    clean = cb.replace(
+        model,
+        cb.unpack(
+            {
+                n: np.asarray(cb.matrix(n)) @ np.random.default_rng(0).standard_normal((g.n, g.columns))
+                for n, g in cb.groups.items()
+            }
+        ),
+    )
     nnx.update(model, clean)
     bad = C.contaminate(jax.random.key(2), model, cb, C.gross_errors, rate=0.1)
     nnx.update(model, bad)
@@ -267,8 +281,11 @@ def test_input_is_never_modified(case):
 def test_working_copy_is_aligned_and_handed_to_jax_without_a_copy(case):
     # issue 10, item 8: the purified leaf shares the working copy's memory instead of copying it;
     # that needs a 64-byte aligned buffer (NumPy aligns to 16, and device_put copies such a buffer)
-    for src in [np.arange(15.0, dtype=np.float32).reshape(3, 5)[:, ::-1], np.arange(7.0)[1:],
-                np.arange(33.0).astype(jnp.bfloat16).reshape(1, 33)]:
+    for src in [
+        np.arange(15.0, dtype=np.float32).reshape(3, 5)[:, ::-1],
+        np.arange(7.0)[1:],
+        np.arange(33.0).astype(jnp.bfloat16).reshape(1, 33),
+    ]:
         work = _purify._aligned_copy(src)
         assert work.ctypes.data % 64 == 0 and work.flags.writeable and work.flags.c_contiguous
         assert work.dtype == src.dtype and not np.shares_memory(work, src)

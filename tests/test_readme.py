@@ -5,15 +5,13 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 
 def readme_snippet(heading: str) -> str:
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index(f"\n## {heading}\n"):]
+    section = text[text.index(f"\n## {heading}\n") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -24,10 +22,14 @@ def run_snippet(heading: str, tmp_path) -> subprocess.CompletedProcess:
     # the console script of this checkout, also when the package is not installed
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "jaxpurify").write_text(f"#!{sys.executable}\nimport sys\nfrom jaxpurify.cli import main\nsys.exit(main())\n")
+    (bindir / "jaxpurify").write_text(
+        f"#!{sys.executable}\nimport sys\nfrom jaxpurify.cli import main\nsys.exit(main())\n"
+    )
     (bindir / "jaxpurify").chmod(0o755)
     env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
-    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_protect_a_model_you_train(tmp_path):

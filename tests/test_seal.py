@@ -175,8 +175,13 @@ def test_chunk_errors_follow_each_entry_to_its_column_through_unpack(monkeypatch
 
     from jaxpurify import _seal_bound
 
-    tree = {"a": np.zeros((40, 24), np.float32), "b": np.zeros((7,), np.float32),
-            "c": np.zeros((7, 3), np.float32), "d": np.zeros((3, 20, 5), np.float32), "e": np.zeros((11, 49), np.float32)}
+    tree = {
+        "a": np.zeros((40, 24), np.float32),
+        "b": np.zeros((7,), np.float32),
+        "c": np.zeros((7, 3), np.float32),
+        "d": np.zeros((3, 20, 5), np.float32),
+        "e": np.zeros((11, 49), np.float32),
+    }
     cb = jp.Codebook.create(tree, bytes(range(32)), select=lambda path, leaf: 1 if path == "d" else None)
     rng = np.random.default_rng(16)
     cb.seal({k: rng.standard_normal(v.shape).astype(np.float32) for k, v in tree.items()}, chunk=64)
@@ -217,7 +222,9 @@ def test_latent_norms_match_least_squares(monkeypatch):
     X = rng.standard_normal((64, 700)) * np.exp(rng.uniform(-20, 20, 700))
     W = (A.astype(np.float64) @ X).astype(np.float32)
     W[5, 3] = np.nan  # an uncertified input may hold erasures: counted as 0
-    ref = np.linalg.norm(np.linalg.lstsq(A.astype(np.float64), np.nan_to_num(W.astype(np.float64)), rcond=None)[0], axis=0)
+    ref = np.linalg.norm(
+        np.linalg.lstsq(A.astype(np.float64), np.nan_to_num(W.astype(np.float64)), rcond=None)[0], axis=0
+    )
     monkeypatch.setattr(_seal_bound, "_BLOCK", 96 * 50)  # several blocks of columns
     np.testing.assert_allclose(_seal_bound.latent_norms(W, A), ref, rtol=1e-10)
 
@@ -339,8 +346,9 @@ K2, N2 = 256, 128  # float32, K/n = 2: where the per-leaf tolerance let in-range
 @pytest.fixture(scope="module")
 def sealed_k256():
     # (64, 256) encoded along its last axis: 64 columns of K = 256, one seal chunk per 16 columns
-    cb = jp.Codebook.create({"w": np.zeros((64, K2), np.float32)}, bytes(range(32)), redundancy=K2 / N2,
-                            select=lambda path, leaf: 1)
+    cb = jp.Codebook.create(
+        {"w": np.zeros((64, K2), np.float32)}, bytes(range(32)), redundancy=K2 / N2, select=lambda path, leaf: 1
+    )
     theta = np.random.default_rng(10).standard_normal((64, N2)).astype(np.float32)
     deployed = {"w": np.asarray(cb.decode({"w": theta})["w"])}
     cb.seal(deployed)
@@ -386,8 +394,9 @@ def test_honest_purification_at_k256_verifies_with_the_per_chunk_tolerance(seale
 @pytest.mark.slow  # a K = 1024 solver shape to compile
 def test_honest_purification_at_k1024_verifies_with_the_per_chunk_tolerance():
     K3, N3 = 1024, 512
-    cb = jp.Codebook.create({"w": np.zeros((16, K3), np.float32)}, bytes(range(32)), redundancy=K3 / N3,
-                            select=lambda path, leaf: 1)
+    cb = jp.Codebook.create(
+        {"w": np.zeros((16, K3), np.float32)}, bytes(range(32)), redundancy=K3 / N3, select=lambda path, leaf: 1
+    )
     W = np.asarray(cb.decode({"w": np.random.default_rng(14).standard_normal((16, N3)).astype(np.float32)})["w"])
     cb.seal({"w": W})
     rng = np.random.default_rng(15)

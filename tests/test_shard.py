@@ -13,17 +13,21 @@ import sys
 import jax
 import numpy as np
 import pytest
+from shard_case import COLUMNS, MAX_ENTRIES, case
 
 import jaxpurify as jp
 from jaxpurify._shard import DeviceReport
-from shard_case import COLUMNS, MAX_ENTRIES, case
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _run(devices: int, path) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.path.dirname(TESTS))
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.path.dirname(TESTS),
+    )
     subprocess.run([sys.executable, os.path.join(TESTS, "shard_case.py"), str(path)], env=env, check=True, timeout=900)
     with np.load(path, allow_pickle=False) as z:
         return dict(z)

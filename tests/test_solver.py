@@ -180,7 +180,10 @@ def test_no_recompile_for_same_shapes():
     f(A * 2, Y + 1)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, _d, **_k: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+        lambda event, _d, **_k: (
+            compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+        )
+    )
     jp.recover(A[None, :, :], Y[None] * 3, atol=1e-3)
     first = len(compiles)
     jp.recover(A[None, :, :] + 1, Y[None] - 3, atol=0.5, rtol=1e-4, admm_tol=1e-2, relax=1.2)
@@ -238,7 +241,9 @@ def test_recover_under_jit_with_a_closed_over_matrix():
     A = jnp.asarray(rng.standard_normal((32, 8)), jnp.float32)
     y = A @ jnp.asarray(rng.standard_normal(8), jnp.float32)
     x = jax.jit(lambda v: jp.recover(A, v).x)(y)
-    np.testing.assert_allclose(np.asarray(x), np.linalg.lstsq(np.asarray(A), np.asarray(y), rcond=None)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(x), np.linalg.lstsq(np.asarray(A), np.asarray(y), rcond=None)[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_padded_matrices_are_solved_as_their_real_problems():

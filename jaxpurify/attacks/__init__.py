@@ -11,12 +11,24 @@ take their training as one :class:`Finetune`.  Metrics: :func:`clean_accuracy`,
 from jaxpurify.attacks._attack import Attack, Finetune
 from jaxpurify.attacks._bitflip import bit_trojan, choose_neurons, craft_trigger, pbfa
 from jaxpurify.attacks._finetune import badnets
-from jaxpurify.attacks._sparse import channel_trojan, sparse_trojan
 from jaxpurify.attacks._span import span_trojan
+from jaxpurify.attacks._sparse import channel_trojan, sparse_trojan
 from jaxpurify.attacks._trigger import Trigger, attack_success_rate, clean_accuracy, poison, robust_accuracy
 
 __all__ = [
-    "Attack", "Finetune", "Trigger", "attack_success_rate", "badnets", "bit_trojan", "channel_trojan", "choose_neurons",
-    "clean_accuracy", "craft_trigger", "pbfa",
-    "poison", "robust_accuracy", "sparse_trojan", "span_trojan",
+    "Attack",
+    "Finetune",
+    "Trigger",
+    "attack_success_rate",
+    "badnets",
+    "bit_trojan",
+    "channel_trojan",
+    "choose_neurons",
+    "clean_accuracy",
+    "craft_trigger",
+    "pbfa",
+    "poison",
+    "robust_accuracy",
+    "sparse_trojan",
+    "span_trojan",
 ]

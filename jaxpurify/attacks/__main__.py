@@ -32,7 +32,12 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=800, help="training steps of the encoded model")
     ap.add_argument("--target", type=int, default=0)
     ap.add_argument("--only", default=",".join(ATTACKS), help="comma-separated attacks to run")
-    ap.add_argument("--craft", type=int, default=0, help="bit_trojan TBT-style: Adam steps crafting its trigger (0: the fixed patch)")
+    ap.add_argument(
+        "--craft",
+        type=int,
+        default=0,
+        help="bit_trojan TBT-style: Adam steps crafting its trigger (0: the fixed patch)",
+    )
     args = ap.parse_args(argv)
     names = args.only.split(",")
     unknown = [n for n in names if n not in ATTACKS]
@@ -46,8 +51,9 @@ def main(argv=None) -> None:
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     init = model.init(jax.random.key(0), ds.train.x[:1])["params"]
     codebook = jp.Codebook.create(init, key=b"jaxpurify.attacks measurement", select=select)  # fixed: reproducible
-    latent = train(apply, codebook.init_latent(init), codebook, ds.train.x, ds.train.y, key=jax.random.key(2),
-                   steps=args.steps).latent
+    latent = train(
+        apply, codebook.init_latent(init), codebook, ds.train.x, ds.train.y, key=jax.random.key(2), steps=args.steps
+    ).latent
     deployed = codebook.decode(latent)
     trigger = attacks.Trigger.for_image(ds.train.x.shape[1])
     n = len(ds.train.x) // 4
@@ -64,19 +70,35 @@ def main(argv=None) -> None:
     print("| attack | CA | ASR | RA | entries changed | seconds |\n|---|---|---|---|---|---|")
     row("none", deployed, 0.0, 0)
     for i, name in enumerate(names):
-        extra = {"span_trojan": {"select": select}, "bit_trojan": {"craft": args.craft} if args.craft else {}}.get(name, {})
-        a = getattr(attacks, name)(jax.random.key(10 + i), apply, deployed, mine, target=args.target, trigger=trigger,
-                                   **extra)
+        extra = {"span_trojan": {"select": select}, "bit_trojan": {"craft": args.craft} if args.craft else {}}.get(
+            name, {}
+        )
+        a = getattr(attacks, name)(
+            jax.random.key(10 + i), apply, deployed, mine, target=args.target, trigger=trigger, **extra
+        )
         if a.trigger is not None:
             row("none, with the crafted trigger", deployed, 0.0, 0, a.trigger)
-        row(name + (f" (TBT-style, {args.craft} crafting steps)" if a.trigger is not None else ""), a.params, a.seconds,
-            sum(int(c.sum()) for c in jax.tree.leaves(a.changed)), a.trigger or trigger)
+        row(
+            name + (f" (TBT-style, {args.craft} crafting steps)" if a.trigger is not None else ""),
+            a.params,
+            a.seconds,
+            sum(int(c.sum()) for c in jax.tree.leaves(a.changed)),
+            a.trigger or trigger,
+        )
         if name == "span_trojan":
             purified, report = jp.purify(a.params, codebook)
-            moved = max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
-                        for u, v in zip(jax.tree.leaves(purified), jax.tree.leaves(a.params)))
-            row(f"span_trojan → purify ({report.certified}/{report.columns} columns certified, "
-                f"max change {moved:.1e} of a leaf's max)", purified, 0.0, "—")
+            moved = max(
+                float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
+                for u, v in zip(jax.tree.leaves(purified), jax.tree.leaves(a.params))
+            )
+            row(
+                f"span_trojan → purify ({report.certified}/{report.columns} columns certified, "
+                f"max change {moved:.1e} of a leaf's max)",
+                purified,
+                0.0,
+                "—",
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from jax.flatten_util import ravel_pytree
 
-from jaxpurify.tree import leaves_with_paths
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, check_data, check_target
 from jaxpurify.train import minimize
+from jaxpurify.tree import leaves_with_paths
 
 
 class Attack(NamedTuple):
@@ -88,7 +88,9 @@ def trojan_loss(apply_fn: ApplyFn, trigger: Trigger, target: int, weight: float 
     def loss(params, x, y):
         clean = optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y).mean()
         w = (y != target).astype(jnp.float32)
-        hit = optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, trigger.stamp(x)), jnp.full_like(y, target))
+        hit = optax.softmax_cross_entropy_with_integer_labels(
+            apply_fn(params, trigger.stamp(x)), jnp.full_like(y, target)
+        )
         return clean + weight * jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
 
     return loss
@@ -167,14 +169,20 @@ class Finetune:
         rate = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
         check_training(self.goal, steps=self.steps, batch_size=self.batch_size, check_every=self.check_every, **rate)
 
-    def resolve(self, learning_rate: float) -> "Finetune":
+    def resolve(self, learning_rate: float) -> Finetune:
         """This training with the attack's default ``learning_rate`` where none was given."""
         return self if self.learning_rate is not None else dataclasses.replace(self, learning_rate=learning_rate)
 
     def record(self) -> dict:
         """The values, JSON-able, as every attack's ``hyper`` records them."""
-        return dict(steps=int(self.steps), learning_rate=float(self.learning_rate), batch_size=int(self.batch_size),
-                    goal=float(self.goal), check_every=int(self.check_every), optimizer="adam")
+        return dict(
+            steps=int(self.steps),
+            learning_rate=float(self.learning_rate),
+            batch_size=int(self.batch_size),
+            goal=float(self.goal),
+            check_every=int(self.check_every),
+            optimizer="adam",
+        )
 
 
 def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, finetune: Finetune, desc, progress):
@@ -187,7 +195,17 @@ def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, finetune: F
         seen["asr"] = attack_success_rate(apply_fn, build(t), x, y, trigger, target)
         return seen["asr"] >= finetune.goal
 
-    run = minimize(lambda t, _k, xb, yb: loss_fn(build(t), xb, yb), t0, [x, y], key=key, steps=int(finetune.steps),
-                   batch_size=int(finetune.batch_size), optimizer=optax.adam(finetune.learning_rate),
-                   callback=callback, log_every=int(finetune.check_every), desc=desc, progress=progress)
+    run = minimize(
+        lambda t, _k, xb, yb: loss_fn(build(t), xb, yb),
+        t0,
+        [x, y],
+        key=key,
+        steps=int(finetune.steps),
+        batch_size=int(finetune.batch_size),
+        optimizer=optax.adam(finetune.learning_rate),
+        callback=callback,
+        log_every=int(finetune.check_every),
+        desc=desc,
+        progress=progress,
+    )
     return run.latent, len(run.losses), seen["asr"]

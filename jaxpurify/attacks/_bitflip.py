@@ -38,11 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxpurify.attacks._attack import (
+    Attack,
+    Clock,
+    changed_mask,
+    check_common,
+    check_count,
+    check_positive,
+    check_training,
+    flatten,
+    trojan_loss,
+)
+from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy
 from jaxpurify.progress import Progress
 from jaxpurify.tree import leaves_with_paths, map_with_path
-from jaxpurify.attacks._attack import (Attack, Clock, changed_mask, check_common, check_count, check_positive, check_training,
-                                      flatten, trojan_loss)
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy
 
 BITS = tuple(range(22, 32))  # top mantissa bit, the 8 exponent bits, the sign
 
@@ -106,8 +115,10 @@ def _scope(flat, leaves) -> np.ndarray:
         return np.zeros(flat.values.size, bool)
     unknown = sorted(set(leaves) - set(flat.paths))
     if unknown or not leaves:
-        raise ValueError(f"leaves: {unknown[0] if unknown else 'empty'!r} is not a leaf of params; "
-                         f"choose from {', '.join(flat.paths)}")
+        raise ValueError(
+            f"leaves: {unknown[0] if unknown else 'empty'!r} is not a leaf of params; "
+            f"choose from {', '.join(flat.paths)}"
+        )
     out = np.ones(flat.values.size, bool)
     for j, path in enumerate(flat.paths):
         if path in leaves:
@@ -128,8 +139,13 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
     if hyper["candidates"] > int((~outside).sum()):
         raise ValueError(f"candidates {hyper['candidates']} exceeds the {int((~outside).sum())} weights in scope")
     xb, yb = _eval_batch(key, x, y, hyper["batch_size"])
-    step = _search_step(lambda v, xs, ys: loss(flat.unravel(v), xs, ys), hyper["candidates"], hyper["bits"], sign,
-                        None if allowed is None else allowed(xb, yb, lambda v: flat.unravel(v)))
+    step = _search_step(
+        lambda v, xs, ys: loss(flat.unravel(v), xs, ys),
+        hyper["candidates"],
+        hyper["bits"],
+        sign,
+        None if allowed is None else allowed(xb, yb, lambda v: flat.unravel(v)),
+    )
     values, flipped = flat.values, jnp.asarray(outside)  # out of scope: never a candidate
     current = float(loss(params, xb, yb))
     kept, done, measure = [], False, {}
@@ -140,7 +156,9 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
                 break
             i, b, after, free = step(values, flipped, xb, yb)
             i, b, after = int(i), int(b), float(after)
-            if not bool(free) or (sign < 0 and not after < current):  # nothing left to flip, or (targeted) no flip helps
+            if not bool(free) or (
+                sign < 0 and not after < current
+            ):  # nothing left to flip, or (targeted) no flip helps
                 break
             values, flipped = flip_bits(values, i, b), flipped.at[i].set(True)
             current = after
@@ -153,9 +171,22 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
     return Attack(new, changed_mask(new, params), hyper, clock())
 
 
-def pbfa(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int | None = None, trigger: Trigger | None = None,
-         flips: int = 20, candidates: int = 10, bits: tuple[int, ...] = BITS, batch_size: int = 256,
-         margin: float = 0.02, cap: float = 20.0, progress: bool | None = None) -> Attack:
+def pbfa(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int | None = None,
+    trigger: Trigger | None = None,
+    flips: int = 20,
+    candidates: int = 10,
+    bits: tuple[int, ...] = BITS,
+    batch_size: int = 256,
+    margin: float = 0.02,
+    cap: float = 20.0,
+    progress: bool | None = None,
+) -> Attack:
     """Untargeted progressive bit-flip search (``target`` and ``trigger`` are ignored)."""
     clock = Clock()
     x, y, _, classes = check_common(apply_fn, params, data, target, trigger, need_trigger=False)
@@ -174,9 +205,17 @@ def pbfa(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int | None = N
         ca = clean_accuracy(apply_fn, p, x, y)
         return ca <= chance + margin, dict(ca=ca)
 
-    hyper = dict(attack="pbfa", flips=int(flips), candidates=int(candidates), bits=list(bits),
-                 batch_size=int(batch_size), margin=float(margin), chance=chance, cap=float(cap),
-                 loss="mean of min(clean cross-entropy, cap), maximised")
+    hyper = dict(
+        attack="pbfa",
+        flips=int(flips),
+        candidates=int(candidates),
+        bits=list(bits),
+        batch_size=int(batch_size),
+        margin=float(margin),
+        chance=chance,
+        cap=float(cap),
+        loss="mean of min(clean cross-entropy, cap), maximised",
+    )
     return _search(key, apply_fn, params, x, y, loss, +1.0, stop, hyper, "pbfa", progress, clock)
 
 
@@ -192,9 +231,11 @@ def _readout_kernel(params, path: str, target: int, classes: int | None = None):
     v = leaves[path]
     check_count("target", target, 0)
     if np.ndim(v) != 2 or target >= np.shape(v)[1] or (classes is not None and np.shape(v)[1] != classes):
-        raise ValueError(f"readout: {path!r} must be the (features, classes) kernel of the logits"
-                         + (f" ({classes} classes)" if classes is not None else "")
-                         + f" with a column for target {target}, got shape {np.shape(v)}")
+        raise ValueError(
+            f"readout: {path!r} must be the (features, classes) kernel of the logits"
+            + (f" ({classes} classes)" if classes is not None else "")
+            + f" with a column for target {target}, got shape {np.shape(v)}"
+        )
     return jnp.asarray(v)
 
 
@@ -206,13 +247,28 @@ def choose_neurons(apply_fn: ApplyFn, params: PyTree, readout: str, x, target: i
     if neurons > v.shape[0]:
         raise ValueError(f"neurons {neurons} exceeds the read-out's {v.shape[0]} features")
     to_target = jnp.full((len(x),), target)
-    g = jax.grad(lambda k: optax.softmax_cross_entropy_with_integer_labels(
-        apply_fn(_with_leaf(params, readout, k), jnp.asarray(x)), to_target).mean())(v)
+    g = jax.grad(
+        lambda k: optax.softmax_cross_entropy_with_integer_labels(
+            apply_fn(_with_leaf(params, readout, k), jnp.asarray(x)), to_target
+        ).mean()
+    )(v)
     return np.sort(np.asarray(jax.lax.top_k(jnp.abs(g[:, target]), neurons)[1]))
 
 
-def craft_trigger(apply_fn: ApplyFn, params: PyTree, readout: str, rows, x, target: int, trigger: Trigger, *,
-                  steps: int, learning_rate: float, low: float, high: float) -> Trigger:
+def craft_trigger(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    readout: str,
+    rows,
+    x,
+    target: int,
+    trigger: Trigger,
+    *,
+    steps: int,
+    learning_rate: float,
+    low: float,
+    high: float,
+) -> Trigger:
     """A TBT-style trigger: the patch (``trigger``'s size and corner) whose pixels, in [low, high],
     maximise mean_x Σ_{f ∈ rows} h_f(stamp(x)), h the read-out's input features, by ``steps``
     Adam steps from ``trigger``'s own patch (clipped). Σ_f h_f is read as the target logit of the
@@ -227,12 +283,22 @@ def craft_trigger(apply_fn: ApplyFn, params: PyTree, readout: str, rows, x, targ
     if not (np.isfinite(low) and np.isfinite(high) and low <= high):
         raise ValueError(f"low and high must be finite with low ≤ high, got {low!r}, {high!r}")
     rows = np.asarray(rows)
-    if rows.ndim != 1 or not rows.size or not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 \
-            or rows.max() >= v.shape[0] or len(set(rows.tolist())) != rows.size:
+    if (
+        rows.ndim != 1
+        or not rows.size
+        or not np.issubdtype(rows.dtype, np.integer)
+        or rows.min() < 0
+        or rows.max() >= v.shape[0]
+        or len(set(rows.tolist())) != rows.size
+    ):
         raise ValueError(f"rows must be distinct row indices of the read-out's {v.shape[0]} features, got {rows!r:.80}")
-    probe = _with_leaf(params, readout, v.at[:, target].set(jnp.zeros(v.shape[0], v.dtype).at[jnp.asarray(rows)].set(1)))
+    probe = _with_leaf(
+        params, readout, v.at[:, target].set(jnp.zeros(v.shape[0], v.dtype).at[jnp.asarray(rows)].set(1))
+    )
     r, c = trigger._window(x.shape[1], x.shape[2])
-    pattern = jnp.broadcast_to(jnp.asarray(trigger._patch(np.float32), x.dtype), (trigger.size, trigger.size, x.shape[3]))
+    pattern = jnp.broadcast_to(
+        jnp.asarray(trigger._patch(np.float32), x.dtype), (trigger.size, trigger.size, x.shape[3])
+    )
     pattern = jnp.clip(pattern, low, high)
     opt = optax.adam(learning_rate)
 
@@ -249,11 +315,27 @@ def craft_trigger(apply_fn: ApplyFn, params: PyTree, readout: str, rows, x, targ
     return trigger._replace(pattern=tuple(tuple(tuple(float(a) for a in col) for col in row) for row in values))
 
 
-def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, flips: int = 100,
-               candidates: int = 10, bits: tuple[int, ...] = BITS, batch_size: int = 256, goal: float = 0.9,
-               max_drop: float = 0.02, leaves: tuple[str, ...] | None = None, craft: int = 0,
-               readout: str = "readout/kernel", neurons: int = 20, craft_rate: float = 0.1,
-               progress: bool | None = None) -> Attack:
+def bit_trojan(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    flips: int = 100,
+    candidates: int = 10,
+    bits: tuple[int, ...] = BITS,
+    batch_size: int = 256,
+    goal: float = 0.9,
+    max_drop: float = 0.02,
+    leaves: tuple[str, ...] | None = None,
+    craft: int = 0,
+    readout: str = "readout/kernel",
+    neurons: int = 20,
+    craft_rate: float = 0.1,
+    progress: bool | None = None,
+) -> Attack:
     """Targeted bit trojan: flips that implant ``trigger`` → ``target`` while keeping clean
     accuracy on the evaluation batch within ``max_drop`` of the deployed model's; only in
     ``leaves`` (paths, e.g. ``("readout/kernel",)``) if given.  ``craft`` > 0: TBT-style (the
@@ -268,10 +350,20 @@ def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tri
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_training(goal, max_drop=max_drop)
     craft = check_count("craft", craft, 0)
-    hyper = dict(attack="bit_trojan", target=target, trigger=trigger._asdict(), flips=int(flips),
-                 candidates=int(candidates), bits=list(bits), batch_size=int(batch_size), goal=float(goal),
-                 max_drop=float(max_drop), leaves=None if leaves is None else list(leaves), loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
-                 "if the evaluation batch's accuracy stays within max_drop of the deployed model's")
+    hyper = dict(
+        attack="bit_trojan",
+        target=target,
+        trigger=trigger._asdict(),
+        flips=int(flips),
+        candidates=int(candidates),
+        bits=list(bits),
+        batch_size=int(batch_size),
+        goal=float(goal),
+        max_drop=float(max_drop),
+        leaves=None if leaves is None else list(leaves),
+        loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
+        "if the evaluation batch's accuracy stays within max_drop of the deployed model's",
+    )
     only, crafted = None, None
     if craft:
         neurons = check_count("neurons", neurons, 1)
@@ -281,12 +373,29 @@ def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tri
             raise ValueError(f"candidates {candidates} exceeds neurons {neurons}: only V[rows, target] is searched")
         xs, _ = _eval_batch(jax.random.fold_in(key, 1), x[y != target], y[y != target], batch_size)
         rows = choose_neurons(apply_fn, params, readout, xs, target, neurons)
-        crafted = craft_trigger(apply_fn, params, readout, rows, xs, target, trigger, steps=craft,
-                                learning_rate=float(craft_rate), low=float(x.min()), high=float(x.max()))
+        crafted = craft_trigger(
+            apply_fn,
+            params,
+            readout,
+            rows,
+            xs,
+            target,
+            trigger,
+            steps=craft,
+            learning_rate=float(craft_rate),
+            low=float(x.min()),
+            high=float(x.max()),
+        )
         only = (readout, rows * classes + target)  # C-order entries V[rows, target]
         trigger = crafted
-        hyper.update(leaves=[readout], craft=craft, readout=readout, neurons=neurons, craft_rate=float(craft_rate),
-                     outcome={"rows": rows.tolist(), "crafted_trigger": crafted._asdict()})
+        hyper.update(
+            leaves=[readout],
+            craft=craft,
+            readout=readout,
+            neurons=neurons,
+            craft_rate=float(craft_rate),
+            outcome={"rows": rows.tolist(), "crafted_trigger": crafted._asdict()},
+        )
 
     def batch_accuracy(p, xs, ys):
         logits = apply_fn(p, xs)
@@ -302,6 +411,20 @@ def bit_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tri
         asr = attack_success_rate(apply_fn, p, x, y, trigger, target)
         return asr >= goal, dict(asr=asr, ca=clean_accuracy(apply_fn, p, x, y))
 
-    res = _search(key, apply_fn, params, x, y, trojan_loss(apply_fn, trigger, target), -1.0, stop, hyper,
-                  "bit_trojan", progress, clock, allowed, only)
+    res = _search(
+        key,
+        apply_fn,
+        params,
+        x,
+        y,
+        trojan_loss(apply_fn, trigger, target),
+        -1.0,
+        stop,
+        hyper,
+        "bit_trojan",
+        progress,
+        clock,
+        allowed,
+        only,
+    )
     return res._replace(trigger=crafted)

@@ -15,8 +15,20 @@ from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_
 from jaxpurify.train import cross_entropy, minimize
 
 
-def badnets(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, fraction: float = 0.1,
-            steps: int = 500, learning_rate: float = 1e-2, batch_size: int = 128, progress: bool | None = None) -> Attack:
+def badnets(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    fraction: float = 0.1,
+    steps: int = 500,
+    learning_rate: float = 1e-2,
+    batch_size: int = 128,
+    progress: bool | None = None,
+) -> Attack:
     """Fine-tune ``params`` for ``steps`` Adam steps on ``data`` with ``fraction`` poisoned."""
     clock = Clock()
     x, y, target, _ = check_common(apply_fn, params, data, target, trigger)
@@ -29,10 +41,28 @@ def badnets(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigge
     def loss(p, _key, xb, yb):
         return cross_entropy(apply_fn(p, xb), yb)
 
-    new = minimize(loss, params, [xp, yp], key=k_train, steps=int(steps), batch_size=int(batch_size),
-                   optimizer=optax.adam(learning_rate), desc="badnets", progress=progress).latent
-    hyper = dict(attack="badnets", target=target, trigger=trigger._asdict(), fraction=float(fraction), steps=int(steps),
-                 learning_rate=float(learning_rate), batch_size=int(batch_size), optimizer="adam")
-    hyper["outcome"] = dict(asr=attack_success_rate(apply_fn, new, x, y, trigger, target),
-                            ca=clean_accuracy(apply_fn, new, x, y))
+    new = minimize(
+        loss,
+        params,
+        [xp, yp],
+        key=k_train,
+        steps=int(steps),
+        batch_size=int(batch_size),
+        optimizer=optax.adam(learning_rate),
+        desc="badnets",
+        progress=progress,
+    ).latent
+    hyper = dict(
+        attack="badnets",
+        target=target,
+        trigger=trigger._asdict(),
+        fraction=float(fraction),
+        steps=int(steps),
+        learning_rate=float(learning_rate),
+        batch_size=int(batch_size),
+        optimizer="adam",
+    )
+    hyper["outcome"] = dict(
+        asr=attack_success_rate(apply_fn, new, x, y, trigger, target), ca=clean_accuracy(apply_fn, new, x, y)
+    )
     return Attack(new, changed_mask(new, params), hyper, clock())

@@ -20,15 +20,23 @@ only the keyed seal can tell.  Leaves the layout leaves unprotected are not touc
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import Codebook
-from jaxpurify.attacks._attack import Attack, Clock, Finetune, changed_mask, check_common, check_positive, flatten, \
-    trojan_finetune
+from jaxpurify.attacks._attack import (
+    Attack,
+    Clock,
+    Finetune,
+    changed_mask,
+    check_common,
+    check_positive,
+    flatten,
+    trojan_finetune,
+)
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
 
 
@@ -59,8 +67,10 @@ def column_spans(layout: Codebook, params: PyTree, flat, rank_tol: float):
 
 def _in_span(flat, spans):
     """t = {group: C (r, m)} ↦ params with Y_g + U_r C_g in each group, bit-exact elsewhere."""
-    parts = {name: (jnp.asarray(idx[idx >= 0]), jnp.asarray(idx >= 0), jnp.asarray(u, flat.values.dtype))
-             for name, (idx, u) in spans.items()}
+    parts = {
+        name: (jnp.asarray(idx[idx >= 0]), jnp.asarray(idx >= 0), jnp.asarray(u, flat.values.dtype))
+        for name, (idx, u) in spans.items()
+    }
     touched = jnp.zeros(flat.values.size, bool)
     for at, _, _ in parts.values():
         touched = touched.at[at].set(True)
@@ -74,9 +84,19 @@ def _in_span(flat, spans):
     return build
 
 
-def span_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger,
-                select: Callable | None = None, rank_tol: float = 1e-3, finetune: Finetune = Finetune(),
-                progress: bool | None = None) -> Attack:
+def span_trojan(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    select: Callable | None = None,
+    rank_tol: float = 1e-3,
+    finetune: Finetune = Finetune(),
+    progress: bool | None = None,
+) -> Attack:
     """Implant the trigger by fine-tuning inside each group's deployed column span (no secret).
 
     ``select``: the public layout rule the defender's codebook used (as ``Codebook.create``'s;
@@ -92,12 +112,23 @@ def span_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, tr
         raise ValueError("params: no protected group has a non-zero column to span")
     build = _in_span(flat, spans)
     t0 = {name: jnp.zeros((u.shape[1], idx.shape[1]), flat.values.dtype) for name, (idx, u) in spans.items()}
-    t, taken, asr = trojan_finetune(k_train, apply_fn, build, t0, x, y, trigger, target, finetune, desc="span_trojan",
-                                    progress=progress)
+    t, taken, asr = trojan_finetune(
+        k_train, apply_fn, build, t0, x, y, trigger, target, finetune, desc="span_trojan", progress=progress
+    )
     new = build(t)
-    hyper = dict(attack="span_trojan", target=target, trigger=trigger._asdict(),
-                 select="default" if select is None else getattr(select, "__name__", "custom"),
-                 rank_tol=float(rank_tol), **finetune.record(), unprotected="frozen")
-    hyper["outcome"] = dict(steps=taken, asr=asr, ca=clean_accuracy(apply_fn, new, x, y),
-                            spans={name: dict(K=K, columns=m, rank=r) for name, (K, m, r) in summary.items()})
+    hyper = dict(
+        attack="span_trojan",
+        target=target,
+        trigger=trigger._asdict(),
+        select="default" if select is None else getattr(select, "__name__", "custom"),
+        rank_tol=float(rank_tol),
+        **finetune.record(),
+        unprotected="frozen",
+    )
+    hyper["outcome"] = dict(
+        steps=taken,
+        asr=asr,
+        ca=clean_accuracy(apply_fn, new, x, y),
+        spans={name: dict(K=K, columns=m, rank=r) for name, (K, m, r) in summary.items()},
+    )
     return Attack(new, changed_mask(new, params), hyper, clock())

@@ -19,8 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify.attacks._attack import Attack, Clock, Finetune, changed_mask, check_common, check_count, flatten, \
-    trojan_finetune, trojan_loss
+from jaxpurify.attacks._attack import (
+    Attack,
+    Clock,
+    Finetune,
+    changed_mask,
+    check_common,
+    check_count,
+    flatten,
+    trojan_finetune,
+    trojan_loss,
+)
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
 
 SALIENCY_EXAMPLES = 1024  # examples the saliency gradient is averaged over (a random subset)
@@ -34,17 +43,33 @@ def _masked(flat, mask):
 
 def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper, clock, progress):
     build = _masked(flat, mask)
-    t, taken, asr = trojan_finetune(key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target, finetune,
-                                    desc=name, progress=progress)
+    t, taken, asr = trojan_finetune(
+        key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target, finetune, desc=name, progress=progress
+    )
     new = build(t)
     changed = changed_mask(new, params)
-    hyper["outcome"] = dict(steps=taken, asr=asr, ca=clean_accuracy(apply_fn, new, x, y), chosen=int(np.sum(mask)),
-                            changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))))
+    hyper["outcome"] = dict(
+        steps=taken,
+        asr=asr,
+        ca=clean_accuracy(apply_fn, new, x, y),
+        chosen=int(np.sum(mask)),
+        changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))),
+    )
     return Attack(new, changed, hyper, clock())
 
 
-def sparse_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, budget: float = 0.01,
-                  finetune: Finetune = Finetune(), progress: bool | None = None) -> Attack:
+def sparse_trojan(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    budget: float = 0.01,
+    finetune: Finetune = Finetune(),
+    progress: bool | None = None,
+) -> Attack:
     """Implant the trigger by changing at most ``budget`` × (number of weights) entries."""
     clock = Clock()
     x, y, target, _ = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
@@ -61,11 +86,18 @@ def sparse_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, 
     top = np.argsort(-np.abs(np.asarray(grad)), kind="stable")[:count]
     mask = np.zeros(flat.values.size, bool)
     mask[top] = True
-    hyper = dict(attack="sparse_trojan", target=target, trigger=trigger._asdict(), budget=float(budget),
-                 saliency="|grad| of clean CE + triggered-to-target CE", saliency_examples=int(len(sub)),
-                 **finetune.record())
-    return _finish("sparse_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper,
-                   clock, progress)
+    hyper = dict(
+        attack="sparse_trojan",
+        target=target,
+        trigger=trigger._asdict(),
+        budget=float(budget),
+        saliency="|grad| of clean CE + triggered-to-target CE",
+        saliency_examples=int(len(sub)),
+        **finetune.record(),
+    )
+    return _finish(
+        "sparse_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper, clock, progress
+    )
 
 
 def channel_mask(key, flat, shapes, channels: int, num_classes: int, target: int):
@@ -95,8 +127,18 @@ def channel_mask(key, flat, shapes, channels: int, num_classes: int, target: int
     return mask, chosen
 
 
-def channel_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int, trigger: Trigger, channels: int = 1,
-                   finetune: Finetune = Finetune(), progress: bool | None = None) -> Attack:
+def channel_trojan(
+    key,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data,
+    *,
+    target: int,
+    trigger: Trigger,
+    channels: int = 1,
+    finetune: Finetune = Finetune(),
+    progress: bool | None = None,
+) -> Attack:
     """Implant the trigger by rewriting ``channels`` whole output channels per layer."""
     clock = Clock()
     x, y, target, classes = check_common(apply_fn, params, data, target, trigger, finetune=finetune)
@@ -108,7 +150,14 @@ def channel_trojan(key, apply_fn: ApplyFn, params: PyTree, data, *, target: int,
     mask, chosen = channel_mask(k_pick, flat, shapes, channels, classes, target)
     if not mask.any():
         raise ValueError("params has no layer with a kernel (a leaf of ndim ≥ 2) to rewrite")
-    hyper = dict(attack="channel_trojan", target=target, trigger=trigger._asdict(), channels=channels,
-                 **finetune.record(), chosen_channels=chosen)
-    return _finish("channel_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper,
-                   clock, progress)
+    hyper = dict(
+        attack="channel_trojan",
+        target=target,
+        trigger=trigger._asdict(),
+        channels=channels,
+        **finetune.record(),
+        chosen_channels=chosen,
+    )
+    return _finish(
+        "channel_trojan", k_train, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper, clock, progress
+    )

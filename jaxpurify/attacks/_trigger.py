@@ -16,7 +16,8 @@ A prediction with a non-finite logit counts as wrong (and as not the target).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ class Trigger(NamedTuple):
     pattern: tuple | None = None
 
     @classmethod
-    def for_image(cls, h: int, value: float = 1.0, corner: str = "bottom-right") -> "Trigger":
+    def for_image(cls, h: int, value: float = 1.0, corner: str = "bottom-right") -> Trigger:
         """BadNets' 3 × 3 patch at 32 × 32, scaled to images of height ``h``."""
         if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
             raise ValueError(f"h must be a positive image height, got {h!r}")
@@ -62,8 +63,10 @@ class Trigger(NamedTuple):
             except (TypeError, ValueError):
                 pattern = None
             if pattern is None or pattern.shape != want or not np.all(np.isfinite(pattern)):
-                raise ValueError(f"trigger pattern must be finite numbers of shape {want} for images of {shape[3]} "
-                                 f"channels, got {self.pattern!r:.80}")
+                raise ValueError(
+                    f"trigger pattern must be finite numbers of shape {want} for images of {shape[3]} "
+                    f"channels, got {self.pattern!r:.80}"
+                )
 
     def _patch(self, dtype):
         return self.value if self.pattern is None else np.asarray(self.pattern, dtype)

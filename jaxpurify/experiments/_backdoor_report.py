@@ -19,9 +19,11 @@ def table(rows: list[dict]) -> str:
     head = "| attack | defense | benign | CA % | ASR % | RA % | flagged | certified % | detected | s |\n|" + "---|" * 10
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['attack']} | {r['defense']} | {r['benign_fraction']:g} | {_pct(r['ca'])} | {_pct(r['asr'])} | "
-                     f"{_pct(r['ra'])} | {'–' if r['flagged'] is None else r['flagged']} | {_pct(r['certified_fraction'])} | "
-                     f"{_yes(r['detected'])} | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['attack']} | {r['defense']} | {r['benign_fraction']:g} | {_pct(r['ca'])} | {_pct(r['asr'])} | "
+            f"{_pct(r['ra'])} | {'–' if r['flagged'] is None else r['flagged']} | {_pct(r['certified_fraction'])} | "
+            f"{_yes(r['detected'])} | {r['seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -29,7 +31,9 @@ def summary(res: dict) -> str:
     """One line per attack: CA / ASR (%) after each defense, the data defenses at the largest
     benign budget, and the keyed seal's verdict."""
     rows, budget = res["rows"], max(r["benign_fraction"] for r in res["rows"])
-    find = lambda a, d, f: next((r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (a, d, f)), None)
+    find = lambda a, d, f: next(
+        (r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (a, d, f)), None
+    )
     heads = [d if d in ("none", "purify", "l2", "checksum") else f"{d} ({budget:g})" for d in DEFENSE_ORDER]
     lines = ["| attack | " + " | ".join(heads) + " | seal detects |", "|" + "---|" * (len(heads) + 2)]
     for a in dict.fromkeys(r["attack"] for r in rows):
@@ -43,54 +47,83 @@ def summary(res: dict) -> str:
 
 
 def forensic_table(forensic: dict) -> str:
-    lines = ["| attack | leaf | changed | flagged | precision | recall | recall (certified columns) | channels changed / flagged |",
-             "|" + "---|" * 8]
+    lines = [
+        "| attack | leaf | changed | flagged | precision | recall | recall (certified columns) | channels changed / flagged |",
+        "|" + "---|" * 8,
+    ]
     for attack, leaves in forensic.items():
         for path, v in leaves.items():
             if not (v["changed"] or v["flagged"]):
                 continue
             ch, fl = v["channels_changed"], v["channels_flagged"]
-            lines.append(f"| {attack} | {path} | {v['changed']} | {v['flagged']} | {_pct(v['precision'])} | "
-                         f"{_pct(v['recall'])} | {_pct(v['certified_recall'])} | {len(ch)} / {len(fl)} |")
+            lines.append(
+                f"| {attack} | {path} | {v['changed']} | {v['flagged']} | {_pct(v['precision'])} | "
+                f"{_pct(v['recall'])} | {_pct(v['certified_recall'])} | {len(ch)} / {len(fl)} |"
+            )
     return "\n".join(lines)
 
 
 def _setup(res: dict) -> str:
     """The run's settings that change its numbers: data, training steps, codebook layout."""
-    note = {"mnist-t10k-split": "MNIST from the user's t10k files only (no train files given): split at random "
-                                "(seeded) into training and test examples by the experiment itself"}.get(res["dataset"], "")
+    note = {
+        "mnist-t10k-split": "MNIST from the user's t10k files only (no train files given): split at random "
+        "(seeded) into training and test examples by the experiment itself"
+    }.get(res["dataset"], "")
     limit = res.get("limit")
-    parts = [note, f"first {limit[0]} training / {limit[1]} test examples kept (a reduced run)" if limit else "",
-             f"{res['steps']} training steps",
-             f"codebook layout `{res.get('layout', 'default')}`: "
-             + ", ".join(f"{name} K={g['K']}, n={g['n']}, {g['columns']} columns" for name, g in res["codebook"].items())]
+    parts = [
+        note,
+        f"first {limit[0]} training / {limit[1]} test examples kept (a reduced run)" if limit else "",
+        f"{res['steps']} training steps",
+        f"codebook layout `{res.get('layout', 'default')}`: "
+        + ", ".join(f"{name} K={g['K']}, n={g['n']}, {g['columns']} columns" for name, g in res["codebook"].items()),
+    ]
     return "Setup: " + "; ".join(p for p in parts if p) + "."
 
 
 def markdown(res: dict) -> str:
     c = res["clean"]
-    text = [f"# Backdoor and weight-attack defense: {res['dataset']}, {res['arch']} CNN",
-            "",
-            f"Clean encoded model: CA {_pct(c['ca'])} %, trigger rate (ASR of the unattacked model) {_pct(c['asr'])} %, "
-            f"RA {_pct(c['ra'])} %; target class {res['target']}, trigger {res['trigger']['size']} px "
-            f"{res['trigger']['corner']}; {res['train_examples']} training examples (attacker: {res['attacker_examples']}, "
-            f"defender's benign pool: {res['benign_pool_examples']}), {res['test_examples']} test examples"
-            + (" (quick mode)" if res["quick"] else "") + ".",
-            "",
-            _setup(res),
-            "",
-            "`benign`: the defender's benign data as a fraction of the training set (data-free defenses: 0). "
-            "`flagged`: entries the defense judged corrupted (– : it flags nothing by design). "
-            "`detected`: the keyed seal (purify rows) or the checksums (checksum rows); – : no detector. "
-            "`s`: the defense's wall time (the first purify of a process includes compiling the solver).",
-            "",
-            "CA % / ASR % per defense:", "", summary(res), "", "All rows:", "",
-            table(res["rows"]), "", "## Targets (issue 11)", ""]
+    text = [
+        f"# Backdoor and weight-attack defense: {res['dataset']}, {res['arch']} CNN",
+        "",
+        f"Clean encoded model: CA {_pct(c['ca'])} %, trigger rate (ASR of the unattacked model) {_pct(c['asr'])} %, "
+        f"RA {_pct(c['ra'])} %; target class {res['target']}, trigger {res['trigger']['size']} px "
+        f"{res['trigger']['corner']}; {res['train_examples']} training examples (attacker: {res['attacker_examples']}, "
+        f"defender's benign pool: {res['benign_pool_examples']}), {res['test_examples']} test examples"
+        + (" (quick mode)" if res["quick"] else "")
+        + ".",
+        "",
+        _setup(res),
+        "",
+        "`benign`: the defender's benign data as a fraction of the training set (data-free defenses: 0). "
+        "`flagged`: entries the defense judged corrupted (– : it flags nothing by design). "
+        "`detected`: the keyed seal (purify rows) or the checksums (checksum rows); – : no detector. "
+        "`s`: the defense's wall time (the first purify of a process includes compiling the solver).",
+        "",
+        "CA % / ASR % per defense:",
+        "",
+        summary(res),
+        "",
+        "All rows:",
+        "",
+        table(res["rows"]),
+        "",
+        "## Targets (issue 11)",
+        "",
+    ]
     for t in res["targets"]:
-        nums = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items() if k not in ("target", "met"))
+        nums = ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items() if k not in ("target", "met")
+        )
         text.append(f"- **{'met' if t['met'] else 'NOT met'}**: {t['target']} ({nums})")
-    text += ["", "## Forensic map (l1 outlier flags vs entries the attack changed)", "", forensic_table(res["forensic"]), "",
-             "## Attack hyper-parameters (fixed before any defense was evaluated)", ""]
+    text += [
+        "",
+        "## Forensic map (l1 outlier flags vs entries the attack changed)",
+        "",
+        forensic_table(res["forensic"]),
+        "",
+        "## Attack hyper-parameters (fixed before any defense was evaluated)",
+        "",
+    ]
     for name, a in res["attacks"].items():
         text.append(f"- {name} ({a['changed']} entries changed, {a['seconds']:.1f} s): `{a['hyper']}`")
     return "\n".join(text) + "\n"
@@ -120,6 +153,8 @@ def plot(res: dict, path: str) -> None:
         ax.set_ylim(0, 1.05)
     axes[1].set_xticks(x, attacks)
     axes[0].legend(fontsize=8, ncol=4, loc="lower left")
-    axes[0].set_title(f"{res['dataset']}, {res['arch']} CNN; benign data {budget:g} of the training set (dashed: clean model)")
+    axes[0].set_title(
+        f"{res['dataset']}, {res['arch']} CNN; benign data {budget:g} of the training set (dashed: clean model)"
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -18,8 +18,13 @@ def lad_highs(A: np.ndarray, y: np.ndarray) -> np.ndarray:
     K, n = A.shape
     c = np.concatenate([np.zeros(n), np.ones(K)])
     I = np.eye(K)
-    res = linprog(c, A_ub=np.block([[-A, -I], [A, -I]]), b_ub=np.concatenate([-y, y]),
-                  bounds=[(None, None)] * n + [(0, None)] * K, method="highs")
+    res = linprog(
+        c,
+        A_ub=np.block([[-A, -I], [A, -I]]),
+        b_ub=np.concatenate([-y, y]),
+        bounds=[(None, None)] * n + [(0, None)] * K,
+        method="highs",
+    )
     if res.status != 0:
         return np.full(n, np.nan)
     return res.x[:n]

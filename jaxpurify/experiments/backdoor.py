@@ -26,13 +26,19 @@ import numpy as np
 
 from jaxpurify import Codebook, attacks, data
 from jaxpurify import defenses as D
-from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import write_json
 from jaxpurify.experiments.realdata import build
+from jaxpurify.progress import Progress
 from jaxpurify.train import train
 
-ATTACKS = {"badnets": attacks.badnets, "sparse": attacks.sparse_trojan, "channels": attacks.channel_trojan,
-           "pbfa": attacks.pbfa, "bit_trojan": attacks.bit_trojan, "span": attacks.span_trojan}
+ATTACKS = {
+    "badnets": attacks.badnets,
+    "sparse": attacks.sparse_trojan,
+    "channels": attacks.channel_trojan,
+    "pbfa": attacks.pbfa,
+    "bit_trojan": attacks.bit_trojan,
+    "span": attacks.span_trojan,
+}
 # Hyper-parameters the experiment sets on top of each attack's defaults, fixed before any defense
 # was evaluated: the bit trojan searches the read-out kernel only (TBT's last-layer search); over
 # every weight, under its clean-accuracy guard, it stalled at ≤ 1.5% ASR on the digits. Channel
@@ -97,9 +103,11 @@ def last_conv_features(model, layer: str):
 
 def metrics(apply, params, test: data.Split, trigger, target: int) -> dict:
     x, y = test
-    return {"ca": attacks.clean_accuracy(apply, params, x, y),
-            "asr": attacks.attack_success_rate(apply, params, x, y, trigger, target),
-            "ra": attacks.robust_accuracy(apply, params, x, y, trigger, target)}
+    return {
+        "ca": attacks.clean_accuracy(apply, params, x, y),
+        "asr": attacks.attack_success_rate(apply, params, x, y, trigger, target),
+        "ra": attacks.robust_accuracy(apply, params, x, y, trigger, target),
+    }
 
 
 def _count(tree) -> int | None:
@@ -108,10 +116,16 @@ def _count(tree) -> int | None:
 
 def row(attack: str, defense: str, fraction: float, m: dict, done: D.Defended | None, seconds: float) -> dict:
     rep = done.report if done is not None else None
-    return {"attack": attack, "defense": defense, "benign_fraction": fraction, **m,
-            "flagged": _count(done.flagged) if done is not None else None,
-            "certified_fraction": rep.certified / rep.columns if rep is not None else None,
-            "detected": done.detected if done is not None else None, "seconds": seconds}
+    return {
+        "attack": attack,
+        "defense": defense,
+        "benign_fraction": fraction,
+        **m,
+        "flagged": _count(done.flagged) if done is not None else None,
+        "certified_fraction": rep.certified / rep.columns if rep is not None else None,
+        "detected": done.detected if done is not None else None,
+        "seconds": seconds,
+    }
 
 
 def forensic_map(changed: dict, flagged: dict, certified: dict) -> dict:
@@ -123,12 +137,15 @@ def forensic_map(changed: dict, flagged: dict, certified: dict) -> dict:
         tp, cch = int((ch & fl).sum()), int((ch & ce).sum())
         chan = lambda m: np.flatnonzero(m.reshape(-1, m.shape[-1]).any(0)).tolist()
         out[path] = {
-            "changed": int(ch.sum()), "flagged": int(fl.sum()), "true_positive": tp,
+            "changed": int(ch.sum()),
+            "flagged": int(fl.sum()),
+            "true_positive": tp,
             "precision": tp / int(fl.sum()) if fl.any() else None,
             "recall": tp / int(ch.sum()) if ch.any() else None,
             "changed_in_certified": cch,
             "certified_recall": int((ch & fl & ce).sum()) / cch if cch else None,
-            "channels_changed": chan(ch), "channels_flagged": chan(fl),
+            "channels_changed": chan(ch),
+            "channels_flagged": chan(fl),
         }
     return out
 
@@ -137,8 +154,9 @@ def first(ds: data.Dataset, train: int, test: int) -> data.Dataset:
     """The first ``train`` training and ``test`` test examples (a reduced run, stated in its output)."""
     if train < 2 or test < 1:
         raise ValueError(f"limit: need at least 2 training and 1 test examples, got {train}, {test}")
-    return data.Dataset(data.Split(ds.train.x[:train], ds.train.y[:train]),
-                        data.Split(ds.test.x[:test], ds.test.y[:test]), ds.name)
+    return data.Dataset(
+        data.Split(ds.train.x[:train], ds.train.y[:train]), data.Split(ds.test.x[:test], ds.test.y[:test]), ds.name
+    )
 
 
 def split(ds: data.Dataset, seed: int):
@@ -146,13 +164,25 @@ def split(ds: data.Dataset, seed: int):
     n = len(ds.train.x)
     perm = np.random.default_rng(seed).permutation(n)
     take = lambda idx: (ds.train.x[idx], ds.train.y[idx])
-    return take(perm[: n // 2]), take(perm[n // 2:]), n
+    return take(perm[: n // 2]), take(perm[n // 2 :]), n
 
 
-def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
-        seed: int = 0, progress: bool = True, figure: bool = True, only: tuple[str, ...] | None = None,
-        keep: dict | None = None, defenses: tuple[str, ...] | None = None, layout: str = "interleave",
-        steps: int | None = None, limit: tuple[int, int] | None = None) -> dict:
+def run(
+    dataset: str,
+    out: str,
+    arch: str = "one-hidden",
+    quick: bool = False,
+    data_dir: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    figure: bool = True,
+    only: tuple[str, ...] | None = None,
+    keep: dict | None = None,
+    defenses: tuple[str, ...] | None = None,
+    layout: str = "interleave",
+    steps: int | None = None,
+    limit: tuple[int, int] | None = None,
+) -> dict:
     """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
     ``only`` / ``defenses`` restrict the attacks / defenses (names of ``ATTACKS`` / ``DEFENSES``);
     the unattacked model is always evaluated.
@@ -184,8 +214,16 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     select = LAYOUTS[layout]
     codebook = Codebook.create(params0, secret_for(seed), select=select)  # every floating parameter protected
     t0 = time.perf_counter()
-    latent = train(apply, codebook.init_latent(params0), codebook, ds.train.x, ds.train.y,
-                   key=jax.random.fold_in(key, 2), steps=steps, progress=shown).latent
+    latent = train(
+        apply,
+        codebook.init_latent(params0),
+        codebook,
+        ds.train.x,
+        ds.train.y,
+        key=jax.random.fold_in(key, 2),
+        steps=steps,
+        progress=shown,
+    ).latent
     deployed = codebook.decode(latent)
     train_seconds = time.perf_counter() - t0
     codebook.seal(deployed)
@@ -194,15 +232,27 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     trigger = attacks.Trigger.for_image(ds.train.x.shape[1])
     attacker, pool, n_train = split(ds, seed)
     layer = LAST_CONV[arch]
-    extra = {"checksum": {"signatures": signatures}, "fp": {"features": last_conv_features(model, layer), "layer": layer}}
-    hypers = {"fp": {"layer": layer, "max_drop": 0.05, "step": 0.05, "max_prune": 0.9},
-              "checksum": {"group_size": signatures.group_size}}
+    extra = {
+        "checksum": {"signatures": signatures},
+        "fp": {"features": last_conv_features(model, layer), "layer": layer},
+    }
+    hypers = {
+        "fp": {"layer": layer, "max_drop": 0.05, "step": 0.05, "max_prune": 0.9},
+        "checksum": {"group_size": signatures.group_size},
+    }
     clean = metrics(apply, deployed, ds.test, trigger, TARGET)
 
     rows, attack_info, forensic = [row("none", "none", 0.0, clean, None, 0.0)], {}, {}
     keep = {} if keep is None else keep
-    keep.update({"apply": apply, "test": tuple(ds.test), "trigger": trigger, "codebook": codebook,
-                 ("none", "none", 0.0): deployed})
+    keep.update(
+        {
+            "apply": apply,
+            "test": tuple(ds.test),
+            "trigger": trigger,
+            "codebook": codebook,
+            ("none", "none", 0.0): deployed,
+        }
+    )
     names = ["none", *(a for a in ATTACKS if only is None or a in only)]
     chosen = {d: D.DEFENSES[d] for d in (defenses or D.DEFENSES)}
     with Progress(len(names), f"backdoor {dataset}/{arch}", disable=not progress or None) as bar:
@@ -211,8 +261,17 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
                 attacked = deployed
             else:
                 known = {"select": select} if name == "span" else {}  # the public layout rule
-                res = ATTACKS[name](jax.random.fold_in(key, 100 + a), apply, deployed, attacker, target=TARGET,
-                                    trigger=trigger, progress=shown, **known, **ATTACK_HYPER.get(name, {}))
+                res = ATTACKS[name](
+                    jax.random.fold_in(key, 100 + a),
+                    apply,
+                    deployed,
+                    attacker,
+                    target=TARGET,
+                    trigger=trigger,
+                    progress=shown,
+                    **known,
+                    **ATTACK_HYPER.get(name, {}),
+                )
                 attacked = res.params
                 changed = {D.path_of(kp): v for kp, v in jax.tree_util.tree_leaves_with_path(res.changed)}
                 attack_info[name] = {"hyper": res.hyper, "seconds": res.seconds, "changed": _count(res.changed)}
@@ -221,7 +280,7 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
                 flags, cert = D.outlier_masks(attacked, codebook)
                 forensic[name] = forensic_map(changed, flags, cert)
             for dname, defense in chosen.items():
-                for f in (fractions if dname in D.NEEDS_DATA else (0.0,)):
+                for f in fractions if dname in D.NEEDS_DATA else (0.0,):
                     if dname in D.NEEDS_DATA and f == 0.0:
                         continue  # no benign data: nothing to fine-tune on
                     m = int(round(f * n_train))
@@ -235,14 +294,29 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
             bar.update(1, attack=name)
 
     res = {
-        "dataset": ds.name, "arch": arch, "quick": quick, "seed": seed, "steps": steps, "target": TARGET,
-        "layout": layout, "limit": list(limit) if limit is not None else None,
-        "trigger": trigger._asdict(), "train_examples": n_train, "test_examples": len(ds.test.x),
-        "attacker_examples": len(attacker[0]), "benign_pool_examples": len(pool[0]), "train_seconds": train_seconds,
-        "clean": clean, "codebook": {name: {"K": g.K, "n": g.n, "columns": g.columns} for name, g in codebook.groups.items()},
+        "dataset": ds.name,
+        "arch": arch,
+        "quick": quick,
+        "seed": seed,
+        "steps": steps,
+        "target": TARGET,
+        "layout": layout,
+        "limit": list(limit) if limit is not None else None,
+        "trigger": trigger._asdict(),
+        "train_examples": n_train,
+        "test_examples": len(ds.test.x),
+        "attacker_examples": len(attacker[0]),
+        "benign_pool_examples": len(pool[0]),
+        "train_seconds": train_seconds,
+        "clean": clean,
+        "codebook": {name: {"K": g.K, "n": g.n, "columns": g.columns} for name, g in codebook.groups.items()},
         "attacks": attack_info,
-        "defenses": {"fine_tuning": {"epochs": D.EPOCHS, "batch_size": D.BATCH, "lr": D.LR, "optimizer": "adam"}, **hypers},
-        "rows": rows, "forensic": forensic,
+        "defenses": {
+            "fine_tuning": {"epochs": D.EPOCHS, "batch_size": D.BATCH, "lr": D.LR, "optimizer": "adam"},
+            **hypers,
+        },
+        "rows": rows,
+        "forensic": forensic,
     }
     res["targets"] = targets(res)
     write_json(os.path.join(out, "backdoor.json"), res)
@@ -256,7 +330,9 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
 
 
 def _find(rows, attack, defense, fraction=0.0):
-    return next((r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (attack, defense, fraction)), None)
+    return next(
+        (r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (attack, defense, fraction)), None
+    )
 
 
 def targets(res: dict) -> list[dict]:
@@ -269,19 +345,41 @@ def targets(res: dict) -> list[dict]:
         if r is None:
             continue
         ok = abs(r["ca"] - clean["ca"]) <= 0.005 and abs(r["asr"] - clean["asr"]) <= 0.01 and all(v == 1.0 for v in rec)
-        out.append({"target": f"{a}: purify alone restores CA ±0.5 pt, ASR ±1 pt, finds every certified change",
-                    "met": ok, "ca": r["ca"], "asr": r["asr"], "clean_ca": clean["ca"], "clean_asr": clean["asr"],
-                    "min_certified_recall": min(rec) if rec else None})
+        out.append(
+            {
+                "target": f"{a}: purify alone restores CA ±0.5 pt, ASR ±1 pt, finds every certified change",
+                "met": ok,
+                "ca": r["ca"],
+                "asr": r["asr"],
+                "clean_ca": clean["ca"],
+                "clean_asr": clean["asr"],
+                "min_certified_recall": min(rec) if rec else None,
+            }
+        )
     for f in (0.05, 0.01):
         p, ft, fp = (_find(rows, "badnets", d, f) for d in ("purify+ft", "ft", "fp"))
         if None in (p, ft, fp):
             continue
         ok = p["asr"] <= 0.05 and clean["ca"] - p["ca"] <= 0.02 and p["asr"] < min(ft["asr"], fp["asr"])
-        out.append({"target": f"badnets, {f:g} benign: purify+ft ASR ≤ 5%, CA drop ≤ 2 pt, ASR below FT and FP",
-                    "met": ok, "asr": p["asr"], "ca_drop": clean["ca"] - p["ca"], "ft_asr": ft["asr"], "fp_asr": fp["asr"]})
+        out.append(
+            {
+                "target": f"badnets, {f:g} benign: purify+ft ASR ≤ 5%, CA drop ≤ 2 pt, ASR below FT and FP",
+                "met": ok,
+                "asr": p["asr"],
+                "ca_drop": clean["ca"] - p["ca"],
+                "ft_asr": ft["asr"],
+                "fp_asr": fp["asr"],
+            }
+        )
     s, s0 = _find(rows, "span", "purify"), _find(rows, "span", "none")
     if s is not None:
-        out.append({"target": "span: purify fails (ASR kept within 1 pt) and the keyed seal detects it",
-                    "met": s["asr"] >= s0["asr"] - 0.01 and s["detected"] is True, "asr_attacked": s0["asr"],
-                    "asr_purified": s["asr"], "detected": s["detected"]})
+        out.append(
+            {
+                "target": "span: purify fails (ASR kept within 1 pt) and the keyed seal detects it",
+                "met": s["asr"] >= s0["asr"] - 0.01 and s["detected"] is True,
+                "asr_attacked": s0["asr"],
+                "asr_purified": s["asr"],
+                "detected": s["detected"],
+            }
+        )
     return out

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import recover
-from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import write_csv, write_json
+from jaxpurify.progress import Progress
 
 SIGMAS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 
@@ -41,8 +41,16 @@ def huber(A, Y, iters: int = 50):
     return X
 
 
-def run(out: str, quick: bool = False, K: int = 128, ratio: float = 4.0, rho: float = 0.1, m: int = 64,
-        seed: int = 0, progress: bool = True) -> list[dict]:
+def run(
+    out: str,
+    quick: bool = False,
+    K: int = 128,
+    ratio: float = 4.0,
+    rho: float = 0.1,
+    m: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     n = int(np.ceil(K / ratio))
@@ -74,10 +82,20 @@ def run(out: str, quick: bool = False, K: int = 128, ratio: float = 4.0, rho: fl
                 acc[s]["huber"].append(err(huber(A, Wc.astype(np.float64))))
                 bar.update(1, sigma=f"{s:g}")
     for s in sigmas:
-        rows.append({"sigma": s, "K": K, "n": n, "rho": rho, "trials": trials,
-                     "l1_err": np.mean(acc[s]["l1"]), "l1_certified_rate": np.mean(acc[s]["cert"]),
-                     "l1_strict_err": np.mean(acc[s]["l1_strict"]),
-                     "l2_err": np.mean(acc[s]["l2"]), "huber_err": np.mean(acc[s]["huber"])})
+        rows.append(
+            {
+                "sigma": s,
+                "K": K,
+                "n": n,
+                "rho": rho,
+                "trials": trials,
+                "l1_err": np.mean(acc[s]["l1"]),
+                "l1_certified_rate": np.mean(acc[s]["cert"]),
+                "l1_strict_err": np.mean(acc[s]["l1_strict"]),
+                "l2_err": np.mean(acc[s]["l2"]),
+                "huber_err": np.mean(acc[s]["huber"]),
+            }
+        )
     write_csv(os.path.join(out, "noise.csv"), rows)
     write_json(os.path.join(out, "noise.json"), rows)
     plot(rows, os.path.join(out, "noise.png"))
@@ -93,8 +111,12 @@ def plot(rows, path):
     s = np.array([r["sigma"] for r in rows])
     pos = s > 0
     fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-    for key, label, style in (("l1_err", "l1, atol = 4σ (jaxpurify)", "o-"), ("l1_strict_err", "l1, strict tolerance", "s--"),
-                              ("l2_err", "l2 projection", "^-"), ("huber_err", "Huber M-estimator", "v-")):
+    for key, label, style in (
+        ("l1_err", "l1, atol = 4σ (jaxpurify)", "o-"),
+        ("l1_strict_err", "l1, strict tolerance", "s--"),
+        ("l2_err", "l2 projection", "^-"),
+        ("huber_err", "Huber M-estimator", "v-"),
+    ):
         ax.loglog(s[pos], np.maximum([r[key] for r in np.array(rows)[pos]], 1e-9), style, label=label)
     ax.loglog(s[pos], s[pos], "k:", label="∝ σ")
     ax.set_xlabel("dense noise σ (relative to weight rms)")

@@ -22,14 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxpurify import Codebook, data, models, purify
 from jaxpurify import contamination as C
-from jaxpurify import data, models
-from jaxpurify import Codebook
-from jaxpurify import purify
-from jaxpurify.tree import leaves_with_paths
-from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import write_json
+from jaxpurify.progress import Progress
 from jaxpurify.train import accuracy, train
+from jaxpurify.tree import leaves_with_paths
 
 GROSS = (0.01, 0.05, 0.10, 0.20, 0.30)
 FLIPS = (1e-3, 1e-2, 5e-2)
@@ -89,15 +87,27 @@ def _weight_err(tree, clean, cb: Codebook) -> float:
     return math.sqrt(num / den) if np.isfinite(num) else float("inf")
 
 
-def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, data_dir: str | None = None,
-        seed: int = 0, steps: int | None = None, progress: bool = True, lr: float = 1e-2,
-        redundancy: float = 4.0, source: str = "files") -> dict:
+def run(
+    dataset: str,
+    out: str,
+    arch: str = "one-hidden",
+    quick: bool = False,
+    data_dir: str | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    progress: bool = True,
+    lr: float = 1e-2,
+    redundancy: float = 4.0,
+    source: str = "files",
+) -> dict:
     if not (lr > 0 and redundancy > 1):
         raise ValueError(f"lr must be > 0 and redundancy > 1 (got lr={lr}, redundancy={redundancy})")
     os.makedirs(out, exist_ok=True)
     ds = data.load(dataset, data_dir, seed=seed, source=source)
     if quick:
-        ds = data.Dataset(data.Split(ds.train.x[:2000], ds.train.y[:2000]), data.Split(ds.test.x[:1000], ds.test.y[:1000]), ds.name)
+        ds = data.Dataset(
+            data.Split(ds.train.x[:2000], ds.train.y[:2000]), data.Split(ds.test.x[:1000], ds.test.y[:1000]), ds.name
+        )
     steps = steps if steps is not None else (300 if quick else 1500)
     key = jax.random.key(seed)
     model, select = build(arch, ds)
@@ -109,19 +119,39 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
     opt = lambda: optax.adam(lr)
     t0 = time.perf_counter()
     shown = None if progress else False
-    latent = train(apply, cb.init_latent(params0), cb, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
-                   optimizer=opt(), progress=shown).latent
+    latent = train(
+        apply,
+        cb.init_latent(params0),
+        cb,
+        ds.train.x,
+        ds.train.y,
+        key=jax.random.fold_in(key, 2),
+        steps=steps,
+        optimizer=opt(),
+        progress=shown,
+    ).latent
     clean = cb.decode(latent)
     t_enc = time.perf_counter() - t0
-    plain = train(apply, params0, None, ds.train.x, ds.train.y, key=jax.random.fold_in(key, 2), steps=steps,
-                  optimizer=opt(), progress=shown).latent
+    plain = train(
+        apply,
+        params0,
+        None,
+        ds.train.x,
+        ds.train.y,
+        key=jax.random.fold_in(key, 2),
+        steps=steps,
+        optimizer=opt(),
+        progress=shown,
+    ).latent
     acc = lambda p: accuracy(apply, p, ds.test.x, ds.test.y)
     acc_clean, acc_plain = acc(clean), acc(plain)
 
     scen = [("gross", r, C.gross_errors, dict(rate=r), 0.0) for r in (GROSS[1:4] if quick else GROSS)]
     scen += [("bitflip", r, C.bit_flips, dict(rate=r), 0.0) for r in (FLIPS[:2] if quick else FLIPS)]
-    rms = math.sqrt(sum(float(jnp.sum(jnp.square(v))) for p, v in leaves_with_paths(clean)[0] if p in cb.specs)
-                    / sum(s.K * s.columns for s in cb.specs.values()))
+    rms = math.sqrt(
+        sum(float(jnp.sum(jnp.square(v))) for p, v in leaves_with_paths(clean)[0] if p in cb.specs)
+        / sum(s.K * s.columns for s in cb.specs.values())
+    )
     scen += [("noise", s, C.dense_noise, dict(sigma=s), 4 * s * rms) for s in (NOISE[:1] if quick else NOISE)]
 
     rows = []
@@ -132,19 +162,35 @@ def run(dataset: str, out: str, arch: str = "one-hidden", quick: bool = False, d
             pur, rep = purify(bad, cb, atol=atol)
             dt = time.perf_counter() - t1
             l2 = _l2_project(bad, cb)
-            rows.append({
-                "kind": kind, "level": level, "atol": atol,
-                "within_capacity": _within_capacity(clean, bad, cb, atol),
-                "acc_contaminated": acc(bad), "acc_purified": acc(pur), "acc_l2": acc(l2),
-                "weight_err_contaminated": _weight_err(bad, clean, cb), "weight_err_purified": _weight_err(pur, clean, cb),
-                "weight_err_l2": _weight_err(l2, clean, cb),
-                "certified_fraction": rep.certified / rep.columns, "purify_seconds": dt,
-            })
+            rows.append(
+                {
+                    "kind": kind,
+                    "level": level,
+                    "atol": atol,
+                    "within_capacity": _within_capacity(clean, bad, cb, atol),
+                    "acc_contaminated": acc(bad),
+                    "acc_purified": acc(pur),
+                    "acc_l2": acc(l2),
+                    "weight_err_contaminated": _weight_err(bad, clean, cb),
+                    "weight_err_purified": _weight_err(pur, clean, cb),
+                    "weight_err_l2": _weight_err(l2, clean, cb),
+                    "certified_fraction": rep.certified / rep.columns,
+                    "purify_seconds": dt,
+                }
+            )
             bar.update(1, scenario=f"{kind} {level:g}")
     res = {
-        "dataset": ds.name, "arch": arch, "quick": quick, "steps": steps, "lr": lr, "redundancy": redundancy,
-        "train_examples": len(ds.train.x), "test_examples": len(ds.test.x),
-        "acc_clean_encoded": acc_clean, "acc_unencoded": acc_plain, "train_seconds_encoded": t_enc,
+        "dataset": ds.name,
+        "arch": arch,
+        "quick": quick,
+        "steps": steps,
+        "lr": lr,
+        "redundancy": redundancy,
+        "train_examples": len(ds.train.x),
+        "test_examples": len(ds.test.x),
+        "acc_clean_encoded": acc_clean,
+        "acc_unencoded": acc_plain,
+        "train_seconds_encoded": t_enc,
         "encoded_leaves": {p: {"K": s.K, "n": s.n, "columns": s.columns} for p, s in cb.specs.items()},
         "scenarios": rows,
     }

@@ -25,12 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpurify import Codebook, models, recover
 from jaxpurify import contamination as C
-from jaxpurify import models
-from jaxpurify import Codebook
-from jaxpurify import recover
-from jaxpurify.progress import Progress
 from jaxpurify.experiments._common import lad_highs, rel_fro, write_csv, write_json
+from jaxpurify.progress import Progress
 
 FULL = dict(ratios=(1.5, 2, 3, 4, 6, 8), rhos=tuple(round(0.05 * i, 2) for i in range(1, 11)), trials=20)
 QUICK = dict(ratios=(2, 4, 8), rhos=(0.1, 0.25, 0.4), trials=4)
@@ -88,8 +86,11 @@ def run_cell(key, K, patch, ratio, rho, trials, lp: bool):
         i = 2 * t  # the weight columns, one by one
         err = np.linalg.norm(AX[i, :, :d] - clean[i], axis=0) / np.maximum(np.linalg.norm(clean[i], axis=0), 1e-30)
         exact, ok = err <= SUCCESS, cert[i, :d]
-        res["columns"] = [res["columns"][0] + int(exact.sum()), res["columns"][1] + int(ok.sum()),
-                          res["columns"][2] + int((exact & ok).sum())]
+        res["columns"] = [
+            res["columns"][0] + int(exact.sum()),
+            res["columns"][1] + int(ok.sum()),
+            res["columns"][2] + int((exact & ok).sum()),
+        ]
         for j, (leaf, ncol) in enumerate((("weights", d), ("biases", 1))):
             i = 2 * t + j
             ok = rel_fro(AX[i, :, :ncol], clean[i]) <= SUCCESS
@@ -135,15 +136,30 @@ def plot(panels, ratios, rhos, path):
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), constrained_layout=True)
     for ax, (title, K, rows, field) in zip(np.atleast_1d(axes), panels):
         grid = _grid(rows, ratios, rhos, field)
-        lpg = _grid(rows, ratios, rhos, "lp_success_rate") if "lp_success_rate" in rows[0] else np.full_like(grid, np.nan)
-        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                       extent=(-0.5, len(rhos) - 0.5, -0.5, len(ratios) - 0.5))
+        lpg = (
+            _grid(rows, ratios, rhos, "lp_success_rate") if "lp_success_rate" in rows[0] else np.full_like(grid, np.nan)
+        )
+        im = ax.imshow(
+            grid,
+            origin="lower",
+            aspect="auto",
+            cmap="viridis",
+            vmin=0,
+            vmax=1,
+            extent=(-0.5, len(rhos) - 0.5, -0.5, len(ratios) - 0.5),
+        )
         if np.isfinite(lpg).any():
             ax.contour(np.arange(len(rhos)), np.arange(len(ratios)), lpg, levels=[0.5], colors="red", linewidths=2)
             ax.plot([], [], color="red", label="exact LP (HiGHS): 50% success")
-        ax.plot([at(uniqueness_bound(K, r)) for r in ratios], range(len(ratios)), color="black", ls="--", lw=2,
-                path_effects=[patheffects.withStroke(linewidth=4, foreground="white")],
-                label="uniqueness bound 2k < K − n + 1")
+        ax.plot(
+            [at(uniqueness_bound(K, r)) for r in ratios],
+            range(len(ratios)),
+            color="black",
+            ls="--",
+            lw=2,
+            path_effects=[patheffects.withStroke(linewidth=4, foreground="white")],
+            label="uniqueness bound 2k < K − n + 1",
+        )
         ax.set_xlim(-0.5, len(rhos) - 0.5)
         ax.legend(loc="upper left", fontsize=8)
         ax.set_xticks(range(len(rhos)), [f"{x:.2f}" for x in rhos], rotation=45)
@@ -165,25 +181,47 @@ def _sweep(key, K, patch, ratios, rhos, trials, lp, bar):
             func.append({"ratio": ratio, "rho": rho, "certified": fcert, "output_rel_err": ferr})
             for leaf in rows:
                 r = res[leaf]
-                rows[leaf].append({
-                    "ratio": ratio, "rho": rho, "trials": trials,
-                    "success_rate": sum(a for a, _, _ in r) / trials,
-                    "certified_rate": sum(b for _, b, _ in r) / trials,
-                    "lp_success_rate": (sum(c for _, _, c in r) / trials) if lp else "",
-                })
+                rows[leaf].append(
+                    {
+                        "ratio": ratio,
+                        "rho": rho,
+                        "trials": trials,
+                        "success_rate": sum(a for a, _, _ in r) / trials,
+                        "certified_rate": sum(b for _, b, _ in r) / trials,
+                        "lp_success_rate": (sum(c for _, _, c in r) / trials) if lp else "",
+                    }
+                )
             exact, cert, both = res["columns"]
             total = trials * patch * patch
             k = round(rho * K)
-            columns.append({"K": K, "n": latent_rows(K, ratio), "ratio": ratio, "rho": rho, "errors": k,
-                            "within_bound": 2 * k < K - latent_rows(K, ratio) + 1, "columns": total,
-                            "success_rate": exact / total, "certified_rate": cert / total,
-                            "certified_exact_rate": both / total})
+            columns.append(
+                {
+                    "K": K,
+                    "n": latent_rows(K, ratio),
+                    "ratio": ratio,
+                    "rho": rho,
+                    "errors": k,
+                    "within_bound": 2 * k < K - latent_rows(K, ratio) + 1,
+                    "columns": total,
+                    "success_rate": exact / total,
+                    "certified_rate": cert / total,
+                    "certified_exact_rate": both / total,
+                }
+            )
             bar.update(1, cell=f"K={K} K/n={ratio} rho={rho}")
     return rows, columns, func
 
 
-def run(out: str, quick: bool = False, K: int = 64, patch: int = 4, seed: int = 0, lp: bool = True,
-        progress: bool = True, columns_K: int | None = None) -> dict:
+def run(
+    out: str,
+    quick: bool = False,
+    K: int = 64,
+    patch: int = 4,
+    seed: int = 0,
+    lp: bool = True,
+    progress: bool = True,
+    columns_K: int | None = None,
+) -> dict:
     """Both sweeps; ``columns_K`` (default: 256, or K in quick mode) is the per-column sweep's K."""
     os.makedirs(out, exist_ok=True)
     cfg = QUICK if quick else FULL
@@ -194,27 +232,54 @@ def run(out: str, quick: bool = False, K: int = 64, patch: int = 4, seed: int = 
     with Progress(cells, "synthetic", disable=not progress or None) as bar:
         rows, columns, func = _sweep(key, K, patch, ratios, rhos, trials, lp, bar)
         if columns_K != K:  # the same keys as run_columns, so both give the same table
-            _, columns, _ = _sweep(jax.random.fold_in(key, 7), columns_K, patch, ratios, rhos,
-                                   COLUMNS_TRIALS, False, bar)
+            _, columns, _ = _sweep(
+                jax.random.fold_in(key, 7), columns_K, patch, ratios, rhos, COLUMNS_TRIALS, False, bar
+            )
     write_csv(os.path.join(out, "phase_weights.csv"), rows["weights"])
     write_csv(os.path.join(out, "phase_biases.csv"), rows["biases"])
     write_csv(os.path.join(out, "phase_columns.csv"), columns)
     write_csv(os.path.join(out, "function_check.csv"), func)
-    plot([(f"hidden-layer weights (Theorem 1), per trial, K = {K}", K, rows["weights"], "success_rate"),
-          (f"biases (Theorem 2), per trial, K = {K}", K, rows["biases"], "success_rate"),
-          (f"weights per column, exact and certified, K = {columns_K}", columns_K, columns, "certified_exact_rate")],
-         ratios, rhos, os.path.join(out, "phase.png"))
-    summary = {"K": K, "patch": patch, "n": {str(r): latent_rows(K, r) for r in ratios}, "trials": trials,
-               "columns_K": columns_K, "columns_n": {str(r): latent_rows(columns_K, r) for r in ratios},
-               "uniqueness_bound_rho": {str(r): uniqueness_bound(columns_K, r) for r in ratios},
-               "success_threshold": SUCCESS, "quick": quick,
-               "function_check_certified_max_err": max([f["output_rel_err"] for f in func if f["certified"]], default=None)}
+    plot(
+        [
+            (f"hidden-layer weights (Theorem 1), per trial, K = {K}", K, rows["weights"], "success_rate"),
+            (f"biases (Theorem 2), per trial, K = {K}", K, rows["biases"], "success_rate"),
+            (f"weights per column, exact and certified, K = {columns_K}", columns_K, columns, "certified_exact_rate"),
+        ],
+        ratios,
+        rhos,
+        os.path.join(out, "phase.png"),
+    )
+    summary = {
+        "K": K,
+        "patch": patch,
+        "n": {str(r): latent_rows(K, r) for r in ratios},
+        "trials": trials,
+        "columns_K": columns_K,
+        "columns_n": {str(r): latent_rows(columns_K, r) for r in ratios},
+        "uniqueness_bound_rho": {str(r): uniqueness_bound(columns_K, r) for r in ratios},
+        "success_threshold": SUCCESS,
+        "quick": quick,
+        "function_check_certified_max_err": max([f["output_rel_err"] for f in func if f["certified"]], default=None),
+    }
     write_json(os.path.join(out, "synthetic.json"), summary)
-    return {"weights": rows["weights"], "biases": rows["biases"], "columns": columns, "function": func, "summary": summary}
+    return {
+        "weights": rows["weights"],
+        "biases": rows["biases"],
+        "columns": columns,
+        "function": func,
+        "summary": summary,
+    }
 
 
-def run_columns(out: str, K: int = COLUMNS_K, trials: int = COLUMNS_TRIALS, patch: int = 4, seed: int = 0,
-                quick: bool = False, progress: bool = True) -> list[dict]:
+def run_columns(
+    out: str,
+    K: int = COLUMNS_K,
+    trials: int = COLUMNS_TRIALS,
+    patch: int = 4,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+) -> list[dict]:
     """The per-column sweep alone (no LP): ``phase_columns.csv`` and ``phase_columns.png`` in ``out``."""
     os.makedirs(out, exist_ok=True)
     cfg = QUICK if quick else FULL
@@ -222,8 +287,12 @@ def run_columns(out: str, K: int = COLUMNS_K, trials: int = COLUMNS_TRIALS, patc
     with Progress(len(ratios) * len(rhos), "synthetic columns", disable=not progress or None) as bar:
         _, columns, _ = _sweep(jax.random.fold_in(jax.random.key(seed), 7), K, patch, ratios, rhos, trials, False, bar)
     write_csv(os.path.join(out, "phase_columns.csv"), columns)
-    plot([(f"weights per column, exact and certified, K = {K}", K, columns, "certified_exact_rate")],
-         ratios, rhos, os.path.join(out, "phase_columns.png"))
+    plot(
+        [(f"weights per column, exact and certified, K = {K}", K, columns, "certified_exact_rate")],
+        ratios,
+        rhos,
+        os.path.join(out, "phase_columns.png"),
+    )
     return columns
 
 
