@@ -7,10 +7,13 @@ with BLAKE2b in counter mode and a Box–Muller transform in float64 (``_keys``)
 any machine and under any JAX or NumPy version, and only the secret needs to be kept.  Keys are
 ``_keys``, the file and its key file ``_codebook_file``, the keyed seal ``_seal``.
 
-By default every floating parameter is protected: a leaf of shape (d0, …, d_{r−1}) is one group
-(K, m) = (d0·…·d_{r−2}, d_{r−1}) (rows split into several groups above ``MAX_ROWS``), and leaves
-with fewer than ``MIN_ROWS`` rows (biases, norm scales, 1-D leaves) are pooled per dtype into one
-shared group.  ``select`` may instead choose the single-axis layout of a leaf (the paper's).
+By default every floating parameter is protected and every leaf is interleaved: its entries fill
+rows of m columns, m > its output channels and free of small prime factors, so a burst, a
+rewritten channel or row, or a regular pattern (every s-th entry, s ≤ 16) spreads over the
+columns instead of filling a few (``_layout``); rows split into several groups above
+``MAX_ROWS``, and leaves with fewer than ``MIN_ROWS`` such rows (biases, norm scales, 1-D leaves)
+are pooled per dtype into one shared group.  ``select`` may instead choose the single-axis layout
+of a leaf (the paper's).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from jaxpurify import _codebook_file, _keys, _layout, _seal
 from jaxpurify import tree as _tree
 from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
 from jaxpurify._layout import Group, LeafLayout, Segment
+from jaxpurify._threads import single_threaded_blas
 from jaxpurify.tree import PyTree, leaves_with_paths
 
 Select = Callable[[str, Any], "bool | int | str | None"]
@@ -99,7 +103,7 @@ class Codebook:
         self._tree = [tuple(k) for k in tree] if tree is not None else [tuple(p.split("/")) for p in self._leaves]
         self._skipped = [(str(p), int(z), str(r)) for p, z, r in skipped]
         self._cache: dict[str, np.ndarray] = {}
-        self._pinvs: dict[tuple[str, int], np.ndarray] = {}
+        self._pinvs: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         _layout.check(self._leaves, self._groups)
 
     # -- construction ------------------------------------------------------------------------
@@ -124,9 +128,9 @@ class Codebook:
         Default layout (see the module docstring): every floating leaf interleaved, tall leaves
         split at ``MAX_ROWS`` rows, small ones pooled.  ``select(path, leaf)`` may return False
         to skip a parameter, an int to encode the leaf alone along that axis (K = its length
-        there, A named by the path), ``"interleave"`` for the coprime interleave of its C output
-        channels (m > C columns coprime to C and the fan-in: one rewritten channel spreads over
-        every column; ``_layout.interleave_groups``), or True / None for the default.
+        there, A named by the path), ``"interleave"`` to ask for the interleave by name (an error
+        if the leaf is too small for it; ``_layout.interleave_groups``), or True / None for the
+        default.
         """
         if isinstance(redundancy, bool) or not isinstance(redundancy, (int, float)) or not 1.0 < redundancy < math.inf:
             raise ValueError(f"redundancy must be a finite number > 1 (K/n), got {redundancy!r}")
@@ -287,19 +291,32 @@ class Codebook:
         entries are left out of the fit.  Unprotected parameters are copied into the latent.
 
         Concrete inputs are fitted on the host in float64 (one small pinv per group, no XLA
-        compilation per shape); traced inputs (under ``jit``/``grad``) with jnp.
+        compilation per shape) with the BLAS held to one thread, as purify holds it (its threads
+        fought XLA's for the cores: ResNet-18's first ``init_latent`` took 9.5× as long without,
+        ``jaxpurify._threads``); traced inputs (under ``jit``/``grad``) with jnp.
         """
         values = self._values(params)
-        xp = jnp if any(isinstance(v, jax.core.Tracer) for v in values.values()) else np
+        if any(isinstance(v, jax.core.Tracer) for v in values.values()):
+            return self._fit(params, values, jnp, scale)
+        with single_threaded_blas():
+            return self._fit(params, values, np, scale)
+
+    def _fit(self, params: PyTree, values: dict[str, Any], xp, scale: bool) -> dict[str, Any]:
         Ys = _layout.pack(self._groups.values(), self._leaves, values, xp=xp, fill=0.0)
         latent = {}
         for name, g in self._groups.items():
             y = Ys[name]
             dt = np.float64 if xp is np else jnp.promote_types(y.dtype, jnp.float32)
-            t = _matmul(xp, self._pinv(name, g.K).astype(dt), y.astype(dt))
+            P, u, denom = self._pinv(name)
+            t = _matmul(xp, P.astype(dt), y.astype(dt))
             full = g.entries - (g.K - 1) * g.columns  # columns whose last row is real
-            if full < g.columns:  # the padded columns: fit on the K − 1 real rows
-                t_pad = _matmul(xp, self._pinv(name, g.K - 1).astype(dt), y[:-1, full:].astype(dt))
+            if full < g.columns:
+                # the padded columns (last entry 0) are fitted on their K − 1 real rows: with a the
+                # last row of A and G = (AᵀA)⁻¹, Sherman–Morrison gives (AᵀA − aaᵀ)⁻¹Aᵀy =
+                # t + G a (aᵀt) / (1 − aᵀGa) from the full fit t = A⁺y: no second factorization
+                a = self._cache[name][-1]
+                tp = t[:, full:]
+                t_pad = tp + u.astype(dt)[:, None] * (_matmul(xp, a.astype(dt)[None, :], tp) / denom)
                 t = xp.concatenate([t[:, :full], t_pad], axis=1)
             if scale:
                 t = t * math.sqrt(g.K / g.n)
@@ -348,12 +365,15 @@ class Codebook:
                 raise ValueError(f"unprotected parameter {path!r} is missing from the latent")
         return _tree.nest(items)
 
-    def _pinv(self, name: str, rows: int) -> np.ndarray:
-        """A⁺ of the group's first ``rows`` rows, cached."""
-        if (name, rows) not in self._pinvs:
+    def _pinv(self, name: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """A⁺ of the group's matrix, G a and 1 − aᵀG a for its last row a (G = (AᵀA)⁻¹ = A⁺A⁺ᵀ),
+        cached: what ``encode`` needs, padded columns included."""
+        if name not in self._pinvs:
             self.matrix(name)
-            self._pinvs[(name, rows)] = _pinv(self._cache[name][:rows])
-        return self._pinvs[(name, rows)]
+            P = _pinv(self._cache[name])
+            v = P.T @ self._cache[name][-1]  # A⁺ᵀa, so G a = A⁺v and aᵀG a = ‖v‖²
+            self._pinvs[name] = (P, P @ v, float(1.0 - v @ v))
+        return self._pinvs[name]
 
     # -- reporting / storage -----------------------------------------------------------------
     def capacity(self) -> _layout.Capacity:

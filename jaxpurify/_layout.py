@@ -9,15 +9,22 @@ order, fill Y row by row (C order), and the last row is padded with erasures (Na
 
 A leaf's layout order is its C order after moving its ``axis`` to the front (``axis=None``: C
 order as stored).  With ``axis=a`` and one segment holding the whole leaf, column j of Y is the
-vector of the leaf along axis a (the single-axis layout); with ``axis=None`` column j is
-W[..., j]: consecutive entries in memory land in consecutive columns.
+vector of the leaf along axis a (the single-axis layout, the paper's).
 
-The *interleave* choice (``select`` returns ``"interleave"``, :func:`interleave_groups`) lays a
-leaf of C output channels and fan-in F = N / C the same way into m columns, m the smallest
-integer > C with gcd(m, C) = gcd(m, F) = 1: entry (i, c) lands in column (i·C + c) mod m, so one
-output channel's F entries spread ⌈F/m⌉ or fewer per column and one input's C entries over C
-distinct columns.  A rewritten whole channel then puts ⌈F/m⌉ ≈ K/C changes in a column, within
-its capacity ⌊(K − n)/2⌋ ≈ 3K/8 at the default redundancy 4 when C ≥ 3.
+The default layout interleaves (:func:`interleave_groups`): a leaf of C output channels and fan-in
+F = N / C fills rows of m columns, m = :func:`coprime_width` (C, F) the smallest integer > C with
+gcd(m, C) = gcd(m, F) = 1 and no prime factor ≤ 13.  Entry (i, c) lands in column (i·C + c) mod m:
+
+* a burst of b consecutive entries puts ⌈b/m⌉ or fewer in any column;
+* one output channel's F entries (stride C) spread ⌈F/m⌉ or fewer per column, and one input's C
+  entries lie in C distinct columns: a rewritten channel or row fills no column;
+* every s-th entry, for every s ≤ 16 (a stuck address line, one byte lane of a wider word, one
+  float in s of a page), lands in every column at the same rate 1/s, since m has no factor
+  in common with s: a regular pattern fills no column either, and a column's share of any
+  pattern is the pattern's own rate.
+
+Leaves too small for ``MIN_ROWS`` interleaved rows (biases, norm scales, 1-D leaves) are pooled
+per dtype (:func:`pool_group`), laid the same way into a width free of small prime factors.
 """
 
 from __future__ import annotations
@@ -188,30 +195,37 @@ def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
 
 MIN_ROWS = 16  # a leaf with fewer rows (K) than this is pooled with others
 MAX_ROWS = 512  # K cap: the solve costs ∝ K per entry (measured, see README); taller leaves split
-INTERLEAVE = "interleave"  # what ``select`` returns for :func:`interleave_groups`
+INTERLEAVE = "interleave"  # what ``select`` may return: the default layout, asked for by name
+# Column widths share no factor with any stride s ≤ STRIDES (no prime factor ≤ 13): a pattern of
+# every s-th entry then meets every column at the same rate 1/s.
+STRIDES = 16
+_SMALL_PRIMES = tuple(p for p in range(2, STRIDES + 1) if all(p % q for q in range(2, p)))
+
+
+def stride_free(m: int) -> bool:
+    """m shares no factor with any integer 2…``STRIDES``."""
+    return all(m % p for p in _SMALL_PRIMES)
 
 
 def plan(chosen: list[tuple[str, tuple[int, ...], str, int | None]], redundancy: float, max_rows: int = MAX_ROWS):
     """The layout of the chosen leaves [(path, shape, dtype, axis)], in tree order.
 
-    ``axis`` an int: the leaf alone along that axis (one group named by its path).  ``axis``
-    ``INTERLEAVE``: :func:`interleave_groups`.  ``axis`` None, the default: a leaf with at least
-    ``MIN_ROWS`` leading rows gets :func:`own_groups`; the others are pooled per dtype
-    (:func:`pool_group`).  Returns (leaves, groups, skipped), ``skipped`` being
-    [(path, size, reason)] for pools of a single entry (nothing to spare).
+    ``axis`` an int: the leaf alone along that axis (one group named by its path).  ``axis`` None
+    (the default) or ``INTERLEAVE``: :func:`interleave_groups` for a leaf of two or more axes
+    that fills at least ``MIN_ROWS`` rows that way; the others are pooled per dtype
+    (:func:`pool_group`).  ``INTERLEAVE`` asks for the interleave by name and raises if the leaf
+    is too small for it.  Returns (leaves, groups, skipped), ``skipped`` being [(path, size,
+    reason)] for pools of a single entry (nothing to spare).
     """
     leaves, groups, skipped, pools = [], [], [], {}
     for path, shape, dtype, axis in chosen:
         size = math.prod(shape)
-        if axis == INTERLEAVE:
-            leaves.append(LeafLayout(path, shape, dtype, None))
-            groups += interleave_groups(path, shape, dtype, redundancy, max_rows)
-        elif axis is not None:
+        if axis is not None and axis != INTERLEAVE:
             leaves.append(LeafLayout(path, shape, dtype, axis))
             groups.append(_group(path, shape[axis], size // shape[axis], dtype, redundancy, (Segment(path, 0, size),)))
-        elif len(shape) >= 2 and size // shape[-1] >= MIN_ROWS:
+        elif axis == INTERLEAVE or (len(shape) >= 2 and _interleaved_rows(shape) >= MIN_ROWS):
             leaves.append(LeafLayout(path, shape, dtype, None))
-            groups += own_groups(path, shape, dtype, redundancy, max_rows)
+            groups += interleave_groups(path, shape, dtype, redundancy, max_rows)
         else:
             pools.setdefault(dtype, []).append((path, shape))
     for dtype, members in pools.items():
@@ -226,46 +240,44 @@ def plan(chosen: list[tuple[str, tuple[int, ...], str, int | None]], redundancy:
     return leaves, groups, skipped
 
 
-def own_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
-    """Groups for one leaf laid out interleaved: (K, m) = (prod(leading dims), last dim).
-
-    Column j is W[..., j]: entries consecutive in memory lie in consecutive columns, so a burst
-    of b entries puts about b/m in each column.  Rows split at ``max_rows`` (:func:`row_groups`).
-    """
-    return row_groups(path, math.prod(shape), shape[-1], dtype, redundancy, max_rows)
+def _interleaved_rows(shape: tuple[int, ...]) -> int:
+    size, C = math.prod(shape), shape[-1]
+    return -(-size // coprime_width(C, size // C))
 
 
 def coprime_width(channels: int, fan_in: int) -> int:
-    """m: the smallest integer > ``channels`` coprime to both ``channels`` and ``fan_in``.
+    """m: the smallest integer > ``channels`` coprime to ``channels``, to ``fan_in`` and to every
+    stride 2…``STRIDES`` (:func:`stride_free`).
 
     With entry (i, c) of an (F, C) leaf in column (i·C + c) mod m: gcd(m, C) = 1 makes one
     channel's entries i·C + c, i = 0…F−1, step by C (mod m) through every column before any
     repeats, and m > C puts one input's C consecutive entries in C distinct columns.
-    gcd(m, F) = 1 (part of the measured design) likewise makes any stride-F run of entries
-    cycle through every column.
+    gcd(m, F) = 1 likewise makes any stride-F run of entries cycle through every column, and
+    :func:`stride_free` every stride-s run for s ≤ ``STRIDES``.
     """
     m = channels + 1
-    while math.gcd(m, channels) != 1 or math.gcd(m, fan_in) != 1:
+    while math.gcd(m, channels) != 1 or math.gcd(m, fan_in) != 1 or not stride_free(m):
         m += 1
     return m
 
 
 def interleave_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
-    """Groups for one leaf laid out by a coprime interleave (the ``"interleave"`` choice).
+    """Groups for one leaf laid out by a coprime interleave (the default layout).
 
     The N entries in C order fill rows of m = :func:`coprime_width`(C, N / C) columns (C = the
     last axis, the output channels): entry (i, c) at flat index i·C + c lies in row (i·C + c) // m
     and column (i·C + c) mod m, K = ⌈N / m⌉ rows, the last one padded with erasures as in
     :func:`pool_group`.  A rewritten output channel (F entries) puts at most ⌈F / m⌉ changes in
-    a column (gcd(m, C) = 1: any m consecutive i hit every column once).  Rows split at ``max_rows`` (:func:`row_groups`).  Raises ``ValueError`` naming
-    the leaf if it has too few entries to give K / n any redundancy.
+    a column (gcd(m, C) = 1: any m consecutive i hit every column once).  Rows split at
+    ``max_rows`` (:func:`row_groups`).  Raises ``ValueError`` naming the leaf if it has too few
+    entries to give K / n any redundancy.
     """
     size, C = math.prod(shape), (shape[-1] if shape else 1)
     m = coprime_width(C, size // C)
     K = -(-size // m)
     if not math.ceil(K / redundancy) < K:
         raise ValueError(
-            f"leaf {path!r}: 'interleave' lays its {size} entries into {K} row(s) of {m} "
+            f"leaf {path!r}: the interleave lays its {size} entries into {K} row(s) of {m} "
             f"columns, which leaves no redundancy (need n = ⌈K/{redundancy}⌉ < K)"
         )
     return row_groups(path, size, m, dtype, redundancy, max_rows)
@@ -294,12 +306,15 @@ def row_groups(path: str, size: int, m: int, dtype: str, redundancy: float, max_
 def pool_group(members: list[tuple[str, int]], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
     """One group holding every entry of small leaves [(path, size)], in the order given.
 
-    The N entries are laid row by row into m = ⌈N / max_rows⌉ columns of K = ⌈N / m⌉ rows
-    (entry i at row i // m, column i % m), the last row padded with erasures.  Its name is
-    derived from its members, so it does not depend on the rest of the tree.
+    The N entries are laid row by row into m columns of K = ⌈N / m⌉ rows (entry i at row i // m,
+    column i % m), the last row padded with erasures; m is the smallest width ≥ ⌈N / max_rows⌉
+    that is 1 or :func:`stride_free`, so K ≤ max_rows and a regular pattern meets every column
+    alike.  Its name is derived from its members, so it does not depend on the rest of the tree.
     """
     N = sum(size for _, size in members)
     m = -(-N // max_rows)
+    while m > 1 and not stride_free(m):
+        m += 1
     K = -(-N // m)
     digest = hashlib.blake2b("\n".join(p for p, _ in members).encode(), digest_size=4).hexdigest()
     segments = tuple(Segment(p, 0, size) for p, size in members)

@@ -64,7 +64,8 @@ class LeafReport:
 
 @dataclasses.dataclass(frozen=True)
 class GroupReport:
-    """One code: K × columns, certified columns, the leaves it holds."""
+    """One code: K × columns, certified columns, the leaves it holds; ``certified_mask`` says
+    which of its columns (in the order of ``codebook.pack``) are certified."""
 
     name: str
     K: int
@@ -72,13 +73,17 @@ class GroupReport:
     columns: int
     certified: int
     members: tuple[str, ...]
+    certified_mask: np.ndarray = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, group, result) -> GroupReport:
-        return cls(group.name, group.K, group.n, group.columns, int(result.certified.sum()), tuple(group.members))
+        mask = np.asarray(result.certified, bool).copy()
+        mask.flags.writeable = False
+        return cls(group.name, group.K, group.n, group.columns, int(mask.sum()), tuple(group.members), mask)
 
     def as_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), members=list(self.members))
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "certified_mask"}
+        return dict(d, members=list(self.members))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,24 @@ def _flat(tree):
     return out
 
 
-SMALL = ["conv0/bias", "conv0/kernel", "conv1/bias", "dense/bias", "readout/bias"]  # K < 16: pooled
+def _stride_free(m):
+    return all(math.gcd(m, s) == 1 for s in range(2, 17))
+
+
+def _width(C, F):
+    """The default layout's column count, by brute force from its definition (not the library's
+    search): the smallest m > C coprime to C, to the fan-in F and to every stride 2…16."""
+    return next(
+        m for m in range(C + 1, 64 * (C + F)) if math.gcd(m, C) == 1 and math.gcd(m, F) == 1 and _stride_free(m)
+    )
+
+
+def _pool_width(N):
+    """A pool of N entries: the smallest width ≥ ⌈N / 512⌉ that is 1 or free of strides 2…16."""
+    return next(m for m in range(-(-N // 512), N + 17) if m == 1 or _stride_free(m))
+
+
+SMALL = ["conv0/bias", "conv0/kernel", "conv1/bias", "dense/bias", "readout/bias", "readout/kernel"]  # K < 16: pooled
 
 
 def _pool(cb):
@@ -42,29 +59,41 @@ def test_default_protects_every_floating_parameter(params):
     assert cb.unprotected(params) == []
     cap = cb.capacity().as_dict()
     assert cap["fraction"] == 1.0 and cap["covered"] == sum(v.size for v in flat.values())
-    # (K, m) = (prod of leading dims, last dim); the rest pooled into one column of all their entries
-    expect = {"conv1/kernel": (3 * 3 * 16, 32), "dense/kernel": (32, 24), "readout/kernel": (24, 10)}
+    # interleaved: (K, m) = (⌈N/m⌉, m), m from the definition; K < 16 that way: pooled (path order)
+    expect = {}
+    for path in ("conv1/kernel", "dense/kernel"):
+        shape = flat[path].shape
+        N, C = flat[path].size, shape[-1]
+        m = _width(C, N // C)
+        expect[path] = (-(-N // m), m)
+    for path in SMALL:
+        if flat[path].ndim >= 2:
+            N, C = flat[path].size, flat[path].shape[-1]
+            assert -(-N // _width(C, N // C)) < 16, path
     name, pool = _pool(cb)
-    expect[name] = (sum(flat[p].size for p in SMALL), 1)
+    N = sum(flat[p].size for p in SMALL)
+    expect[name] = (-(-N // _pool_width(N)), _pool_width(N))
     assert {g: (s.K, s.columns) for g, s in cb.groups.items()} == expect
-    assert pool.members == tuple(SMALL)  # path order
+    assert pool.members == tuple(p for p in flat if p in SMALL)  # path order
     for g in cb.groups.values():
         assert g.n == math.ceil(g.K / 4.0)
 
 
 def test_default_layout_is_interleaved(params):
-    """Column j of a leaf's group is W[..., j]; a pool fills rows with its members' entries."""
+    """Entry f (C order) of a leaf sits at row f // m, column f mod m of its group; a pool fills
+    rows with its members' entries, in path order."""
     cb = jp.Codebook.create(params, jax.random.key(1))
     flat = {p: np.asarray(v) for p, v in _flat(params).items()}
     packed = cb.pack(params)
-    for path in ("conv1/kernel", "dense/kernel", "readout/kernel"):
-        W = flat[path]
+    for path in ("conv1/kernel", "dense/kernel"):
+        W = flat[path].ravel()
         Y = packed[path]
-        for j in range(W.shape[-1]):
-            col = [W[idx + (j,)] for idx in np.ndindex(*W.shape[:-1])]
-            np.testing.assert_array_equal(Y[:, j], col)
+        m = Y.shape[1]
+        for f in range(W.size):
+            assert Y[f // m, f % m] == W[f]
+        assert np.isnan(Y.ravel()[W.size :]).all()
     name, pool = _pool(cb)
-    entries = [x for p in SMALL for x in flat[p].ravel()]
+    entries = [x for p in flat if p in SMALL for x in flat[p].ravel()]
     Y = packed[name]
     for i, x in enumerate(entries):
         assert Y[i // pool.columns, i % pool.columns] == x
@@ -73,37 +102,35 @@ def test_default_layout_is_interleaved(params):
 def test_tall_leaves_split_and_pool_pads_with_nan():
     rng = np.random.default_rng(0)
     params = {
-        "a": rng.standard_normal((3, 3, 64, 8)).astype(np.float32),  # K = 576 > 512
-        "b": rng.standard_normal((1100, 3)).astype(np.float32),  # K = 1100
+        "a": rng.standard_normal((3, 3, 64, 8)).astype(np.float32),  # 4608 entries in 17 columns
+        "b": rng.standard_normal((9000, 3)).astype(np.float32),  # 27000 in 17 columns: 1589 = 7 × 227 rows
         "c": rng.standard_normal((700,)).astype(np.float32),  # pooled: 700 + 13 entries
         "d": rng.standard_normal((13,)).astype(np.float32),
     }
     cb = jp.Codebook.create(params, 0)
     shapes = {g: (s.K, s.columns) for g, s in cb.groups.items()}
     name, pool = _pool(cb)
-    # 576 = 2 × 288; 1100 has no divisor in 3..6 below 5: 4 × 275; 713 entries → 2 columns × 357 rows
-    assert shapes == {
-        "a#0": (288, 8),
-        "a#1": (288, 8),
-        "b#0": (275, 3),
-        "b#1": (275, 3),
-        "b#2": (275, 3),
-        "b#3": (275, 3),
-        name: (357, 2),
-    }
+    assert _width(8, 576) == 17 and _width(3, 9000) == 17 and _pool_width(713) == 17
+    # a: ⌈4608/17⌉ = 272 rows, one group; b: 1589 rows, at least 4 blocks of ≤ 512, and 7 (the
+    # smallest count from 4 that divides 1589) blocks of 227 rows, the last padded; the pool:
+    # ⌈713/17⌉ = 42 rows
+    assert shapes == {"a": (272, 17), **{f"b#{i}": (227, 17) for i in range(7)}, name: (42, 17)}
     packed = cb.pack(params)
-    for i in range(4):  # group b#i holds rows [275 i, 275 (i + 1)) of b
-        np.testing.assert_array_equal(packed[f"b#{i}"], params["b"][275 * i : 275 * (i + 1)])
-    np.testing.assert_array_equal(packed["a#1"], params["a"].reshape(576, 8)[288:])
+    flat_b = params["b"].ravel()
+    for i, (lo, hi) in enumerate((227 * i, 227 * (i + 1)) for i in range(7)):
+        block = packed[f"b#{i}"].ravel()
+        real = flat_b[lo * 17 : hi * 17]
+        np.testing.assert_array_equal(block[: real.size], real)
+        assert np.isnan(block[real.size :]).all()
     Y = packed[name]
     flat = np.concatenate([params["c"], params["d"]])
     np.testing.assert_array_equal(Y.ravel()[:713], flat)
-    assert np.isnan(Y.ravel()[713:]).all() and Y.ravel()[713:].size == 1
+    assert np.isnan(Y.ravel()[713:]).all() and Y.ravel()[713:].size == 42 * 17 - 713
     back = cb.unpack(packed)
     for p, v in params.items():
         np.testing.assert_array_equal(back[p], v)
-    assert pool.weakest == (357 - 90 - 1) // 2  # the padded column has one row less
-    assert cb.capacity().weakest.name == "b#0"  # the shortest K
+    assert pool.weakest == (42 - 11 - 1) // 2  # a padded column has one row less
+    assert cb.capacity().weakest.name == name  # the shortest K
 
 
 def test_padding_is_an_erasure_and_pooled_columns_certify():
@@ -193,7 +220,10 @@ def test_encode_decode_round_trip(params):
     # decode is A Θ laid out: check it against numpy for one leaf group and the pool
     for name, g in cb.groups.items():
         Y = np.asarray(cb.matrix(name), np.float64) @ np.asarray(latent[name], np.float64)
-        np.testing.assert_allclose(cb.pack(W)[name], Y.astype(np.float32)[: g.K], rtol=1e-5, atol=1e-6)
+        got = cb.pack(W)[name]
+        real = np.isfinite(got)  # the last row's padding entries are erasures (NaN), not values
+        assert real.sum() == g.entries
+        np.testing.assert_allclose(got[real], Y.astype(np.float32)[real], rtol=1e-5, atol=1e-6)
     traced = jax.jit(cb.encode)(W)  # the jnp path gives the host fit's answer
     for name in latent:
         np.testing.assert_allclose(traced[name], latent[name], rtol=1e-4, atol=1e-5)
@@ -240,8 +270,11 @@ def test_capacity(params):
     cb = jp.Codebook.create(params, jax.random.key(3))
     cap = cb.capacity().as_dict()
     s = cap["groups"]["conv1/kernel"]
-    assert (s["K"], s["n"], s["columns"], s["max_outliers"]) == (144, 36, 32, 54)
-    assert cap["weakest"] == {"group": "readout/kernel", "max_outliers": (24 - 6) // 2}
+    # 3·3·16·32 = 4608 entries in m = 37 columns (_width(32, 144)): K = 125, n = 32
+    assert _width(32, 144) == 37
+    assert (s["K"], s["n"], s["columns"], s["max_outliers"]) == (125, 32, 37, (125 - 32) // 2)
+    name, pool = _pool(cb)
+    assert cap["weakest"] == {"group": "dense/kernel", "max_outliers": (27 - 7 - 1) // 2}
     text = str(cb.capacity())
     assert "conv1/kernel" in text and "max outliers" in text and "(100.0%)" in text
 

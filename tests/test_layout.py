@@ -187,12 +187,14 @@ def _interleave(path, leaf):
 
 
 def _smallest_coprime(C, F):
-    """The definition, by brute force over every candidate (not the library's search)."""
-    return min(m for m in range(C + 1, C + 1 + 4 * (C + F)) if np.gcd(m, C) == 1 and np.gcd(m, F) == 1)
+    """The definition, by brute force over every candidate (not the library's search): the
+    smallest m > C coprime to C, to F and to every stride s = 2…16."""
+    ok = lambda m: np.gcd(m, C) == 1 and np.gcd(m, F) == 1 and all(np.gcd(m, s) == 1 for s in range(2, 17))
+    return min(m for m in range(C + 1, C + 1 + 64 * (C + F)) if ok(m))
 
 
-@pytest.mark.parametrize("C,F", [(10, 256), (10, 1280), (6, 21), (16, 15), (32, 72), (1, 7), (30, 77)])
-def test_coprime_width_is_the_smallest_width_above_C_coprime_to_C_and_fan_in(C, F):
+@pytest.mark.parametrize("C,F", [(10, 256), (10, 1280), (6, 21), (16, 15), (32, 72), (1, 7), (30, 77), (1000, 512)])
+def test_coprime_width_is_the_smallest_width_above_C_coprime_to_C_fan_in_and_small_strides(C, F):
     m = _layout.coprime_width(C, F)
     assert m == _smallest_coprime(C, F)
     assert m > C and np.gcd(m, C) == 1 and np.gcd(m, F) == 1
@@ -226,12 +228,12 @@ def test_interleave_places_entry_i_c_at_row_and_column_of_i_C_plus_c(shape, max_
 def test_interleave_spreads_a_rewritten_output_channel_over_every_column():
     """A (256, 10) read-out: rewriting output channel c touches ≤ ⌈256/m⌉ entries of any
     column (counted by a plain loop over the placement rule, and by pack); one input row's 10
-    entries lie in 10 distinct columns.  In the default layout the channel is one whole column."""
+    entries lie in 10 distinct columns.  The default layout is the same interleave."""
     shape = (256, 10)
     cb = jp.Codebook.create({"w": np.zeros(shape, np.float32)}, b"\x05" * 32, select=_interleave)
     (g,) = cb.groups.values()
     m = g.columns
-    assert m == 11 and g.K == -(-2560 // 11)
+    assert m == 17 and g.K == -(-2560 // 17)
     for c in range(10):
         loop = np.zeros(m, int)
         for i in range(256):
@@ -244,9 +246,7 @@ def test_interleave_spreads_a_rewritten_output_channel_over_every_column():
     for i in range(256):
         assert len({(i * 10 + c) % m for c in range(10)}) == 10
     default = jp.Codebook.create({"w": np.zeros(shape, np.float32)}, b"\x05" * 32)
-    mask = np.zeros(shape, np.float32)
-    mask[:, 3] = 1
-    assert max(np.nansum(v, 0).max() for v in default.pack({"w": mask}).values()) == 256
+    assert default.groups == cb.groups
 
 
 def test_interleave_round_trips_through_encode_decode_and_the_codebook_file(tmp_path):
@@ -261,7 +261,7 @@ def test_interleave_round_trips_through_encode_decode_and_the_codebook_file(tmp_
     select = lambda path, leaf: "interleave" if path == "head/kernel" else None
     cb = jp.Codebook.create(params, b"\x06" * 32, select=select)
     g = cb.groups["head/kernel"]
-    assert (g.K, g.columns) == (-(-400 // 11), 11)
+    assert (g.K, g.columns) == (-(-400 // 17), 17)
     latent = cb.init_latent(params)
     W = cb.decode(latent)
     # W is in range(A) column by column: decode(encode(W)) = W, and the code of W is A·Θ
