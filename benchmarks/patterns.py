@@ -189,7 +189,7 @@ def main(argv=None) -> int:
             **s,
             "certified_fraction": s["certified"] / s["columns"],
             "certified_exact_fraction": s["certified_exact"] / s["columns"],
-            "ok": report.ok,
+            "ok": bool(report.ok),
             "status": report.status(),
             "seconds": seconds,
             "ratio_to_first_warm_call": seconds / reference,
@@ -202,11 +202,13 @@ def main(argv=None) -> int:
             f"ok {report.ok!s:<5}  {seconds:5.1f} s ({seconds / reference:.2f}×, {len(compiles) - n0} compiled)",
             flush=True,
         )
+        if not report.ok:
+            print(f"           {report.status()[:240]}", flush=True)
     if a.out:
         os.makedirs(a.out, exist_ok=True)
+        info = {"size": a.size, "first_warm_call_seconds": reference, "load": os.getloadavg()[0]}
         with open(os.path.join(a.out, "patterns.json"), "w") as f:
-            info = {"size": a.size, "first_warm_call_seconds": reference, "load": os.getloadavg()[0]}
-        json.dump({**info, "rows": rows}, f, indent=1)
+            json.dump({**info, "rows": rows}, f, indent=1)
     return 0
 
 
