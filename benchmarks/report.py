@@ -1,7 +1,7 @@
 """Tables from the suite's JSON results: ``OUT/summary.md`` and the generated blocks of
 ``benchmarks/README.md``, so that replacing the figures after a run is mechanical.
 
-    python -m benchmarks.report [--results benchmarks/results] [--baseline benchmarks/results/v1]
+    python -m benchmarks.report --results benchmarks/results [--baseline benchmarks/results/v1]
                                      [--readme benchmarks/README.md]
 
 Every table states the command that made it and the load average before and after (from
@@ -345,7 +345,7 @@ def changes_text(ch: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results", required=True, metavar="DIR", help="a results directory; its summary.md is rewritten")
     p.add_argument("--baseline", help="an earlier run's results directory, shown beside (e.g. benchmarks/results/v1)")
     p.add_argument("--readme", help="rewrite this file's <!-- bench:NAME --> blocks (e.g. benchmarks/README.md)")
     a = p.parse_args(argv)
