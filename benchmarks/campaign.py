@@ -355,13 +355,15 @@ def run(
                 )
                 regimes.append(row)
                 log(
-                    f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, {row['certified']} certified, "
-                    f"{row['outside_bound_within_guarantee']} outside bound, {row['exact_uncertified']} exact uncertified, "
+                    f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, "
+                    f"{row['certified']} certified, {row['outside_bound_within_guarantee']} outside bound, "
+                    f"{row['exact_uncertified']} exact uncertified, "
                     f"median bound/error {row['median_bound_over_error']:.3g} ({row['edge_certified']} certified with "
                     f"|I| = n+1: {row['edge_median_bound_over_error']:.3g}); "
                     f"in-range faults {trial['certified_faulted']}/{trial['faulted']} certified by l1, "
                     f"{trial['undetected']} undetected with the seal, {trial['false_alarm_chunks']} false alarms "
-                    f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond the guarantee, "
+                    f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond "
+                    "the guarantee, "
                     f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|; within capacity "
                     f"{honest['certified']}/{honest['columns']} certified, ok {honest['ok']}/{trials}, "
                     f"{honest['false_alarm_chunks']} false alarms, statistic/tolerance ≤ "

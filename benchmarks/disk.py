@@ -291,7 +291,10 @@ def _reason(message: str) -> str:
 
 
 def markdown(result: dict) -> str:
-    head = "| format | damage | floats changed | max rel. error (worst leaf) | certified | report.ok | accuracy damaged → purified (clean) |"
+    head = (
+        "| format | damage | floats changed | max rel. error (worst leaf) | certified | report.ok "
+        "| accuracy damaged → purified (clean) |"
+    )
     lines = [head, "|" + "---|" * 7]
     for r in result["rows"]:
         if r["format"] == ORBAX_RAW:  # small arrays are inlined in b-tree nodes, not damaged

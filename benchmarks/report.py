@@ -92,8 +92,8 @@ def target_table(res: dict, base: dict | None) -> list[str]:
     ]
     o = t["recover"]
     L.append(
-        f"| jaxpurify.recover (float32, all {t['m']} columns) | {o['columns_per_s']:,.0f} | {o['max_rel_err']:.1e} | 1 |"
-        + (f" {bn}: {b['recover']['columns_per_s']:,.0f} col/s |" if b else "")
+        f"| jaxpurify.recover (float32, all {t['m']} columns) | {o['columns_per_s']:,.0f} "
+        f"| {o['max_rel_err']:.1e} | 1 |" + (f" {bn}: {b['recover']['columns_per_s']:,.0f} col/s |" if b else "")
     )
     for name, r in t["peers"].items():
         old = (b or {}).get("peers", {}).get(name, {})
@@ -231,7 +231,8 @@ def compare_table(res: dict, base: dict) -> list[str]:
     t, b = res.get("target"), base.get("target")
     if t and b:
         L.append(
-            f"| target point: recover col/s | {b['recover']['columns_per_s']:,.0f} | {t['recover']['columns_per_s']:,.0f} |"
+            f"| target point: recover col/s | {b['recover']['columns_per_s']:,.0f} "
+            f"| {t['recover']['columns_per_s']:,.0f} |"
         )
         h_old, h_now = b["peers"].get(HIGHS, {}), t["peers"].get(HIGHS, {})
         if h_old.get("available") and h_now.get("available"):
@@ -311,7 +312,7 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
         pat = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
         if not pat.search(text):
             raise ValueError(f"no block <!-- bench:{name} --> … <!-- /bench:{name} --> in the README")
-        text = pat.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text, count=1)
+        text = pat.sub(lambda m, body=body: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text, count=1)
     return text
 
 

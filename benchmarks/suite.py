@@ -10,8 +10,8 @@
 
 Writes ``OUT/{peers,grid,roofline}.json``, ``OUT/resnet_size_*.json``, ``OUT/run.json`` (per part:
 the command, git commit, seconds and the load average before and after) and ``OUT/summary.md``
-(``benchmarks.report``; parts not named by ``--only`` keep the previous run's JSON); ``--out`` is required: the committed
-results are ``benchmarks/results``, written only when named.
+(``benchmarks.report``; parts not named by ``--only`` keep the previous run's JSON). ``--out`` is
+required: the committed results are ``benchmarks/results``, written only when named.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def roofline(quick: bool, log=print) -> dict:
         compiles.append(c)
         log(
             f"K={K} n={n} m={m}: iteration {r['iteration_gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.0%} of "
-            f"peak {peak:.1f}; compile {c['compile_seconds']:.2f} s; XLA memory {c.get('xla_bytes_over_input') or 0:.1f}× input"
+            f"peak {peak:.1f}; compile {c['compile_seconds']:.2f} s; "
+            f"XLA memory {c.get('xla_bytes_over_input') or 0:.1f}× input"
         )
     return {"matmul_peak_gflops": max(peaks), "iteration": rates, "compile": compiles}
 

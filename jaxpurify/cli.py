@@ -124,7 +124,8 @@ def _reproduce(args) -> int:
             for row in r[leaf]:
                 lp = f" ({row['lp_success_rate']:.2f})" if row["lp_success_rate"] != "" else ""
                 print(
-                    f"  K/n={row['ratio']:<4g} rho={row['rho']:.2f}  {row['success_rate']:.2f}{lp}  certified {row['certified_rate']:.2f}"
+                    f"  K/n={row['ratio']:<4g} rho={row['rho']:.2f}  {row['success_rate']:.2f}{lp}  "
+                    f"certified {row['certified_rate']:.2f}"
                 )
         print(f"wrote {args.out}/phase_weights.csv, phase_biases.csv, function_check.csv, phase.png")
         return EXIT_OK

@@ -115,7 +115,7 @@ def test_loop_vmap_jit_agree():
     rng = np.random.default_rng(5)
     B, K, n, m = 3, 40, 10, 5
     As, Ys = [], []
-    for b in range(B):
+    for _ in range(B):
         A, X, Y, _ = instance(rng, K, n, m, 6)
         As.append(A)
         Ys.append(Y)
