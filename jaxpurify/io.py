@@ -90,7 +90,7 @@ def save_format(path: str | os.PathLike, format: str | None = None) -> str:
 
 def _host_array(path: str, leaf) -> np.ndarray:
     dtype = getattr(leaf, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         raise TypeError(f"leaf {path!r} is a typed PRNG key; store jax.random.key_data(key) instead")
     try:
         arr = np.asarray(leaf)
