@@ -118,12 +118,13 @@ def map_with_path(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
     """``fn(path, leaf)`` on every leaf; the result has the structure of ``tree`` (an
     ``nnx.Module`` gives an ``nnx.State``).  The model: ``flax.traverse_util.path_aware_map``.
 
-    >>> import numpy as np
-    >>> from jaxpurify.tree import map_with_path
-    >>> params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.zeros(3)}}
-    >>> shapes = map_with_path(lambda path, leaf: f"{path} {leaf.shape}", params)
-    >>> shapes["dense"]["kernel"], shapes["dense"]["bias"]
-    ('dense/kernel (2, 3)', 'dense/bias (3,)')
+    Examples:
+        >>> import numpy as np
+        >>> from jaxpurify.tree import map_with_path
+        >>> params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.zeros(3)}}
+        >>> shapes = map_with_path(lambda path, leaf: f"{path} {leaf.shape}", params)
+        >>> shapes["dense"]["kernel"], shapes["dense"]["bias"]
+        ('dense/kernel (2, 3)', 'dense/bias (3,)')
     """
     leaves, _, treedef = flatten(tree)
     return jax.tree_util.tree_unflatten(treedef, [fn(leaf.path, leaf.value) for leaf in leaves])
