@@ -82,7 +82,17 @@ class RecoverOptions:
             raise ValueError(f"trim must be a bool, got {self.trim!r}")
 
     def replace(self, **changes: Any) -> RecoverOptions:
-        """A copy with ``changes``; unknown names raise ``TypeError`` naming them."""
+        """A copy with ``changes``; unknown names raise ``TypeError`` naming them.
+
+        Examples:
+            >>> from jaxpurify import RecoverOptions
+            >>> RecoverOptions().replace(atol=1e-3).atol
+            0.001
+            >>> RecoverOptions().replace(tolerance=1e-3)
+            Traceback (most recent call last):
+            ...
+            TypeError: unknown solver option(s) ['tolerance']; known: [...]
+        """
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise TypeError(f"unknown solver option(s) {unknown}; known: {[f.name for f in dataclasses.fields(self)]}")

@@ -20,8 +20,13 @@ def readme_snippet(heading: str) -> str:
 
 
 def run_snippet(heading: str, tmp_path) -> subprocess.CompletedProcess:
+    return run_code(readme_snippet(heading), tmp_path)
+
+
+def run_code(code: str, tmp_path) -> subprocess.CompletedProcess:
+    """``code`` as a script in ``tmp_path``, with this checkout's package and ``jaxpurify`` command."""
     script = tmp_path / "snippet.py"
-    script.write_text(readme_snippet(heading))
+    script.write_text(code)
     env = dict(os.environ, PYTHONPATH=ROOT, JAXPURIFY_PROGRESS="0")
     # the console script of this checkout, also when the package is not installed
     bindir = tmp_path / "bin"
