@@ -33,7 +33,7 @@ in-range faults: certified by l1 and undetected by the seal (target 0), plus sea
 (failed chunks holding no faulted column), the smallest single-entry change purify's seal is sure
 to detect (worst chunk, × max|W|), and the within-capacity trials.  ``--columns`` sets the entry-fault columns in all
 (default 106,496: 4 batches of 1024 per regime at K ≤ 256, 1 at K = 1024, scaled to fit).
-JSON to ``benchmarks/results/campaign.json``.
+With ``--out FILE`` the JSON goes there too (the committed run is ``benchmarks/results/campaign.json``).
 """
 
 from __future__ import annotations
@@ -355,13 +355,15 @@ def run(
                 )
                 regimes.append(row)
                 log(
-                    f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, {row['certified']} certified, "
-                    f"{row['outside_bound_within_guarantee']} outside bound, {row['exact_uncertified']} exact uncertified, "
+                    f"K={K:5d} n={n:4d} K/n={K / n:4.2f} {dtype}: {row['columns']} columns, "
+                    f"{row['certified']} certified, {row['outside_bound_within_guarantee']} outside bound, "
+                    f"{row['exact_uncertified']} exact uncertified, "
                     f"median bound/error {row['median_bound_over_error']:.3g} ({row['edge_certified']} certified with "
                     f"|I| = n+1: {row['edge_median_bound_over_error']:.3g}); "
                     f"in-range faults {trial['certified_faulted']}/{trial['faulted']} certified by l1, "
                     f"{trial['undetected']} undetected with the seal, {trial['false_alarm_chunks']} false alarms "
-                    f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond the guarantee, "
+                    f"({row['seconds']} s); {row['certified_wrong_beyond_guarantee']} certified wrong beyond "
+                    "the guarantee, "
                     f"seal detects {trial['seal_detectable'] / trial['max_abs_weight']:.2g} of max|W|; within capacity "
                     f"{honest['certified']}/{honest['columns']} certified, ok {honest['ok']}/{trials}, "
                     f"{honest['false_alarm_chunks']} false alarms, statistic/tolerance ≤ "
@@ -424,7 +426,7 @@ def main(argv=None) -> dict:
     p.add_argument("--K", default=",".join(map(str, KS)), help="a subset of the K values, e.g. 16,64")
     p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     p.add_argument("--dtypes", default=",".join(DTYPES))
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "campaign.json"))
+    p.add_argument("--out", metavar="FILE", help="also write the results as JSON here")
     a = p.parse_args(argv)
     result = run(
         a.columns,

@@ -48,7 +48,7 @@ def measure(ratio: int, rho: float, repeat: int) -> list[dict]:
     rows = []
     for name, change in VARIANTS.items():
         opts = jp.RecoverOptions().replace(**change)
-        t = best_of(lambda: jp.recover(A32, Y32, opts).x, repeat=repeat)
+        t = best_of(lambda opts=opts: jp.recover(A32, Y32, opts).x, repeat=repeat)
         out = jp.recover(A32, Y32, opts)
         err, cert = rel_err(out.x, X), np.asarray(out.certified)
         rows.append(

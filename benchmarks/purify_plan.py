@@ -97,7 +97,8 @@ def side_by_side(size: float, repeats: int, last_axis: bool) -> None:
             dt = time.perf_counter() - t0
             if r == 0:
                 print(
-                    f"  {name}: first call {dt:.1f} s ({rep.solver_shapes} shapes), certified {rep.certified}/{rep.columns}"
+                    f"  {name}: first call {dt:.1f} s ({rep.solver_shapes} shapes), "
+                    f"certified {rep.certified}/{rep.columns}"
                 )
             else:
                 best[name] = min(best[name], dt)

@@ -1,7 +1,7 @@
 """Tables from the suite's JSON results: ``OUT/summary.md`` and the generated blocks of
 ``benchmarks/README.md``, so that replacing the figures after a run is mechanical.
 
-    python -m benchmarks.report [--results benchmarks/results] [--baseline benchmarks/results/v1]
+    python -m benchmarks.report --results benchmarks/results [--baseline benchmarks/results/v1]
                                      [--readme benchmarks/README.md]
 
 Every table states the command that made it and the load average before and after (from
@@ -92,8 +92,8 @@ def target_table(res: dict, base: dict | None) -> list[str]:
     ]
     o = t["recover"]
     L.append(
-        f"| jaxpurify.recover (float32, all {t['m']} columns) | {o['columns_per_s']:,.0f} | {o['max_rel_err']:.1e} | 1 |"
-        + (f" {bn}: {b['recover']['columns_per_s']:,.0f} col/s |" if b else "")
+        f"| jaxpurify.recover (float32, all {t['m']} columns) | {o['columns_per_s']:,.0f} "
+        f"| {o['max_rel_err']:.1e} | 1 |" + (f" {bn}: {b['recover']['columns_per_s']:,.0f} col/s |" if b else "")
     )
     for name, r in t["peers"].items():
         old = (b or {}).get("peers", {}).get(name, {})
@@ -231,7 +231,8 @@ def compare_table(res: dict, base: dict) -> list[str]:
     t, b = res.get("target"), base.get("target")
     if t and b:
         L.append(
-            f"| target point: recover col/s | {b['recover']['columns_per_s']:,.0f} | {t['recover']['columns_per_s']:,.0f} |"
+            f"| target point: recover col/s | {b['recover']['columns_per_s']:,.0f} "
+            f"| {t['recover']['columns_per_s']:,.0f} |"
         )
         h_old, h_now = b["peers"].get(HIGHS, {}), t["peers"].get(HIGHS, {})
         if h_old.get("available") and h_now.get("available"):
@@ -311,7 +312,7 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
         pat = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
         if not pat.search(text):
             raise ValueError(f"no block <!-- bench:{name} --> … <!-- /bench:{name} --> in the README")
-        text = pat.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text, count=1)
+        text = pat.sub(lambda m, body=body: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text, count=1)
     return text
 
 
@@ -345,7 +346,7 @@ def changes_text(ch: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--results", required=True, metavar="DIR", help="a results directory; its summary.md is rewritten")
     p.add_argument("--baseline", help="an earlier run's results directory, shown beside (e.g. benchmarks/results/v1)")
     p.add_argument("--readme", help="rewrite this file's <!-- bench:NAME --> blocks (e.g. benchmarks/README.md)")
     a = p.parse_args(argv)

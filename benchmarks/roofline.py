@@ -64,7 +64,7 @@ def iteration_rate(K: int, n: int, m: int, seed: int = 0) -> dict:
     t, its = {}, {}
     for N in (SHORT, LONG):
         opts = fixed_iterations(N)
-        t[N] = best_of(lambda: jp.recover(A, Y, opts).x, repeat=3)
+        t[N] = best_of(lambda opts=opts: jp.recover(A, Y, opts).x, repeat=3)
         its[N] = float(np.mean(np.asarray(jp.recover(A, Y, opts).iterations)))
     per_iter = (t[LONG] - t[SHORT]) / (its[LONG] - its[SHORT])
     Q, _ = jnp.linalg.qr(A)

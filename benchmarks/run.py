@@ -1,6 +1,6 @@
 """The benchmark suite; see ``benchmarks.suite``.
 
-python -m benchmarks.run [--quick] [--out DIR]
+python -m benchmarks.run --out DIR [--quick]
 """
 
 import sys

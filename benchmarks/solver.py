@@ -78,7 +78,7 @@ def boundary(repeat: int, quick: bool) -> list[dict]:
             n = int(256 / ratio)
             A, X, Y = problem(256, n, 512, rho)
             A32, Y32 = jnp.asarray(A, jnp.float32), jnp.asarray(Y, jnp.float32)
-            t = _best(lambda: jp.recover(A32, Y32).x, repeat)
+            t = _best(lambda A32=A32, Y32=Y32: jp.recover(A32, Y32).x, repeat)
             out = jp.recover(A32, Y32)
             err = rel_err(out.x, X)
             cert = np.asarray(out.certified)

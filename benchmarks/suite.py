@@ -1,4 +1,4 @@
-"""The benchmark suite in one run: ``python -m benchmarks.run [--quick]`` (or ``python -m benchmarks.suite``).
+"""The benchmark suite in one run: ``python -m benchmarks.run --out DIR [--quick]`` (or ``python -m benchmarks.suite``).
 
 1. Peers at the target point (K = 256, K/n = 4, m = 512, 15% gross errors): ``recover`` against
    HiGHS, CVXPY (Parameter reused), scikit-learn QuantileRegressor and MPAX on the same columns.
@@ -10,7 +10,8 @@
 
 Writes ``OUT/{peers,grid,roofline}.json``, ``OUT/resnet_size_*.json``, ``OUT/run.json`` (per part:
 the command, git commit, seconds and the load average before and after) and ``OUT/summary.md``
-(``benchmarks.report``; parts not named by ``--only`` keep the previous run's JSON); OUT defaults to ``benchmarks/results`` (``benchmarks/results/quick`` with ``--quick``).
+(``benchmarks.report``; parts not named by ``--only`` keep the previous run's JSON). ``--out`` is
+required: the committed results are ``benchmarks/results``, written only when named.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def roofline(quick: bool, log=print) -> dict:
         compiles.append(c)
         log(
             f"K={K} n={n} m={m}: iteration {r['iteration_gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.0%} of "
-            f"peak {peak:.1f}; compile {c['compile_seconds']:.2f} s; XLA memory {c.get('xla_bytes_over_input') or 0:.1f}× input"
+            f"peak {peak:.1f}; compile {c['compile_seconds']:.2f} s; "
+            f"XLA memory {c.get('xla_bytes_over_input') or 0:.1f}× input"
         )
     return {"matmul_peak_gflops": max(peaks), "iteration": rates, "compile": compiles}
 
@@ -198,7 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="small grid, 4 sampled peer columns, ResNet ¼× only")
-    p.add_argument("--out", help="output directory (default benchmarks/results[/quick])")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output directory (e.g. a new one; the committed results: benchmarks/results)",
+    )
     p.add_argument(
         "--only",
         choices=["target", "grid", "roofline", "resnet"],
@@ -206,14 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these parts (repeatable)",
     )
     a = p.parse_args(argv)
-    out = a.out or os.path.join("benchmarks", "results", "quick" if a.quick else "")
+    out = a.out
     os.makedirs(out, exist_ok=True)
     parts = a.only or ["target", "grid", "roofline", "resnet"]
     log = lambda s: print(s, flush=True)
     command = (
         "python -m benchmarks.run" + (" --quick" if a.quick else "") + "".join(f" --only {x}" for x in (a.only or []))
     )
-    command += f" --out {a.out}" if a.out else ""
+    command += f" --out {a.out}"
     run = {"quick": a.quick, "machine": machine(), "parts": {}}
     old = os.path.join(out, "run.json")
     if os.path.exists(old):  # parts not run this time keep their own command and load

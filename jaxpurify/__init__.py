@@ -11,17 +11,8 @@ matrices; ``seal`` / ``verify`` for what l1 cannot see, see SECURITY.md), :func:
 leaves by path in :mod:`jaxpurify.tree`; progress bars and tables in :mod:`jaxpurify.progress`.
 """
 
-from jaxpurify._cache import enable_compilation_cache
-from jaxpurify._codebook import Codebook, LeafSpec
-from jaxpurify._codebook_file import LegacyCodebookWarning
-from jaxpurify._keys import WeakKeyWarning
-from jaxpurify._layout import Group
-from jaxpurify._options import RecoverOptions
-from jaxpurify._purify import UncertifiedError, UncertifiedWarning, purify
-from jaxpurify._report import LeafReport, Report
-from jaxpurify._seal import LeafVerdict, Seal
-from jaxpurify._solution import RESULTS, Recovery
-from jaxpurify._solver import recover
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "Codebook",
@@ -46,13 +37,67 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    # the NNX helpers import flax.nnx: only when asked for
-    if name in ("EncodedModule", "Latent"):
-        from jaxpurify import _nnx
+# Public name -> the private module that defines it. Resolved on first access (PEP 562), so that
+# `import jaxpurify` (and `jaxpurify --help`/`--version`) does not import JAX; the NNX helpers
+# (EncodedModule, Latent) import flax.nnx, also only when asked for.
+_LAZY = {
+    "Codebook": "_codebook",
+    "EncodedModule": "_nnx",
+    "Group": "_layout",
+    "Latent": "_nnx",
+    "LeafReport": "_report",
+    "LeafSpec": "_codebook",
+    "LeafVerdict": "_seal",
+    "LegacyCodebookWarning": "_codebook_file",
+    "RESULTS": "_solution",
+    "RecoverOptions": "_options",
+    "Recovery": "_solution",
+    "Report": "_report",
+    "Seal": "_seal",
+    "UncertifiedError": "_purify",
+    "UncertifiedWarning": "_purify",
+    "WeakKeyWarning": "_keys",
+    "enable_compilation_cache": "_cache",
+    "purify": "_purify",
+    "recover": "_solver",
+}
 
-        return getattr(_nnx, name)
-    raise AttributeError(f"module 'jaxpurify' has no attribute {name!r}")
+if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
+    from jaxpurify._cache import enable_compilation_cache
+    from jaxpurify._codebook import Codebook, LeafSpec
+    from jaxpurify._codebook_file import LegacyCodebookWarning
+    from jaxpurify._keys import WeakKeyWarning
+    from jaxpurify._layout import Group
+    from jaxpurify._nnx import EncodedModule, Latent
+    from jaxpurify._options import RecoverOptions
+    from jaxpurify._purify import UncertifiedError, UncertifiedWarning, purify
+    from jaxpurify._report import LeafReport, Report
+    from jaxpurify._seal import LeafVerdict, Seal
+    from jaxpurify._solution import RESULTS, Recovery
+    from jaxpurify._solver import recover
+
+
+# `jp.io.save(...)` after a bare `import jaxpurify as jp` worked while the package imported
+# everything eagerly; these submodules keep working that way
+_SUBMODULES = frozenset(
+    ("attacks", "cli", "contamination", "convert", "data", "defenses", "demo", "experiments", "io", "models")
+    + ("progress", "train", "tree")
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"jaxpurify.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jaxpurify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"jaxpurify.{module}"), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __version__ = "0.2.0"

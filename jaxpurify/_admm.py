@@ -32,22 +32,24 @@ class _AdmmState(NamedTuple):
     done: jax.Array  # (m,)
 
 
-def _mm(a, b):
+def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=HIGHEST)
 
 
-def _soft(v, t):
+def _soft(v: jax.Array, t: jax.Array | float) -> jax.Array:
     return jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0.0)
 
 
-def _norm(v):
+def _norm(v: jax.Array) -> jax.Array:
     """Column 2-norms, scaled so that squares of values near the float maximum cannot overflow."""
     big = jnp.max(jnp.abs(v), axis=0)
     safe = jnp.where(big > 0, big, 1.0)
     return big * jnp.sqrt(jnp.sum(jnp.square(v / safe), axis=0))
 
 
-def admm(Q, y, usable, active, max_iter: int, tol, relax):
+def admm(
+    Q: jax.Array, y: jax.Array, usable: jax.Array, active: jax.Array, max_iter: int, tol: jax.Array, relax: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """ADMM for min ‖y − Q c‖₁ over the usable rows of the active columns.
 
     Returns (c, z, iters, done).  Unusable rows are zeroed and left free (no l1 cost), so a huge
@@ -79,7 +81,7 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
 
     eps = tol.astype(dtype)
 
-    def update(z, u, rho):
+    def update(z: jax.Array, u: jax.Array, rho: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         c = _mm(Q.T, y - z - u)
         w = _mm(Q, c)
         w_hat = alpha * w + (1 - alpha) * (y - z)
@@ -92,10 +94,10 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
         # the third product for the dual residual would otherwise cost as much as the update.
         # A column that has met its test is frozen, so its answer does not depend on how long the
         # other columns of the batch keep iterating (the polish can still move it by an ulp or two).
-        def frozen(z_new, u_new, z, u):
+        def frozen(z_new: jax.Array, u_new: jax.Array, z: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
             return jnp.where(s.done, z, z_new), jnp.where(s.done, u, u_new)
 
-        def plain(_, zu):
+        def plain(_: jax.Array, zu: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
             _, z, u = update(zu[0], zu[1], s.rho)
             return frozen(z, u, *zu)
 
@@ -119,7 +121,7 @@ def admm(Q, y, usable, active, max_iter: int, tol, relax):
         factor = jnp.where(adapt, jnp.clip(jnp.sqrt(ratio), *STEP_CLIP), 1.0).astype(dtype)
         return _AdmmState(z=z, u=u / factor, rho=s.rho * factor, it=it, iters=iters, done=done)
 
-    def cond(s: _AdmmState):
+    def cond(s: _AdmmState) -> jax.Array:
         return (s.it < max_iter) & ~jnp.all(s.done)
 
     s = lax.while_loop(cond, step, state)

@@ -17,9 +17,9 @@ Where a secret comes from (:func:`secret_from_key`):
   its uint32 key words, little-endian, are the secret, so ``jax.random.key(42)`` and ``42`` give
   exactly the bytes (and so the matrices) they always gave.  An int seed below 2**64 is read as the
   two words (seed >> 32, seed & 0xffffffff), which is what ``jax.random.key`` gives for seeds
-  below 2**63 under ``jax_enable_x64``; seeds below 2**32 are unchanged, but seeds in [2**32, 2**64) are no longer truncated to
-  their low 32 bits (before, ``2**32 + 42`` silently named the same key as ``42``; to reopen a
-  codebook made that way pass ``seed % 2**32``).  Seeds in [2**64, 2**512) become their
+  below 2**63 under ``jax_enable_x64``; seeds below 2**32 are unchanged, but seeds in [2**32, 2**64)
+  are no longer truncated to their low 32 bits (before, ``2**32 + 42`` silently named the same key
+  as ``42``; to reopen a codebook made that way pass ``seed % 2**32``).  Seeds in [2**64, 2**512) become their
   little-endian bytes (at least 16); larger ones are refused.
 """
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 
-def default_rtol(dtype) -> float:
+def default_rtol(dtype: DTypeLike) -> float:
     """64·eps of ``dtype``: 7.6e-6 in float32, 1.4e-14 in float64."""
     return 64.0 * float(jnp.finfo(dtype).eps)
 
@@ -56,7 +58,7 @@ class RecoverOptions:
     atol: float = 0.0
     trim: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("finder_iters", "passes", "retry_iters", "polish_rounds", "max_cg"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -79,18 +81,28 @@ class RecoverOptions:
         if not isinstance(self.trim, bool):
             raise ValueError(f"trim must be a bool, got {self.trim!r}")
 
-    def replace(self, **changes) -> RecoverOptions:
-        """A copy with ``changes``; unknown names raise ``TypeError`` naming them."""
+    def replace(self, **changes: Any) -> RecoverOptions:
+        """A copy with ``changes``; unknown names raise ``TypeError`` naming them.
+
+        Examples:
+            >>> from jaxpurify import RecoverOptions
+            >>> RecoverOptions().replace(atol=1e-3).atol
+            0.001
+            >>> RecoverOptions().replace(tolerance=1e-3)
+            Traceback (most recent call last):
+            ...
+            TypeError: unknown solver option(s) ['tolerance']; known: [...]
+        """
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise TypeError(f"unknown solver option(s) {unknown}; known: {[f.name for f in dataclasses.fields(self)]}")
         return dataclasses.replace(self, **changes)
 
-    def rtol_for(self, dtype) -> float:
+    def rtol_for(self, dtype: DTypeLike) -> float:
         return default_rtol(dtype) if self.rtol is None else float(self.rtol)
 
 
-def resolve(options: RecoverOptions | None, overrides: dict) -> RecoverOptions:
+def resolve(options: RecoverOptions | None, overrides: dict[str, Any]) -> RecoverOptions:
     """``options`` (default ``RecoverOptions()``) with keyword ``overrides`` applied."""
     if options is None:
         options = RecoverOptions()

@@ -10,20 +10,24 @@ scaled column bit for bit the same, which is what makes the solver's answer inde
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import DTypeLike
 
 ZERO = -(1 << 20)  # the exponent given to zeros and non-finite entries
 
 
-def _layout(dtype):
+def _layout(dtype: DTypeLike) -> tuple[Any, np.dtype[Any], int, int]:
     fi = jnp.finfo(dtype)
     ibits = np.dtype(np.int32 if np.dtype(dtype).itemsize == 4 else np.int64)
     return fi, ibits, int(fi.nmant), int(fi.minexp) - int(fi.nmant)  # lowest subnormal exponent
 
 
-def _split(y):
+def _split(y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(mantissa-as-float, exponent shift, subnormal?) with y = mant · 2^shift exactly."""
     fi, ibits, nmant, low = _layout(y.dtype)
     b = lax.bitcast_convert_type(y, ibits)
@@ -35,14 +39,14 @@ def _split(y):
     return jnp.where(sub, m, y), jnp.where(sub, low, 0), sub
 
 
-def exponents(y, finite):
+def exponents(y: jax.Array, finite: jax.Array) -> jax.Array:
     """Per entry e with 2^(e−1) ≤ |y| < 2^e, subnormals included; ``ZERO`` for 0 and non-finite."""
     hi, shift, _ = _split(jnp.where(finite, y, 0.0))
     _, e = jnp.frexp(hi)
     return jnp.where(finite & (hi != 0), e + shift, ZERO)
 
 
-def column_exponent(y, finite):
+def column_exponent(y: jax.Array, finite: jax.Array) -> jax.Array:
     """Per column the median entry exponent over finite nonzero entries (the max if most are 0)."""
     e = exponents(y, finite)
     live = e > ZERO
@@ -51,7 +55,7 @@ def column_exponent(y, finite):
     lo = jnp.full(e.shape[1:], -1 << 12, e.dtype)  # count(e ≤ lo) < half
     hi = jnp.full(e.shape[1:], 1 << 12, e.dtype)  # count(e ≤ hi) ≥ half
 
-    def body(_, lh):
+    def body(_: jax.Array, lh: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         lo, hi = lh
         mid = (lo + hi) // 2
         enough = jnp.sum(live & (e <= mid), axis=0) >= half
@@ -61,7 +65,7 @@ def column_exponent(y, finite):
     return jnp.where(cnt > 0, hi, 0)
 
 
-def scale(y, e):
+def scale(y: jax.Array, e: jax.Array) -> jax.Array:
     """y · 2^-e per column, exactly (subnormal inputs read from their bits)."""
     hi, shift, _ = _split(y)
     return jnp.ldexp(hi, shift - e)

@@ -28,7 +28,7 @@ class BadInput(Exception):
     """Input the command cannot use; reported in one line, exit status 2."""
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e: BaseException | Warning | str) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
@@ -93,7 +93,7 @@ def _purify(args) -> int:
 # -- reproduce ------------------------------------------------------------------------------------
 
 
-def _needs(args) -> list[tuple[str, str]]:
+def _needs(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(module, how to install it) that this run imports, checked before any work starts."""
     needs = [] if args.experiment == "backdoor" else [("matplotlib", PAPER)]  # backdoor: figure only if present
     if args.experiment == "synthetic" and not args.no_lp:
@@ -107,7 +107,7 @@ def _missing(needs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(m, how) for m, how in needs if importlib.util.find_spec(m) is None]
 
 
-def _reproduce(args) -> int:
+def _reproduce(args: argparse.Namespace) -> int:
     missing = _missing(_needs(args))
     if missing:
         names = ", ".join(m for m, _ in missing)
@@ -124,7 +124,8 @@ def _reproduce(args) -> int:
             for row in r[leaf]:
                 lp = f" ({row['lp_success_rate']:.2f})" if row["lp_success_rate"] != "" else ""
                 print(
-                    f"  K/n={row['ratio']:<4g} rho={row['rho']:.2f}  {row['success_rate']:.2f}{lp}  certified {row['certified_rate']:.2f}"
+                    f"  K/n={row['ratio']:<4g} rho={row['rho']:.2f}  {row['success_rate']:.2f}{lp}  "
+                    f"certified {row['certified_rate']:.2f}"
                 )
         print(f"wrote {args.out}/phase_weights.csv, phase_biases.csv, function_check.csv, phase.png")
         return EXIT_OK
@@ -163,7 +164,7 @@ def _reproduce(args) -> int:
     return EXIT_OK
 
 
-def _backdoor(args) -> int:
+def _backdoor(args: argparse.Namespace) -> int:
     from jaxpurify.experiments import backdoor
 
     figure = not _missing([("matplotlib", PAPER)])
@@ -293,7 +294,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _compilation_cache(args) -> None:
+def _compilation_cache(args: argparse.Namespace) -> None:
     from jaxpurify import _cache
 
     if args.no_compilation_cache or _cache.disabled_by_env() or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -310,14 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo" and (args.filters < 8 or args.steps < 0):
         parser.error("--filters must be ≥ 8 and --steps ≥ 0")
-    run = {"purify": _purify, "reproduce": _reproduce}.get(args.command)
     try:
         _compilation_cache(args)
         if args.command == "demo":
             from jaxpurify import demo
 
             return demo.run(seed=args.seed, filters=args.filters, steps=args.steps)
-        return run(args)
+        return {"purify": _purify, "reproduce": _reproduce}[args.command](args)
     except (BadInput, OSError, ValueError) as e:
         print(f"jaxpurify {args.command}: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT

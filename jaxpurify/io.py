@@ -90,7 +90,7 @@ def save_format(path: str | os.PathLike, format: str | None = None) -> str:
 
 def _host_array(path: str, leaf) -> np.ndarray:
     dtype = getattr(leaf, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         raise TypeError(f"leaf {path!r} is a typed PRNG key; store jax.random.key_data(key) instead")
     try:
         arr = np.asarray(leaf)
@@ -278,6 +278,18 @@ def load(path: str | os.PathLike, template: Any = None, format: str | None = Non
     With an object that has a ``.check(params)`` method (a codebook), that check is run instead.
     Errors: ``FileNotFoundError``; ``ValueError`` for an unreadable or truncated file and for a
     mismatch, naming the leaf. Nothing is returned unless every leaf was read and checked.
+
+    Examples:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from jaxpurify import io
+        >>> params = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = os.path.join(folder, "model.safetensors")
+        ...     written = io.save(path, params)
+        ...     back = io.load(path)
+        >>> written, back["dense"]["kernel"].tolist()
+        ('safetensors', [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
     """
     path = os.fspath(path)
     fmt = detect_format(path) if format is None else format

@@ -22,8 +22,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, TextIO, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
 T = TypeVar("T")
 
@@ -89,12 +93,12 @@ class Progress:
         self._last_tenth = 0
         self._printed: int | None = None  # the count shown by the last plain line
         self._closed = False
-        self._rich = None
-        self._task = None
+        self._rich: RichProgress | None = None
+        self._task: TaskID | None = None
         if not self.disabled and _is_terminal(self._stream):
             self._rich = self._make_rich()
 
-    def _make_rich(self):
+    def _make_rich(self) -> RichProgress | None:
         try:
             from rich import progress as rp
             from rich.console import Console
@@ -127,7 +131,7 @@ class Progress:
             self.postfix.update(postfix)
         if self.disabled or self._closed:
             return
-        if self._rich is not None:
+        if self._rich is not None and self._task is not None:
             self._rich.update(self._task, advance=n, postfix=_format_postfix(self.postfix))
             return
         now = time.monotonic()
@@ -161,7 +165,7 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -182,9 +186,12 @@ def progress(
             bar.update(1)
 
 
-def table(head, rows) -> str:
+def table(head: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
     """A plain-text table, first column left-aligned."""
     cells = [tuple(str(c) for c in head)] + [tuple(str(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(r) for r in cells[1:]])

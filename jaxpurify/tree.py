@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import jax
@@ -33,14 +34,14 @@ class Leaf(NamedTuple):
     kind: str  # "param", or why the leaf is not a parameter
 
 
-def _key_name(k) -> str:
+def _key_name(k: Any) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(k, attr):
             return str(getattr(k, attr))
     return str(k)
 
 
-def _key_value(k):
+def _key_value(k: Any) -> Any:
     """The key itself (int for sequences and int-keyed dicts), for rebuilding nested dicts."""
     for attr in ("key", "idx", "name"):
         if hasattr(k, attr):
@@ -48,12 +49,12 @@ def _key_value(k):
     return str(k)
 
 
-def path_str(path) -> str:
+def path_str(path: tuple[Any, ...]) -> str:
     """('params', 'Conv_0', 'kernel') style key path → 'params/Conv_0/kernel'."""
     return "/".join(_key_name(k) for k in path)
 
 
-def _nnx():
+def _nnx() -> ModuleType | None:
     # NNX objects exist only if flax.nnx was imported by the caller: no import cost otherwise
     return sys.modules.get("flax.nnx")
 
@@ -66,14 +67,14 @@ def as_tree(tree: PyTree) -> PyTree:
     return tree
 
 
-def _is_variable(x) -> bool:
+def _is_variable(x: Any) -> bool:
     nnx = _nnx()
     return nnx is not None and isinstance(x, nnx.Variable)
 
 
-def _kind(keys: tuple, leaf, variable) -> str:
+def _kind(keys: tuple[Any, ...], leaf: Any, variable: Any) -> str:
     nnx = _nnx()
-    if variable is not None and not isinstance(variable, nnx.Param):
+    if variable is not None and nnx is not None and not isinstance(variable, nnx.Param):
         return f"not a Param ({type(variable).__name__})"
     if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
         return "PRNG key"
@@ -82,7 +83,7 @@ def _kind(keys: tuple, leaf, variable) -> str:
     return "param"
 
 
-def flatten(tree: PyTree) -> tuple[list[Leaf], list[tuple], Any]:
+def flatten(tree: PyTree) -> tuple[list[Leaf], list[tuple[Any, ...]], Any]:
     """[(path, value, kind)], the key tuples, and the jax treedef of any pytree (NNX included):
     ``jax.tree_util.tree_unflatten(treedef, values)`` rebuilds it (NNX variables with their type).
 
@@ -93,7 +94,8 @@ def flatten(tree: PyTree) -> tuple[list[Leaf], list[tuple], Any]:
     outer = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]
     if len(outer) != len(values):
         raise ValueError("an NNX variable holds more than one array; not supported")
-    leaves, keys = [], []
+    leaves: list[Leaf] = []
+    keys: list[tuple[Any, ...]] = []
     for (path, node), value in zip(outer, values):
         k = tuple(_key_value(p) for p in path)
         leaves.append(Leaf(path_str(path), value, _kind(k, value, node if _is_variable(node) else None)))
@@ -114,14 +116,23 @@ def leaves_with_paths(tree: PyTree) -> tuple[list[tuple[str, Any]], Any]:
 
 def map_with_path(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
     """``fn(path, leaf)`` on every leaf; the result has the structure of ``tree`` (an
-    ``nnx.Module`` gives an ``nnx.State``).  The model: ``flax.traverse_util.path_aware_map``."""
+    ``nnx.Module`` gives an ``nnx.State``).  The model: ``flax.traverse_util.path_aware_map``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from jaxpurify.tree import map_with_path
+        >>> params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.zeros(3)}}
+        >>> shapes = map_with_path(lambda path, leaf: f"{path} {leaf.shape}", params)
+        >>> shapes["dense"]["kernel"], shapes["dense"]["bias"]
+        ('dense/kernel (2, 3)', 'dense/bias (3,)')
+    """
     leaves, _, treedef = flatten(tree)
     return jax.tree_util.tree_unflatten(treedef, [fn(leaf.path, leaf.value) for leaf in leaves])
 
 
-def nest(items: list[tuple[tuple, Any]]) -> dict:
+def nest(items: list[tuple[tuple[Any, ...], Any]]) -> dict[Any, Any]:
     """Nested dicts from (key tuple, value) pairs: how ``decode`` rebuilds a params tree."""
-    out: dict = {}
+    out: dict[Any, Any] = {}
     for keys, value in items:
         node = out
         for k in keys[:-1]:

@@ -234,7 +234,7 @@ def test_a_column_does_not_depend_on_its_batch(seed, usable, dup_rows, zero_cols
     for half in (perm[: M // 2], perm[M // 2 :]):
         cols = np.concatenate([half, half])
         part = _solve(A, Y[:, cols])
-        sub = jax.tree.map(lambda a: a[..., : half.size], part)
+        sub = jax.tree.map(lambda a, half=half: a[..., : half.size], part)
         assert np.array_equal(sub.certified, full.certified[half])
         c = sub.certified
         diff = _rel(full.x[:, half][:, c], sub.x[:, c].astype(np.float64))

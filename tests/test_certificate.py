@@ -121,9 +121,24 @@ def test_refit_step_cap_is_an_iteration_cap():
     assert np.asarray(out.certified).sum() == (c == RESULTS.successful).sum()
 
 
+def _named_codes() -> dict[str, int]:
+    """Every result code by name, read from RESULTS itself (its int attributes, or its members if
+    it is an enum), not from a list kept here."""
+    members = getattr(RESULTS, "__members__", None) or {
+        k: v for k, v in vars(RESULTS).items() if not k.startswith("_") and type(v) is int
+    }
+    return {name: int(code) for name, code in members.items()}
+
+
 def test_messages_name_every_code():
-    for code in range(8):
-        assert RESULTS.message(code) != RESULTS.message(99)
+    codes = _named_codes()
+    assert codes["successful"] == 0 and len(codes) >= 8
+    # codes are dense from 0 (stored as int8) and each has its own message, distinct from the others
+    assert sorted(codes.values()) == list(range(len(codes)))
+    unknown = RESULTS.message(len(codes))  # the first integer that names no code
+    messages = [RESULTS.message(c) for c in codes.values()]
+    assert unknown.startswith("unknown result code") and unknown not in messages
+    assert len(set(messages)) == len(codes)
     rng = np.random.default_rng(6)
     A, X, Y, _ = instance(rng, 32, 8, 3, 0)
     Y = Y.astype(np.float32)

@@ -152,7 +152,7 @@ def test_chunked_loop_matches_a_plain_loop():
         idx = np.asarray(jax.random.choice(jax.random.fold_in(key, i), len(x), (b,), replace=False))
         logits = apply(p, jnp.asarray(x[idx]))
         ref_losses.append(float(-jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(b), y[idx]])))
-        g = jax.grad(lambda q: cross_entropy(apply(q, jnp.asarray(x[idx])), jnp.asarray(y[idx])))(p)
+        g = jax.grad(lambda q, idx=idx: cross_entropy(apply(q, jnp.asarray(x[idx])), jnp.asarray(y[idx])))(p)
         u, s = opt.update(g, s, p)
         p = optax.apply_updates(p, u)
     np.testing.assert_allclose(res.losses, ref_losses, rtol=1e-5)

@@ -2,9 +2,10 @@
 against the pseudo-inverse of A on the inlier rows (NumPy), on held-in instances.
 
 One instance, K = 32, n = 8: columns 0–2 have 3 gross errors each (certified), column 3 has 14
-(more than a certificate allows: 2k ≥ K − n + 1), plus dense noise of 1e-5 on every entry.  The certificate's ``atol`` (1e-4) covers the
-finite-difference steps (1e-6), so the perturbed instances keep their masks: inside that piece
-``recover`` *is* least squares on the inlier rows, which is what the derivative differentiates.
+(more than a certificate allows: 2k ≥ K − n + 1), plus dense noise of 1e-5 on every entry.  The
+certificate's ``atol`` (1e-4) covers the finite-difference steps (1e-6), so the perturbed instances
+keep their masks: inside that piece ``recover`` *is* least squares on the inlier rows, which is
+what the derivative differentiates.
 Every test but the last reuses one compilation of the solver (shape (32, 4), float64, eager).
 """
 
@@ -103,7 +104,7 @@ def test_vector_Y_under_jit_and_vmap_matches_a_plain_loop():
     c = np.random.default_rng(1).standard_normal(N)
     with jax.enable_x64(True):
         g = jax.jit(jax.vmap(jax.grad(lambda y: c @ _solve(A, y).x)))(Y.T)
-        loop = np.stack([np.asarray(jax.grad(lambda Yf: c @ _solve(A, Yf).x[:, j])(Y))[:, j] for j in range(4)])
+        loop = np.stack([np.asarray(jax.grad(lambda Yf, j=j: c @ _solve(A, Yf).x[:, j])(Y))[:, j] for j in range(4)])
         np.testing.assert_allclose(g, loop, rtol=1e-9, atol=1e-12)
         check_grads(jax.jit(lambda y: _solve(A, y).x), (Y[:, 0],), 1, modes=("fwd",), eps=EPS, rtol=1e-6, atol=1e-6)
 

@@ -73,7 +73,7 @@ def test_pack_never_writes_to_params():
     params = jax.tree.map(np.array, _tree())
     before = jax.tree.map(np.copy, params)
     for axis in (0, 1):  # a view of the leaf, and a transposed copy
-        cb = jp.Codebook.create(params, 0, select=lambda p, l: axis if p == "dense/kernel" else False)
+        cb = jp.Codebook.create(params, 0, select=lambda p, l, axis=axis: axis if p == "dense/kernel" else False)
         (y,) = cb.pack(params).values()
         with pytest.raises(ValueError, match="read-only"):
             y[0, 0] = 1.0

@@ -55,11 +55,12 @@ def test_silenced(monkeypatch, env):
 def test_rich_bar_on_a_terminal():
     out = FakeTerminal()
     with Progress(total=4, desc="train", stream=out) as bar:
-        assert bar._rich is not None
         for _ in range(4):
             bar.update(1, loss=0.25)
     text = out.getvalue()
     assert "4/4" in text and "train" in text and "loss=0.25" in text
+    # a drawn bar (rich's bar glyph), not the plain "train: 4/4 …" lines of a redirected stream
+    assert "━" in text and "train:" not in text
 
 
 def test_negative_total_raises():

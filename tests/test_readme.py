@@ -1,9 +1,13 @@
 """The README's usage sections run as written, each in a fresh interpreter and an empty folder."""
 
+import json
 import os
 import re
 import subprocess
 import sys
+
+import numpy as np
+import safetensors.numpy
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -16,8 +20,13 @@ def readme_snippet(heading: str) -> str:
 
 
 def run_snippet(heading: str, tmp_path) -> subprocess.CompletedProcess:
+    return run_code(readme_snippet(heading), tmp_path)
+
+
+def run_code(code: str, tmp_path) -> subprocess.CompletedProcess:
+    """``code`` as a script in ``tmp_path``, with this checkout's package and ``jaxpurify`` command."""
     script = tmp_path / "snippet.py"
-    script.write_text(readme_snippet(heading))
+    script.write_text(code)
     env = dict(os.environ, PYTHONPATH=ROOT, JAXPURIFY_PROGRESS="0")
     # the console script of this checkout, also when the package is not installed
     bindir = tmp_path / "bin"
@@ -43,7 +52,15 @@ def test_protect_a_model_you_train(tmp_path):
 def test_purify_a_checkpoint(tmp_path):
     out = run_snippet("Purify a checkpoint", tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "ok" in out.stdout and (tmp_path / "report.json").exists()
+    # the report as the CLI wrote it (JSON), against the damaged file read by safetensors itself:
+    # the snippet's 64 bytes of 0xff are 16 float32 NaNs, which purify must count as erasures
+    report = json.loads((tmp_path / "report.json").read_text())
+    damaged = safetensors.numpy.load_file(str(tmp_path / "model.safetensors"))
+    nans = sum(int(np.isnan(v).sum()) for v in damaged.values())
+    assert nans == 16
+    assert report["ok"] is True and report["certified"] == report["columns"] > 0
+    assert sum(leaf["erasures"] for leaf in report["leaves"]) == nans
+    assert report["status"].startswith("ok: ") and report["status"] in out.stdout
 
 
 def test_nnx(tmp_path):

@@ -57,7 +57,7 @@ def test_device_path_and_jit_bit_identical_to_host_path():
     assert drep.as_dict() | {"seconds": 0} == rep.as_dict() | {"seconds": 0}
     assert isinstance(jrep, DeviceReport) and bool(jrep.all_certified)
     cols = cb.pack(bad)
-    for name, g in cb.groups.items():
+    for name in cb.groups:
         # a flagged entry is one the contamination changed (independent of the solver)
         changed = np.asarray(cols[name]) != np.asarray(cb.pack(clean)[name])
         np.testing.assert_array_equal(np.asarray(jrep.outliers[name]), changed)

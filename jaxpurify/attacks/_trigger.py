@@ -2,8 +2,9 @@
 
 A trigger is a ``size`` × ``size`` square of constant ``value`` stamped into one corner of every
 channel of an image batch (N, H, W, C), or of a given ``pattern`` (size, size, C) of values (a
-trigger crafted for the model, as TBT does: :func:`jaxpurify.attacks.bit_trojan` with ``craft``).  BadNets' patch is 3 × 3 at 32 × 32; :meth:`Trigger.for_image`
-scales it with the image, size = max(1, round(3 h / 32)) (1 px at 8 × 8, 3 px at 28 × 28).
+trigger crafted for the model, as TBT does: :func:`jaxpurify.attacks.bit_trojan` with ``craft``).
+BadNets' patch is 3 × 3 at 32 × 32; :meth:`Trigger.for_image` scales it with the image,
+size = max(1, round(3 h / 32)) (1 px at 8 × 8, 3 px at 28 × 28).
 
 Metrics on a labelled test set (x, y), all fractions in [0, 1]:
 

@@ -48,7 +48,8 @@ def summary(res: dict) -> str:
 
 def forensic_table(forensic: dict) -> str:
     lines = [
-        "| attack | leaf | changed | flagged | precision | recall | recall (certified columns) | channels changed / flagged |",
+        "| attack | leaf | changed | flagged | precision | recall | recall (certified columns) "
+        "| channels changed / flagged |",
         "|" + "---|" * 8,
     ]
     for attack, leaves in forensic.items():

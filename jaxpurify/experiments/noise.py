@@ -59,7 +59,7 @@ def run(
     rows = []
     acc = {s: {k: [] for k in ("l1", "l1_strict", "l2", "huber", "cert")} for s in sigmas}
     with Progress(len(sigmas) * trials, "noise", disable=not progress or None) as bar:
-        for t in range(trials):
+        for _ in range(trials):
             A = rng.standard_normal((K, n)) / np.sqrt(n)
             X = rng.standard_normal((n, m))
             W = A @ X
@@ -73,7 +73,7 @@ def run(
             for s in sigmas:
                 Wc = (W + E + s * Z).astype(np.float32)
                 A32 = A.astype(np.float32)
-                err = lambda Xh: float(np.linalg.norm(A @ np.asarray(Xh, np.float64) - W) / np.linalg.norm(W))
+                err = lambda Xh, A=A, W=W: float(np.linalg.norm(A @ np.asarray(Xh, np.float64) - W) / np.linalg.norm(W))
                 o = recover(A32, Wc, atol=4 * s * rms)
                 acc[s]["l1"].append(err(o.x))
                 acc[s]["cert"].append(float(jnp.mean(o.certified)))

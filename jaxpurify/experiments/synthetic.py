@@ -74,7 +74,7 @@ def run_cell(key, K, patch, ratio, rho, trials, lp: bool):
     specs = [(cb.specs["hidden/kernel"], cb.specs["hidden/bias"]) for _, cb, _, _ in inst]
     d = specs[0][0].columns
     A, Y, clean = [], [], []
-    for (model, cb, c, b), (sw, sb) in zip(inst, specs):
+    for (_, cb, c, b), (sw, sb) in zip(inst, specs):
         A += [cb.matrix("hidden/kernel"), cb.matrix("hidden/bias")]
         Y += [_cols(b["hidden"]["kernel"], sw), np.pad(_cols(b["hidden"]["bias"], sb), ((0, 0), (0, d - 1)))]
         clean += [_cols(c["hidden"]["kernel"], sw), _cols(c["hidden"]["bias"], sb)]
