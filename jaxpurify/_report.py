@@ -171,7 +171,7 @@ def split_leaves(
         dt = getattr(e.value, "dtype", None)
         dt = np.asarray(e.value).dtype if dt is None else dt
         floating = _is_numpy_dtype(dt) and bool(np.issubdtype(np.dtype(dt), np.floating))
-        nonfinite = floating and not _traced(e.value) and not bool(np.isfinite(np.asarray(e.value)).all())
+        nonfinite = floating and not bool(np.isfinite(np.asarray(e.value)).all())
         if e.kind == _tree.PARAM:
             params_out.append(UnprotectedLeaf(e.path, size, str(reasons[e.path]), True, floating, nonfinite))
             continue
@@ -195,12 +195,6 @@ def _entries(params: Any, codebook) -> list[Entry]:
     if classify is not None:
         return classify(params)
     return [Entry(leaf.path, leaf.path, leaf.value, leaf.kind, leaf.why) for leaf in _tree.flatten(params)[0]]
-
-
-def _traced(x) -> bool:
-    import jax
-
-    return isinstance(x, jax.core.Tracer)
 
 
 def _is_numpy_dtype(dt) -> bool:
