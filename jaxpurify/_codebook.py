@@ -14,6 +14,13 @@ columns instead of filling a few (``_layout``); rows split into several groups a
 ``MAX_ROWS``, and leaves with fewer than ``MIN_ROWS`` such rows (biases, norm scales, 1-D leaves)
 are pooled per dtype into one shared group.  ``select`` may instead choose the single-axis layout
 of a leaf (the paper's).
+
+Parameters and state: only trainable parameters are encoded (``jaxpurify.tree`` sorts every leaf
+into parameters, inference state, training state, RNG state and other).  The codebook records the
+kind of every leaf of the tree it was made from, and that tree's params root, so one codebook reads
+the params alone, a linen ``variables`` dict, a ``TrainState`` or an NNX state and its pure dict
+(``jaxpurify._bind``).  Inference state (BatchNorm statistics) rides in the latent as it is,
+``seal`` keeps an exact copy of it, and ``restore_state`` puts that copy back.
 """
 
 from __future__ import annotations
@@ -29,12 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _codebook_file, _keys, _layout, _seal
+from jaxpurify import _bind, _codebook_file, _keys, _layout, _seal
 from jaxpurify import tree as _tree
 from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
 from jaxpurify._layout import Group, LeafLayout, Segment
 from jaxpurify._threads import single_threaded_blas
-from jaxpurify.tree import PyTree, leaves_with_paths
+from jaxpurify.tree import PyTree
 
 Select = Callable[[str, Any], "bool | int | str | None"]
 
@@ -76,9 +83,14 @@ class Codebook:
     model; ``seal`` / ``verify`` detect what l1 cannot see (SECURITY.md).
 
     The latent is a flat dict: one entry per group name (Θ of shape (n, m), or for a leaf in the
-    single-axis layout the leaf's shape with n on that axis) and one per parameter leaf left
-    unprotected (by path, as is).  ``decode`` returns the parameters as nested dicts keyed as
-    the tree's paths (Flax linen params and NNX pure dicts have exactly this form).
+    single-axis layout the leaf's shape with n on that axis), one per parameter leaf left
+    unprotected and one per inference-state leaf (by path, as is).  ``decode`` returns the
+    parameters and the inference state as nested dicts keyed as the tree's paths (Flax linen
+    variables, params and NNX pure dicts have exactly this form).
+
+    Paths: the codebook names leaves as the tree it was made from; ``protected``, ``unpack`` and
+    the latent use those names.  Every method also takes a tree with another params root (the
+    params alone, the full variables, a ``TrainState``): see :meth:`classify`.
     """
 
     def __init__(
@@ -92,6 +104,8 @@ class Codebook:
         *,
         model: _codebook_file.Fingerprint | None = None,
         seal: _seal.Seal | None = None,
+        kinds: Mapping[str, str] | None = None,
+        root: str | None = None,
     ):
         self.secret = _keys.check_secret(secret)  # never printed: see __repr__
         self.model = model  # (path, shape, dtype) of every leaf of the tree it was made for
@@ -102,6 +116,15 @@ class Codebook:
         # key tuples of every parameter leaf (protected or not), in tree order: decode's structure
         self._tree = [tuple(k) for k in tree] if tree is not None else [tuple(p.split("/")) for p in self._leaves]
         self._skipped = [(str(p), int(z), str(r)) for p, z, r in skipped]
+        # kind of every leaf of the model, by path (None: a file from before kinds were recorded)
+        self.kinds = None if kinds is None else {str(p): str(k) for p, k in kinds.items()}
+        if root is None:  # older files: the root of the tree they were made from, by the same rule
+            paths = [p for p, _, _ in model] if model is not None else [_path(k) for k in self._tree]
+            root = (_tree.ROOT_KEY + "/") * _tree.params_depth([tuple(p.split("/")) for p in paths])
+        self._depth = root.count("/")
+        if root != (_tree.ROOT_KEY + "/") * self._depth:
+            raise ValueError(f"root must be a chain of {_tree.ROOT_KEY!r} keys, got {root!r}")
+        self.root = root  # the params root of the tree it was made from: "", "params/", …
         self._cache: dict[str, np.ndarray] = {}
         self._pinvs: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
         _layout.check(self._leaves, self._groups)
@@ -118,12 +141,16 @@ class Codebook:
         with a ``WeakKeyWarning`` (≤ 64 bits; ``key(42)`` and ``42`` name the secret they always
         named).  See ``jaxpurify._keys``.
 
-        ``params``: a pytree (Flax linen params or variables, an NNX pure dict), an
-        ``nnx.State`` or an ``nnx.Module``.  Non-parameters are never protected: non-``Param``
-        NNX variables (BatchNorm statistics, RNG counters), typed PRNG keys and linen state
-        collections (``batch_stats``); :meth:`unprotected` lists them.  (A pure dict carries no
-        variable types: make the codebook from the module or its state to leave BatchNorm
-        statistics out.)
+        ``params``: a pytree — Flax linen params or ``variables``, a
+        ``flax.training.train_state.TrainState`` or a dict with ``step``/``params``/``opt_state``,
+        an ``nnx.Module``, ``nnx.State`` (of a model, or with an ``nnx.Optimizer``'s), or their
+        pure dicts.  Only trainable parameters are encoded (the kinds of ``jaxpurify.tree``):
+        inference state (BatchNorm statistics), training state (optimizer moments, step
+        counters), RNG state and other leaves never are; :meth:`unprotected` lists them and
+        :meth:`capacity` counts them apart.  The codebook records every leaf's kind, so the
+        pure dict or an Orbax restore of the same tree is read right later; a pure dict carries no
+        variable types, so make the codebook from the module or its state to leave BatchNorm
+        statistics out of the code.
 
         Default layout (see the module docstring): every floating leaf interleaved, tall leaves
         split at ``MAX_ROWS`` rows, small ones pooled.  ``select(path, leaf)`` may return False
@@ -142,7 +169,9 @@ class Codebook:
         flat, keys, _ = _tree.flatten(params)
         tree, chosen, skipped = [], [], []
         for leaf, k in zip(flat, keys):
-            if leaf.kind != "param":
+            if leaf.kind == _tree.INFERENCE:
+                tree.append(k)  # decode gives it back (from the latent), so the model can apply
+            if leaf.kind != _tree.PARAM:
                 continue
             tree.append(k)
             choice = select(leaf.path, leaf.value) if select is not None else None
@@ -154,12 +183,27 @@ class Codebook:
         leaves, groups, too_small = _layout.plan(chosen, redundancy)
         skipped += too_small
         if not groups:
-            raise ValueError("no parameter leaf selected for encoding")
+            state = sum(leaf.kind != _tree.PARAM for leaf in flat)
+            raise ValueError(
+                "no parameter leaf selected for encoding"
+                + (f" (params has {state} leaves of state and no trainable parameter to encode)" if state else "")
+            )
         all_paths = {leaf.path for leaf in flat}
         for g in groups:
             if g.name in all_paths and g.members != (g.name,):
                 raise ValueError(f"group name {g.name!r} is also the path of another leaf; rename that leaf")
-        return cls(secret, redundancy, leaves, groups, tree, skipped, model=_codebook_file.fingerprint(params))
+        depth = _tree.params_depth(keys)
+        return cls(
+            secret,
+            redundancy,
+            leaves,
+            groups,
+            tree,
+            skipped,
+            model=_codebook_file.fingerprint(params),
+            kinds={leaf.path: leaf.kind for leaf in flat},
+            root=(_tree.ROOT_KEY + "/") * depth,
+        )
 
     # -- layout ------------------------------------------------------------------------------
     @property
@@ -193,13 +237,17 @@ class Codebook:
         return _layout.unpack(self._groups.values(), self._leaves, cols)
 
     def replace(self, params: PyTree, leaves: dict[str, Any]) -> PyTree:
-        """A new tree: ``params`` with the given leaves (by path) replaced, each cast to the
-        dtype of the leaf it replaces; other leaves are the same objects.  An ``nnx.Module``
-        gives an ``nnx.State`` (load it with ``nnx.update``); nothing passed in is modified."""
-        present = {p for p, _ in leaves_with_paths(params)[0]}
-        unknown = [p for p in leaves if p not in present]
+        """A new tree: ``params`` with the given leaves (by the codebook's name, as ``unpack``
+        gives them, or by their path in ``params``) replaced, each cast to the dtype of the leaf
+        it replaces; other leaves are the same objects.  An ``nnx.Module`` gives an
+        ``nnx.State`` (load it with ``nnx.update``); nothing passed in is modified."""
+        entries = self.classify(params)
+        to_path = {e.name: e.path for e in entries}
+        present = {e.path for e in entries}
+        unknown = [p for p in leaves if p not in to_path and p not in present]
         if unknown:
             raise ValueError(f"leaf {unknown[0]!r} is not in params")
+        leaves = {to_path.get(p, p): v for p, v in leaves.items()}
 
         def put(path, leaf):
             if path not in leaves:
@@ -221,34 +269,54 @@ class Codebook:
 
     def unprotected(self, params: PyTree) -> list[tuple[str, int, str]]:
         """``(path, size, reason)`` of every leaf of ``params`` that is not protected: parameters
-        left out (skipped by ``select``, not floating, too small) and non-parameters."""
+        left out (skipped by ``select``, not floating, too small) and state (the reason says
+        which kind: inference, training, RNG or other state)."""
         out = []
-        for leaf in _tree.flatten(params)[0]:
-            if leaf.path in self._leaves:
+        for e in self.classify(params):
+            if e.name in self._leaves:
                 continue
-            size = math.prod(_leaf_shape(leaf.value))
-            if leaf.kind != "param":
-                reason = leaf.kind
-            elif not jnp.issubdtype(_leaf_dtype(leaf.value), jnp.floating):
-                reason = f"not floating ({_leaf_dtype(leaf.value)})"
+            size = math.prod(_leaf_shape(e.value))
+            if e.kind != _tree.PARAM:
+                reason = e.why
+            elif not jnp.issubdtype(_leaf_dtype(e.value), jnp.floating):
+                reason = f"not floating ({_leaf_dtype(e.value)})"
             else:
-                reason = next((r for p, _, r in self._skipped if p == leaf.path), "not in the codebook")
-            out.append((leaf.path, size, reason))
+                reason = next((r for p, _, r in self._skipped if p == e.name), "not in the codebook")
+            out.append((e.path, size, reason))
         return out
 
+    def classify(self, params: PyTree) -> list[_bind.Entry]:
+        """Every leaf of ``params`` as this codebook sees it: ``Entry(path, name, value, kind,
+        why)`` — its path in ``params``, its name in the codebook, and its kind (one of
+        ``jaxpurify.tree.KINDS``: the codebook's record where it has one, else the tree's own).
+
+        Names: a leaf at (offset, rest) against ``params``'s params root (``jaxpurify.tree``) is
+        named as it would be in the tree the codebook was made from (``../`` per level that tree
+        did not have); so a codebook made from linen ``variables`` or a ``TrainState`` reads the
+        params alone, and one made from the params reads (and seals) the variables."""
+        return _bind.bind(params, self._depth, self.kinds)
+
+    def _named(self, params: PyTree) -> dict[str, Any]:
+        """The leaves of ``params`` the codebook can name, by name."""
+        return {e.name: e.value for e in self.classify(params)}
+
     def _values(self, params: PyTree) -> dict[str, Any]:
-        """The protected leaves of ``params`` by path, checked against the codebook."""
-        by_path = dict(leaves_with_paths(params)[0])
+        """The protected leaves of ``params`` by name, checked against the codebook."""
+        by_name = self._named(params)
         for path, lay in self._leaves.items():
-            if path not in by_path:
-                raise ValueError(f"leaf {path!r} of the codebook is missing from params")
-            if _leaf_shape(by_path[path]) != lay.shape:
+            if path not in by_name:
+                raise ValueError(f"leaf {self._where(path, params)!r} of the codebook is missing from params")
+            if _leaf_shape(by_name[path]) != lay.shape:
                 raise ValueError(
-                    f"leaf {path!r} has shape {_leaf_shape(by_path[path])}, the codebook expects {lay.shape}"
+                    f"leaf {path!r} has shape {_leaf_shape(by_name[path])}, the codebook expects {lay.shape}"
                 )
-            if not jnp.issubdtype(_leaf_dtype(by_path[path]), jnp.floating):
-                raise ValueError(f"leaf {path!r} has dtype {_leaf_dtype(by_path[path])}, expected floating")
-        return {p: by_path[p] for p in self._leaves}
+            if not jnp.issubdtype(_leaf_dtype(by_name[path]), jnp.floating):
+                raise ValueError(f"leaf {path!r} has dtype {_leaf_dtype(by_name[path])}, expected floating")
+        return {p: by_name[p] for p in self._leaves}
+
+    def _where(self, name: str, params: PyTree) -> str:
+        """The path where ``params`` would hold the codebook's ``name`` (for messages)."""
+        return _bind.tree_path(name, self._depth, params)
 
     # -- matrices ----------------------------------------------------------------------------
     def matrix(self, name: str, dtype=None) -> jax.Array:
@@ -282,9 +350,10 @@ class Codebook:
         return t if lay.axis is None else lay.unorder(t.reshape(-1), jnp, first=g.n)
 
     def _rest(self, params: PyTree) -> dict[str, Any]:
-        """The unprotected parameter leaves, by path: the latent holds them as they are."""
-        by_path = dict(leaves_with_paths(params)[0])
-        return {p: by_path[p] for p in map(_path, self._tree) if p not in self._leaves and p in by_path}
+        """The unprotected parameter leaves and the inference state, by name: the latent holds
+        them as they are."""
+        by_name = self._named(params)
+        return {p: by_name[p] for p in map(_path, self._tree) if p not in self._leaves and p in by_name}
 
     def encode(self, params: PyTree, scale: bool = False) -> dict[str, Any]:
         """Least-squares latent Θ = A⁺ Y of every group (exact for Y in range(A)); padding
@@ -336,8 +405,11 @@ class Codebook:
 
     def decode(self, latent: dict[str, Any]) -> dict:
         """Y = A Θ for every group, laid back into the parameter leaves (shapes and dtypes as
-        the model's), plus the latent's unprotected parameters: the params as nested dicts.
-        Differentiable and traceable (train the latent through it)."""
+        the model's), plus the latent's unprotected parameters and inference state: nested dicts
+        the model applies as it was created (``{"params": …, "batch_stats": …}`` for a codebook
+        made from linen variables or a TrainState; an NNX pure dict for ``nnx.update``).
+        Inference state is optional in the latent (left out of the result if absent) and passes
+        through without gradient.  Differentiable and traceable (train the latent through it)."""
         if not isinstance(latent, Mapping):
             raise TypeError(f"latent must be the dict that encode / init_latent return, got {type(latent).__name__}")
         Ys = {}
@@ -359,11 +431,18 @@ class Codebook:
             path = _path(keys)
             if path in values:
                 items.append((keys, values[path].astype(self._leaves[path].dtype)))
+            elif self._kind(path) == _tree.INFERENCE:
+                if path in latent:  # state, not a parameter: no gradient reaches it through decode
+                    items.append((keys, jax.lax.stop_gradient(latent[path])))
             elif path in latent:
                 items.append((keys, latent[path]))
             else:
                 raise ValueError(f"unprotected parameter {path!r} is missing from the latent")
         return _tree.nest(items)
+
+    def _kind(self, name: str) -> str:
+        """The recorded kind of one of the model's leaves ("param" for files without a record)."""
+        return (self.kinds or {}).get(name, _tree.PARAM)
 
     def _pinv(self, name: str) -> tuple[np.ndarray, np.ndarray, float]:
         """A⁺ of the group's matrix, G a and 1 − aᵀG a for its last row a (G = (AᵀA)⁻¹ = A⁺A⁺ᵀ),
@@ -377,14 +456,34 @@ class Codebook:
 
     # -- reporting / storage -----------------------------------------------------------------
     def capacity(self) -> _layout.Capacity:
-        """Coverage of the floating parameters and, per group, K, n, columns and max outliers."""
+        """Coverage of the floating parameters and, per group, K, n, columns and max outliers;
+        the model's state leaves (inference, training, RNG, other) are listed apart and are not
+        part of the coverage."""
         covered = sum(lay.size for lay in self._leaves.values())
         floating = covered + sum(size for _, size, r in self._skipped if not r.startswith("not floating"))
-        return _layout.Capacity(list(self._groups.values()), covered, floating, list(self._skipped))
+        return _layout.Capacity(list(self._groups.values()), covered, floating, list(self._skipped), self._state())
+
+    def _state(self) -> list[tuple[str, int, str]]:
+        """(path, size, kind) of the model's leaves that are not parameters (files without a
+        record of kinds: the leaves outside the parameter record, kind "state")."""
+        if self.model is None:
+            return []
+        params = {_path(k) for k in self._tree}
+        out = []
+        for path, shape, _ in self.model:
+            kind = (
+                self.kinds.get(path, _tree.PARAM) if self.kinds is not None else "param" if path in params else "state"
+            )
+            if kind != _tree.PARAM:
+                out.append((path, math.prod(shape), kind))
+        return out
 
     def to_json(self) -> dict:
         """The layout part of the file (no key: see ``save``)."""
-        return {"redundancy": self.redundancy, **_layout_to_json(self)}
+        out = {"redundancy": self.redundancy, **_layout_to_json(self)}
+        if self.kinds is not None:  # written since kinds are recorded; older files have neither
+            out.update(root=self.root, kinds=dict(self.kinds))
+        return out
 
     @classmethod
     def from_json(cls, data: dict, secret: bytes) -> Codebook:
@@ -395,7 +494,7 @@ class Codebook:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"malformed codebook file: {e}") from None
         seal = None if data.get("seal") is None else _seal.Seal.from_json(data["seal"], secret)
-        return cls(secret, red, *layout, model=model, seal=seal)
+        return cls(secret, red, *layout, model=model, seal=seal, kinds=data.get("kinds"), root=data.get("root"))
 
     def save(self, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> None:
         """Write ``path`` (authenticated JSON, mode 0644, no key) and ``key_path`` (default
@@ -416,33 +515,94 @@ class Codebook:
 
     # -- model binding and seal -------------------------------------------------------------
     def check(self, params: PyTree) -> None:
-        """Raise ``ValueError`` naming the leaf if ``params`` is not the model this codebook was
-        made for (paths, shapes and dtypes of all leaves; protected leaves only for a v1 file)."""
-        if self.model is not None:
-            _codebook_file.check_model(self.model, params)
+        """Raise ``ValueError`` naming the leaf if ``params`` is not (part of) the model this
+        codebook was made for: every parameter of the model is there, every leaf of the model
+        that is there has its shape and dtype, and there is no parameter the model did not have.
+        State may be left out (the params alone) or added (a train state's optimizer moments);
+        a version-1 file knows only its protected leaves."""
+        entries = self.classify(params)
+        if self.model is None:
+            have = {e.name: _signature(e.value) for e in entries}
+            for lay in self._leaves.values():
+                if have.get(lay.path) != (lay.shape, lay.dtype):
+                    raise ValueError(
+                        f"other model: leaf {self._where(lay.path, params)!r} is missing or is not "
+                        f"{lay.dtype}{list(lay.shape)}"
+                    )
             return
-        have = {p: (shape, dtype) for p, shape, dtype in _codebook_file.fingerprint(params)}
-        for lay in self._leaves.values():
-            if have.get(lay.path) != (lay.shape, lay.dtype):
-                raise ValueError(f"other model: leaf {lay.path!r} is missing or is not {lay.dtype}{list(lay.shape)}")
+        have = {e.name: e for e in entries}
+        for path, shape, dtype in self.model:
+            if path not in have:
+                if self._is_param(path):
+                    where = self._where(path, params)
+                    raise ValueError(f"other model: leaf {where!r} of the codebook's model is missing from params")
+                continue
+            s, d = _signature(have[path].value)
+            if s != tuple(shape) or d != dtype:
+                raise ValueError(
+                    f"other model: leaf {have[path].path!r} differs: params has {d}{list(s)}, "
+                    f"the codebook was made for {dtype}{list(shape)}"
+                )
+        known = {p for p, _, _ in self.model}
+        for e in entries:
+            if e.kind == _tree.PARAM and e.name not in known:
+                raise ValueError(f"other model: params has leaf {e.path!r}, which the codebook's model does not")
+
+    def _is_param(self, name: str) -> bool:
+        """Was the model's leaf ``name`` a parameter (files without kinds: in the parameter record)?"""
+        if self.kinds is not None:
+            return self.kinds.get(name) == _tree.PARAM
+        return name in {_path(k) for k in self._tree}
 
     def seal(self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS) -> _seal.Seal:
-        """Record a keyed sketch of the deployed ``params`` (see ``jaxpurify._seal``); kept in the
-        codebook and its file.  ``params`` must be the model the codebook was made for."""
+        """Record a keyed sketch of the deployed parameters and an exact copy of the deployed
+        inference state (see ``jaxpurify._seal``); kept in the codebook and its file.
+
+        ``params``: the model the codebook was made for, whole (linen variables, a TrainState, an
+        NNX state or module) or the params alone.  Parameters (protected or not) and other state
+        get a sketch (what ``verify`` checks); inference state (BatchNorm statistics) gets a
+        copy, which ``purify`` / :meth:`restore_state` put back exactly; training and RNG state
+        are not sealed.  Sealing only the params leaves the inference state unchecked later."""
         self.check(params)
-        self.seal_record = _seal.Seal.create(self.secret, params, chunk=chunk, rows=rows)
+        sketch, state = {}, {}
+        for e in self.classify(params):
+            if e.kind in (_tree.TRAINING, _tree.RNG):
+                continue
+            (state if e.kind == _tree.INFERENCE else sketch)[e.name] = e.value
+        self.seal_record = _seal.Seal.create(self.secret, sketch, chunk=chunk, rows=rows, state=state)
         return self.seal_record
 
     def verify(self, params: PyTree, err: Any = None) -> dict[str, _seal.LeafVerdict]:
-        """Check a (purified) tree against the seal: ``{path: LeafVerdict}``.
+        """Check a (purified) tree against the seal's sketches: ``{name: LeafVerdict}``.
 
         ``err`` is the per-entry error bound ε of the purification (‖e‖₂ ≤ √c·ε on each seal chunk
         of c entries): one number for every leaf, or per leaf path a number or an array of one ε
         per seal chunk (what ``purify`` passes, from ``jaxpurify._seal_bound``); None or a missing
-        path: the leaf's rounding-level default.  See ``jaxpurify._seal.verify``."""
+        path: the leaf's rounding-level default.  See ``jaxpurify._seal.verify``.  Sealed state
+        that ``params`` leaves out (the params alone) is not checked."""
         if self.seal_record is None:
             raise ValueError("the codebook has no seal: call codebook.seal(deployed_params) first")
-        return _seal.verify(self.seal_record, params, err)
+        optional = {p for p in self.seal_record.leaves if not self._is_param(p)}
+        return _seal.verify(self.seal_record, self._named(params), err, optional=optional)
+
+    def restore_state(self, params: PyTree) -> tuple[PyTree, dict[str, int | None]]:
+        """``params`` with every inference-state leaf the seal holds a copy of set to that copy,
+        exactly, and per such leaf (by its path in ``params``) how many entries differed from the
+        copy (None for traced or multi-process leaves, which the host cannot compare).  Leaves
+        that match are kept as the same objects; nothing passed in is modified; an
+        ``nnx.Module`` gives an ``nnx.State``.  Without a seal or copies: ``(params, {})``."""
+        copies = self.seal_record.state if self.seal_record is not None else {}
+        if not copies:
+            return params, {}
+        new, counts = {}, {}
+        for e in self.classify(params):
+            if e.kind == _tree.INFERENCE and e.name in copies:
+                value, counts[e.path] = _seal.restore(copies[e.name], e.value, e.path)
+                if value is not e.value:
+                    new[e.path] = value
+        if not new:
+            return params, counts
+        return _tree.map_with_path(lambda p, leaf: new.get(p, leaf), params), counts
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Codebook):
@@ -455,7 +615,11 @@ class Codebook:
     __hash__ = None
 
     def __repr__(self) -> str:  # never the secret
-        sealed = ", sealed" if self.seal_record is not None else ""
+        sealed = ""
+        if self.seal_record is not None:
+            sealed = ", sealed" + (
+                f" with {len(self.seal_record.state)} state copies" if self.seal_record.state else ""
+            )
         return (
             f"Codebook({len(self._leaves)} leaves in {len(self._groups)} groups, redundancy={self.redundancy}{sealed})"
         )
@@ -586,4 +750,9 @@ def _leaf_dtype(leaf) -> np.dtype:
 
 def _leaf_shape(leaf) -> tuple[int, ...]:
     shape = getattr(leaf, "shape", None)
-    return tuple(shape) if shape is not None else np.shape(leaf)
+    return tuple(int(d) for d in shape) if shape is not None else np.shape(leaf)
+
+
+def _signature(leaf) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype name) as the model fingerprint records a leaf."""
+    return _leaf_shape(leaf), str(_leaf_dtype(leaf))

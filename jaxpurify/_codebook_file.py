@@ -4,10 +4,12 @@ Two files, on purpose:
 
 * ``PATH`` (mode 0644: it holds nothing secret) — format, version 2, the layout (redundancy;
   protected leaves; groups with K, n, columns, dtype, segments; tree; skipped), the fingerprint
-  of the model tree the codebook was made for (path, shape and dtype of *every* leaf), the seal if
-  there is one (its sketch values encrypted under a key derived from the secret), a public key
-  id, and a MAC: HMAC-SHA256, under ``derive(secret, "codebook-mac")``, of the canonical JSON of
-  everything else.
+  of the model tree the codebook was made for (path, shape and dtype of *every* leaf) with, since
+  kinds are recorded, each leaf's kind and the tree's params root (``kinds``, ``root``: optional,
+  so files written before load as they did), the seal if there is one (its sketch values
+  encrypted under a key derived from the secret; exact copies of the inference state in the
+  clear), a public key id, and a MAC: HMAC-SHA256, under ``derive(secret, "codebook-mac")``, of
+  the canonical JSON of everything else.
 * ``PATH.key`` (or ``key_path``; mode 0600, set explicitly, not left to the umask) — the secret.
   Keep it off the deployment: with it an attacker can compute A and forge the seal.
 
@@ -40,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _keys
-from jaxpurify.tree import leaves_with_paths
+from jaxpurify.tree import KINDS, PARAM, ROOT_KEY, leaves_with_paths
 
 FORMAT = "jaxpurify.codebook"
 KEY_FORMAT = "jaxpurify.codebook-key"
@@ -214,7 +216,27 @@ def check_layout(doc: dict) -> tuple[float, Fingerprint | None]:
             raise ValueError(
                 f"malformed codebook file: leaf {d['path']!r} is not in the model fingerprint with its shape and dtype"
             )
+    _check_kinds(doc, known)
     return float(red), tuple(fp)
+
+
+def _check_kinds(doc: dict, model: dict) -> None:
+    """``kinds`` (every model leaf's kind) and ``root`` (a chain of "params/"): both or neither."""
+    if "kinds" not in doc and "root" not in doc:
+        return
+    root, kinds = doc.get("root"), doc.get("kinds")
+    if not isinstance(root, str) or root != (ROOT_KEY + "/") * root.count("/"):
+        raise ValueError(f"malformed codebook file: root must be a chain of {ROOT_KEY + '/'!r}, got {root!r}")
+    if not isinstance(kinds, dict) or set(kinds) != set(model):
+        raise ValueError("malformed codebook file: 'kinds' must give the kind of every leaf of the model fingerprint")
+    for path, kind in kinds.items():
+        if kind not in KINDS:
+            raise ValueError(f"malformed codebook file: leaf {path!r} has kind {kind!r}, expected one of {KINDS}")
+    for d in _list(doc.get("leaves"), "'leaves'"):
+        if kinds.get(d.get("path")) != PARAM:
+            raise ValueError(
+                f"malformed codebook file: protected leaf {d.get('path')!r} is not recorded as a parameter"
+            )
 
 
 # -- files -----------------------------------------------------------------------------------

@@ -333,6 +333,7 @@ class Capacity:
     covered: int  # floating parameter entries protected
     floating: int  # floating parameter entries in the tree the codebook was made from
     skipped: list[tuple[str, int, str]]
+    state: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)  # (path, size, kind): not encoded
 
     @property
     def fraction(self) -> float:
@@ -353,7 +354,16 @@ class Capacity:
             f"weakest column: group {w.name!r}, at most {w.weakest} outliers of K={w.K}",
         ]
         lines += [f"unprotected: {p} ({size:,}): {reason}" for p, size, reason in self.skipped]
+        for kind, (leaves, size) in self._state_by_kind().items():
+            lines.append(f"{_STATE_WORDS.get(kind, kind)} (not encoded): {leaves} leaves, {size:,} values")
         return "\n".join(lines)
+
+    def _state_by_kind(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for _, size, kind in self.state:
+            n, v = out.get(kind, (0, 0))
+            out[kind] = (n + 1, v + size)
+        return out
 
     def as_dict(self) -> dict:
         return {
@@ -373,4 +383,16 @@ class Capacity:
             },
             "weakest": {"group": self.weakest.name, "max_outliers": self.weakest.weakest},
             "unprotected": [{"path": p, "size": z, "reason": r} for p, z, r in self.skipped],
+            "state": {
+                kind: {"leaves": [p for p, _, k in self.state if k == kind], "values": size}
+                for kind, (_, size) in self._state_by_kind().items()
+            },
         }
+
+
+_STATE_WORDS = {
+    "inference": "inference state",
+    "training": "training state",
+    "rng": "RNG state",
+    "other": "other state",
+}

@@ -18,7 +18,8 @@ the model's ``nnx.Param``s before running it, so gradients reach the latent thro
 
 ``encoded.sync(codebook.decode)`` leaves ``model`` holding the decoded weights (deploy it as
 usual); purified weights go back with ``nnx.update(model, purified)``.  Non-``Param`` state
-(BatchNorm statistics, RNG streams) stays in ``model`` and updates as it would without encoding.
+(BatchNorm statistics, RNG streams) stays in ``model`` and updates as it would without encoding:
+the latent's copies of it (``init_latent`` keeps inference state in the latent) are left out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from flax import nnx
+
+from jaxpurify import tree as _tree
 
 
 class Latent(nnx.Variable):
@@ -39,7 +42,9 @@ class EncodedModule(nnx.Module):
 
     def __init__(self, model: nnx.Module, latent: dict[str, Any]):
         self.model = model
-        self.latent = nnx.data({name: Latent(value) for name, value in latent.items()})
+        # the model's own state (BatchNorm statistics) is not trained through the latent
+        state = {leaf.path for leaf in _tree.flatten(model)[0] if leaf.kind != _tree.PARAM}
+        self.latent = nnx.data({name: Latent(value) for name, value in latent.items() if name not in state})
 
     def values(self) -> dict[str, Any]:
         """The latent as the plain dict ``decode`` takes."""

@@ -14,6 +14,11 @@ and, if certified, replaced by A x̂.  Three small steps, each a pure function o
    back; :func:`solve_all` keeps one call in flight while the next is stacked.
 3. :func:`assemble` writes the results into each group's columns (certified: A x̂; otherwise
    what ``on_uncertified`` says) and ``codebook.unpack`` / ``replace`` give the tree back.
+
+State is host-side bookkeeping around these steps: the codebook names the tree's leaves
+(``codebook.classify``: a codebook made from the params reads a TrainState, and back), inference
+state the seal holds a copy of is set back to it (``codebook.restore_state``), everything else
+that is not a protected parameter passes through as it came.
 """
 
 from __future__ import annotations
@@ -31,12 +36,12 @@ import numpy as np
 from jaxpurify import _seal_bound, _shard
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
-from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_columns, leaf_reports
+from jaxpurify._report import GroupReport, Report, leaf_columns, leaf_reports, split_leaves
 from jaxpurify._shard import DeviceReport, summarize
 from jaxpurify._solution import throw_if_uncertified
 from jaxpurify._solver import recover_padded
 from jaxpurify._threads import single_threaded_blas
-from jaxpurify.tree import leaves_with_paths, map_with_path
+from jaxpurify.tree import flatten, map_with_path
 
 PyTree = Any
 ON_UNCERTIFIED = ("input", "estimate", "raise")
@@ -165,13 +170,12 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hand_over(params: PyTree, leaves: dict[str, np.ndarray]) -> dict[str, Any]:
+def _hand_over(by_path: dict[str, Any], leaves: dict[str, np.ndarray]) -> dict[str, Any]:
     """Purify's own working copy, handed to JAX without a copy where the leaf is a JAX array.
 
     Only for arrays unpacked from purify's working copy (never anything the caller passed): the
     JAX array may share their memory, so nothing may write to them afterwards, and purify
     does not.  ``Codebook.replace`` keeps a JAX array of the leaf's dtype as it is."""
-    by_path = dict(leaves_with_paths(params)[0])
     return {
         p: jax.device_put(v, may_alias=True) if isinstance(by_path[p], jax.Array) and v.dtype == by_path[p].dtype else v
         for p, v in leaves.items()
@@ -198,15 +202,25 @@ def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_
 
 
 # -- the public entry point ----------------------------------------------------------------------
-def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int) -> dict[str, Any]:
-    """Validate everything before any work; returns the protected leaves by path."""
+def _names(params: PyTree, codebook) -> dict[str, str]:
+    """The codebook's name → the leaf's path in ``params`` (``codebook.classify``; a codebook
+    without it names leaves by their paths)."""
+    classify = getattr(codebook, "classify", None)
+    if classify is None:
+        return {leaf.path: leaf.path for leaf in flatten(params)[0]}
+    return {e.name: e.path for e in classify(params)}
+
+
+def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, names: dict[str, str]) -> dict[str, Any]:
+    """Validate everything before any work; returns the protected leaves by the codebook's name."""
     if not all(hasattr(codebook, a) for a in ("groups", "protected", "pack", "unpack", "replace")):
         raise TypeError(f"codebook must be a jaxpurify.Codebook, got {type(codebook).__name__}")
     if on_uncertified not in ON_UNCERTIFIED:
         raise ValueError(f"on_uncertified must be one of {ON_UNCERTIFIED}, got {on_uncertified!r}")
     if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
         raise ValueError(f"max_entries must be a positive int, got {max_entries!r}")
-    by_path = dict(leaves_with_paths(params)[0])
+    values = {leaf.path: leaf.value for leaf in flatten(params)[0]}
+    by_path = {name: values[path] for name, path in names.items()}
     for name, g in codebook.groups.items():
         if not jnp.issubdtype(np.dtype(g.dtype), jnp.floating):
             raise ValueError(f"group {name!r} of the codebook has dtype {g.dtype}; protected entries must be floating")
@@ -232,9 +246,17 @@ def purify(
 ) -> tuple[PyTree, Report | DeviceReport]:
     """Purify a contaminated parameter tree.
 
+    ``params``: the params alone or the whole tree the model was deployed as — linen
+    ``variables``, a ``flax.training.train_state.TrainState`` or a dict with
+    ``step``/``params``/``opt_state``, an NNX state, module or pure dict, or an Orbax restore of
+    them (``codebook.classify`` names its leaves as the codebook does).
+
     Returns ``(purified, report)``.  ``purified`` has the structure, shapes and dtypes of
-    ``params``: every certified column of the code is replaced by its recovery A x̂, and every
-    unprotected leaf is the same object as in ``params``.  A column that is not certified is
+    ``params`` (a TrainState stays a TrainState; an ``nnx.Module`` gives an ``nnx.State``): every
+    certified column of the code is replaced by its recovery A x̂; inference state (BatchNorm
+    statistics) the codebook's seal holds a copy of is set back to that copy, exactly (see
+    ``codebook.restore_state``); every other leaf — unprotected parameters, training and RNG
+    state — is the same object as in ``params``.  A column that is not certified is
     handled by ``on_uncertified``:
 
     * ``"input"`` (default): it keeps the values that came in.  Nothing uncertified is laundered
@@ -244,8 +266,11 @@ def purify(
     * ``"raise"``: :class:`UncertifiedError` (a ``RuntimeError``) carrying the report; nothing is
       returned.  Under ``jit`` a host callback raises when the result is ready (JAX wraps it).
 
-    ``report.ok`` is True only if every protected column is certified and no floating parameter
-    is unprotected (batch statistics, RNG keys and other non-parameter state are listed only).  ``max_entries`` bounds the entries per solver call, and so the working memory;
+    ``report.ok`` is True only if every protected column is certified, no floating parameter is
+    unprotected, and every leaf of inference state is known good (restored from or equal to the
+    seal's copy); inference state the codebook cannot check (no seal, or sealed without it)
+    makes it not ok.  Training, RNG and other state is listed in ``report.state`` only.
+    ``max_entries`` bounds the entries per solver call, and so the working memory;
     the result does not depend on it beyond float rounding.  ``options`` (a :class:`RecoverOptions`)
     and keyword ``overrides`` of its fields (e.g. ``atol=1e-3``) go to :func:`recover`; unless
     ``rtol`` is set, float16 / bfloat16 leaves are judged at their own precision.
@@ -272,7 +297,8 @@ def purify(
     """
     t0 = time.perf_counter()
     options = resolve(options, overrides)  # TypeError / ValueError naming a bad option, before any work
-    protected = _check(params, codebook, on_uncertified, max_entries)
+    names = _names(params, codebook)
+    protected = _check(params, codebook, on_uncertified, max_entries, names)
     groups = codebook.groups
     calls = plan(groups.values(), max_entries)
     keep_input = on_uncertified != "estimate"
@@ -288,7 +314,9 @@ def purify(
 
     if device:
         leaves, dev = _shard.purify_leaves(protected, codebook, calls, options, keep_input)
+        leaves = {names[p]: v for p, v in leaves.items()}
         purified = map_with_path(lambda p, leaf: _like(leaf, leaves[p]) if p in leaves else leaf, params)
+        purified, restored = _restore_state(codebook, purified)
         if not on_host:  # traced, or spread over processes: the report stays in arrays
             if on_uncertified == "raise":
                 throw_if_uncertified(dev.codes())
@@ -304,8 +332,9 @@ def purify(
         del cols
         # the working copy becomes the purified leaves (no copy: _hand_over); from here on it is read only
         purified = codebook.replace(
-            params, _hand_over(params, codebook.unpack({n: r.values for n, r in results.items()}))
+            params, _hand_over(protected, codebook.unpack({n: r.values for n, r in results.items()}))
         )
+        purified, restored = _restore_state(codebook, purified)
     sealed = getattr(codebook, "seal_record", None) is not None
     if sealed and matrices is None:
         matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
@@ -314,20 +343,27 @@ def purify(
     for r in results.values():
         r.values = None  # the purified tree holds them now: free the working copy before the checks
     columns = leaf_columns(codebook)
-    seal = ()
+    verdicts = {}
     if sealed:
         err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms)
-        seal = tuple(codebook.verify(purified, err).values())
+        verdicts = codebook.verify(purified, err)
+    unprotected, state = split_leaves(params, codebook, restored, verdicts)
+    # paths as the caller's tree names them (a codebook made from the full variables reads the params alone)
+    seal = tuple(dataclasses.replace(v, path=names.get(p, p)) for p, v in verdicts.items())
     report = Report(
-        leaves=leaf_reports(codebook, protected, results, columns),
+        leaves=tuple(
+            dataclasses.replace(r, path=names.get(r.path, r.path))
+            for r in leaf_reports(codebook, protected, results, columns)
+        ),
         groups=tuple(GroupReport.of(g, results[name]) for name, g in groups.items()),
-        unprotected=tuple(UnprotectedLeaf.of(params, codebook)),
+        unprotected=unprotected,
         on_uncertified=on_uncertified,
         calls=len(calls),
         solver_shapes=len({c.shape for c in calls}),
         solved_columns=sum(c.slots * c.width for c in calls),
         seconds=time.perf_counter() - t0,
         seal=seal,
+        state=state,
     )
     if report.columns != report.certified:
         if on_uncertified == "raise":
@@ -335,6 +371,12 @@ def purify(
         if on_uncertified == "estimate":
             warnings.warn(report.status(), UncertifiedWarning, stacklevel=2)
     return purified, report
+
+
+def _restore_state(codebook, purified: PyTree) -> tuple[PyTree, dict[str, int | None]]:
+    """Inference state set back to the seal's copy (``Codebook.restore_state``), if the codebook can."""
+    restore = getattr(codebook, "restore_state", None)
+    return (purified, {}) if restore is None else restore(purified)
 
 
 def _on_host(leaf) -> bool:

@@ -1,9 +1,14 @@
-"""The report of :func:`jaxpurify.purify`: what was certified, what was not, what is unprotected.
+"""The report of :func:`jaxpurify.purify`: what was certified, what was not, what is unprotected,
+and what happened to the state.
 
 Counts are per protected leaf (the code's columns that hold any of its entries, and how many of
-those are certified; entries flagged as corrupted; erasures), per group (one code), and for
-every leaf the codebook does not protect.  ``Report.ok`` is True only if every protected column
-is certified and no floating parameter is unprotected.
+those are certified; entries flagged as corrupted; erasures), per group (one code), for every
+parameter the codebook does not protect, and for every leaf of state (inference, training, RNG,
+other: :data:`jaxpurify.tree.KINDS`).  ``Report.ok`` is True only if every protected column is
+certified, no floating parameter is unprotected, every sealed leaf verified, and every leaf of
+inference state is known good: restored from (or equal to) the codebook's sealed copy, or verified
+by an older seal's sketch.  Inference state the codebook cannot check (no seal, or sealed without
+it) makes the report not ok: nothing vouches for it.  Training and RNG state are listed only.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxpurify import tree as _tree
+from jaxpurify._bind import Entry
 from jaxpurify.progress import table as _table
 
 _KEPT = {
@@ -88,13 +94,13 @@ class GroupReport:
 
 @dataclasses.dataclass(frozen=True)
 class UnprotectedLeaf:
-    """A leaf the codebook does not protect.  A floating *parameter* makes the report not ok;
-    non-parameter state (batch statistics, RNG keys, counters) and integer leaves are listed only."""
+    """A parameter the codebook does not protect (skipped by ``select``, not floating, too
+    small).  A floating one makes the report not ok.  (State is a :class:`StateLeaf`.)"""
 
     path: str
     size: int
     reason: str
-    parameter: bool
+    parameter: bool  # always True since state is reported apart; kept for the JSON's readers
     floating: bool
     nonfinite: bool  # holds NaN or ±Inf (no purification can repair it)
 
@@ -103,21 +109,97 @@ class UnprotectedLeaf:
         """Does it keep the report from being ok?"""
         return self.parameter and self.floating
 
-    @classmethod
-    def of(cls, params: Any, codebook) -> list[UnprotectedLeaf]:
-        by_path = {leaf.path: leaf for leaf in _tree.flatten(params)[0]}
-        out = []
-        for path, size, reason in codebook.unprotected(params):
-            leaf = by_path[path]
-            dt = getattr(leaf.value, "dtype", None)
-            dt = np.asarray(leaf.value).dtype if dt is None else dt
-            floating = _is_numpy_dtype(dt) and bool(np.issubdtype(np.dtype(dt), np.floating))
-            nonfinite = floating and not bool(np.isfinite(np.asarray(leaf.value)).all())
-            out.append(cls(path, int(size), str(reason), leaf.kind == "param", floating, nonfinite))
-        return out
-
     def as_dict(self) -> dict:
         return dict(dataclasses.asdict(self), counts=self.counts)
+
+
+_DID = {
+    "restored": "restored {n} from the codebook's sealed copy",
+    "unchanged": "matches the codebook's sealed copy",
+    "verified": "unchanged: the keyed seal verified (the seal holds no copy of it)",
+    "changed": "changed since it was sealed; not restored (the seal holds no copy of it)",
+    "unchecked": "not checked: the codebook holds no sealed copy of it (seal the codebook with it)",
+    "kept": "kept as it came in (not encoded, not checked)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLeaf:
+    """A leaf that is not a parameter, and what purify did with it.  ``kind``: "inference",
+    "training", "rng" or "other" (:data:`jaxpurify.tree.KINDS`); ``status``:
+
+    * ``"restored"``: inference state set back to the codebook's sealed copy (``restored``
+      entries differed; None under ``jit``, where they are not counted);
+    * ``"unchanged"``: inference state bit for bit equal to the sealed copy;
+    * ``"verified"`` / ``"changed"``: the keyed seal's sketch (an older seal without a copy, or
+      other state) verified / failed: the leaf is passed through either way;
+    * ``"unchecked"``: inference state the codebook holds no sealed copy or sketch of;
+    * ``"kept"``: training, RNG or other state, passed through unchecked.
+
+    ``"changed"`` and ``"unchecked"`` keep the report from being ok."""
+
+    path: str
+    size: int
+    kind: str
+    reason: str  # the kind in words
+    status: str
+    restored: int | None  # entries restored from the sealed copy
+    nonfinite: bool
+
+    @property
+    def counts(self) -> bool:
+        """Does it keep the report from being ok?"""
+        return self.status in ("changed", "unchecked")
+
+    def message(self) -> str:
+        """What happened to it, in words."""
+        if self.status == "restored" and self.restored is None:
+            return "set to the codebook's sealed copy"
+        return _DID[self.status].format(n=_count(self.restored, "entry", "entries"))
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), counts=self.counts, message=self.message())
+
+
+def split_leaves(
+    params: Any, codebook, restored: dict[str, int | None], verdicts: dict[str, Any]
+) -> tuple[tuple[UnprotectedLeaf, ...], tuple[StateLeaf, ...]]:
+    """The leaves of ``params`` the code does not protect: parameters (:class:`UnprotectedLeaf`)
+    and state (:class:`StateLeaf`).  ``restored``: per path, entries restored from the seal's
+    copy (``Codebook.restore_state``); ``verdicts``: the seal's, by the codebook's names."""
+    reasons = {p: r for p, _, r in codebook.unprotected(params)}
+    params_out, state = [], []
+    for e in _entries(params, codebook):
+        if e.path not in reasons:
+            continue  # protected
+        size = math.prod(tuple(getattr(e.value, "shape", np.shape(e.value))))
+        dt = getattr(e.value, "dtype", None)
+        dt = np.asarray(e.value).dtype if dt is None else dt
+        floating = _is_numpy_dtype(dt) and bool(np.issubdtype(np.dtype(dt), np.floating))
+        nonfinite = floating and not bool(np.isfinite(np.asarray(e.value)).all())
+        if e.kind == _tree.PARAM:
+            params_out.append(UnprotectedLeaf(e.path, size, str(reasons[e.path]), True, floating, nonfinite))
+            continue
+        verdict = verdicts.get(e.name)
+        if e.path in restored:
+            status = "unchanged" if restored[e.path] == 0 else "restored"
+        elif verdict is not None:
+            status = "verified" if verdict.verified else "changed"
+        elif e.kind == _tree.INFERENCE:
+            status = "unchecked"
+        else:
+            status = "kept"
+        state.append(StateLeaf(e.path, size, e.kind, e.why, status, restored.get(e.path), nonfinite))
+    return tuple(params_out), tuple(state)
+
+
+def _entries(params: Any, codebook) -> list[Entry]:
+    """The codebook's view of every leaf (its ``classify``), or the tree's own for a codebook
+    that has none (the layout-only doubles of the tests)."""
+    classify = getattr(codebook, "classify", None)
+    if classify is not None:
+        return classify(params)
+    return [Entry(leaf.path, leaf.path, leaf.value, leaf.kind, leaf.why) for leaf in _tree.flatten(params)[0]]
 
 
 def _is_numpy_dtype(dt) -> bool:
@@ -139,6 +221,7 @@ class Report:
     solved_columns: int  # columns solved, padding included
     seconds: float
     seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see SECURITY.md)
+    state: tuple[StateLeaf, ...] = ()  # every leaf that is not a parameter, and what happened to it
 
     @property
     def columns(self) -> int:
@@ -170,10 +253,22 @@ class Report:
         return all(v.verified for v in self.seal)
 
     @property
+    def unverified_state(self) -> tuple[StateLeaf, ...]:
+        """State that keeps the report from being ok: inference state nothing checked, and state
+        that failed the seal's sketch."""
+        return tuple(s for s in self.state if s.counts)
+
+    @property
+    def restored(self) -> int:
+        """Entries of inference state restored from the codebook's sealed copy."""
+        return sum(s.restored or 0 for s in self.state if s.status == "restored")
+
+    @property
     def ok(self) -> bool:
-        """True only if every protected column is certified, no floating parameter is unprotected
-        and, with a seal, every sealed leaf of the purified tree verified."""
-        return self.all_certified and not self.unprotected_parameters and self.verified
+        """True only if every protected column is certified, no floating parameter is unprotected,
+        with a seal every sealed leaf of the purified tree verified, and all inference state is
+        known good (restored from or equal to the seal's copy, or verified by its sketch)."""
+        return self.all_certified and not self.unprotected_parameters and self.verified and not self.unverified_state
 
     def __getitem__(self, path: str) -> LeafReport:
         for r in self.leaves:
@@ -184,8 +279,10 @@ class Report:
     def status(self) -> str:
         """One line: ok, or what is wrong."""
         if self.ok:
-            return f"ok: all {self.columns} columns certified; every floating parameter protected" + (
-                "; the keyed seal verified" if self.seal else ""
+            return (
+                f"ok: all {self.columns} columns certified; every floating parameter protected"
+                + ("; the keyed seal verified" if self.seal else "")
+                + self._state_summary()
             )
         problems = []
         if self.certified != self.columns:
@@ -200,14 +297,44 @@ class Report:
                 f"{len(loose)} floating parameter leaves ({sum(u.size for u in loose)} values) unprotected"
                 + (f", {bad} of them with non-finite values" if bad else "")
             )
+        purified = {r.path for r in self.leaves}
         failed = [v.path for v in self.seal if not v.verified]
-        if failed:
+        for paths, what in (
+            ([p for p in failed if p in purified], "changed beyond the purification's error bound"),
+            (
+                [p for p in failed if p not in purified and p not in {s.path for s in self.state}],
+                "changed since they were sealed (not protected: kept as they came in)",
+            ),
+        ):
+            if paths:
+                problems.append(f"{len(paths)} leaves fail the keyed seal ({_some(paths)}): {what}")
+        unchecked = [s for s in self.state if s.status == "unchecked"]
+        if unchecked:
             problems.append(
-                f"{len(failed)} leaves fail the keyed seal ({', '.join(failed[:3])}"
-                + (", …" if len(failed) > 3 else "")
-                + "): changed beyond the purification's error bound"
+                f"{_count(len(unchecked), 'leaf', 'leaves')} of inference state "
+                f"({sum(s.size for s in unchecked)} values: {_some([s.path for s in unchecked])}) "
+                "not checked: the codebook holds no sealed copy of them"
             )
-        return "NOT OK: " + "; ".join(problems)
+        changed = [s for s in self.state if s.status == "changed"]
+        if changed:
+            problems.append(
+                f"{_count(len(changed), 'leaf', 'leaves')} of state changed since sealed and not restored "
+                f"({_some([s.path for s in changed])}): the seal holds no copy of them"
+            )
+        return "NOT OK: " + "; ".join(problems) + self._state_summary()
+
+    def _state_summary(self) -> str:
+        restored = [s for s in self.state if s.status == "restored"]
+        if restored:
+            n = self.restored
+            counted = _count(n, "entry", "entries") + " in " if all(s.restored is not None for s in restored) else ""
+            return (
+                "; inference state restored from the codebook's sealed copy "
+                f"({counted}{_count(len(restored), 'leaf', 'leaves')})"
+            )
+        if any(s.status == "unchanged" for s in self.state):
+            return "; inference state matches the codebook's sealed copy"
+        return ""
 
     def __str__(self) -> str:
         head = ("leaf", "certified", "flagged", "erasures", "max inlier |r|", "max bound")
@@ -223,8 +350,13 @@ class Report:
             for r in self.leaves
         ]
         text = _table(head, rows)
+        if self.state:
+            text += "\n\nstate (not encoded):\n" + _table(
+                ("leaf", "kind", "values", "what happened", "counts against ok"),
+                _state_rows(self.state),
+            )
         if self.unprotected:
-            text += "\n\nnot protected:\n" + _table(
+            text += "\n\nparameters not protected:\n" + _table(
                 ("leaf", "values", "reason", "non-finite", "counts against ok"),
                 [
                     (u.path, u.size, u.reason, "yes" if u.nonfinite else "no", "yes" if u.counts else "no")
@@ -267,7 +399,32 @@ class Report:
             "unprotected": [u.as_dict() for u in self.unprotected],
             "sealed": self.sealed,
             "seal": [v.as_dict() for v in self.seal],
+            "state": [s.as_dict() for s in self.state],
+            "restored": self.restored,
         }
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _some(paths: list[str], n: int = 3) -> str:
+    return ", ".join(paths[:n]) + (", …" if len(paths) > n else "")
+
+
+def _state_rows(state: tuple[StateLeaf, ...]) -> list[tuple]:
+    """One row per leaf of inference and other state; training and RNG state that was only
+    passed through, one row per kind (a train state has as many optimizer leaves as parameters)."""
+    rows, kept = [], {}
+    for s in state:
+        if s.kind in (_tree.TRAINING, _tree.RNG) and s.status == "kept":
+            n, v = kept.get(s.kind, (0, 0))
+            kept[s.kind] = (n + 1, v + s.size)
+            continue
+        rows.append((s.path, s.kind, s.size, s.message(), "yes" if s.counts else "no"))
+    for kind, (n, v) in kept.items():
+        rows.append((f"({n} leaves)", kind, v, _DID["kept"], "no"))
+    return rows
 
 
 def leaf_columns(codebook) -> dict[str, np.ndarray]:

@@ -88,9 +88,11 @@ def save_format(path: str | os.PathLike, format: str | None = None) -> str:
 # -- trees <-> flat {path: array} -----------------------------------------------------------------
 
 
-def _host_array(path: str, leaf) -> np.ndarray:
+def _host_array(path: str, leaf, prng_keys: bool = False) -> np.ndarray:
     dtype = getattr(leaf, "dtype", None)
     if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
+        if prng_keys:  # Orbax stores a typed key itself: its key data and the impl's name
+            return leaf  # type: ignore[no-any-return]
         raise TypeError(f"leaf {path!r} is a typed PRNG key; store jax.random.key_data(key) instead")
     try:
         arr = np.asarray(leaf)
@@ -101,16 +103,19 @@ def _host_array(path: str, leaf) -> np.ndarray:
     return arr
 
 
-def flatten(params: PyTree) -> dict[str, np.ndarray]:
-    """``{path: host array}`` for every leaf; paths as :func:`jaxpurify.tree.leaves_with_paths`."""
-    named, _ = leaves_with_paths(params)
+def flatten(params: PyTree, *, prng_keys: bool = False) -> dict[str, np.ndarray]:
+    """``{path: host array}`` for every leaf; paths as :func:`jaxpurify.tree.leaves_with_paths`,
+    except that the ``value`` key of an NNX variable restored by Orbax (``{"value": array}``)
+    stays in the path, so the tree is written back as it came.  ``prng_keys``: typed PRNG keys
+    are kept as they are (for Orbax, which stores them), not refused."""
+    named, _ = leaves_with_paths(params, boxes=False)
     if not named:
         raise ValueError("params has no leaves to save")
     flat = {}
     for path, leaf in named:
         if not path or "" in path.split("/"):
             raise ValueError(f"leaf path {path!r} has an empty key; every key must be non-empty")
-        flat[path] = _host_array(path, leaf)
+        flat[path] = _host_array(path, leaf, prng_keys)
     return flat
 
 
@@ -256,8 +261,10 @@ def save(path: str | os.PathLike, params: PyTree, format: str | None = None) -> 
 
     ``format`` is 'orbax', 'safetensors' or 'msgpack'; by default it follows the suffix
     (``.safetensors``, ``.msgpack``/``.mpk``; no suffix: an Orbax checkpoint directory). Leaves are
-    stored as host arrays under their '/'-joined paths, dtypes kept (bfloat16 included). Raises
-    ``TypeError`` naming a leaf that is not a numeric array (e.g. a typed PRNG key). ``params`` is
+    stored as host arrays under their '/'-joined paths, dtypes kept (bfloat16 included); Orbax
+    also stores typed PRNG keys (``jax.random.key``: key data and impl, as Orbax itself does).
+    Raises ``TypeError`` naming a leaf that is not a numeric array (e.g. a typed PRNG key for
+    safetensors or msgpack). ``params`` is
     not modified; an existing file or Orbax checkpoint at ``path`` is replaced only once the new one
     is complete.
     """
@@ -265,7 +272,7 @@ def save(path: str | os.PathLike, params: PyTree, format: str | None = None) -> 
     fmt = save_format(path, format)
     if not os.path.isdir(os.path.dirname(path)):
         raise FileNotFoundError(f"{os.path.dirname(path)}: no such directory")
-    _WRITERS[fmt](path, _nest(flatten(params)))
+    _WRITERS[fmt](path, _nest(flatten(params, prng_keys=fmt == "orbax")))
     return fmt
 
 
@@ -304,7 +311,7 @@ def load(path: str | os.PathLike, template: Any = None, format: str | None = Non
     except Exception as e:  # each reader has its own error types for a damaged file
         raise ValueError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {e}") from None
     try:
-        flat = flatten(raw)
+        flat = flatten(raw, prng_keys=fmt == "orbax")
     except TypeError as e:
         raise ValueError(f"{path}: {e}") from None
     if template is None:
@@ -326,7 +333,7 @@ def _expected(leaf) -> tuple[tuple[int, ...], np.dtype]:
 
 def _match(flat: dict[str, np.ndarray], template: PyTree, source: str) -> PyTree:
     """Arrange ``flat`` in the template's structure, or raise naming every mismatching leaf."""
-    named, treedef = leaves_with_paths(template)
+    named, treedef = leaves_with_paths(template, boxes=False)
     problems = []
     for p, leaf in named:
         shape, dtype = _expected(leaf)

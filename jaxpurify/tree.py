@@ -1,13 +1,35 @@
-"""Pytree paths: every leaf of a parameter tree gets a stable '/'-joined name, and a kind.
+"""Pytree paths: every leaf of a tree gets a stable '/'-joined name, and a kind.
 
 One place maps a tree with its paths (as Flax's ``traverse_util.path_aware_map``): the codebook,
 contamination and purify all name leaves through :func:`leaves_with_paths` / :func:`map_with_path`.
 
-Flax NNX is handled here: an ``nnx.Module`` is read through ``nnx.state``; the ``.value`` of an
-``nnx.Variable`` is not part of its path, so an ``nnx.State`` and its pure dict
-(``nnx.to_pure_dict``) name their leaves alike.  A leaf's *kind* is ``"param"`` or the reason it is
-not a trainable parameter (a non-``Param`` NNX variable such as ``BatchStat`` or ``RngCount``, a
-typed PRNG key, or a linen collection other than ``params`` such as ``batch_stats``).
+**Names.**  Flax NNX is handled here: an ``nnx.Module`` (or any ``nnx.Pytree``, e.g. an
+``nnx.Optimizer``) is read through ``nnx.state``; the ``.value`` of an ``nnx.Variable`` is not part
+of its path, and neither is the ``value`` key of a one-entry ``{"value": array}`` dict below the
+top (what Orbax gives back for a saved ``nnx.State`` restored without a target), so an
+``nnx.State``, its pure dict (``nnx.to_pure_dict``) and its Orbax restore name their leaves alike.
+
+**Kinds** (:data:`KINDS`), decided per leaf in this order:
+
+1. an NNX variable's type: ``nnx.Param`` → ``"param"``; ``nnx.BatchStat``, ``nnx.Cache`` →
+   ``"inference"``; ``nnx.RngState`` (``RngKey``, ``RngCount``) → ``"rng"``; ``nnx.OptState``
+   (what ``nnx.Optimizer`` holds) → ``"training"``; any other variable → ``"other"``;
+2. a typed PRNG key (``jax.random.key``) → ``"rng"``;
+3. below an optax state or a key named ``opt_state``, or a leaf ``step`` beside ``opt_state``
+   or ``params`` → ``"training"``;
+4. by position against the *params root*: the tree's leading chain of ``params`` keys, as deep as
+   some leaf continues below it (``""`` for a params dict or an NNX state, ``"params/"`` for a
+   linen ``variables`` dict, a ``flax.training.train_state.TrainState`` or a dict with
+   ``step``/``params``/``opt_state``; ``"params/params/"`` for a TrainState holding a variables
+   dict).  Leaves under the root are ``"param"``; a leaf beside the chain is named by the key where
+   it leaves it: ``batch_stats`` / ``cache`` (the linen collections ``model.apply`` reads) →
+   ``"inference"``; anything else (``intermediates``, an ``ema_params`` field, …) → ``"other"``.
+
+``"param"`` is trainable parameters (what a codebook encodes), ``"inference"`` the state the model
+needs to run (restored exactly by a sealed codebook), ``"training"`` optimizer moments and step
+counters, ``"rng"`` RNG streams.  A pure dict carries no variable types: rule 1 cannot see a
+``BatchStat`` there, so a codebook records every leaf's kind when it is made and applies its own
+record to the trees it meets (``jaxpurify._codebook``).
 """
 
 from __future__ import annotations
@@ -22,16 +44,33 @@ import jax.numpy as jnp
 
 PyTree = Any
 
-__all__ = ["Leaf", "PyTree", "flatten", "leaves_with_paths", "map_with_path", "path_str"]
+__all__ = [
+    "KINDS",
+    "Leaf",
+    "PyTree",
+    "flatten",
+    "leaves_with_paths",
+    "map_with_path",
+    "params_depth",
+    "path_str",
+    "relative",
+]
 
-# linen variable collections that hold state, not parameters (the first key of a variables dict)
-STATE_COLLECTIONS = frozenset({"batch_stats", "cache", "intermediates", "losses"})
+KINDS = ("param", "inference", "training", "rng", "other")
+PARAM, INFERENCE, TRAINING, RNG, OTHER = KINDS
+ROOT_KEY = "params"
+# linen collections model.apply reads beside params (Flax's BatchNorm and SpectralNorm: batch_stats;
+# autoregressive decoding: cache); intermediates, losses and other siblings are "other"
+INFERENCE_COLLECTIONS = frozenset({"batch_stats", "cache"})
+OPT_STATE = "opt_state"
+STEP = "step"
 
 
 class Leaf(NamedTuple):
     path: str
     value: Any
-    kind: str  # "param", or why the leaf is not a parameter
+    kind: str  # one of KINDS
+    why: str = ""  # how the kind was decided, in words (reports and ``Codebook.unprotected``)
 
 
 def _key_name(k: Any) -> str:
@@ -60,9 +99,9 @@ def _nnx() -> ModuleType | None:
 
 
 def as_tree(tree: PyTree) -> PyTree:
-    """An ``nnx.Module`` becomes its ``nnx.State``; anything else is returned as is."""
+    """An ``nnx.Module`` (any ``nnx.Pytree``) becomes its ``nnx.State``; anything else is returned as is."""
     nnx = _nnx()
-    if nnx is not None and isinstance(tree, nnx.Module):
+    if nnx is not None and isinstance(tree, getattr(nnx, "Pytree", nnx.Module)):
         return nnx.state(tree)
     return tree
 
@@ -72,34 +111,121 @@ def _is_variable(x: Any) -> bool:
     return nnx is not None and isinstance(x, nnx.Variable)
 
 
-def _kind(keys: tuple[Any, ...], leaf: Any, variable: Any) -> str:
+def _is_box(x: Any) -> bool:
+    """``{"value": array}``: an NNX variable as Orbax restores it without a target."""
+    if not (isinstance(x, Mapping) and len(x) == 1 and "value" in x):
+        return False
+    v = x["value"]
+    return v is not None and not _is_variable(v) and jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(v))
+
+
+def _is_optax_state(x: Any) -> bool:
+    # optax's states are NamedTuples defined in optax's modules (ScaleByAdamState, EmptyState, …)
+    return isinstance(x, tuple) and type(x).__module__.split(".")[0] == "optax"
+
+
+def params_depth(keys: list[tuple[Any, ...]]) -> int:
+    """How many leading ``params`` keys form the params root: the largest d such that some leaf's
+    key path starts with d ``params`` keys and goes on below them."""
+    d = 0
+    while any(len(k) > d + 1 and all(str(c) == ROOT_KEY for c in k[: d + 1]) for k in keys):
+        d += 1
+    return d
+
+
+def relative(keys: tuple[Any, ...], depth: int) -> tuple[int, tuple[Any, ...]]:
+    """(offset, rest) of a leaf against a params root of ``depth`` keys: it follows the chain for
+    ``depth − offset`` keys, then ``rest``.  Offset 0: under the root; offset j > 0: beside the
+    chain, j levels above the root (a linen collection or a TrainState field has offset 1)."""
+    i = 0
+    while i < depth and i < len(keys) - 1 and str(keys[i]) == ROOT_KEY:
+        i += 1
+    return depth - i, tuple(keys[i:])
+
+
+def name(offset: int, rest: tuple[Any, ...], depth: int) -> str:
+    """The path of (offset, rest) in a tree whose params root has ``depth`` keys; where that
+    tree's chain is not deep enough to hold it (state beside the params, for a codebook made from
+    the params alone), a relative name: one ``..`` per missing level (``../batch_stats/…``)."""
+    up = [".."] * max(offset - depth, 0)
+    return "/".join(up + [ROOT_KEY] * max(depth - offset, 0) + [str(k) for k in rest])
+
+
+def _variable_kind(variable: Any) -> tuple[str, str]:
     nnx = _nnx()
-    if variable is not None and nnx is not None and not isinstance(variable, nnx.Param):
-        return f"not a Param ({type(variable).__name__})"
+    assert nnx is not None  # only NNX variables reach here
+    t = type(variable).__name__
+    if isinstance(variable, nnx.Param):
+        return PARAM, ""
+    if isinstance(variable, (nnx.BatchStat, nnx.Cache)):
+        return INFERENCE, f"inference state ({t})"
+    if isinstance(variable, nnx.RngState):
+        return RNG, f"RNG state ({t})"
+    opt = getattr(nnx, "OptState", None)
+    if opt is not None and isinstance(variable, opt):
+        return TRAINING, f"training state ({t})"
+    return OTHER, f"other state ({t})"
+
+
+def _kind(
+    keys: tuple[Any, ...],
+    leaf: Any,
+    variable: Any,
+    depth: int,
+    optax_paths: set[tuple[Any, ...]],
+    opt_parents: set[tuple[Any, ...]],
+) -> tuple[str, str]:
+    if variable is not None:
+        return _variable_kind(variable)
     if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        return "PRNG key"
-    if len(keys) > 1 and keys[0] in STATE_COLLECTIONS:  # a linen variables dict: collection first
-        return f"state collection {keys[0]!r}"
-    return "param"
+        return RNG, "RNG state (typed PRNG key)"
+    if any(str(k) == OPT_STATE for k in keys) or any(keys[:j] in optax_paths for j in range(len(keys))):
+        return TRAINING, "training state (optimizer state)"
+    if str(keys[-1]) == STEP and keys[:-1] in opt_parents:
+        return TRAINING, "training state (step counter)"
+    offset, rest = relative(keys, depth)
+    if offset == 0:
+        return PARAM, ""
+    where = str(rest[0])
+    if where in INFERENCE_COLLECTIONS:
+        return INFERENCE, f"inference state (linen collection {where!r})"
+    return OTHER, f"other state ({where!r} beside params)"
 
 
-def flatten(tree: PyTree) -> tuple[list[Leaf], list[tuple[Any, ...]], Any]:
-    """[(path, value, kind)], the key tuples, and the jax treedef of any pytree (NNX included):
-    ``jax.tree_util.tree_unflatten(treedef, values)`` rebuilds it (NNX variables with their type).
+def _optax_paths(tree: Any) -> set[tuple[Any, ...]]:
+    if "optax" not in sys.modules:  # no optax state can exist
+        return set()
+    nodes = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_optax_state)[0]
+    return {tuple(_key_value(p) for p in path) for path, node in nodes if _is_optax_state(node)}
+
+
+def flatten(tree: PyTree, *, boxes: bool = True) -> tuple[list[Leaf], list[tuple[Any, ...]], Any]:
+    """[Leaf(path, value, kind, why)], the key tuples, and the jax treedef of any pytree (NNX
+    included): ``jax.tree_util.tree_unflatten(treedef, values)`` rebuilds it (NNX variables with
+    their type).  ``boxes=False`` keeps the ``value`` key of ``{"value": array}`` dicts in paths
+    (what a checkpoint writer needs to write the tree back as it came).
 
     Raises ``ValueError`` if two leaves share a path.
     """
     tree = as_tree(tree)
     values, treedef = jax.tree_util.tree_flatten(tree)
-    outer = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)[0]
+
+    def box(x: Any) -> bool:
+        return boxes and x is not tree and _is_box(x)
+
+    outer = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: _is_variable(x) or box(x))[0]
     if len(outer) != len(values):
         raise ValueError("an NNX variable holds more than one array; not supported")
-    leaves: list[Leaf] = []
-    keys: list[tuple[Any, ...]] = []
-    for (path, node), value in zip(outer, values):
-        k = tuple(_key_value(p) for p in path)
-        leaves.append(Leaf(path_str(path), value, _kind(k, value, node if _is_variable(node) else None)))
-        keys.append(k)
+    keys = [tuple(_key_value(p) for p in path) for path, _ in outer]
+    depth = params_depth(keys)
+    optax_paths = _optax_paths(tree)
+    # a `step` leaf counts as training state beside opt_state or params
+    opt_parents = {k[:j] for k in keys for j in range(len(k)) if str(k[j]) in (OPT_STATE, ROOT_KEY)}
+    leaves = []
+    for (path, node), value, k in zip(outer, values, keys):
+        variable = node if _is_variable(node) else None
+        kind, why = _kind(k, value, variable, depth, optax_paths, opt_parents)
+        leaves.append(Leaf(path_str(path), value, kind, why))
     seen = set()
     for leaf in leaves:
         if leaf.path in seen:
@@ -108,9 +234,9 @@ def flatten(tree: PyTree) -> tuple[list[Leaf], list[tuple[Any, ...]], Any]:
     return leaves, keys, treedef
 
 
-def leaves_with_paths(tree: PyTree) -> tuple[list[tuple[str, Any]], Any]:
+def leaves_with_paths(tree: PyTree, *, boxes: bool = True) -> tuple[list[tuple[str, Any]], Any]:
     """Flatten any pytree into [(path, leaf)] and its jax treedef."""
-    leaves, _, treedef = flatten(tree)
+    leaves, _, treedef = flatten(tree, boxes=boxes)
     return [(leaf.path, leaf.value) for leaf in leaves], treedef
 
 

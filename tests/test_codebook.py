@@ -290,10 +290,10 @@ def test_linen_state_collections_and_odd_leaves_are_not_protected():
     assert cb.protected == ("params/w",)
     got = {p: (z, r) for p, z, r in cb.unprotected(variables)}
     assert got == {
-        "batch_stats/mean": (4, "state collection 'batch_stats'"),
-        "batch_stats/var": (4, "state collection 'batch_stats'"),
+        "batch_stats/mean": (4, "inference state (linen collection 'batch_stats')"),
+        "batch_stats/var": (4, "inference state (linen collection 'batch_stats')"),
         "params/step": (1, "not floating (int32)"),
-        "rng": (1, "PRNG key"),
+        "rng": (1, "RNG state (typed PRNG key)"),
     }
     with pytest.raises(ValueError, match="params/step"):
         jp.Codebook.create(variables, 0, select=lambda p, l: True)

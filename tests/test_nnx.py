@@ -50,7 +50,7 @@ def test_module_state_and_pure_dict_name_leaves_alike():
     # non-Param variables and the dropout key are listed, not protected
     rest = {p: r for p, _, r in a.unprotected(model)}
     assert set(rest) == _jax_paths(nnx.state(model, nnx.Not(nnx.Param)))
-    assert rest["bn/mean"] == "not a Param (BatchStat)" and rest["drop/rngs/key"] == "not a Param (RngKey)"
+    assert rest["bn/mean"] == "inference state (BatchStat)" and rest["drop/rngs/key"] == "RNG state (RngKey)"
     assert a.capacity().fraction == 1.0
 
 
@@ -63,7 +63,7 @@ def test_select_is_not_called_on_keys_and_nothing_crashes():
     pure = nnx.to_pure_dict(nnx.state(model))
     cb = jp.Codebook.create(pure, 0)
     assert "drop/rngs/key" not in cb.protected
-    assert ("drop/rngs/key", 1, "PRNG key") in cb.unprotected(pure)
+    assert ("drop/rngs/key", 1, "RNG state (typed PRNG key)") in cb.unprotected(pure)
 
 
 def test_replace_on_a_module_returns_a_state_and_leaves_the_module_alone():

@@ -185,14 +185,15 @@ def test_pooled_layout_report_counts_columns_per_leaf(monkeypatch):
 def test_all_certified_and_all_protected_is_ok():
     cb = PooledCodebook()
     clean = {k: v for k, v in clean_params(cb).items() if k != "free"}
-    clean["batch_stats"] = {"mean": jnp.full(3, jnp.nan)}  # state, not a parameter: listed only
+    clean["opt_state"] = {"mu": jnp.full(3, jnp.nan)}  # training state, not a parameter: listed only
     cols = {k: np.array(v) for k, v in cb.pack(clean).items()}
     cols["g0"][2, 3] += 1e3  # an entry of a
     cols["g1"][0, 1] = np.inf  # an entry of c; g1 also has 7 NaN padding entries, not c's
     pur, rep = jp.purify(cb.replace(clean, cb.unpack(cols)), cb)
     assert rep.ok and rep.status().startswith("ok") and rep.certified == rep.columns == 12
-    (stats,) = [u for u in rep.unprotected if u.path == "batch_stats/mean"]
-    assert stats.nonfinite and stats.floating and not stats.parameter and not stats.counts
+    (mu,) = [s for s in rep.state if s.path == "opt_state/mu"]
+    assert (mu.kind, mu.status, mu.nonfinite, mu.counts) == ("training", "kept", True, False)
+    assert pur["opt_state"]["mu"] is clean["opt_state"]["mu"]
     assert (rep["a"].flagged, rep["b"].flagged, rep["c"].flagged) == (1, 0, 1)
     assert (rep["a"].erasures, rep["c"].erasures) == (0, 1)
     for path in cb.protected:
@@ -214,7 +215,32 @@ def test_bfloat16_leaves_are_judged_at_their_precision():
         )
 
 
-def test_nnx_module_in_state_out_batch_stats_and_keys_listed_not_counted():
+def test_unchecked_inference_state_keeps_the_report_from_being_ok():
+    """Batch statistics no seal vouches for are not silently fine: listed as not checked, not ok."""
+    rng = np.random.default_rng(0)
+    variables = {"params": {"w": jnp.asarray(rng.standard_normal((32, 8)), jnp.float32)}, "batch_stats": {}}
+    variables["batch_stats"]["mean"] = jnp.asarray(rng.standard_normal(8), jnp.float32)
+    cb = jp.Codebook.create(variables, bytes(range(32)))
+    deployed = cb.decode(cb.init_latent(variables))
+    tree = dict(deployed, batch_stats={"mean": deployed["batch_stats"]["mean"].at[3].set(jnp.nan)})
+    for seal in (None, deployed["params"]):  # no seal; a seal of the params alone
+        if seal is not None:
+            cb.seal(seal)
+        pur, rep = jp.purify(tree, cb)
+        assert rep.all_certified and not rep.unprotected_parameters and rep.verified
+        (stats,) = rep.state
+        assert (stats.path, stats.kind, stats.status, stats.nonfinite, stats.counts) == (
+            "batch_stats/mean",
+            "inference",
+            "unchecked",
+            True,
+            True,
+        )
+        assert not rep.ok and "1 leaf of inference state (8 values: batch_stats/mean) not checked" in rep.status()
+        assert pur["batch_stats"]["mean"] is tree["batch_stats"]["mean"]
+
+
+def test_nnx_module_in_state_out_batch_stats_restored_keys_listed_not_counted():
     from flax import nnx
 
     class Net(nnx.Module):
@@ -235,12 +261,15 @@ def test_nnx_module_in_state_out_batch_stats_and_keys_listed_not_counted():
         ),
     )
     nnx.update(model, clean)
+    cb.seal(model)  # keeps a copy of the batch statistics
     bad = C.contaminate(jax.random.key(2), model, cb, C.gross_errors, rate=0.1)
     nnx.update(model, bad)
     pur, rep = jp.purify(model, cb)
     assert isinstance(pur, nnx.State) and rep.ok, str(rep)
-    kinds = {u.path: (u.parameter, u.counts) for u in rep.unprotected}
-    assert kinds["bn/mean"] == (False, False) and kinds["drop/rngs/key"] == (False, False)
+    assert rep.unprotected == ()
+    kinds = {s.path: (s.kind, s.status, s.counts) for s in rep.state}
+    assert kinds["bn/mean"] == ("inference", "unchanged", False)
+    assert kinds["drop/rngs/key"] == ("rng", "kept", False)
     nnx.update(model, pur)
     np.testing.assert_allclose(model.lin.kernel[...], clean["lin"]["kernel"][...], rtol=1e-5, atol=1e-5)
 
