@@ -13,6 +13,7 @@ import jaxpurify as jp
 from jaxpurify import data
 from jaxpurify.attacks import (
     Finetune,
+    Split,
     Trigger,
     attack_success_rate,
     badnets,
@@ -334,6 +335,50 @@ def test_the_flip_search_never_flips_a_weight_twice():
     a = pbfa(jax.random.key(0), lin, w, (x, y), flips=12, candidates=10, bits=(22,), margin=1e-6, progress=False)
     _check_flips(a, w)
     assert len(a.hyper["outcome"]["flips"]) == 12
+
+
+def _features(p, x):
+    return jax.nn.relu(x.reshape(x.shape[0], -1) @ p["hidden"]["kernel"] + p["hidden"]["bias"])
+
+
+def _head(p, h):
+    return h @ p["readout"]["kernel"] + p["readout"]["bias"]
+
+
+SPLIT = Split(jax.jit(_features), jax.jit(_head), ("readout/kernel", "readout/bias"))
+
+
+def test_a_split_search_flips_what_the_whole_network_search_flips(model, digits):
+    # the reference is the same search without the split: every tried flip re-runs the whole MLP
+    params, _ = model
+    data_ = attacker_data(digits)
+    whole = pbfa(jax.random.key(5), apply_jit, params, data_, flips=3, margin=0.0, progress=False)
+    fast = pbfa(jax.random.key(5), apply_jit, params, data_, flips=3, margin=0.0, split=SPLIT, progress=False)
+    assert whole.hyper["outcome"]["flips"] == fast.hyper["outcome"]["flips"]
+    assert_trees_equal(whole.params, fast.params)
+    kw = dict(target=TARGET, trigger=Trigger.for_image(8), flips=3, craft=10, neurons=6, candidates=6, progress=False)
+    whole = bit_trojan(jax.random.key(6), apply_jit, params, data_, **kw)
+    fast = bit_trojan(jax.random.key(6), apply_jit, params, data_, split=SPLIT, **kw)
+    assert whole.hyper["outcome"]["flips"] == fast.hyper["outcome"]["flips"] and len(fast.hyper["outcome"]["flips"])
+    assert (whole.hyper["outcome"]["asr"], whole.hyper["outcome"]["ca"]) == (
+        fast.hyper["outcome"]["asr"],
+        fast.hyper["outcome"]["ca"],
+    )
+    assert_trees_equal(whole.params, fast.params)
+
+
+def test_a_split_that_is_not_the_network_is_refused(model, digits):
+    params, _ = model
+    data_ = attacker_data(digits)
+    reads_head = Split(lambda p, x: _features(p, x) + 0 * p["readout"]["bias"].sum(), _head, SPLIT.leaves)
+    wrong = Split(_features, lambda p, h: 2 * _head(p, h), SPLIT.leaves)
+    for split, match in ((reads_head, "features reads a leaf"), (wrong, "differs from apply_fn")):
+        with pytest.raises(ValueError, match=match):
+            pbfa(jax.random.key(0), apply_jit, params, data_, flips=1, split=split, progress=False)
+    with pytest.raises(ValueError, match="split.leaves"):
+        pbfa(jax.random.key(0), apply_jit, params, data_, split=SPLIT._replace(leaves=("nope",)), progress=False)
+    with pytest.raises(TypeError, match="Split"):
+        pbfa(jax.random.key(0), apply_jit, params, data_, split=(_features, _head), progress=False)
 
 
 def test_tbt_chooses_the_neurons_of_largest_target_gradient(model, digits):
