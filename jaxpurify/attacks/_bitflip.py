@@ -54,6 +54,7 @@ from jaxpurify.attacks._attack import (
 )
 from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy, predictions
 from jaxpurify.progress import Progress
+from jaxpurify.train import minimize
 from jaxpurify.tree import leaves_with_paths, map_with_path
 
 BITS = tuple(range(22, 32))  # top mantissa bit, the 8 exponent bits, the sign
@@ -425,6 +426,8 @@ def bit_trojan(
     readout: str = "readout/kernel",
     neurons: int = 20,
     craft_rate: float = 0.1,
+    tune: int = 0,
+    tune_rate: float = 0.01,
     split: Split | None = None,
     progress: bool | None = None,
 ) -> Attack:
@@ -436,14 +439,22 @@ def bit_trojan(
     ``craft`` Adam steps of rate ``craft_rate``, and only V[rows, target] flipped; ``leaves`` is
     then ignored. ``Attack.trigger`` is the crafted trigger (``hyper["trigger"]`` stays the one
     passed, the crafting's start); without ``craft`` it is None: the trigger passed is the one
-    implanted.  ``split``: flips in its head are tried without re-running the frozen part, and when
-    every candidate is in the head the stop rule reuses the attacker's features (same result,
-    less time)."""
+    implanted.  ``tune`` > 0 (with ``craft``): TBT's Trojan Bit Search in float32 instead of the
+    greedy search: the chosen weights V[rows, target] are trained for ``tune`` Adam steps (rate
+    ``tune_rate``) on the trojan loss with the crafted trigger, and each is then set to the float32
+    value nearest its trained one among those reachable by flipping a subset of ``bits``
+    (:func:`nearest_by_flips`; a weight may get several flips, at most ``flips`` in all, the
+    weights that moved most first).  ``split``: flips in its head are tried without re-running
+    the frozen part, and when every candidate is in the head the stop rule reuses the attacker's
+    features (same result, less time)."""
     clock = Clock()
     x, y, target, classes = check_common(apply_fn, params, data, target, trigger)
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_training(goal, max_drop=max_drop)
     craft = check_count("craft", craft, 0)
+    tune = check_count("tune", tune, 0)
+    if tune and not craft:
+        raise ValueError("tune needs craft > 0: it trains the weights of the rows the crafting chose")
     hyper = dict(
         attack="bit_trojan",
         target=target,
@@ -490,6 +501,9 @@ def bit_trojan(
             craft_rate=float(craft_rate),
             outcome={"rows": rows.tolist(), "crafted_trigger": crafted._asdict()},
         )
+        if tune:
+            check_positive(tune_rate=tune_rate)
+            hyper.update(tune=tune, tune_rate=float(tune_rate), loss=hyper["loss"] + "; tune: trained, then realised")
 
     def batch_accuracy(logits, ys):
         return jnp.mean((jnp.argmax(logits, axis=-1) == ys) & jnp.all(jnp.isfinite(logits), axis=-1))
@@ -499,6 +513,9 @@ def bit_trojan(
         # (measured on digits / multi: one flip that silenced a channel, CA 0.98 → 0.11)
         floor = float(batch_accuracy(logits[0], yb)) - max_drop
         return lambda clean_logits, _triggered, ys: batch_accuracy(clean_logits, ys) >= floor
+
+    if tune:
+        return _tbs(key, apply_fn, params, x, y, trigger, target, only, hyper, split, clock)._replace(trigger=crafted)
 
     scope = [readout] if craft else leaves
     measure = _measure(
@@ -548,3 +565,67 @@ def _measure(apply_fn, x, y, trigger: Trigger, target: int, split: Split | None)
         return ca, float(np.mean(predictions(split.head, p, cache["triggered"]) == target))
 
     return measure
+
+
+def nearest_by_flips(old, wanted, bits: tuple[int, ...]) -> tuple[np.ndarray, list[list[int]]]:
+    """Per float32 entry of ``old``: the finite value nearest ``wanted`` among those its bit
+    pattern reaches by flipping a subset of ``bits`` (ties: fewer flips), and the bits flipped."""
+    old = np.asarray(old, np.float32).reshape(-1)
+    wanted = np.asarray(wanted, np.float64).reshape(-1)
+    masks = np.zeros(1 << len(bits), np.uint32)
+    for j, b in enumerate(bits):
+        masks[(np.arange(masks.size) >> j) & 1 == 1] |= np.uint32(1) << np.uint32(b)
+    flips = np.array([bin(int(m)).count("1") for m in masks])
+    with np.errstate(invalid="ignore", over="ignore"):  # some patterns are NaN or Inf: never chosen
+        cand = (old.view(np.uint32)[:, None] ^ masks[None, :]).view(np.float32).astype(np.float64)
+        err = np.where(np.isfinite(cand), np.abs(cand - wanted[:, None]), np.inf)
+    best = np.lexsort((np.broadcast_to(flips, err.shape), err), axis=-1)[:, 0]
+    new = cand[np.arange(old.size), best].astype(np.float32)
+    return new, [[b for b in bits if (int(masks[k]) >> b) & 1] for k in best]
+
+
+def _tbs(key, apply_fn, params, x, y, trigger, target, only, hyper, split, clock):
+    """TBT's Trojan Bit Search in float32: train V[rows, target] on the trojan loss, then realise
+    each trained value by the nearest bit flips (``bit_trojan``'s ``tune``)."""
+    flat = flatten(params)
+    if flat.values.dtype != jnp.float32:
+        raise TypeError(f"params: bit flips are defined on float32 weights, got {flat.values.dtype}")
+    path, entries = only
+    at = jnp.asarray(flat.bounds[flat.paths.index(path)] + np.asarray(entries))
+    v0 = flat.values[at]
+    build = lambda d: flat.unravel(flat.values.at[at].set(v0 + d))
+    objective = trojan_objective(target)
+    if split is not None and path in split.leaves:
+        _check_split(split, apply_fn, params, flat, x)
+        feats = lambda z: np.concatenate(
+            [np.asarray(split.features(params, jnp.asarray(z[i : i + 2048]))) for i in range(0, len(z), 2048)]
+        )
+        inputs, run = [feats(x), feats(trigger.stamp(x))], split.head
+    else:  # the images themselves: every step re-runs the whole network
+        inputs, run = [x, trigger.stamp(x)], apply_fn
+    trained = minimize(
+        lambda d, _k, a, b, yb: objective(run(build(d), a), run(build(d), b), yb),
+        jnp.zeros_like(v0),
+        [*inputs, y],
+        key=jax.random.fold_in(key, 2),
+        steps=hyper["tune"],
+        batch_size=hyper["batch_size"],
+        optimizer=optax.adam(hyper["tune_rate"]),
+        desc="bit_trojan tune",
+        progress=False,
+    ).latent
+    wanted = np.asarray(v0 + trained, np.float64)
+    new, bits = nearest_by_flips(np.asarray(v0), wanted, tuple(hyper["bits"]))
+    order = np.argsort(-np.abs(wanted - np.asarray(v0)), kind="stable")  # the weights that moved most first
+    values, kept, budget = np.array(flat.values), [], hyper["flips"]
+    for j in order:
+        if bits[j] and len(kept) + len(bits[j]) <= budget:
+            values[int(at[j])] = new[j]
+            kept += [[path, int(entries[j]), b] for b in bits[j]]
+    new_params = flat.unravel(jnp.asarray(values))
+    asr = attack_success_rate(apply_fn, new_params, x, y, trigger, target)
+    ca = clean_accuracy(apply_fn, new_params, x, y)
+    hyper["outcome"] = dict(
+        hyper.get("outcome", {}), flips=kept, count=len(kept), reached=bool(asr >= hyper["goal"]), asr=asr, ca=ca
+    )
+    return Attack(new_params, changed_mask(new_params, params), hyper, clock())
