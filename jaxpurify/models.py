@@ -50,9 +50,16 @@ class OneHiddenCNN(nn.Module):
 
 
 class SmallCNN(nn.Module):
+    """Convolutions (3 × 3, ReLU, 2 × 2 average pooling while the map is larger than 2 × 2), then
+    the feature map flattened (``pool="flatten"``, as Flax's MNIST example does) or averaged over
+    its positions (``pool="mean"``), a dense hidden layer and the read-out.  Averaging keeps only
+    which local patterns occur, not where: on MNIST (7,500 training images) it reached 0.93, the
+    flattened map 0.98 or more (``jaxpurify reproduce mnist --arch multi``)."""
+
     channels: Sequence[int] = (32, 64)
     hidden: int = 128
     num_classes: int = 10
+    pool: str = "flatten"
 
     HEAD = ("dense/kernel", "dense/bias", "readout/kernel", "readout/bias")
 
@@ -65,7 +72,12 @@ class SmallCNN(nn.Module):
                 x = nn.relu(x)
                 if x.shape[1] > 2 and x.shape[2] > 2:
                     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-            x = jnp.mean(x, axis=(1, 2))
+            if self.pool == "flatten":
+                x = x.reshape(x.shape[0], -1)
+            elif self.pool == "mean":
+                x = jnp.mean(x, axis=(1, 2))
+            else:
+                raise ValueError(f"pool must be 'flatten' or 'mean', got {self.pool!r}")
             if part == "features":
                 return x
         x = nn.relu(nn.Dense(self.hidden, name="dense")(x))
