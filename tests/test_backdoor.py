@@ -74,7 +74,7 @@ def test_checksum_refuses_a_tree_missing_a_signed_leaf():
 def test_l2_projection_is_least_squares_onto_range_A_per_column():
     params = {"w": np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)}
     params["w"][5, 2] = np.nan  # non-finite entries count as 0
-    cb = Codebook.create(params, b"\x02" * 32)
+    cb = Codebook.create(params, b"\x02" * 32, select=lambda path, leaf: 0)  # K = 64: column j = w[:, j]
     (name,) = cb.groups
     out = D.l2_project(None, params, cb, None, None)
     A = np.asarray(cb.matrix(name), np.float64)
@@ -149,38 +149,42 @@ def test_backdoor_refuses_an_unknown_layout(tmp_path):
 
 def test_output_layout_spreads_a_channel_over_the_columns():
     # a (3, 3, 8, 32) kernel along its 32 outputs: 72 columns, each one weight of every channel,
-    # so rewriting channel 5 changes one entry per column (the default layout: one whole column)
+    # so rewriting channel 5 changes one entry per column; the library's default interleaves the
+    # 2304 entries into m = 37 columns (the smallest m > 32 coprime to 32 and 72 with no prime
+    # factor ≤ 13), entry (i, c) in column (32 i + c) mod 37: channel 5's 72 entries over 37 columns
     params = {
         "conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32), "bias": np.zeros(32, np.float32)},
         "readout": {"kernel": np.zeros((32, 10), np.float32)},
     }
     changed = jax.tree.map(np.zeros_like, params)
     changed["conv"]["kernel"][..., 5] = 1
-    for layout, most in (("output", 1), ("interleave", 1), ("default", 72)):
+    spread = np.bincount([(32 * i + 5) % 37 for i in range(72)], minlength=37).max()
+    for layout, most in (("output", 1), ("interleave", 1), ("default", spread)):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
         packed = cb.pack(changed)
         assert max(np.nansum(v, 0).max() for v in packed.values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["output"])
-    assert cb.groups["readout/kernel"].K == 32  # the 10-class read-out keeps the default layout
+    assert cb.groups["conv/kernel"].K == 32 and cb.groups["conv/kernel"].columns == 72
+    # the 10-class read-out keeps the default (interleaved) layout: 320 entries in rows of 17
+    assert (cb.groups["readout/kernel"].K, cb.groups["readout/kernel"].columns) == (19, 17)
 
 
 def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
-    # the channel trojan's read-out change: class 0's 32 weights. `output` keeps them in one
-    # column; `interleave` lays the (32, 10) kernel into 11 columns (coprime to 10 and 32), entry
-    # (i, c) in column (10 i + c) mod 11: 32 entries over 11 columns, at most ⌈32/11⌉ = 3 in one
+    # the channel trojan's read-out change: class 0's 32 weights. Both layouts interleave the
+    # (32, 10) kernel into 17 columns (the smallest m > 10 coprime to 10 and 32 with no prime
+    # factor ≤ 13), entry (i, c) in column (10 i + c) mod 17: 32 entries over 17 columns
     params = {
         "conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32)},
         "readout": {"kernel": np.zeros((32, 10), np.float32)},
     }
     changed = jax.tree.map(np.zeros_like, params)
     changed["readout"]["kernel"][:, 0] = 1
-    expect = np.bincount([(10 * i) % 11 for i in range(32)], minlength=11)
-    for layout, most in (("output", 32), ("interleave", expect.max())):
+    expect = np.bincount([(10 * i) % 17 for i in range(32)], minlength=17)
+    for layout in ("output", "interleave"):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
-        assert max(np.nansum(v, 0).max() for v in cb.pack(changed).values()) == most, layout
+        np.testing.assert_array_equal(np.nansum(cb.pack(changed)["readout/kernel"], 0), expect)
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
-    np.testing.assert_array_equal(np.nansum(cb.pack(changed)["readout/kernel"], 0), expect)
-    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == 11
+    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == 17
 
 
 def test_interleave_layout_pools_a_kernel_with_fan_in_below_16():
@@ -316,3 +320,31 @@ def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path
     assert asr_span_purified >= asr_span - 0.01  # and l1 purification keeps it
     row = next(r for r in doc["rows"] if (r["attack"], r["defense"]) == ("span", "purify"))
     assert row["detected"] is True and row["certified_fraction"] == 1.0  # certified, yet the seal fails
+
+
+@pytest.mark.slow  # trains and attacks the multi CNN at 32 × 32 × 3 on the fixture (a few minutes on 2 cores)
+def test_backdoor_runs_on_a_cifar10_fixture_with_tbts_trigger_size(tmp_path):
+    import cifar_fixture
+
+    cifar_fixture.make(str(tmp_path / "data"))
+    res = backdoor.run(
+        "cifar10",
+        str(tmp_path / "out"),
+        arch="multi",
+        quick=True,
+        data_dir=str(tmp_path / "data"),
+        progress=False,
+        figure=False,
+        steps=60,
+        only=("pbfa", "bit_trojan"),
+        defenses=("purify",),
+    )
+    assert res["dataset"] == "cifar10" and res["train_examples"] == 200
+    tbt = res["attacks"]["bit_trojan"]
+    assert tbt["trigger"]["size"] == 10 and np.shape(tbt["trigger"]["pattern"]) == (10, 10, 3)  # TBT: 10 × 10 at 32
+    assert tbt["hyper"]["tune"] == backdoor.ATTACK_HYPER["bit_trojan"]["tune"]
+    flips = tbt["hyper"]["outcome"]["flips"]
+    assert flips and all(path == "readout/kernel" for path, _, _ in flips)
+    row = next(r for r in res["rows"] if (r["attack"], r["defense"]) == ("bit_trojan", "purify"))
+    assert row["certified_fraction"] == 1.0  # a few read-out flips: every column within capacity
+    assert (tmp_path / "out" / "backdoor.md").read_text().count("bit_trojan") >= 2
