@@ -160,6 +160,16 @@ class Report:
         return bool(self.seal)
 
     @property
+    def seal_statement(self) -> str:
+        """Whether the keyed seal was checked, in words."""
+        if not self.seal:
+            return "keyed seal not checked (the codebook has none): changes inside range(A) cannot be detected"
+        failed = sum(not v.verified for v in self.seal)
+        if failed:
+            return f"keyed seal checked: {failed} of {len(self.seal)} leaves fail it"
+        return f"keyed seal checked: all {len(self.seal)} sealed leaves verified"
+
+    @property
     def verified(self) -> bool:
         """Every sealed leaf verified (True when there is no seal: nothing to check)."""
         return all(v.verified for v in self.seal)
@@ -179,8 +189,8 @@ class Report:
     def status(self) -> str:
         """One line: ok, or what is wrong."""
         if self.ok:
-            return f"ok: all {self.columns} columns certified; every floating parameter protected" + (
-                "; the keyed seal verified" if self.seal else ""
+            return f"ok: all {self.columns} columns certified; every floating parameter protected; " + (
+                "the keyed seal verified" if self.seal else "keyed seal not checked (the codebook has none)"
             )
         problems = []
         if self.certified != self.columns:
@@ -202,6 +212,8 @@ class Report:
                 + (", …" if len(failed) > 3 else "")
                 + "): changed beyond the purification's error bound"
             )
+        if not self.seal:
+            problems.append("keyed seal not checked (the codebook has none)")
         return "NOT OK: " + "; ".join(problems)
 
     def __str__(self) -> str:
@@ -243,7 +255,11 @@ class Report:
                     ],
                 )
             )
-        return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
+        return (
+            text
+            + f"\n{self.seal_statement}"
+            + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
+        )
 
     def as_dict(self) -> dict:
         """JSON-ready (only str, int, float, bool, None, lists and dicts; non-finite floats → None)."""
@@ -261,6 +277,8 @@ class Report:
             "groups": [g.as_dict() for g in self.groups],
             "unprotected": [u.as_dict() for u in self.unprotected],
             "sealed": self.sealed,
+            "seal_checked": self.sealed,
+            "seal_statement": self.seal_statement,
             "seal": [v.as_dict() for v in self.seal],
         }
 
