@@ -320,3 +320,24 @@ def test_checkpoint_manager_directories_load_their_latest_or_chosen_step(tmp_pat
     assert io.detect_format(root) == io.detect_format(os.path.join(root, "1")) == "orbax"
     with pytest.raises(ValueError, match="no step 3"):
         io.load(root, step=3)
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "safetensors", "orbax"])
+def test_a_damaged_subtree_is_salvaged_and_the_leaves_beside_it_read_as_they_are(tmp_path, fmt):
+    tree = _variables()
+    codebook = _codebook(tree["params"])  # made for the params; the file is the variables dict
+    path = str(tmp_path / {"msgpack": "m.msgpack", "safetensors": "m.safetensors", "orbax": "ckpt"}[fmt])
+    io.save(path, tree)
+    kernel = tree["params"]["Dense_0"]["kernel"]
+    if fmt == "msgpack":
+        raw = open(path, "rb").read()
+        _overwrite(path, raw.find(kernel.tobytes()) - 16, b"\xc1" * 16)
+    elif fmt == "safetensors":
+        raw = open(path, "rb").read()
+        _overwrite(path, raw.find(b'"params/Dense_0/kernel"'), b"\xff" * 30)
+    else:
+        _overwrite(os.path.join(path, "_METADATA"), 5, b"\xff" * 30)
+        _overwrite(os.path.join(path, "params.Dense_0.kernel", ".zarray"), 3, b"\xff" * 30)
+    got, record = io.salvage(path, codebook, select="params")
+    assert record is not None and not record.leaves
+    _assert_same(got, tree)  # the params by the layout, batch_stats and step as they are
