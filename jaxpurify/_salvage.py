@@ -232,20 +232,27 @@ def read(
         if matches(flat, expect, select) or not _renamed(flat, expect):
             return flat, None
         reason = "leaf names damaged"
-    if fmt == "orbax":
-        found = _orbax(path, expect, select, step)
-    else:
-        with open(path, "rb") as f:
-            buf = f.read()
-        if fmt == "msgpack":
-            from jaxpurify import _salvage_msgpack
-
-            found = _salvage_msgpack.salvage(buf, expect, select)
-        else:
-            from jaxpurify import _salvage_safetensors
-
-            found = _salvage_safetensors.salvage(buf, expect, True)
+    try:
+        found = _by_layout(path, fmt, expect, select, step)
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # damage salvage did not foresee: a failure to name, not a traceback
+        raise Unreadable(f"{path}: cannot read as {fmt} ({reason}); salvage failed: {type(e).__name__}: {e}") from None
     return finish(expect, found, erasable, source=path, format=fmt, reason=reason)
+
+
+def _by_layout(path: str, fmt: str, expect: Expect, select: str, step: int | None) -> Found:
+    if fmt == "orbax":
+        return _orbax(path, expect, select, step)
+    with open(path, "rb") as f:
+        buf = f.read()
+    if fmt == "msgpack":
+        from jaxpurify import _salvage_msgpack
+
+        return _salvage_msgpack.salvage(buf, expect, select)
+    from jaxpurify import _salvage_safetensors
+
+    return _salvage_safetensors.salvage(buf, expect, True)
 
 
 def _orbax(path: str, expect: Expect, select: str, step: int | None) -> Found:

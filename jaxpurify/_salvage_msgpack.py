@@ -155,7 +155,9 @@ class _Walk:
         deferred: list[tuple[int, list[str]]] = []
         for slot in range(len(node.children)):
             last = slot == len(node.children) - 1
-            if pos >= len(self.buf):  # truncated: the rest is missing (identities do not matter)
+            sig = {n: _packb(n) + node.children[n].head for n in unassigned}
+            if all(pos + len(sig[n]) >= len(self.buf) for n in unassigned):
+                # truncated before any remaining payload: all of it is missing, whichever leaf is where
                 ambiguous = {n for _, names in deferred for n in names}
                 for name in unassigned:
                     if name in ambiguous:
@@ -163,7 +165,6 @@ class _Walk:
                     else:
                         self.record(len(self.buf), name, node.children[name])
                 return end
-            sig = {n: _packb(n) + node.children[n].head for n in unassigned}
             exact = [n for n in unassigned if self.diff(pos, sig[n]) == 0]
             chosen = exact if len(exact) == 1 else self._continuing(pos, unassigned, sig, node, last, end)
             sizes = {_record_size(n, node.children[n]) for n in chosen}

@@ -157,7 +157,11 @@ def _purify_checked(args) -> int:
     params = _checkpoint.part(tree, select, codebook)
     check = getattr(codebook, "check", None)
     if check is not None:
-        check(params)
+        try:
+            check(params)
+        except ValueError as e:
+            where = f" (its subtree {select!r})" if select else ""
+            raise BadInput(f"{source.path}{where} does not fit --codebook {args.codebook}: {_one_line(e)}") from None
     others = len(io.flatten(tree)) - len(io.flatten(params))
     if others and args.select is None:
         where = f" in its subtree {select!r}" if select else ""

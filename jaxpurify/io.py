@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from jaxpurify import _orbax_read
+from jaxpurify._salvage import Salvage, Unreadable  # noqa: F401  (what salvage returns and raises)
 from jaxpurify.tree import leaves_with_paths
 
 PyTree = Any
@@ -408,10 +409,10 @@ def salvage(
 
     Returns ``(tree, salvage)``: ``salvage`` is None when the format's own reader read the file
     (the tree is then exactly :func:`load`'s, whatever it holds: ``codebook.check`` names a leaf
-    of another model), else a ``jaxpurify._salvage.Salvage`` record of the metadata defects
-    bypassed and of the entries that could not be read.  Those are NaN — erasures, which purify
-    solves for — and only ever in leaves the codebook protects; an unreadable entry anywhere else
-    raises ``jaxpurify._salvage.Unreadable`` (a ``ValueError``) naming the leaves, as does a file in
+    of another model), else a :class:`Salvage` record of the metadata defects bypassed and of the
+    entries that could not be read.  Those are NaN — erasures, which purify solves for — and only
+    ever in leaves the codebook protects; an unreadable entry anywhere else raises
+    :class:`Unreadable` (a ``ValueError``) naming the leaves, as does a file in
     which fewer than half of the codebook's leaves can be located.  ``select``: the '/'-joined
     path of the subtree the codebook was made for (its other leaves must read intact).  Byte
     overwrites (bursts, bit flips) and truncation are what salvage undoes; see ``_salvage``.

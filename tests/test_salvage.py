@@ -149,6 +149,25 @@ def test_truncated_msgpack_erases_exactly_the_missing_entries(tmp_path):
     assert erased["params/Conv_0/kernel"] == flat["params/Conv_0/kernel"].size - 25
 
 
+def test_msgpack_truncated_inside_a_header_erases_the_leaves_after_it(tmp_path):
+    tree = _params()
+    path = str(tmp_path / "m.msgpack")
+    io.save(path, tree)
+    raw = open(path, "rb").read()
+    flat = _flat(tree)
+    cut = raw.find(flat["params/Dense_0/bias"].tobytes()) - 5  # inside Dense_0/bias's header
+    with open(path, "wb") as f:
+        f.write(raw[:cut])
+    got, record = io.salvage(path, _codebook(tree))
+    got = _flat(got)
+    for p, v in flat.items():
+        if raw.find(v.tobytes()) + v.nbytes <= cut:
+            assert got[p].tobytes() == v.tobytes(), p
+        else:
+            assert np.isnan(got[p]).all(), p
+    assert sorted(d.path for d in record.leaves) == ["params/Dense_0/bias", "params/Dense_0/kernel"]
+
+
 def test_an_unreadable_leaf_that_is_not_protected_is_named(tmp_path):
     tree = _variables()
     path = str(tmp_path / "m.msgpack")
@@ -341,3 +360,59 @@ def test_a_damaged_subtree_is_salvaged_and_the_leaves_beside_it_read_as_they_are
     got, record = io.salvage(path, codebook, select="params")
     assert record is not None and not record.leaves
     _assert_same(got, tree)  # the params by the layout, batch_stats and step as they are
+
+
+def _truth(clean_offsets):
+    """What the damaged checkpoint holds at each leaf's place (offsets found in the clean file)."""
+    out = {}
+    for p, (f, at, v) in clean_offsets.items():
+        raw = open(f, "rb").read()
+        out[p] = np.frombuffer(raw[at : at + v.nbytes], v.dtype).reshape(v.shape)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "safetensors", "orbax"])
+def test_salvage_never_makes_up_a_value(tmp_path, fmt):
+    """Dense bursts (one per 512 bytes, metadata hit often): whatever salvage returns is either
+    what the damaged file holds at that leaf's place, or NaN in a protected leaf — or a named
+    failure."""
+    tree = _variables()
+    codebook = _codebook(tree)
+    flat = _flat(tree)
+    outcomes = []
+    for seed in range(12):
+        path = str(tmp_path / f"{seed}{'' if fmt == 'orbax' else '.' + fmt}")
+        io.save(path, tree)
+        files = [path] if fmt != "orbax" else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+        where = {}
+        for p, v in flat.items():  # each leaf's bytes in the clean checkpoint, found by search
+            hits = [(f, open(f, "rb").read().find(v.tobytes())) for f in files]
+            where[p] = next((f, at, v) for f, at in hits if at >= 0)
+        rng = np.random.default_rng(seed)
+        for f in files:
+            raw = bytearray(open(f, "rb").read())
+            for _ in range(max(1, len(raw) // 512)):
+                at = int(rng.integers(0, len(raw)))
+                raw[at : at + 64] = rng.integers(0, 256, len(raw[at : at + 64]), dtype=np.uint8).tobytes()
+            with open(f, "wb") as fh:
+                fh.write(bytes(raw))
+        truth = _truth(where)
+        try:
+            got, record = io.salvage(path, codebook)
+        except Unreadable as e:
+            outcomes.append("named")
+            assert str(e).startswith(path)
+            continue
+        outcomes.append("read")
+        got = _flat(got)
+        erased = {d.path for d in (record.leaves if record else ())}
+        for p, v in truth.items():
+            g = got[p]
+            if g.dtype.kind != "f":
+                assert g.tobytes() == v.tobytes(), p
+                continue
+            made_nan = np.isnan(g) & ~np.isnan(v)
+            assert not made_nan.any() or p in erased and p in codebook.protected, p
+            keep = ~np.isnan(g)
+            assert g[keep].tobytes() == v[keep].tobytes(), p
+    assert "read" in outcomes
