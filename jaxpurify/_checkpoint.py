@@ -163,20 +163,19 @@ def read(source: Source, codebook, select: str | None) -> tuple[dict, str, Any]:
     candidates = [select] if select is not None else ["", "params"]
     if select is None and len(source.items) > 1:  # several Orbax items: the tree is {item: …}
         candidates = [c for item in source.items for c in (item, f"{item}/params")]
-    last = None
-    for i, sel in enumerate(candidates):
+    best = None
+    for sel in candidates:
         try:
             step = source.step if source.layout == "manager" else None
             tree, record = io.salvage(path, codebook, select=sel, format=source.format, step=step)
         except _salvage.Unreadable as e:
-            if "can be located" not in str(e) or i == len(candidates) - 1:
-                raise
-            last = e
+            if best is None or e.located > best.located:  # the reading that got furthest explains it
+                best = e
             continue
         if record is None and select is None:  # read intact: the rule looks at the whole tree
             sel = find_select(tree, codebook)
         return tree, sel, record
-    raise last  # pragma: no cover (the loop raises or returns)
+    raise best
 
 
 # -- writing -------------------------------------------------------------------------------------

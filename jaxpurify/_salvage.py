@@ -27,7 +27,12 @@ Expect = dict[str, tuple[tuple[int, ...], np.dtype]]  # leaf path -> (shape, dty
 
 
 class Unreadable(ValueError):
-    """Part of the checkpoint cannot be read and cannot be handed to purify as erasures."""
+    """Part of the checkpoint cannot be read and cannot be handed to purify as erasures.
+    ``located``: how many of the codebook's leaves were found (when salvage got that far)."""
+
+    def __init__(self, message: str, located: int = -1):
+        super().__init__(message)
+        self.located = located
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,16 +151,19 @@ def finish(
     """The flat tree (expected leaves in order, then the other leaves found beside them) with
     unread entries of erasable leaves NaN, and the record; ``Unreadable`` for anything else."""
     pieces = found.pieces
+    located = sum(1 for p in expect if pieces.get(p) is not None and pieces[p].values is not None)
+    if located * 2 < len(expect):
+        why = next((f"; {p!r}: {pieces[p].why}" for p in expect if pieces.get(p) and pieces[p].why), "")
+        raise Unreadable(
+            f"{source}: cannot read as {format} ({reason}), and only {located} of the codebook's {len(expect)} "
+            f"leaves can be located in it: not the codebook's model, or damaged beyond salvage{why}",
+            located,
+        )
     if found.lost_extra:
         raise Unreadable(
             f"{source}: damaged {format} container ({reason}); outside the codebook's leaves: "
-            + "; ".join(found.lost_extra[:3])
-        )
-    located = sum(1 for p in expect if pieces.get(p) is not None and pieces[p].values is not None)
-    if located * 2 < len(expect):
-        raise Unreadable(
-            f"{source}: cannot read as {format} ({reason}), and only {located} of the codebook's {len(expect)} "
-            "leaves can be located in it: not the codebook's model, or damaged beyond salvage"
+            + "; ".join(found.lost_extra[:3]),
+            located,
         )
     flat, damage, bad = {}, [], []
     for path, (shape, dtype) in expect.items():
@@ -179,7 +187,8 @@ def finish(
         raise Unreadable(
             f"{source}: damaged {format} container ({reason}); salvage cannot hand these leaves to purify: "
             + "; ".join(bad[:3])
-            + more
+            + more,
+            len(expect),
         )
     for path, arr in found.extra.items():
         if path not in flat:
