@@ -205,8 +205,8 @@ def write(source: Source, out: str, tree: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def erased_fraction(record, tree: dict) -> float:
-    if record is None:
-        return 0.0
-    total = sum(np.size(v) for v in io.flatten(tree).values())
-    return record.erased / max(total, 1)
+def nan_count(purified: Any, paths: list[str], select: str) -> int:
+    """NaN entries left in the purified leaves at ``paths`` (file paths, under ``select``)."""
+    flat = io.flatten(purified)
+    pre = select.strip("/") + "/" if select.strip("/") else ""
+    return sum(int(np.isnan(flat[p[len(pre) :]]).sum()) for p in paths if p[len(pre) :] in flat)

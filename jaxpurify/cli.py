@@ -213,6 +213,13 @@ def _purify_checked(args) -> int:
         f"wrote {args.out} ({source.format})" + (f" and {args.report}" if args.report else ""),
         file=sys.stderr,
     )
+    if salvaged is not None and salvaged.leaves and not report.all_certified:
+        left = _checkpoint.nan_count(purified, [d.path for d in salvaged.leaves], select)
+        if left:
+            print(
+                f"jaxpurify purify: {left} entries unreadable in {source.path} were not recovered: NaN in {args.out}",
+                file=sys.stderr,
+            )
     return EXIT_OK if report.ok else EXIT_NOT_OK
 
 

@@ -585,3 +585,32 @@ def test_help_documents_every_exit_code():
         assert f"{code} " in text.split("exit status:")[1]
     for flag in ("--select", "--step", "--unsealed"):
         assert flag in text
+
+
+def test_a_truncated_checkpoint_is_purified_as_far_as_it_goes_and_the_rest_said(tmp_path, capsys, model):
+    clean, codebook = model
+    book, src, out, rep = _book(tmp_path, codebook), *(str(tmp_path / f) for f in ("m.msgpack", "p.msgpack", "r.json"))
+    io.save(src, clean)
+    raw = open(src, "rb").read()
+    last = clean["params"]["Dense_1"]["kernel"]  # the last leaf in the file: cut off entirely
+    with open(src, "wb") as f:
+        f.write(raw[: raw.find(last.tobytes())])
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 1
+    err = capsys.readouterr().err
+    assert f"{last.size} entries unreadable in {src} were not recovered: NaN in {out}" in err
+    got, want = _read("msgpack", out), _flat(clean)
+    assert np.isnan(got["params/Dense_1/kernel"]).all()
+    for p in want:
+        if p != "params/Dense_1/kernel":
+            np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+    with open(rep) as f:
+        report = json.load(f)
+    assert report["salvage"]["leaves"] == [
+        {
+            "path": "params/Dense_1/kernel",
+            "erased": last.size,
+            "size": last.size,
+            "why": report["salvage"]["leaves"][0]["why"],
+        }
+    ]
+    assert "truncated" in report["salvage"]["leaves"][0]["why"]
