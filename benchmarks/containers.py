@@ -432,14 +432,20 @@ def main(argv=None) -> int:
     rows, meta = [], {"command": " ".join(["python -m benchmarks.containers", *(argv or sys.argv[1:])])}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxpurify-containers-", dir=args.workdir) as workdir:
+        ctxs = {}
         for model in args.models:
-            ctx = prepare(model, workdir, args.formats)
-            meta[model] = {k: ctx[k] for k in ("parameters", "bytes", "prepare_seconds", "scale")}
-            print(f"{model}: {ctx['parameters']} protected parameters, files {ctx['bytes']}", flush=True)
-            for damage in args.damages:
-                for seed in range(args.seeds if damage == "burst" else args.other_seeds):
+            os.mkdir(os.path.join(workdir, model))
+            ctxs[model] = prepare(model, os.path.join(workdir, model), args.formats)
+            meta[model] = {k: ctxs[model][k] for k in ("parameters", "bytes", "prepare_seconds", "scale")}
+            print(
+                f"{model}: {ctxs[model]['parameters']} protected parameters, files {ctxs[model]['bytes']}", flush=True
+            )
+        # seeds outside models and formats: a run stopped early still covers every model and format
+        for damage in args.damages:
+            for seed in range(args.seeds if damage == "burst" else args.other_seeds):
+                for model, ctx in ctxs.items():
                     for fmt in args.formats:
-                        row = run_case(model, fmt, damage, seed, ctx, workdir)
+                        row = run_case(model, fmt, damage, seed, ctx, os.path.join(workdir, model))
                         rows.append(row)
                         print(
                             f"{model} {fmt} {damage} seed {seed}: exit {row['exit']}, "
