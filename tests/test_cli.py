@@ -614,3 +614,25 @@ def test_a_truncated_checkpoint_is_purified_as_far_as_it_goes_and_the_rest_said(
         }
     ]
     assert "truncated" in report["salvage"]["leaves"][0]["why"]
+
+
+def test_a_step_with_several_items_keeps_the_others_as_they_were(tmp_path, model):
+    clean, codebook = model
+    book, root, out = _book(tmp_path, codebook), str(tmp_path / "run"), str(tmp_path / "purified")
+    variables = _variables(clean)
+    bad = dict(variables, params=jax.tree.map(np.asarray, _damage(clean, entries=0.01)["params"]))
+    with ocp.CheckpointManager(root) as m:
+        m.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(bad), metrics=ocp.args.JsonSave({"loss": 0.25})))
+        m.wait_until_finished()
+    assert cli.main(["purify", root, "--codebook", book, "--out", out]) == 0
+    with ocp.StandardCheckpointer() as c:
+        got = _flat(jax.tree.map(np.asarray, c.restore(os.path.join(out, "state"))))
+    want = _flat(clean)
+    for p in want:
+        np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+    for p, v in _flat({k: v for k, v in variables.items() if k != "params"}).items():
+        assert got[p].tobytes() == v.tobytes(), p
+    for d, _, files in os.walk(os.path.join(root, "3", "metrics")):  # the other item, byte for byte
+        for f in files:
+            rel = os.path.relpath(os.path.join(d, f), os.path.join(root, "3"))
+            assert open(os.path.join(root, "3", rel), "rb").read() == open(os.path.join(out, rel), "rb").read()
