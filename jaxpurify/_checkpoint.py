@@ -181,6 +181,11 @@ def read(source: Source, codebook, select: str | None) -> tuple[dict, str, Any]:
 # -- writing -------------------------------------------------------------------------------------
 
 
+def out_layout(source: Source) -> str:
+    """What the output of ``source`` is: a file, an Orbax 'item', or a 'step' directory."""
+    return {"file": "file", "item": "item"}.get(source.layout, "step")
+
+
 def write(source: Source, out: str, tree: dict) -> None:
     """The purified checkpoint at ``out``, in the input's format and layout (atomically)."""
     if source.layout in ("file", "item"):
@@ -200,7 +205,7 @@ def write(source: Source, out: str, tree: dict) -> None:
                 shutil.copytree(src, os.path.join(new, entry))  # other items (e.g. JSON metrics), as they were
             else:
                 shutil.copy2(src, os.path.join(new, entry))
-        io._replace_dir(new, out)
+        io._replace_dir(new, out, replaces="step")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

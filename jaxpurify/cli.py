@@ -89,7 +89,7 @@ def check_outputs(args, source) -> tuple[str, str | None]:
     will be written there — a file where a file goes (not an existing directory), an Orbax
     directory where one goes (not a file, nor a directory that is not a checkpoint), with a
     suffix of the input's format.  ``BadInput`` naming the flag and the path otherwise."""
-    from jaxpurify import _orbax_read, io
+    from jaxpurify import _checkpoint, _orbax_read, io
 
     out = os.path.abspath(args.out)
     report = os.path.abspath(args.report) if args.report else None
@@ -111,8 +111,10 @@ def check_outputs(args, source) -> tuple[str, str | None]:
     except ValueError as e:
         raise BadInput(f"--out {args.out}: {e}") from None
     if source.format == "orbax":
-        if os.path.exists(out) and (not os.path.isdir(out) or _orbax_read.kind(out) is None):
-            raise BadInput(f"--out {args.out}: exists and is not an Orbax checkpoint; not overwriting it")
+        layout = _checkpoint.out_layout(source)  # an Orbax checkpoint, or a CheckpointManager step
+        if os.path.exists(out) and _orbax_read.kind(out) != layout:
+            what = "an Orbax checkpoint" if layout == "item" else "a CheckpointManager step directory"
+            raise BadInput(f"--out {args.out}: exists and is not {what}; not overwriting it")
     elif os.path.isdir(out):
         raise BadInput(f"--out {args.out}: is a directory; the purified {source.format} checkpoint is a file")
     if report is not None and os.path.isdir(report):

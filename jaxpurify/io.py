@@ -156,8 +156,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _replace_dir(new: str, path: str) -> None:
-    """Move directory ``new`` to ``path``; an existing Orbax checkpoint there is replaced.
+def _replace_dir(new: str, path: str, replaces: str = "item") -> None:
+    """Move directory ``new`` to ``path``; an existing Orbax checkpoint there is replaced (of the
+    layout ``replaces``: an item, or a CheckpointManager step; never a manager's whole directory).
 
     A directory cannot be renamed over a non-empty one, so the old checkpoint is first moved
     aside, and moved back if the second rename fails: at every moment one complete checkpoint
@@ -166,8 +167,9 @@ def _replace_dir(new: str, path: str) -> None:
     if not os.path.lexists(path):
         os.rename(new, path)
         return
-    if detect_format(path) != "orbax":
-        raise ValueError(f"{path} exists and is not an Orbax checkpoint; not overwriting it")
+    if _orbax_read.kind(path) != replaces:
+        what = "an Orbax checkpoint" if replaces == "item" else "a CheckpointManager step directory"
+        raise ValueError(f"{path} exists and is not {what}; not overwriting it")
     aside = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".jaxpurify-old-")
     old = os.path.join(aside, "checkpoint")
     try:

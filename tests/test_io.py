@@ -214,6 +214,12 @@ def test_bad_leaves_and_paths(tmp_path):
         io.detect_format(str(tmp_path / "plain"))
     with pytest.raises(ValueError, match="not an Orbax checkpoint"):
         io.save(str(tmp_path / "plain"), {"w": np.ones(2)})  # never replaces a directory it did not write
+    with ocp.CheckpointManager(str(tmp_path / "run")) as m:  # a manager's directory is never replaced
+        m.save(1, args=ocp.args.StandardSave({"w": np.ones(2)}))
+        m.wait_until_finished()
+    with pytest.raises(ValueError, match="not an Orbax checkpoint"):
+        io.save(str(tmp_path / "run"), {"w": np.ones(2)})
+    assert os.path.isdir(tmp_path / "run" / "1" / "default")
     os.mkdir(tmp_path / "other")
     os.mkdir(tmp_path / "other" / "sub")
     with pytest.raises(ValueError, match="not an Orbax checkpoint"):
