@@ -3,10 +3,10 @@
 
 ``jaxpurify purify CHECKPOINT --codebook FILE --out PURIFIED`` reads a ``.safetensors`` ('/'- or
 '.'-joined keys) or ``.msgpack`` file, an Orbax checkpoint, a ``CheckpointManager`` step directory
-or a ``CheckpointManager`` directory (its latest step, or ``--step N``); purifies the subtree the
-codebook was made for (``--select PATH``, else the rule of ``jaxpurify._checkpoint``: the whole
-tree or its one subtree that is the codebook's model, such as ``params``) and writes the purified
-checkpoint in the input's format, the rest as it was.  A damaged container is salvaged by the
+or a ``CheckpointManager`` directory (its latest step, or ``--step N``); purifies the codebook's
+model where it sits (``--select PATH``, else the rule of ``jaxpurify._checkpoint``: the whole tree
+if it holds the model, else its one subtree that does, such as ``params``) and writes the purified
+checkpoint in the input's format, every other leaf as it was.  A damaged container is salvaged by the
 codebook's layout (``io.salvage``): what was bypassed and which entries became erasures is printed
 and kept in ``--report``.  Outputs are checked before any work.  Exit status, one class each:
 
