@@ -304,6 +304,7 @@ def run_case(model: str, fmt: str, damage: str, seed: int, ctx: dict, workdir: s
         "hits": int(hits),
         "exit": code,
         "seconds": seconds,
+        "load_average": os.getloadavg()[0],
         "escaped": escaped,
         "traceback": "Traceback" in err or escaped is not None,
         "event_loop_noise": "Event loop is closed" in err,

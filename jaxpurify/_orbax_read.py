@@ -152,6 +152,27 @@ def layout(path: str, doc: dict | None = None) -> tuple[bool, bool]:
     return ocdbt, zarr3
 
 
+def array_names(path: str, ocdbt: bool) -> set[str] | None:
+    """The arrays an item holds, from its storage rather than ``_METADATA``: the directories
+    holding zarr metadata, or the keys of the OCDBT database (None if it cannot be listed)."""
+    if not ocdbt:
+        return {
+            d
+            for d in os.listdir(path)
+            if os.path.isdir(os.path.join(path, d))
+            and not d.startswith(("_", "ocdbt.process_"))
+            and any(os.path.exists(os.path.join(path, d, m)) for m in (".zarray", "zarr.json", "0"))
+        }
+    import tensorstore as ts
+
+    try:
+        kv = ts.KvStore.open({"driver": "ocdbt", "base": {"driver": "file", "path": os.path.abspath(path) + "/"}})
+        keys = kv.result().list().result()
+    except Exception:  # a damaged manifest or b-tree node: nothing can be listed
+        return None
+    return {k.decode(errors="replace").split("/")[0] for k in keys if b"/" in k}
+
+
 # -- arrays ---------------------------------------------------------------------------------------
 
 

@@ -161,11 +161,13 @@ def salvage(path: str, expect: Expect, partial: bool) -> Found:
     ocdbt, zarr3 = R.layout(path, doc)
     for p in expect:
         names.setdefault(p, p.replace("/", "."))
-    if partial and doc is None and not ocdbt:  # other leaves: the array directories on disk
+    listed = R.array_names(path, ocdbt) if partial and doc is None else set()
+    if listed is None:
+        lost_extra.append("_METADATA and the OCDBT index are unreadable: the leaves beside the codebook's are unknown")
+    else:  # other leaves: from the storage itself (array directories, OCDBT keys)
         known = set(names.values())
-        for d in sorted(os.listdir(path)):
-            if d not in known and os.path.isdir(os.path.join(path, d)) and not d.startswith(("_", "ocdbt", "d")):
-                names[d.replace(".", "/")] = d
+        for d in sorted(listed - known):
+            names[d.replace(".", "/")] = d
     pieces, extra = {}, {}
     for p, name in names.items():
         if p in expect:
@@ -178,6 +180,4 @@ def salvage(path: str, expect: Expect, partial: bool) -> Found:
                 extra[p] = R.read_array(path, name, ocdbt, zarr3)
             except Exception as e:
                 lost_extra.append(f"array {name!r} unreadable ({R._first_line(e)[:80]})")
-    if partial and doc is None and ocdbt:
-        lost_extra.append("_METADATA is unreadable, so the leaves outside the codebook's cannot be listed")
     return Found(pieces, extra, notes, lost_extra)
