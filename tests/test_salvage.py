@@ -416,3 +416,19 @@ def test_salvage_never_makes_up_a_value(tmp_path, fmt):
             keep = ~np.isnan(g)
             assert g[keep].tobytes() == v[keep].tobytes(), p
     assert "read" in outcomes
+
+
+@pytest.mark.parametrize("layout", ["io", "ocdbt"])
+def test_orbax_without_metadata_lists_the_leaves_beside_the_codebooks_from_storage(tmp_path, layout):
+    tree = _variables()
+    codebook = _codebook(tree["params"])  # the file has batch_stats and step beside the params
+    path = str(tmp_path / "ckpt")
+    if layout == "io":
+        io.save(path, tree)
+    else:  # Flax docs' Orbax: OCDBT, compressed
+        with ocp.StandardCheckpointer() as c:
+            c.save(path, tree)
+    _overwrite(os.path.join(path, "_METADATA"), 0, b"\xff" * 40)
+    got, record = io.salvage(path, codebook, select="params")
+    _assert_same(got, tree)
+    assert any("_METADATA" in c for c in record.container)
