@@ -57,6 +57,7 @@ class Salvage:
     reason: str  # why the format's own reader was not enough
     container: tuple[str, ...]
     leaves: tuple[LeafDamage, ...]
+    sep: str = "/"  # how the file joins path components (safetensors keys)
 
     @property
     def erased(self) -> int:
@@ -193,7 +194,7 @@ def finish(
     for path, arr in found.extra.items():
         if path not in flat:
             flat[path] = arr
-    record = Salvage(source, format, reason, tuple(found.container), tuple(damage))
+    record = Salvage(source, format, reason, tuple(found.container), tuple(damage), found.sep)
     return flat, record
 
 

@@ -30,6 +30,7 @@ Commands that compute enable JAX's persistent compilation cache (``--no-compilat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -210,6 +211,8 @@ def _purify_checked(args) -> int:
             f"jaxpurify purify: columns not certified (--on-uncertified raise); {args.out} not written", file=sys.stderr
         )
         return EXIT_NOT_OK
+    if salvaged is not None:  # a damaged header: the key separator salvage found
+        source = dataclasses.replace(source, sep=salvaged.sep)
     _checkpoint.write(source, out, _checkpoint.merge(tree, select, purified))
     print(
         f"wrote {args.out} ({source.format})" + (f" and {args.report}" if args.report else ""),

@@ -492,11 +492,18 @@ def test_an_orbax_checkpoint_manager_directory_and_its_steps(tmp_path, capsys, m
     assert "no step 15" in capsys.readouterr().err
 
 
-def test_dot_joined_safetensors_are_read_and_written_back_dot_joined(tmp_path, model):
+@pytest.mark.parametrize("header", ["intact", "damaged"])
+def test_dot_joined_safetensors_are_read_and_written_back_dot_joined(tmp_path, model, header):
     clean, codebook = model
     book, src, out = _book(tmp_path, codebook), str(tmp_path / "m.safetensors"), str(tmp_path / "p.safetensors")
     bad = _flat(_damage(clean, entries=0.01))
     safetensors.numpy.save_file({k.replace("/", "."): v for k, v in bad.items()}, src)  # flatten_dict(sep=".")
+    if header == "damaged":
+        raw = bytearray(open(src, "rb").read())
+        at = raw.find(b'"params.Dense_0.kernel"')
+        raw[at : at + 30] = b"\xff" * 30
+        with open(src, "wb") as f:
+            f.write(bytes(raw))
     assert cli.main(["purify", src, "--codebook", book, "--out", out]) == 0
     got, want = safetensors.numpy.load_file(out), _flat(clean)
     assert sorted(got) == sorted(k.replace("/", ".") for k in want)
