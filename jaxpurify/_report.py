@@ -248,6 +248,16 @@ class Report:
         return bool(self.seal)
 
     @property
+    def seal_statement(self) -> str:
+        """Whether the keyed seal was checked, in words."""
+        if not self.seal:
+            return "keyed seal not checked (the codebook has none): changes inside range(A) cannot be detected"
+        failed = sum(not v.verified for v in self.seal)
+        if failed:
+            return f"keyed seal checked: {failed} of {len(self.seal)} leaves fail it"
+        return f"keyed seal checked: all {len(self.seal)} sealed leaves verified"
+
+    @property
     def verified(self) -> bool:
         """Every sealed leaf verified (True when there is no seal: nothing to check)."""
         return all(v.verified for v in self.seal)
@@ -280,8 +290,8 @@ class Report:
         """One line: ok, or what is wrong."""
         if self.ok:
             return (
-                f"ok: all {self.columns} columns certified; every floating parameter protected"
-                + ("; the keyed seal verified" if self.seal else "")
+                f"ok: all {self.columns} columns certified; every floating parameter protected; "
+                + ("the keyed seal verified" if self.seal else "keyed seal not checked (the codebook has none)")
                 + self._state_summary()
             )
         problems = []
@@ -321,6 +331,8 @@ class Report:
                 f"{_count(len(changed), 'leaf', 'leaves')} of state changed since sealed and not restored "
                 f"({_some([s.path for s in changed])}): the seal holds no copy of them"
             )
+        if not self.seal:
+            problems.append("keyed seal not checked (the codebook has none)")
         return "NOT OK: " + "; ".join(problems) + self._state_summary()
 
     def _state_summary(self) -> str:
@@ -380,7 +392,11 @@ class Report:
                     ],
                 )
             )
-        return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
+        return (
+            text
+            + f"\n{self.seal_statement}"
+            + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
+        )
 
     def as_dict(self) -> dict:
         """JSON-ready (only str, int, float, bool, None, lists and dicts; non-finite floats → None)."""
@@ -398,6 +414,8 @@ class Report:
             "groups": [g.as_dict() for g in self.groups],
             "unprotected": [u.as_dict() for u in self.unprotected],
             "sealed": self.sealed,
+            "seal_checked": self.sealed,
+            "seal_statement": self.seal_statement,
             "seal": [v.as_dict() for v in self.seal],
             "state": [s.as_dict() for s in self.state],
             "restored": self.restored,
