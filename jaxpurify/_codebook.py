@@ -88,8 +88,10 @@ class Codebook:
         *,
         model: _codebook_file.Fingerprint | None = None,
         seal: _seal.Seal | None = None,
+        legacy: bool = False,
     ):
         self.secret = _keys.check_secret(secret)  # never printed: see __repr__
+        self.legacy = bool(legacy)  # loaded from an unauthenticated version-1 file (allow_legacy=True)
         self.model = model  # (path, shape, dtype) of every leaf of the tree it was made for
         self.seal_record = seal
         self.redundancy = float(redundancy)
@@ -375,7 +377,7 @@ class Codebook:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"malformed codebook file: {e}") from None
         seal = None if data.get("seal") is None else _seal.Seal.from_json(data["seal"], secret)
-        return cls(secret, red, *layout, model=model, seal=seal)
+        return cls(secret, red, *layout, model=model, seal=seal, legacy=data.get("version") == 1)
 
     def save(self, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> None:
         """Write ``path`` (authenticated JSON, mode 0644, no key) and ``key_path`` (default
@@ -385,14 +387,39 @@ class Codebook:
         _codebook_file.write(path, key_path, doc, self.secret)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> Codebook:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        key_path: str | os.PathLike | None = None,
+        *,
+        allow_legacy: bool = False,
+        min_seal_counter: int | None = None,
+    ) -> Codebook:
         """Read and authenticate a codebook; ``ValueError`` says what is wrong (wrong key, tampered,
-        malformed field or leaf).  Version-1 files (key inside) load with a warning."""
+        malformed field or leaf, stale seal).
+
+        Version-1 files (key inside, no MAC: anyone can write one) are refused unless
+        ``allow_legacy=True``; then they load with a ``LegacyCodebookWarning`` and ``legacy`` set.
+        ``min_seal_counter``: refuse a file whose seal is missing or older (``Seal.counter``) than
+        this, so that an older, validly sealed file cannot be replayed with older weights."""
         for what, p in (("path", path), ("key_path", key_path)):
             if not isinstance(p, (str, os.PathLike)) and (what == "path" or p is not None):
                 raise TypeError(f"{what} must be a str or os.PathLike, got {type(p).__name__}")
-        doc, secret = _codebook_file.read(path, key_path)
-        return cls.from_json(doc, secret)
+        if not isinstance(allow_legacy, bool):
+            raise TypeError(f"allow_legacy must be a bool, got {type(allow_legacy).__name__}")
+        if min_seal_counter is not None:
+            _seal.check_counter(min_seal_counter, "min_seal_counter")
+        doc, secret = _codebook_file.read(path, key_path, allow_legacy=allow_legacy)
+        cb = cls.from_json(doc, secret)
+        if min_seal_counter is not None:
+            have = None if cb.seal_record is None else cb.seal_record.counter
+            if have is None or have < min_seal_counter:
+                raise ValueError(
+                    f"{os.fspath(path)}: stale codebook: "
+                    + ("it has no seal" if have is None else f"its seal has counter {have}")
+                    + f", below min_seal_counter={min_seal_counter} (an older file replayed?)"
+                )
+        return cb
 
     # -- model binding and seal -------------------------------------------------------------
     def check(self, params: PyTree) -> None:
@@ -406,11 +433,18 @@ class Codebook:
             if have.get(lay.path) != (lay.shape, lay.dtype):
                 raise ValueError(f"other model: leaf {lay.path!r} is missing or is not {lay.dtype}{list(lay.shape)}")
 
-    def seal(self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS) -> _seal.Seal:
+    def seal(
+        self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS, counter: int | None = None
+    ) -> _seal.Seal:
         """Record a keyed sketch of the deployed ``params`` (see ``jaxpurify._seal``); kept in the
-        codebook and its file.  ``params`` must be the model the codebook was made for."""
+        codebook and its file.  ``params`` must be the model the codebook was made for.
+
+        ``counter`` (default: the previous seal's + 1, or 1) and the creation time are stored
+        under the file's MAC; ``Codebook.load(..., min_seal_counter=N)`` refuses older seals."""
         self.check(params)
-        self.seal_record = _seal.Seal.create(self.secret, params, chunk=chunk, rows=rows)
+        if counter is None:
+            counter = 1 if self.seal_record is None else self.seal_record.counter + 1
+        self.seal_record = _seal.Seal.create(self.secret, params, chunk=chunk, rows=rows, counter=counter)
         return self.seal_record
 
     def verify(self, params: PyTree, err: Any = None) -> dict[str, _seal.LeafVerdict]:

@@ -213,6 +213,8 @@ def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int) -> d
         for path in g.members:
             if path not in by_path:
                 raise ValueError(f"leaf {path!r} of the codebook is missing from params")
+            if _deleted(by_path[path]):
+                raise ValueError(f"leaf {path!r} has been deleted (its buffer was freed or donated); pass live arrays")
             dt = getattr(by_path[path], "dtype", None)
             dt = np.asarray(by_path[path]).dtype if dt is None else np.dtype(dt)
             if dt != np.dtype(g.dtype):
@@ -328,6 +330,7 @@ def purify(
         solved_columns=sum(c.slots * c.width for c in calls),
         seconds=time.perf_counter() - t0,
         seal=seal,
+        legacy_codebook=bool(getattr(codebook, "legacy", False)),
     )
     if report.columns != report.certified:
         if on_uncertified == "raise":
@@ -335,6 +338,10 @@ def purify(
         if on_uncertified == "estimate":
             warnings.warn(report.status(), UncertifiedWarning, stacklevel=2)
     return purified, report
+
+
+def _deleted(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
 
 
 def _on_host(leaf) -> bool:

@@ -134,6 +134,7 @@ class Report:
     solved_columns: int  # columns solved, padding included
     seconds: float
     seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see SECURITY.md)
+    legacy_codebook: bool = False  # the codebook came from an unauthenticated version-1 file (allow_legacy)
 
     @property
     def columns(self) -> int:
@@ -177,10 +178,17 @@ class Report:
         raise KeyError(path)
 
     def status(self) -> str:
-        """One line: ok, or what is wrong."""
+        """One line: ok, or what is wrong (and, either way, a legacy codebook file)."""
+        legacy = (
+            "; codebook: a legacy version-1 file, NOT authenticated (loaded with allow_legacy)"
+            if self.legacy_codebook
+            else ""
+        )
         if self.ok:
-            return f"ok: all {self.columns} columns certified; every floating parameter protected" + (
-                "; the keyed seal verified" if self.seal else ""
+            return (
+                f"ok: all {self.columns} columns certified; every floating parameter protected"
+                + ("; the keyed seal verified" if self.seal else "")
+                + legacy
             )
         problems = []
         if self.certified != self.columns:
@@ -202,7 +210,7 @@ class Report:
                 + (", …" if len(failed) > 3 else "")
                 + "): changed beyond the purification's error bound"
             )
-        return "NOT OK: " + "; ".join(problems)
+        return "NOT OK: " + "; ".join(problems) + legacy
 
     def __str__(self) -> str:
         head = ("leaf", "certified", "flagged", "erasures", "max inlier |r|", "max bound")
@@ -262,6 +270,7 @@ class Report:
             "unprotected": [u.as_dict() for u in self.unprotected],
             "sealed": self.sealed,
             "seal": [v.as_dict() for v in self.seal],
+            "legacy_codebook": self.legacy_codebook,
         }
 
 

@@ -26,6 +26,11 @@ leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·m
 seal bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).
 ``LeafVerdict.detectable`` states it per leaf.
 
+Freshness: a seal carries a ``counter`` and its creation time (``created``, Unix seconds), both
+under the codebook file's MAC.  A seal says the weights are those sealed, not that they are the
+latest: an older sealed file with its older weights verifies.  A deployment that keeps the lowest
+counter it accepts refuses such a replay (``Codebook.load(..., min_seal_counter=N)``).
+
 Why chunks and signs: the threshold grows as √c, so chunks keep it small and say where a change is
 (a failed chunk is an entry range); ±1 signs are plain hash bits and make the detection bound hold
 for every δ, with no assumption on its distribution.  Storage is rows/c = 1/128 of the entries.
@@ -38,6 +43,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -109,24 +115,44 @@ def _crypt(enc_key: bytes, nonce: bytes, path: str, data: bytes) -> bytes:
     return (np.frombuffer(data, np.uint8) ^ _keystream(enc_key, nonce, path, len(data))).tobytes()
 
 
-class Seal:
-    """Per-leaf keyed sketches of a parameter tree (make one with ``Codebook.seal``)."""
+def check_counter(counter: Any, what: str = "counter") -> int:
+    """A seal counter: an int in [0, 2**63)."""
+    if isinstance(counter, bool) or not isinstance(counter, (int, np.integer)) or not 0 <= counter < 2**63:
+        raise ValueError(f"{what} must be an int in [0, 2**63), got {counter!r}")
+    return int(counter)
 
-    def __init__(self, secret: bytes, leaves: dict[str, _Sealed], *, chunk: int, rows: int, nonce: bytes):
+
+class Seal:
+    """Per-leaf keyed sketches of a parameter tree (make one with ``Codebook.seal``); ``counter``
+    and ``created`` (Unix seconds, None for files written before they existed) say how fresh."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        leaves: dict[str, _Sealed],
+        *,
+        chunk: int,
+        rows: int,
+        nonce: bytes,
+        counter: int = 0,
+        created: int | None = None,
+    ):
         self._sign_key = _keys.derive(secret, "seal-signs")
         self._enc_key = _keys.derive(secret, "seal-encrypt")
         self.leaves = leaves
         self.chunk, self.rows, self.nonce = chunk, rows, nonce
+        self.counter, self.created = counter, created
 
     @classmethod
-    def create(cls, secret: bytes, params: Any, *, chunk: int = CHUNK, rows: int = ROWS) -> Seal:
+    def create(cls, secret: bytes, params: Any, *, chunk: int = CHUNK, rows: int = ROWS, counter: int = 1) -> Seal:
         """Seal every floating leaf of ``params`` (protected or not: a leaf purify leaves alone is
         then checked to be unchanged)."""
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be a positive int, got {chunk!r}")
         if isinstance(rows, bool) or not isinstance(rows, int) or not 8 <= rows <= 256:
             raise ValueError(f"rows must be an int in [8, 256], got {rows!r}")
-        seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=os.urandom(16))
+        counter = check_counter(counter)
+        seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=os.urandom(16), counter=counter, created=int(time.time()))
         for path, leaf in leaves_with_paths(params)[0]:
             dtype = getattr(leaf, "dtype", None)  # checked first: typed PRNG keys have no NumPy form
             if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
@@ -153,7 +179,9 @@ class Seal:
                 "max_abs": s.max_abs,
                 "sketch": base64.b64encode(blob).decode(),
             }
-        return {"chunk": self.chunk, "rows": self.rows, "nonce": self.nonce.hex(), "leaves": leaves}
+        out = {"chunk": self.chunk, "rows": self.rows, "nonce": self.nonce.hex(), "leaves": leaves}
+        out.update(counter=self.counter, created=self.created)
+        return out
 
     @classmethod
     def from_json(cls, data: Any, secret: bytes) -> Seal:
@@ -161,7 +189,11 @@ class Seal:
             chunk, rows, nonce = int(data["chunk"]), int(data["rows"]), bytes.fromhex(data["nonce"])
             if chunk < 1 or not 8 <= rows <= 256:
                 raise ValueError(f"chunk {chunk}, rows {rows} out of range")
-            seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=nonce)
+            counter = check_counter(data.get("counter", 0), "seal counter")  # 0: sealed before counters
+            created = data.get("created")
+            if created is not None and (isinstance(created, bool) or not isinstance(created, int)):
+                raise ValueError(f"seal creation time must be an int or null, got {created!r}")
+            seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=nonce, counter=counter, created=created)
             for path, d in data["leaves"].items():
                 shape = tuple(int(v) for v in d["shape"])
                 blob = _crypt(seal._enc_key, nonce, path, base64.b64decode(d["sketch"], validate=True))
@@ -175,7 +207,7 @@ class Seal:
         return isinstance(other, Seal) and self.to_json() == other.to_json() and self._sign_key == other._sign_key
 
     def __repr__(self) -> str:
-        return f"Seal({len(self.leaves)} leaves, chunk={self.chunk}, rows={self.rows})"
+        return f"Seal({len(self.leaves)} leaves, chunk={self.chunk}, rows={self.rows}, counter={self.counter})"
 
 
 def default_err(dtype: str, max_abs: float) -> float:

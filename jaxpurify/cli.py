@@ -35,13 +35,32 @@ def _one_line(e: BaseException) -> str:
 # -- purify ---------------------------------------------------------------------------------------
 
 
-def load_codebook(path: str, key_path: str | None = None):
+def load_codebook(
+    path: str, key_path: str | None = None, *, allow_legacy: bool = False, min_seal_counter: int | None = None
+):
     """The codebook of ``jaxpurify purify``; the one place the CLI reads codebooks and keys."""
     from jaxpurify import Codebook
 
-    if key_path is None:
-        return Codebook.load(path)
-    return Codebook.load(path, key_path=key_path)
+    return Codebook.load(path, key_path=key_path, allow_legacy=allow_legacy, min_seal_counter=min_seal_counter)
+
+
+def check_output_suffix(out: str, fmt: str) -> None:
+    """Refuse an ``--out`` whose suffix does not name ``fmt`` (the input's format, which purify
+    writes): ``io.save`` would refuse it (``.zip``) or read it as another format (no suffix means
+    Orbax), so the purified file would not be what its name says."""
+    from jaxpurify import io
+
+    try:
+        named = io.save_format(out)
+    except ValueError:
+        named = None
+    if named != fmt:
+        suffix = os.path.splitext(out.rstrip(os.sep))[1] or "(none)"
+        want = {"orbax": "no suffix", "safetensors": ".safetensors", "msgpack": ".msgpack or .mpk"}
+        raise BadInput(
+            f"--out {out}: suffix {suffix} does not name {fmt}, the format the purified checkpoint is "
+            f"written in (CHECKPOINT's); use {want.get(fmt, fmt)}"
+        )
 
 
 def _write_json(path: str, obj) -> None:
@@ -60,11 +79,17 @@ def _purify(args) -> int:
     out = os.path.abspath(args.out)
     if out == os.path.abspath(args.checkpoint):
         raise BadInput("--out must differ from CHECKPOINT (the damaged input is kept)")
-    io.save_format(out, fmt)  # a suffix naming another format is an error before any work
+    check_output_suffix(args.out, fmt)  # before any work
     for dest in filter(None, (out, args.report and os.path.abspath(args.report))):
         if not os.path.isdir(os.path.dirname(dest)):
             raise BadInput(f"{os.path.dirname(dest)}: no such directory")
-    codebook = load_codebook(args.codebook, args.key)
+    with warnings.catch_warnings(record=True) as loading:  # a legacy file's warning, in one line
+        warnings.simplefilter("always")
+        codebook = load_codebook(
+            args.codebook, args.key, allow_legacy=args.allow_legacy, min_seal_counter=args.min_seal_counter
+        )
+    for w in loading:
+        print(f"jaxpurify purify: {w.category.__name__}: {_one_line(w.message)}", file=sys.stderr)
     params = io.load(args.checkpoint, format=fmt)
     check = getattr(codebook, "check", None)
     if check is not None:
@@ -276,6 +301,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="FILE", help="the codebook's key file (default: the codebook's path + .key)")
     p.add_argument("--out", required=True, metavar="PURIFIED", help="where to write the purified checkpoint")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    p.add_argument(
+        "--allow-legacy",
+        action="store_true",
+        help="accept a version-1 codebook file (key inside, no MAC: NOT authenticated); the report says so",
+    )
+    p.add_argument(
+        "--min-seal-counter",
+        type=int,
+        metavar="N",
+        help="refuse a codebook whose seal counter is below N (an older sealed file replayed with older weights)",
+    )
     p.add_argument(
         "--on-uncertified",
         choices=ON_UNCERTIFIED,
