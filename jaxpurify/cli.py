@@ -321,7 +321,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", parents=[common], help="encode, contaminate and purify the paper's CNN on the embedded digits"
     )
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--seed", type=int, default=0, help="seeds data, model and damage (the codebook's key is always fresh)"
+    )
     d.add_argument("--filters", type=int, default=256, help="hidden filters K (default 256)")
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     r = sub.add_parser("reproduce", help="reproduce one of the paper's experiments (EXPERIMENT --help for its options)")

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import warnings
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ from flax import serialization
 
 import jaxpurify
 from jaxpurify import Codebook, cli, demo, io
+from jaxpurify._keys import WeakKeyWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = {"orbax": "ckpt", "safetensors": "model.safetensors", "msgpack": "model.msgpack"}
@@ -39,7 +41,9 @@ def _run(*args, env=None):
 
 def test_demo_recovers_every_scenario_within_capacity(capsys):
     # small model, few steps: the same scenarios as `jaxpurify demo`
-    assert demo.run(filters=64, steps=60) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakKeyWarning)  # issue 25: the demo protects with a strong key
+        assert demo.run(filters=64, steps=60) == 0
     out = capsys.readouterr().out
     assert "gross errors 20%" in out and "beyond capacity" in out
     rows = [line for line in out.splitlines() if line.startswith("gross errors 45%")]
