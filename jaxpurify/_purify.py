@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _seal_bound, _shard
+from jaxpurify import _seal_bound, _shard, _working
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, UnprotectedLeaf, leaf_columns, leaf_reports
@@ -134,9 +134,10 @@ class GroupResult:
 
 
 def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupResult]:
+    values = _working.working_copies(groups.values(), cols)  # aligned, a split leaf's groups views of one buffer
     return {
         name: GroupResult(
-            _aligned_copy(cols[name]),
+            values[name],
             np.zeros((g.K, g.columns), bool),
             np.zeros(g.columns, bool),
             np.zeros(g.columns),
@@ -147,7 +148,7 @@ def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupR
 
 
 # -- the working copy's hand-over (issue 10, item 8: purify adds at most 3× a leaf's bytes) --------
-ALIGN = 64  # bytes: XLA's CPU client aliases a host buffer in device_put only if it starts on this
+ALIGN = _working.ALIGN
 
 
 def _aligned_copy(a: np.ndarray) -> np.ndarray:
@@ -156,11 +157,9 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
     Why: purify's working copy becomes the purified leaf.  NumPy aligns large buffers to 16
     bytes only, and ``jax.device_put`` copies such a buffer, so the leaf's bytes were held twice
     at the peak (measured 3.05× the leaf at 4096 × 50,000).  An aligned buffer is aliased
-    instead (:func:`_hand_over`)."""
+    instead (:func:`_hand_over`; the layout of the working copy: ``jaxpurify._working``)."""
     a = np.asarray(a)
-    raw = np.empty(a.nbytes + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = _working.aligned_empty(a.size, a.dtype).reshape(a.shape)
     np.copyto(out, a)
     return out
 
