@@ -317,7 +317,7 @@ def purify(
     columns = leaf_columns(codebook)
     seal = ()
     if sealed:
-        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms)
+        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms, options)
         seal = tuple(codebook.verify(purified, err).values())
     report = Report(
         leaves=leaf_reports(codebook, protected, results, columns),
