@@ -240,12 +240,12 @@ def _check_destination(dest: str, what: str) -> None:
         raise IsADirectoryError(f"{what} {dest!r} is a directory; name a file")
 
 
-def _staged(path: str, text: str, mode: int) -> str:
-    """Write text to a complete, fsynced temporary file beside path, with the given mode."""
+def _staged(path: str, text: str | bytes, mode: int) -> str:
+    """Write text (or bytes) to a complete, fsynced temporary file beside path, with the given mode."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".codebook-", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -289,7 +289,7 @@ def _replace_both(staged: list[str], kp: str, path: str) -> None:
         if old_key is None:
             os.unlink(kp)
         else:
-            os.replace(_staged(kp, old_key.decode(), KEY_MODE), kp)
+            os.replace(_staged(kp, old_key, KEY_MODE), kp)
         raise
 
 
