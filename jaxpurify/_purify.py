@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _seal_bound, _shard
+from jaxpurify import _seal_bound, _shard, _working
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, leaf_columns, leaf_reports, split_leaves
@@ -139,9 +139,10 @@ class GroupResult:
 
 
 def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupResult]:
+    values = _working.working_copies(groups.values(), cols)  # aligned, a split leaf's groups views of one buffer
     return {
         name: GroupResult(
-            _aligned_copy(cols[name]),
+            values[name],
             np.zeros((g.K, g.columns), bool),
             np.zeros(g.columns, bool),
             np.zeros(g.columns),
@@ -152,7 +153,7 @@ def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupR
 
 
 # -- the working copy's hand-over (issue 10, item 8: purify adds at most 3× a leaf's bytes) --------
-ALIGN = 64  # bytes: XLA's CPU client aliases a host buffer in device_put only if it starts on this
+ALIGN = _working.ALIGN
 
 
 def _aligned_copy(a: np.ndarray) -> np.ndarray:
@@ -161,11 +162,9 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
     Why: purify's working copy becomes the purified leaf.  NumPy aligns large buffers to 16
     bytes only, and ``jax.device_put`` copies such a buffer, so the leaf's bytes were held twice
     at the peak (measured 3.05× the leaf at 4096 × 50,000).  An aligned buffer is aliased
-    instead (:func:`_hand_over`)."""
+    instead (:func:`_hand_over`; the layout of the working copy: ``jaxpurify._working``)."""
     a = np.asarray(a)
-    raw = np.empty(a.nbytes + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = _working.aligned_empty(a.size, a.dtype).reshape(a.shape)
     np.copyto(out, a)
     return out
 
@@ -227,6 +226,8 @@ def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, name
         for path in g.members:
             if path not in by_path:
                 raise ValueError(f"leaf {path!r} of the codebook is missing from params")
+            if _deleted(by_path[path]):
+                raise ValueError(f"leaf {path!r} has been deleted (its buffer was freed or donated); pass live arrays")
             dt = getattr(by_path[path], "dtype", None)
             dt = np.asarray(by_path[path]).dtype if dt is None else np.dtype(dt)
             if dt != np.dtype(g.dtype):
@@ -345,7 +346,7 @@ def purify(
     columns = leaf_columns(codebook)
     verdicts = {}
     if sealed:
-        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms)
+        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms, options)
         verdicts = codebook.verify(purified, err)
     unprotected, state = split_leaves(params, codebook, restored, verdicts)
     # paths as the caller's tree names them (a codebook made from the full variables reads the params alone)
@@ -364,6 +365,7 @@ def purify(
         seconds=time.perf_counter() - t0,
         seal=seal,
         state=state,
+        legacy_codebook=bool(getattr(codebook, "legacy", False)),
     )
     if report.columns != report.certified:
         if on_uncertified == "raise":
@@ -377,6 +379,10 @@ def _restore_state(codebook, purified: PyTree) -> tuple[PyTree, dict[str, int | 
     """Inference state set back to the seal's copy (``Codebook.restore_state``), if the codebook can."""
     restore = getattr(codebook, "restore_state", None)
     return (purified, {}) if restore is None else restore(purified)
+
+
+def _deleted(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
 
 
 def _on_host(leaf) -> bool:

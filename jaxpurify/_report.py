@@ -222,6 +222,7 @@ class Report:
     seconds: float
     seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see SECURITY.md)
     state: tuple[StateLeaf, ...] = ()  # every leaf that is not a parameter, and what happened to it
+    legacy_codebook: bool = False  # the codebook came from an unauthenticated version-1 file (allow_legacy)
 
     @property
     def columns(self) -> int:
@@ -287,12 +288,18 @@ class Report:
         raise KeyError(path)
 
     def status(self) -> str:
-        """One line: ok, or what is wrong."""
+        """One line: ok, or what is wrong (and, either way, a legacy codebook file)."""
+        legacy = (
+            "; codebook: a legacy version-1 file, NOT authenticated (loaded with allow_legacy)"
+            if self.legacy_codebook
+            else ""
+        )
         if self.ok:
             return (
                 f"ok: all {self.columns} columns certified; every floating parameter protected; "
                 + ("the keyed seal verified" if self.seal else "keyed seal not checked (the codebook has none)")
                 + self._state_summary()
+                + legacy
             )
         problems = []
         if self.certified != self.columns:
@@ -333,7 +340,7 @@ class Report:
             )
         if not self.seal:
             problems.append("keyed seal not checked (the codebook has none)")
-        return "NOT OK: " + "; ".join(problems) + self._state_summary()
+        return "NOT OK: " + "; ".join(problems) + self._state_summary() + legacy
 
     def _state_summary(self) -> str:
         restored = [s for s in self.state if s.status == "restored"]
@@ -419,6 +426,7 @@ class Report:
             "seal": [v.as_dict() for v in self.seal],
             "state": [s.as_dict() for s in self.state],
             "restored": self.restored,
+            "legacy_codebook": self.legacy_codebook,
         }
 
 

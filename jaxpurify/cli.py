@@ -70,13 +70,32 @@ def _one_line(e: BaseException | Warning | str) -> str:
 # -- purify ---------------------------------------------------------------------------------------
 
 
-def load_codebook(path: str, key_path: str | None = None):
+def load_codebook(
+    path: str, key_path: str | None = None, *, allow_legacy: bool = False, min_seal_counter: int | None = None
+):
     """The codebook of ``jaxpurify purify``; the one place the CLI reads codebooks and keys."""
     from jaxpurify import Codebook
 
-    if key_path is None:
-        return Codebook.load(path)
-    return Codebook.load(path, key_path=key_path)
+    return Codebook.load(path, key_path=key_path, allow_legacy=allow_legacy, min_seal_counter=min_seal_counter)
+
+
+def check_output_suffix(out: str, fmt: str) -> None:
+    """Refuse an ``--out`` whose suffix does not name ``fmt`` (the input's format, which purify
+    writes): ``io.save`` would refuse it (``.zip``) or read it as another format (no suffix means
+    Orbax), so the purified file would not be what its name says."""
+    from jaxpurify import io
+
+    try:
+        named = io.save_format(out)
+    except ValueError:
+        named = None
+    if named != fmt:
+        suffix = os.path.splitext(out.rstrip(os.sep))[1] or "(none)"
+        want = {"orbax": "no suffix", "safetensors": ".safetensors", "msgpack": ".msgpack or .mpk"}
+        raise BadInput(
+            f"--out {out}: suffix {suffix} does not name {fmt}, the format the purified checkpoint is "
+            f"written in (CHECKPOINT's); use {want.get(fmt, fmt)}"
+        )
 
 
 def _write_json(path: str, obj) -> None:
@@ -146,7 +165,14 @@ def _purify_checked(args) -> int:
             raise BadInput(f"{flag} {p}: no such file or directory")
     source = _checkpoint.open_source(args.checkpoint, args.step)
     out, report_path = check_outputs(args, source)
-    codebook = load_codebook(args.codebook, args.key)
+    check_output_suffix(args.out, source.format)  # before any work
+    with warnings.catch_warnings(record=True) as loading:  # a legacy file's warning, in one line
+        warnings.simplefilter("always")
+        codebook = load_codebook(
+            args.codebook, args.key, allow_legacy=args.allow_legacy, min_seal_counter=args.min_seal_counter
+        )
+    for w in loading:
+        print(f"jaxpurify purify: {w.category.__name__}: {_one_line(w.message)}", file=sys.stderr)
     if getattr(codebook, "seal_record", None) is None and not args.unsealed:
         raise Stop(
             EXIT_UNSEALED,
@@ -434,6 +460,17 @@ def _parser() -> argparse.ArgumentParser:
         help="go on with a codebook that has no keyed seal (changes inside range(A) then go undetected)",
     )
     p.add_argument(
+        "--allow-legacy",
+        action="store_true",
+        help="accept a version-1 codebook file (key inside, no MAC: NOT authenticated); the report says so",
+    )
+    p.add_argument(
+        "--min-seal-counter",
+        type=int,
+        metavar="N",
+        help="refuse a codebook whose seal counter is below N (an older sealed file replayed with older weights)",
+    )
+    p.add_argument(
         "--on-uncertified",
         choices=ON_UNCERTIFIED,
         default="input",
@@ -442,7 +479,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", parents=[common], help="encode, contaminate and purify the paper's CNN on the embedded digits"
     )
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--seed", type=int, default=0, help="seeds data, model and damage (the codebook's key is always fresh)"
+    )
     d.add_argument("--filters", type=int, default=256, help="hidden filters K (default 256)")
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     r = sub.add_parser("reproduce", help="reproduce one of the paper's experiments (EXPERIMENT --help for its options)")

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import warnings
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ from flax import serialization
 
 import jaxpurify
 from jaxpurify import Codebook, cli, demo, io
+from jaxpurify._keys import WeakKeyWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = {"orbax": "ckpt", "safetensors": "model.safetensors", "msgpack": "model.msgpack"}
@@ -39,7 +41,9 @@ def _run(*args, env=None):
 
 def test_demo_recovers_every_scenario_within_capacity(capsys):
     # small model, few steps: the same scenarios as `jaxpurify demo`
-    assert demo.run(filters=64, steps=60) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakKeyWarning)  # issue 25: the demo protects with a strong key
+        assert demo.run(filters=64, steps=60) == 0
     out = capsys.readouterr().out
     assert "gross errors 20%" in out and "beyond capacity" in out
     rows = [line for line in out.splitlines() if line.startswith("gross errors 45%")]
@@ -261,6 +265,56 @@ def test_key_file_given_with_key(tmp_path, capsys, model):
     assert cli.main(["purify", src, "--codebook", book, "--out", out]) == 2  # no key beside the codebook
     assert "key" in capsys.readouterr().err and not os.path.exists(out)
     assert cli.main(["purify", src, "--codebook", book, "--key", key, "--out", out]) == 0
+
+
+def test_a_forged_version_1_codebook_is_refused_unless_allowed(tmp_path, capsys, model):
+    # issue 25: a hand-written version-1 codebook (the attacker's key words inside, no MAC) and a
+    # model re-encoded with it gave exit 0, "ok", even with --key naming the real key file
+    clean, codebook = model
+    codebook.save(tmp_path / "real.json")
+    leaves = [
+        {"path": p, "shape": list(w.shape), "dtype": "float32", "axis": w.ndim - 1, "K": w.shape[-1], "n": 3}
+        for p, w in _flat(clean).items()
+    ]
+    forged = {"format": "jaxpurify.codebook", "version": 1, "key": [0, 7], "redundancy": 4.0, "leaves": leaves}
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    with pytest.warns(jaxpurify.LegacyCodebookWarning):
+        theirs = Codebook.load(tmp_path / "forged.json", allow_legacy=True)
+    latent = {p: np.ones(t.shape, np.float32) for p, t in theirs.encode(clean).items()}
+    evil = jax.tree.map(np.asarray, theirs.decode(latent))
+    src, out, rep = (str(tmp_path / f) for f in ("evil.msgpack", "p.msgpack", "r.json"))
+    io.save(src, {"params": evil["params"]} if "params" in evil else evil)
+    book = str(tmp_path / "forged.json")
+    for extra in ([], ["--key", str(tmp_path / "real.json.key")]):
+        assert cli.main(["purify", src, "--codebook", book, "--out", out, *extra]) == 2
+        assert "--allow-legacy" in capsys.readouterr().err and not os.path.exists(out)
+    argv = ["purify", src, "--codebook", book, "--out", out, "--allow-legacy"]
+    assert cli.main([*argv, "--key", str(tmp_path / "real.json.key")]) == 2
+    assert "wrong key" in capsys.readouterr().err and not os.path.exists(out)
+    assert cli.main([*argv, "--report", rep]) == 0  # opted in by name: purified, and the report says so
+    printed = capsys.readouterr()
+    assert "legacy version-1 file, NOT authenticated" in printed.out
+    assert "jaxpurify purify: LegacyCodebookWarning: " in printed.err and "Traceback" not in printed.err
+    with open(rep) as f:
+        assert json.load(f)["legacy_codebook"] is True
+
+
+def test_min_seal_counter_refuses_a_replayed_older_codebook(tmp_path, capsys, model):
+    clean, codebook = model
+    book, src, out = (str(tmp_path / f) for f in ("cb.json", "m.msgpack", "p.msgpack"))
+    codebook.save(book)
+    cb = Codebook.load(book)  # a copy: the module's codebook stays unsealed
+    cb.seal(clean)
+    cb.save(book)
+    older = open(book, "rb").read()
+    cb.seal(clean)  # counter 2: the weights were re-sealed
+    cb.save(book)
+    with open(book, "wb") as f:
+        f.write(older)  # replayed
+    io.save(src, clean)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--min-seal-counter", "2"]) == 2
+    assert "stale codebook: its seal has counter 1" in capsys.readouterr().err and not os.path.exists(out)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--min-seal-counter", "1"]) == 0
 
 
 def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, model):

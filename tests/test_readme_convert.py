@@ -25,7 +25,7 @@ def test_protect_a_pretrained_model_snippet(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     acc = dict(re.findall(r"(unprotected|encode only|converted) ([01]\.\d+)", out.stdout))
     unprotected, encoded, converted = (float(acc[k]) for k in ("unprotected", "encode only", "converted"))
-    # measured: 0.980, 0.100, 0.967 (seed fixed in the snippet)
+    # measured: 0.980, 0.145–0.178, 0.967–0.982 (three runs; the codebook key is fresh each time)
     assert unprotected > 0.95 and encoded < 0.5
     assert converted > unprotected - 0.03
     assert "\r" not in out.stderr and "convert: 600/600" in out.stderr  # plain progress lines

@@ -113,6 +113,7 @@ def run(
     model, select = build(arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
+    # a key from --seed: the paper's runs are repeatable (research only; guessable, a WeakKeyWarning)
     cb = Codebook.create(params0, jax.random.fold_in(key, 1), redundancy=redundancy, select=select)
 
     # both models get the same optimizer, steps and minibatch order
