@@ -6,6 +6,7 @@ experiment end to end, with the issue's first target and the span attack, is mar
 """
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -78,9 +79,16 @@ def test_l2_projection_is_least_squares_onto_range_A_per_column():
     (name,) = cb.groups
     out = D.l2_project(None, params, cb, None, None)
     A = np.asarray(cb.matrix(name), np.float64)
-    Y = np.nan_to_num(params["w"].astype(np.float64))
-    ref = A @ np.linalg.lstsq(A, Y, rcond=None)[0]  # the layout of a (64, 8) leaf: column j = w[:, j]
-    np.testing.assert_allclose(np.asarray(out.params["w"]), ref, rtol=1e-4, atol=1e-5)
+    # the default layout of a (64, 8) leaf: entry f (C order) at row f // m, column f % m, the last
+    # row padded; each column is fitted on its real rows only
+    m = _coprime_width(8, 64)
+    flat = np.nan_to_num(params["w"].astype(np.float64)).ravel()
+    ref = np.empty_like(flat)
+    for j in range(m):
+        idx = np.arange(j, flat.size, m)
+        rows = idx // m
+        ref[idx] = A[rows] @ np.linalg.lstsq(A[rows], flat[idx], rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(out.params["w"]).ravel(), ref, rtol=1e-4, atol=1e-5)
     assert out.flagged is None and out.detected is None
 
 
@@ -156,31 +164,47 @@ def test_output_layout_spreads_a_channel_over_the_columns():
     }
     changed = jax.tree.map(np.zeros_like, params)
     changed["conv"]["kernel"][..., 5] = 1
-    for layout, most in (("output", 1), ("interleave", 1), ("default", 72)):
+    # the default interleaves the kernel's 2,304 entries into m = 37 columns (the smallest m > 32
+    # coprime to 32, to the fan-in 72 and to every stride 2..16): channel 5 is entries 32 i + 5
+    m = _coprime_width(32, 72)
+    spread = np.bincount([(32 * i + 5) % m for i in range(72)], minlength=m).max()
+    for layout, most in (("output", 1), ("interleave", 1), ("default", spread)):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
         packed = cb.pack(changed)
         assert max(np.nansum(v, 0).max() for v in packed.values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["output"])
-    assert cb.groups["readout/kernel"].K == 32  # the 10-class read-out keeps the default layout
+    # the 10-class read-out keeps the default layout: 320 entries interleaved into m columns
+    m = _coprime_width(10, 32)
+    assert (cb.groups["readout/kernel"].K, cb.groups["readout/kernel"].columns) == (-(-320 // m), m)
+
+
+def _coprime_width(channels: int, fan_in: int) -> int:
+    """The default layout's width, by its definition: the smallest m > channels coprime to the
+    channels, the fan-in and every stride 2..16."""
+    m = channels + 1
+    while any(math.gcd(m, d) > 1 for d in (channels, fan_in, *range(2, 17))):
+        m += 1
+    return m
 
 
 def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
-    # the channel trojan's read-out change: class 0's 32 weights. `output` keeps them in one
-    # column; `interleave` lays the (32, 10) kernel into 11 columns (coprime to 10 and 32), entry
-    # (i, c) in column (10 i + c) mod 11: 32 entries over 11 columns, at most ⌈32/11⌉ = 3 in one
+    # the channel trojan's read-out change: class 0's 32 weights. Both layouts leave the (32, 10)
+    # read-out to the default, which lays it into m columns (coprime to 10, 32 and every stride
+    # 2..16: m = 17), entry (i, c) in column (10 i + c) mod m: 32 entries over m columns
     params = {
         "conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32)},
         "readout": {"kernel": np.zeros((32, 10), np.float32)},
     }
     changed = jax.tree.map(np.zeros_like, params)
     changed["readout"]["kernel"][:, 0] = 1
-    expect = np.bincount([(10 * i) % 11 for i in range(32)], minlength=11)
-    for layout, most in (("output", 32), ("interleave", expect.max())):
+    m = _coprime_width(10, 32)
+    expect = np.bincount([(10 * i) % m for i in range(32)], minlength=m)
+    for layout, most in (("output", expect.max()), ("interleave", expect.max())):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
         assert max(np.nansum(v, 0).max() for v in cb.pack(changed).values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
     np.testing.assert_array_equal(np.nansum(cb.pack(changed)["readout/kernel"], 0), expect)
-    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == 11
+    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == m
 
 
 def test_interleave_layout_pools_a_kernel_with_fan_in_below_16():

@@ -102,7 +102,8 @@ def test_wrong_key_is_named(saved, tmp_path):
         (lambda d: d["groups"][0].update(n=0), "group 'conv/kernel' n must be an int ≥ 1"),
         (lambda d: d["groups"][0].update(K=4.5), "group 'conv/kernel' K must be an int"),
         (lambda d: d["groups"][0].update(dtype="int8"), "group 'conv/kernel' has dtype 'int8'"),
-        (lambda d: d["groups"][0].update(K=17), "group 'conv/kernel'"),  # the layout's own consistency check
+        # the layout's own consistency check: K is 17 (288 entries in 17 columns), 16 rows hold too few
+        (lambda d: d["groups"][0].update(K=16), "group 'conv/kernel'"),
         (lambda d: d["groups"][0]["segments"].append(["nowhere", 0, 1]), "segment"),
         (lambda d: d["leaves"][1].update(axis=True), "axis must be an int"),
         (lambda d: d["leaves"][1].update(axis=4), "axis 4 out of range"),
