@@ -1,7 +1,7 @@
 """Protect a pretrained model: a digits CNN trained the usual way, then converted.
 
     python examples/convert_pretrained.py            # prints the three accuracies and the time
-    python examples/convert_pretrained.py --fixed-key --seed 0   # the README's table, reproducibly
+    python examples/convert_pretrained.py --fixed-key --seed 0   # the table of docs/guides/pretrained.md, reproducibly
 
 1. A CNN written as a Flax user would (Conv → Conv → Dense → Dense(10)) is trained on
    scikit-learn's digits with plain optax: no codebook, the model you already have.
