@@ -97,7 +97,7 @@ def part(tree: dict, select: str, codebook) -> Any:
     paths = _model_paths(codebook)
     if paths is None or not isinstance(sub, dict):
         return sub
-    flat = io.flatten(sub)
+    flat = io.flatten(sub, prng_keys=True)
     if any(p not in flat for p in paths):
         return sub  # not there: the codebook's own check names the leaf
     return io._nest({p: flat[p] for p in paths})
@@ -212,6 +212,6 @@ def write(source: Source, out: str, tree: dict) -> None:
 
 def nan_count(purified: Any, paths: list[str], select: str) -> int:
     """NaN entries left in the purified leaves at ``paths`` (file paths, under ``select``)."""
-    flat = io.flatten(purified)
+    flat = io.flatten(purified, prng_keys=True)
     pre = select.strip("/") + "/" if select.strip("/") else ""
     return sum(int(np.isnan(flat[p[len(pre) :]]).sum()) for p in paths if p[len(pre) :] in flat)

@@ -20,6 +20,7 @@ Orbax's own (``tests/test_io.py`` compares them with ``StandardCheckpointer().re
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -199,17 +200,41 @@ def read_array(path: str, name: str, ocdbt: bool, zarr3: bool) -> np.ndarray:
     return np.asarray(open_array(path, name, ocdbt, zarr3).read().result())
 
 
-def read(path: str) -> dict[str, np.ndarray]:
-    """{leaf path: array} of an undamaged item; ``ValueError`` at the first unreadable array,
-    ``Unsupported`` for values other than arrays and scalars."""
+def key_impls(path: str) -> dict[str, str]:
+    """{array name: PRNG impl} of the typed PRNG keys Orbax stored (their key data, with the impl's
+    name in ``array_metadatas``); empty if there are none or the files cannot be read."""
+    out = {}
+    for f in sorted(glob.glob(os.path.join(path, "array_metadatas", "*"))):
+        try:
+            with open(f, "rb") as fh:
+                entries = json.loads(fh.read().decode("utf-8"))["array_metadatas"]
+            for e in entries:
+                meta = e["array_metadata"]
+                impl = (meta.get("ext_metadata") or {}).get("random_key_impl")
+                if impl:
+                    out[str(meta["param_name"])] = str(impl)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # no key recorded there: its arrays read as plain key data
+    return out
+
+
+def read(path: str) -> dict[str, Any]:
+    """{leaf path: array} of an undamaged item (typed PRNG keys as typed keys, as Orbax restores
+    them); ``ValueError`` at the first unreadable array, ``Unsupported`` for values other than
+    arrays and scalars."""
     doc = metadata(path)
     ocdbt, zarr3 = layout(path, doc)
-    out = {}
+    impls = key_impls(path)
+    out: dict[str, Any] = {}
     for leaf, name in arrays(doc).items():
         try:
             out[leaf] = read_array(path, name, ocdbt, zarr3)
         except Exception as e:  # TensorStore raises ValueError / OSError subclasses per failure kind
             raise ValueError(f"array {name!r}: {type(e).__name__}: {_first_line(e)}") from None
+        if name in impls:
+            import jax
+
+            out[leaf] = jax.random.wrap_key_data(out[leaf], impl=impls[name])
     if not out:
         raise ValueError(f"{path}: the checkpoint holds no arrays")
     return out

@@ -137,7 +137,14 @@ def expectation(fingerprint: Iterable[tuple[str, Iterable[int], str]], prefix: s
     import jax.numpy as jnp
 
     pre = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    return {pre + p: (tuple(int(d) for d in s), np.dtype(jnp.dtype(dt))) for p, s, dt in fingerprint}
+    out = {}
+    for p, s, dt in fingerprint:
+        try:
+            dtype = np.dtype(jnp.dtype(dt))
+        except TypeError:  # a typed PRNG key (key<fry>): stored as key data, never located by layout
+            continue
+        out[pre + p] = (tuple(int(d) for d in s), dtype)
+    return out
 
 
 def floating(dtype: np.dtype) -> bool:
@@ -233,7 +240,7 @@ def read(
     from jaxpurify import io
 
     try:
-        flat = io.flatten(io.load(path, format=fmt, step=step))
+        flat = io.flatten(io.load(path, format=fmt, step=step), prng_keys=True)
     except (FileNotFoundError, PermissionError):
         raise
     except (ValueError, TypeError) as e:
@@ -283,7 +290,9 @@ def _orbax(path: str, expect: Expect, select: str, step: int | None) -> Found:
         if other == name:
             continue
         try:
-            found.extra.update({f"{other}/{p}": v for p, v in io.flatten(io._load_orbax_item(item)).items()})
+            found.extra.update(
+                {f"{other}/{p}": v for p, v in io.flatten(io._load_orbax_item(item), prng_keys=True).items()}
+            )
         except (ValueError, TypeError) as e:
             found.lost_extra.append(f"item {other!r} unreadable ({str(e)[:100]})")
     return found

@@ -110,7 +110,7 @@ def check_outputs(args, source) -> tuple[str, str | None]:
     will be written there — a file where a file goes (not an existing directory), an Orbax
     directory where one goes (not a file, nor a directory that is not a checkpoint), with a
     suffix of the input's format.  ``BadInput`` naming the flag and the path otherwise."""
-    from jaxpurify import _checkpoint, _orbax_read, io
+    from jaxpurify import _checkpoint, _orbax_read
 
     out = os.path.abspath(args.out)
     report = os.path.abspath(args.report) if args.report else None
@@ -127,10 +127,7 @@ def check_outputs(args, source) -> tuple[str, str | None]:
             raise BadInput(f"{flag} {dest}: no such directory {parent}")
         if not os.access(parent, os.W_OK):
             raise BadInput(f"{flag} {dest}: directory {parent} is not writable")
-    try:
-        io.save_format(out, source.format)  # a suffix naming another format
-    except ValueError as e:
-        raise BadInput(f"--out {args.out}: {e}") from None
+    check_output_suffix(args.out, source.format)  # a suffix naming another format, or none it writes
     if source.format == "orbax":
         layout = _checkpoint.out_layout(source)  # an Orbax checkpoint, or a CheckpointManager step
         if os.path.exists(out) and _orbax_read.kind(out) != layout:
@@ -165,14 +162,9 @@ def _purify_checked(args) -> int:
             raise BadInput(f"{flag} {p}: no such file or directory")
     source = _checkpoint.open_source(args.checkpoint, args.step)
     out, report_path = check_outputs(args, source)
-    check_output_suffix(args.out, source.format)  # before any work
-    with warnings.catch_warnings(record=True) as loading:  # a legacy file's warning, in one line
-        warnings.simplefilter("always")
-        codebook = load_codebook(
-            args.codebook, args.key, allow_legacy=args.allow_legacy, min_seal_counter=args.min_seal_counter
-        )
-    for w in loading:
-        print(f"jaxpurify purify: {w.category.__name__}: {_one_line(w.message)}", file=sys.stderr)
+    codebook = load_codebook(  # a legacy file's warning is printed in one line by _purify
+        args.codebook, args.key, allow_legacy=args.allow_legacy, min_seal_counter=args.min_seal_counter
+    )
     if getattr(codebook, "seal_record", None) is None and not args.unsealed:
         raise Stop(
             EXIT_UNSEALED,
@@ -192,7 +184,7 @@ def _purify_checked(args) -> int:
         except ValueError as e:
             where = f" (its subtree {select!r})" if select else ""
             raise BadInput(f"{source.path}{where} does not fit --codebook {args.codebook}: {_one_line(e)}") from None
-    others = len(io.flatten(tree)) - len(io.flatten(params))
+    others = len(io.flatten(tree, prng_keys=True)) - len(io.flatten(params, prng_keys=True))
     if others and args.select is None:
         where = f" in its subtree {select!r}" if select else ""
         print(
