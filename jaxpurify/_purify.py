@@ -41,10 +41,10 @@ from jaxpurify._shard import DeviceReport, Solved
 from jaxpurify._solution import throw_if_uncertified
 from jaxpurify._solver import recover_padded
 from jaxpurify._threads import single_threaded_blas
+from jaxpurify._uncertified import ON_UNCERTIFIED
 from jaxpurify.tree import flatten, map_with_path
 
 PyTree = Any
-ON_UNCERTIFIED = ("input", "estimate", "raise")
 
 
 class UncertifiedError(RuntimeError):
