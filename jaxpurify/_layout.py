@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _working
-from jaxpurify.progress import table
+from jaxpurify._table import table
 
 
 @dataclasses.dataclass(frozen=True)

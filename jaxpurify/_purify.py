@@ -37,14 +37,14 @@ from jaxpurify import _seal_bound, _shard, _working
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, leaf_columns, leaf_reports, split_leaves
-from jaxpurify._shard import DeviceReport, summarize
+from jaxpurify._shard import DeviceReport, Solved
 from jaxpurify._solution import throw_if_uncertified
 from jaxpurify._solver import recover_padded
 from jaxpurify._threads import single_threaded_blas
+from jaxpurify._uncertified import ON_UNCERTIFIED
 from jaxpurify.tree import flatten, map_with_path
 
 PyTree = Any
-ON_UNCERTIFIED = ("input", "estimate", "raise")
 
 
 class UncertifiedError(RuntimeError):
@@ -62,18 +62,6 @@ class UncertifiedWarning(UserWarning):
 
 
 # -- solve ---------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class CallResult:
-    """Host arrays of one call: fitted (slots, K, w) = A x̂; per column certified, the largest
-    inlier |residual|, the error bound (None if recover gives none); outliers (slots, K, w)."""
-
-    fitted: np.ndarray
-    certified: np.ndarray
-    inlier_residual: np.ndarray
-    bound: np.ndarray | None
-    outliers: np.ndarray
-
-
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
     """Host (A, Y, n) of a call.  Extra rows are erasures (NaN in Y, 0 in A), extra columns of A
     are zero (n: each slot's real columns).  Extra columns of Y repeat the item's own columns and
@@ -94,24 +82,15 @@ def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarra
     return A, Y, n
 
 
-def dispatch(call: Call, cols, matrices, options: RecoverOptions):
+def dispatch(call: Call, cols, matrices, options: RecoverOptions) -> Solved:
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y, n = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
-    out = recover_padded(A, Y, n, options_for(call.dtype, options))
-    fitted, inlier = summarize(A, Y, out.x, out.outliers)
-    return fitted, out.certified, inlier, out.bound, out.outliers
+    return Solved.of(A, Y, recover_padded(A, Y, n, options_for(call.dtype, options)))
 
 
-def fetch(pending) -> CallResult:
-    """Wait for a dispatched call: one device → host transfer."""
-    fitted, cert, inlier, bound, outl = pending
-    return CallResult(
-        np.asarray(fitted),
-        np.asarray(cert),
-        np.asarray(inlier),
-        None if bound is None else np.asarray(bound),
-        np.asarray(outl),
-    )
+def fetch(pending: Solved) -> Solved:
+    """Wait for a dispatched call: one device → host transfer (the same :class:`Solved`, in NumPy)."""
+    return jax.tree.map(np.asarray, pending)
 
 
 def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None:
@@ -181,7 +160,7 @@ def _hand_over(by_path: dict[str, Any], leaves: dict[str, np.ndarray]) -> dict[s
     }
 
 
-def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_input: bool) -> None:
+def assemble(call: Call, res: Solved, results: dict[str, GroupResult], keep_input: bool) -> None:
     """Write one call's columns into their groups: A x̂ where certified (and everywhere if not
     ``keep_input``); the input values stay in uncertified columns when ``keep_input``."""
     for s, it in enumerate(call.items):

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxpurify import tree as _tree
 from jaxpurify._bind import Entry
-from jaxpurify.progress import table as _table
+from jaxpurify._table import table as _table
 
 _KEPT = {
     "input": "kept as they came in",

@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable
 
 from jaxpurify import __version__
+from jaxpurify._uncertified import ON_UNCERTIFIED
 
 EXIT_OK, EXIT_NOT_OK, EXIT_BAD_INPUT, EXIT_UNSEALED, EXIT_WRONG_CODEBOOK, EXIT_UNREADABLE = 0, 1, 2, 3, 4, 5
 EXIT_CODES = (
@@ -47,7 +48,6 @@ EXIT_CODES = (
     "no keyed seal (pass --unsealed to go on without it); 4 probably the wrong codebook (no column "
     "certified, seal failing or absent; nothing written); 5 damaged beyond salvage (nothing written)"
 )
-ON_UNCERTIFIED = ("input", "estimate", "raise")
 PAPER = 'pip install "jaxpurify[paper]"'
 
 
