@@ -12,11 +12,12 @@ Each file is then damaged at the byte level, as storage faults would:
 
 The payload is where the floats are stored: for safetensors and msgpack the byte range of each
 array (safetensors: from its header; msgpack: where the array's bytes sit in the file), so the
-container's own structure is left intact. For ``orbax`` the edits land anywhere in the OCDBT data
-files under ``ocdbt.process_*/d/`` (b-tree nodes included); the ``orbax, uncompressed`` rows write
-with Orbax's own ``use_compression=False`` and hit only the arrays' bytes. ``io.save`` used to
-write Orbax compressed (zstd): there a byte edit failed the load or decompressed into garbage over
-thousands of floats, which this benchmark showed, so it now writes uncompressed. A load that fails
+container's own structure is left intact. For ``orbax`` (``io.save``: no OCDBT, uncompressed) the
+edits land in each array's chunk file (its bytes verbatim); the ``orbax, uncompressed`` rows write
+with Orbax's own ``use_compression=False`` (OCDBT on) and hit only the arrays' bytes. ``io.save``
+used to write Orbax compressed (zstd): there a byte edit failed the load or decompressed into
+garbage over thousands of floats, which this benchmark showed, so it now writes uncompressed (and,
+since ``benchmarks.containers`` damaged the metadata too, without OCDBT). A load that fails
 is a reported outcome, not an error of the benchmark. The damaged checkpoint is loaded
 with ``io.load(template=...)`` and purified; per format × damage the table gives the worst
 per-leaf relative error max|Ŵ − W| / max|W| (target ≤ 1e-5), certified / total columns, whether
@@ -121,7 +122,13 @@ def payload(path: str, fmt: str, clean: dict[str, np.ndarray]) -> list[Region]:
         return _find_arrays([path], clean, strict=True)
     if fmt == ORBAX_RAW:
         return _find_arrays(_orbax_files(path), clean, strict=False)
-    return [(f, 0, os.path.getsize(f)) for f in _orbax_files(path)]  # the whole data files
+    chunks = [  # io.save's layout: one directory per array, its chunk file(s) beside a .zarray
+        os.path.join(path, p.replace("/", "."), f)
+        for p in clean
+        for f in sorted(os.listdir(os.path.join(path, p.replace("/", "."))))
+        if f != ".zarray"
+    ]
+    return [(f, 0, os.path.getsize(f)) for f in chunks]
 
 
 # -- byte-level damage (each edits words or bytes of the regions, in place in `files`) ------------

@@ -31,7 +31,11 @@ import jaxpurify as jp
 
 
 def problem(key, K, n, m, errors, atol):
-    """A secret Gaussian A, clean latent Θ, and gross errors of 10–100× the weight scale."""
+    """A Gaussian A, clean latent Θ, and gross errors of 10–100× the weight scale.
+
+    Everything comes from ``key`` (a fixed seed: reproducible research).  The attacker here is
+    white-box and knows A, so A's secrecy plays no part; a deployment's A comes from
+    ``Codebook.create(params)``, whose default key is 256 bits from the OS."""
     ka, kt, ke, ks = jax.random.split(key, 4)
     A = jax.random.normal(ka, (K, n)) / np.sqrt(n)
     theta = jax.random.normal(kt, (n, m))

@@ -106,8 +106,10 @@ class Codebook:
         seal: _seal.Seal | None = None,
         kinds: Mapping[str, str] | None = None,
         root: str | None = None,
+        legacy: bool = False,
     ):
         self.secret = _keys.check_secret(secret)  # never printed: see __repr__
+        self.legacy = bool(legacy)  # loaded from an unauthenticated version-1 file (allow_legacy=True)
         self.model = model  # (path, shape, dtype) of every leaf of the tree it was made for
         self.seal_record = seal
         self.redundancy = float(redundancy)
@@ -494,7 +496,16 @@ class Codebook:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"malformed codebook file: {e}") from None
         seal = None if data.get("seal") is None else _seal.Seal.from_json(data["seal"], secret)
-        return cls(secret, red, *layout, model=model, seal=seal, kinds=data.get("kinds"), root=data.get("root"))
+        return cls(
+            secret,
+            red,
+            *layout,
+            model=model,
+            seal=seal,
+            kinds=data.get("kinds"),
+            root=data.get("root"),
+            legacy=data.get("version") == 1,
+        )
 
     def save(self, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> None:
         """Write ``path`` (authenticated JSON, mode 0644, no key) and ``key_path`` (default
@@ -504,14 +515,39 @@ class Codebook:
         _codebook_file.write(path, key_path, doc, self.secret)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> Codebook:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        key_path: str | os.PathLike | None = None,
+        *,
+        allow_legacy: bool = False,
+        min_seal_counter: int | None = None,
+    ) -> Codebook:
         """Read and authenticate a codebook; ``ValueError`` says what is wrong (wrong key, tampered,
-        malformed field or leaf).  Version-1 files (key inside) load with a warning."""
+        malformed field or leaf, stale seal).
+
+        Version-1 files (key inside, no MAC: anyone can write one) are refused unless
+        ``allow_legacy=True``; then they load with a ``LegacyCodebookWarning`` and ``legacy`` set.
+        ``min_seal_counter``: refuse a file whose seal is missing or older (``Seal.counter``) than
+        this, so that an older, validly sealed file cannot be replayed with older weights."""
         for what, p in (("path", path), ("key_path", key_path)):
             if not isinstance(p, (str, os.PathLike)) and (what == "path" or p is not None):
                 raise TypeError(f"{what} must be a str or os.PathLike, got {type(p).__name__}")
-        doc, secret = _codebook_file.read(path, key_path)
-        return cls.from_json(doc, secret)
+        if not isinstance(allow_legacy, bool):
+            raise TypeError(f"allow_legacy must be a bool, got {type(allow_legacy).__name__}")
+        if min_seal_counter is not None:
+            _seal.check_counter(min_seal_counter, "min_seal_counter")
+        doc, secret = _codebook_file.read(path, key_path, allow_legacy=allow_legacy)
+        cb = cls.from_json(doc, secret)
+        if min_seal_counter is not None:
+            have = None if cb.seal_record is None else cb.seal_record.counter
+            if have is None or have < min_seal_counter:
+                raise ValueError(
+                    f"{os.fspath(path)}: stale codebook: "
+                    + ("it has no seal" if have is None else f"its seal has counter {have}")
+                    + f", below min_seal_counter={min_seal_counter} (an older file replayed?)"
+                )
+        return cb
 
     # -- model binding and seal -------------------------------------------------------------
     def check(self, params: PyTree) -> None:
@@ -554,7 +590,9 @@ class Codebook:
             return self.kinds.get(name) == _tree.PARAM
         return name in {_path(k) for k in self._tree}
 
-    def seal(self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS) -> _seal.Seal:
+    def seal(
+        self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS, counter: int | None = None
+    ) -> _seal.Seal:
         """Record a keyed sketch of the deployed parameters and an exact copy of the deployed
         inference state (see ``jaxpurify._seal``); kept in the codebook and its file.
 
@@ -562,14 +600,19 @@ class Codebook:
         NNX state or module) or the params alone.  Parameters (protected or not) and other state
         get a sketch (what ``verify`` checks); inference state (BatchNorm statistics) gets a
         copy, which ``purify`` / :meth:`restore_state` put back exactly; training and RNG state
-        are not sealed.  Sealing only the params leaves the inference state unchecked later."""
+        are not sealed.  Sealing only the params leaves the inference state unchecked later.
+
+        ``counter`` (default: the previous seal's + 1, or 1) and the creation time are stored
+        under the file's MAC; ``Codebook.load(..., min_seal_counter=N)`` refuses older seals."""
         self.check(params)
+        if counter is None:
+            counter = 1 if self.seal_record is None else self.seal_record.counter + 1
         sketch, state = {}, {}
         for e in self.classify(params):
             if e.kind in (_tree.TRAINING, _tree.RNG):
                 continue
             (state if e.kind == _tree.INFERENCE else sketch)[e.name] = e.value
-        self.seal_record = _seal.Seal.create(self.secret, sketch, chunk=chunk, rows=rows, state=state)
+        self.seal_record = _seal.Seal.create(self.secret, sketch, chunk=chunk, rows=rows, state=state, counter=counter)
         return self.seal_record
 
     def verify(self, params: PyTree, err: Any = None) -> dict[str, _seal.LeafVerdict]:

@@ -22,9 +22,15 @@ own consistency (every protected entry in exactly one group, ``Codebook.__init__
 
 Each file is written to a temporary file in its directory, flushed, fsynced and renamed into
 place, so a reader sees the old file or the new one, never a partial one; both temporary files are
-complete before either is renamed (the key first).  Version-1 files (key words inside the JSON, no
-MAC, no fingerprint) still load, with a :class:`LegacyCodebookWarning`; saving them again writes
-version 2.
+complete before either is renamed (the key first), and if the codebook's rename fails the key file
+is put back as it was: a failed ``save`` leaves nothing behind.  A destination that is a directory,
+or a directory that does not exist, is refused before anything is written.
+
+Version-1 files (key words inside the JSON, no MAC, no fingerprint) are unauthenticated: anyone
+can write one, with their own key and layout, for a model they re-encoded.  They are refused
+unless the caller opts in by name (``allow_legacy=True``); then they load with a
+:class:`LegacyCodebookWarning`, ``Codebook.legacy`` is True (purify's report says so), and a key
+file given explicitly must hold the key written in the file.  Saving them again writes version 2.
 """
 
 from __future__ import annotations
@@ -247,12 +253,21 @@ def key_path_for(path: str | os.PathLike, key_path: str | os.PathLike | None) ->
     return kp
 
 
-def _staged(path: str, text: str, mode: int) -> str:
-    """Write text to a complete, fsynced temporary file beside path, with the given mode."""
+def _check_destination(dest: str, what: str) -> None:
+    """Refuse, before anything is written, a destination that cannot take a file."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{what} {dest!r}: directory {folder!r} does not exist")
+    if os.path.isdir(dest):
+        raise IsADirectoryError(f"{what} {dest!r} is a directory; name a file")
+
+
+def _staged(path: str, text: str | bytes, mode: int) -> str:
+    """Write text (or bytes) to a complete, fsynced temporary file beside path, with the given mode."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".codebook-", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -263,28 +278,54 @@ def _staged(path: str, text: str, mode: int) -> str:
 
 
 def write(path, key_path, doc: dict, secret: bytes) -> None:
-    """Write the codebook document and its key file atomically (each file old or new, never partial)."""
+    """Write the codebook document and its key file atomically (each file old or new, never
+    partial); if the codebook cannot be put in place, the key file is restored as it was."""
     path = os.fspath(path)
     kp = key_path_for(path, key_path)
+    _check_destination(path, "codebook path")
+    _check_destination(kp, "key_path")
     key_doc = {"format": KEY_FORMAT, "version": 1, "key_id": doc["key_id"], "secret": secret.hex()}
     staged = []
     try:
-        staged.append((_staged(kp, json.dumps(key_doc) + "\n", KEY_MODE), kp))
-        staged.append((_staged(path, json.dumps(doc, indent=1) + "\n", CODEBOOK_MODE), path))
-        for tmp, dest in staged:
-            os.replace(tmp, dest)
+        staged.append(_staged(kp, json.dumps(key_doc) + "\n", KEY_MODE))
+        staged.append(_staged(path, json.dumps(doc, indent=1) + "\n", CODEBOOK_MODE))
+        _replace_both(staged, kp, path)
     finally:
-        for tmp, _ in staged:
+        for tmp in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
 
+def _replace_both(staged: list[str], kp: str, path: str) -> None:
+    """Rename the staged key, then the staged codebook, into place; if the second rename fails,
+    undo the first (the old key file back, or no key file), so no new secret is left behind."""
+    try:
+        with open(kp, "rb") as f:
+            old_key = f.read()
+    except FileNotFoundError:
+        old_key = None
+    os.replace(staged[0], kp)
+    try:
+        os.replace(staged[1], path)
+    except BaseException:
+        if old_key is None:
+            os.unlink(kp)
+        else:
+            os.replace(_staged(kp, old_key, KEY_MODE), kp)
+        raise
+
+
 def _read_json(path: str, what: str) -> Any:
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: {what} is not JSON ({e})") from None
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: {what} is not JSON (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: {what} is not JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: {what} is JSON nested too deeply to read") from None
 
 
 def read_secret(key_path: str) -> bytes:
@@ -311,7 +352,7 @@ def read_secret(key_path: str) -> bytes:
     return _keys.check_secret(secret, f"{key_path}: the secret")
 
 
-def read(path, key_path=None) -> tuple[dict, bytes]:
+def read(path, key_path=None, *, allow_legacy: bool = False) -> tuple[dict, bytes]:
     """Load and authenticate: (validated document, secret).  See the module doc for the checks."""
     path = os.fspath(path)
     doc = _read_json(path, "the codebook")
@@ -319,7 +360,16 @@ def read(path, key_path=None) -> tuple[dict, bytes]:
         raise ValueError(f"{path}: not a {FORMAT} file")
     version = doc.get("version")
     if version == 1:
-        return _read_v1(path, doc)
+        if allow_legacy is not True:
+            raise ValueError(
+                f"{path}: version-1 codebook (key inside the file, no MAC): unauthenticated, anyone can "
+                "write one, so it is refused. If you made this file yourself, load it once with "
+                "allow_legacy=True (command line: --allow-legacy) and save() it again as version 2"
+            )
+        doc, secret = _read_v1(path, doc)
+        if key_path is not None and not hmac.compare_digest(read_secret(os.fspath(key_path)), secret):
+            raise ValueError(f"{path}: wrong key: the key file {os.fspath(key_path)!r} does not hold this file's key")
+        return doc, secret
     if version != VERSION:
         raise ValueError(f"{path}: unsupported codebook version {version!r} (this library reads 1 and {VERSION})")
     kp = key_path_for(path, key_path)

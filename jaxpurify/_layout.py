@@ -36,7 +36,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify.progress import table
+from jaxpurify import _working
+from jaxpurify._table import table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,11 +156,18 @@ def unpack(groups, leaves: dict[str, LeafLayout], cols: dict, xp=np) -> dict:
     for path, parts in pieces.items():
         lay = leaves[path]
         parts.sort(key=lambda p: p[0])
-        flat = parts[0][1] if len(parts) == 1 else xp.concatenate([p for _, p in parts])
+        flat = parts[0][1] if len(parts) == 1 else _concatenate(xp, [p for _, p in parts])
         if flat.size != lay.size:
             raise ValueError(f"leaf {path!r}: the groups hold {flat.size} of its {lay.size} entries")
         out[path] = lay.unorder(flat, xp)
     return out
+
+
+def _concatenate(xp, parts: list):
+    """One flat array of a leaf's pieces: a view, not a copy, when they are consecutive runs of one
+    host buffer (purify's working copy, ``_working.join``)."""
+    joined = _working.join(parts) if xp is np and all(isinstance(p, np.ndarray) for p in parts) else None
+    return xp.concatenate(parts) if joined is None else joined
 
 
 def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:

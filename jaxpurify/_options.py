@@ -17,6 +17,8 @@ from typing import Any
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+MAX_COUNT = 2**31 - 1  # iteration counts and caps run as int32 loop bounds
+
 
 def default_rtol(dtype: DTypeLike) -> float:
     """64·eps of ``dtype``: 7.6e-6 in float32, 1.4e-14 in float64."""
@@ -61,8 +63,8 @@ class RecoverOptions:
     def __post_init__(self) -> None:
         for name in ("finder_iters", "passes", "retry_iters", "polish_rounds", "max_cg"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_COUNT:
+                raise ValueError(f"{name} must be a positive int ≤ 2**31 − 1 (an int32 loop count), got {v!r}")
         for name in ("admm_tol", "relax", "atol"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

@@ -33,18 +33,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _seal_bound, _shard
+from jaxpurify import _seal_bound, _shard, _working
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, leaf_columns, leaf_reports, split_leaves
-from jaxpurify._shard import DeviceReport, summarize
+from jaxpurify._shard import DeviceReport, Solved
 from jaxpurify._solution import throw_if_uncertified
 from jaxpurify._solver import recover_padded
 from jaxpurify._threads import single_threaded_blas
+from jaxpurify._uncertified import ON_UNCERTIFIED
 from jaxpurify.tree import flatten, map_with_path
 
 PyTree = Any
-ON_UNCERTIFIED = ("input", "estimate", "raise")
 
 
 class UncertifiedError(RuntimeError):
@@ -62,18 +62,6 @@ class UncertifiedWarning(UserWarning):
 
 
 # -- solve ---------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class CallResult:
-    """Host arrays of one call: fitted (slots, K, w) = A x̂; per column certified, the largest
-    inlier |residual|, the error bound (None if recover gives none); outliers (slots, K, w)."""
-
-    fitted: np.ndarray
-    certified: np.ndarray
-    inlier_residual: np.ndarray
-    bound: np.ndarray | None
-    outliers: np.ndarray
-
-
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
     """Host (A, Y, n) of a call.  Extra rows are erasures (NaN in Y, 0 in A), extra columns of A
     are zero (n: each slot's real columns).  Extra columns of Y repeat the item's own columns and
@@ -94,24 +82,15 @@ def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarra
     return A, Y, n
 
 
-def dispatch(call: Call, cols, matrices, options: RecoverOptions):
+def dispatch(call: Call, cols, matrices, options: RecoverOptions) -> Solved:
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y, n = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
-    out = recover_padded(A, Y, n, options_for(call.dtype, options))
-    fitted, inlier = summarize(A, Y, out.x, out.outliers)
-    return fitted, out.certified, inlier, out.bound, out.outliers
+    return Solved.of(A, Y, recover_padded(A, Y, n, options_for(call.dtype, options)))
 
 
-def fetch(pending) -> CallResult:
-    """Wait for a dispatched call: one device → host transfer."""
-    fitted, cert, inlier, bound, outl = pending
-    return CallResult(
-        np.asarray(fitted),
-        np.asarray(cert),
-        np.asarray(inlier),
-        None if bound is None else np.asarray(bound),
-        np.asarray(outl),
-    )
+def fetch(pending: Solved) -> Solved:
+    """Wait for a dispatched call: one device → host transfer (the same :class:`Solved`, in NumPy)."""
+    return jax.tree.map(np.asarray, pending)
 
 
 def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None:
@@ -139,9 +118,10 @@ class GroupResult:
 
 
 def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupResult]:
+    values = _working.working_copies(groups.values(), cols)  # aligned, a split leaf's groups views of one buffer
     return {
         name: GroupResult(
-            _aligned_copy(cols[name]),
+            values[name],
             np.zeros((g.K, g.columns), bool),
             np.zeros(g.columns, bool),
             np.zeros(g.columns),
@@ -152,7 +132,7 @@ def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupR
 
 
 # -- the working copy's hand-over (issue 10, item 8: purify adds at most 3× a leaf's bytes) --------
-ALIGN = 64  # bytes: XLA's CPU client aliases a host buffer in device_put only if it starts on this
+ALIGN = _working.ALIGN
 
 
 def _aligned_copy(a: np.ndarray) -> np.ndarray:
@@ -161,11 +141,9 @@ def _aligned_copy(a: np.ndarray) -> np.ndarray:
     Why: purify's working copy becomes the purified leaf.  NumPy aligns large buffers to 16
     bytes only, and ``jax.device_put`` copies such a buffer, so the leaf's bytes were held twice
     at the peak (measured 3.05× the leaf at 4096 × 50,000).  An aligned buffer is aliased
-    instead (:func:`_hand_over`)."""
+    instead (:func:`_hand_over`; the layout of the working copy: ``jaxpurify._working``)."""
     a = np.asarray(a)
-    raw = np.empty(a.nbytes + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
-    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out = _working.aligned_empty(a.size, a.dtype).reshape(a.shape)
     np.copyto(out, a)
     return out
 
@@ -182,7 +160,7 @@ def _hand_over(by_path: dict[str, Any], leaves: dict[str, np.ndarray]) -> dict[s
     }
 
 
-def assemble(call: Call, res: CallResult, results: dict[str, GroupResult], keep_input: bool) -> None:
+def assemble(call: Call, res: Solved, results: dict[str, GroupResult], keep_input: bool) -> None:
     """Write one call's columns into their groups: A x̂ where certified (and everywhere if not
     ``keep_input``); the input values stay in uncertified columns when ``keep_input``."""
     for s, it in enumerate(call.items):
@@ -227,6 +205,8 @@ def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, name
         for path in g.members:
             if path not in by_path:
                 raise ValueError(f"leaf {path!r} of the codebook is missing from params")
+            if _deleted(by_path[path]):
+                raise ValueError(f"leaf {path!r} has been deleted (its buffer was freed or donated); pass live arrays")
             dt = getattr(by_path[path], "dtype", None)
             dt = np.asarray(by_path[path]).dtype if dt is None else np.dtype(dt)
             if dt != np.dtype(g.dtype):
@@ -345,7 +325,7 @@ def purify(
     columns = leaf_columns(codebook)
     verdicts = {}
     if sealed:
-        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms)
+        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms, options)
         verdicts = codebook.verify(purified, err)
     unprotected, state = split_leaves(params, codebook, restored, verdicts)
     # paths as the caller's tree names them (a codebook made from the full variables reads the params alone)
@@ -364,6 +344,7 @@ def purify(
         seconds=time.perf_counter() - t0,
         seal=seal,
         state=state,
+        legacy_codebook=bool(getattr(codebook, "legacy", False)),
     )
     if report.columns != report.certified:
         if on_uncertified == "raise":
@@ -377,6 +358,10 @@ def _restore_state(codebook, purified: PyTree) -> tuple[PyTree, dict[str, int | 
     """Inference state set back to the seal's copy (``Codebook.restore_state``), if the codebook can."""
     restore = getattr(codebook, "restore_state", None)
     return (purified, {}) if restore is None else restore(purified)
+
+
+def _deleted(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
 
 
 def _on_host(leaf) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxpurify import tree as _tree
 from jaxpurify._bind import Entry
-from jaxpurify.progress import table as _table
+from jaxpurify._table import table as _table
 
 _KEPT = {
     "input": "kept as they came in",
@@ -222,6 +222,7 @@ class Report:
     seconds: float
     seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see SECURITY.md)
     state: tuple[StateLeaf, ...] = ()  # every leaf that is not a parameter, and what happened to it
+    legacy_codebook: bool = False  # the codebook came from an unauthenticated version-1 file (allow_legacy)
 
     @property
     def columns(self) -> int:
@@ -246,6 +247,16 @@ class Report:
     def sealed(self) -> bool:
         """The codebook had a seal and the purified tree was checked against it."""
         return bool(self.seal)
+
+    @property
+    def seal_statement(self) -> str:
+        """Whether the keyed seal was checked, in words."""
+        if not self.seal:
+            return "keyed seal not checked (the codebook has none): changes inside range(A) cannot be detected"
+        failed = sum(not v.verified for v in self.seal)
+        if failed:
+            return f"keyed seal checked: {failed} of {len(self.seal)} leaves fail it"
+        return f"keyed seal checked: all {len(self.seal)} sealed leaves verified"
 
     @property
     def verified(self) -> bool:
@@ -277,12 +288,18 @@ class Report:
         raise KeyError(path)
 
     def status(self) -> str:
-        """One line: ok, or what is wrong."""
+        """One line: ok, or what is wrong (and, either way, a legacy codebook file)."""
+        legacy = (
+            "; codebook: a legacy version-1 file, NOT authenticated (loaded with allow_legacy)"
+            if self.legacy_codebook
+            else ""
+        )
         if self.ok:
             return (
-                f"ok: all {self.columns} columns certified; every floating parameter protected"
-                + ("; the keyed seal verified" if self.seal else "")
+                f"ok: all {self.columns} columns certified; every floating parameter protected; "
+                + ("the keyed seal verified" if self.seal else "keyed seal not checked (the codebook has none)")
                 + self._state_summary()
+                + legacy
             )
         problems = []
         if self.certified != self.columns:
@@ -321,7 +338,9 @@ class Report:
                 f"{_count(len(changed), 'leaf', 'leaves')} of state changed since sealed and not restored "
                 f"({_some([s.path for s in changed])}): the seal holds no copy of them"
             )
-        return "NOT OK: " + "; ".join(problems) + self._state_summary()
+        if not self.seal:
+            problems.append("keyed seal not checked (the codebook has none)")
+        return "NOT OK: " + "; ".join(problems) + self._state_summary() + legacy
 
     def _state_summary(self) -> str:
         restored = [s for s in self.state if s.status == "restored"]
@@ -380,7 +399,11 @@ class Report:
                     ],
                 )
             )
-        return text + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
+        return (
+            text
+            + f"\n{self.seal_statement}"
+            + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
+        )
 
     def as_dict(self) -> dict:
         """JSON-ready (only str, int, float, bool, None, lists and dicts; non-finite floats → None)."""
@@ -398,9 +421,12 @@ class Report:
             "groups": [g.as_dict() for g in self.groups],
             "unprotected": [u.as_dict() for u in self.unprotected],
             "sealed": self.sealed,
+            "seal_checked": self.sealed,
+            "seal_statement": self.seal_statement,
             "seal": [v.as_dict() for v in self.seal],
             "state": [s.as_dict() for s in self.state],
             "restored": self.restored,
+            "legacy_codebook": self.legacy_codebook,
         }
 
 

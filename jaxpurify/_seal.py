@@ -26,6 +26,11 @@ leaf's ≈ 8e-12·max|W|; a 16-bit leaf's rounding noise alone makes it ≈ 4·m
 seal bfloat16/float16 trees with a small ``chunk`` (c = 16: ≈ 0.3·max|W| bfloat16, 0.04 float16).
 ``LeafVerdict.detectable`` states it per leaf.
 
+Freshness: a seal carries a ``counter`` and its creation time (``created``, Unix seconds), both
+under the codebook file's MAC.  A seal says the weights are those sealed, not that they are the
+latest: an older sealed file with its older weights verifies.  A deployment that keeps the lowest
+counter it accepts refuses such a replay (``Codebook.load(..., min_seal_counter=N)``).
+
 Why chunks and signs: the threshold grows as √c, so chunks keep it small and say where a change is
 (a failed chunk is an entry range); ±1 signs are plain hash bits and make the detection bound hold
 for every δ, with no assumption on its distribution.  Storage is rows/c = 1/128 of the entries.
@@ -44,6 +49,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,8 +124,16 @@ def _crypt(enc_key: bytes, nonce: bytes, path: str, data: bytes) -> bytes:
     return (np.frombuffer(data, np.uint8) ^ _keystream(enc_key, nonce, path, len(data))).tobytes()
 
 
+def check_counter(counter: Any, what: str = "counter") -> int:
+    """A seal counter: an int in [0, 2**63)."""
+    if isinstance(counter, bool) or not isinstance(counter, (int, np.integer)) or not 0 <= counter < 2**63:
+        raise ValueError(f"{what} must be an int in [0, 2**63), got {counter!r}")
+    return int(counter)
+
+
 class Seal:
-    """Per-leaf keyed sketches of a parameter tree (make one with ``Codebook.seal``)."""
+    """Per-leaf keyed sketches of a parameter tree (make one with ``Codebook.seal``); ``counter``
+    and ``created`` (Unix seconds, None for files written before they existed) say how fresh."""
 
     def __init__(
         self,
@@ -130,12 +144,15 @@ class Seal:
         rows: int,
         nonce: bytes,
         state: Mapping[str, np.ndarray] | None = None,
+        counter: int = 0,
+        created: int | None = None,
     ):
         self._sign_key = _keys.derive(secret, "seal-signs")
         self._enc_key = _keys.derive(secret, "seal-encrypt")
         self.leaves = leaves
         self.state = dict(state or {})  # exact read-only copies of the inference state, by path
         self.chunk, self.rows, self.nonce = chunk, rows, nonce
+        self.counter, self.created = counter, created
 
     @classmethod
     def create(
@@ -146,6 +163,7 @@ class Seal:
         chunk: int = CHUNK,
         rows: int = ROWS,
         state: Mapping[str, Any] | None = None,
+        counter: int = 1,
     ) -> Seal:
         """Seal every floating leaf of ``params`` (protected or not: a leaf purify leaves alone is
         then checked to be unchanged), and keep an exact copy of every leaf of ``state`` (by
@@ -154,7 +172,8 @@ class Seal:
             raise ValueError(f"chunk must be a positive int, got {chunk!r}")
         if isinstance(rows, bool) or not isinstance(rows, int) or not 8 <= rows <= 256:
             raise ValueError(f"rows must be an int in [8, 256], got {rows!r}")
-        seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=os.urandom(16))
+        counter = check_counter(counter)
+        seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=os.urandom(16), counter=counter, created=int(time.time()))
         for path, leaf in leaves_with_paths(params)[0]:
             dtype = getattr(leaf, "dtype", None)  # checked first: typed PRNG keys have no NumPy form
             if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
@@ -193,6 +212,7 @@ class Seal:
                 }
                 for path, a in self.state.items()
             }
+        out.update(counter=self.counter, created=self.created)
         return out
 
     @classmethod
@@ -201,7 +221,11 @@ class Seal:
             chunk, rows, nonce = int(data["chunk"]), int(data["rows"]), bytes.fromhex(data["nonce"])
             if chunk < 1 or not 8 <= rows <= 256:
                 raise ValueError(f"chunk {chunk}, rows {rows} out of range")
-            seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=nonce)
+            counter = check_counter(data.get("counter", 0), "seal counter")  # 0: sealed before counters
+            created = data.get("created")
+            if created is not None and (isinstance(created, bool) or not isinstance(created, int)):
+                raise ValueError(f"seal creation time must be an int or null, got {created!r}")
+            seal = cls(secret, {}, chunk=chunk, rows=rows, nonce=nonce, counter=counter, created=created)
             for path, d in data["leaves"].items():
                 shape = tuple(int(v) for v in d["shape"])
                 blob = _crypt(seal._enc_key, nonce, path, base64.b64decode(d["sketch"], validate=True))
@@ -223,7 +247,7 @@ class Seal:
 
     def __repr__(self) -> str:
         copies = f", {len(self.state)} state copies" if self.state else ""
-        return f"Seal({len(self.leaves)} leaves, chunk={self.chunk}, rows={self.rows}{copies})"
+        return f"Seal({len(self.leaves)} leaves, chunk={self.chunk}, rows={self.rows}, counter={self.counter}{copies})"
 
 
 def _copy(path: str, leaf: Any) -> np.ndarray:

@@ -39,6 +39,7 @@ from jaxpurify import _layout
 from jaxpurify._layout import Group, LeafLayout
 from jaxpurify._options import RecoverOptions
 from jaxpurify._plan import Call, Item, options_for, solve_dtype
+from jaxpurify._solution import Recovery
 from jaxpurify._solver import recover_padded
 
 AXIS = "slots"  # the mesh's one axis: solver slots (whole items of columns) are split over it
@@ -189,13 +190,36 @@ def summarize(A, Y, x, outliers):
     return fitted, inlier
 
 
-def _solve_local(A, Y, n, options: RecoverOptions):
-    out = recover_padded(A, Y, n, options)
-    fitted, inlier = summarize(A, Y, out.x, out.outliers)
-    return fitted, out.outliers, out.certified, out.result, inlier, out.bound
+class Solved(NamedTuple):
+    """One solver batch's results, slot axis first (S slots, K rows, w columns per slot): what the
+    host and the device path each assemble from.  A pytree, so it passes through ``shard_map``."""
+
+    fitted: Any  # (S, K, w): A x̂
+    outliers: Any  # (S, K, w) bool: entries judged corrupted, erasures included
+    certified: Any  # (S, w) bool
+    result: Any  # (S, w) int8 RESULTS code
+    inlier_residual: Any  # (S, w): largest |y − A x̂| on the inliers
+    bound: Any  # (S, w): recover's error bound (inf where not certified)
+
+    @classmethod
+    def of(cls, A, Y, out: Recovery) -> Solved:
+        """The batch's results from ``recover_padded``'s answer ``out`` on (A, Y)."""
+        fitted, inlier = summarize(A, Y, out.x, out.outliers)
+        return cls(
+            fitted=fitted,
+            outliers=out.outliers,
+            certified=out.certified,
+            result=out.result,
+            inlier_residual=inlier,
+            bound=out.bound,
+        )
 
 
-def solve(A, Y, n, options: RecoverOptions, mesh: Mesh):
+def _solve_local(A, Y, n, options: RecoverOptions) -> Solved:
+    return Solved.of(A, Y, recover_padded(A, Y, n, options))
+
+
+def solve(A, Y, n, options: RecoverOptions, mesh: Mesh) -> Solved:
     """``recover`` and its summary on a batch, each device solving whole slots of it."""
     spec = P(AXIS)
     # check_vma off: recover's loops start from unsharded constants, which is right per shard
@@ -210,7 +234,7 @@ def solve(A, Y, n, options: RecoverOptions, mesh: Mesh):
 
 
 # -- assemble -------------------------------------------------------------------------------------
-def assemble(groups: Sequence[Group], plan: Sequence[Batch], outs, cols, keep_input: bool):
+def assemble(groups: Sequence[Group], plan: Sequence[Batch], outs: Sequence[Solved], cols, keep_input: bool):
     """Per group: its purified (K, m) values and a :class:`DeviceReport`'s fields, from the
     batches' results (runs concatenated in column order; no scatter)."""
     pieces: dict[str, list] = {g.name: [] for g in groups}
@@ -222,22 +246,19 @@ def assemble(groups: Sequence[Group], plan: Sequence[Batch], outs, cols, keep_in
     for g in groups:
         parts = sorted(pieces[g.name], key=lambda p: p[0].start)
 
-        def cat(i):  # field i of the outputs, the group's columns in order: (K, m) or (m,)
+        def cat(field: str):  # one field of the batches' Solved, the group's columns in order: (K, m) or (m,)
             got = []
             for r, out in parts:
-                o = out[i][r.slot : r.slot + r.slots]  # (slots, K, width) or (slots, width)
+                o = getattr(out, field)[r.slot : r.slot + r.slots]  # (slots, K, width) or (slots, width)
                 o = jnp.moveaxis(o[:, : g.K], 0, 1).reshape(g.K, -1) if o.ndim == 3 else o.reshape(-1)
                 got.append(o[..., : r.columns])
             return jnp.concatenate(got, axis=-1)
 
-        fitted, cert = cat(0), cat(2)
+        for field in DeviceReport._fields:  # certified, result, inlier_residual, bound, outliers: as in Solved
+            fields[field][g.name] = cat(field)
+        cert = fields["certified"][g.name]
         take = cert if keep_input else jnp.ones_like(cert)
-        values[g.name] = jnp.where(take, fitted, cols[g.name]).astype(g.dtype)
-        fields["outliers"][g.name] = cat(1)
-        fields["certified"][g.name] = cert
-        fields["result"][g.name] = cat(3)
-        fields["inlier_residual"][g.name] = cat(4)
-        fields["bound"][g.name] = cat(5)
+        values[g.name] = jnp.where(take, cat("fitted"), cols[g.name]).astype(g.dtype)
     return values, DeviceReport(**fields)
 
 
@@ -301,8 +322,8 @@ def purify_leaves(
 def wanted(leaves: Sequence[Any]) -> bool:
     """Take the device path?  Yes for traced leaves and arrays spread over processes (the host
     cannot read them), on an accelerator, and with more than one device.  On a single CPU device
-    the host path: its memory is bounded by ``max_entries``, and the device path is known to hang
-    on CPU with several solver shapes (LAPACK's batched QR; README draft, "Known problem")."""
+    the host path: its memory is bounded by ``max_entries``, and there it was faster and lighter
+    (``python -m benchmarks.gpt2 --size 0.05 --path host`` against ``--path device``)."""
     if any(isinstance(v, jax.core.Tracer) for v in leaves):
         return True
     if any(isinstance(v, jax.Array) and not v.is_fully_addressable for v in leaves):

@@ -327,6 +327,8 @@ def _recover_jit(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: bo
 
 
 def _as_real(a: Any, name: str) -> jax.Array:
+    if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_deleted():
+        raise ValueError(f"{name} has been deleted (its buffer was freed or donated); pass a live array")
     try:
         a = jnp.asarray(a)
     except (TypeError, ValueError) as e:  # None, ragged lists, objects: name the argument

@@ -3,8 +3,8 @@
 jaxlib runs QR, triangular solves and SVD on the CPU through SciPy's OpenBLAS.  Its worker
 threads spin-wait after each call and take the cores from XLA's own threads: on a loaded 2-core
 machine ``recover`` ran 3–6× slower with the BLAS at its default threading than held to one
-thread (``python -m benchmarks.threads``).  The solver's own work is XLA's matrix products,
-which are not affected.  Set ``JAXPURIFY_BLAS_THREADS=default`` to leave the BLAS alone.
+thread (``python -m benchmarks.solver``, its ``threads`` line).  The solver's own work is XLA's
+matrix products, which are not affected.  Set ``JAXPURIFY_BLAS_THREADS=default`` to leave the BLAS alone.
 """
 
 from __future__ import annotations

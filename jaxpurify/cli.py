@@ -1,9 +1,28 @@
 """Command line: ``jaxpurify purify``, ``jaxpurify demo``, ``jaxpurify reproduce …`` (the benchmarks are
 ``python -m benchmarks.run`` in a checkout: they are not part of the installed package).
 
-``jaxpurify purify CHECKPOINT --codebook FILE --out PURIFIED`` exits 0 when the report is ok (every
-protected column certified, nothing unprotected), 1 when it is not, 2 for bad input (a missing or
-unreadable file, a codebook that does not fit the checkpoint) with a one-line message.
+``jaxpurify purify CHECKPOINT --codebook FILE --out PURIFIED`` reads a ``.safetensors`` ('/'- or
+'.'-joined keys) or ``.msgpack`` file, an Orbax checkpoint, a ``CheckpointManager`` step directory
+or a ``CheckpointManager`` directory (its latest step, or ``--step N``); purifies the codebook's
+model where it sits (``--select PATH``, else the rule of ``jaxpurify._checkpoint``: the whole tree
+if it holds the model, else its one subtree that does, such as ``params``) and writes the purified
+checkpoint in the input's format, every other leaf as it was.  A damaged container is salvaged by the
+codebook's layout (``io.salvage``): what was bypassed and which entries became erasures is printed
+and kept in ``--report``.  Outputs are checked before any work.  Exit status, one class each:
+
+* 0 — the report is ok (every protected column certified, every floating parameter protected,
+  the keyed seal verified);
+* 1 — purified and written, but the report is not ok (or ``--on-uncertified raise``: not written);
+* 2 — bad input: usage, a missing or unusable file, a codebook that does not fit the checkpoint,
+  an output that cannot be written;
+* 3 — the codebook has no keyed seal: changes inside range(A) could not be detected; nothing is
+  done unless ``--unsealed`` says to go on without that check;
+* 4 — the wrong codebook, probably: no column certified and the seal failing (or absent); nothing
+  written (the ``--report`` is);
+* 5 — damaged beyond salvage: leaves that cannot be read and are not protected (or not floating),
+  or a container where the codebook's leaves cannot be located; nothing written.
+
+Every failure and warning is one line on stderr naming the file and the problem, no traceback.
 Commands that compute enable JAX's persistent compilation cache (``--no-compilation-cache`` or
 ``JAXPURIFY_NO_COMPILATION_CACHE=1`` turn it off; an existing ``JAX_COMPILATION_CACHE_DIR`` wins).
 """
@@ -11,21 +30,37 @@ Commands that compute enable JAX's persistent compilation cache (``--no-compilat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 
 from jaxpurify import __version__
+from jaxpurify._uncertified import ON_UNCERTIFIED
 
-EXIT_OK, EXIT_NOT_OK, EXIT_BAD_INPUT = 0, 1, 2
-ON_UNCERTIFIED = ("input", "estimate", "raise")
+EXIT_OK, EXIT_NOT_OK, EXIT_BAD_INPUT, EXIT_UNSEALED, EXIT_WRONG_CODEBOOK, EXIT_UNREADABLE = 0, 1, 2, 3, 4, 5
+EXIT_CODES = (
+    "exit status: 0 report ok; 1 purified but not ok (columns not certified, parameters unprotected or the "
+    "seal failing); 2 bad input (usage, files, a codebook that does not fit, outputs); 3 the codebook has "
+    "no keyed seal (pass --unsealed to go on without it); 4 probably the wrong codebook (no column "
+    "certified, seal failing or absent; nothing written); 5 damaged beyond salvage (nothing written)"
+)
 PAPER = 'pip install "jaxpurify[paper]"'
 
 
 class BadInput(Exception):
     """Input the command cannot use; reported in one line, exit status 2."""
+
+
+class Stop(Exception):
+    """The command stops with its own exit status and a one-line message."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 def _one_line(e: BaseException | Warning | str) -> str:
@@ -35,13 +70,32 @@ def _one_line(e: BaseException | Warning | str) -> str:
 # -- purify ---------------------------------------------------------------------------------------
 
 
-def load_codebook(path: str, key_path: str | None = None):
+def load_codebook(
+    path: str, key_path: str | None = None, *, allow_legacy: bool = False, min_seal_counter: int | None = None
+):
     """The codebook of ``jaxpurify purify``; the one place the CLI reads codebooks and keys."""
     from jaxpurify import Codebook
 
-    if key_path is None:
-        return Codebook.load(path)
-    return Codebook.load(path, key_path=key_path)
+    return Codebook.load(path, key_path=key_path, allow_legacy=allow_legacy, min_seal_counter=min_seal_counter)
+
+
+def check_output_suffix(out: str, fmt: str) -> None:
+    """Refuse an ``--out`` whose suffix does not name ``fmt`` (the input's format, which purify
+    writes): ``io.save`` would refuse it (``.zip``) or read it as another format (no suffix means
+    Orbax), so the purified file would not be what its name says."""
+    from jaxpurify import io
+
+    try:
+        named = io.save_format(out)
+    except ValueError:
+        named = None
+    if named != fmt:
+        suffix = os.path.splitext(out.rstrip(os.sep))[1] or "(none)"
+        want = {"orbax": "no suffix", "safetensors": ".safetensors", "msgpack": ".msgpack or .mpk"}
+        raise BadInput(
+            f"--out {out}: suffix {suffix} does not name {fmt}, the format the purified checkpoint is "
+            f"written in (CHECKPOINT's); use {want.get(fmt, fmt)}"
+        )
 
 
 def _write_json(path: str, obj) -> None:
@@ -50,43 +104,146 @@ def _write_json(path: str, obj) -> None:
     io.write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
+def check_outputs(args, source) -> tuple[str, str | None]:
+    """(--out, --report) as absolute paths, checked before any work: each must differ from the
+    checkpoint and from each other, its directory must exist and be writable, and it must be what
+    will be written there — a file where a file goes (not an existing directory), an Orbax
+    directory where one goes (not a file, nor a directory that is not a checkpoint), with a
+    suffix of the input's format.  ``BadInput`` naming the flag and the path otherwise."""
+    from jaxpurify import _checkpoint, _orbax_read
+
+    out = os.path.abspath(args.out)
+    report = os.path.abspath(args.report) if args.report else None
+    src = os.path.abspath(args.checkpoint)
+    if out == src:
+        raise BadInput("--out must differ from CHECKPOINT (the damaged input is kept)")
+    if report is not None and report in (out, src):
+        raise BadInput(f"--report {args.report}: must differ from CHECKPOINT and --out")
+    for flag, dest in (("--out", out), ("--report", report)):
+        if dest is None:
+            continue
+        parent = os.path.dirname(dest)
+        if not os.path.isdir(parent):
+            raise BadInput(f"{flag} {dest}: no such directory {parent}")
+        if not os.access(parent, os.W_OK):
+            raise BadInput(f"{flag} {dest}: directory {parent} is not writable")
+    check_output_suffix(args.out, source.format)  # a suffix naming another format, or none it writes
+    if source.format == "orbax":
+        layout = _checkpoint.out_layout(source)  # an Orbax checkpoint, or a CheckpointManager step
+        if os.path.exists(out) and _orbax_read.kind(out) != layout:
+            what = "an Orbax checkpoint" if layout == "item" else "a CheckpointManager step directory"
+            raise BadInput(f"--out {args.out}: exists and is not {what}; not overwriting it")
+    elif os.path.isdir(out):
+        raise BadInput(f"--out {args.out}: is a directory; the purified {source.format} checkpoint is a file")
+    if report is not None and os.path.isdir(report):
+        raise BadInput(f"--report {args.report}: is a directory; the report is a JSON file")
+    return out, report
+
+
+def _warn(w: warnings.WarningMessage) -> None:
+    print(f"jaxpurify purify: warning: {w.category.__name__}: {_one_line(w.message)}", file=sys.stderr)
+
+
 def _purify(args) -> int:
-    from jaxpurify import UncertifiedError, io, purify
+    with warnings.catch_warnings(record=True) as caught:  # printed one line each, not Python's two
+        warnings.simplefilter("always")
+        try:
+            return _purify_checked(args)
+        finally:
+            for w in caught:
+                _warn(w)
+
+
+def _purify_checked(args) -> int:
+    from jaxpurify import UncertifiedError, _checkpoint, _salvage, io, purify
 
     for flag, p in (("CHECKPOINT", args.checkpoint), ("--codebook", args.codebook), ("--key", args.key)):
         if p is not None and not os.path.exists(p):
             raise BadInput(f"{flag} {p}: no such file or directory")
-    fmt = io.detect_format(args.checkpoint)
-    out = os.path.abspath(args.out)
-    if out == os.path.abspath(args.checkpoint):
-        raise BadInput("--out must differ from CHECKPOINT (the damaged input is kept)")
-    io.save_format(out, fmt)  # a suffix naming another format is an error before any work
-    for dest in filter(None, (out, args.report and os.path.abspath(args.report))):
-        if not os.path.isdir(os.path.dirname(dest)):
-            raise BadInput(f"{os.path.dirname(dest)}: no such directory")
-    codebook = load_codebook(args.codebook, args.key)
-    params = io.load(args.checkpoint, format=fmt)
+    source = _checkpoint.open_source(args.checkpoint, args.step)
+    out, report_path = check_outputs(args, source)
+    codebook = load_codebook(  # a legacy file's warning is printed in one line by _purify
+        args.codebook, args.key, allow_legacy=args.allow_legacy, min_seal_counter=args.min_seal_counter
+    )
+    if getattr(codebook, "seal_record", None) is None and not args.unsealed:
+        raise Stop(
+            EXIT_UNSEALED,
+            f"--codebook {args.codebook}: no keyed seal, so changes inside range(A) (a re-encoded or "
+            "regularly damaged model) cannot be detected; seal it (codebook.seal(deployed); codebook.save(…)) "
+            "or pass --unsealed to purify without that check",
+        )
+    try:
+        tree, select, salvaged = _checkpoint.read(source, codebook, args.select)
+    except _salvage.Unreadable as e:
+        raise Stop(EXIT_UNREADABLE, f"{_one_line(e)}; {args.out} not written") from None
+    params = _checkpoint.part(tree, select, codebook)
     check = getattr(codebook, "check", None)
     if check is not None:
-        check(params)
+        try:
+            check(params)
+        except ValueError as e:
+            where = f" (its subtree {select!r})" if select else ""
+            raise BadInput(f"{source.path}{where} does not fit --codebook {args.codebook}: {_one_line(e)}") from None
+    others = len(io.flatten(tree, prng_keys=True)) - len(io.flatten(params, prng_keys=True))
+    if others and args.select is None:
+        where = f" in its subtree {select!r}" if select else ""
+        print(
+            f"jaxpurify purify: {source.path}: purifying the codebook's model{where}; "
+            f"{others} other leaves are written back as they were",
+            file=sys.stderr,
+        )
+    if salvaged is not None:
+        print(f"jaxpurify purify: {_one_line(salvaged.summary())}", file=sys.stderr)
+        print(salvaged)
+        print()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             purified, report = purify(params, codebook, on_uncertified=args.on_uncertified)
     except UncertifiedError as e:  # --on-uncertified raise: the report, and nothing written
         report, purified, caught = e.report, None, []
-    for w in caught:  # one line each, not Python's file:line display
-        print(f"jaxpurify purify: {w.category.__name__}: {_one_line(w.message)}", file=sys.stderr)
+    for w in caught:
+        _warn(w)
     print(report)
-    if args.report:
-        _write_json(args.report, {"checkpoint": args.checkpoint, "format": fmt, "out": args.out, **report.as_dict()})
+    wrong = report.columns > 0 and report.certified == 0 and not (report.sealed and report.verified)
+    if report_path:
+        doc = {
+            "checkpoint": args.checkpoint,
+            "format": source.format,
+            "step": source.step,
+            "select": select,
+            "out": None if wrong or purified is None else args.out,
+            "salvage": None if salvaged is None else salvaged.as_dict(),
+            "wrong_codebook": wrong,
+        }
+        _write_json(report_path, {**doc, **report.as_dict()})
+    if wrong:
+        raise Stop(
+            EXIT_WRONG_CODEBOOK,
+            f"--codebook {args.codebook}: no column of {source.path} certified and the keyed seal "
+            + ("fails" if report.sealed else "is absent")
+            + ": probably not this checkpoint's codebook (same shapes, another key or model), or damage far "
+            f"beyond capacity; {args.out} not written",
+        )
     if purified is None:
         print(
             f"jaxpurify purify: columns not certified (--on-uncertified raise); {args.out} not written", file=sys.stderr
         )
         return EXIT_NOT_OK
-    io.save(out, purified, format=fmt)
-    print(f"wrote {args.out} ({fmt})" + (f" and {args.report}" if args.report else ""), file=sys.stderr)
+    if salvaged is not None:  # a damaged header: the key separator salvage found
+        source = dataclasses.replace(source, sep=salvaged.sep)
+    _checkpoint.write(source, out, _checkpoint.merge(tree, select, purified))
+    print(
+        f"wrote {args.out} ({source.format})" + (f" and {args.report}" if args.report else ""),
+        file=sys.stderr,
+    )
+    if salvaged is not None and salvaged.leaves and not report.all_certified:
+        left = _checkpoint.nan_count(purified, [d.path for d in salvaged.leaves], select)
+        if left:
+            print(
+                f"jaxpurify purify: {left} entries unreadable in {source.path} were not recovered: NaN in {args.out}",
+                file=sys.stderr,
+            )
     return EXIT_OK if report.ok else EXIT_NOT_OK
 
 
@@ -299,16 +456,44 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="purify a checkpoint (Orbax, .safetensors or Flax msgpack)",
         description="Recover every protected leaf of CHECKPOINT, print the report and write the "
-        "purified checkpoint in the input's format. Exit status: 0 report ok, "
-        "1 columns not certified or leaves not protected, 2 bad input.",
+        "purified checkpoint in the input's format (a damaged container is salvaged by the codebook's "
+        "layout; unreadable entries of protected leaves become erasures). Outputs are checked before any work.",
+        epilog=EXIT_CODES,
     )
     p.add_argument(
-        "checkpoint", metavar="CHECKPOINT", help="an Orbax checkpoint directory, a .safetensors or a .msgpack file"
+        "checkpoint",
+        metavar="CHECKPOINT",
+        help="a .safetensors or .msgpack file, an Orbax checkpoint, or a CheckpointManager step or directory",
     )
     p.add_argument("--codebook", required=True, metavar="FILE", help="the codebook the model was encoded with")
     p.add_argument("--key", metavar="FILE", help="the codebook's key file (default: the codebook's path + .key)")
     p.add_argument("--out", required=True, metavar="PURIFIED", help="where to write the purified checkpoint")
     p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    p.add_argument(
+        "--select",
+        metavar="PATH",
+        help="the '/'-joined path of the subtree the codebook was made for (e.g. params); the rest is "
+        "written back as it was (default: the whole checkpoint, or its one subtree that is the codebook's model)",
+    )
+    p.add_argument(
+        "--step", type=int, metavar="N", help="the step of a CheckpointManager directory (default: the latest)"
+    )
+    p.add_argument(
+        "--unsealed",
+        action="store_true",
+        help="go on with a codebook that has no keyed seal (changes inside range(A) then go undetected)",
+    )
+    p.add_argument(
+        "--allow-legacy",
+        action="store_true",
+        help="accept a version-1 codebook file (key inside, no MAC: NOT authenticated); the report says so",
+    )
+    p.add_argument(
+        "--min-seal-counter",
+        type=int,
+        metavar="N",
+        help="refuse a codebook whose seal counter is below N (an older sealed file replayed with older weights)",
+    )
     p.add_argument(
         "--on-uncertified",
         choices=ON_UNCERTIFIED,
@@ -318,7 +503,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", parents=[common], help="encode, contaminate and purify the paper's CNN on the embedded digits"
     )
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--seed", type=int, default=0, help="seeds data, model and damage (the codebook's key is always fresh)"
+    )
     d.add_argument("--filters", type=int, default=256, help="hidden filters K (default 256)")
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     r = sub.add_parser("reproduce", help="reproduce one of the paper's experiments (EXPERIMENT --help for its options)")
@@ -349,8 +536,12 @@ def main(argv: list[str] | None = None) -> int:
             from jaxpurify import demo
 
             return demo.run(seed=args.seed, filters=args.filters, steps=args.steps)
-        return {"purify": _purify, "reproduce": _reproduce}[args.command](args)
-    except (BadInput, OSError, ValueError) as e:
+        run: Callable[[argparse.Namespace], int] = {"purify": _purify, "reproduce": _reproduce}[args.command]
+        return run(args)
+    except Stop as e:
+        print(f"jaxpurify {args.command}: {_one_line(e)}", file=sys.stderr)
+        return e.code
+    except (BadInput, OSError, ValueError, TypeError) as e:
         print(f"jaxpurify {args.command}: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

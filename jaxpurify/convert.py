@@ -95,7 +95,7 @@ def convert(
       apply_fn: ``apply_fn(params, x) -> outputs`` (logits for ``loss="kl"``), e.g.
         ``lambda p, x: model.apply({"params": p}, x)``.
       params: the trained, unprotected parameters (the teacher); not modified.
-      codebook: e.g. ``Codebook.create(params, key)``.
+      codebook: e.g. ``Codebook.create(params)`` (a fresh 256-bit key).
       x_unlabelled: inputs to match the teacher on, shape (N, ...); labels are not needed.
       key: PRNG key for the minibatch order.
       steps, batch_size, optimizer: the optax loop (default: Adam 2e-2 with cosine decay).

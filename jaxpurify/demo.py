@@ -56,9 +56,9 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
     apply = lambda p, x: model.apply({"params": p}, x)
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     # The paper's setting: the hidden layer (filters and biases) is encoded; the read-out is not.
+    # The key is fresh from the OS, as a deployment's must be (``seed`` fixes data, model and damage).
     cb = Codebook.create(
         params0,
-        jax.random.fold_in(key, 1),
         redundancy=4.0,
         select=lambda p, _: -1 if p.startswith("hidden/") else False,
     )

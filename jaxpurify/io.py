@@ -10,11 +10,18 @@ Every format stores the same thing: the tree's leaves under their '/'-joined pat
 file or directory next to the destination and are renamed into place, so a failed write leaves the
 old checkpoint (or nothing), never a half-written one. Loads read the whole file, then check it
 against a template (paths, shapes and dtypes; errors name the leaf) before anything is returned:
-there is no partial tree.
+there is no partial tree.  Orbax ``CheckpointManager`` directories and their step directories
+load too (the latest step, or ``step=``).
+
+:func:`salvage` reads a *damaged* checkpoint by the layout a codebook expects: metadata damage is
+bypassed, unreadable entries of protected leaves come back as NaN (erasures for purify), anything
+else unreadable is an error naming the leaves (``jaxpurify._salvage``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -24,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxpurify import _orbax_read
+from jaxpurify._salvage import Salvage, Unreadable  # noqa: F401  (what salvage returns and raises)
 from jaxpurify.tree import leaves_with_paths
 
 PyTree = Any
@@ -37,14 +46,15 @@ _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkp
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The format of an existing checkpoint: 'orbax' (a directory), 'safetensors' or 'msgpack'.
+    """The format of an existing checkpoint: 'orbax' (a directory: a checkpoint, or a
+    ``CheckpointManager`` step or directory), 'safetensors' or 'msgpack'.
 
     Files are recognised by suffix (``.safetensors``, ``.msgpack``/``.mpk``), else by their first
     bytes. Raises ``FileNotFoundError`` if nothing is there, ``ValueError`` if it is none of these.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        if any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS):
+        if _orbax_read.kind(path) is not None:  # a checkpoint, a CheckpointManager step or directory
             return "orbax"
         inner = sorted(d for d in os.listdir(path) if os.path.exists(os.path.join(path, d, "_METADATA")))
         hint = f"; the checkpoint may be {os.path.join(path, inner[0])} (a CheckpointManager item)" if inner else ""
@@ -151,8 +161,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _replace_dir(new: str, path: str) -> None:
-    """Move directory ``new`` to ``path``; an existing Orbax checkpoint there is replaced.
+def _replace_dir(new: str, path: str, replaces: str = "item") -> None:
+    """Move directory ``new`` to ``path``; an existing Orbax checkpoint there is replaced (of the
+    layout ``replaces``: an item, or a CheckpointManager step; never a manager's whole directory).
 
     A directory cannot be renamed over a non-empty one, so the old checkpoint is first moved
     aside, and moved back if the second rename fails: at every moment one complete checkpoint
@@ -161,8 +172,9 @@ def _replace_dir(new: str, path: str) -> None:
     if not os.path.lexists(path):
         os.rename(new, path)
         return
-    if detect_format(path) != "orbax":
-        raise ValueError(f"{path} exists and is not an Orbax checkpoint; not overwriting it")
+    if _orbax_read.kind(path) != replaces:
+        what = "an Orbax checkpoint" if replaces == "item" else "a CheckpointManager step directory"
+        raise ValueError(f"{path} exists and is not {what}; not overwriting it")
     aside = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".jaxpurify-old-")
     old = os.path.join(aside, "checkpoint")
     try:
@@ -183,15 +195,32 @@ def _replace_dir(new: str, path: str) -> None:
 
 
 def _orbax_checkpointer():
-    """Orbax's PyTree checkpointer, synchronous, with compression off.
+    """Orbax's PyTree checkpointer, synchronous, with compression and OCDBT off.
 
-    Compressed storage turns a flipped bit or a damaged block into garbage over thousands of
-    floats, or a failed load (``python -m benchmarks.disk``): stored verbatim, damage stays
-    where it lands and purify can remove it.  Compressed checkpoints still load.
+    The layout that survives damage (``python -m benchmarks.containers``): every array is a
+    directory of its own holding a small ``.zarray`` and its bytes verbatim.  Compressed, a
+    flipped bit or a damaged block turns into garbage over thousands of floats, or a failed load;
+    verbatim, damage stays where it lands and purify removes it.  With OCDBT (Orbax's default)
+    all arrays share one data file located through a checksummed b-tree index: a burst in the
+    index loses every array; here the file system is the index, and a damaged ``.zarray`` or
+    ``_METADATA`` is stood in for by the codebook (:func:`salvage`).  Other checkpoints still load.
     """
     import orbax.checkpoint as ocp
 
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False, use_ocdbt=False))
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs routine notices at WARNING through absl (e.g. that a checkpoint written without
+    OCDBT has no OCDBT files to merge); they are not problems of the caller's checkpoint."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _save_orbax(path: str, tree: dict) -> None:
@@ -202,30 +231,56 @@ def _save_orbax(path: str, tree: dict) -> None:
     tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".jaxpurify-")
     try:
         new = os.path.join(tmp, "checkpoint")
-        with _orbax_checkpointer() as ckptr:
+        with _quiet_orbax(), _orbax_checkpointer() as ckptr:
             ckptr.save(new, args=ocp.args.PyTreeSave(tree))
         _replace_dir(new, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_orbax(path: str) -> Any:
-    with _orbax_checkpointer() as ckptr:
-        return ckptr.restore(path)
+def _load_orbax(path: str, step: int | None = None) -> Any:
+    """An item's tree; a step's items (one: its tree; several: ``{item: tree}``)."""
+    _, _, items = _orbax_read.resolve(path, step)
+    trees = {name: _load_orbax_item(item) for name, item in items.items()}
+    return next(iter(trees.values())) if len(trees) == 1 else trees
 
 
-def _save_safetensors(path: str, tree: dict) -> None:
+def _load_orbax_item(path: str) -> Any:
+    try:  # synchronous TensorStore reads: see _orbax_read for why not Checkpointer.restore
+        return _nest(_orbax_read.read(path))
+    except _orbax_read.Unsupported:  # values other than arrays: Orbax's own reader
+        import orbax.checkpoint as ocp
+
+        with _quiet_orbax(), ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path)
+
+
+def _save_safetensors(path: str, tree: dict, sep: str = "/") -> None:
     import safetensors.numpy
 
-    flat = {k: np.require(v, requirements="C") for k, v in flatten(tree).items()}  # keeps 0-d shapes
+    flat = {}
+    for k, v in flatten(tree).items():
+        if sep != "/" and sep in k:
+            raise ValueError(f"leaf {k!r}: a key contains {sep!r}, the key separator asked for")
+        flat[k.replace("/", sep)] = np.require(v, requirements="C")  # keeps 0-d shapes
     write_atomic(path, safetensors.numpy.save(flat))
+
+
+def safetensors_separator(keys) -> str:
+    """How a safetensors file joins path components: '/' (``io.save``), or '.' when no key holds
+    a '/' but one holds a '.' (``flax.traverse_util.flatten_dict(params, sep=".")``, the
+    convention transformers writes)."""
+    keys = list(keys)
+    return "." if not any("/" in k for k in keys) and any("." in k for k in keys) else "/"
 
 
 def _load_safetensors(path: str) -> Any:
     import safetensors.numpy
 
     # load_file (not load(bytes)) reads bfloat16; copy so no array is a view of the mapped file
-    return _nest({k: np.array(v) for k, v in safetensors.numpy.load_file(path).items()})
+    flat = {k: np.array(v) for k, v in safetensors.numpy.load_file(path).items()}
+    sep = safetensors_separator(flat)
+    return _nest({k.replace(sep, "/"): v for k, v in flat.items()})
 
 
 def _save_msgpack(path: str, tree: dict) -> None:
@@ -246,7 +301,7 @@ _WRITERS: dict[str, Callable[[str, dict], None]] = {
     "safetensors": _save_safetensors,
     "msgpack": _save_msgpack,
 }
-_READERS: dict[str, Callable[[str], Any]] = {
+_READERS: dict[str, Callable[..., Any]] = {
     "orbax": _load_orbax,
     "safetensors": _load_safetensors,
     "msgpack": _load_msgpack,
@@ -256,28 +311,41 @@ _READERS: dict[str, Callable[[str], Any]] = {
 # -- public API -----------------------------------------------------------------------------------
 
 
-def save(path: str | os.PathLike, params: PyTree, format: str | None = None) -> str:
+def save(path: str | os.PathLike, params: PyTree, format: str | None = None, *, sep: str = "/") -> str:
     """Write ``params`` to ``path`` atomically; returns the format written.
 
     ``format`` is 'orbax', 'safetensors' or 'msgpack'; by default it follows the suffix
-    (``.safetensors``, ``.msgpack``/``.mpk``; no suffix: an Orbax checkpoint directory). Leaves are
-    stored as host arrays under their '/'-joined paths, dtypes kept (bfloat16 included); Orbax
-    also stores typed PRNG keys (``jax.random.key``: key data and impl, as Orbax itself does).
-    Raises ``TypeError`` naming a leaf that is not a numeric array (e.g. a typed PRNG key for
-    safetensors or msgpack). ``params`` is
+    (``.safetensors``, ``.msgpack``/``.mpk``; no suffix: an Orbax checkpoint directory, written
+    uncompressed and without OCDBT, the layout that survives damage: see ``_orbax_checkpointer``).
+    Leaves are stored as host arrays under their '/'-joined paths (safetensors: joined with
+    ``sep``, '/' or '.'), dtypes kept (bfloat16 included); Orbax also stores typed PRNG keys
+    (``jax.random.key``: key data and impl, as Orbax itself does). Raises ``TypeError`` naming a
+    leaf that is not a numeric array (e.g. a typed PRNG key for safetensors or msgpack). ``params`` is
     not modified; an existing file or Orbax checkpoint at ``path`` is replaced only once the new one
     is complete.
     """
     path = os.path.abspath(os.fspath(path))
     fmt = save_format(path, format)
+    if sep not in ("/", ".") or (sep != "/" and fmt != "safetensors"):
+        raise ValueError(f"sep must be '/' (or '.' for safetensors), got {sep!r} for {fmt}")
     if not os.path.isdir(os.path.dirname(path)):
         raise FileNotFoundError(f"{os.path.dirname(path)}: no such directory")
-    _WRITERS[fmt](path, _nest(flatten(params, prng_keys=fmt == "orbax")))
+    tree = _nest(flatten(params, prng_keys=fmt == "orbax"))
+    if fmt == "safetensors":
+        _save_safetensors(path, tree, sep)
+    else:
+        _WRITERS[fmt](path, tree)
     return fmt
 
 
-def load(path: str | os.PathLike, template: Any = None, format: str | None = None) -> PyTree:
+def load(
+    path: str | os.PathLike, template: Any = None, format: str | None = None, *, step: int | None = None
+) -> PyTree:
     """Read a checkpoint written by :func:`save` (or by Orbax, safetensors or Flax directly).
+
+    An Orbax ``CheckpointManager`` directory gives its latest step (or ``step``); a step directory
+    its item (several items: ``{item: tree}``).  safetensors keys are split on '/', or on '.' when
+    no key holds a '/' (:func:`safetensors_separator`).
 
     Without ``template``: a nested dict of NumPy arrays keyed by path components. With a pytree
     ``template`` (arrays or ``jax.ShapeDtypeStruct``): a tree of the template's structure, after
@@ -304,8 +372,10 @@ def load(path: str | os.PathLike, template: Any = None, format: str | None = Non
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if step is not None and fmt != "orbax":
+        raise ValueError(f"step applies to Orbax CheckpointManager directories, not to {fmt}")
     try:
-        raw = _READERS[fmt](os.path.abspath(path))
+        raw = _READERS[fmt](os.path.abspath(path), **({"step": step} if step is not None else {}))
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as e:  # each reader has its own error types for a damaged file
@@ -347,3 +417,37 @@ def _match(flat: dict[str, np.ndarray], template: PyTree, source: str) -> PyTree
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ValueError(f"{source} does not match the template: " + "; ".join(problems[:5]) + more)
     return jax.tree_util.tree_unflatten(treedef, [flat[p] for p, _ in named])
+
+
+# -- damaged checkpoints --------------------------------------------------------------------------
+
+
+def salvage(
+    path: str | os.PathLike, codebook: Any, *, select: str = "", format: str | None = None, step: int | None = None
+) -> tuple[PyTree, Any]:
+    """Read a checkpoint for purify, by the codebook's layout where the container is damaged.
+
+    Returns ``(tree, salvage)``: ``salvage`` is None when the format's own reader read the file
+    (the tree is then exactly :func:`load`'s, whatever it holds: ``codebook.check`` names a leaf
+    of another model), else a :class:`Salvage` record of the metadata defects bypassed and of the
+    entries that could not be read.  Those are NaN — erasures, which purify solves for — and only
+    ever in leaves the codebook protects; an unreadable entry anywhere else raises
+    :class:`Unreadable` (a ``ValueError``) naming the leaves, as does a file in
+    which fewer than half of the codebook's leaves can be located.  ``select``: the '/'-joined
+    path of the subtree the codebook was made for (its other leaves must read intact).  Byte
+    overwrites (bursts, bit flips) and truncation are what salvage undoes; see ``_salvage``.
+    """
+    from jaxpurify import _salvage
+
+    path = os.fspath(path)
+    fmt = detect_format(path) if format is None else format
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    model = getattr(codebook, "model", None)
+    if model is None:  # a version-1 codebook records no fingerprint: nothing to salvage by
+        return load(path, format=fmt, step=step), None
+    pre = select.strip("/")
+    expect = _salvage.expectation(model, pre)
+    erasable = {f"{pre}/{p}" if pre else p for p in codebook.protected}
+    flat, record = _salvage.read(path, fmt, expect, erasable, select=pre, step=step)
+    return _nest(flat), record

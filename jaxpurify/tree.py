@@ -208,7 +208,11 @@ def flatten(tree: PyTree, *, boxes: bool = True) -> tuple[list[Leaf], list[tuple
     Raises ``ValueError`` if two leaves share a path.
     """
     tree = as_tree(tree)
-    values, treedef = jax.tree_util.tree_flatten(tree)
+    try:
+        values, treedef = jax.tree_util.tree_flatten(tree)
+    except (TypeError, ValueError) as e:
+        _explain_unsortable(tree, ())
+        raise ValueError(f"cannot read the tree: {e}") from None
 
     def box(x: Any) -> bool:
         return boxes and x is not tree and _is_box(x)
@@ -232,6 +236,25 @@ def flatten(tree: PyTree, *, boxes: bool = True) -> tuple[list[Leaf], list[tuple
             raise ValueError(f"two leaves share the path {leaf.path!r}; paths must be unique")
         seen.add(leaf.path)
     return leaves, keys, treedef
+
+
+def _explain_unsortable(node: Any, at: tuple[Any, ...]) -> None:
+    """Raise ``ValueError`` naming the first dict whose keys JAX cannot sort (mixed types)."""
+    if isinstance(node, Mapping):
+        try:
+            sorted(node)
+        except TypeError:
+            kinds = sorted({type(k).__name__ for k in node})
+            where = f"the dict at {'/'.join(map(str, at))!r}" if at else "the top-level dict"
+            raise ValueError(
+                f"{where} of the tree mixes key types ({', '.join(kinds)}); a pytree's dict keys must "
+                "sort against each other (use str keys)"
+            ) from None
+        for k, v in node.items():
+            _explain_unsortable(v, at + (k,))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _explain_unsortable(v, at + (i,))
 
 
 def leaves_with_paths(tree: PyTree, *, boxes: bool = True) -> tuple[list[tuple[str, Any]], Any]:

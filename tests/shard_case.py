@@ -26,7 +26,8 @@ def case():
         "a": jnp.asarray(rng.standard_normal((32, 64)), jnp.float32),
         "b": jnp.asarray(rng.standard_normal((32, 48)), jnp.float32),
     }
-    cb = jp.Codebook.create(params, b"0123456789abcdef")
+    # the single-axis layout (K = 32 along axis 0): one solver shape, as the comment above counts
+    cb = jp.Codebook.create(params, b"0123456789abcdef", select=lambda path, leaf: 0)
     clean = cb.decode(cb.init_latent(params))
     bad = C.contaminate(jax.random.key(3), clean, cb, C.gross_errors, rate=0.1)
     return cb, clean, bad

@@ -6,6 +6,7 @@ experiment end to end, with the issue's first target and the span attack, is mar
 """
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -74,13 +75,20 @@ def test_checksum_refuses_a_tree_missing_a_signed_leaf():
 def test_l2_projection_is_least_squares_onto_range_A_per_column():
     params = {"w": np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)}
     params["w"][5, 2] = np.nan  # non-finite entries count as 0
-    cb = Codebook.create(params, b"\x02" * 32, select=lambda path, leaf: 0)  # K = 64: column j = w[:, j]
+    cb = Codebook.create(params, b"\x02" * 32)
     (name,) = cb.groups
     out = D.l2_project(None, params, cb, None, None)
     A = np.asarray(cb.matrix(name), np.float64)
-    Y = np.nan_to_num(params["w"].astype(np.float64))
-    ref = A @ np.linalg.lstsq(A, Y, rcond=None)[0]  # the layout of a (64, 8) leaf: column j = w[:, j]
-    np.testing.assert_allclose(np.asarray(out.params["w"]), ref, rtol=1e-4, atol=1e-5)
+    # the default layout of a (64, 8) leaf: entry f (C order) at row f // m, column f % m, the last
+    # row padded; each column is fitted on its real rows only
+    m = _coprime_width(8, 64)
+    flat = np.nan_to_num(params["w"].astype(np.float64)).ravel()
+    ref = np.empty_like(flat)
+    for j in range(m):
+        idx = np.arange(j, flat.size, m)
+        rows = idx // m
+        ref[idx] = A[rows] @ np.linalg.lstsq(A[rows], flat[idx], rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(out.params["w"]).ravel(), ref, rtol=1e-4, atol=1e-5)
     assert out.flagged is None and out.detected is None
 
 
@@ -149,42 +157,54 @@ def test_backdoor_refuses_an_unknown_layout(tmp_path):
 
 def test_output_layout_spreads_a_channel_over_the_columns():
     # a (3, 3, 8, 32) kernel along its 32 outputs: 72 columns, each one weight of every channel,
-    # so rewriting channel 5 changes one entry per column; the library's default interleaves the
-    # 2304 entries into m = 37 columns (the smallest m > 32 coprime to 32 and 72 with no prime
-    # factor ≤ 13), entry (i, c) in column (32 i + c) mod 37: channel 5's 72 entries over 37 columns
+    # so rewriting channel 5 changes one entry per column (the default layout: one whole column)
     params = {
         "conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32), "bias": np.zeros(32, np.float32)},
         "readout": {"kernel": np.zeros((32, 10), np.float32)},
     }
     changed = jax.tree.map(np.zeros_like, params)
     changed["conv"]["kernel"][..., 5] = 1
-    spread = np.bincount([(32 * i + 5) % 37 for i in range(72)], minlength=37).max()
+    # the default interleaves the kernel's 2,304 entries into m = 37 columns (the smallest m > 32
+    # coprime to 32, to the fan-in 72 and to every stride 2..16): channel 5 is entries 32 i + 5
+    m = _coprime_width(32, 72)
+    spread = np.bincount([(32 * i + 5) % m for i in range(72)], minlength=m).max()
     for layout, most in (("output", 1), ("interleave", 1), ("default", spread)):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
         packed = cb.pack(changed)
         assert max(np.nansum(v, 0).max() for v in packed.values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["output"])
-    assert cb.groups["conv/kernel"].K == 32 and cb.groups["conv/kernel"].columns == 72
-    # the 10-class read-out keeps the default (interleaved) layout: 320 entries in rows of 17
-    assert (cb.groups["readout/kernel"].K, cb.groups["readout/kernel"].columns) == (19, 17)
+    # the 10-class read-out keeps the default layout: 320 entries interleaved into m columns
+    m = _coprime_width(10, 32)
+    assert (cb.groups["readout/kernel"].K, cb.groups["readout/kernel"].columns) == (-(-320 // m), m)
+
+
+def _coprime_width(channels: int, fan_in: int) -> int:
+    """The default layout's width, by its definition: the smallest m > channels coprime to the
+    channels, the fan-in and every stride 2..16."""
+    m = channels + 1
+    while any(math.gcd(m, d) > 1 for d in (channels, fan_in, *range(2, 17))):
+        m += 1
+    return m
 
 
 def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
-    # the channel trojan's read-out change: class 0's 32 weights. Both layouts interleave the
-    # (32, 10) kernel into 17 columns (the smallest m > 10 coprime to 10 and 32 with no prime
-    # factor ≤ 13), entry (i, c) in column (10 i + c) mod 17: 32 entries over 17 columns
+    # the channel trojan's read-out change: class 0's 32 weights. Both layouts leave the (32, 10)
+    # read-out to the default, which lays it into m columns (coprime to 10, 32 and every stride
+    # 2..16: m = 17), entry (i, c) in column (10 i + c) mod m: 32 entries over m columns
     params = {
         "conv": {"kernel": np.zeros((3, 3, 8, 32), np.float32)},
         "readout": {"kernel": np.zeros((32, 10), np.float32)},
     }
     changed = jax.tree.map(np.zeros_like, params)
     changed["readout"]["kernel"][:, 0] = 1
-    expect = np.bincount([(10 * i) % 17 for i in range(32)], minlength=17)
-    for layout in ("output", "interleave"):
+    m = _coprime_width(10, 32)
+    expect = np.bincount([(10 * i) % m for i in range(32)], minlength=m)
+    for layout, most in (("output", expect.max()), ("interleave", expect.max())):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
-        np.testing.assert_array_equal(np.nansum(cb.pack(changed)["readout/kernel"], 0), expect)
+        assert max(np.nansum(v, 0).max() for v in cb.pack(changed).values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["interleave"])
-    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == 17
+    np.testing.assert_array_equal(np.nansum(cb.pack(changed)["readout/kernel"], 0), expect)
+    assert cb.groups["conv/kernel"].K == 32 and cb.groups["readout/kernel"].columns == m
 
 
 def test_interleave_layout_pools_a_kernel_with_fan_in_below_16():

@@ -6,12 +6,16 @@ The one deliberate exception: a file that does not exist is the OS's FileNotFoun
 
 import copy
 import json
+import re
 import warnings
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxpurify as jp
+from jaxpurify import cli, io
 
 F32 = np.float32
 
@@ -84,7 +88,48 @@ LOAD = [
         "tampered|malformed",
     ),
     ("missing file", lambda p, t: jp.Codebook.load(t / "nope.json"), FileNotFoundError, "nope.json"),
+    # issue 25: these were raw UnicodeDecodeError / RecursionError tracebacks
+    (
+        "binary garbage",
+        lambda p, t: jp.Codebook.load(_write_bytes(t, "g.json", b"\x89PNG\xff\xfe" + bytes(range(256)))),
+        ValueError,
+        "g.json: the codebook is not JSON",
+    ),
+    (
+        "deeply nested JSON",
+        lambda p, t: jp.Codebook.load(_write(t, "n.json", "[" * 100_000 + "]" * 100_000)),
+        ValueError,
+        "n.json: the codebook is JSON nested too deeply",
+    ),
+    (
+        "key file binary",
+        lambda p, t: jp.Codebook.load(p, key_path=_write_bytes(t, "b.key", b"\xff")),
+        ValueError,
+        "b.key",
+    ),
+    (
+        "version 1 without the opt-in",
+        lambda p, t: jp.Codebook.load(
+            _write(t, "v1.json", json.dumps({"format": "jaxpurify.codebook", "version": 1, "key": [0, 7]}))
+        ),
+        ValueError,
+        "v1.json: version-1 .* allow_legacy",
+    ),
+    ("allow_legacy str", lambda p, t: jp.Codebook.load(p, allow_legacy="yes"), TypeError, "allow_legacy"),
+    (
+        "min_seal_counter negative",
+        lambda p, t: jp.Codebook.load(p, min_seal_counter=-1),
+        ValueError,
+        "min_seal_counter",
+    ),
 ]
+
+
+def _write_bytes(dirpath, name, data):
+    p = dirpath / name
+    p.write_bytes(data)
+    p.chmod(0o600)
+    return p
 
 
 @pytest.mark.parametrize("name,call,error,match", LOAD, ids=[c[0] for c in LOAD])
@@ -93,8 +138,36 @@ def test_loader(saved, tmp_path, name, call, error, match):
         call(saved, tmp_path)
 
 
+SAVE = [
+    (
+        "missing directory",
+        lambda t: t / "nowhere" / "cb.json",
+        FileNotFoundError,
+        "directory '.*nowhere' does not exist",
+    ),
+    ("a directory", lambda t: t / "adir", IsADirectoryError, "adir' is a directory"),
+]
+
+
+@pytest.mark.parametrize("name,where,error,match", SAVE, ids=[c[0] for c in SAVE])
+def test_failed_save_names_the_path_and_leaves_nothing(cb, tmp_path, name, where, error, match):
+    # issue 25: a missing directory named a temporary file; saving onto a directory failed after
+    # writing <dir>.key (the secret)
+    (tmp_path / "adir").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(error, match=match):
+        cb.save(where(tmp_path))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no key file, no temporary
+
+
 CREATE = [
     ("params None", dict(params=None), ValueError, "no parameter leaf"),
+    (
+        "mixed dict keys",
+        dict(params={"d": {"kernel": np.ones((16, 8), F32), 0: np.ones(8, F32)}}),
+        ValueError,
+        "dict at 'd' .* mixes key types \\(int, str\\)",
+    ),
     ("only int leaves", dict(params={"a": np.ones((4, 4), np.int32)}), ValueError, "no parameter leaf"),
     ("redundancy str", dict(redundancy="4"), ValueError, "redundancy"),
     ("redundancy nan", dict(redundancy=float("nan")), ValueError, "redundancy"),
@@ -189,21 +262,46 @@ PURIFY = [
     ("atol negative", dict(atol=-1.0), ValueError, "atol"),
     ("atol inf", dict(atol=float("inf")), ValueError, "atol"),
     ("rtol 2", dict(rtol=2.0), ValueError, "rtol"),
+    # issue 25: an OverflowError from inside jit, a RuntimeError of JAX's, a comparison in tree_flatten
+    ("passes 10**12", dict(passes=10**12), ValueError, "passes must be a positive int ≤ 2\\*\\*31"),
+    ("max_cg 2**31", dict(max_cg=2**31), ValueError, "max_cg"),
+    ("deleted leaf", dict(params="deleted"), ValueError, "leaf 'd/kernel' has been deleted"),
+    (
+        "mixed dict keys",
+        dict(params={"d": {"kernel": np.ones((16, 8), F32), "bias": np.zeros(8, F32)}, 1: np.ones(3, F32)}),
+        ValueError,
+        "top-level dict of the tree mixes key types",
+    ),
 ]
+
+
+def _deleted_kernel():
+    k = jnp.ones((16, 8), jnp.float32)
+    k.delete()
+    return {"d": {"kernel": k, "bias": np.zeros(8, F32)}}
 
 
 @pytest.mark.parametrize("name,kw,error,match", PURIFY, ids=[c[0] for c in PURIFY])
 def test_purify(cb, name, kw, error, match):
     kw = dict(kw)
     params = kw.pop("params", _params())
+    params = _deleted_kernel() if isinstance(params, str) and params == "deleted" else params
     codebook = kw.pop("codebook", cb)
-    before = copy.deepcopy(params)
+    before = _copy(params)
     with pytest.raises(error, match=match):
         jp.purify(params, codebook, **kw)
     assert _same(before, params)  # nothing passed in is mutated
 
 
+def _copy(tree):  # a deleted array cannot be read, so it stands for itself
+    if isinstance(tree, dict):
+        return {k: _copy(v) for k, v in tree.items()}
+    return tree if isinstance(tree, jax.Array) and tree.is_deleted() else copy.deepcopy(tree)
+
+
 def _same(a, b):
+    if isinstance(a, jax.Array) and a.is_deleted():
+        return a is b
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return type(a) is type(b) and np.array_equal(np.asarray(a), np.asarray(b))
@@ -233,14 +331,45 @@ RECOVER = [
     ("relax 2", (A8, Y8), dict(relax=2.0), ValueError, "relax"),
     ("atol nan", (A8, Y8), dict(atol=float("nan")), ValueError, "atol"),
     ("trim int", (A8, Y8), dict(trim=1), ValueError, "trim"),
+    ("passes 10**12", (A8, Y8), dict(passes=10**12), ValueError, "passes must be a positive int ≤ 2\\*\\*31"),
+    ("A deleted", ("deleted", Y8), {}, ValueError, "A has been deleted"),
+    ("Y deleted", (A8, "deleted"), {}, ValueError, "Y has been deleted"),
 ]
+
+
+def _deleted_like(a):
+    d = jnp.asarray(a)
+    d.delete()
+    return d
 
 
 @pytest.mark.parametrize("name,args,kw,error,match", RECOVER, ids=[c[0] for c in RECOVER])
 def test_recover(name, args, kw, error, match):
+    args = tuple(
+        _deleted_like(A8 if i == 0 else Y8) if isinstance(a, str) and a == "deleted" else a for i, a in enumerate(args)
+    )
     arrays = [a for a in args if isinstance(a, np.ndarray)]
     before = [a.copy() for a in arrays]
     with pytest.raises(error, match=match):
         jp.recover(*args, **kw)
     for a, b in zip(before, arrays):  # nothing passed in is mutated
         np.testing.assert_array_equal(a, b)
+
+
+CLI = [
+    # issue 25: --out o.zip wrote safetensors and exited 0, though io.save refuses .zip
+    ("zip suffix", "o.zip", "suffix .zip does not name safetensors"),
+    ("no suffix (Orbax)", "purified", "suffix \\(none\\) does not name safetensors"),
+    ("another format", "o.msgpack", "suffix .msgpack does not name safetensors"),
+]
+
+
+@pytest.mark.parametrize("name,out,match", CLI, ids=[c[0] for c in CLI])
+def test_cli_refuses_an_output_suffix_it_will_not_write(cb, saved, tmp_path, capsys, name, out, match):
+    src = tmp_path / "m.safetensors"
+    io.save(src, _params())
+    argv = ["purify", str(src), "--codebook", str(saved), "--out", str(tmp_path / out)]
+    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(match, err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # nothing written

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import warnings
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ from flax import serialization
 
 import jaxpurify
 from jaxpurify import Codebook, cli, demo, io
+from jaxpurify._keys import WeakKeyWarning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMATS = {"orbax": "ckpt", "safetensors": "model.safetensors", "msgpack": "model.msgpack"}
@@ -39,7 +41,9 @@ def _run(*args, env=None):
 
 def test_demo_recovers_every_scenario_within_capacity(capsys):
     # small model, few steps: the same scenarios as `jaxpurify demo`
-    assert demo.run(filters=64, steps=60) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WeakKeyWarning)  # issue 25: the demo protects with a strong key
+        assert demo.run(filters=64, steps=60) == 0
     out = capsys.readouterr().out
     assert "gross errors 20%" in out and "beyond capacity" in out
     rows = [line for line in out.splitlines() if line.startswith("gross errors 45%")]
@@ -124,7 +128,7 @@ def test_missing_extras_are_reported_before_any_work(tmp_path, monkeypatch, caps
 
 
 def _model():
-    """An encoded two-layer MLP (every leaf protected along an axis of ≥ 8 entries) and its codebook."""
+    """An encoded two-layer MLP (every leaf protected) and its codebook."""
     rng = np.random.default_rng(0)
     params = {
         "params": {
@@ -138,8 +142,15 @@ def _model():
             },
         }
     }
-    codebook = Codebook.create(params, jax.random.key(0))
+    # Dense_1's kernel in the paper's single-axis layout (K = 16, 12 columns), the rest pooled by
+    # the default (one column of 124 entries): damage can then be kept to some columns
+    codebook = Codebook.create(
+        params,
+        b"test-cli-model-secret-0123456789",
+        select=lambda path, leaf: 0 if path.endswith("Dense_1/kernel") else None,
+    )
     clean = jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(params)))
+    codebook.seal(clean)  # the command line refuses an unsealed codebook unless told --unsealed
     return clean, codebook
 
 
@@ -208,7 +219,9 @@ def test_uncertified_columns_exit_1_and_raise_writes_nothing(tmp_path, capsys, m
     book = str(tmp_path / "codebook.json")
     codebook.save(book)
     src, out, rep = str(tmp_path / "m.safetensors"), str(tmp_path / "p.safetensors"), str(tmp_path / "r.json")
-    bad = _damage(clean, entries=0.6)  # most entries of every column: beyond any capacity
+    bad = _flat(_damage(clean, entries=0.01))
+    bad["params/Dense_1/kernel"] = _flat(_damage(clean, entries=0.6))["params/Dense_1/kernel"]  # beyond capacity
+    bad = io._nest(bad)
     io.save(src, bad)
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 1
     with open(rep) as f:
@@ -218,7 +231,7 @@ def test_uncertified_columns_exit_1_and_raise_writes_nothing(tmp_path, capsys, m
     for p in c:
         recovered = np.isclose(got[p], c[p], rtol=1e-5, atol=1e-5 * np.abs(c[p]).max())
         assert np.all(recovered | (got[p] == b[p])), p
-        assert np.any(got[p] == b[p]), p  # and not everything was certified
+    assert not np.all(np.isclose(got["params/Dense_1/kernel"], c["params/Dense_1/kernel"]))  # not all certified
     capsys.readouterr()
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--on-uncertified", "estimate"]) == 1
     err = capsys.readouterr().err
@@ -235,8 +248,11 @@ def test_uncertified_columns_exit_1_and_raise_writes_nothing(tmp_path, capsys, m
 def test_an_unprotected_leaf_exits_1(tmp_path, capsys, model):
     clean, _ = model
     skip = "params/Dense_1/bias"
-    codebook = Codebook.create(clean, jax.random.key(3), select=lambda p, leaf: False if p == skip else None)
+    codebook = Codebook.create(
+        clean, b"test-cli-skip-secret-0123456789!", select=lambda p, leaf: None if p != skip else False
+    )
     encoded = jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(clean)))
+    codebook.seal(encoded)
     book, src, out, rep = (str(tmp_path / f) for f in ("codebook.json", "m.msgpack", "p.msgpack", "r.json"))
     codebook.save(book)
     io.save(src, encoded)
@@ -257,6 +273,57 @@ def test_key_file_given_with_key(tmp_path, capsys, model):
     assert cli.main(["purify", src, "--codebook", book, "--key", key, "--out", out]) == 0
 
 
+def test_a_forged_version_1_codebook_is_refused_unless_allowed(tmp_path, capsys, model):
+    # issue 25: a hand-written version-1 codebook (the attacker's key words inside, no MAC) and a
+    # model re-encoded with it gave exit 0, "ok", even with --key naming the real key file
+    clean, codebook = model
+    codebook.save(tmp_path / "real.json")
+    leaves = [
+        {"path": p, "shape": list(w.shape), "dtype": "float32", "axis": w.ndim - 1, "K": w.shape[-1], "n": 3}
+        for p, w in _flat(clean).items()
+    ]
+    forged = {"format": "jaxpurify.codebook", "version": 1, "key": [0, 7], "redundancy": 4.0, "leaves": leaves}
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    with pytest.warns(jaxpurify.LegacyCodebookWarning):
+        theirs = Codebook.load(tmp_path / "forged.json", allow_legacy=True)
+    latent = {p: np.ones(t.shape, np.float32) for p, t in theirs.encode(clean).items()}
+    evil = jax.tree.map(np.asarray, theirs.decode(latent))
+    src, out, rep = (str(tmp_path / f) for f in ("evil.msgpack", "p.msgpack", "r.json"))
+    io.save(src, {"params": evil["params"]} if "params" in evil else evil)
+    book = str(tmp_path / "forged.json")
+    for extra in ([], ["--key", str(tmp_path / "real.json.key")]):
+        assert cli.main(["purify", src, "--codebook", book, "--out", out, *extra]) == 2
+        assert "--allow-legacy" in capsys.readouterr().err and not os.path.exists(out)
+    argv = ["purify", src, "--codebook", book, "--out", out, "--allow-legacy"]
+    assert cli.main([*argv, "--key", str(tmp_path / "real.json.key")]) == 2
+    assert "wrong key" in capsys.readouterr().err and not os.path.exists(out)
+    # opted in by name (and to its missing seal): purified, and the report says so
+    assert cli.main([*argv, "--unsealed", "--report", rep]) == 0
+    printed = capsys.readouterr()
+    assert "legacy version-1 file, NOT authenticated" in printed.out
+    assert "jaxpurify purify: warning: LegacyCodebookWarning: " in printed.err and "Traceback" not in printed.err
+    with open(rep) as f:
+        assert json.load(f)["legacy_codebook"] is True
+
+
+def test_min_seal_counter_refuses_a_replayed_older_codebook(tmp_path, capsys, model):
+    clean, codebook = model
+    book, src, out = (str(tmp_path / f) for f in ("cb.json", "m.msgpack", "p.msgpack"))
+    codebook.save(book)
+    cb = Codebook.load(book)  # a copy: the module's codebook stays as it is
+    cb.seal(clean, counter=1)
+    cb.save(book)
+    older = open(book, "rb").read()
+    cb.seal(clean)  # counter 2: the weights were re-sealed
+    cb.save(book)
+    with open(book, "wb") as f:
+        f.write(older)  # replayed
+    io.save(src, clean)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--min-seal-counter", "2"]) == 2
+    assert "stale codebook: its seal has counter 1" in capsys.readouterr().err and not os.path.exists(out)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--min-seal-counter", "1"]) == 0
+
+
 def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, model):
     clean, codebook = model
     book = str(tmp_path / "codebook.json")
@@ -270,7 +337,7 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, model):
     )
 
 
-@pytest.mark.parametrize("case", ["mismatch", "truncated", "suffix", "codebook"])
+@pytest.mark.parametrize("case", ["mismatch", "suffix", "codebook"])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, model, case):
     clean, codebook = model
     book = str(tmp_path / "codebook.json")
@@ -282,10 +349,6 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, model, case):
             clean["params"], Dense_1={"kernel": np.zeros((16, 20), np.float32), "bias": np.zeros(20, np.float32)}
         )
         io.save(src, {"params": other})
-    elif case == "truncated":
-        data = open(src, "rb").read()
-        with open(src, "wb") as f:
-            f.write(data[: len(data) // 2])
     elif case == "suffix":
         out = str(tmp_path / "p.safetensors")  # the output keeps the input's format
     else:
@@ -294,7 +357,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, model, case):
     assert cli.main(["purify", src, "--codebook", book, "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("jaxpurify purify: ")
-    assert {"mismatch": "Dense_1", "truncated": "cannot read", "suffix": "suffix", "codebook": "codebook"}[case] in err
+    assert {"mismatch": "Dense_1", "suffix": "suffix", "codebook": "codebook"}[case] in err
     assert not os.path.exists(out)
 
 
@@ -336,3 +399,316 @@ def test_cli_enables_the_cache_unless_told_not_to(tmp_path, monkeypatch, model, 
     io.save(src, clean)
     assert cli.main(["purify", src, "--codebook", book, "--out", str(tmp_path / "p.msgpack"), *flag]) == 0
     assert len(calls) == int(enabled)
+
+
+# -- safe by default, outputs, layouts, damaged containers (issue 22) -----------------------------
+
+
+def _book(tmp_path, codebook, name="codebook.json"):
+    book = str(tmp_path / name)
+    codebook.save(book)
+    return book
+
+
+def test_an_unsealed_codebook_stops_unless_told_unsealed(tmp_path, capsys, model):
+    clean, _ = model
+    unsealed = Codebook.create(clean, b"test-cli-unsealed-secret-0123456")
+    encoded = jax.tree.map(np.asarray, unsealed.decode(unsealed.init_latent(clean)))
+    book, src, out, rep = _book(tmp_path, unsealed), str(tmp_path / "m.msgpack"), str(tmp_path / "p.msgpack"), None
+    io.save(src, encoded)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out]) == cli.EXIT_UNSEALED == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no keyed seal" in err and "range(A)" in err and "--unsealed" in err
+    assert not os.path.exists(out)
+    rep = str(tmp_path / "r.json")
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep, "--unsealed"]) == 0
+    printed = capsys.readouterr().out
+    assert "keyed seal not checked" in printed and "changes inside range(A) cannot be detected" in printed
+    with open(rep) as f:
+        report = json.load(f)
+    assert report["seal_checked"] is False and "not checked" in report["seal_statement"]
+    assert "not checked" in report["status"]
+
+
+def test_the_report_says_the_seal_was_checked(tmp_path, capsys, model):
+    clean, codebook = model
+    book, src, out, rep = _book(tmp_path, codebook), *(str(tmp_path / f) for f in ("m.msgpack", "p.msgpack", "r.json"))
+    io.save(src, clean)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 0
+    assert "keyed seal checked: all 4 sealed leaves verified" in capsys.readouterr().out
+    with open(rep) as f:
+        report = json.load(f)
+    assert report["seal_checked"] is True and report["seal_statement"].startswith("keyed seal checked")
+    assert "seal verified" in report["status"]
+
+
+def test_the_codebook_of_a_same_shaped_other_model_is_called_wrong_and_nothing_written(tmp_path, capsys, model):
+    clean, _ = model
+    other = Codebook.create(clean, b"test-cli-another-secret-01234567")  # same shapes, another key
+    other.seal(jax.tree.map(np.asarray, other.decode(other.init_latent(clean))))
+    book, src, out, rep = _book(tmp_path, other), *(str(tmp_path / f) for f in ("m.msgpack", "p.msgpack", "r.json"))
+    io.save(src, clean)
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == cli.EXIT_WRONG_CODEBOOK
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "probably not this checkpoint's codebook" in err and "not written" in err
+    assert not os.path.exists(out)
+    with open(rep) as f:
+        report = json.load(f)
+    assert report["wrong_codebook"] is True and report["certified"] == 0 and report["out"] is None
+
+
+@pytest.mark.parametrize(
+    "case", ["out-dir", "report-dir", "out-parent", "report-parent", "report-is-out", "orbax-file"]
+)
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch, model, case):
+    import jaxpurify
+
+    clean, codebook = model
+    book = _book(tmp_path, codebook)
+    fmt = "orbax" if case == "orbax-file" else "msgpack"
+    src = str(tmp_path / ("ckpt" if fmt == "orbax" else "m.msgpack"))
+    io.save(src, clean)
+    out, rep = str(tmp_path / ("purified" if fmt == "orbax" else "p.msgpack")), str(tmp_path / "r.json")
+    if case == "out-dir":
+        os.mkdir(out)
+    elif case == "report-dir":
+        os.mkdir(rep)
+    elif case == "out-parent":
+        out = str(tmp_path / "missing" / "p.msgpack")
+    elif case == "report-parent":
+        rep = str(tmp_path / "missing" / "r.json")
+    elif case == "report-is-out":
+        rep = out
+    else:
+        with open(out, "w") as f:
+            f.write("not a checkpoint")
+    monkeypatch.setattr(jaxpurify, "purify", lambda *a, **k: pytest.fail("purify ran before the outputs were checked"))
+    monkeypatch.setattr(cli, "load_codebook", lambda *a, **k: pytest.fail("work started before the outputs check"))
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("--out" in err or "--report" in err)
+    assert (out if case in ("out-parent",) else rep if case == "report-parent" else tmp_path) and True
+    flag_path = {"report-dir": rep, "report-parent": rep, "report-is-out": rep}.get(case, out)
+    assert flag_path in err
+
+
+def _variables(clean):
+    rng = np.random.default_rng(5)
+    return {
+        "params": clean["params"],
+        "batch_stats": {"bn": {"mean": rng.standard_normal(16).astype(np.float32), "var": np.ones(16, np.float32)}},
+        "step": np.array(300, np.int32),
+    }
+
+
+@pytest.mark.parametrize("made_for, select", [("variables", None), ("inner", "params"), ("inner", None)])
+def test_a_subtree_is_purified_and_the_rest_written_back_untouched(tmp_path, capsys, model, made_for, select):
+    clean, codebook = model  # made for {"params": …}
+    if made_for == "inner":  # made for the params dict itself, as linen's variables["params"]
+        codebook = Codebook.create(clean["params"], b"test-cli-inner-secret-0123456789")
+        clean = {"params": jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(clean["params"])))}
+        codebook.seal(clean["params"])
+    variables = _variables(clean)
+    bad = dict(variables, params=_damage(clean, entries=0.01)["params"])
+    book, src, out = _book(tmp_path, codebook), str(tmp_path / "m.msgpack"), str(tmp_path / "p.msgpack")
+    io.save(src, bad)
+    argv = ["purify", src, "--codebook", book, "--out", out] + (["--select", select] if select else [])
+    if made_for == "inner" and select is None:
+        # a codebook made from the params alone reads the whole variables dict (it knows its params
+        # root); the batch statistics beside them are inference state its seal holds no copy of:
+        # purified and written, but not ok, and said (``--select params`` leaves them out)
+        assert cli.main(argv) == 1
+        printed = capsys.readouterr()
+        assert "batch_stats/bn/mean" in printed.out and "not checked" in printed.out
+    else:
+        assert cli.main(argv) == 0
+        err = capsys.readouterr().err
+        said = "3 other leaves are written back"
+        assert (said in err) == (select is None)  # the rule's choice, said in one line
+    with open(out, "rb") as f:
+        got = _flat(serialization.msgpack_restore(f.read()))
+    want = _flat({"params": clean["params"]})
+    for p in want:
+        np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+    rest = _flat({k: v for k, v in variables.items() if k != "params"})
+    assert sorted(got) == sorted([*want, *rest])
+    for p, v in rest.items():
+        assert got[p].dtype == v.dtype and got[p].tobytes() == v.tobytes(), p
+
+
+def test_an_orbax_checkpoint_manager_directory_and_its_steps(tmp_path, capsys, model):
+    clean, codebook = model
+    book, root = _book(tmp_path, codebook), str(tmp_path / "run")
+    early = _damage(clean, entries=0.01, seed=2)
+    late = _damage(clean, entries=0.01, seed=3)
+    with ocp.CheckpointManager(root) as m:
+        m.save(10, args=ocp.args.StandardSave(jax.tree.map(np.asarray, early)))
+        m.save(20, args=ocp.args.StandardSave(jax.tree.map(np.asarray, late)))
+        m.wait_until_finished()
+    for argv, used in (([root], late), ([root, "--step", "10"], early), ([os.path.join(root, "10")], early)):
+        out = str(tmp_path / f"out{len(argv)}")
+        rep = out + ".json"
+        assert cli.main(["purify", *argv, "--codebook", book, "--out", out, "--report", rep]) == 0
+        with ocp.StandardCheckpointer() as c:  # a step directory: its item, restorable by Orbax
+            got = _flat(jax.tree.map(np.asarray, c.restore(os.path.join(out, "default"))))
+        want = _flat(clean)
+        for p in want:
+            np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+        with open(rep) as f:
+            assert json.load(f)["step"] == (10 if used is early else 20)
+        assert os.path.exists(os.path.join(out, "_CHECKPOINT_METADATA"))
+    assert cli.main(["purify", root, "--step", "15", "--codebook", book, "--out", str(tmp_path / "x")]) == 2
+    assert "no step 15" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("header", ["intact", "damaged"])
+def test_dot_joined_safetensors_are_read_and_written_back_dot_joined(tmp_path, model, header):
+    clean, codebook = model
+    book, src, out = _book(tmp_path, codebook), str(tmp_path / "m.safetensors"), str(tmp_path / "p.safetensors")
+    bad = _flat(_damage(clean, entries=0.01))
+    safetensors.numpy.save_file({k.replace("/", "."): v for k, v in bad.items()}, src)  # flatten_dict(sep=".")
+    if header == "damaged":
+        raw = bytearray(open(src, "rb").read())
+        at = raw.find(b'"params.Dense_0.kernel"')
+        raw[at : at + 30] = b"\xff" * 30
+        with open(src, "wb") as f:
+            f.write(bytes(raw))
+    assert cli.main(["purify", src, "--codebook", book, "--out", out]) == 0
+    got, want = safetensors.numpy.load_file(out), _flat(clean)
+    assert sorted(got) == sorted(k.replace("/", ".") for k in want)
+    for p in want:
+        g = got[p.replace("/", ".")]
+        np.testing.assert_allclose(g, want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+
+
+def test_a_damaged_container_is_salvaged_and_said_so(tmp_path, capsys, model):
+    clean, codebook = model
+    book, src, out, rep = _book(tmp_path, codebook), *(str(tmp_path / f) for f in ("m.msgpack", "p.msgpack", "r.json"))
+    io.save(src, clean)
+    raw = bytearray(open(src, "rb").read())
+    kernel = raw.find(clean["params"]["Dense_1"]["kernel"].tobytes())
+    raw[kernel - 12 : kernel + 52] = b"\xc1" * 64  # a 64-byte burst over a header and the first floats
+    with open(src, "wb") as f:
+        f.write(bytes(raw))
+    with pytest.raises(Exception):  # noqa: B017 (the format's own reader fails)
+        serialization.msgpack_restore(bytes(raw))
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 0
+    captured = capsys.readouterr()
+    assert "damaged msgpack container" in captured.err and "salvaged" in captured.out
+    got, want = _read("msgpack", out), _flat(clean)
+    for p in want:
+        np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+    with open(rep) as f:
+        report = json.load(f)
+    assert report["ok"] is True and report["salvage"]["format"] == "msgpack" and report["salvage"]["container"]
+
+
+def test_an_unreadable_unprotected_leaf_exits_5_naming_it(tmp_path, capsys, model):
+    clean, codebook = model
+    variables = _variables(clean)
+    codebook = Codebook.create(variables, b"test-cli-variables-secret-012345")
+    encoded = dict(
+        variables, params=jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(variables)))["params"]
+    )
+    codebook.seal(encoded)
+    book, src, out = _book(tmp_path, codebook), str(tmp_path / "ckpt"), str(tmp_path / "purified")
+    io.save(src, encoded)
+    os.remove(os.path.join(src, "batch_stats.bn.var", "0"))  # a chunk of BatchNorm statistics is gone
+    r = _run("purify", src, "--codebook", book, "--out", out)
+    assert r.returncode == cli.EXIT_UNREADABLE == 5
+    assert r.stderr.count("\n") == 1 and "batch_stats/bn/var" in r.stderr and "not protected" in r.stderr
+    assert "Traceback" not in r.stderr and not os.path.exists(out)
+
+
+def test_damaged_orbax_as_flax_docs_write_it_fails_in_lines_not_tracebacks(tmp_path, model):
+    clean, codebook = model
+    book, src, out = _book(tmp_path, codebook), str(tmp_path / "ckpt"), str(tmp_path / "purified")
+    with ocp.StandardCheckpointer() as c:  # OCDBT, compressed
+        c.save(src, jax.tree.map(np.asarray, clean))
+    for name in os.listdir(os.path.join(src, "d")):  # the b-tree index: every array lost
+        _overwrite_middle(os.path.join(src, "d", name))
+    r = _run("purify", src, "--codebook", book, "--out", out)
+    assert r.returncode == cli.EXIT_UNREADABLE
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxpurify purify: ") and "Traceback" not in r.stderr
+    assert "Event loop is closed" not in r.stderr and not os.path.exists(out)
+
+
+def _overwrite_middle(path):
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64
+    with open(path, "wb") as f:
+        f.write(bytes(raw))
+
+
+def test_library_warnings_print_as_one_line(tmp_path, capsys, model):
+    clean, codebook = model
+    book, src, out = _book(tmp_path, codebook), str(tmp_path / "m.msgpack"), str(tmp_path / "p.msgpack")
+    io.save(src, clean)
+    os.chmod(book + ".key", 0o644)  # readable by others: a warning, not an error
+    assert cli.main(["purify", src, "--codebook", book, "--out", out]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.startswith("jaxpurify purify: warning")]
+    assert len(warned) == 1 and warned[0].startswith("jaxpurify purify: warning: UserWarning: ")
+    assert "key file" in warned[0] and "chmod 600" in warned[0] and "warnings.warn" not in err
+
+
+def test_help_documents_every_exit_code():
+    r = _run("purify", "--help")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0
+    for code in range(6):
+        assert f"{code} " in text.split("exit status:")[1]
+    for flag in ("--select", "--step", "--unsealed"):
+        assert flag in text
+
+
+def test_a_truncated_checkpoint_is_purified_as_far_as_it_goes_and_the_rest_said(tmp_path, capsys, model):
+    clean, codebook = model
+    book, src, out, rep = _book(tmp_path, codebook), *(str(tmp_path / f) for f in ("m.msgpack", "p.msgpack", "r.json"))
+    io.save(src, clean)
+    raw = open(src, "rb").read()
+    last = clean["params"]["Dense_1"]["kernel"]  # the last leaf in the file: cut off entirely
+    with open(src, "wb") as f:
+        f.write(raw[: raw.find(last.tobytes())])
+    assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 1
+    err = capsys.readouterr().err
+    assert f"{last.size} entries unreadable in {src} were not recovered: NaN in {out}" in err
+    got, want = _read("msgpack", out), _flat(clean)
+    assert np.isnan(got["params/Dense_1/kernel"]).all()
+    for p in want:
+        if p != "params/Dense_1/kernel":
+            np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+    with open(rep) as f:
+        report = json.load(f)
+    assert report["salvage"]["leaves"] == [
+        {
+            "path": "params/Dense_1/kernel",
+            "erased": last.size,
+            "size": last.size,
+            "why": report["salvage"]["leaves"][0]["why"],
+        }
+    ]
+    assert "truncated" in report["salvage"]["leaves"][0]["why"]
+
+
+def test_a_step_with_several_items_keeps_the_others_as_they_were(tmp_path, model):
+    clean, codebook = model
+    book, root, out = _book(tmp_path, codebook), str(tmp_path / "run"), str(tmp_path / "purified")
+    variables = _variables(clean)
+    bad = dict(variables, params=jax.tree.map(np.asarray, _damage(clean, entries=0.01)["params"]))
+    with ocp.CheckpointManager(root) as m:
+        m.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(bad), metrics=ocp.args.JsonSave({"loss": 0.25})))
+        m.wait_until_finished()
+    assert cli.main(["purify", root, "--codebook", book, "--out", out]) == 0
+    with ocp.StandardCheckpointer() as c:
+        got = _flat(jax.tree.map(np.asarray, c.restore(os.path.join(out, "state"))))
+    want = _flat(clean)
+    for p in want:
+        np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
+    for p, v in _flat({k: v for k, v in variables.items() if k != "params"}).items():
+        assert got[p].tobytes() == v.tobytes(), p
+    for d, _, files in os.walk(os.path.join(root, "3", "metrics")):  # the other item, byte for byte
+        for f in files:
+            rel = os.path.relpath(os.path.join(d, f), os.path.join(root, "3"))
+            assert open(os.path.join(root, "3", rel), "rb").read() == open(os.path.join(out, rel), "rb").read()

@@ -331,7 +331,7 @@ def test_version_1_files_still_load(tmp_path, params):
     }
     p = tmp_path / "v1.json"
     p.write_text(json.dumps(v1))
-    cb = jp.Codebook.load(p)
+    cb = jp.Codebook.load(p, allow_legacy=True)  # unauthenticated: refused without the opt-in
     np.testing.assert_array_equal(
         cb.matrix("dense/kernel", jnp.float32), gaussian_matrix((0, 42), "dense/kernel", 24, 6).astype(np.float32)
     )
@@ -359,7 +359,7 @@ def test_load_rejects_bad_files(tmp_path, params):
         )
     )
     with pytest.raises(ValueError, match="'a'"):
-        jp.Codebook.load(p)
+        jp.Codebook.load(p, allow_legacy=True)
     cb0 = jp.Codebook.create(params, 0)
     good = cb0.to_json()
     for edit, match in [

@@ -102,7 +102,8 @@ def test_wrong_key_is_named(saved, tmp_path):
         (lambda d: d["groups"][0].update(n=0), "group 'conv/kernel' n must be an int ≥ 1"),
         (lambda d: d["groups"][0].update(K=4.5), "group 'conv/kernel' K must be an int"),
         (lambda d: d["groups"][0].update(dtype="int8"), "group 'conv/kernel' has dtype 'int8'"),
-        (lambda d: d["groups"][0].update(K=17), "group 'conv/kernel'"),  # the layout's own consistency check
+        # the layout's own consistency check: K is 17 (288 entries in 17 columns), 16 rows hold too few
+        (lambda d: d["groups"][0].update(K=16), "group 'conv/kernel'"),
         (lambda d: d["groups"][0]["segments"].append(["nowhere", 0, 1]), "segment"),
         (lambda d: d["leaves"][1].update(axis=True), "axis must be an int"),
         (lambda d: d["leaves"][1].update(axis=4), "axis 4 out of range"),
@@ -171,6 +172,28 @@ def test_failed_save_leaves_both_old_files(saved, tmp_path, monkeypatch):
     assert jp.Codebook.load(path) == cb
 
 
+def test_failed_rename_of_the_codebook_puts_the_key_file_back(saved, tmp_path, monkeypatch):
+    # the key is renamed into place first; if the codebook's rename then fails, no new secret stays
+    cb, path = saved
+    before = path.read_bytes(), (tmp_path / "cb.json.key").read_bytes()
+    replace = os.replace
+
+    def failing_second(src, dst):
+        if os.fspath(dst).endswith("cb.json") or os.fspath(dst).endswith("fresh.json"):
+            raise OSError("rename failed")
+        return replace(src, dst)
+
+    monkeypatch.setattr(_codebook_file.os, "replace", failing_second)
+    with pytest.raises(OSError, match="rename failed"):
+        jp.Codebook.create(_params()).save(path)  # over an existing pair: the old key file comes back
+    with pytest.raises(OSError, match="rename failed"):
+        cb.save(tmp_path / "fresh.json")  # a new pair: no key file is left
+    monkeypatch.undo()
+    assert (path.read_bytes(), (tmp_path / "cb.json.key").read_bytes()) == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cb.json", "cb.json.key"]
+    assert jp.Codebook.load(path) == cb
+
+
 def test_bad_files(tmp_path):
     p = tmp_path / "x.json"
     p.write_text("{not json")
@@ -193,28 +216,88 @@ def test_group_readable_key_file_warns(saved, tmp_path):
         assert jp.Codebook.load(path) == cb
 
 
-def test_version_1_files_still_load_with_a_warning(tmp_path):
-    p = tmp_path / "old.json"
+def _v1(path, key=(0, 42)):
     leaf = {"path": "w", "shape": [4, 16], "dtype": "float32", "axis": 1, "K": 16, "n": 4}
-    p.write_text(
-        json.dumps({"format": "jaxpurify.codebook", "version": 1, "key": [0, 42], "redundancy": 4.0, "leaves": [leaf]})
-    )
+    doc = {"format": "jaxpurify.codebook", "version": 1, "key": list(key), "redundancy": 4.0, "leaves": [leaf]}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_version_1_files_load_only_when_allowed_by_name(tmp_path):
+    p = _v1(tmp_path / "old.json")
+    with pytest.raises(ValueError, match="version-1.*unauthenticated.*allow_legacy=True"):
+        jp.Codebook.load(p)  # issue 25: anyone can write one, so it is no longer the default
+    with pytest.raises(TypeError, match="allow_legacy must be a bool"):
+        jp.Codebook.load(p, allow_legacy="yes")
     with pytest.warns(LegacyCodebookWarning, match="unauthenticated"):
-        cb = jp.Codebook.load(p)
-    assert cb.secret == b"\x00\x00\x00\x00\x2a\x00\x00\x00" and cb.model is None
+        cb = jp.Codebook.load(p, allow_legacy=True)
+    assert cb.secret == b"\x00\x00\x00\x00\x2a\x00\x00\x00" and cb.model is None and cb.legacy
     with pytest.warns(UserWarning):
         ref = jp.Codebook.create({"w": jnp.zeros((4, 16))}, 42, select=lambda p, l: 1)  # v1's layout
     np.testing.assert_array_equal(cb.matrix("w"), ref.matrix("w"))
     cb.save(tmp_path / "new.json")  # re-saved as version 2, key moved out
     assert json.loads((tmp_path / "new.json").read_text())["version"] == 2
-    assert jp.Codebook.load(tmp_path / "new.json") == cb
-    p.write_text(
-        json.dumps(
-            {"format": "jaxpurify.codebook", "version": 1, "key": [0, 2**40], "redundancy": 4.0, "leaves": [leaf]}
-        )
-    )
+    back = jp.Codebook.load(tmp_path / "new.json")
+    assert back == cb and not back.legacy
+    _v1(p, key=(0, 2**40))
     with pytest.warns(LegacyCodebookWarning), pytest.raises(ValueError, match="uint32"):
-        jp.Codebook.load(p)
+        jp.Codebook.load(p, allow_legacy=True)
+
+
+def test_a_forged_version_1_file_with_the_real_key_file_is_wrong_key(tmp_path):
+    # issue 25: an attacker's version-1 file (their own key words inside) was used even with --key
+    # pointing at the real key file; a key file given explicitly must hold the file's key
+    real = jp.Codebook.create({"w": jnp.zeros((4, 16))}, select=lambda p, l: 1)
+    real.save(tmp_path / "real.json")
+    forged = _v1(tmp_path / "forged.json", key=(0, 7))
+    with pytest.raises(ValueError, match="allow_legacy"):
+        jp.Codebook.load(forged, key_path=tmp_path / "real.json.key")
+    with pytest.warns(LegacyCodebookWarning), pytest.raises(ValueError, match="wrong key"):
+        jp.Codebook.load(forged, key_path=tmp_path / "real.json.key", allow_legacy=True)
+
+
+def test_purify_with_a_legacy_codebook_says_so_in_the_report(tmp_path):
+    p = _v1(tmp_path / "old.json")
+    with pytest.warns(LegacyCodebookWarning):
+        cb = jp.Codebook.load(p, allow_legacy=True)
+    w = np.asarray(cb.decode({"w": np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)})["w"])
+    _, report = jp.purify({"w": w}, cb)
+    assert report.ok and report.legacy_codebook and report.as_dict()["legacy_codebook"] is True
+    assert "legacy version-1 file, NOT authenticated" in report.status() and "NOT authenticated" in str(report)
+    cb.save(tmp_path / "new.json")
+    _, report = jp.purify({"w": w}, jp.Codebook.load(tmp_path / "new.json"))
+    assert report.ok and not report.legacy_codebook and "legacy" not in str(report)
+
+
+def test_an_older_sealed_file_replays_unless_a_minimum_counter_is_given(tmp_path):
+    # replay: the MAC says the file is one the key holder wrote, not that it is the latest; the
+    # seal's counter (under the MAC) lets a deployment refuse an older one
+    cb = jp.Codebook.create(_params())
+    old_w, new_w = _params(), _params()
+    new_w["dense"]["kernel"] = new_w["dense"]["kernel"] * 2
+    assert cb.seal(old_w).counter == 1
+    cb.save(tmp_path / "cb.json")
+    old_file = (tmp_path / "cb.json").read_bytes()
+    assert cb.seal(new_w).counter == 2 and cb.seal_record.created is not None
+    cb.save(tmp_path / "cb.json")
+    (tmp_path / "cb.json").write_bytes(old_file)  # the attacker puts back the older file and weights
+    replayed = jp.Codebook.load(tmp_path / "cb.json")
+    assert all(v.verified for v in replayed.verify(old_w).values())  # the replay verifies: documented
+    with pytest.raises(ValueError, match="stale codebook: its seal has counter 1, below min_seal_counter=2"):
+        jp.Codebook.load(tmp_path / "cb.json", min_seal_counter=2)
+    _edit(tmp_path / "cb.json", lambda d: d["seal"].update(counter=2))
+    with pytest.raises(ValueError, match="tampered"):  # the counter is under the MAC
+        jp.Codebook.load(tmp_path / "cb.json")
+    unsealed = jp.Codebook.create(_params())
+    unsealed.save(tmp_path / "u.json")
+    with pytest.raises(ValueError, match="it has no seal"):
+        jp.Codebook.load(tmp_path / "u.json", min_seal_counter=1)
+    for bad in (-1, 1.5, True, 2**63):
+        with pytest.raises(ValueError, match="min_seal_counter"):
+            jp.Codebook.load(tmp_path / "u.json", min_seal_counter=bad)
+    assert cb.seal(new_w, counter=7).counter == 7
+    with pytest.raises(ValueError, match="counter must be an int"):
+        cb.seal(new_w, counter=-1)
 
 
 def test_seal_is_stored_encrypted_and_authenticated(saved, tmp_path):

@@ -329,6 +329,58 @@ def test_working_copy_is_aligned_and_handed_to_jax_without_a_copy(case):
         cb.replace(bad, {"w1": jnp.ones((3, 3), jnp.float32)})
 
 
+@pytest.mark.parametrize("select", [None, "interleave"])
+def test_a_leaf_split_over_groups_comes_back_as_one_view_of_the_working_copy(select):
+    # issue 25, item 6: a leaf split in row blocks was concatenated from its groups' working copies
+    # (one more copy of the leaf: 3.31× in all); now the groups are views of one aligned buffer per
+    # leaf and the purified leaf is that buffer, handed to JAX without a copy
+    from jaxpurify import _layout, _working
+
+    rng = np.random.default_rng(21)
+    params = {
+        "tall": jnp.asarray(rng.standard_normal((1300, 12)), jnp.float32),  # row blocks of ≤ 512 (interleave: padded)
+        "b1": rng.standard_normal(5).astype(np.float32),  # pooled together
+        "b2": rng.standard_normal(9).astype(np.float32),
+    }
+    cb = jp.Codebook.create(params, bytes(range(32)), select=lambda p, leaf: select if p == "tall" else None)
+    groups = [g for g in cb.groups.values() if "tall" in g.members]
+    assert len(groups) >= 2 and all(g.members == ("tall",) for g in groups)
+    cols = cb.pack(params)
+    work = _working.working_copies(cb.groups.values(), cols)
+    for name, a in cols.items():
+        assert work[name].flags.writeable and not np.shares_memory(work[name], a)
+        np.testing.assert_array_equal(work[name], a)  # NaN padding included
+    leaves = cb.unpack(work)
+    tall = leaves["tall"]
+    assert all(np.shares_memory(tall, work[g.name]) for g in groups)  # a view, not a concatenation
+    assert tall.ctypes.data % _working.ALIGN == 0 and tall.flags.c_contiguous
+    np.testing.assert_array_equal(tall, np.asarray(params["tall"]))
+    np.testing.assert_array_equal(leaves["b2"], params["b2"])
+    handed = _purify._hand_over(params, leaves)
+    assert handed["tall"].unsafe_buffer_pointer() == tall.ctypes.data  # aliased by JAX, not copied
+    # pieces that are not consecutive runs of one buffer are still concatenated
+    a, b = np.arange(6.0), np.arange(6.0, 12.0)
+    assert _working.join([a, b]) is None and _working.join([a[:3], a[4:]]) is None
+    np.testing.assert_array_equal(_layout._concatenate(np, [a, b]), np.arange(12.0))
+    assert np.shares_memory(_working.join([a[:2], a[2:5]]), a)
+
+
+@pytest.mark.slow  # two more solver shapes to compile; the views themselves are checked above
+@pytest.mark.parametrize("select", [None, "interleave"])
+def test_a_leaf_split_over_groups_is_purified_through_the_shared_buffer(select):
+    rng = np.random.default_rng(22)
+    raw = {"tall": rng.standard_normal((1100, 4)).astype(np.float32)}
+    cb = jp.Codebook.create(raw, bytes(range(32)), select=lambda p, leaf: select)
+    assert len(cb.groups) >= 2
+    clean = {"tall": jnp.asarray(cb.decode(cb.init_latent(raw))["tall"])}
+    bad = {"tall": clean["tall"].at[::5, 1].set(1e4)}
+    purified, report = jp.purify(bad, cb)
+    assert report.all_certified
+    np.testing.assert_allclose(
+        purified["tall"], clean["tall"], rtol=1e-5, atol=1e-5 * float(jnp.abs(clean["tall"]).max())
+    )
+
+
 def test_plan_packs_narrow_groups_into_narrow_items():
     G = lambda name, K, n, m: types.SimpleNamespace(name=name, K=K, n=n, columns=m, dtype="float32")
     wide = G("wide", 256, 64, 10_000)

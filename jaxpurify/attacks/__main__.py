@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     model, select = build(args.arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     init = model.init(jax.random.key(0), ds.train.x[:1])["params"]
-    codebook = jp.Codebook.create(init, key=b"jaxpurify.attacks measurement", select=select)  # fixed: reproducible
+    # a fixed, public key: a reproducible measurement of the attacks, not a deployment
+    codebook = jp.Codebook.create(init, key=b"jaxpurify.attacks measurement", select=select)
     latent = train(
         apply, codebook.init_latent(init), codebook, ds.train.x, ds.train.y, key=jax.random.key(2), steps=args.steps
     ).latent

@@ -111,7 +111,8 @@ LAYOUTS = {"interleave": interleave, "output": output_axis, "default": None}
 
 
 def secret_for(seed: int) -> bytes:
-    """256 secret bits derived from the seed, so a run can be repeated; no attack ever sees them."""
+    """256 bits derived from the seed, so a run can be repeated; no attack ever sees them.  Anyone
+    who knows the seed does: a research key, not one that protects a deployment (``key=None``)."""
     return hashlib.blake2b(f"jaxpurify reproduce backdoor {seed}".encode(), digest_size=32).digest()
 
 

@@ -55,6 +55,7 @@ def _trial(key, K, patch, ratio, rho):
     model = models.OneHiddenCNN(filters=K, patch=patch, num_classes=10)
     kinit, kcb, klat, kc = jax.random.split(key, 4)
     params = model.init(kinit, jnp.zeros((1, 2 * patch, 2 * patch, 1)))["params"]
+    # a key from the trial's seed (reproducible research; guessable, so a WeakKeyWarning)
     cb = Codebook.create(params, kcb, redundancy=ratio, select=lambda p, _: -1 if p.startswith("hidden/") else False)
     latent = cb.encode(params)
     # a random latent for the biases too (Flax initializes them at zero, which is trivial)

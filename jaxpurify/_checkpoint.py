@@ -1,0 +1,217 @@
+"""A checkpoint as ``jaxpurify purify`` reads and writes it: where the tree is, which subtree the
+codebook protects, and how the purified tree goes back in the input's layout.
+
+* Files (``.safetensors``, ``.msgpack``) and Orbax checkpoints are read with ``io.salvage``: the
+  format's own reader, or, for a damaged container, the codebook's layout.
+* An Orbax ``CheckpointManager`` directory gives its latest step (or ``step``); a step directory
+  its items.  One item: the tree is the item's; several: ``{item: tree}``.
+* Where the codebook's model sits (``select``, '/'-joined) is given, or found by this rule: at the
+  root if the tree holds the codebook's model (every leaf, shape and dtype; other leaves beside
+  them, such as a train state's ``step``, are allowed), else in the one subtree that holds it
+  (e.g. ``params`` of a linen variables dict); a damaged container, whose tree cannot be listed,
+  is tried as the whole tree, then as its ``params`` (with several Orbax items: each item, then
+  its ``params``).  Everything outside the subtree is written
+  back as it was read.
+* The output keeps the input's format (and a safetensors file its key separator).  A step or
+  manager input is written as a step directory: ``OUT/<item>`` for each item (purified or copied),
+  with the step's own files (``_CHECKPOINT_METADATA``), so it can take the step's place in the
+  manager's directory or be restored item by item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import struct
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from jaxpurify import _orbax_read, _salvage, io
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    path: str
+    format: str
+    layout: str  # 'file', or the Orbax 'item', 'step' or 'manager'
+    step: int | None = None
+    step_dir: str | None = None
+    items: tuple[str, ...] = ()
+    sep: str = "/"
+
+    def describe(self) -> str:
+        if self.layout in ("step", "manager"):
+            return f"{self.path} (step {self.step}, items {', '.join(self.items)})"
+        return self.path
+
+
+def open_source(path: str, step: int | None = None) -> Source:
+    """What ``path`` is; ``ValueError`` if it is no checkpoint (or ``step`` does not apply)."""
+    fmt = io.detect_format(path)
+    if fmt != "orbax":
+        if step is not None:
+            raise ValueError(f"--step applies to an Orbax CheckpointManager directory, not to {path}")
+        return Source(path, fmt, "file", sep=_safetensors_sep(path) if fmt == "safetensors" else "/")
+    layout = _orbax_read.kind(path)
+    step_dir, number, items = _orbax_read.resolve(path, step)
+    return Source(path, fmt, layout, number, step_dir if layout != "item" else None, tuple(items))
+
+
+def _safetensors_sep(path: str) -> str:
+    """The key separator from the header, when it reads (else '/': salvage decides then)."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            keys = [k for k in json.loads(f.read(n)) if k != "__metadata__"]
+    except (OSError, ValueError, struct.error, UnicodeDecodeError, MemoryError, OverflowError):
+        return "/"
+    return io.safetensors_separator(keys)
+
+
+# -- subtrees ------------------------------------------------------------------------------------
+
+
+def subtree(tree: dict, select: str) -> Any:
+    node = tree
+    for k in [k for k in select.split("/") if k]:
+        if not isinstance(node, dict) or k not in node:
+            raise ValueError(f"--select {select!r}: no key {k!r} in the checkpoint")
+        node = node[k]
+    return node
+
+
+def _model_paths(codebook) -> list[str] | None:
+    model = getattr(codebook, "model", None)
+    return None if model is None else [p for p, _, _ in model]
+
+
+def part(tree: dict, select: str, codebook) -> Any:
+    """The codebook's model inside the subtree at ``select``: its leaves only (the subtree's other
+    leaves, e.g. a train state's ``step`` beside ``params``, stay out of purify)."""
+    sub = subtree(tree, select)
+    paths = _model_paths(codebook)
+    if paths is None or not isinstance(sub, dict):
+        return sub
+    flat = io.flatten(sub, prng_keys=True)
+    if any(p not in flat for p in paths):
+        return sub  # not there: the codebook's own check names the leaf
+    return io._nest({p: flat[p] for p in paths})
+
+
+def merge(tree: dict, select: str, purified: Any) -> dict:
+    """``tree`` with the purified leaves put in at ``select`` (copies along the way; nothing else
+    changes)."""
+    keys = [k for k in select.split("/") if k]
+
+    def put(node, new):
+        if not isinstance(node, dict) or not isinstance(new, dict):
+            return new
+        out = dict(node)
+        for k, v in new.items():
+            out[k] = put(node.get(k), v)
+        return out
+
+    def walk(node, i):
+        if i == len(keys):
+            return put(node, purified)
+        out = dict(node)
+        out[keys[i]] = walk(node[keys[i]], i + 1)
+        return out
+
+    return walk(tree, 0)
+
+
+def _holds(codebook, node) -> bool:
+    """Does ``node`` hold the codebook's model (every leaf, its shape and dtype)?"""
+    if not isinstance(node, dict):
+        return False
+    paths = _model_paths(codebook)
+    try:
+        codebook.check(node if paths is None else part(node, "", codebook))
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def find_select(tree: dict, codebook) -> str:
+    """The rule: '' if the tree holds the codebook's model, else the one subtree that does."""
+    if _holds(codebook, tree):
+        return ""
+    found = []
+
+    def walk(node, path):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                p = f"{path}/{k}" if path else str(k)
+                if _holds(codebook, v):
+                    found.append(p)
+                else:
+                    walk(v, p)
+
+    walk(tree, "")
+    return found[0] if len(found) == 1 else ""
+
+
+def read(source: Source, codebook, select: str | None) -> tuple[dict, str, Any]:
+    """(tree, select, salvage record or None) — see the module docstring for the rule."""
+    path = source.path
+    candidates = [select] if select is not None else ["", "params"]
+    if select is None and len(source.items) > 1:  # several Orbax items: the tree is {item: …}
+        candidates = [c for item in source.items for c in (item, f"{item}/params")]
+    best = None
+    for sel in candidates:
+        try:
+            step = source.step if source.layout == "manager" else None
+            tree, record = io.salvage(path, codebook, select=sel, format=source.format, step=step)
+        except _salvage.Unreadable as e:
+            if best is None or e.located > best.located:  # the reading that got furthest explains it
+                best = e
+            continue
+        if record is None and select is None:  # read intact: the rule looks at the whole tree
+            sel = find_select(tree, codebook)
+        return tree, sel, record
+    raise best
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def out_layout(source: Source) -> str:
+    """What the output of ``source`` is: a file, an Orbax 'item', or a 'step' directory."""
+    return {"file": "file", "item": "item"}.get(source.layout, "step")
+
+
+def write(source: Source, out: str, tree: dict) -> None:
+    """The purified checkpoint at ``out``, in the input's format and layout (atomically)."""
+    if source.layout in ("file", "item"):
+        io.save(out, tree, format=source.format, sep=source.sep)
+        return
+    trees = {source.items[0]: tree} if len(source.items) == 1 else tree
+    parent = os.path.dirname(out)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".jaxpurify-")
+    try:
+        new = os.path.join(tmp, "step")
+        os.mkdir(new)
+        for entry in sorted(os.listdir(source.step_dir)):
+            src = os.path.join(source.step_dir, entry)
+            if entry in trees:
+                io.save(os.path.join(new, entry), trees[entry], format="orbax")
+            elif os.path.isdir(src):
+                shutil.copytree(src, os.path.join(new, entry))  # other items (e.g. JSON metrics), as they were
+            else:
+                shutil.copy2(src, os.path.join(new, entry))
+        io._replace_dir(new, out, replaces="step")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def nan_count(purified: Any, paths: list[str], select: str) -> int:
+    """NaN entries left in the purified leaves at ``paths`` (file paths, under ``select``)."""
+    flat = io.flatten(purified, prng_keys=True)
+    pre = select.strip("/") + "/" if select.strip("/") else ""
+    return sum(int(np.isnan(flat[p[len(pre) :]]).sum()) for p in paths if p[len(pre) :] in flat)
