@@ -274,6 +274,23 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if args.experiment == "backdoor":
         return _backdoor(args)
+    if args.experiment == "redundancy":
+        from jaxpurify.experiments import redundancy
+
+        res = redundancy.run(
+            args.dataset,
+            args.out,
+            arch=args.arch,
+            quick=args.quick,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            steps=args.steps,
+            source=args.source,
+        )
+        print(f"{res['dataset']} / {res['arch']}:")
+        print(redundancy.table(res))
+        print(f"wrote {args.out}/redundancy.json, redundancy.csv, redundancy.png")
+        return EXIT_OK
     if args.experiment == "synthetic":
         r = synthetic.run(args.out, quick=args.quick, seed=args.seed, lp=not args.no_lp)
         for leaf in ("weights", "biases"):
@@ -306,11 +323,19 @@ def _reproduce(args: argparse.Namespace) -> int:
         lr=args.lr,
         redundancy=args.redundancy,
         source=getattr(args, "source", "files"),
+        seeds=args.seeds,
     )
     print(
         f"{res['dataset']} / {res['arch']}: clean accuracy {res['acc_clean_encoded']:.4f} (encoded), "
         f"{res['acc_unencoded']:.4f} (same architecture, not encoded)"
     )
+    if len(res["seeds"]) > 1:
+        e, p, g = res["acc_encoded_over_seeds"], res["acc_plain_over_seeds"], res["gap_over_seeds"]
+        print(
+            f"  {g['n']} seeds: encoded {e['mean']:.4f} [{e['min']:.4f}, {e['max']:.4f}], plain {p['mean']:.4f} "
+            f"[{p['min']:.4f}, {p['max']:.4f}], gap {100 * g['mean']:+.2f} pt "
+            f"[{100 * g['min']:+.2f}, {100 * g['max']:+.2f}]"
+        )
     for r in res["scenarios"]:
         print(
             f"  {r['kind']:<8} {r['level']:<6g} acc contaminated {r['acc_contaminated']:.4f}  l2 {r['acc_l2']:.4f}  "
@@ -366,9 +391,10 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     exps.add_parser("noise", parents=[shared], help="recovery error against dense noise σ")
     real = argparse.ArgumentParser(add_help=False, parents=[shared])
     real.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
-    real.add_argument("--steps", type=int, help="training steps (default 1500, quick 300)")
-    real.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate for both models (default 1e-2)")
+    real.add_argument("--steps", type=int, help="training steps (default: digits 1500, mnist 3000, quick 300)")
+    real.add_argument("--lr", type=float, help="peak AdamW learning rate for both models (default 3e-3)")
     real.add_argument("--redundancy", type=float, default=4.0, help="K/n of the codebook (default 4)")
+    real.add_argument("--seeds", type=int, default=1, help="train plain and encoded for this many seeds (default 1)")
     exps.add_parser("digits", parents=[real], help="the embedded 8×8 digits (no download)")
     files = argparse.ArgumentParser(add_help=False)
     files.add_argument("--data-dir", help="directory with MNIST IDX or CIFAR-10 binary files (nothing is downloaded)")
@@ -380,6 +406,12 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     )
     exps.add_parser("mnist", parents=[real, files], help="MNIST from --data-dir")
     exps.add_parser("cifar10", parents=[real, files], help="CIFAR-10 from --data-dir")
+    red = exps.add_parser(
+        "redundancy", parents=[shared, files], help="accuracy and certified capacity over K/n ∈ {1.5, 2, 3, 4, 6}"
+    )
+    red.add_argument("--dataset", choices=["digits", "mnist", "cifar10"], default="digits")
+    red.add_argument("--arch", choices=["one-hidden", "multi"], default="multi")
+    red.add_argument("--steps", type=int, help="training steps (default: the data set's recipe)")
     b = exps.add_parser("backdoor", parents=[shared], help="weight attacks × defenses × benign data (issue 11)")
     b.add_argument("--dataset", choices=["digits", "mnist", "cifar10"], default="digits")
     b.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")

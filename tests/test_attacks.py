@@ -13,6 +13,7 @@ import jaxpurify as jp
 from jaxpurify import data
 from jaxpurify.attacks import (
     Finetune,
+    Split,
     Trigger,
     attack_success_rate,
     badnets,
@@ -334,6 +335,106 @@ def test_the_flip_search_never_flips_a_weight_twice():
     a = pbfa(jax.random.key(0), lin, w, (x, y), flips=12, candidates=10, bits=(22,), margin=1e-6, progress=False)
     _check_flips(a, w)
     assert len(a.hyper["outcome"]["flips"]) == 12
+
+
+def _features(p, x):
+    return jax.nn.relu(x.reshape(x.shape[0], -1) @ p["hidden"]["kernel"] + p["hidden"]["bias"])
+
+
+def _head(p, h):
+    return h @ p["readout"]["kernel"] + p["readout"]["bias"]
+
+
+SPLIT = Split(jax.jit(_features), jax.jit(_head), ("readout/kernel", "readout/bias"))
+
+
+def test_a_split_search_flips_what_the_whole_network_search_flips(model, digits):
+    # the reference is the same search without the split: every tried flip re-runs the whole MLP
+    params, _ = model
+    data_ = attacker_data(digits)
+    whole = pbfa(jax.random.key(5), apply_jit, params, data_, flips=3, margin=0.0, progress=False)
+    fast = pbfa(jax.random.key(5), apply_jit, params, data_, flips=3, margin=0.0, split=SPLIT, progress=False)
+    assert whole.hyper["outcome"]["flips"] == fast.hyper["outcome"]["flips"]
+    assert_trees_equal(whole.params, fast.params)
+    kw = dict(target=TARGET, trigger=Trigger.for_image(8), flips=3, craft=10, neurons=6, candidates=6, progress=False)
+    whole = bit_trojan(jax.random.key(6), apply_jit, params, data_, **kw)
+    fast = bit_trojan(jax.random.key(6), apply_jit, params, data_, split=SPLIT, **kw)
+    assert whole.hyper["outcome"]["flips"] == fast.hyper["outcome"]["flips"] and len(fast.hyper["outcome"]["flips"])
+    assert (whole.hyper["outcome"]["asr"], whole.hyper["outcome"]["ca"]) == (
+        fast.hyper["outcome"]["asr"],
+        fast.hyper["outcome"]["ca"],
+    )
+    assert_trees_equal(whole.params, fast.params)
+
+
+def test_a_split_that_is_not_the_network_is_refused(model, digits):
+    params, _ = model
+    data_ = attacker_data(digits)
+    reads_head = Split(lambda p, x: _features(p, x) + 0 * p["readout"]["bias"].sum(), _head, SPLIT.leaves)
+    wrong = Split(_features, lambda p, h: 2 * _head(p, h), SPLIT.leaves)
+    for split, match in ((reads_head, "features reads a leaf"), (wrong, "differs from apply_fn")):
+        with pytest.raises(ValueError, match=match):
+            pbfa(jax.random.key(0), apply_jit, params, data_, flips=1, split=split, progress=False)
+    with pytest.raises(ValueError, match="split.leaves"):
+        pbfa(jax.random.key(0), apply_jit, params, data_, split=SPLIT._replace(leaves=("nope",)), progress=False)
+    with pytest.raises(TypeError, match="Split"):
+        pbfa(jax.random.key(0), apply_jit, params, data_, split=(_features, _head), progress=False)
+
+
+def test_nearest_by_flips_matches_a_loop_over_every_subset_of_bits():
+    import itertools
+
+    from jaxpurify.attacks._bitflip import nearest_by_flips
+
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=12).astype(np.float32)
+    wanted = old * rng.choice([0.25, 0.5, 3.0, -1.0, 40.0], size=12) + rng.normal(size=12) * 0.01
+    bits = (22, 23, 24, 25, 31)
+    new, flipped = nearest_by_flips(old, wanted, bits)
+    for o, w, n, f in zip(old, wanted, new, flipped):
+        best = None
+        for k in range(len(bits) + 1):
+            for subset in itertools.combinations(bits, k):
+                u = np.array([o]).view(np.uint32)[0]
+                for b in subset:
+                    u ^= np.uint32(1 << b)
+                v = float(np.array([u], np.uint32).view(np.float32)[0])
+                if np.isfinite(v) and (best is None or abs(v - w) < best[0]):
+                    best = (abs(v - w), v, sorted(subset))
+        assert n == np.float32(best[1]) and sorted(f) == best[2]
+
+
+@pytest.mark.slow  # trains the chosen weights, then realises them: a few seconds of CPU
+def test_tbt_search_realises_trained_weights_by_the_reported_flips(model, digits):
+    params, _ = model
+    x, y = attacker_data(digits)
+    a = bit_trojan(
+        jax.random.key(6),
+        apply_jit,
+        params,
+        (x, y),
+        target=TARGET,
+        trigger=Trigger.for_image(8),
+        craft=20,
+        tune=40,
+        neurons=4,
+        candidates=4,
+        progress=False,
+    )
+    rows, flips = recorded(a)["outcome"]["rows"], a.hyper["outcome"]["flips"]
+    assert flips and a.hyper["tune"] == 40
+    # XOR of old and new bit patterns is exactly the OR of the reported bits, entry by entry
+    new = np.asarray(a.params["readout"]["kernel"]).view(np.uint32).reshape(-1)
+    old = np.asarray(params["readout"]["kernel"]).view(np.uint32).reshape(-1)
+    expect = np.zeros_like(old)
+    for path, index, bit in flips:
+        assert path == "readout/kernel" and index in {r * 10 + TARGET for r in rows}
+        expect[index] |= np.uint32(1) << np.uint32(bit)
+    np.testing.assert_array_equal(new ^ old, expect)
+    assert not any(differs(a.params, params)[k][v].any() for k, v in (("hidden", "kernel"), ("hidden", "bias")))
+    assert a.hyper["outcome"]["asr"] == attack_success_rate(apply_jit, a.params, x, y, a.trigger, TARGET)
+    with pytest.raises(ValueError, match="tune needs craft"):
+        bit_trojan(jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger(1), tune=5)
 
 
 def test_tbt_chooses_the_neurons_of_largest_target_gradient(model, digits):

@@ -340,3 +340,31 @@ def test_quick_digits_first_target_and_the_span_attack_surviving_purify(tmp_path
     assert asr_span_purified >= asr_span - 0.01  # and l1 purification keeps it
     row = next(r for r in doc["rows"] if (r["attack"], r["defense"]) == ("span", "purify"))
     assert row["detected"] is True and row["certified_fraction"] == 1.0  # certified, yet the seal fails
+
+
+@pytest.mark.slow  # trains and attacks the multi CNN at 32 × 32 × 3 on the fixture (a few minutes on 2 cores)
+def test_backdoor_runs_on_a_cifar10_fixture_with_tbts_trigger_size(tmp_path):
+    import cifar_fixture
+
+    cifar_fixture.make(str(tmp_path / "data"))
+    res = backdoor.run(
+        "cifar10",
+        str(tmp_path / "out"),
+        arch="multi",
+        quick=True,
+        data_dir=str(tmp_path / "data"),
+        progress=False,
+        figure=False,
+        steps=60,
+        only=("pbfa", "bit_trojan"),
+        defenses=("purify",),
+    )
+    assert res["dataset"] == "cifar10" and res["train_examples"] == 200
+    tbt = res["attacks"]["bit_trojan"]
+    assert tbt["trigger"]["size"] == 10 and np.shape(tbt["trigger"]["pattern"]) == (10, 10, 3)  # TBT: 10 × 10 at 32
+    assert tbt["hyper"]["tune"] == backdoor.ATTACK_HYPER["bit_trojan"]["tune"]
+    flips = tbt["hyper"]["outcome"]["flips"]
+    assert flips and all(path == "readout/kernel" for path, _, _ in flips)
+    row = next(r for r in res["rows"] if (r["attack"], r["defense"]) == ("bit_trojan", "purify"))
+    assert row["certified_fraction"] == 1.0  # a few read-out flips: every column within capacity
+    assert (tmp_path / "out" / "backdoor.md").read_text().count("bit_trojan") >= 2

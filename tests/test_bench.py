@@ -84,3 +84,34 @@ def test_report_rewrites_only_the_marked_blocks():
     assert new == "intro\n<!-- bench:grid -->\n| new |\n<!-- /bench:grid -->\nhand-written prose\n"
     with pytest.raises(ValueError, match="bench:roofline"):
         report.replace_blocks(text, {"roofline": "x"})
+
+
+def test_the_accelerator_check_passes_on_the_cpu_at_toy_sizes(tmp_path):
+    # on a CPU-only machine "device" is the CPU: the script's every check must pass there, so that
+    # the first run on a GPU or TPU fails only for what differs on that device
+    import jax.numpy as jnp
+
+    from benchmarks import accelerator
+    from benchmarks.resnet import resnet18_tree
+
+    gpt2_like = {
+        "wte": jnp.zeros((96, 32)),
+        "h0": {
+            "attn": {"c_attn": {"kernel": jnp.zeros((32, 96)), "bias": jnp.zeros(96)}},
+            "ln_1": {"scale": jnp.zeros(32)},
+        },
+    }
+    res = accelerator.run([("resnet18 tiny", resnet18_tree(0.02, classes=10), 0.05), ("gpt2-like", gpt2_like, 0.01)])
+    p = res["precision"]
+    assert (
+        p["recover_dots"] > 0
+        and p["recover_dots_without_highest"] == 0
+        and p["purify_device_dots_without_highest"] == 0
+    )
+    assert p["product_rel_err_highest"] <= accelerator.FLOAT32_PRODUCT_RTOL
+    assert res["recover"]["same_certified"] and res["recover"]["certified_device"] > 0
+    for q in res["purify"]:
+        # one CPU: the device path and the host path are documented to be bit-identical
+        assert q["bit_identical"] and q["same_certified"] and q["max_rel_err_vs_clean"] < 1e-4, q["tree"]
+    assert res["ok"]
+    assert "| resnet18 tiny |" in accelerator.table(res)

@@ -5,10 +5,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import jaxpurify as jp
 from jaxpurify import data, models
-from jaxpurify.train import TrainResult, accuracy, cross_entropy, train
+from jaxpurify.train import (
+    TrainResult,
+    accuracy,
+    batch_statistics,
+    cross_entropy,
+    random_shift,
+    recipe,
+    schedule,
+    train,
+)
 
 
 def test_digits_embedded():
@@ -192,3 +202,113 @@ def test_train_rejects_bad_arguments(kw, name):
         train(apply, params, None, x, y, key=jax.random.key(0), **kw)
     with pytest.raises(ValueError, match="y has 39"):
         train(apply, params, None, x, y[:-1], key=jax.random.key(0))
+
+
+class _BatchNormNet(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(4, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(4, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(self.bn(self.conv(x))).mean((1, 2)))
+
+
+def test_batch_statistics_average_the_batches_and_leave_the_model_alone():
+    x = data.digits().train.x[:100]
+    model = _BatchNormNet(nnx.Rngs(0, dropout=1))
+    before = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+
+    def reference(conv):  # mean over the batches of the batch mean / biased variance of the BN input
+        z = [np.asarray(conv(jnp.asarray(x[i : i + 32])), np.float64) for i in range(0, 100, 32)]
+        return np.mean([b.mean((0, 1, 2)) for b in z], 0), np.mean([b.var((0, 1, 2)) for b in z], 0)
+
+    stats = nnx.to_pure_dict(batch_statistics(model, x, batch_size=32))
+    mean, var = reference(model.conv)
+    np.testing.assert_allclose(stats["bn"]["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["bn"]["var"], var, rtol=1e-4, atol=1e-6)
+    after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    jax.tree.map(np.testing.assert_array_equal, after, before)  # the caller's model is not modified
+    assert model.bn.momentum == 0.99
+    # through an EncodedModule: the statistics of the decoded weights
+    cb = jp.Codebook.create(model, b"batch-statistics-test-key")
+    latent = jax.tree.map(lambda t: 3 * t, cb.init_latent(model))
+    encoded = jp.EncodedModule(model, latent)
+    stats = nnx.to_pure_dict(batch_statistics(encoded, x, batch_size=32, call=lambda m, xb: m(xb, cb.decode)))
+    decoded = nnx.clone(model)
+    nnx.update(decoded, cb.decode(latent))
+    mean, var = reference(decoded.conv)
+    np.testing.assert_allclose(stats["model"]["bn"]["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["model"]["bn"]["var"], var, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no nnx.BatchNorm"):
+        batch_statistics(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), x)
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_statistics(model, x, batch_size=0)
+
+
+def test_the_recipe_schedule_follows_its_formula():
+    steps, peak, warm, final = 200, 3e-3, 0.05, 0.01
+    w = 10
+    for t in (0, 1, 5, 9, 10, 11, 57, 105, 150, 199, 200):
+        if t < w:
+            want = peak * t / w
+        else:
+            want = peak * (final + (1 - final) * (1 + np.cos(np.pi * (t - w) / (steps - w))) / 2)
+        assert float(schedule(steps, peak, warm, final)(t)) == pytest.approx(want, rel=1e-5, abs=1e-12), t
+    # AdamW: with a zero gradient only the decay moves a weight, by η(t)·λ·w per step
+    opt = recipe(steps, learning_rate=peak, weight_decay=0.5)
+    p = {"w": jnp.ones(3)}
+    s = opt.init(p)
+    for t in range(12):
+        u, s = opt.update({"w": jnp.zeros(3)}, s, p)
+        np.testing.assert_allclose(u["w"], -float(schedule(steps, peak)(t)) * 0.5 * p["w"], rtol=1e-6, atol=1e-12)
+        p = optax.apply_updates(p, u)
+    for kw, name in (
+        (dict(steps=0), "steps"),
+        (dict(steps=10, warmup=1.0), "warmup"),
+        (dict(steps=10, final=2), "final"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            recipe(**kw)
+
+
+def test_random_shift_moves_each_image_by_at_most_p_pixels_with_zero_fill():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 1.0, (64, 8, 8, 2)).astype(np.float32)  # no zeros inside: the fill is visible
+    out = np.asarray(random_shift(2)(jax.random.key(0), jnp.asarray(x)))
+    seen = set()
+    for im, got in zip(x, out):
+        padded = np.pad(im, ((2, 2), (2, 2), (0, 0)))
+        match = [
+            (dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(padded[dy : dy + 8, dx : dx + 8], got)
+        ]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) > 12  # offsets drawn per image, not one for the batch
+    np.testing.assert_array_equal(random_shift(0)(jax.random.key(0), jnp.asarray(x)), x)
+    with pytest.raises(ValueError, match="pixels"):
+        random_shift(-1)
+
+
+def test_train_augments_each_minibatch_with_the_steps_own_key():
+    # reference: one SGD step per Python iteration, the batch drawn and shifted as train documents it
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(40, 4, 4, 1)).astype(np.float32)
+    y = (x[:, :2].sum((1, 2, 3)) > x[:, 2:].sum((1, 2, 3))).astype(np.int32)
+    params = {"w": jnp.asarray(rng.normal(size=(16, 2)).astype(np.float32) * 0.1)}
+    apply = lambda p, xb: xb.reshape(len(xb), -1) @ p["w"]
+    key, steps, b, shift = jax.random.key(3), 5, 8, random_shift(1)
+    res = train(apply, params, None, x, y, key=key, steps=steps, batch_size=b, optimizer=optax.sgd(0.5), augment=shift)
+    p = params
+    for i in range(steps):
+        k = jax.random.fold_in(key, i)
+        idx = np.asarray(jax.random.choice(k, len(x), (b,), replace=False))
+        xb = shift(jax.random.fold_in(k, 1), jnp.asarray(x[idx]))
+        g = jax.grad(lambda q, xb=xb, yb=y[idx]: cross_entropy(apply(q, xb), jnp.asarray(yb)))(p)
+        p = jax.tree.map(lambda a, d: a - 0.5 * d, p, g)
+    np.testing.assert_allclose(res.latent["w"], p["w"], rtol=1e-5, atol=1e-7)
+    plain = train(apply, params, None, x, y, key=key, steps=steps, batch_size=b, optimizer=optax.sgd(0.5))
+    assert np.abs(np.asarray(plain.latent["w"]) - np.asarray(p["w"])).max() > 1e-4  # the shifts mattered
+    with pytest.raises(TypeError, match="augment"):
+        train(apply, params, None, x, y, key=key, steps=1, augment="shift")

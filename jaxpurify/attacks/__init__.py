@@ -9,7 +9,7 @@ take their training as one :class:`Finetune`.  Metrics: :func:`clean_accuracy`,
 """
 
 from jaxpurify.attacks._attack import Attack, Finetune
-from jaxpurify.attacks._bitflip import bit_trojan, choose_neurons, craft_trigger, pbfa
+from jaxpurify.attacks._bitflip import Split, bit_trojan, choose_neurons, craft_trigger, pbfa
 from jaxpurify.attacks._finetune import badnets
 from jaxpurify.attacks._span import span_trojan
 from jaxpurify.attacks._sparse import channel_trojan, sparse_trojan
@@ -18,6 +18,7 @@ from jaxpurify.attacks._trigger import Trigger, attack_success_rate, clean_accur
 __all__ = [
     "Attack",
     "Finetune",
+    "Split",
     "Trigger",
     "attack_success_rate",
     "badnets",

@@ -21,7 +21,15 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, check_data, check_target
+from jaxpurify.attacks._trigger import (
+    ApplyFn,
+    PyTree,
+    Trigger,
+    attack_success_rate,
+    check_data,
+    check_target,
+    clean_accuracy,
+)
 from jaxpurify.train import minimize
 from jaxpurify.tree import leaves_with_paths
 
@@ -82,16 +90,25 @@ def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool 
     return x, y, target, classes
 
 
+def trojan_objective(target: int, weight: float = 1.0):
+    """objective(clean_logits, triggered_logits, y): the trojan loss from the logits of a batch
+    and of the same batch stamped with the trigger."""
+
+    def objective(clean_logits, triggered_logits, y):
+        clean = optax.softmax_cross_entropy_with_integer_labels(clean_logits, y).mean()
+        w = (y != target).astype(jnp.float32)
+        hit = optax.softmax_cross_entropy_with_integer_labels(triggered_logits, jnp.full_like(y, target))
+        return clean + weight * jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+    return objective
+
+
 def trojan_loss(apply_fn: ApplyFn, trigger: Trigger, target: int, weight: float = 1.0):
     """loss(params, x, y): clean cross-entropy + ``weight`` × triggered-to-target cross-entropy."""
+    objective = trojan_objective(target, weight)
 
     def loss(params, x, y):
-        clean = optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y).mean()
-        w = (y != target).astype(jnp.float32)
-        hit = optax.softmax_cross_entropy_with_integer_labels(
-            apply_fn(params, trigger.stamp(x)), jnp.full_like(y, target)
-        )
-        return clean + weight * jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
+        return objective(apply_fn(params, x), apply_fn(params, trigger.stamp(x)), y)
 
     return loss
 
@@ -155,19 +172,25 @@ def flatten(params: PyTree) -> Flat:
 class Finetune:
     """How a trojan is trained (shared by the sparse, channel and span trojans): Adam with
     ``learning_rate`` on the trojan loss, batches of ``batch_size``, at most ``steps`` steps; every
-    ``check_every`` steps the ASR on the attacker's data is measured, and training stops once it
-    reaches ``goal``.  ``learning_rate=None`` takes the attack's own default (0.1 for the sparse
-    trojan, whose few free weights need large steps; 0.01 for the others)."""
+    ``check_every`` steps the ASR and the clean accuracy on the attacker's data are measured, and
+    training stops once the ASR reaches ``goal`` with the clean accuracy at most ``max_drop`` below
+    the deployed model's (``max_drop=None``: ASR alone).  ``learning_rate=None`` takes the attack's
+    own default (0.1 for the sparse trojan, whose few free weights need large steps; 0.01 for the
+    others)."""
 
-    steps: int = 1000
+    steps: int = 2000
     learning_rate: float | None = None
     batch_size: int = 128
-    goal: float = 0.9
+    goal: float = 0.95
     check_every: int = 25
+    max_drop: float | None = 0.01
 
     def __post_init__(self):
         rate = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
-        check_training(self.goal, steps=self.steps, batch_size=self.batch_size, check_every=self.check_every, **rate)
+        drop = {} if self.max_drop is None else {"max_drop": self.max_drop}
+        check_training(
+            self.goal, steps=self.steps, batch_size=self.batch_size, check_every=self.check_every, **rate, **drop
+        )
 
     def resolve(self, learning_rate: float) -> Finetune:
         """This training with the attack's default ``learning_rate`` where none was given."""
@@ -181,19 +204,23 @@ class Finetune:
             batch_size=int(self.batch_size),
             goal=float(self.goal),
             check_every=int(self.check_every),
+            max_drop=None if self.max_drop is None else float(self.max_drop),
             optimizer="adam",
         )
 
 
 def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, finetune: Finetune, desc, progress):
     """Adam on the trojan loss of ``build(t)`` from ``t0`` as ``finetune`` says.
-    Returns (t, steps taken, last ASR)."""
+    Returns (t, steps taken, last ASR, whether the goal was reached)."""
     loss_fn = trojan_loss(apply_fn, trigger, target)
-    seen = {"asr": 0.0}
+    seen = {"asr": 0.0, "reached": False}
+    floor = None if finetune.max_drop is None else clean_accuracy(apply_fn, build(t0), x, y) - finetune.max_drop
 
     def callback(step, _loss, t):
-        seen["asr"] = attack_success_rate(apply_fn, build(t), x, y, trigger, target)
-        return seen["asr"] >= finetune.goal
+        p = build(t)
+        seen["asr"] = attack_success_rate(apply_fn, p, x, y, trigger, target)
+        seen["reached"] = seen["asr"] >= finetune.goal and (floor is None or clean_accuracy(apply_fn, p, x, y) >= floor)
+        return seen["reached"]
 
     run = minimize(
         lambda t, _k, xb, yb: loss_fn(build(t), xb, yb),
@@ -208,4 +235,4 @@ def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, finetune: F
         desc=desc,
         progress=progress,
     )
-    return run.latent, len(run.losses), seen["asr"]
+    return run.latent, len(run.losses), seen["asr"], seen["reached"]

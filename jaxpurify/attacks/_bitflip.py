@@ -33,6 +33,9 @@ entries, bit]; each weight is flipped at most once, so ``changed`` marks exactly
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,10 +50,11 @@ from jaxpurify.attacks._attack import (
     check_positive,
     check_training,
     flatten,
-    trojan_loss,
+    trojan_objective,
 )
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy
+from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy, predictions
 from jaxpurify.progress import Progress
+from jaxpurify.train import minimize
 from jaxpurify.tree import leaves_with_paths, map_with_path
 
 BITS = tuple(range(22, 32))  # top mantissa bit, the 8 exponent bits, the sign
@@ -63,31 +67,60 @@ def flip_bits(values: jax.Array, index, bit) -> jax.Array:
     return jax.lax.bitcast_convert_type(u, jnp.float32)
 
 
-def _search_step(loss_of_flat, candidates: int, bits: tuple[int, ...], sign: float, allowed=None):
-    """jit(values, frozen, x, y) -> (index, bit, loss after, index not frozen): the best single flip.
+class Split(NamedTuple):
+    """The network as a frozen part and a head: ``apply_fn(params, x) ==
+    head(params, features(params, x))``, where ``features`` reads no leaf named in ``leaves`` (paths
+    as in the codebook, e.g. ``("readout/kernel", "readout/bias")``).  A flip in one of those
+    leaves leaves the features unchanged, so the search computes the features of its batch once
+    per step and tries each such flip on the head alone (see ``jaxpurify.models``' ``part``)."""
 
-    ``frozen`` marks the entries not to try (already flipped, or outside the attack's scope);
-    ``sign`` +1 keeps the flip of highest loss (untargeted), −1 the lowest (targeted); a flip for
-    which ``allowed(values, x, y)`` is False counts as the worst."""
+    features: Callable[[PyTree, jax.Array], jax.Array]
+    head: Callable[[PyTree, jax.Array], jax.Array]
+    leaves: tuple[str, ...]
+
+
+def _search_step(forward, objective, candidates: int, bits: tuple[int, ...], sign: float, allowed=None, fast=None):
+    """jit(values, frozen, inputs, y) -> (index, bit, loss after, index not frozen): the best single flip.
+
+    ``forward(values, inputs)`` gives the logits of every input batch, ``objective(*logits, y)``
+    the loss; ``frozen`` marks the entries not to try (already flipped, or outside the attack's
+    scope); ``sign`` +1 keeps the flip of highest loss (untargeted), −1 the lowest (targeted); a
+    flip for which ``allowed(*logits, y)`` is False counts as the worst.  ``fast`` = (features,
+    head, in_head): a flip of an entry with ``in_head`` True is tried on ``head(values, hs)``,
+    with ``hs = features(values, inputs)`` computed once per step, the same logits without the
+    frozen part of the network."""
     bit_arr = jnp.asarray(bits, jnp.uint32)
 
+    def value_of(logits, y):
+        value = objective(*logits, y)
+        value = jnp.where(jnp.isfinite(value), value, jnp.inf)  # a NaN/Inf loss is the worst model
+        if allowed is not None:
+            value = jnp.where(allowed(*logits, y), value, -sign * jnp.inf)
+        return value
+
     @jax.jit
-    def step(values, frozen, x, y):
-        g = jax.grad(loss_of_flat)(values, x, y)
+    def step(values, frozen, inputs, y):
+        g = jax.grad(lambda v: objective(*forward(v, inputs), y))(values)
         score = jnp.where(frozen | ~jnp.isfinite(g), -1.0, jnp.abs(g))
         _, top = jax.lax.top_k(score, candidates)
-        idx = jnp.repeat(top, len(bits))
-        bit = jnp.tile(bit_arr, candidates)
 
-        def trial(ib):
-            trial_values = flip_bits(values, ib[0], ib[1])
-            value = loss_of_flat(trial_values, x, y)
-            value = jnp.where(jnp.isfinite(value), value, jnp.inf)  # a NaN/Inf loss is the worst model
-            if allowed is not None:
-                value = jnp.where(allowed(trial_values, x, y), value, -sign * jnp.inf)
-            return value
+        def tries(i, run):  # the loss after flipping each bit of entry i
+            return jax.vmap(lambda b: value_of(run(flip_bits(values, i, b)), y))(bit_arr)
 
-        losses = jax.lax.map(trial, (idx, bit), batch_size=len(bits))
+        def whole(v):
+            return forward(v, inputs)
+
+        if fast is None:
+            per_entry = lambda i: tries(i, whole)
+        else:
+            features, head, in_head = fast
+            hs = features(values, inputs)  # the frozen part: once per step, not once per trial
+
+            def per_entry(i):
+                return jax.lax.cond(in_head[i], lambda: tries(i, lambda v: head(v, hs)), lambda: tries(i, whole))
+
+        losses = jax.lax.map(per_entry, top).reshape(-1)
+        idx, bit = jnp.repeat(top, len(bits)), jnp.tile(bit_arr, candidates)
         # fewer unfrozen entries than candidates: top_k fills up with frozen ones, never to be flipped
         losses = jnp.where(frozen[idx], -sign * jnp.inf, losses)
         best = jnp.argmax(sign * losses)  # +inf is the best untargeted and the worst targeted flip
@@ -109,14 +142,14 @@ def _check_bits(bits, flips, candidates, batch_size):
     return bits
 
 
-def _scope(flat, leaves) -> np.ndarray:
+def _scope(flat, leaves, what: str = "leaves") -> np.ndarray:
     """Bool over the flat entries: True outside the named leaves (None: every leaf in scope)."""
     if leaves is None:
         return np.zeros(flat.values.size, bool)
     unknown = sorted(set(leaves) - set(flat.paths))
     if unknown or not leaves:
         raise ValueError(
-            f"leaves: {unknown[0] if unknown else 'empty'!r} is not a leaf of params; "
+            f"{what}: {unknown[0] if unknown else 'empty'!r} is not a leaf of params; "
             f"choose from {', '.join(flat.paths)}"
         )
     out = np.ones(flat.values.size, bool)
@@ -126,8 +159,47 @@ def _scope(flat, leaves) -> np.ndarray:
     return out
 
 
-def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress, clock, allowed=None, only=None):
-    """The shared loop: flip, record, ``stop(params)`` → (bool, outcome numbers)."""
+def _check_split(split, apply_fn, params, flat, x) -> np.ndarray:
+    """Validate ``split`` on a few examples; returns the bool mask of the head's flat entries."""
+    if not isinstance(split, Split):
+        raise TypeError(f"split must be a jaxpurify.attacks.Split, got {type(split).__name__}")
+    in_head = ~_scope(flat, tuple(split.leaves), "split.leaves")
+    x = jnp.asarray(x[:8])
+    try:
+        whole = np.asarray(apply_fn(params, x), np.float64)
+        parts = np.asarray(split.head(params, split.features(params, x)), np.float64)
+        poisoned = flat.unravel(jnp.where(jnp.asarray(in_head), jnp.nan, flat.values))
+        blind = np.asarray(split.features(poisoned, x))
+    except Exception as e:  # any failure here means the split does not fit params and data
+        raise ValueError(f"split: head(features(x)) fails on the attacker's data: {type(e).__name__}: {e}") from None
+    scale = max(float(np.max(np.abs(whole))), 1e-30)
+    if whole.shape != parts.shape or not np.allclose(parts, whole, rtol=1e-4, atol=1e-5 * scale):
+        raise ValueError("split: head(params, features(params, x)) differs from apply_fn(params, x)")
+    if not np.all(np.isfinite(blind)):
+        raise ValueError("split: features reads a leaf named in split.leaves (NaN written there reached it)")
+    return in_head
+
+
+def _search(
+    key,
+    apply_fn,
+    params,
+    x,
+    y,
+    objective,
+    trigger,
+    sign,
+    stop,
+    hyper,
+    desc,
+    progress,
+    clock,
+    allowed=None,
+    only=None,
+    split=None,
+):
+    """The shared loop: flip, record, ``stop(params)`` → (bool, outcome numbers).  ``trigger``:
+    None (the objective sees the clean batch only) or the trigger stamped into a second batch."""
     flat = flatten(params)
     if flat.values.dtype != jnp.float32:
         raise TypeError(f"params: bit flips are defined on float32 weights, got {flat.values.dtype}")
@@ -139,22 +211,38 @@ def _search(key, apply_fn, params, x, y, loss, sign, stop, hyper, desc, progress
     if hyper["candidates"] > int((~outside).sum()):
         raise ValueError(f"candidates {hyper['candidates']} exceeds the {int((~outside).sum())} weights in scope")
     xb, yb = _eval_batch(key, x, y, hyper["batch_size"])
+    inputs = (xb,) if trigger is None else (xb, trigger.stamp(xb))
+
+    def forward(v, zs):
+        p = flat.unravel(v)
+        return tuple(apply_fn(p, z) for z in zs)
+
+    fast = None
+    if split is not None:
+        in_head = _check_split(split, apply_fn, params, flat, x)
+        fast = (
+            lambda v, zs: tuple(split.features(flat.unravel(v), z) for z in zs),
+            lambda v, hs: tuple(split.head(flat.unravel(v), h) for h in hs),
+            jnp.asarray(in_head),
+        )
     step = _search_step(
-        lambda v, xs, ys: loss(flat.unravel(v), xs, ys),
+        forward,
+        objective,
         hyper["candidates"],
         hyper["bits"],
         sign,
-        None if allowed is None else allowed(xb, yb, lambda v: flat.unravel(v)),
+        None if allowed is None else allowed(forward(flat.values, inputs), yb),
+        fast,
     )
     values, flipped = flat.values, jnp.asarray(outside)  # out of scope: never a candidate
-    current = float(loss(params, xb, yb))
+    current = float(objective(*forward(values, inputs), yb))
     kept, done, measure = [], False, {}
     with Progress(total=hyper["flips"], desc=desc, disable=None if progress is None else not progress) as bar:
         for _ in range(hyper["flips"]):
             done, measure = stop(flat.unravel(values))
             if done:
                 break
-            i, b, after, free = step(values, flipped, xb, yb)
+            i, b, after, free = step(values, flipped, inputs, yb)
             i, b, after = int(i), int(b), float(after)
             if not bool(free) or (
                 sign < 0 and not after < current
@@ -183,19 +271,21 @@ def pbfa(
     candidates: int = 10,
     bits: tuple[int, ...] = BITS,
     batch_size: int = 256,
-    margin: float = 0.02,
+    margin: float = 0.01,
     cap: float = 20.0,
+    split: Split | None = None,
     progress: bool | None = None,
 ) -> Attack:
-    """Untargeted progressive bit-flip search (``target`` and ``trigger`` are ignored)."""
+    """Untargeted progressive bit-flip search (``target`` and ``trigger`` are ignored); stops once
+    accuracy on the attacker's data is ≤ 1/classes + ``margin`` (11% on ten classes).  ``split``:
+    flips in its head are tried without re-running the frozen part (same result, less time)."""
     clock = Clock()
     x, y, _, classes = check_common(apply_fn, params, data, target, trigger, need_trigger=False)
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_positive(cap=cap)
     chance = 1.0 / classes
 
-    def loss(p, xs, ys):
-        logits = apply_fn(p, xs)
+    def objective(logits, ys):
         finite = jnp.all(jnp.isfinite(logits), axis=-1)
         safe = jnp.where(finite[:, None], logits, 0.0)  # no NaN flows back from a ruined example
         ce = optax.softmax_cross_entropy_with_integer_labels(safe, ys)
@@ -216,7 +306,9 @@ def pbfa(
         cap=float(cap),
         loss="mean of min(clean cross-entropy, cap), maximised",
     )
-    return _search(key, apply_fn, params, x, y, loss, +1.0, stop, hyper, "pbfa", progress, clock)
+    return _search(
+        key, apply_fn, params, x, y, objective, None, +1.0, stop, hyper, "pbfa", progress, clock, split=split
+    )
 
 
 def _with_leaf(params, path: str, value):
@@ -334,6 +426,9 @@ def bit_trojan(
     readout: str = "readout/kernel",
     neurons: int = 20,
     craft_rate: float = 0.1,
+    tune: int = 0,
+    tune_rate: float = 0.01,
+    split: Split | None = None,
     progress: bool | None = None,
 ) -> Attack:
     """Targeted bit trojan: flips that implant ``trigger`` → ``target`` while keeping clean
@@ -344,12 +439,22 @@ def bit_trojan(
     ``craft`` Adam steps of rate ``craft_rate``, and only V[rows, target] flipped; ``leaves`` is
     then ignored. ``Attack.trigger`` is the crafted trigger (``hyper["trigger"]`` stays the one
     passed, the crafting's start); without ``craft`` it is None: the trigger passed is the one
-    implanted."""
+    implanted.  ``tune`` > 0 (with ``craft``): TBT's Trojan Bit Search in float32 instead of the
+    greedy search: the chosen weights V[rows, target] are trained for ``tune`` Adam steps (rate
+    ``tune_rate``) on the trojan loss with the crafted trigger, and each is then set to the float32
+    value nearest its trained one among those reachable by flipping a subset of ``bits``
+    (:func:`nearest_by_flips`; a weight may get several flips, at most ``flips`` in all, the
+    weights that moved most first).  ``split``: flips in its head are tried without re-running
+    the frozen part, and when every candidate is in the head the stop rule reuses the attacker's
+    features (same result, less time)."""
     clock = Clock()
     x, y, target, classes = check_common(apply_fn, params, data, target, trigger)
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_training(goal, max_drop=max_drop)
     craft = check_count("craft", craft, 0)
+    tune = check_count("tune", tune, 0)
+    if tune and not craft:
+        raise ValueError("tune needs craft > 0: it trains the weights of the rows the crafting chose")
     hyper = dict(
         attack="bit_trojan",
         target=target,
@@ -396,20 +501,30 @@ def bit_trojan(
             craft_rate=float(craft_rate),
             outcome={"rows": rows.tolist(), "crafted_trigger": crafted._asdict()},
         )
+        if tune:
+            check_positive(tune_rate=tune_rate)
+            hyper.update(tune=tune, tune_rate=float(tune_rate), loss=hyper["loss"] + "; tune: trained, then realised")
 
-    def batch_accuracy(p, xs, ys):
-        logits = apply_fn(p, xs)
+    def batch_accuracy(logits, ys):
         return jnp.mean((jnp.argmax(logits, axis=-1) == ys) & jnp.all(jnp.isfinite(logits), axis=-1))
 
-    def allowed(xb, yb, unravel):
+    def allowed(logits, yb):
         # without this guard the greedy search trades clean accuracy for the triggered term
         # (measured on digits / multi: one flip that silenced a channel, CA 0.98 → 0.11)
-        floor = float(batch_accuracy(unravel(flatten(params).values), xb, yb)) - max_drop
-        return lambda v, xs, ys: batch_accuracy(unravel(v), xs, ys) >= floor
+        floor = float(batch_accuracy(logits[0], yb)) - max_drop
+        return lambda clean_logits, _triggered, ys: batch_accuracy(clean_logits, ys) >= floor
+
+    if tune:
+        return _tbs(key, apply_fn, params, x, y, trigger, target, only, hyper, split, clock)._replace(trigger=crafted)
+
+    scope = [readout] if craft else leaves
+    measure = _measure(
+        apply_fn, x, y, trigger, target, split if scope and split and set(scope) <= set(split.leaves) else None
+    )
 
     def stop(p):
-        asr = attack_success_rate(apply_fn, p, x, y, trigger, target)
-        return asr >= goal, dict(asr=asr, ca=clean_accuracy(apply_fn, p, x, y))
+        ca, asr = measure(p)
+        return asr >= goal, dict(asr=asr, ca=ca)
 
     res = _search(
         key,
@@ -417,7 +532,8 @@ def bit_trojan(
         params,
         x,
         y,
-        trojan_loss(apply_fn, trigger, target),
+        trojan_objective(target),
+        trigger,
         -1.0,
         stop,
         hyper,
@@ -426,5 +542,90 @@ def bit_trojan(
         clock,
         allowed,
         only,
+        split,
     )
     return res._replace(trigger=crafted)
+
+
+def _measure(apply_fn, x, y, trigger: Trigger, target: int, split: Split | None):
+    """measure(params) -> (CA, ASR) on the attacker's data.  With ``split`` (every flip in its
+    head) the features of the clean and the triggered inputs are computed on the first call and
+    reused: the flips never change them."""
+    if split is None:
+        return lambda p: (clean_accuracy(apply_fn, p, x, y), attack_success_rate(apply_fn, p, x, y, trigger, target))
+    keep, cache = y != target, {}
+
+    def measure(p):
+        if not cache:
+            feats = lambda z: np.concatenate(
+                [np.asarray(split.features(p, jnp.asarray(z[i : i + 2048]))) for i in range(0, len(z), 2048)]
+            )
+            cache.update(clean=feats(x), triggered=feats(trigger.stamp(x[keep])))
+        ca = float(np.mean(predictions(split.head, p, cache["clean"]) == y))
+        return ca, float(np.mean(predictions(split.head, p, cache["triggered"]) == target))
+
+    return measure
+
+
+def nearest_by_flips(old, wanted, bits: tuple[int, ...]) -> tuple[np.ndarray, list[list[int]]]:
+    """Per float32 entry of ``old``: the finite value nearest ``wanted`` among those its bit
+    pattern reaches by flipping a subset of ``bits`` (ties: fewer flips), and the bits flipped."""
+    old = np.asarray(old, np.float32).reshape(-1)
+    wanted = np.asarray(wanted, np.float64).reshape(-1)
+    masks = np.zeros(1 << len(bits), np.uint32)
+    for j, b in enumerate(bits):
+        masks[(np.arange(masks.size) >> j) & 1 == 1] |= np.uint32(1) << np.uint32(b)
+    flips = np.array([bin(int(m)).count("1") for m in masks])
+    with np.errstate(invalid="ignore", over="ignore"):  # some patterns are NaN or Inf: never chosen
+        cand = (old.view(np.uint32)[:, None] ^ masks[None, :]).view(np.float32).astype(np.float64)
+        err = np.where(np.isfinite(cand), np.abs(cand - wanted[:, None]), np.inf)
+    best = np.lexsort((np.broadcast_to(flips, err.shape), err), axis=-1)[:, 0]
+    new = cand[np.arange(old.size), best].astype(np.float32)
+    return new, [[b for b in bits if (int(masks[k]) >> b) & 1] for k in best]
+
+
+def _tbs(key, apply_fn, params, x, y, trigger, target, only, hyper, split, clock):
+    """TBT's Trojan Bit Search in float32: train V[rows, target] on the trojan loss, then realise
+    each trained value by the nearest bit flips (``bit_trojan``'s ``tune``)."""
+    flat = flatten(params)
+    if flat.values.dtype != jnp.float32:
+        raise TypeError(f"params: bit flips are defined on float32 weights, got {flat.values.dtype}")
+    path, entries = only
+    at = jnp.asarray(flat.bounds[flat.paths.index(path)] + np.asarray(entries))
+    v0 = flat.values[at]
+    build = lambda d: flat.unravel(flat.values.at[at].set(v0 + d))
+    objective = trojan_objective(target)
+    if split is not None and path in split.leaves:
+        _check_split(split, apply_fn, params, flat, x)
+        feats = lambda z: np.concatenate(
+            [np.asarray(split.features(params, jnp.asarray(z[i : i + 2048]))) for i in range(0, len(z), 2048)]
+        )
+        inputs, run = [feats(x), feats(trigger.stamp(x))], split.head
+    else:  # the images themselves: every step re-runs the whole network
+        inputs, run = [x, trigger.stamp(x)], apply_fn
+    trained = minimize(
+        lambda d, _k, a, b, yb: objective(run(build(d), a), run(build(d), b), yb),
+        jnp.zeros_like(v0),
+        [*inputs, y],
+        key=jax.random.fold_in(key, 2),
+        steps=hyper["tune"],
+        batch_size=hyper["batch_size"],
+        optimizer=optax.adam(hyper["tune_rate"]),
+        desc="bit_trojan tune",
+        progress=False,
+    ).latent
+    wanted = np.asarray(v0 + trained, np.float64)
+    new, bits = nearest_by_flips(np.asarray(v0), wanted, tuple(hyper["bits"]))
+    order = np.argsort(-np.abs(wanted - np.asarray(v0)), kind="stable")  # the weights that moved most first
+    values, kept, budget = np.array(flat.values), [], hyper["flips"]
+    for j in order:
+        if bits[j] and len(kept) + len(bits[j]) <= budget:
+            values[int(at[j])] = new[j]
+            kept += [[path, int(entries[j]), b] for b in bits[j]]
+    new_params = flat.unravel(jnp.asarray(values))
+    asr = attack_success_rate(apply_fn, new_params, x, y, trigger, target)
+    ca = clean_accuracy(apply_fn, new_params, x, y)
+    hyper["outcome"] = dict(
+        hyper.get("outcome", {}), flips=kept, count=len(kept), reached=bool(asr >= hyper["goal"]), asr=asr, ca=ca
+    )
+    return Attack(new_params, changed_mask(new_params, params), hyper, clock())

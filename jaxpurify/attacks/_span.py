@@ -112,7 +112,7 @@ def span_trojan(
         raise ValueError("params: no protected group has a non-zero column to span")
     build = _in_span(flat, spans)
     t0 = {name: jnp.zeros((u.shape[1], idx.shape[1]), flat.values.dtype) for name, (idx, u) in spans.items()}
-    t, taken, asr = trojan_finetune(
+    t, taken, asr, reached = trojan_finetune(
         k_train, apply_fn, build, t0, x, y, trigger, target, finetune, desc="span_trojan", progress=progress
     )
     new = build(t)
@@ -128,6 +128,7 @@ def span_trojan(
     hyper["outcome"] = dict(
         steps=taken,
         asr=asr,
+        reached=reached,
         ca=clean_accuracy(apply_fn, new, x, y),
         spans={name: dict(K=K, columns=m, rank=r) for name, (K, m, r) in summary.items()},
     )

@@ -43,7 +43,7 @@ def _masked(flat, mask):
 
 def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper, clock, progress):
     build = _masked(flat, mask)
-    t, taken, asr = trojan_finetune(
+    t, taken, asr, reached = trojan_finetune(
         key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target, finetune, desc=name, progress=progress
     )
     new = build(t)
@@ -51,6 +51,7 @@ def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, fine
     hyper["outcome"] = dict(
         steps=taken,
         asr=asr,
+        reached=reached,
         ca=clean_accuracy(apply_fn, new, x, y),
         chosen=int(np.sum(mask)),
         changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))),

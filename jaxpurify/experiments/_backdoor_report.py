@@ -81,6 +81,21 @@ def _setup(res: dict) -> str:
     return "Setup: " + "; ".join(p for p in parts if p) + "."
 
 
+def _short(hyper: dict) -> dict:
+    """The hyper-parameters without the bulky outcome lists (every flip, a crafted pattern): those
+    stay in backdoor.json."""
+    out = dict(hyper)
+    if isinstance(out.get("outcome"), dict):
+        o = dict(out["outcome"])
+        for k in ("flips", "crafted_trigger", "rows"):
+            if k in o:
+                o[k] = f"<{len(o[k]) if isinstance(o[k], list) else 1} in backdoor.json>"
+        out["outcome"] = o
+    if isinstance(out.get("trigger"), dict) and out["trigger"].get("pattern") is not None:
+        out["trigger"] = dict(out["trigger"], pattern="<in backdoor.json>")
+    return out
+
+
 def markdown(res: dict) -> str:
     c = res["clean"]
     text = [
@@ -108,14 +123,21 @@ def markdown(res: dict) -> str:
         "",
         table(res["rows"]),
         "",
-        "## Targets (issue 11)",
+        "## Targets",
+        "",
+        "An attack is *strong* when, undefended, it reaches ≥ 90% test ASR at ≤ 2 pt CA loss (PBFA: CA ≤ 11%). "
+        "A defense target of an attack that is not strong is listed but not claimed: restoring a weak "
+        "attack is no evidence.",
         "",
     ]
     for t in res["targets"]:
         nums = ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items() if k not in ("target", "met")
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in t.items()
+            if k not in ("target", "met", "claimed")
         )
-        text.append(f"- **{'met' if t['met'] else 'NOT met'}**: {t['target']} ({nums})")
+        claim = " — *not claimed: the attack is not strong*" if t.get("claimed") is False else ""
+        text.append(f"- **{'met' if t['met'] else 'NOT met'}**: {t['target']} ({nums}){claim}")
     text += [
         "",
         "## Forensic map (l1 outlier flags vs entries the attack changed)",
@@ -126,7 +148,14 @@ def markdown(res: dict) -> str:
         "",
     ]
     for name, a in res["attacks"].items():
-        text.append(f"- {name} ({a['changed']} entries changed, {a['seconds']:.1f} s): `{a['hyper']}`")
+        trig = a.get("trigger", res["trigger"])
+        crafted = " crafted" if trig.get("pattern") is not None else ""
+        base = a.get("clean", res["clean"])
+        text.append(
+            f"- {name} ({a['changed']} entries changed, {a['seconds']:.1f} s; trigger {trig['size']} px{crafted}, "
+            f"on which the clean model gives CA {_pct(base['ca'])} %, ASR {_pct(base['asr'])} %): "
+            f"`{_short(a['hyper'])}`"
+        )
     return "\n".join(text) + "\n"
 
 

@@ -26,10 +26,10 @@ import numpy as np
 
 from jaxpurify import Codebook, attacks, data
 from jaxpurify import defenses as D
+from jaxpurify.experiments import _recipe
 from jaxpurify.experiments._common import write_json
 from jaxpurify.experiments.realdata import build
 from jaxpurify.progress import Progress
-from jaxpurify.train import train
 
 ATTACKS = {
     "badnets": attacks.badnets,
@@ -40,11 +40,35 @@ ATTACKS = {
     "span": attacks.span_trojan,
 }
 # Hyper-parameters the experiment sets on top of each attack's defaults, fixed before any defense
-# was evaluated: the bit trojan searches the read-out kernel only (TBT's last-layer search); over
-# every weight, under its clean-accuracy guard, it stalled at ≤ 1.5% ASR on the digits. Channel
-# replacement rewrites 2 channels per layer (the literature's 1-2): with 1, the multi CNN's attack
-# ran to its 1,000-step cap short of its own 90% goal in every run (61-80% on its own data).
-ATTACK_HYPER = {"bit_trojan": {"leaves": ("readout/kernel",)}, "channels": {"channels": 2}}
+# was evaluated.  The bit trojan is TBT: the read-out rows of largest target gradient (64), a
+# trigger of TBT's size (``tbt_trigger``) crafted for them in 500 Adam steps, their weights to the
+# target trained for 300 steps and realised by bit flips (at most 200).  The greedy flip search
+# with a crafted trigger stalled on the digits (one-hidden: 3-5 flips, 39.5% ASR); with ``tune``
+# at rate 0.01 it cost 9.4 pt of CA, at 0.05 1.3 pt (98.8% ASR, 158 flips; a scratch run on a
+# 600-step model).  Channel replacement rewrites as many channels per layer as it needs
+# (``CHANNELS``, the fewest that reach the attack's goal).
+ATTACK_HYPER = {
+    "bit_trojan": {"craft": 500, "neurons": 64, "candidates": 16, "tune": 300, "tune_rate": 0.05, "flips": 200}
+}
+CHANNELS = (1, 2, 4, 8, 16)
+STRONG_ASR, MAX_CA_LOSS, PBFA_CA = 0.90, 0.02, 0.11  # what makes an attack worth defending against
+
+
+def tbt_trigger(h: int) -> attacks.Trigger:
+    """TBT's trigger size scaled with the image: a 10 × 10 patch on CIFAR-10's 32 × 32 (9.8% of the
+    image; 9 × 9 on 28 × 28, 3 × 3 on 8 × 8), bottom-right; its pixels are then crafted."""
+    return attacks.Trigger(max(1, math.ceil(10 * h / 32)))
+
+
+def split_of(model) -> attacks.Split:
+    """The model's frozen feature extractor and its head (``jaxpurify.models``' ``part``)."""
+    return attacks.Split(
+        features=lambda p, x: model.apply({"params": p}, x, part="features"),
+        head=lambda p, h: model.apply({"params": p}, h, part="head"),
+        leaves=tuple(model.HEAD),
+    )
+
+
 FRACTIONS = (0.05, 0.01, 0.0)
 TARGET = 0
 LAST_CONV = {"one-hidden": "hidden", "multi": "conv1"}  # the layer fine-pruning prunes
@@ -54,8 +78,8 @@ def output_axis(path: str, leaf) -> int | None:
     """The ``output`` layout: a kernel with ≥ 16 output channels is encoded along its output axis
     (K = channels; for the one-hidden CNN's hidden layer, the paper's layout), everything else as
     the default. A column then holds one weight of every output channel, so rewriting a channel
-    puts one change in each of its columns instead of filling one column (the default layout's
-    column *is* a channel). The 10-class read-out stays default: along its 10 outputs a column
+    puts one change in each of its columns (the default's coprime interleave puts one or two).
+    The 10-class read-out stays default: along its 10 outputs a column
     would hold n = 3 latent values, and the logits would be confined to a 3-dimensional space."""
     shape = getattr(leaf, "shape", ())
     return -1 if len(shape) >= 2 and shape[-1] >= 16 else None
@@ -73,7 +97,7 @@ def interleave(path: str, leaf) -> int | str | None:
       weight of every channel; one-hidden: K = 256).
     - Any other kernel, here the 10-class read-out: the coprime interleave (``select`` →
       ``"interleave"``): its C outputs laid into m > C columns coprime to C and the fan-in F,
-      entry (i, c) in column (i·C + c) mod m (read-out (256, 10): m = 11, K = 233). A rewritten
+      entry (i, c) in column (i·C + c) mod m (read-out (256, 10): m = 17, K = 151). A rewritten
       read-out channel (the channel trojan's target column) puts ⌈F/m⌉ or fewer changes in a
       column instead of filling one, and an input's C weights lie in C distinct columns.
     Biases and other 1-D leaves: pooled (the default)."""
@@ -207,26 +231,17 @@ def run(
     if limit is not None:
         ds = first(ds, *limit)
     shown = None if progress else False
-    steps, fractions = (steps or (600 if quick else 1500)), ((0.05, 0.0) if quick else FRACTIONS)
+    fractions = (0.05, 0.0) if quick else FRACTIONS
+    r = _recipe.recipe_for(dataset, steps=steps or (600 if quick else None))
     key = jax.random.key(seed)
     model, _ = build(arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     select = LAYOUTS[layout]
     codebook = Codebook.create(params0, secret_for(seed), select=select)  # every floating parameter protected
-    t0 = time.perf_counter()
-    latent = train(
-        apply,
-        codebook.init_latent(params0),
-        codebook,
-        ds.train.x,
-        ds.train.y,
-        key=jax.random.fold_in(key, 2),
-        steps=steps,
-        progress=shown,
-    ).latent
-    deployed = codebook.decode(latent)
-    train_seconds = time.perf_counter() - t0
+    deployed, train_seconds = _recipe.fit(
+        apply, params0, codebook, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown
+    )
     codebook.seal(deployed)
     signatures = D.checksum_signatures(deployed, jax.random.fold_in(key, 3))
 
@@ -256,28 +271,29 @@ def run(
     )
     names = ["none", *(a for a in ATTACKS if only is None or a in only)]
     chosen = {d: D.DEFENSES[d] for d in (defenses or D.DEFENSES)}
+    frozen = split_of(model)
     with Progress(len(names), f"backdoor {dataset}/{arch}", disable=not progress or None) as bar:
         for a, name in enumerate(names):
+            used = trigger  # the trigger this attack's rows are measured with
             if name == "none":
                 attacked = deployed
             else:
-                known = {"select": select} if name == "span" else {}  # the public layout rule
-                res = ATTACKS[name](
-                    jax.random.fold_in(key, 100 + a),
-                    apply,
-                    deployed,
-                    attacker,
-                    target=TARGET,
-                    trigger=trigger,
-                    progress=shown,
-                    **known,
-                    **ATTACK_HYPER.get(name, {}),
+                res = attack(
+                    name, jax.random.fold_in(key, 100 + a), apply, deployed, attacker, trigger, select, frozen, shown
                 )
-                attacked = res.params
+                attacked, used = res.params, res.trigger or trigger
                 changed = {D.path_of(kp): v for kp, v in jax.tree_util.tree_leaves_with_path(res.changed)}
-                attack_info[name] = {"hyper": res.hyper, "seconds": res.seconds, "changed": _count(res.changed)}
-                rows.append(row(name, "none", 0.0, metrics(apply, attacked, ds.test, trigger, TARGET), None, 0.0))
+                attack_info[name] = {
+                    "hyper": res.hyper,
+                    "seconds": res.seconds,
+                    "changed": _count(res.changed),
+                    "trigger": used._asdict(),
+                    # the unattacked model under this attack's trigger: the rate a defense restores
+                    "clean": metrics(apply, deployed, ds.test, used, TARGET),
+                }
+                rows.append(row(name, "none", 0.0, metrics(apply, attacked, ds.test, used, TARGET), None, 0.0))
                 keep[(name, "none", 0.0)] = attacked
+                keep[("trigger", name)] = used
                 flags, cert = D.outlier_masks(attacked, codebook)
                 forensic[name] = forensic_map(changed, flags, cert)
             for dname, defense in chosen.items():
@@ -290,7 +306,7 @@ def run(
                     t1 = time.perf_counter()
                     done = defense(apply, attacked, codebook, benign, jax.random.fold_in(key, 1000 + a), **kw)
                     dt = time.perf_counter() - t1
-                    rows.append(row(name, dname, f, metrics(apply, done.params, ds.test, trigger, TARGET), done, dt))
+                    rows.append(row(name, dname, f, metrics(apply, done.params, ds.test, used, TARGET), done, dt))
                     keep[(name, dname, f)] = done.params
             bar.update(1, attack=name)
 
@@ -299,7 +315,8 @@ def run(
         "arch": arch,
         "quick": quick,
         "seed": seed,
-        "steps": steps,
+        "steps": r.steps,
+        "recipe": r.record(),
         "target": TARGET,
         "layout": layout,
         "limit": list(limit) if limit is not None else None,
@@ -330,30 +347,83 @@ def run(
     return res
 
 
+def attack(name, key, apply, deployed, attacker, trigger, select, split, progress) -> attacks.Attack:
+    """Run attack ``name`` with the experiment's hyper-parameters (``ATTACK_HYPER``).  Channel
+    replacement tries 1, 2, 4, … channels per layer (``CHANNELS``) and keeps the first run that
+    reaches its goal on the attacker's data (the last one tried if none does)."""
+    kw = dict(target=TARGET, progress=progress, **ATTACK_HYPER.get(name, {}))
+    if name == "span":
+        kw["select"] = select  # the public layout rule
+    if name in ("pbfa", "bit_trojan"):
+        kw["split"] = split  # the feature extractor runs once per batch, not once per tried flip
+    if name == "bit_trojan":
+        trigger = tbt_trigger(attacker[0].shape[1])
+    if name != "channels":
+        return ATTACKS[name](key, apply, deployed, attacker, trigger=trigger, **kw)
+    tried = []
+    for c in CHANNELS:
+        res = ATTACKS[name](key, apply, deployed, attacker, trigger=trigger, channels=c, **kw)
+        tried.append({"channels": c, "asr": res.hyper["outcome"]["asr"], "ca": res.hyper["outcome"]["ca"]})
+        if res.hyper["outcome"]["reached"]:
+            break
+    res.hyper["outcome"]["tried"] = tried
+    return res
+
+
 def _find(rows, attack, defense, fraction=0.0):
     return next(
         (r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (attack, defense, fraction)), None
     )
 
 
+def strong(res: dict, attack: str) -> bool | None:
+    """Is the attack strong enough to matter, undefended (None: not run)?  A trojan: test ASR ≥ 90%
+    at ≤ 2 pt clean-accuracy loss; PBFA: clean accuracy ≤ 11%."""
+    r = _find(res["rows"], attack, "none")
+    if r is None:
+        return None
+    if attack == "pbfa":
+        return r["ca"] <= PBFA_CA
+    return r["asr"] >= STRONG_ASR and res["clean"]["ca"] - r["ca"] <= MAX_CA_LOSS
+
+
 def targets(res: dict) -> list[dict]:
-    """The issue's targets, each with the numbers that decide it and whether it is met."""
+    """The issue's targets, each with the numbers that decide it and whether it is met.  An attack
+    that is not strong undefended (:func:`strong`) keeps its rows, but its defense targets carry
+    ``claimed: False``: restoring a weak attack is no evidence."""
     rows, clean, out = res["rows"], res["clean"], []
+    for a in ATTACKS:
+        ok = strong(res, a)
+        if ok is None:
+            continue
+        r = _find(rows, a, "none")
+        what = "CA ≤ 11%" if a == "pbfa" else "ASR ≥ 90% at ≤ 2 pt CA loss"
+        out.append(
+            {
+                "target": f"{a}: strong undefended ({what})",
+                "met": ok,
+                "ca": r["ca"],
+                "asr": r["asr"],
+                "ca_loss": clean["ca"] - r["ca"],
+            }
+        )
     for a in ("sparse", "channels", "pbfa", "bit_trojan"):
         r = _find(rows, a, "purify")
         leaves = res["forensic"].get(a, {}).values()
         rec = [v["certified_recall"] for v in leaves if v["certified_recall"] is not None]
         if r is None:
             continue
-        ok = abs(r["ca"] - clean["ca"]) <= 0.005 and abs(r["asr"] - clean["asr"]) <= 0.01 and all(v == 1.0 for v in rec)
+        base = res["attacks"].get(a, {}).get("clean", clean)  # the clean model under this attack's trigger
+        ok = abs(r["ca"] - base["ca"]) <= 0.005 and abs(r["asr"] - base["asr"]) <= 0.01 and all(v == 1.0 for v in rec)
         out.append(
             {
                 "target": f"{a}: purify alone restores CA ±0.5 pt, ASR ±1 pt, finds every certified change",
                 "met": ok,
+                "claimed": bool(strong(res, a)),
                 "ca": r["ca"],
                 "asr": r["asr"],
-                "clean_ca": clean["ca"],
-                "clean_asr": clean["asr"],
+                "clean_ca": base["ca"],
+                "clean_asr": base["asr"],
                 "min_certified_recall": min(rec) if rec else None,
             }
         )
@@ -366,6 +436,7 @@ def targets(res: dict) -> list[dict]:
             {
                 "target": f"badnets, {f:g} benign: purify+ft ASR ≤ 5%, CA drop ≤ 2 pt, ASR below FT and FP",
                 "met": ok,
+                "claimed": bool(strong(res, "badnets")),
                 "asr": p["asr"],
                 "ca_drop": clean["ca"] - p["ca"],
                 "ft_asr": ft["asr"],
@@ -378,6 +449,7 @@ def targets(res: dict) -> list[dict]:
             {
                 "target": "span: purify fails (ASR kept within 1 pt) and the keyed seal detects it",
                 "met": s["asr"] >= s0["asr"] - 0.01 and s["detected"] is True,
+                "claimed": bool(strong(res, "span")),
                 "asr_attacked": s0["asr"],
                 "asr_purified": s["asr"],
                 "detected": s["detected"],
