@@ -45,7 +45,7 @@ from jaxpurify._admm import _mm, admm
 from jaxpurify._certify import Fit, certify
 from jaxpurify._grad import differentiable
 from jaxpurify._options import RecoverOptions, resolve
-from jaxpurify._polish import far_above_median, largest, polish, tolerance
+from jaxpurify._polish import far_above_median, largest, over_bound, polish, tolerance
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify._units import column_exponent, scale
@@ -65,6 +65,15 @@ COMPACT = 8
 NARROW_MIN = 16
 # Polish rounds of the first (full-width) pass.
 FIRST_ROUNDS = 3
+
+
+def far_limit(dtype) -> int:
+    """log2 of the magnitude, in a column's own units (median entry ~ 1), past which an entry is an
+    outlier by fiat: 2^32 in float32, 2^256 in float64.  Far below the overflow of the solver's
+    sums of squares (K · 2^64 ≪ 2^128), far above any clean entry of a column whose median is
+    clean (more than half its nonzero entries are, inside the count bound; clean columns A θ have
+    max/median ≈ 5)."""
+    return int(jnp.finfo(dtype).maxexp) // 4
 
 
 class Tolerances(NamedTuple):
@@ -197,9 +206,16 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     K, N = A.shape
     m = Y.shape[1]
     dtype = Y.dtype
-    finite = jnp.isfinite(Y)
-    e = column_exponent(Y, finite)
-    y = jnp.where(finite, scale(jnp.where(finite, Y, 0.0), e), 0.0)
+    usable = jnp.isfinite(Y)
+    e = column_exponent(Y, usable)
+    y = scale(jnp.where(usable, Y, 0.0), e)
+    # entries this far above the column's median (e.g. stuck near the largest float) would overflow
+    # the solver's arithmetic (the certificate once read inf/inf as an exact fit): the solve treats
+    # them as erasures, the certificate counts them as outliers (2 rows each, not 1), which it may:
+    # no inlier is dropped, and x̂'s inliers alone carry the uniqueness argument (_certify)
+    far = usable & (jnp.abs(y) > jnp.ldexp(jnp.ones((), dtype), far_limit(dtype)))
+    finite = usable & ~far
+    y = jnp.where(finite, y, 0.0)
     atol = jnp.ldexp(jnp.broadcast_to(tols.atol.astype(dtype), (m,)), -e)
 
     ignore = far_above_median(y, finite, PRESCREEN)
@@ -235,8 +251,9 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     tol = tolerance(y, ~best.outliers, tols.rtol.astype(dtype), atol)
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
-    fit = Fit(x, r, outl, best.ok, best.stable, best.solved, best.over & ~best.ok)
-    code, certified, bound = certify(Q, R, n, fit, finite, tol)
+    # the far entries alone past the count bound: that is why, whatever the fit's state
+    over = (best.over & ~best.ok) | over_bound(far, usable, n)
+    code, certified, bound = certify(Q, R, n, Fit(x, r, outl, best.ok, best.stable, best.solved, over), usable, tol)
     x_n, x = x, jnp.ldexp(x, e)
     # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal
     # results to zero): such a column is not what was certified, so it is not certified

@@ -342,3 +342,21 @@ def test_one_hidden_cnn_structure():
     h = np.mean([np.maximum(q @ W + np.asarray(p["hidden"]["bias"]), 0) for q in patches], axis=0)
     ref = h @ np.asarray(p["readout"]["kernel"]) + np.asarray(p["readout"]["bias"])
     np.testing.assert_allclose(m.apply({"params": p}, x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("redundancy", [1.5, 2.0])
+def test_entries_stuck_near_the_largest_float_are_not_reported_ok(redundancy):
+    """Issue 25: at redundancy 1.5 or 2 (no seal), small weights with K − n entries per column stuck
+    near FLT_MAX came back zeroed with ``report.ok``.  Past the count bound: not certified, and the
+    columns keep their input values (on_uncertified="input")."""
+    rng = np.random.default_rng(25)
+    params = {"w": jnp.asarray(rng.standard_normal((8, 32)) * 1e-3, jnp.float32)}
+    cb = jp.Codebook.create(params, bytes(range(32)), redundancy=redundancy, select=lambda p, leaf: 1)
+    clean = cb.decode(cb.encode(params))
+    g = cb.groups["w"]
+    W = np.array(clean["w"], copy=True)  # column j of the code is row j of W
+    for j in range(g.columns):
+        W[j, rng.choice(g.K, g.K - g.n, replace=False)] = np.finfo(np.float32).max
+    out, report = jp.purify({"w": W}, cb)
+    assert not report.ok and report.certified == 0
+    np.testing.assert_array_equal(np.asarray(out["w"]), W)
