@@ -42,13 +42,13 @@ from jax.typing import ArrayLike
 
 from jaxpurify import _exported
 from jaxpurify._admm import _mm, admm
-from jaxpurify._certify import Fit, certify
+from jaxpurify._certify import Fit, _norm, certify
 from jaxpurify._grad import differentiable
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._polish import far_above_median, largest, over_bound, polish, tolerance
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 from jaxpurify._threads import single_threaded_blas
-from jaxpurify._units import column_exponent, scale
+from jaxpurify._units import column_exponent, is_subnormal, is_zero, scale, unscale
 
 # A clean column A x has no entry 1e4 times its median (at most n − 1 entries of A x can vanish),
 # so values that far out are gross errors: the first pass leaves them out of the ADMM, which keeps
@@ -254,14 +254,22 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     # the far entries alone past the count bound: that is why, whatever the fit's state
     over = (best.over & ~best.ok) | over_bound(far, usable, n)
     code, certified, bound = certify(Q, R, n, Fit(x, r, outl, best.ok, best.stable, best.solved, over), usable, tol)
-    x_n, x = x, jnp.ldexp(x, e)
-    # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal
-    # results to zero): such a column is not what was certified, so it is not certified
-    lost = jnp.any(((x_n != 0) & (jnp.abs(x) < jnp.finfo(dtype).tiny)) | ~jnp.isfinite(x), axis=0)
+    # back to the caller's units, correctly rounded (unscale: the CPU backend would flush subnormal
+    # results to zero); a subnormal entry is off by at most half the smallest subnormal, which the
+    # bound takes in (2^(low−1) in the caller's units is 2^(low−1−e) in the column's)
+    x_n, x = x, unscale(x, e)
+    low = int(jnp.finfo(dtype).minexp) - int(jnp.finfo(dtype).nmant)
+    sub = jnp.sum(is_subnormal(x), axis=0)
+    xn = _norm(x_n)
+    rounding = jnp.sqrt(sub.astype(dtype)) * jnp.ldexp(jnp.ones((), dtype), low - 1 - e) / jnp.where(xn > 0, xn, 1.0)
+    bound = bound + jnp.where(sub > 0, rounding, 0.0)
+    # past the top of the float range, or nothing left of x̂: not what was certified
+    lost = jnp.any(~jnp.isfinite(x), axis=0) | (jnp.any(x_n != 0, axis=0) & jnp.all(is_zero(x), axis=0))
     code = jnp.where(certified & lost, jnp.int8(RESULTS.out_of_range), code)
     bound = jnp.where(lost, jnp.inf, bound)
     certified = certified & ~lost
-    residual = Y - _mm(A, x)
+    # the residual in the column's units too, where the entry was not set aside (non-finite, far)
+    residual = jnp.where(finite, unscale(y - _mm(A, x_n), e), Y - _mm(A, x))
     return Recovery(x, residual, outl, certified, code, bound, best.iters, best.done)
 
 
