@@ -65,6 +65,9 @@ COMPACT = 8
 NARROW_MIN = 16
 # Polish rounds of the first (full-width) pass.
 FIRST_ROUNDS = 3
+# Later passes polish with the greedy read as well (``_polish.polish``): small outliers the
+# finder's first guess misses (flipped mantissa bits, errors of 1% of the weights).
+GREEDY = True
 
 
 def far_limit(dtype) -> int:
@@ -125,7 +128,7 @@ def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts
     c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), iters_cap, tols.admm_tol, tols.relax)
     r_admm = y - _mm(Q, c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
-    fit = polish(A, Q, R, n, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
+    fit = polish(A, Q, R, n, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg, greedy=GREEDY and not first)
     if opts.trim and not first:
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
