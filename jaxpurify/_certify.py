@@ -22,7 +22,14 @@ power-iteration estimate is low, and was measured to make the bound up to 1.6× 
 columns with k̂ near (K'−n)/2; with twice the eigen-residual added it was still measured as low as
 0.80× the same expression with σ_min(A_I) from an SVD (K = 32, n = 15, k̂ = 8).  So ``bound`` is
 an estimate of a bound, not a proof; tests/test_certificate.py checks it against the true error
-(float64 clean columns), which it exceeded in every case measured.  inf: no usable estimate.
+(float64 clean columns), which it exceeded in every case measured.  Where that estimate exceeds
+1 − ``WEAK`` (it reached 1 on columns with erasures or blocks: a certificate with bound = inf),
+σ_min(Q_I)² is instead the smallest eigenvalue of Q_IᵀQ_I (eigh, less a rounding margin), as on
+the |I| = n+1 columns below.  A certificate always carries a finite bound: where none can be
+given (σ_min(A_I) = 0 in the solver's precision, overflow) the column is ``no_bound``, not
+certified.  The arithmetic runs in the column's own power-of-two units (``_units``), ‖x̂‖ is
+taken scaled by its largest entry, and entries ≥ 2^``far_limit`` times the column's median
+(``_solver``: stuck near the largest float) are outliers by fiat, counted in k̂.
 
 Corrupted inliers.  The argument above assumes the clean column explains every inlier to within
 τ.  Within the guarantee (k ≤ K' − n − k̂, so k ≤ |I| − n) up to c ≤ |I| − n inliers can instead be
@@ -61,6 +68,8 @@ from jaxpurify._solution import RESULTS
 HIGHEST = lax.Precision.HIGHEST
 
 POWER_STEPS = 8  # power iterations for ‖Q_O‖²: each costs one projection
+# Past 1 − WEAK, the power-iteration estimate of ‖Q_O‖² is replaced by λ_max from Q_IᵀQ_I's eigh.
+WEAK = 1.0 / 16
 
 
 class Fit(NamedTuple):
@@ -125,8 +134,8 @@ def _null_margin(Q, inl, n, rows):
 
 def _edge_margins(Q, inliers, need, n, rows, slots: int = 8):
     """``_null_margin`` of the columns that ``need`` it, ``slots`` at a time (margin 1 and σ² NaN for
-    the others): they are rare (certified with |I| = n+1 needs K' ≤ n+2), so a block without one
-    costs nothing here."""
+    the others): they are rare (certified with |I| = n+1 needs K' ≤ n+2, or the power-iteration
+    estimate of ‖Q_O‖² near 1), so a block without one costs nothing here."""
     m = need.shape[0]
     s = min(slots, m)
 
@@ -179,16 +188,28 @@ def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.A
     # |I| = n+1: one inlier may be a corrupted entry (module docstring): the bound takes 2τ√n / min_j|u_j|,
     # and min_j|u_j| = 0 (an inlier no other row checks, e.g. a duplicated row of A) leaves no slack
     edge = (code == RESULTS.successful) & (inliers == n + 1)
-    margin, smin2_edge = _edge_margins(Q, finite & ~fit.outliers, edge, n, rows)
-    code = jnp.where(edge & (margin == 0), jnp.int8(RESULTS.no_slack), code)
-    certified = code == RESULTS.successful
-
     lam = jnp.clip(_outlier_norm2(Q, fit.outliers | ~finite), 0.0, 1.0)
-    # on |I| = n+1 columns σ_min(Q_I)² comes from G itself, sharper than the power-iteration estimate
-    smin = smin_r * jnp.sqrt(jnp.where(edge, smin2_edge, jnp.maximum(1.0 - lam, 0.0)))
-    xn = jnp.sqrt(jnp.sum(fit.x * fit.x, axis=0))
+    # where the power-iteration estimate leaves (almost) nothing of σ_min(Q_I) (it errs high, and
+    # reached 1 on columns with erasures or blocks: a certificate without a bound), σ_min(Q_I)² is
+    # taken from G = Q_IᵀQ_I itself, as on the |I| = n+1 columns
+    weak = (code == RESULTS.successful) & (lam > 1.0 - WEAK)
+    margin, smin2_g = _edge_margins(Q, finite & ~fit.outliers, edge | weak, n, rows)
+    code = jnp.where(edge & (margin == 0), jnp.int8(RESULTS.no_slack), code)
+
+    smin = smin_r * jnp.sqrt(jnp.where(edge | weak, smin2_g, jnp.maximum(1.0 - lam, 0.0)))
     terms = jnp.where(edge, n / jnp.square(margin), inliers.astype(tol.dtype))  # n/0 = inf: no bound
-    abs_bound = 2.0 * tol * jnp.sqrt(terms) / jnp.maximum(smin, jnp.finfo(tol.dtype).tiny)
+    abs_bound = 2.0 * tol * jnp.sqrt(terms) / smin  # 0/0 = NaN, x/0 = inf: no bound
+    xn = _norm(fit.x)
     rel = jnp.where(xn > 0, abs_bound / jnp.where(xn > 0, xn, 1.0), jnp.where(abs_bound > 0, jnp.inf, 0.0))
-    bound = jnp.where(certified & (smin > 0), rel, jnp.inf)
+    # a certificate carries a finite bound, or it is none
+    code = jnp.where((code == RESULTS.successful) & ~jnp.isfinite(rel), jnp.int8(RESULTS.no_bound), code)
+    certified = code == RESULTS.successful
+    bound = jnp.where(certified, rel, jnp.inf)
     return code, certified, bound
+
+
+def _norm(x):
+    """‖x‖₂ per column without overflow or underflow in its squares (scaled by the largest entry)."""
+    top = jnp.max(jnp.abs(x), axis=0)
+    s = jnp.where(top > 0, top, 1.0)
+    return top * jnp.sqrt(jnp.sum(jnp.square(x / s), axis=0))

@@ -6,6 +6,12 @@ Two families of tolerance live here and must not be confused:
   certificate; a loose value only costs an extra pass.
 * ``rtol`` / ``atol`` — the *certificate's* inlier tolerance: a row is an inlier when
   ``|y − A x| ≤ rtol·max|y_inlier| + atol``.  These decide what "exact" means.
+
+  They are also the certificate's detection threshold for a small outlier: a change δ to entry i
+  of a column is found (flagged, x̂ exact) once (1 − h_ii)·|δ| > τ = rtol·max|y_inlier| + atol,
+  h_ii ≈ n/K the row's leverage in A — in float32 by default |δ| ≳ 7.6e-6 · max|y| / (1 − n/K),
+  relative to the column's own scale; a smaller change is inside the tolerance, not flagged, and
+  covered by the error bound (tests/test_lp_exact.py measures both sides).
 """
 
 from __future__ import annotations

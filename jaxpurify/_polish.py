@@ -6,6 +6,8 @@ the fit is a least-squares solve on the inlier set, by conjugate gradients on Qá
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,8 @@ from jaxpurify._certify import Fit
 # past the exactness tolerance): one missed outlier spreads its error over every residual of the
 # fit, and without this bound every row would be flagged at once.
 SPREAD = 10.0
+# The greedy read (``_read``) also marks rows past this fraction of the largest inlier residual.
+GREEDY = 0.5
 
 
 def tolerance(y, inlier, rtol, atol):
@@ -78,7 +82,78 @@ def over_bound(outliers, finite, n):
     return 2 * k_hat >= jnp.sum(finite, axis=0) - n + 1
 
 
-def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
+class _Rounds(NamedTuple):
+    """The polish's loop state for a block of columns (K, b)."""
+
+    c: jax.Array  # (n, b) the fit in the Q basis
+    x: jax.Array  # (n, b) the fit
+    r: jax.Array  # (K, b) its residual
+    outliers: jax.Array  # (K, b) the mask read from it
+    live: jax.Array  # (b,) the mask changed in the last round: refit
+    over: jax.Array  # (b,) the last read broke the count bound
+    gave: jax.Array  # (b,) given up past the count bound
+    solved: jax.Array  # (b,) the last refit's CG converged
+    k: jax.Array  # () rounds done
+
+
+def _read(a, outl, finite, n, tol, greedy: bool):
+    """The next outlier mask from the residuals ``a = |r|`` of a fit on the inliers ``~outl``.
+
+    A row is an outlier past the exactness tolerance and ``SPREAD`` times the mean inlier residual.
+    With ``greedy`` also past ``GREEDY`` times the largest inlier residual, unless that read
+    breaks the count bound: so the largest residual of an inexact fit is always read as an
+    outlier, however small the outliers are beside each other, and a mask is never pushed past
+    the bound by this rule alone (a column of dense noise keeps its ``inexact_fit``)."""
+    spread = SPREAD * _mean_abs(a, ~outl)
+    new = ~finite | (a > jnp.maximum(tol, spread))
+    if not greedy:
+        return new
+    top = jnp.max(jnp.where(outl, 0.0, a), axis=0)
+    g = ~finite | (a > jnp.maximum(tol, jnp.minimum(spread, GREEDY * top)))
+    return jnp.where(over_bound(g, finite, n), new, g)
+
+
+def _rounds(A, Q, R, n, y, finite, st: _Rounds, rtol, atol, rounds, max_cg, greedy: bool) -> _Rounds:
+    def body(st: _Rounds) -> _Rounds:
+        # only columns whose mask changed in the last round are refitted: a stable column is
+        # frozen, so its answer does not depend on how many rounds the rest of the batch needs
+        live = st.live
+        c, solved = _fit(Q, y, ~st.outliers, st.c, max_cg, live)
+        x = jax.scipy.linalg.solve_triangular(R, c, lower=False)
+        r = y - _mm(A, x)
+        tol = tolerance(y, ~st.outliers, rtol, atol)
+        keep = lambda a, b: jnp.where(live, a, b)
+        new = keep(_read(jnp.abs(r), st.outliers, finite, n, tol, greedy), st.outliers)
+        over = over_bound(new, finite, n)
+        moved = live & jnp.any(new != st.outliers, axis=0)
+        # given up after two reads in a row past the bound: one can be a missed outlier's spread
+        quit = moved & over & st.over
+        return _Rounds(
+            c=keep(c, st.c),
+            x=keep(x, st.x),
+            r=keep(r, st.r),
+            outliers=new,
+            live=moved & ~quit,
+            over=over,
+            gave=st.gave | quit,
+            solved=keep(solved, st.solved),
+            k=st.k + 1,
+        )
+
+    return lax.while_loop(lambda st: jnp.any(st.live) & (st.k < rounds), body, st)
+
+
+def _as_fit(y, finite, n, st: _Rounds, rtol, atol) -> Fit:
+    tol = tolerance(y, ~st.outliers, rtol, atol)
+    exact = jnp.all(st.outliers | (jnp.abs(st.r) <= tol), axis=0)
+    # a given-up column's mask is the read after its last fit: not a settled mask of that fit
+    stable = ~st.live & ~st.gave
+    return Fit(
+        st.x, st.r, st.outliers, exact, stable, st.solved, st.gave | (stable & over_bound(st.outliers, finite, n))
+    )
+
+
+def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg, greedy: bool = False) -> Fit:
     """Refit on the inliers and re-read the outlier mask until it is stable; columns are (K, b).
 
     A row is read as an outlier when its residual exceeds both the exactness tolerance and
@@ -86,48 +161,25 @@ def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg) -> Fit:
     reads in a row is given up (not refitted again, not ``stable``; ``Fit.over``): no fit of it
     can be certified, and at K/n = 2 such columns held the loop for all the others.  Its first
     refit still runs, so a column whose too many errors were all found comes back exact.
+
+    With ``greedy``, a column whose mask settled on an inexact fit within the count bound is
+    polished again from there with the greedy read (``_read``: small outliers that hide beside
+    each other below ``SPREAD`` Ã— the mean, e.g. flipped mantissa bits); that answer is kept only
+    where it is exact on a settled mask, so the greedy read never changes a result code.
     """
-
-    def body(carry):
-        # only columns whose mask changed in the last round are refitted: a stable column is
-        # frozen, so its answer does not depend on how many rounds the rest of the batch needs
-        c0, x0, r0, outl, live, over0, gave, solved0, k = carry
-        c, solved = _fit(Q, y, ~outl, c0, max_cg, live)
-        x = jax.scipy.linalg.solve_triangular(R, c, lower=False)
-        r = y - _mm(A, x)
-        a = jnp.abs(r)
-        tol = tolerance(y, ~outl, rtol, atol)
-        new = ~finite | (a > jnp.maximum(tol, SPREAD * _mean_abs(a, ~outl)))
-        keep = lambda a, b: jnp.where(live, a, b)
-        new = keep(new, outl)
-        over = over_bound(new, finite, n)
-        moved = live & jnp.any(new != outl, axis=0)
-        # given up after two reads in a row past the bound: one can be a missed outlier's spread
-        quit = moved & over & over0
-        return (
-            keep(c, c0),
-            keep(x, x0),
-            keep(r, r0),
-            new,
-            moved & ~quit,
-            over,
-            gave | quit,
-            keep(solved, solved0),
-            k + 1,
-        )
-
-    def cond(carry):
-        return jnp.any(carry[4]) & (carry[8] < rounds)
-
     b = y.shape[1]
     none = jnp.zeros((b,), bool)
-    carry = (c0, jnp.zeros_like(c0), y, outl0, jnp.ones((b,), bool), none, none, none, jnp.asarray(0, jnp.int32))
-    _, x, r, outl, changed, _, gave, solved, _ = lax.while_loop(cond, body, carry)
-    tol = tolerance(y, ~outl, rtol, atol)
-    exact = jnp.all(outl | (jnp.abs(r) <= tol), axis=0)
-    # a given-up column's mask is the read after its last fit: not a settled mask of that fit
-    stable = ~changed & ~gave
-    return Fit(x, r, outl, exact, stable, solved, gave | (stable & over_bound(outl, finite, n)))
+    zero = jnp.asarray(0, jnp.int32)
+    st = _Rounds(c0, jnp.zeros_like(c0), y, outl0, jnp.ones((b,), bool), none, none, none, zero)
+    st = _rounds(A, Q, R, n, y, finite, st, rtol, atol, rounds, max_cg, False)
+    fit = _as_fit(y, finite, n, st, rtol, atol)
+    if not greedy:
+        return fit
+    want = fit.stable & ~fit.exact & ~fit.over
+    st = _rounds(A, Q, R, n, y, finite, st._replace(live=want, over=none, k=zero), rtol, atol, rounds, max_cg, True)
+    more = _as_fit(y, finite, n, st, rtol, atol)
+    take = want & more.exact & more.stable & ~more.over
+    return Fit(*(jnp.where(take, g, f) for g, f in zip(more, fit)))
 
 
 def _median_bound(a, usable):

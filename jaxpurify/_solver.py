@@ -42,13 +42,13 @@ from jax.typing import ArrayLike
 
 from jaxpurify import _exported
 from jaxpurify._admm import _mm, admm
-from jaxpurify._certify import Fit, certify
+from jaxpurify._certify import Fit, _norm, certify
 from jaxpurify._grad import differentiable
 from jaxpurify._options import RecoverOptions, resolve
-from jaxpurify._polish import far_above_median, largest, polish, tolerance
+from jaxpurify._polish import far_above_median, largest, over_bound, polish, tolerance
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 from jaxpurify._threads import single_threaded_blas
-from jaxpurify._units import column_exponent, scale
+from jaxpurify._units import column_exponent, is_subnormal, is_zero, scale, unscale
 
 # A clean column A x has no entry 1e4 times its median (at most n − 1 entries of A x can vanish),
 # so values that far out are gross errors: the first pass leaves them out of the ADMM, which keeps
@@ -65,6 +65,18 @@ COMPACT = 8
 NARROW_MIN = 16
 # Polish rounds of the first (full-width) pass.
 FIRST_ROUNDS = 3
+# Later passes polish with the greedy read as well (``_polish.polish``): small outliers the
+# finder's first guess misses (flipped mantissa bits, errors of 1% of the weights).
+GREEDY = True
+
+
+def far_limit(dtype) -> int:
+    """log2 of the magnitude, in a column's own units (median entry ~ 1), past which an entry is an
+    outlier by fiat: 2^32 in float32, 2^256 in float64.  Far below the overflow of the solver's
+    sums of squares (K · 2^64 ≪ 2^128), far above any clean entry of a column whose median is
+    clean (more than half its nonzero entries are, inside the count bound; clean columns A θ have
+    max/median ≈ 5)."""
+    return int(jnp.finfo(dtype).maxexp) // 4
 
 
 class Tolerances(NamedTuple):
@@ -116,7 +128,7 @@ def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts
     c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), iters_cap, tols.admm_tol, tols.relax)
     r_admm = y - _mm(Q, c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
-    fit = polish(A, Q, R, n, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg)
+    fit = polish(A, Q, R, n, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg, greedy=GREEDY and not first)
     if opts.trim and not first:
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
@@ -197,9 +209,16 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     K, N = A.shape
     m = Y.shape[1]
     dtype = Y.dtype
-    finite = jnp.isfinite(Y)
-    e = column_exponent(Y, finite)
-    y = jnp.where(finite, scale(jnp.where(finite, Y, 0.0), e), 0.0)
+    usable = jnp.isfinite(Y)
+    e = column_exponent(Y, usable)
+    y = scale(jnp.where(usable, Y, 0.0), e)
+    # entries this far above the column's median (e.g. stuck near the largest float) would overflow
+    # the solver's arithmetic (the certificate once read inf/inf as an exact fit): the solve treats
+    # them as erasures, the certificate counts them as outliers (2 rows each, not 1), which it may:
+    # no inlier is dropped, and x̂'s inliers alone carry the uniqueness argument (_certify)
+    far = usable & (jnp.abs(y) > jnp.ldexp(jnp.ones((), dtype), far_limit(dtype)))
+    finite = usable & ~far
+    y = jnp.where(finite, y, 0.0)
     atol = jnp.ldexp(jnp.broadcast_to(tols.atol.astype(dtype), (m,)), -e)
 
     ignore = far_above_median(y, finite, PRESCREEN)
@@ -235,16 +254,25 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     tol = tolerance(y, ~best.outliers, tols.rtol.astype(dtype), atol)
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
-    fit = Fit(x, r, outl, best.ok, best.stable, best.solved, best.over & ~best.ok)
-    code, certified, bound = certify(Q, R, n, fit, finite, tol)
-    x_n, x = x, jnp.ldexp(x, e)
-    # back in the caller's units x̂ may leave the float range (the CPU backend flushes subnormal
-    # results to zero): such a column is not what was certified, so it is not certified
-    lost = jnp.any(((x_n != 0) & (jnp.abs(x) < jnp.finfo(dtype).tiny)) | ~jnp.isfinite(x), axis=0)
+    # the far entries alone past the count bound: that is why, whatever the fit's state
+    over = (best.over & ~best.ok) | over_bound(far, usable, n)
+    code, certified, bound = certify(Q, R, n, Fit(x, r, outl, best.ok, best.stable, best.solved, over), usable, tol)
+    # back to the caller's units, correctly rounded (unscale: the CPU backend would flush subnormal
+    # results to zero); a subnormal entry is off by at most half the smallest subnormal, which the
+    # bound takes in (2^(low−1) in the caller's units is 2^(low−1−e) in the column's)
+    x_n, x = x, unscale(x, e)
+    low = int(jnp.finfo(dtype).minexp) - int(jnp.finfo(dtype).nmant)
+    sub = jnp.sum(is_subnormal(x), axis=0)
+    xn = _norm(x_n)
+    rounding = jnp.sqrt(sub.astype(dtype)) * jnp.ldexp(jnp.ones((), dtype), low - 1 - e) / jnp.where(xn > 0, xn, 1.0)
+    bound = bound + jnp.where(sub > 0, rounding, 0.0)
+    # past the top of the float range, or nothing left of x̂: not what was certified
+    lost = jnp.any(~jnp.isfinite(x), axis=0) | (jnp.any(x_n != 0, axis=0) & jnp.all(is_zero(x), axis=0))
     code = jnp.where(certified & lost, jnp.int8(RESULTS.out_of_range), code)
     bound = jnp.where(lost, jnp.inf, bound)
     certified = certified & ~lost
-    residual = Y - _mm(A, x)
+    # the residual in the column's units too, where the entry was not set aside (non-finite, far)
+    residual = jnp.where(finite, unscale(y - _mm(A, x_n), e), Y - _mm(A, x))
     return Recovery(x, residual, outl, certified, code, bound, best.iters, best.done)
 
 

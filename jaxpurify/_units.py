@@ -4,8 +4,11 @@ solved as a zero column and "certified" as x = 0).
 
 ``exponents`` gives every finite entry's binary exponent from its bit pattern; ``column_exponent``
 picks, per column, the median one (the max when most entries are 0); ``scale`` multiplies by
-2^-e exactly, subnormal inputs included.  Scaling a column by 2^k shifts e by k and leaves the
-scaled column bit for bit the same, which is what makes the solver's answer independent of units.
+2^-e exactly, subnormal inputs included, and ``unscale`` multiplies by 2^e, rounded to nearest
+(ties to even) as IEEE arithmetic would, subnormal results included: what the solver computed in
+the column's own units goes back to the caller's without a flush to zero.  Scaling a column by
+2^k shifts e by k and leaves the scaled column bit for bit the same, which is what makes the
+solver's answer independent of units.
 """
 
 from __future__ import annotations
@@ -65,7 +68,46 @@ def column_exponent(y: jax.Array, finite: jax.Array) -> jax.Array:
     return jnp.where(cnt > 0, hi, 0)
 
 
+def is_subnormal(y: jax.Array) -> jax.Array:
+    """Per entry: a nonzero value below the normal range, read from the bits (the CPU backend's
+    comparisons would read it as 0)."""
+    return _split(y)[2]
+
+
+def is_zero(y: jax.Array) -> jax.Array:
+    """Per entry: ±0 from the bits (a subnormal is not zero here, as it is in the CPU's comparisons)."""
+    return _split(y)[0] == 0
+
+
 def scale(y: jax.Array, e: jax.Array) -> jax.Array:
     """y · 2^-e per column, exactly (subnormal inputs read from their bits)."""
     hi, shift, _ = _split(y)
     return jnp.ldexp(hi, shift - e)
+
+
+def unscale(v: jax.Array, e: jax.Array | int) -> jax.Array:
+    """v · 2^e (e per column, broadcast against v), correctly rounded (to nearest, ties to even)
+    from the bits, so subnormal results are kept where XLA's CPU arithmetic would flush them to
+    zero; past the largest float: ±inf.  NaN, ±inf and zeros pass through.  The inverse of
+    ``scale`` wherever v · 2^e is a normal float (then exact)."""
+    _, ibits, nmant, _ = _layout(v.dtype)
+    it = ibits.type
+    hi, shift, _ = _split(v)  # v = hi · 2^shift with hi normal (or 0, or not finite)
+    b = lax.bitcast_convert_type(hi, ibits)
+    sign = b & it(np.iinfo(ibits).min)
+    mag = b & it(np.iinfo(ibits).max)
+    top = (1 << (8 * ibits.itemsize - 1 - nmant)) - 1  # the exponent field of inf
+    expo = (mag >> nmant) + (jnp.asarray(e).astype(ibits) + shift)  # the result's biased exponent
+    frac = mag & it((1 << nmant) - 1)
+    normal = sign | (expo << nmant) | frac
+    # below the normal range: the significand with its implicit bit, shifted right, ties to even
+    # (a carry out of the top bit makes the smallest normal, as the encoding intends)
+    s = jnp.clip(1 - expo, 1, nmant + 2)
+    m = frac | it(1 << nmant)
+    q = m >> s
+    rem = m & ((it(1) << s) - 1)
+    half = it(1) << (s - 1)
+    q = q + ((rem > half) | ((rem == half) & ((q & 1) == 1))).astype(ibits)
+    bits = jnp.where(expo >= top, sign | it(top << nmant), jnp.where(expo >= 1, normal, sign | q))
+    out = lax.bitcast_convert_type(bits, v.dtype)
+    return jnp.where(jnp.isfinite(hi) & (hi != 0), out, hi)

@@ -423,3 +423,48 @@ def test_one_hidden_cnn_structure():
     h = np.mean([np.maximum(q @ W + np.asarray(p["hidden"]["bias"]), 0) for q in patches], axis=0)
     ref = h @ np.asarray(p["readout"]["kernel"]) + np.asarray(p["readout"]["bias"])
     np.testing.assert_allclose(m.apply({"params": p}, x), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("redundancy", [1.5, 2.0])
+def test_entries_stuck_near_the_largest_float_are_not_reported_ok(redundancy):
+    """Issue 25: at redundancy 1.5 or 2 (no seal), small weights with K − n entries per column stuck
+    near FLT_MAX came back zeroed with ``report.ok``.  Past the count bound: not certified, and the
+    columns keep their input values (on_uncertified="input")."""
+    rng = np.random.default_rng(25)
+    params = {"w": jnp.asarray(rng.standard_normal((8, 32)) * 1e-3, jnp.float32)}
+    cb = jp.Codebook.create(params, bytes(range(32)), redundancy=redundancy, select=lambda p, leaf: 1)
+    clean = cb.decode(cb.encode(params))
+    g = cb.groups["w"]
+    W = np.array(clean["w"], copy=True)  # column j of the code is row j of W
+    for j in range(g.columns):
+        W[j, rng.choice(g.K, g.K - g.n, replace=False)] = np.finfo(np.float32).max
+    out, report = jp.purify({"w": W}, cb)
+    assert not report.ok and report.certified == 0
+    np.testing.assert_array_equal(np.asarray(out["w"]), W)
+
+
+@pytest.mark.parametrize("scale", [1e-38, 5e-38, 1e-36, 1e-33, 1e-30, 1e36, 2e37])
+def test_write_back_keeps_what_was_certified_at_extreme_scales(scale):
+    """Issue 25: below ~1e-30 purify's A x̂ lost its subnormal products and results (XLA on the CPU
+    flushes them to zero): certified clean columns came back 18% off.  Every column recover
+    certifies is written back within its own bound of the float64 reference A θ: ‖A‖₂·bound·‖x̂‖
+    plus the rounding of the stored float32 result (eps relative, half the smallest subnormal)."""
+    rng = np.random.default_rng(int(-np.log10(scale)) % 97)
+    cb = jp.Codebook.create({"w": jnp.zeros((32, 64), jnp.float32)}, bytes(range(32)), select=lambda p, leaf: 1)
+    g = cb.groups["w"]
+    A32 = np.asarray(cb.matrix("w", "float32"))
+    A = A32.astype(np.float64)
+    theta = rng.standard_normal((g.columns, g.n)) * scale
+    ref = theta @ A.T  # column j of the code is row j of W
+    W = ref.astype(np.float32)
+    out, _ = jp.purify({"w": W}, cb)
+    got = np.asarray(out["w"], np.float64)
+    rec = jp.recover(A32, W.T)
+    cert, bound = np.asarray(rec.certified), np.asarray(rec.bound, np.float64)
+    assert cert.sum() >= (2 if scale < 1e-37 else g.columns - 2), cert.sum()
+    xn = np.linalg.norm(np.asarray(rec.x, np.float64), axis=0)
+    eps, sub = np.finfo(np.float32).eps, np.finfo(np.float32).smallest_subnormal
+    allowed = np.linalg.norm(A, 2) * bound * xn + eps * np.linalg.norm(ref, axis=1) + np.sqrt(g.K) * sub
+    err = np.linalg.norm(got - ref, axis=1)
+    assert (err[cert] <= allowed[cert]).all(), (err / allowed)[cert].max()
+    np.testing.assert_array_equal(got[~cert], W[~cert].astype(np.float64))  # the others kept as they came
