@@ -15,7 +15,7 @@ from jaxpurify._codebook import gaussian_matrix
 
 @pytest.fixture(scope="module")
 def params():
-    m = models.SmallCNN(channels=(16, 32), hidden=24)
+    m = models.SmallCNN(channels=(16, 32), hidden=24, pool="mean")  # a (32, 24) dense kernel
     return m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
 
 

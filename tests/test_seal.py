@@ -213,8 +213,11 @@ def test_erasing_most_of_every_column_widens_the_tolerance_at_most_cap_fold(setu
     clean = largest_passing(False, cap)
     widened = largest_passing(True, math.inf)  # the tolerance before the cap
     capped = largest_passing(True, cap)
-    assert widened > 3.0 * clean  # the lever (4.1× with this key; 0.10% → 0.48% of ‖W‖_F in the issue)
-    assert capped <= 2.5 * clean  # bounded (2.1× with this key: CAP = 2 over clean columns at max|W|)
+    # the lever: erasures widen the uncapped tolerance (2.1× with this key and the current
+    # certificate bounds, 4.1× with the bounds before the finite-bound work; 0.10% → 0.48% of
+    # ‖W‖_F in the issue)
+    assert widened > 1.5 * clean
+    assert capped <= 2.5 * clean and capped <= widened  # bounded: CAP = 2 over clean columns at max|W|
     # the stated bound, per chunk: ε_C ≤ CAP·ε⁰_C + rounding, ε⁰_C with every column at β⁰
     sv = np.linalg.svd(A, compute_uv=False)
     top = cb.seal_record.leaves["conv/kernel"].max_abs
