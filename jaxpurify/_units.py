@@ -85,7 +85,7 @@ def scale(y: jax.Array, e: jax.Array) -> jax.Array:
     return jnp.ldexp(hi, shift - e)
 
 
-def unscale(v: jax.Array, e: jax.Array | int) -> jax.Array:
+def _unscale_bits(v: jax.Array, e: jax.Array | int) -> jax.Array:
     """v · 2^e (e per column, broadcast against v), correctly rounded (to nearest, ties to even)
     from the bits, so subnormal results are kept where XLA's CPU arithmetic would flush them to
     zero; past the largest float: ±inf.  NaN, ±inf and zeros pass through.  The inverse of
@@ -111,3 +111,20 @@ def unscale(v: jax.Array, e: jax.Array | int) -> jax.Array:
     bits = jnp.where(expo >= top, sign | it(top << nmant), jnp.where(expo >= 1, normal, sign | q))
     out = lax.bitcast_convert_type(bits, v.dtype)
     return jnp.where(jnp.isfinite(hi) & (hi != 0), out, hi)
+
+
+@jax.custom_jvp
+def unscale(v: jax.Array, e: jax.Array | int) -> jax.Array:
+    """v · 2^e (e per column, broadcast against v), correctly rounded (to nearest, ties to even)
+    from the bits, so subnormal results are kept where XLA's CPU arithmetic would flush them to
+    zero; past the largest float: ±inf.  NaN, ±inf and zeros pass through.  The inverse of
+    ``scale`` wherever v · 2^e is a normal float (then exact).  Differentiable in v: the
+    derivative is 2^e (the bit operations themselves have none)."""
+    return _unscale_bits(v, e)
+
+
+@unscale.defjvp
+def _unscale_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
+    v, e = primals
+    # linear in the tangent (a product), so reverse mode can transpose it
+    return _unscale_bits(v, e), tangents[0] * jnp.exp2(jnp.asarray(e).astype(tangents[0].dtype))

@@ -117,7 +117,8 @@ def test_grad_through_jitted_purify_is_the_projection_on_the_inliers():
 
     rng = np.random.default_rng(5)
     params = {"w": jnp.asarray(rng.standard_normal((16, 12)), jnp.float32)}
-    cb = jp.Codebook.create(params, b"0123456789abcdef")
+    # the single-axis layout (K = 16, 12 columns), as this reference is written per column of w
+    cb = jp.Codebook.create(params, b"0123456789abcdef", select=lambda path, leaf: 0)
     bad = contamination.contaminate(
         jax.random.key(2), cb.decode(cb.init_latent(params)), cb, contamination.gross_errors, rate=0.1
     )

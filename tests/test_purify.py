@@ -369,7 +369,7 @@ def test_a_leaf_split_over_groups_comes_back_as_one_view_of_the_working_copy(sel
 @pytest.mark.parametrize("select", [None, "interleave"])
 def test_a_leaf_split_over_groups_is_purified_through_the_shared_buffer(select):
     rng = np.random.default_rng(22)
-    raw = {"tall": rng.standard_normal((1100, 4)).astype(np.float32)}
+    raw = {"tall": rng.standard_normal((4400, 4)).astype(np.float32)}
     cb = jp.Codebook.create(raw, bytes(range(32)), select=lambda p, leaf: select)
     assert len(cb.groups) >= 2
     clean = {"tall": jnp.asarray(cb.decode(cb.init_latent(raw))["tall"])}
