@@ -36,3 +36,10 @@ def rel_err(x, ref, axis=0):
     return np.linalg.norm(np.asarray(x, np.float64) - ref, axis=axis) / np.maximum(
         np.linalg.norm(ref, axis=axis), 1e-300
     )
+
+
+def smallest_coprime(C: int, F: int) -> int:
+    """The default layout's width by its definition, by brute force over every candidate (not the
+    library's search): the smallest m > C coprime to C, to F and to every stride s = 2…16."""
+    ok = lambda m: np.gcd(m, C) == 1 and np.gcd(m, F) == 1 and all(np.gcd(m, s) == 1 for s in range(2, 17))
+    return min(m for m in range(C + 1, C + 1 + 64 * (C + F)) if ok(m))

@@ -6,12 +6,12 @@ experiment end to end, with the issue's first target and the span attack, is mar
 """
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import smallest_coprime
 
 from jaxpurify import Codebook, cli, data
 from jaxpurify import defenses as D
@@ -81,7 +81,7 @@ def test_l2_projection_is_least_squares_onto_range_A_per_column():
     A = np.asarray(cb.matrix(name), np.float64)
     # the default layout of a (64, 8) leaf: entry f (C order) at row f // m, column f % m, the last
     # row padded; each column is fitted on its real rows only
-    m = _coprime_width(8, 64)
+    m = smallest_coprime(8, 64)
     flat = np.nan_to_num(params["w"].astype(np.float64)).ravel()
     ref = np.empty_like(flat)
     for j in range(m):
@@ -166,7 +166,7 @@ def test_output_layout_spreads_a_channel_over_the_columns():
     changed["conv"]["kernel"][..., 5] = 1
     # the default interleaves the kernel's 2,304 entries into m = 37 columns (the smallest m > 32
     # coprime to 32, to the fan-in 72 and to every stride 2..16): channel 5 is entries 32 i + 5
-    m = _coprime_width(32, 72)
+    m = smallest_coprime(32, 72)
     spread = np.bincount([(32 * i + 5) % m for i in range(72)], minlength=m).max()
     for layout, most in (("output", 1), ("interleave", 1), ("default", spread)):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])
@@ -174,17 +174,8 @@ def test_output_layout_spreads_a_channel_over_the_columns():
         assert max(np.nansum(v, 0).max() for v in packed.values()) == most, layout
     cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS["output"])
     # the 10-class read-out keeps the default layout: 320 entries interleaved into m columns
-    m = _coprime_width(10, 32)
+    m = smallest_coprime(10, 32)
     assert (cb.groups["readout/kernel"].K, cb.groups["readout/kernel"].columns) == (-(-320 // m), m)
-
-
-def _coprime_width(channels: int, fan_in: int) -> int:
-    """The default layout's width, by its definition: the smallest m > channels coprime to the
-    channels, the fan-in and every stride 2..16."""
-    m = channels + 1
-    while any(math.gcd(m, d) > 1 for d in (channels, fan_in, *range(2, 17))):
-        m += 1
-    return m
 
 
 def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
@@ -197,7 +188,7 @@ def test_interleave_layout_spreads_the_read_out_channel_over_coprime_columns():
     }
     changed = jax.tree.map(np.zeros_like, params)
     changed["readout"]["kernel"][:, 0] = 1
-    m = _coprime_width(10, 32)
+    m = smallest_coprime(10, 32)
     expect = np.bincount([(10 * i) % m for i in range(32)], minlength=m)
     for layout, most in (("output", expect.max()), ("interleave", expect.max())):
         cb = Codebook.create(params, b"\x03" * 32, select=backdoor.LAYOUTS[layout])

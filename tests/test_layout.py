@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import smallest_coprime
 
 import jaxpurify as jp
 from jaxpurify import _layout
@@ -186,17 +187,10 @@ def _interleave(path, leaf):
     return "interleave"
 
 
-def _smallest_coprime(C, F):
-    """The definition, by brute force over every candidate (not the library's search): the
-    smallest m > C coprime to C, to F and to every stride s = 2…16."""
-    ok = lambda m: np.gcd(m, C) == 1 and np.gcd(m, F) == 1 and all(np.gcd(m, s) == 1 for s in range(2, 17))
-    return min(m for m in range(C + 1, C + 1 + 64 * (C + F)) if ok(m))
-
-
 @pytest.mark.parametrize("C,F", [(10, 256), (10, 1280), (6, 21), (16, 15), (32, 72), (1, 7), (30, 77), (1000, 512)])
 def test_coprime_width_is_the_smallest_width_above_C_coprime_to_C_fan_in_and_small_strides(C, F):
     m = _layout.coprime_width(C, F)
-    assert m == _smallest_coprime(C, F)
+    assert m == smallest_coprime(C, F)
     assert m > C and np.gcd(m, C) == 1 and np.gcd(m, F) == 1
 
 
@@ -209,7 +203,7 @@ def test_interleave_places_entry_i_c_at_row_and_column_of_i_C_plus_c(shape, max_
     C, F = shape[-1], leaf.size // shape[-1]
     leaves, groups, _ = _layout.plan([("w", shape, "float32", _layout.INTERLEAVE)], 4.0, max_rows)
     packed = _layout.pack(groups, {lay.path: lay for lay in leaves}, {"w": leaf})
-    m = _smallest_coprime(C, F)
+    m = smallest_coprime(C, F)
     starts = [g.segments[0].start // m for g in groups]  # first row of each group
     assert all(g.columns == m and g.n == -(-g.K // 4) and g.K <= max_rows for g in groups)
     assert sum(g.K for g in groups) == -(-leaf.size // m)
@@ -298,8 +292,7 @@ def test_interleave_purify_restores_a_rewritten_read_out_channel_exactly():
     bad = jax.tree.map(np.array, clean)
     bad["readout"]["kernel"][:, 0] = 3.0 * rng.standard_normal(256)
     purified, report = jp.purify(bad, cb)
-    # the width by its definition: the smallest m > 10 coprime to 10, the fan-in 256 and 2..16
-    m = next(m for m in range(11, 100) if all(np.gcd(m, d) == 1 for d in (10, 256, *range(2, 17))))
+    m = smallest_coprime(10, 256)  # the width by its definition
     assert report.certified == report.columns == m
     ref = np.asarray(clean["readout"]["kernel"])
     np.testing.assert_allclose(np.asarray(purified["readout"]["kernel"]), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
