@@ -265,7 +265,8 @@ def batch_statistics(model, x: np.ndarray, *, batch_size: int = 256, call: Calla
     if len(x) == 0:
         raise ValueError("x has no examples")
     clone = nnx.clone(model)
-    norms = [m for _, m in nnx.iter_modules(clone) if isinstance(m, nnx.BatchNorm)]
+    # nnx.iter_graph, not nnx.iter_modules: the latter is missing from flax 0.12.0, our oldest version
+    norms = [m for _, m in nnx.iter_graph(clone) if isinstance(m, nnx.BatchNorm)]
     if not norms:
         raise ValueError("model has no nnx.BatchNorm layer: there are no statistics to settle")
     clone.eval()
