@@ -5,10 +5,11 @@
 
 Public API: :func:`recover` / :class:`Recovery` / :class:`RESULTS` / :class:`RecoverOptions` (the
 certified l1 solver), :class:`Codebook` (protected entries, their layout into groups, the secret
-matrices; ``seal`` / ``verify`` for what l1 cannot see, see SECURITY.md), :func:`purify` /
-:class:`Report`; for Flax NNX, :class:`EncodedModule` / :class:`Latent` (train the latent with
-``nnx.Optimizer``); :func:`enable_compilation_cache`; checkpoints in :mod:`jaxpurify.io`; a tree's
-leaves by path in :mod:`jaxpurify.tree`; progress bars and tables in :mod:`jaxpurify.progress`.
+matrices; ``seal`` / ``verify`` for what l1 cannot see, see docs/security.md), :func:`purify` /
+:class:`Report` (:class:`DeviceReport` under ``jax.jit``); for Flax NNX, :class:`EncodedModule` /
+:class:`Latent` (train the latent with ``nnx.Optimizer``); :func:`enable_compilation_cache`;
+checkpoints in :mod:`jaxpurify.io`; a tree's leaves by path in :mod:`jaxpurify.tree`; progress bars
+and tables in :mod:`jaxpurify.progress`.
 """
 
 import importlib
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "Codebook",
+    "DeviceReport",
     "EncodedModule",
     "Group",
     "Latent",
@@ -42,6 +44,7 @@ __all__ = [
 # (EncodedModule, Latent) import flax.nnx, also only when asked for.
 _LAZY = {
     "Codebook": "_codebook",
+    "DeviceReport": "_shard",
     "EncodedModule": "_nnx",
     "Group": "_layout",
     "Latent": "_nnx",
@@ -73,6 +76,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from jaxpurify._purify import UncertifiedError, UncertifiedWarning, purify
     from jaxpurify._report import LeafReport, Report
     from jaxpurify._seal import LeafVerdict, Seal
+    from jaxpurify._shard import DeviceReport
     from jaxpurify._solution import RESULTS, Recovery
     from jaxpurify._solver import recover
 
