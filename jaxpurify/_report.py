@@ -58,9 +58,11 @@ class LeafReport:
 
     @property
     def ok(self) -> bool:
+        """Is every code column holding an entry of this leaf certified?"""
         return self.certified == self.columns
 
     def as_dict(self) -> dict:
+        """The fields, JSON-ready: ``groups`` a list, a non-finite residual or bound None."""
         d = dataclasses.asdict(self)
         d.update(
             groups=list(self.groups), max_inlier_residual=_num(self.max_inlier_residual), max_bound=_num(self.max_bound)
@@ -88,6 +90,7 @@ class GroupReport:
         return cls(group.name, group.K, group.n, group.columns, int(mask.sum()), tuple(group.members), mask)
 
     def as_dict(self) -> dict:
+        """The fields but ``certified_mask``, JSON-ready (``members`` a list)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "certified_mask"}
         return dict(d, members=list(self.members))
 
@@ -110,6 +113,7 @@ class UnprotectedLeaf:
         return self.parameter and self.floating
 
     def as_dict(self) -> dict:
+        """The fields and ``counts``, JSON-ready."""
         return dict(dataclasses.asdict(self), counts=self.counts)
 
 
@@ -158,6 +162,7 @@ class StateLeaf:
         return _DID[self.status].format(n=_count(self.restored, "entry", "entries"))
 
     def as_dict(self) -> dict:
+        """The fields, ``counts`` and ``message()``, JSON-ready."""
         return dict(dataclasses.asdict(self), counts=self.counts, message=self.message())
 
 

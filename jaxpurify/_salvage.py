@@ -45,6 +45,7 @@ class LeafDamage:
     why: str
 
     def as_dict(self) -> dict:
+        """The fields, JSON-ready."""
         return dataclasses.asdict(self)
 
 
@@ -81,6 +82,8 @@ class Salvage:
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
+        """JSON-ready: source, format, reason, the container defects, the damaged leaves and the
+        total of erased entries."""
         return {
             "source": self.source,
             "format": self.format,

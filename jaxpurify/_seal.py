@@ -80,6 +80,7 @@ class LeafVerdict:
     failed_chunks: tuple[tuple[int, int], ...]  # flat entry ranges [start, stop) that failed
 
     def as_dict(self) -> dict:
+        """The fields, JSON-ready (``failed_chunks`` as [start, stop] lists)."""
         d = dataclasses.asdict(self)
         d["failed_chunks"] = [list(c) for c in self.failed_chunks]
         return d
@@ -193,6 +194,9 @@ class Seal:
 
     # -- storage (inside the authenticated codebook file) ----------------------------------
     def to_json(self) -> dict:
+        """The seal as JSON for the codebook file: chunk, rows, nonce; per leaf its shape, dtype,
+        max |entry| and sketch encrypted under the secret (base64); state copies (base64 bits) if
+        any; counter and creation time.  :meth:`from_json` reads it back."""
         leaves = {}
         for path, s in self.leaves.items():
             blob = _crypt(self._enc_key, self.nonce, path, s.sketch.astype("<f8").tobytes())
@@ -217,6 +221,8 @@ class Seal:
 
     @classmethod
     def from_json(cls, data: Any, secret: bytes) -> Seal:
+        """The seal :meth:`to_json` wrote, its sketches decrypted with ``secret``; ValueError
+        ("malformed codebook file: bad seal ...") if ``data`` is not one."""
         try:
             chunk, rows, nonce = int(data["chunk"]), int(data["rows"]), bytes.fromhex(data["nonce"])
             if chunk < 1 or not 8 <= rows <= 256:

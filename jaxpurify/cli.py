@@ -412,7 +412,7 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     red.add_argument("--dataset", choices=["digits", "mnist", "cifar10"], default="digits")
     red.add_argument("--arch", choices=["one-hidden", "multi"], default="multi")
     red.add_argument("--steps", type=int, help="training steps (default: the data set's recipe)")
-    b = exps.add_parser("backdoor", parents=[shared], help="weight attacks × defenses × benign data (issue 11)")
+    b = exps.add_parser("backdoor", parents=[shared], help="weight attacks × defenses × benign data")
     b.add_argument("--dataset", choices=["digits", "mnist", "cifar10"], default="digits")
     b.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
     b.add_argument(

@@ -30,15 +30,21 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from jaxpurify.tree import PyTree
+
+if TYPE_CHECKING:
+    from jaxpurify._codebook import Codebook
 
 CHUNK = 1 << 20  # entries per working block: float64 temporaries of ~8 MB each
 
-Key = Any  # a jax.random.key, a raw uint32 PRNGKey or an int seed
+Key = ArrayLike  # a jax.random.key, a raw uint32 PRNGKey or an int seed
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -67,7 +73,7 @@ def _columns(x: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(x, axis, 0)
 
 
-def _blocks(moved_shape: tuple[int, ...]) -> Iterator[tuple]:
+def _blocks(moved_shape: tuple[int, ...]) -> Iterator[tuple[Any, ...]]:
     """Index tuples selecting chunks of whole columns of a (K, *rest) array, in a fixed order."""
     K, rest = moved_shape[0], moved_shape[1:]
     m = int(np.prod(rest, dtype=np.int64))
@@ -77,7 +83,7 @@ def _blocks(moved_shape: tuple[int, ...]) -> Iterator[tuple]:
         yield (slice(None),) + (np.unravel_index(cols, rest) if rest else ())
 
 
-def _map_blocks(x, axis: int, block_fn: Callable[[np.ndarray], np.ndarray]) -> jax.Array:
+def _map_blocks(x: ArrayLike, axis: int, block_fn: Callable[[np.ndarray], np.ndarray]) -> jax.Array:
     """Apply ``block_fn`` to (K, c) blocks of columns of x into a new array of x's dtype."""
     arr = np.asarray(x)
     out = np.empty_like(arr)
@@ -85,7 +91,8 @@ def _map_blocks(x, axis: int, block_fn: Callable[[np.ndarray], np.ndarray]) -> j
     for idx in _blocks(src.shape):
         blk = src[idx]
         dst[idx] = block_fn(blk.reshape(blk.shape[0], -1)).reshape(blk.shape)
-    return jax.device_put(out)  # zero-copy on CPU: `out` is not kept
+    result: jax.Array = jax.device_put(out)  # zero-copy on CPU: `out` is not kept
+    return result
 
 
 def _rms(arr: np.ndarray) -> float:
@@ -116,7 +123,9 @@ def _pick_rows(rng: np.random.Generator, K: int, c: int, k: int) -> np.ndarray:
     return np.argpartition(rng.random((K, c)), k - 1, axis=0)[:k]
 
 
-def error_values(rng: np.random.Generator, shape, scale: float, low: float, high: float) -> np.ndarray:
+def error_values(
+    rng: np.random.Generator, shape: int | tuple[int, ...], scale: float, low: float, high: float
+) -> np.ndarray:
     """The one error generator: random sign times a magnitude log-uniform in [low, high]·scale."""
     if not 0.0 < low <= high:
         raise ValueError(f"need 0 < low ≤ high, got low={low}, high={high}")
@@ -125,7 +134,9 @@ def error_values(rng: np.random.Generator, shape, scale: float, low: float, high
 
 
 # -- entry models --------------------------------------------------------------------------------
-def gross_errors(key: Key, x, rate: float, *, axis: int = -1, low: float = 1.0, high: float = 1e3) -> jax.Array:
+def gross_errors(
+    key: Key, x: ArrayLike, rate: float, *, axis: int = -1, low: float = 1.0, high: float = 1e3
+) -> jax.Array:
     """Add a gross error to exactly round(rate·K) entries of every column along ``axis``.
 
     Each error has a random sign and a magnitude log-uniform in [low, high] times the rms of
@@ -139,7 +150,7 @@ def gross_errors(key: Key, x, rate: float, *, axis: int = -1, low: float = 1.0, 
     scale = max(_rms(arr), float(np.finfo(np.float32).tiny))
     error_values(rng, (0,), scale, low, high)  # validate low/high before any work
 
-    def block(b):
+    def block(b: np.ndarray) -> np.ndarray:
         rows = _pick_rows(rng, K, b.shape[1], k)
         out = b.copy()
         hit = np.take_along_axis(b, rows, axis=0)
@@ -149,7 +160,7 @@ def gross_errors(key: Key, x, rate: float, *, axis: int = -1, low: float = 1.0, 
     return _map_blocks(arr, axis, block)
 
 
-def stuck_at(key: Key, x, rate: float, *, value: float = 0.0, axis: int = -1) -> jax.Array:
+def stuck_at(key: Key, x: ArrayLike, rate: float, *, value: float = 0.0, axis: int = -1) -> jax.Array:
     """Replace exactly round(rate·K) entries of every column along ``axis`` by ``value``.
 
     A stuck memory cell; with more than (K + n)/2 entries of a column stuck at 0, that column is
@@ -161,7 +172,7 @@ def stuck_at(key: Key, x, rate: float, *, value: float = 0.0, axis: int = -1) ->
     k = int(round(rate * K))
     rng = _rng(key)
 
-    def block(b):
+    def block(b: np.ndarray) -> np.ndarray:
         out = b.copy()
         np.put_along_axis(out, _pick_rows(rng, K, b.shape[1], k), np.asarray(value, b.dtype), axis=0)
         return out
@@ -177,7 +188,7 @@ _EXPONENT_BITS = {
 }
 
 
-def bit_flips(key: Key, x, rate: float, *, bits: tuple[int, ...] | None = None) -> jax.Array:
+def bit_flips(key: Key, x: ArrayLike, rate: float, *, bits: tuple[int, ...] | None = None) -> jax.Array:
     """Flip one random bit (default: an exponent bit) in a random ``rate`` fraction of entries.
 
     Flipping the top exponent bit of a value of magnitude ≥ 1 gives ±Inf or NaN; of a smaller
@@ -196,7 +207,7 @@ def bit_flips(key: Key, x, rate: float, *, bits: tuple[int, ...] | None = None) 
     rng = _rng(key)
     choice = np.asarray(bits, dtype=ui)
 
-    def block(b):
+    def block(b: np.ndarray) -> np.ndarray:
         hit = rng.random(b.shape) < rate
         which = choice[rng.integers(0, len(bits), b.shape)]
         raw = np.ascontiguousarray(b).view(ui)
@@ -205,13 +216,13 @@ def bit_flips(key: Key, x, rate: float, *, bits: tuple[int, ...] | None = None) 
     return _map_blocks(np.atleast_1d(arr), -1, block).reshape(arr.shape)
 
 
-def erasures(key: Key, x, rate: float) -> jax.Array:
+def erasures(key: Key, x: ArrayLike, rate: float) -> jax.Array:
     """Replace a random ``rate`` fraction of entries by NaN, +Inf or −Inf (a saturated exponent)."""
     _check_rate(rate)
     arr = np.asarray(x)
     rng = _rng(key)
 
-    def block(b):
+    def block(b: np.ndarray) -> np.ndarray:
         hit = rng.random(b.shape) < rate
         vals = np.array([np.nan, np.inf, -np.inf], b.dtype)[rng.integers(0, 3, b.shape)]
         return np.where(hit, vals, b)
@@ -219,7 +230,7 @@ def erasures(key: Key, x, rate: float) -> jax.Array:
     return _map_blocks(np.atleast_1d(arr), -1, block).reshape(arr.shape)
 
 
-def dense_noise(key: Key, x, sigma: float) -> jax.Array:
+def dense_noise(key: Key, x: ArrayLike, sigma: float) -> jax.Array:
     """Add N(0, (sigma·rms(x))²) to every entry: the small dense part Z."""
     if not sigma >= 0:
         raise ValueError(f"sigma must be ≥ 0, got {sigma}")
@@ -237,7 +248,9 @@ def _pick_columns(rng: np.random.Generator, m: int, rate: float) -> np.ndarray:
     return np.sort(rng.choice(m, int(round(rate * m)), replace=False))
 
 
-def _overwrite_columns(x, axis: int, targets: np.ndarray, values: Callable[[np.ndarray], np.ndarray]) -> jax.Array:
+def _overwrite_columns(
+    x: ArrayLike, axis: int, targets: np.ndarray, values: Callable[[np.ndarray], np.ndarray]
+) -> jax.Array:
     """Copy x, then set the ``targets`` columns (flat indices over the non-column axes) to
     ``values(chunk_of_targets)`` (K, c), a chunk at a time."""
     arr = np.asarray(x)
@@ -248,10 +261,11 @@ def _overwrite_columns(x, axis: int, targets: np.ndarray, values: Callable[[np.n
     for i in range(0, targets.size, step):
         t = targets[i : i + step]
         dst[(slice(None),) + np.unravel_index(t, rest)] = values(t)
-    return jax.device_put(out)
+    result: jax.Array = jax.device_put(out)
+    return result
 
 
-def zero_columns(key: Key, x, rate: float, *, axis: int = -1) -> jax.Array:
+def zero_columns(key: Key, x: ArrayLike, rate: float, *, axis: int = -1) -> jax.Array:
     """Set round(rate·m) random columns along ``axis`` to zero (m = number of columns)."""
     arr = np.asarray(x)
     m = arr.size // max(_columns(arr, axis).shape[0], 1)
@@ -259,7 +273,7 @@ def zero_columns(key: Key, x, rate: float, *, axis: int = -1) -> jax.Array:
     return _overwrite_columns(arr, axis, targets, lambda t: np.zeros((), arr.dtype))
 
 
-def copy_columns(key: Key, x, rate: float, *, axis: int = -1) -> jax.Array:
+def copy_columns(key: Key, x: ArrayLike, rate: float, *, axis: int = -1) -> jax.Array:
     """Overwrite round(rate·m) random columns along ``axis`` with copies of other columns.
 
     Each target gets a uniformly random source column different from itself (read from the input,
@@ -286,14 +300,14 @@ def copy_columns(key: Key, x, rate: float, *, axis: int = -1) -> jax.Array:
 
 
 # -- trees ---------------------------------------------------------------------------------------
-def _takes_axis(fn) -> bool:
+def _takes_axis(fn: Callable[..., Any]) -> bool:
     try:
         return "axis" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
 
-def contaminate(key: Key, params: Any, codebook, fn: Callable[..., Any], **kwargs) -> Any:
+def contaminate(key: Key, params: PyTree, codebook: Codebook, fn: Callable[..., Any], **kwargs: Any) -> PyTree:
     """Apply ``fn(key, columns, **kwargs)`` to the code's columns of every protected leaf.
 
     Each group of the codebook is packed into its (K, m) column matrix, ``fn`` gets it with a key
@@ -319,7 +333,7 @@ def contaminate(key: Key, params: Any, codebook, fn: Callable[..., Any], **kwarg
     return codebook.replace(params, leaves)
 
 
-def _as_key(key: Key):
+def _as_key(key: Key) -> ArrayLike:
     return jax.random.key(int(key)) if isinstance(key, (int, np.integer)) else key
 
 

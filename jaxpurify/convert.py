@@ -26,10 +26,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import optax  # type: ignore[import-untyped]  # optax ships no py.typed
 
 from jaxpurify._codebook import Codebook
-from jaxpurify.train import Callback, TrainResult, _check_loop_args, minimize
+from jaxpurify.train import Callback, Examples, TrainResult, _check_loop_args, minimize
 
 PyTree = Any
 LOSSES = ("kl", "mse")
@@ -53,7 +53,7 @@ def logit_mse(student: jax.Array, teacher: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(student - teacher))
 
 
-def mix(key, x: jax.Array, alpha: float) -> jax.Array:
+def mix(key: jax.Array, x: jax.Array, alpha: float) -> jax.Array:
     """Mixup of a batch with a shuffled copy of itself: λ x + (1 − λ) x[π], λ ~ Beta(α, α) per
     example. New inputs between the user's, on which the teacher is queried as well."""
     k1, k2 = jax.random.split(key)
@@ -61,7 +61,9 @@ def mix(key, x: jax.Array, alpha: float) -> jax.Array:
     return lam * x + (1 - lam) * x[jax.random.permutation(k2, x.shape[0])]
 
 
-def teacher_outputs(apply_fn: Callable, params: PyTree, x: np.ndarray, batch: int = 1024) -> jax.Array:
+def teacher_outputs(
+    apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, x: Examples, batch: int = 1024
+) -> jax.Array:
     """``apply_fn(params, x)`` in batches, concatenated: the distillation targets."""
     f = jax.jit(apply_fn)
     return jnp.concatenate([f(params, jnp.asarray(x[i : i + batch])) for i in range(0, len(x), batch)])
@@ -76,9 +78,9 @@ def convert(
     apply_fn: Callable[[PyTree, jax.Array], jax.Array],
     params: PyTree,
     codebook: Codebook,
-    x_unlabelled: np.ndarray,
+    x_unlabelled: Examples,
     *,
-    key,
+    key: jax.Array,
     steps: int = 500,
     batch_size: int = 128,
     loss: str = "kl",
@@ -130,25 +132,28 @@ def convert(
     if not bool(jnp.all(jnp.isfinite(targets))):
         raise ValueError("params: the teacher's outputs on x_unlabelled are not all finite")
 
+    match: Callable[[jax.Array, jax.Array], jax.Array]
     if loss == "kl":
         match = lambda s, t: soft_cross_entropy(s, t, temperature)
     else:
         match = logit_mse
 
+    objective: Callable[..., jax.Array]
+    data: list[Examples]
     if mixup > 0:
-        teacher = lambda xb: jax.lax.stop_gradient(apply_fn(params, xb))
+        teacher: Callable[[jax.Array], jax.Array] = lambda xb: jax.lax.stop_gradient(apply_fn(params, xb))
 
-        def objective(t, k, xb):
+        def on_mixed(t: PyTree, k: jax.Array, xb: jax.Array) -> jax.Array:
             xb = mix(k, xb, mixup)
             return match(apply_fn(codebook.decode(t), xb), teacher(xb))
 
-        data = [x_unlabelled]
+        objective, data = on_mixed, [x_unlabelled]
     else:
 
-        def objective(t, k, xb, tb):
+        def on_targets(t: PyTree, k: jax.Array, xb: jax.Array, tb: jax.Array) -> jax.Array:
             return match(apply_fn(codebook.decode(t), xb), tb)
 
-        data = [x_unlabelled, targets]
+        objective, data = on_targets, [x_unlabelled, targets]
 
     return minimize(
         objective,

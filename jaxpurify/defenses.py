@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import optax  # type: ignore[import-untyped]  # optax ships no py.typed
 
 from jaxpurify import Codebook, Report, purify, recover
 from jaxpurify.train import accuracy, cross_entropy, minimize, train
@@ -52,27 +52,28 @@ class Defended(NamedTuple):
 
 
 # -- tree helpers --------------------------------------------------------------------------------
-def path_of(keypath) -> str:
+def path_of(keypath: tuple[Any, ...]) -> str:
     """A jax key path as the codebook names leaves: 'hidden/kernel'."""
     return jax.tree_util.keystr(keypath, simple=True, separator="/")
 
 
 def by_path(tree: PyTree) -> dict[str, Any]:
+    """Every leaf of ``tree`` by its path as the codebook names leaves ({'hidden/kernel': leaf, ...})."""
     return {path_of(kp): v for kp, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def tree_from_paths(params: PyTree, values: dict[str, Any], fill=False) -> PyTree:
+def tree_from_paths(params: PyTree, values: dict[str, Any], fill: bool = False) -> PyTree:
     """A tree like ``params`` holding ``values[path]`` where given, else ``fill`` in the leaf's shape."""
     return jax.tree_util.tree_map_with_path(
         lambda kp, v: np.asarray(values[path_of(kp)]) if path_of(kp) in values else np.full(np.shape(v), fill), params
     )
 
 
-def _floating(v) -> bool:
-    return jnp.issubdtype(jnp.result_type(v), jnp.floating)
+def _floating(v: Any) -> bool:
+    return bool(jnp.issubdtype(jnp.result_type(v), jnp.floating))
 
 
-def _check_benign(benign, name: str) -> Data:
+def _check_benign(benign: Data | None, name: str) -> Data:
     if benign is None or len(benign[0]) == 0:
         raise ValueError(f"{name} needs benign data: benign=(x, y) with at least one example")
     if len(benign[0]) != len(benign[1]):
@@ -86,7 +87,7 @@ def _steps(n: int, epochs: int, batch_size: int) -> int:
 
 # -- purification ----------------------------------------------------------------------------------
 def outlier_masks(
-    params: PyTree, codebook: Codebook, **overrides
+    params: PyTree, codebook: Codebook, **overrides: Any
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per protected leaf: the entries ``recover`` flags as outliers, and the entries whose column
     is certified (bool arrays of the leaf's shape).  One ``recover`` per group on
@@ -106,7 +107,7 @@ def _seal_verdict(report: Report) -> bool | None:
 
 
 def purify_only(
-    apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: Data | None, key, **overrides
+    apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: Data | None, key: jax.Array | None, **overrides: Any
 ) -> Defended:
     """l1 purification, no data: uncertified columns keep their input (``on_uncertified="input"``).
     ``detected``: the keyed seal failed on the purified tree (None without a seal)."""
@@ -121,13 +122,13 @@ def purify_finetune(
     params: PyTree,
     codebook: Codebook,
     benign: Data,
-    key,
+    key: jax.Array,
     *,
     epochs: int = EPOCHS,
     batch_size: int = BATCH,
     lr: float = LR,
     progress: bool | None = None,
-    **overrides,
+    **overrides: Any,
 ) -> Defended:
     """Purify, then train Θ = encode(purified) through ``codebook.decode`` on the benign data
     (Adam, ``epochs`` passes): the result stays in range(A) and so remains purifiable."""
@@ -150,12 +151,24 @@ def purify_finetune(
 
 
 # -- fine-tuning baselines -------------------------------------------------------------------------
-def _finetune_masked(apply_fn, params, mask, benign, key, epochs, batch_size, lr, progress):
+def _finetune_masked(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    mask: PyTree,
+    benign: Data,
+    key: jax.Array,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    progress: bool | None,
+) -> PyTree:
     """Adam on the weights with ``mask`` (1 = trainable, 0 = held at zero) applied in the loss."""
     x, y = benign
-    apply_mask = lambda t: jax.tree.map(lambda w, m: w * m.astype(w.dtype) if _floating(w) else w, t, mask)
+    apply_mask: Callable[[PyTree], PyTree] = lambda t: jax.tree.map(
+        lambda w, m: w * m.astype(w.dtype) if _floating(w) else w, t, mask
+    )
 
-    def loss(t, _key, xb, yb):
+    def loss(t: PyTree, _key: jax.Array, xb: jax.Array, yb: jax.Array) -> jax.Array:
         return cross_entropy(apply_fn(apply_mask(t), xb), yb)
 
     out = minimize(
@@ -177,7 +190,7 @@ def finetune(
     params: PyTree,
     codebook: Codebook | None,
     benign: Data,
-    key,
+    key: jax.Array,
     *,
     epochs: int = EPOCHS,
     batch_size: int = BATCH,
@@ -212,7 +225,7 @@ def fine_prune(
     params: PyTree,
     codebook: Codebook | None,
     benign: Data,
-    key,
+    key: jax.Array,
     *,
     features: Callable[[PyTree, jax.Array], jax.Array],
     layer: str,
@@ -238,15 +251,17 @@ def fine_prune(
     if any(np.shape(v)[-1] != C for v in leaves.values()):
         raise ValueError(f"layer {layer!r}: features give {C} channels, its leaves' last axes differ")
 
-    def pruned(k):
+    def pruned(k: int) -> dict[str, np.ndarray]:
         gone = np.zeros(C, bool)
         gone[order[:k]] = True
         return {p: np.broadcast_to(gone, np.shape(v)) for p, v in leaves.items()}
 
-    def keep_mask(k):
+    def keep_mask(k: int) -> PyTree:
         return tree_from_paths(params, {p: ~m for p, m in pruned(k).items()}, fill=True)
 
-    masked = lambda k: jax.tree.map(lambda w, m: w * m.astype(w.dtype) if _floating(w) else w, params, keep_mask(k))
+    masked: Callable[[int], PyTree] = lambda k: jax.tree.map(
+        lambda w, m: w * m.astype(w.dtype) if _floating(w) else w, params, keep_mask(k)
+    )
     base = accuracy(apply_fn, params, x, y)
     k, inc = 0, max(1, round(step * C))
     while k + inc <= int(max_prune * C) and accuracy(apply_fn, masked(k + inc), x, y) >= base - max_drop:
@@ -256,7 +271,9 @@ def fine_prune(
 
 
 # -- projection ------------------------------------------------------------------------------------
-def l2_project(apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: Data | None, key) -> Defended:
+def l2_project(
+    apply_fn: ApplyFn, params: PyTree, codebook: Codebook, benign: Data | None, key: jax.Array | None
+) -> Defended:
     """Least-squares projection of every code column onto range(A): decode(encode(W)), with
     non-finite entries set to 0 first (an l2 fit cannot skip them). No data, no flags."""
     del apply_fn, benign, key
@@ -274,7 +291,7 @@ class Signatures(NamedTuple):
     sums: dict[str, np.ndarray]
 
 
-def _secret(key, path: str, size: int, width: int):
+def _secret(key: jax.Array, path: str, size: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per leaf, from the key alone: a secret permutation (the interleaving) and XOR masks."""
     seed = np.asarray(jax.random.key_data(jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)))
     rng = np.random.default_rng(seed.astype(np.uint32).ravel())
@@ -282,17 +299,18 @@ def _secret(key, path: str, size: int, width: int):
     return rng.permutation(size), rng.integers(0, np.iinfo(udt).max, size, dtype=udt, endpoint=True)
 
 
-def _group_sums(value, path: str, key, group_size: int) -> np.ndarray:
+def _group_sums(value: Any, path: str, key: jax.Array, group_size: int) -> np.ndarray:
     """Σ over each group of (bits XOR mask) mod 2^64: flipping bit b of one entry changes its
     group's sum by ±2^b ≠ 0, so every single change is seen; cancelling changes needs the key."""
     v = np.ascontiguousarray(np.asarray(value)).ravel()
     perm, mask = _secret(key, path, v.size, v.dtype.itemsize)
     words = (v.view(mask.dtype) ^ mask)[perm].astype(np.uint64)
     words = np.concatenate([words, np.zeros((-v.size) % group_size, np.uint64)])
-    return words.reshape(-1, group_size).sum(1, dtype=np.uint64)
+    sums: np.ndarray = words.reshape(-1, group_size).sum(1, dtype=np.uint64)
+    return sums
 
 
-def checksum_signatures(params: PyTree, key, group_size: int = 16) -> Signatures:
+def checksum_signatures(params: PyTree, key: jax.Array, group_size: int = 16) -> Signatures:
     """Take the defender's signatures of the deployed ``params`` (every floating leaf)."""
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
@@ -301,7 +319,13 @@ def checksum_signatures(params: PyTree, key, group_size: int = 16) -> Signatures
 
 
 def checksum(
-    apply_fn: ApplyFn, params: PyTree, codebook: Codebook | None, benign: Data | None, key, *, signatures: Signatures
+    apply_fn: ApplyFn,
+    params: PyTree,
+    codebook: Codebook | None,
+    benign: Data | None,
+    key: jax.Array | None,
+    *,
+    signatures: Signatures,
 ) -> Defended:
     """Recompute every group's checksum; the entries of groups that changed are set to zero.
     ``detected``: some group changed. No data, no codebook (RADAR needs neither)."""

@@ -15,17 +15,22 @@ and key and they see the same minibatches and the same shifts.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import optax  # type: ignore[import-untyped]  # optax ships no py.typed
 
 from jaxpurify._codebook import Codebook
 from jaxpurify.progress import Progress
 
+if TYPE_CHECKING:
+    from flax import nnx
+
 PyTree = Any
+# examples along the first axis, on the host or the device
+Examples = np.ndarray | jax.Array
 # callback(step, loss, latent) -> True to stop; step = steps done so far, loss = that step's loss
 Callback = Callable[[int, float, PyTree], Any]
 # augment(key, x) -> x: a random transformation of one minibatch of images (N, H, W, C)
@@ -40,8 +45,11 @@ class TrainResult(NamedTuple):
     losses: np.ndarray
 
 
-def cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean over the batch of −log softmax(logits)[label]: ``logits`` (N, C), integer ``labels`` (N,);
+    a scalar."""
+    mean: jax.Array = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return mean
 
 
 def recipe(
@@ -59,15 +67,15 @@ def recipe(
 
     with decoupled weight decay ``weight_decay`` (Θ ← Θ − η(t)·λ·Θ; on a latent this shrinks the
     decoded W = AΘ by the same factor, so the plain and the encoded model decay alike)."""
-    for name, v in (("steps", steps),):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be an integer ≥ 1, got {v!r}")
-    for name, v, ok in (
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+    checks: tuple[tuple[str, float, Callable[[float], bool]], ...] = (
         ("learning_rate", learning_rate, lambda v: v > 0),
         ("weight_decay", weight_decay, lambda v: v >= 0),
         ("warmup", warmup, lambda v: 0 <= v < 1),
         ("final", final, lambda v: 0 <= v <= 1),
-    ):
+    )
+    for name, v, ok in checks:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not ok(float(v)):
             raise ValueError(f"{name}: out of range, got {v!r}")
     return optax.adamw(schedule(steps, learning_rate, warmup, final), weight_decay=float(weight_decay))
@@ -89,7 +97,7 @@ def random_shift(pixels: int = 2) -> Augment:
         raise ValueError(f"pixels must be an integer ≥ 0, got {pixels!r}")
     p = int(pixels)
 
-    def augment(key, x):
+    def augment(key: jax.Array, x: jax.Array) -> jax.Array:
         if p == 0:
             return x
         n, h, w, c = x.shape
@@ -100,7 +108,9 @@ def random_shift(pixels: int = 2) -> Augment:
     return augment
 
 
-def _check_loop_args(steps, batch_size, log_every, arrays: Sequence[np.ndarray], names: Sequence[str]) -> None:
+def _check_loop_args(
+    steps: int, batch_size: int, log_every: int, arrays: Sequence[Examples], names: Sequence[str]
+) -> None:
     for name, v, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("log_every", log_every, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an integer ≥ {low}, got {v!r}")
@@ -115,9 +125,9 @@ def _check_loop_args(steps, batch_size, log_every, arrays: Sequence[np.ndarray],
 def minimize(
     loss: Callable[..., jax.Array],
     latent: PyTree,
-    data: Sequence[np.ndarray],
+    data: Sequence[Examples],
     *,
-    key,
+    key: jax.Array,
     steps: int,
     batch_size: int = 128,
     optimizer: optax.GradientTransformation | None = None,
@@ -147,7 +157,7 @@ def minimize(
     b = min(batch_size, size)
 
     @jax.jit
-    def one_step(i, t, s, arrays):
+    def one_step(i: int, t: PyTree, s: PyTree, arrays: list[jax.Array]) -> tuple[PyTree, PyTree, jax.Array]:
         k = jax.random.fold_in(key, i)
         idx = jax.random.choice(k, size, (b,), replace=False)
         batch = (a[idx] for a in arrays)
@@ -188,14 +198,14 @@ def train(
     apply_fn: Callable[[Any, jax.Array], jax.Array],
     latent: PyTree,
     codebook: Codebook | None,
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Examples,
+    y: Examples,
     *,
-    key,
+    key: jax.Array,
     steps: int = 500,
     batch_size: int = 128,
     optimizer: optax.GradientTransformation | None = None,
-    loss_fn: Callable = cross_entropy,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
     augment: Augment | None = None,
     callback: Callback | None = None,
     log_every: int = 50,
@@ -222,10 +232,10 @@ def train(
         raise TypeError(f"augment must be a callable augment(key, x) -> x, got {type(augment).__name__}")
     if space not in ("latent", "weights"):
         raise ValueError(f"space must be 'latent' or 'weights', got {space!r}")
-    on_weights = space == "weights" and codebook is not None
-    decode = codebook.decode if codebook is not None and not on_weights else (lambda t: t)
+    weights_space = (codebook.decode, codebook.encode) if space == "weights" and codebook is not None else None
+    decode = codebook.decode if codebook is not None and weights_space is None else (lambda t: t)
 
-    def loss(t, key, xb, yb):
+    def loss(t: PyTree, key: jax.Array, xb: jax.Array, yb: jax.Array) -> jax.Array:
         if augment is not None:
             xb = augment(key, xb)
         return loss_fn(apply_fn(decode(t), xb), yb)
@@ -242,11 +252,17 @@ def train(
         log_every=log_every,
         desc="train",
         progress=progress,
-        space=(codebook.decode, codebook.encode) if on_weights else None,
+        space=weights_space,
     )
 
 
-def batch_statistics(model, x: np.ndarray, *, batch_size: int = 256, call: Callable | None = None):
+def batch_statistics(
+    model: nnx.Module,
+    x: Examples,
+    *,
+    batch_size: int = 256,
+    call: Callable[[nnx.Module, jax.Array], Any] | None = None,
+) -> nnx.State[Any, Any]:
     """Settled BatchNorm statistics of a Flax NNX ``model`` on ``x``: every ``nnx.BatchNorm``'s
     running mean and variance set to the average over the batches of ``x`` of the batch mean and
     (biased) variance, the other layers in evaluation mode and no parameter changed.
@@ -269,7 +285,7 @@ def batch_statistics(model, x: np.ndarray, *, batch_size: int = 256, call: Calla
     norms = [m for _, m in nnx.iter_graph(clone) if isinstance(m, nnx.BatchNorm)]
     if not norms:
         raise ValueError("model has no nnx.BatchNorm layer: there are no statistics to settle")
-    clone.eval()
+    clone.eval()  # type: ignore[no-untyped-call]  # flax leaves Module.eval unannotated
     for m in norms:
         m.use_running_average = False
     run = call or (lambda m, xb: m(xb))
@@ -280,7 +296,9 @@ def batch_statistics(model, x: np.ndarray, *, batch_size: int = 256, call: Calla
     return nnx.state(clone, nnx.BatchStat)
 
 
-def accuracy(apply_fn, params, x, y, batch: int = 2048) -> float:
+def accuracy(
+    apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, x: Examples, y: Examples, batch: int = 2048
+) -> float:
     """Fraction of correct argmax predictions (NaN logits count as wrong)."""
     correct = 0
     for i in range(0, len(x), batch):

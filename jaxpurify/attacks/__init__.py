@@ -1,5 +1,5 @@
-"""Attacks on deployed weights (issue 11): backdoors, sparse and channel trojans, bit flips, and
-the adaptive attacker who stays inside each leaf's column span.
+"""Attacks on deployed weights, to test purification and the seal against: backdoors, sparse and
+channel trojans, bit flips, and the adaptive attacker who stays inside each leaf's column span.
 
 Every attack is ``attack(key, apply_fn, params, data, *, target, trigger, **hyper) -> Attack``
 with ``apply_fn(params, x) -> logits`` and ``data = (x, y)`` the attacker's data; hyper-parameters

@@ -14,6 +14,7 @@ target weights flipped), and its row, and a row of the unattacked model, use the
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +23,12 @@ import jaxpurify as jp
 from jaxpurify import attacks, data
 from jaxpurify.experiments.realdata import build
 from jaxpurify.train import train
+from jaxpurify.tree import PyTree
 
 ATTACKS = ("badnets", "sparse_trojan", "channel_trojan", "pbfa", "bit_trojan", "span_trojan")
 
 
-def main(argv=None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m jaxpurify.attacks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="one-hidden", choices=("one-hidden", "multi"))
     ap.add_argument("--steps", type=int, default=800, help="training steps of the encoded model")
@@ -60,7 +62,7 @@ def main(argv=None) -> None:
     n = len(ds.train.x) // 4
     mine = (ds.train.x[:n], ds.train.y[:n])
 
-    def row(name, params, seconds, changed, trigger=trigger):
+    def row(name: str, params: PyTree, seconds: float, changed: int | str, trigger: attacks.Trigger = trigger) -> None:
         x, y, t = ds.test.x, ds.test.y, args.target
         ca = attacks.clean_accuracy(apply, params, x, y)
         asr = attacks.attack_success_rate(apply, params, x, y, trigger, t)

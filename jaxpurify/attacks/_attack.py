@@ -13,16 +13,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import optax  # type: ignore[import-untyped]  # optax ships no py.typed
 from jax.flatten_util import ravel_pytree
 
 from jaxpurify.attacks._trigger import (
     ApplyFn,
+    Data,
     PyTree,
     Trigger,
     attack_success_rate,
@@ -43,7 +44,7 @@ class Attack(NamedTuple):
 
     params: PyTree
     changed: PyTree
-    hyper: dict
+    hyper: dict[str, Any]
     seconds: float
     trigger: Trigger | None = None
 
@@ -51,14 +52,46 @@ class Attack(NamedTuple):
 def changed_mask(new: PyTree, old: PyTree) -> PyTree:
     """True where the bit patterns differ (so −0.0 vs 0.0 and NaN payloads count, NaN == NaN)."""
 
-    def diff(a, b):
+    def diff(a: Any, b: Any) -> np.ndarray | np.bool_:  # a 0-d leaf gives a NumPy bool
         a, b = np.asarray(a), np.asarray(b)
-        return a.view(np.uint8).reshape(a.shape + (-1,)).__ne__(b.view(np.uint8).reshape(b.shape + (-1,))).any(-1)
+        ne: np.ndarray = a.view(np.uint8).reshape(a.shape + (-1,)).__ne__(b.view(np.uint8).reshape(b.shape + (-1,)))
+        return ne.any(-1)
 
     return jax.tree.map(diff, new, old)
 
 
-def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool = True, finetune=None):
+@overload
+def check_common(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data: Data,
+    target: int,
+    trigger: Trigger,
+    *,
+    need_trigger: Literal[True] = True,
+    finetune: Finetune | None = None,
+) -> tuple[np.ndarray, np.ndarray, int, int]: ...
+@overload
+def check_common(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data: Data,
+    target: int | None,
+    trigger: Trigger | None,
+    *,
+    need_trigger: Literal[False],
+    finetune: Finetune | None = None,
+) -> tuple[np.ndarray, np.ndarray, int | None, int]: ...
+def check_common(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data: Data,
+    target: int | None,
+    trigger: Trigger | None,
+    *,
+    need_trigger: bool = True,
+    finetune: Finetune | None = None,
+) -> tuple[np.ndarray, np.ndarray, int | None, int]:
     """Validate the arguments every attack takes (and ``finetune`` if given); returns
     (x, y, target, classes) with host arrays (``classes``: the width of the logits)."""
     if finetune is not None and not isinstance(finetune, Finetune):
@@ -72,7 +105,7 @@ def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool 
             raise TypeError(f"params: every leaf must be floating, got {jnp.result_type(leaf)}")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TypeError("data must be the attacker's (x, y)")
-    x, y = check_data(*data, what="data")
+    x, y = check_data(data[0], data[1], what="data")
     try:
         logits = jax.eval_shape(lambda p: apply_fn(p, jnp.asarray(x[:1])), params)
     except Exception as e:  # any failure here means apply_fn does not fit params and data
@@ -90,12 +123,12 @@ def check_common(apply_fn, params, data, target, trigger, *, need_trigger: bool 
     return x, y, target, classes
 
 
-def trojan_objective(target: int, weight: float = 1.0):
+def trojan_objective(target: int, weight: float = 1.0) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
     """objective(clean_logits, triggered_logits, y): the trojan loss from the logits of a batch
     and of the same batch stamped with the trigger."""
 
-    def objective(clean_logits, triggered_logits, y):
-        clean = optax.softmax_cross_entropy_with_integer_labels(clean_logits, y).mean()
+    def objective(clean_logits: jax.Array, triggered_logits: jax.Array, y: jax.Array) -> jax.Array:
+        clean: jax.Array = optax.softmax_cross_entropy_with_integer_labels(clean_logits, y).mean()
         w = (y != target).astype(jnp.float32)
         hit = optax.softmax_cross_entropy_with_integer_labels(triggered_logits, jnp.full_like(y, target))
         return clean + weight * jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
@@ -103,30 +136,33 @@ def trojan_objective(target: int, weight: float = 1.0):
     return objective
 
 
-def trojan_loss(apply_fn: ApplyFn, trigger: Trigger, target: int, weight: float = 1.0):
+def trojan_loss(
+    apply_fn: ApplyFn, trigger: Trigger, target: int, weight: float = 1.0
+) -> Callable[[PyTree, jax.Array, jax.Array], jax.Array]:
     """loss(params, x, y): clean cross-entropy + ``weight`` × triggered-to-target cross-entropy."""
     objective = trojan_objective(target, weight)
 
-    def loss(params, x, y):
+    def loss(params: PyTree, x: jax.Array, y: jax.Array) -> jax.Array:
         return objective(apply_fn(params, x), apply_fn(params, trigger.stamp(x)), y)
 
     return loss
 
 
-def check_positive(**values) -> None:
+def check_positive(**values: Any) -> None:
+    """ValueError naming the first of ``values`` that is not a positive number."""
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not v > 0:
             raise ValueError(f"{name} must be a positive number, got {v!r}")
 
 
-def check_count(name: str, v, low: int) -> int:
+def check_count(name: str, v: Any, low: int) -> int:
     """``v`` as an int, or ValueError naming ``name`` unless it is an integer ≥ ``low``."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
         raise ValueError(f"{name} must be an integer ≥ {low}, got {v!r}")
     return int(v)
 
 
-def check_training(goal, **positive) -> None:
+def check_training(goal: Any, **positive: Any) -> None:
     """``goal`` an ASR in (0, 1]; every other value given a positive number."""
     check_positive(**positive)
     if isinstance(goal, bool) or not isinstance(goal, (int, float, np.integer, np.floating)) or not 0.0 < goal <= 1.0:
@@ -136,7 +172,7 @@ def check_training(goal, **positive) -> None:
 class Clock:
     """Wall time since creation."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.start = time.perf_counter()
 
     def __call__(self) -> float:
@@ -185,7 +221,7 @@ class Finetune:
     check_every: int = 25
     max_drop: float | None = 0.01
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         rate = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
         drop = {} if self.max_drop is None else {"max_drop": self.max_drop}
         check_training(
@@ -196,8 +232,10 @@ class Finetune:
         """This training with the attack's default ``learning_rate`` where none was given."""
         return self if self.learning_rate is not None else dataclasses.replace(self, learning_rate=learning_rate)
 
-    def record(self) -> dict:
-        """The values, JSON-able, as every attack's ``hyper`` records them."""
+    def record(self) -> dict[str, Any]:
+        """The values, JSON-able, as every attack's ``hyper`` records them (after :meth:`resolve`)."""
+        if self.learning_rate is None:
+            raise TypeError("Finetune.record needs a learning rate: resolve the attack's default first")
         return dict(
             steps=int(self.steps),
             learning_rate=float(self.learning_rate),
@@ -209,18 +247,30 @@ class Finetune:
         )
 
 
-def trojan_finetune(key, apply_fn, build, t0, x, y, trigger, target, finetune: Finetune, desc, progress):
+def trojan_finetune(
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    build: Callable[[PyTree], PyTree],
+    t0: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    trigger: Trigger,
+    target: int,
+    finetune: Finetune,
+    desc: str,
+    progress: bool | None,
+) -> tuple[PyTree, int, float, bool]:
     """Adam on the trojan loss of ``build(t)`` from ``t0`` as ``finetune`` says.
     Returns (t, steps taken, last ASR, whether the goal was reached)."""
     loss_fn = trojan_loss(apply_fn, trigger, target)
-    seen = {"asr": 0.0, "reached": False}
+    seen: dict[str, Any] = {"asr": 0.0, "reached": False}
     floor = None if finetune.max_drop is None else clean_accuracy(apply_fn, build(t0), x, y) - finetune.max_drop
 
-    def callback(step, _loss, t):
+    def callback(step: int, _loss: float, t: PyTree) -> bool:
         p = build(t)
         seen["asr"] = attack_success_rate(apply_fn, p, x, y, trigger, target)
         seen["reached"] = seen["asr"] >= finetune.goal and (floor is None or clean_accuracy(apply_fn, p, x, y) >= floor)
-        return seen["reached"]
+        return bool(seen["reached"])
 
     run = minimize(
         lambda t, _k, xb, yb: loss_fn(build(t), xb, yb),

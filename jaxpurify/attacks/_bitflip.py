@@ -33,17 +33,19 @@ entries, bit]; each weight is flipped at most once, so ``changed`` marks exactly
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import optax  # type: ignore[import-untyped]  # optax ships no py.typed
+from jax.typing import ArrayLike
 
 from jaxpurify.attacks._attack import (
     Attack,
     Clock,
+    Flat,
     changed_mask,
     check_common,
     check_count,
@@ -52,15 +54,23 @@ from jaxpurify.attacks._attack import (
     flatten,
     trojan_objective,
 )
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy, predictions
+from jaxpurify.attacks._trigger import ApplyFn, Data, PyTree, Trigger, attack_success_rate, clean_accuracy, predictions
 from jaxpurify.progress import Progress
 from jaxpurify.train import minimize
 from jaxpurify.tree import leaves_with_paths, map_with_path
 
 BITS = tuple(range(22, 32))  # top mantissa bit, the 8 exponent bits, the sign
 
+Logits = tuple[jax.Array, ...]  # the logits of each input batch (clean, and triggered if any)
+# forward(values, inputs) -> logits: the network on the flat weights, one output per input batch
+Forward = Callable[[jax.Array, tuple[jax.Array, ...]], Logits]
+# stop(params) -> (done, outcome numbers)
+Stop = Callable[[PyTree], tuple[bool, dict[str, Any]]]
+# step(values, frozen, inputs, y) -> (index, bit, loss after, index not frozen)
+Step = Callable[[jax.Array, jax.Array, tuple[jax.Array, ...], jax.Array], tuple[jax.Array, ...]]
 
-def flip_bits(values: jax.Array, index, bit) -> jax.Array:
+
+def flip_bits(values: jax.Array, index: ArrayLike, bit: ArrayLike) -> jax.Array:
     """``values`` (float32) with bit ``bit`` of entry ``index`` toggled."""
     u = jax.lax.bitcast_convert_type(values, jnp.uint32)
     u = u.at[index].set(u[index] ^ jnp.left_shift(jnp.uint32(1), jnp.asarray(bit, jnp.uint32)))
@@ -79,7 +89,15 @@ class Split(NamedTuple):
     leaves: tuple[str, ...]
 
 
-def _search_step(forward, objective, candidates: int, bits: tuple[int, ...], sign: float, allowed=None, fast=None):
+def _search_step(
+    forward: Forward,
+    objective: Callable[..., jax.Array],
+    candidates: int,
+    bits: tuple[int, ...],
+    sign: float,
+    allowed: Callable[..., jax.Array] | None = None,
+    fast: tuple[Forward, Forward, jax.Array] | None = None,
+) -> Step:
     """jit(values, frozen, inputs, y) -> (index, bit, loss after, index not frozen): the best single flip.
 
     ``forward(values, inputs)`` gives the logits of every input batch, ``objective(*logits, y)``
@@ -91,7 +109,7 @@ def _search_step(forward, objective, candidates: int, bits: tuple[int, ...], sig
     frozen part of the network."""
     bit_arr = jnp.asarray(bits, jnp.uint32)
 
-    def value_of(logits, y):
+    def value_of(logits: Logits, y: jax.Array) -> jax.Array:
         value = objective(*logits, y)
         value = jnp.where(jnp.isfinite(value), value, jnp.inf)  # a NaN/Inf loss is the worst model
         if allowed is not None:
@@ -99,25 +117,34 @@ def _search_step(forward, objective, candidates: int, bits: tuple[int, ...], sig
         return value
 
     @jax.jit
-    def step(values, frozen, inputs, y):
+    def step(
+        values: jax.Array, frozen: jax.Array, inputs: tuple[jax.Array, ...], y: jax.Array
+    ) -> tuple[jax.Array, ...]:
         g = jax.grad(lambda v: objective(*forward(v, inputs), y))(values)
         score = jnp.where(frozen | ~jnp.isfinite(g), -1.0, jnp.abs(g))
         _, top = jax.lax.top_k(score, candidates)
 
-        def tries(i, run):  # the loss after flipping each bit of entry i
+        # the loss after flipping each bit of entry i
+        def tries(i: jax.Array, run: Callable[[jax.Array], Logits]) -> jax.Array:
             return jax.vmap(lambda b: value_of(run(flip_bits(values, i, b)), y))(bit_arr)
 
-        def whole(v):
+        def whole(v: jax.Array) -> Logits:
             return forward(v, inputs)
 
+        per_entry: Callable[[jax.Array], jax.Array]
         if fast is None:
             per_entry = lambda i: tries(i, whole)
         else:
             features, head, in_head = fast
             hs = features(values, inputs)  # the frozen part: once per step, not once per trial
 
-            def per_entry(i):
-                return jax.lax.cond(in_head[i], lambda: tries(i, lambda v: head(v, hs)), lambda: tries(i, whole))
+            def head_or_whole(i: jax.Array) -> jax.Array:
+                out: jax.Array = jax.lax.cond(
+                    in_head[i], lambda: tries(i, lambda v: head(v, hs)), lambda: tries(i, whole)
+                )
+                return out
+
+            per_entry = head_or_whole
 
         losses = jax.lax.map(per_entry, top).reshape(-1)
         idx, bit = jnp.repeat(top, len(bits)), jnp.tile(bit_arr, candidates)
@@ -129,20 +156,20 @@ def _search_step(forward, objective, candidates: int, bits: tuple[int, ...], sig
     return step
 
 
-def _eval_batch(key, x, y, size):
+def _eval_batch(key: jax.Array, x: np.ndarray, y: np.ndarray, size: int) -> tuple[jax.Array, jax.Array]:
     sub = np.sort(np.asarray(jax.random.permutation(key, len(x)))[:size])
     return jnp.asarray(x[sub]), jnp.asarray(y[sub])
 
 
-def _check_bits(bits, flips, candidates, batch_size):
+def _check_bits(bits: Sequence[int], flips: int, candidates: int, batch_size: int) -> tuple[int, ...]:
     check_positive(flips=flips, candidates=candidates, batch_size=batch_size)
-    bits = tuple(int(b) for b in bits)
-    if not bits or any(not 0 <= b < 32 for b in bits) or len(set(bits)) != len(bits):
-        raise ValueError(f"bits must be distinct float32 bit positions in 0..31, got {bits}")
-    return bits
+    out = tuple(int(b) for b in bits)
+    if not out or any(not 0 <= b < 32 for b in out) or len(set(out)) != len(out):
+        raise ValueError(f"bits must be distinct float32 bit positions in 0..31, got {out}")
+    return out
 
 
-def _scope(flat, leaves, what: str = "leaves") -> np.ndarray:
+def _scope(flat: Flat, leaves: Sequence[str] | None, what: str = "leaves") -> np.ndarray:
     """Bool over the flat entries: True outside the named leaves (None: every leaf in scope)."""
     if leaves is None:
         return np.zeros(flat.values.size, bool)
@@ -159,7 +186,7 @@ def _scope(flat, leaves, what: str = "leaves") -> np.ndarray:
     return out
 
 
-def _check_split(split, apply_fn, params, flat, x) -> np.ndarray:
+def _check_split(split: Split, apply_fn: ApplyFn, params: PyTree, flat: Flat, x: np.ndarray | jax.Array) -> np.ndarray:
     """Validate ``split`` on a few examples; returns the bool mask of the head's flat entries."""
     if not isinstance(split, Split):
         raise TypeError(f"split must be a jaxpurify.attacks.Split, got {type(split).__name__}")
@@ -181,23 +208,23 @@ def _check_split(split, apply_fn, params, flat, x) -> np.ndarray:
 
 
 def _search(
-    key,
-    apply_fn,
-    params,
-    x,
-    y,
-    objective,
-    trigger,
-    sign,
-    stop,
-    hyper,
-    desc,
-    progress,
-    clock,
-    allowed=None,
-    only=None,
-    split=None,
-):
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    objective: Callable[..., jax.Array],
+    trigger: Trigger | None,
+    sign: float,
+    stop: Stop,
+    hyper: dict[str, Any],
+    desc: str,
+    progress: bool | None,
+    clock: Clock,
+    allowed: Callable[[Logits, jax.Array], Callable[..., jax.Array]] | None = None,
+    only: tuple[str, np.ndarray] | None = None,
+    split: Split | None = None,
+) -> Attack:
     """The shared loop: flip, record, ``stop(params)`` → (bool, outcome numbers).  ``trigger``:
     None (the objective sees the clean batch only) or the trigger stamped into a second batch."""
     flat = flatten(params)
@@ -213,11 +240,11 @@ def _search(
     xb, yb = _eval_batch(key, x, y, hyper["batch_size"])
     inputs = (xb,) if trigger is None else (xb, trigger.stamp(xb))
 
-    def forward(v, zs):
+    def forward(v: jax.Array, zs: tuple[jax.Array, ...]) -> Logits:
         p = flat.unravel(v)
         return tuple(apply_fn(p, z) for z in zs)
 
-    fast = None
+    fast: tuple[Forward, Forward, jax.Array] | None = None
     if split is not None:
         in_head = _check_split(split, apply_fn, params, flat, x)
         fast = (
@@ -236,14 +263,16 @@ def _search(
     )
     values, flipped = flat.values, jnp.asarray(outside)  # out of scope: never a candidate
     current = float(objective(*forward(values, inputs), yb))
-    kept, done, measure = [], False, {}
+    kept: list[list[Any]] = []
+    done: bool = False
+    measure: dict[str, Any] = {}
     with Progress(total=hyper["flips"], desc=desc, disable=None if progress is None else not progress) as bar:
         for _ in range(hyper["flips"]):
             done, measure = stop(flat.unravel(values))
             if done:
                 break
-            i, b, after, free = step(values, flipped, inputs, yb)
-            i, b, after = int(i), int(b), float(after)
+            at, bit, loss_after, free = step(values, flipped, inputs, yb)
+            i, b, after = int(at), int(bit), float(loss_after)
             if not bool(free) or (
                 sign < 0 and not after < current
             ):  # nothing left to flip, or (targeted) no flip helps
@@ -260,10 +289,10 @@ def _search(
 
 
 def pbfa(
-    key,
+    key: jax.Array,
     apply_fn: ApplyFn,
     params: PyTree,
-    data,
+    data: Data,
     *,
     target: int | None = None,
     trigger: Trigger | None = None,
@@ -285,13 +314,13 @@ def pbfa(
     check_positive(cap=cap)
     chance = 1.0 / classes
 
-    def objective(logits, ys):
+    def objective(logits: jax.Array, ys: jax.Array) -> jax.Array:
         finite = jnp.all(jnp.isfinite(logits), axis=-1)
         safe = jnp.where(finite[:, None], logits, 0.0)  # no NaN flows back from a ruined example
         ce = optax.softmax_cross_entropy_with_integer_labels(safe, ys)
         return jnp.mean(jnp.where(finite & jnp.isfinite(ce), jnp.minimum(ce, cap), cap))
 
-    def stop(p):
+    def stop(p: PyTree) -> tuple[bool, dict[str, Any]]:
         ca = clean_accuracy(apply_fn, p, x, y)
         return ca <= chance + margin, dict(ca=ca)
 
@@ -311,11 +340,11 @@ def pbfa(
     )
 
 
-def _with_leaf(params, path: str, value):
+def _with_leaf(params: PyTree, path: str, value: Any) -> PyTree:
     return map_with_path(lambda p, v: value if p == path else v, params)
 
 
-def _readout_kernel(params, path: str, target: int, classes: int | None = None):
+def _readout_kernel(params: PyTree, path: str, target: int, classes: int | None = None) -> jax.Array:
     """The (features, classes) read-out kernel at ``path``; ``classes``: the logits' width, if known."""
     leaves = dict(leaves_with_paths(params)[0])
     if path not in leaves:
@@ -331,7 +360,9 @@ def _readout_kernel(params, path: str, target: int, classes: int | None = None):
     return jnp.asarray(v)
 
 
-def choose_neurons(apply_fn: ApplyFn, params: PyTree, readout: str, x, target: int, neurons: int) -> np.ndarray:
+def choose_neurons(
+    apply_fn: ApplyFn, params: PyTree, readout: str, x: np.ndarray | jax.Array, target: int, neurons: int
+) -> np.ndarray:
     """TBT's neuron choice: the ``neurons`` rows f of the read-out kernel V with the largest
     |∂CE(f(x), target)/∂V[f, target]| on ``x`` (sorted row indices)."""
     v = _readout_kernel(params, readout, target)
@@ -351,8 +382,8 @@ def craft_trigger(
     apply_fn: ApplyFn,
     params: PyTree,
     readout: str,
-    rows,
-    x,
+    rows: ArrayLike,
+    x: ArrayLike,
     target: int,
     trigger: Trigger,
     *,
@@ -395,7 +426,7 @@ def craft_trigger(
     opt = optax.adam(learning_rate)
 
     @jax.jit
-    def step(pat, state):
+    def step(pat: jax.Array, state: Any) -> tuple[jax.Array, Any]:
         g = jax.grad(lambda q: -apply_fn(probe, x.at[:, r, c, :].set(q))[:, target].mean())(pat)
         upd, state = opt.update(g, state)
         return jnp.clip(optax.apply_updates(pat, upd), low, high), state
@@ -408,10 +439,10 @@ def craft_trigger(
 
 
 def bit_trojan(
-    key,
+    key: jax.Array,
     apply_fn: ApplyFn,
     params: PyTree,
-    data,
+    data: Data,
     *,
     target: int,
     trigger: Trigger,
@@ -455,7 +486,7 @@ def bit_trojan(
     tune = check_count("tune", tune, 0)
     if tune and not craft:
         raise ValueError("tune needs craft > 0: it trains the weights of the rows the crafting chose")
-    hyper = dict(
+    hyper: dict[str, Any] = dict(
         attack="bit_trojan",
         target=target,
         trigger=trigger._asdict(),
@@ -469,7 +500,8 @@ def bit_trojan(
         loss="clean CE + triggered-to-target CE, minimised; a flip is allowed only "
         "if the evaluation batch's accuracy stays within max_drop of the deployed model's",
     )
-    only, crafted = None, None
+    only: tuple[str, np.ndarray] | None = None
+    crafted: Trigger | None = None
     if craft:
         neurons = check_count("neurons", neurons, 1)
         check_positive(craft_rate=craft_rate)
@@ -505,10 +537,10 @@ def bit_trojan(
             check_positive(tune_rate=tune_rate)
             hyper.update(tune=tune, tune_rate=float(tune_rate), loss=hyper["loss"] + "; tune: trained, then realised")
 
-    def batch_accuracy(logits, ys):
+    def batch_accuracy(logits: jax.Array, ys: jax.Array) -> jax.Array:
         return jnp.mean((jnp.argmax(logits, axis=-1) == ys) & jnp.all(jnp.isfinite(logits), axis=-1))
 
-    def allowed(logits, yb):
+    def allowed(logits: Logits, yb: jax.Array) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
         # without this guard the greedy search trades clean accuracy for the triggered term
         # (measured on digits / multi: one flip that silenced a channel, CA 0.98 → 0.11)
         floor = float(batch_accuracy(logits[0], yb)) - max_drop
@@ -522,7 +554,7 @@ def bit_trojan(
         apply_fn, x, y, trigger, target, split if scope and split and set(scope) <= set(split.leaves) else None
     )
 
-    def stop(p):
+    def stop(p: PyTree) -> tuple[bool, dict[str, Any]]:
         ca, asr = measure(p)
         return asr >= goal, dict(asr=asr, ca=ca)
 
@@ -547,17 +579,20 @@ def bit_trojan(
     return res._replace(trigger=crafted)
 
 
-def _measure(apply_fn, x, y, trigger: Trigger, target: int, split: Split | None):
+def _measure(
+    apply_fn: ApplyFn, x: np.ndarray, y: np.ndarray, trigger: Trigger, target: int, split: Split | None
+) -> Callable[[PyTree], tuple[float, float]]:
     """measure(params) -> (CA, ASR) on the attacker's data.  With ``split`` (every flip in its
     head) the features of the clean and the triggered inputs are computed on the first call and
     reused: the flips never change them."""
     if split is None:
         return lambda p: (clean_accuracy(apply_fn, p, x, y), attack_success_rate(apply_fn, p, x, y, trigger, target))
-    keep, cache = y != target, {}
+    keep = y != target
+    cache: dict[str, np.ndarray] = {}
 
-    def measure(p):
+    def measure(p: PyTree) -> tuple[float, float]:
         if not cache:
-            feats = lambda z: np.concatenate(
+            feats: Callable[[np.ndarray], np.ndarray] = lambda z: np.concatenate(
                 [np.asarray(split.features(p, jnp.asarray(z[i : i + 2048]))) for i in range(0, len(z), 2048)]
             )
             cache.update(clean=feats(x), triggered=feats(trigger.stamp(x[keep])))
@@ -567,7 +602,7 @@ def _measure(apply_fn, x, y, trigger: Trigger, target: int, split: Split | None)
     return measure
 
 
-def nearest_by_flips(old, wanted, bits: tuple[int, ...]) -> tuple[np.ndarray, list[list[int]]]:
+def nearest_by_flips(old: ArrayLike, wanted: ArrayLike, bits: tuple[int, ...]) -> tuple[np.ndarray, list[list[int]]]:
     """Per float32 entry of ``old``: the finite value nearest ``wanted`` among those its bit
     pattern reaches by flipping a subset of ``bits`` (ties: fewer flips), and the bits flipped."""
     old = np.asarray(old, np.float32).reshape(-1)
@@ -584,20 +619,33 @@ def nearest_by_flips(old, wanted, bits: tuple[int, ...]) -> tuple[np.ndarray, li
     return new, [[b for b in bits if (int(masks[k]) >> b) & 1] for k in best]
 
 
-def _tbs(key, apply_fn, params, x, y, trigger, target, only, hyper, split, clock):
+def _tbs(
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    trigger: Trigger,
+    target: int,
+    only: tuple[str, np.ndarray] | None,
+    hyper: dict[str, Any],
+    split: Split | None,
+    clock: Clock,
+) -> Attack:
     """TBT's Trojan Bit Search in float32: train V[rows, target] on the trojan loss, then realise
     each trained value by the nearest bit flips (``bit_trojan``'s ``tune``)."""
     flat = flatten(params)
     if flat.values.dtype != jnp.float32:
         raise TypeError(f"params: bit flips are defined on float32 weights, got {flat.values.dtype}")
+    assert only is not None  # tune needs craft, which chose the rows (bit_trojan checks)
     path, entries = only
     at = jnp.asarray(flat.bounds[flat.paths.index(path)] + np.asarray(entries))
     v0 = flat.values[at]
-    build = lambda d: flat.unravel(flat.values.at[at].set(v0 + d))
+    build: Callable[[jax.Array], PyTree] = lambda d: flat.unravel(flat.values.at[at].set(v0 + d))
     objective = trojan_objective(target)
     if split is not None and path in split.leaves:
         _check_split(split, apply_fn, params, flat, x)
-        feats = lambda z: np.concatenate(
+        feats: Callable[[np.ndarray], np.ndarray] = lambda z: np.concatenate(
             [np.asarray(split.features(params, jnp.asarray(z[i : i + 2048]))) for i in range(0, len(z), 2048)]
         )
         inputs, run = [feats(x), feats(trigger.stamp(x))], split.head
@@ -617,7 +665,8 @@ def _tbs(key, apply_fn, params, x, y, trigger, target, only, hyper, split, clock
     wanted = np.asarray(v0 + trained, np.float64)
     new, bits = nearest_by_flips(np.asarray(v0), wanted, tuple(hyper["bits"]))
     order = np.argsort(-np.abs(wanted - np.asarray(v0)), kind="stable")  # the weights that moved most first
-    values, kept, budget = np.array(flat.values), [], hyper["flips"]
+    kept: list[list[Any]] = []
+    values, budget = np.array(flat.values), hyper["flips"]
     for j in order:
         if bits[j] and len(kept) + len(bits[j]) <= budget:
             values[int(at[j])] = new[j]

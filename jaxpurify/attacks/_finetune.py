@@ -8,18 +8,18 @@ with Adam, minimising the plain cross-entropy  mean_i CE(f_w(x'_i), y'_i).
 from __future__ import annotations
 
 import jax
-import optax
+import optax  # type: ignore[import-untyped]  # optax ships no py.typed
 
 from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, attack_success_rate, clean_accuracy, poison
+from jaxpurify.attacks._trigger import ApplyFn, Data, PyTree, Trigger, attack_success_rate, clean_accuracy, poison
 from jaxpurify.train import cross_entropy, minimize
 
 
 def badnets(
-    key,
+    key: jax.Array,
     apply_fn: ApplyFn,
     params: PyTree,
-    data,
+    data: Data,
     *,
     target: int,
     trigger: Trigger,
@@ -38,7 +38,7 @@ def badnets(
     k_poison, k_train = jax.random.split(key)
     xp, yp = poison(k_poison, x, y, trigger, target, fraction)
 
-    def loss(p, _key, xb, yb):
+    def loss(p: PyTree, _key: jax.Array, xb: jax.Array, yb: jax.Array) -> jax.Array:
         return cross_entropy(apply_fn(p, xb), yb)
 
     new = minimize(

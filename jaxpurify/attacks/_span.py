@@ -1,4 +1,5 @@
-"""The adaptive attacker who stays inside each protected leaf's column span (issue 11 §4).
+"""The adaptive attacker who stays inside each protected leaf's column span: the attack that l1
+purification cannot see, so it tests the keyed seal.
 
 The deployed weights reveal range(A) without the key: a group's deployed columns are
 Y = A Θ (K × m), so their span is a subspace of range(A), all of it once rank Θ = n.  The
@@ -21,6 +22,7 @@ only the keyed seal can tell.  Leaves the layout leaves unprotected are not touc
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -31,23 +33,33 @@ from jaxpurify.attacks._attack import (
     Attack,
     Clock,
     Finetune,
+    Flat,
     changed_mask,
     check_common,
     check_positive,
     flatten,
     trojan_finetune,
 )
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
+from jaxpurify.attacks._trigger import ApplyFn, Data, PyTree, Trigger, clean_accuracy
+
+if TYPE_CHECKING:
+    from jaxpurify._codebook import Select
 
 
-def public_layout(key, params: PyTree, select: Callable | None = None) -> Codebook:
+def public_layout(key: jax.Array, params: PyTree, select: Select | None = None) -> Codebook:
     """The layout a codebook with ``select`` gives ``params``, bound to a throwaway secret drawn
     from ``key`` (what anyone can compute: the layout is a function of the shapes and select)."""
     throwaway = np.asarray(jax.random.bits(key, (8,), jnp.uint32)).tobytes()
     return Codebook.create(params, key=throwaway, select=select)
 
 
-def column_spans(layout: Codebook, params: PyTree, flat, rank_tol: float):
+# per group: (flat indices (K, m) of its entries, −1 at padding; U_r (K, r))
+Spans = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def column_spans(
+    layout: Codebook, params: PyTree, flat: Flat, rank_tol: float
+) -> tuple[Spans, dict[str, tuple[int, int, int]]]:
     """Per group: (flat indices (K, m) with −1 at padding, U_r (K, r)) estimated from the deployed
     columns; and a per-group summary {name: (K, m, r)}."""
     offsets = iter(zip(flat.bounds[:-1], flat.bounds[1:]))
@@ -65,7 +77,7 @@ def column_spans(layout: Codebook, params: PyTree, flat, rank_tol: float):
     return spans, summary
 
 
-def _in_span(flat, spans):
+def _in_span(flat: Flat, spans: Spans) -> Callable[[dict[str, jax.Array]], PyTree]:
     """t = {group: C (r, m)} ↦ params with Y_g + U_r C_g in each group, bit-exact elsewhere."""
     parts = {
         name: (jnp.asarray(idx[idx >= 0]), jnp.asarray(idx >= 0), jnp.asarray(u, flat.values.dtype))
@@ -75,7 +87,7 @@ def _in_span(flat, spans):
     for at, _, _ in parts.values():
         touched = touched.at[at].set(True)
 
-    def build(t):
+    def build(t: dict[str, jax.Array]) -> PyTree:
         delta = jnp.zeros_like(flat.values)
         for name, (at, valid, u) in parts.items():
             delta = delta.at[at].set((u @ t[name])[valid])
@@ -85,14 +97,14 @@ def _in_span(flat, spans):
 
 
 def span_trojan(
-    key,
+    key: jax.Array,
     apply_fn: ApplyFn,
     params: PyTree,
-    data,
+    data: Data,
     *,
     target: int,
     trigger: Trigger,
-    select: Callable | None = None,
+    select: Select | None = None,
     rank_tol: float = 1e-3,
     finetune: Finetune = Finetune(),
     progress: bool | None = None,

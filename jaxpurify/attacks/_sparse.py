@@ -15,6 +15,9 @@ subset of the chosen entries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,6 +26,7 @@ from jaxpurify.attacks._attack import (
     Attack,
     Clock,
     Finetune,
+    Flat,
     changed_mask,
     check_common,
     check_count,
@@ -30,18 +34,33 @@ from jaxpurify.attacks._attack import (
     trojan_finetune,
     trojan_loss,
 )
-from jaxpurify.attacks._trigger import ApplyFn, PyTree, Trigger, clean_accuracy
+from jaxpurify.attacks._trigger import ApplyFn, Data, PyTree, Trigger, clean_accuracy
 
 SALIENCY_EXAMPLES = 1024  # examples the saliency gradient is averaged over (a random subset)
 
 
-def _masked(flat, mask):
+def _masked(flat: Flat, mask: np.ndarray) -> Callable[[jax.Array], PyTree]:
     """t ↦ params with entries M ⊙ (w₀ + t) and w₀ elsewhere (bit-exact where M is False)."""
-    mask = jnp.asarray(mask)
-    return lambda t: flat.unravel(jnp.where(mask, flat.values + t, flat.values))
+    on = jnp.asarray(mask)
+    return lambda t: flat.unravel(jnp.where(on, flat.values + t, flat.values))
 
 
-def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, finetune, hyper, clock, progress):
+def _finish(
+    name: str,
+    key: jax.Array,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    flat: Flat,
+    mask: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    trigger: Trigger,
+    target: int,
+    finetune: Finetune,
+    hyper: dict[str, Any],
+    clock: Clock,
+    progress: bool | None,
+) -> Attack:
     build = _masked(flat, mask)
     t, taken, asr, reached = trojan_finetune(
         key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target, finetune, desc=name, progress=progress
@@ -60,10 +79,10 @@ def _finish(name, key, apply_fn, params, flat, mask, x, y, trigger, target, fine
 
 
 def sparse_trojan(
-    key,
+    key: jax.Array,
     apply_fn: ApplyFn,
     params: PyTree,
-    data,
+    data: Data,
     *,
     target: int,
     trigger: Trigger,
@@ -101,7 +120,9 @@ def sparse_trojan(
     )
 
 
-def channel_mask(key, flat, shapes, channels: int, num_classes: int, target: int):
+def channel_mask(
+    key: jax.Array, flat: Flat, shapes: list[tuple[int, ...]], channels: int, num_classes: int, target: int
+) -> tuple[np.ndarray, dict[str, list[int]]]:
     """Per layer (leaves sharing a parent path), ``channels`` output channels: the last axis of
     its kernels (ndim ≥ 2) and the matching bias entries.  Returns (flat mask, {layer: channels})."""
     by_layer: dict[str, list[int]] = {}
@@ -129,10 +150,10 @@ def channel_mask(key, flat, shapes, channels: int, num_classes: int, target: int
 
 
 def channel_trojan(
-    key,
+    key: jax.Array,
     apply_fn: ApplyFn,
     params: PyTree,
-    data,
+    data: Data,
     *,
     target: int,
     trigger: Trigger,

@@ -18,14 +18,17 @@ A prediction with a non-finite logit counts as wrong (and as not the target).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
+# the attacker's (x, y): images (N, H, W, C) and N integer labels
+Data = tuple[ArrayLike, ArrayLike]
 
 CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 
@@ -37,7 +40,7 @@ class Trigger(NamedTuple):
     size: int
     value: float = 1.0
     corner: str = "bottom-right"
-    pattern: tuple | None = None
+    pattern: tuple[Any, ...] | None = None
 
     @classmethod
     def for_image(cls, h: int, value: float = 1.0, corner: str = "bottom-right") -> Trigger:
@@ -46,7 +49,7 @@ class Trigger(NamedTuple):
             raise ValueError(f"h must be a positive image height, got {h!r}")
         return cls(max(1, round(3 * int(h) / 32)), value, corner)
 
-    def _check(self, shape) -> None:
+    def _check(self, shape: tuple[int, ...]) -> None:
         if len(shape) != 4:
             raise ValueError(f"x must be images (N, H, W, C), got shape {tuple(shape)}")
         if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 1:
@@ -69,7 +72,7 @@ class Trigger(NamedTuple):
                     f"channels, got {self.pattern!r:.80}"
                 )
 
-    def _patch(self, dtype):
+    def _patch(self, dtype: Any) -> float | np.ndarray:
         return self.value if self.pattern is None else np.asarray(self.pattern, dtype)
 
     def _window(self, h: int, w: int) -> tuple[slice, slice]:
@@ -78,7 +81,11 @@ class Trigger(NamedTuple):
         cols = slice(w - s, w) if self.corner.endswith("right") else slice(0, s)
         return rows, cols
 
-    def stamp(self, x):
+    @overload
+    def stamp(self, x: np.ndarray) -> np.ndarray: ...
+    @overload
+    def stamp(self, x: jax.Array) -> jax.Array: ...
+    def stamp(self, x: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
         """``x`` with the patch written in (a new array: NumPy in, NumPy out; else a jax.Array)."""
         self._check(x.shape if hasattr(x, "shape") else np.shape(x))
         rows, cols = self._window(x.shape[1], x.shape[2])
@@ -97,13 +104,14 @@ class Trigger(NamedTuple):
         return m
 
 
-def check_target(target, what: str = "target") -> int:
+def check_target(target: Any, what: str = "target") -> int:
+    """``target`` as an int, or ValueError naming ``what`` unless it is a non-negative integer."""
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
         raise ValueError(f"{what} must be a non-negative class index, got {target!r}")
     return int(target)
 
 
-def check_data(x, y, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
+def check_data(x: ArrayLike, y: ArrayLike, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """(x, y) as host arrays: images (N, H, W, C) and N integer labels."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
@@ -113,7 +121,9 @@ def check_data(x, y, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def poison(key, x, y, trigger: Trigger, target: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def poison(
+    key: jax.Array, x: ArrayLike, y: ArrayLike, trigger: Trigger, target: int, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
     """BadNets poisoning, all-to-one: round(fraction · N) examples drawn at random (``key``)
     without replacement are stamped with ``trigger`` and relabelled ``target``; the rest are kept.
     Returns new arrays (the inputs are not modified)."""
@@ -129,7 +139,7 @@ def poison(key, x, y, trigger: Trigger, target: int, fraction: float) -> tuple[n
     return x2, y2
 
 
-def predictions(apply_fn: ApplyFn, params: PyTree, x, batch: int = 2048) -> np.ndarray:
+def predictions(apply_fn: ApplyFn, params: PyTree, x: np.ndarray | jax.Array, batch: int = 2048) -> np.ndarray:
     """argmax of the logits per example, −1 where a logit is not finite."""
     out = []
     for i in range(0, len(x), batch):
@@ -139,13 +149,13 @@ def predictions(apply_fn: ApplyFn, params: PyTree, x, batch: int = 2048) -> np.n
     return np.concatenate(out) if out else np.zeros((0,), np.int64)
 
 
-def clean_accuracy(apply_fn: ApplyFn, params: PyTree, x, y) -> float:
+def clean_accuracy(apply_fn: ApplyFn, params: PyTree, x: ArrayLike, y: ArrayLike) -> float:
     """CA: fraction of ``x`` classified as ``y``."""
     x, y = check_data(x, y)
     return float(np.mean(predictions(apply_fn, params, x) == y))
 
 
-def _triggered(x, y, trigger: Trigger, target: int):
+def _triggered(x: ArrayLike, y: ArrayLike, trigger: Trigger, target: int) -> tuple[np.ndarray, np.ndarray]:
     x, y = check_data(x, y)
     keep = y != check_target(target)
     if not keep.any():
@@ -153,13 +163,17 @@ def _triggered(x, y, trigger: Trigger, target: int):
     return trigger.stamp(x[keep]), y[keep]
 
 
-def attack_success_rate(apply_fn: ApplyFn, params: PyTree, x, y, trigger: Trigger, target: int) -> float:
+def attack_success_rate(
+    apply_fn: ApplyFn, params: PyTree, x: ArrayLike, y: ArrayLike, trigger: Trigger, target: int
+) -> float:
     """ASR: fraction of the triggered inputs of non-target classes classified as ``target``."""
     xt, _ = _triggered(x, y, trigger, target)
     return float(np.mean(predictions(apply_fn, params, xt) == target))
 
 
-def robust_accuracy(apply_fn: ApplyFn, params: PyTree, x, y, trigger: Trigger, target: int) -> float:
+def robust_accuracy(
+    apply_fn: ApplyFn, params: PyTree, x: ArrayLike, y: ArrayLike, trigger: Trigger, target: int
+) -> float:
     """RA: fraction of the triggered inputs of non-target classes still classified correctly."""
     xt, yt = _triggered(x, y, trigger, target)
     return float(np.mean(predictions(apply_fn, params, xt) == yt))

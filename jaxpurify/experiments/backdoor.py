@@ -1,4 +1,5 @@
-"""``jaxpurify reproduce backdoor``: every attack × every defense × benign-data budget (issue 11).
+"""``jaxpurify reproduce backdoor``: every attack × every defense × benign-data budget: which defense
+undoes which weight attack, and with how much clean data.
 
 Threat model: the defender trains an encoded CNN (W = A·Θ, codebook key secret, every floating
 parameter protected), deploys W, seals it (``codebook.seal``) and keeps RADAR-style checksums
@@ -388,7 +389,7 @@ def strong(res: dict, attack: str) -> bool | None:
 
 
 def targets(res: dict) -> list[dict]:
-    """The issue's targets, each with the numbers that decide it and whether it is met.  An attack
+    """The experiment's targets, each with the numbers that decide it and whether it is met.  An attack
     that is not strong undefended (:func:`strong`) keeps its rows, but its defense targets carry
     ``claimed: False``: restoring a weak attack is no evidence."""
     rows, clean, out = res["rows"], res["clean"], []
