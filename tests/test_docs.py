@@ -39,7 +39,7 @@ SNIPPETS = list(_snippets())
 def test_the_pages_have_snippets():
     # the collection itself could silently find nothing (a moved folder, a changed fence)
     ids = {p.id.split(":")[0] for p in SNIPPETS}
-    assert {"getting-started.md", "gradients.md", "multidevice.md", "guides/train.md"} <= ids
+    assert {"getting-started.md", "research/gradients.md", "guides/jit-multidevice.md", "guides/train.md"} <= ids
 
 
 @pytest.mark.parametrize("code", SNIPPETS)
