@@ -3,6 +3,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 
 # One persistent XLA compilation cache for the whole run, shared with the notebook's kernel
@@ -19,3 +21,39 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# The default suite must stay under 5 minutes on 2 cores (`pytest`, two xdist workers). These are
+# the heaviest of its tests by `pytest --durations=70` (each 40-290 s under load, together about
+# half of the suite's time); they run with the slow set (`pytest -m slow`, which CI runs too).
+HEAVY = {
+    "tests/test_nnx.py::test_train_an_encoded_cnn_with_nnx_optimizer_and_load_purified_weights",
+    "tests/test_solver.py::test_chunked_columns_match_a_plain_loop",
+    "tests/test_readme.py::test_readme_example",
+    "tests/test_certificate.py::test_error_bound_holds_where_slack_is_least",
+    "tests/test_solver.py::test_broadcasting",
+    "tests/test_purify.py::test_write_back_keeps_what_was_certified_at_extreme_scales[5e-38]",
+    "tests/test_docs.py::test_snippet_runs[research/gradients.md:0]",
+    "tests/test_purify.py::test_matches_a_plain_loop_of_recover_and_the_clean_params",
+    "tests/test_certificate.py::test_error_bound_holds_against_float64_truth",
+    "tests/test_seal.py::test_span_attack_is_certified_by_l1_and_caught_by_the_seal",
+    "tests/test_cli.py::test_demo_recovers_every_scenario_within_capacity",
+    "tests/test_state.py::test_train_state_purified_in_place_batch_stats_restored_bit_for_bit",
+    "tests/test_readme.py::test_nnx",
+    "tests/test_codebook.py::test_padding_is_an_erasure_and_pooled_columns_certify",
+    "tests/test_readme.py::test_purify_a_checkpoint",
+    "tests/test_solver.py::test_padded_matrices_are_solved_as_their_real_problems",
+    "tests/test_bench.py::test_the_accelerator_check_passes_on_the_cpu_at_toy_sizes",
+    "tests/test_purify.py::test_entries_stuck_near_the_largest_float_are_not_reported_ok[2.0]",
+    "tests/test_readme.py::test_protect_a_model_you_train",
+    "tests/test_certificate.py::JitVariants::test_same_answer_with_and_without_jit__without_jit",
+    "tests/test_experiments.py::test_the_cifar10_fixture_reads_back_and_trains",
+    "tests/test_certificate.py::test_certified_columns_agree_with_highs_at_k_over_n_2",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid in HEAVY:
+            item.add_marker(pytest.mark.slow)

@@ -47,7 +47,7 @@ def test_eight_devices_bit_identical_to_one_and_sharded(tmp_path):
     assert int(eight["certified"]) == int(one["certified"]) == COLUMNS
 
 
-@pytest.mark.slow  # ~15 s on a quiet core: two compilations of the solver
+# the one jit/device-path purify of the default suite (~15 s on a quiet core: two compilations)
 def test_device_path_and_jit_bit_identical_to_host_path():
     cb, clean, bad = case()
     host, rep = jp.purify(bad, cb, max_entries=MAX_ENTRIES, device=False)
