@@ -7,7 +7,8 @@ traces under ``jax.jit`` and takes device arrays and multi-process (global) arra
 1. **pack**: each group's (K, m) code from the leaves (``_layout.pack`` with ``xp=jnp``).
 2. **stack**: the items of all calls of one solver shape (dtype, K, n, width) form one batch of
    slots (A: (S, K, n), Y: (S, K, width)), padded to a multiple of the device count by repeating
-   the last slot, as the host path pads a call.
+   the last slot, as the host path pads a call (both paths stack with :func:`stack` and cut
+   calls into the same :func:`runs`; the host writes into NumPy buffers, ``xp=np``).
 3. **solve**: ``recover`` under ``jax.shard_map`` on a one-axis :class:`~jax.sharding.Mesh` of all
    devices, the slot axis split.  Each device solves whole slots, and ``recover`` cuts a slot's
    columns into the same chunks whatever the batch, so every column is solved beside the same
