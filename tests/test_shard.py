@@ -107,7 +107,6 @@ def _stack_loop(items, slots, K, n, width, cols, matrices):
 def test_host_and_device_stack_fill_slots_as_a_plain_loop():
     """``_shard.stack`` with NumPy (the host path, per call) and with jax.numpy (the device path, per
     batch, padded to a device count of 3) against the rule applied slot by slot, bit for bit."""
-
     import jax.numpy as jnp
 
     from jaxpurify import _shard
