@@ -61,11 +61,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpurify._admm import _mm
+from jaxpurify._numerics import einsum, matmul  # every product at full float32 (tests/test_precision.py)
 from jaxpurify._solution import RESULTS
-
-# every product at full float32 (tests/test_precision.py): TPUs default to one bfloat16 pass
-HIGHEST = lax.Precision.HIGHEST
 
 POWER_STEPS = 8  # power iterations for ‖Q_O‖²: each costs one projection
 # Past 1 − WEAK, the power-iteration estimate of ‖Q_O‖² is replaced by λ_max from Q_IᵀQ_I's eigh.
@@ -91,8 +88,8 @@ def _outlier_norm2(Q, outliers):
     dtype = Q.dtype
     tiny = jnp.finfo(dtype).tiny
     o = outliers.astype(dtype)
-    M = lambda v: _mm(Q.T, o * _mm(Q, v))
-    v0 = _mm(Q.T, o)  # the sum of the outlier rows: a start with weight on the top eigenvector
+    M = lambda v: matmul(Q.T, o * matmul(Q, v))
+    v0 = matmul(Q.T, o)  # the sum of the outlier rows: a start with weight on the top eigenvector
     v0 = jnp.where(jnp.sum(v0 * v0, axis=0) > 0, v0, 1.0)
     unit = lambda v: v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=0), tiny))
     v = unit(lax.fori_loop(0, POWER_STEPS, lambda _, v: M(unit(v)), v0))
@@ -116,18 +113,18 @@ def _null_margin(Q, inl, n, rows):
     o = inl.astype(dtype)
     # Q's all-zero columns (padding of A, if any) would make G singular: they carry no leverage
     pad = jnp.diag((jnp.sum(Q * Q, axis=0) == 0).astype(dtype))
-    G = jnp.einsum("kn,ks,kp->snp", Q, o, Q, precision=HIGHEST) + pad
+    G = einsum("kn,ks,kp->snp", Q, o, Q) + pad
     w, V = jnp.linalg.eigh(G)  # one factorization for both the solves and λ_min(G)
 
     def off_range(v):  # (K, s) on I → minus its projection on range(Q_I)
-        b = jnp.einsum("snp,ns->sp", V, _mm(Q.T, v), precision=HIGHEST) / w
-        return o * (v - _mm(Q, jnp.einsum("snp,sp->ns", V, b, precision=HIGHEST)))
+        b = einsum("snp,ns->sp", V, matmul(Q.T, v)) / w
+        return o * (v - matmul(Q, einsum("snp,sp->ns", V, b)))
 
     u = off_range(off_range(o))
     u = u / jnp.sqrt(jnp.sum(u * u, axis=0))
     # the K-term sums of G and Q_Iᵀu' round by ≤ K·eps per entry: err low on σ², high on ‖Q_Iᵀu'‖
     smin2 = w[:, 0] - K * eps
-    rho = jnp.sqrt(jnp.sum(jnp.square(_mm(Q.T, u)), axis=0)) + K * jnp.sqrt(jnp.asarray(n, dtype)) * eps
+    rho = jnp.sqrt(jnp.sum(jnp.square(matmul(Q.T, u)), axis=0)) + K * jnp.sqrt(jnp.asarray(n, dtype)) * eps
     lo = jnp.min(jnp.where(inl, jnp.abs(u), jnp.inf), axis=0) - rho / jnp.sqrt(smin2)
     return jnp.where(lo > 0, lo, 0.0), jnp.maximum(smin2, 0.0)  # NaN (singular G) → 0
 

@@ -40,6 +40,9 @@ from jaxpurify import _bind, _codebook_file, _keys, _layout, _seal
 from jaxpurify import tree as _tree
 from jaxpurify._keys import gaussian_matrix  # noqa: F401  (re-exported: A's derivation lives with the keys)
 from jaxpurify._layout import Group, LeafLayout, Segment
+from jaxpurify._numerics import leaf_dtype as _leaf_dtype
+from jaxpurify._numerics import leaf_shape as _leaf_shape
+from jaxpurify._numerics import matmul
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify.tree import PyTree
 
@@ -426,7 +429,7 @@ class Codebook:
                 raise ValueError(f"latent of group {name!r} has shape {t.shape}, expected {self._theta_shape(g)}")
             if not jnp.issubdtype(t.dtype, jnp.floating):
                 raise ValueError(f"latent of group {name!r} has dtype {t.dtype}, expected floating")
-            Ys[name] = jnp.matmul(self.matrix(name, t.dtype), self._theta_to_nm(g, t), precision=_HIGHEST)
+            Ys[name] = matmul(self.matrix(name, t.dtype), self._theta_to_nm(g, t))
         values = _layout.unpack(self._groups.values(), self._leaves, Ys, xp=jnp)
         items = []
         for keys in self._tree:
@@ -738,9 +741,6 @@ def _layout_from_json(data: dict) -> tuple:
     return leaves, groups, tree, skipped
 
 
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
 def _pinv(A: np.ndarray) -> np.ndarray:
     """A⁺ = R⁻¹ Qᵀ of a full-column-rank A (a Gaussian A is, with probability 1): a QR instead
     of the SVD np.linalg.pinv uses, several times cheaper at these shapes."""
@@ -749,7 +749,7 @@ def _pinv(A: np.ndarray) -> np.ndarray:
 
 
 def _matmul(xp, a, b):
-    return a @ b if xp is np else jnp.matmul(a, b, precision=_HIGHEST)
+    return a @ b if xp is np else matmul(a, b)
 
 
 def _axis_of(path: str, leaf, choice, redundancy: float) -> int | None | str:
@@ -783,17 +783,6 @@ def _interleave(choice) -> bool:
 
 def _path(keys: tuple) -> str:
     return "/".join(str(k) for k in keys)
-
-
-def _leaf_dtype(leaf) -> np.dtype:
-    """A leaf's dtype without converting it (typed PRNG keys cannot become NumPy arrays)."""
-    dtype = getattr(leaf, "dtype", None)
-    return dtype if dtype is not None else np.asarray(leaf).dtype
-
-
-def _leaf_shape(leaf) -> tuple[int, ...]:
-    shape = getattr(leaf, "shape", None)
-    return tuple(int(d) for d in shape) if shape is not None else np.shape(leaf)
 
 
 def _signature(leaf) -> tuple[tuple[int, ...], str]:

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _keys
+from jaxpurify._numerics import leaf_shape
 from jaxpurify.tree import KINDS, PARAM, ROOT_KEY, leaves_with_paths
 
 FORMAT = "jaxpurify.codebook"
@@ -71,8 +72,7 @@ def fingerprint(params: Any) -> Fingerprint:
         # no np.asarray of a leaf that has .dtype/.shape: typed PRNG keys cannot become NumPy arrays
         dtype = getattr(leaf, "dtype", None)
         dtype = str(dtype) if dtype is not None else np.asarray(leaf).dtype.name
-        shape = getattr(leaf, "shape", None)
-        out.append((path, tuple(int(d) for d in (shape if shape is not None else np.shape(leaf))), dtype))
+        out.append((path, leaf_shape(leaf), dtype))
     return tuple(out)
 
 

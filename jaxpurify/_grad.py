@@ -36,13 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxpurify._numerics import einsum as _ein
 from jaxpurify._solution import Recovery
-
-HIGHEST = lax.Precision.HIGHEST
-
-
-def _ein(spec, *ops):
-    return jnp.einsum(spec, *ops, precision=HIGHEST)
 
 
 def _pinv_apply(G, b):

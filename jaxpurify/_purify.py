@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _seal_bound, _shard, _working
+from jaxpurify._numerics import leaf_dtype
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
 from jaxpurify._report import GroupReport, Report, leaf_columns, leaf_reports, split_leaves
@@ -63,23 +64,9 @@ class UncertifiedWarning(UserWarning):
 
 # -- solve ---------------------------------------------------------------------------------------
 def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
-    """Host (A, Y, n) of a call.  Extra rows are erasures (NaN in Y, 0 in A), extra columns of A
-    are zero (n: each slot's real columns).  Extra columns of Y repeat the item's own columns and
-    empty slots repeat the last item (so padding is as easy as the real columns; a duplicate-index
-    scatter in the solver's narrow passes once let zero padding overwrite a real column,
-    tests/test_certificate.py::test_a_column_beside_zero_columns_…)."""
-    dt = np.dtype(call.solve_dtype)
-    A = np.zeros((call.slots, call.K, call.n), dt)
-    Y = np.empty((call.slots, call.K, call.width), dt)
-    n = np.empty(call.slots, np.int32)
-    for s in range(call.slots):
-        it = call.items[min(s, len(call.items) - 1)]
-        a = matrices[it.group]
-        A[s, : a.shape[0], : a.shape[1]] = a
-        n[s] = a.shape[1]
-        Y[s, a.shape[0] :] = np.nan
-        Y[s, : a.shape[0]] = cols[it.group][:, it.start + np.arange(call.width) % (it.stop - it.start)]
-    return A, Y, n
+    """Host (A, Y, n) of a call, in fresh NumPy buffers: the device path's ``_shard.stack``, one
+    call at a time."""
+    return _shard.stack(call, cols, matrices, call.slots, xp=np)
 
 
 def dispatch(call: Call, cols, matrices, options: RecoverOptions) -> Solved:
@@ -161,22 +148,24 @@ def _hand_over(by_path: dict[str, Any], leaves: dict[str, np.ndarray]) -> dict[s
 
 
 def assemble(call: Call, res: Solved, results: dict[str, GroupResult], keep_input: bool) -> None:
-    """Write one call's columns into their groups: A x̂ where certified (and everywhere if not
-    ``keep_input``); the input values stay in uncertified columns when ``keep_input``."""
-    for s, it in enumerate(call.items):
-        r = results[it.group]
-        K, w = r.values.shape[0], it.stop - it.start
-        cert = res.certified[s, :w]
-        take = cert if keep_input else np.ones_like(cert)
-        span = slice(it.start, it.stop)
-        r.values[:, span] = np.where(take, res.fitted[s, :K, :w], r.values[:, span])
-        r.outliers[:, span] = res.outliers[s, :K, :w]
-        r.certified[span] = cert
-        r.inlier_residual[span] = res.inlier_residual[s, :w]
-        if res.bound is not None:
-            if r.bound is None:
-                r.bound = np.full(r.certified.shape, np.nan)
-            r.bound[span] = res.bound[s, :w]
+    """Write one call's columns into their groups, slot by slot (``_shard.runs`` as the device path
+    assembles them): A x̂ where certified (and everywhere if not ``keep_input``); the input values
+    stay in uncertified columns when ``keep_input``."""
+    for run in _shard.runs(call):
+        r = results[run.group]
+        K = r.values.shape[0]
+        for s, start, stop in run.items(call.width):
+            w, span = stop - start, slice(start, stop)
+            cert = res.certified[s, :w]
+            take = cert if keep_input else np.ones_like(cert)
+            r.values[:, span] = np.where(take, res.fitted[s, :K, :w], r.values[:, span])
+            r.outliers[:, span] = res.outliers[s, :K, :w]
+            r.certified[span] = cert
+            r.inlier_residual[span] = res.inlier_residual[s, :w]
+            if res.bound is not None:
+                if r.bound is None:
+                    r.bound = np.full(r.certified.shape, np.nan)
+                r.bound[span] = res.bound[s, :w]
 
 
 # -- the public entry point ----------------------------------------------------------------------
@@ -207,8 +196,7 @@ def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, name
                 raise ValueError(f"leaf {path!r} of the codebook is missing from params")
             if _deleted(by_path[path]):
                 raise ValueError(f"leaf {path!r} has been deleted (its buffer was freed or donated); pass live arrays")
-            dt = getattr(by_path[path], "dtype", None)
-            dt = np.asarray(by_path[path]).dtype if dt is None else np.dtype(dt)
+            dt = np.dtype(leaf_dtype(by_path[path]))
             if dt != np.dtype(g.dtype):
                 raise ValueError(f"leaf {path!r} has dtype {dt}, the codebook expects {g.dtype}")
     return {p: by_path[p] for p in codebook.protected}

@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxpurify import tree as _tree
 from jaxpurify._bind import Entry
+from jaxpurify._numerics import is_numpy_dtype, leaf_dtype, leaf_shape
 from jaxpurify._table import table as _table
 
 _KEPT = {
@@ -177,10 +178,9 @@ def split_leaves(
     for e in _entries(params, codebook):
         if e.path not in reasons:
             continue  # protected
-        size = math.prod(tuple(getattr(e.value, "shape", np.shape(e.value))))
-        dt = getattr(e.value, "dtype", None)
-        dt = np.asarray(e.value).dtype if dt is None else dt
-        floating = _is_numpy_dtype(dt) and bool(np.issubdtype(np.dtype(dt), np.floating))
+        size = math.prod(leaf_shape(e.value))
+        dt = leaf_dtype(e.value)
+        floating = is_numpy_dtype(dt) and bool(np.issubdtype(np.dtype(dt), np.floating))
         nonfinite = floating and not bool(np.isfinite(np.asarray(e.value)).all())
         if e.kind == _tree.PARAM:
             params_out.append(UnprotectedLeaf(e.path, size, str(reasons[e.path]), True, floating, nonfinite))
@@ -205,14 +205,6 @@ def _entries(params: Any, codebook) -> list[Entry]:
     if classify is not None:
         return classify(params)
     return [Entry(leaf.path, leaf.path, leaf.value, leaf.kind, leaf.why) for leaf in _tree.flatten(params)[0]]
-
-
-def _is_numpy_dtype(dt) -> bool:
-    try:
-        np.dtype(dt)
-    except TypeError:  # e.g. a typed PRNG key's dtype
-        return False
-    return True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _keys
+from jaxpurify._numerics import is_numpy_dtype, leaf_shape
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify.tree import leaves_with_paths
 
@@ -259,7 +260,7 @@ class Seal:
 def _copy(path: str, leaf: Any) -> np.ndarray:
     """A read-only host copy of an inference-state leaf, refused if it has no NumPy form."""
     dtype = getattr(leaf, "dtype", None)
-    if dtype is not None and not _is_numpy_dtype(dtype):
+    if dtype is not None and not is_numpy_dtype(dtype):
         raise ValueError(f"leaf {path!r}: cannot keep a copy of a {dtype} leaf")
     a = np.array(leaf, copy=True)
     if a.dtype == object or a.dtype.itemsize not in (1, 2, 4, 8):
@@ -273,22 +274,14 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).view(np.dtype(f"u{a.dtype.itemsize}"))
 
 
-def _is_numpy_dtype(dtype) -> bool:
-    try:
-        np.dtype(dtype)
-    except TypeError:  # a typed PRNG key's dtype
-        return False
-    return True
-
-
 def restore(copy: np.ndarray, leaf: Any, path: str) -> tuple[Any, int | None]:
     """(``copy`` in the form of ``leaf``, entries of ``leaf`` whose bits differ from it).
 
     The leaf itself comes back when nothing differs.  A NumPy leaf gets a NumPy copy, a JAX leaf
     a JAX array on the leaf's sharding; a traced or multi-process leaf is replaced without
     comparing (count None)."""
-    shape, dtype = tuple(getattr(leaf, "shape", np.shape(leaf))), getattr(leaf, "dtype", None)
-    if shape != copy.shape or (dtype is not None and (not _is_numpy_dtype(dtype) or np.dtype(dtype) != copy.dtype)):
+    shape, dtype = leaf_shape(leaf), getattr(leaf, "dtype", None)
+    if shape != copy.shape or (dtype is not None and (not is_numpy_dtype(dtype) or np.dtype(dtype) != copy.dtype)):
         raise ValueError(f"leaf {path!r} is {dtype}{list(shape)}, the seal's copy is {copy.dtype}{list(copy.shape)}")
     if isinstance(leaf, jax.core.Tracer):
         return jnp.asarray(copy), None

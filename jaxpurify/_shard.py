@@ -7,7 +7,8 @@ traces under ``jax.jit`` and takes device arrays and multi-process (global) arra
 1. **pack**: each group's (K, m) code from the leaves (``_layout.pack`` with ``xp=jnp``).
 2. **stack**: the items of all calls of one solver shape (dtype, K, n, width) form one batch of
    slots (A: (S, K, n), Y: (S, K, width)), padded to a multiple of the device count by repeating
-   the last slot, as the host path pads a call.
+   the last slot, as the host path pads a call (both paths stack with :func:`stack` and cut
+   calls into the same :func:`runs`; the host writes into NumPy buffers, ``xp=np``).
 3. **solve**: ``recover`` under ``jax.shard_map`` on a one-axis :class:`~jax.sharding.Mesh` of all
    devices, the slot axis split.  Each device solves whole slots, and ``recover`` cuts a slot's
    columns into the same chunks whatever the batch, so every column is solved beside the same
@@ -37,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxpurify import _layout, _units
 from jaxpurify._layout import Group, LeafLayout
+from jaxpurify._numerics import matmul
 from jaxpurify._options import RecoverOptions
 from jaxpurify._plan import Call, Item, options_for, solve_dtype
 from jaxpurify._solution import Recovery
@@ -121,7 +123,7 @@ def slots_for(batch: Batch, devices: int) -> int:
     return -(-len(batch.items) // devices) * devices
 
 
-# -- stack, solve ---------------------------------------------------------------------------------
+# -- stack, solve (shared with the host path, ``jaxpurify._purify``) ------------------------------
 @dataclasses.dataclass(frozen=True)
 class Run:
     """Consecutive slots of a batch holding consecutive columns of one group: ``slots`` items from
@@ -134,8 +136,21 @@ class Run:
     start: int
     columns: int
 
+    def items(self, width: int) -> list[tuple[int, int, int]]:
+        """(slot, start, stop) of each slot: the group's columns [start, stop) it holds."""
+        return [
+            (self.slot + j, self.start + j * width, self.start + min((j + 1) * width, self.columns))
+            for j in range(self.slots)
+        ]
 
-def runs(batch: Batch) -> tuple[Run, ...]:
+    def index(self, width: int) -> np.ndarray:
+        """(slots, width): the group's column in each place of each slot.  A slot's extra places
+        repeat its own columns, so padding is as easy to solve as the real columns."""
+        return np.stack([start + np.arange(width) % (stop - start) for _, start, stop in self.items(width)])
+
+
+def runs(batch: Batch | Call) -> tuple[Run, ...]:
+    """The items of a batch (or of one host call) as runs, in slot order."""
     out: list[Run] = []
     for s, it in enumerate(batch.items):
         last = out[-1] if out else None
@@ -151,34 +166,55 @@ def runs(batch: Batch) -> tuple[Run, ...]:
     return tuple(out)
 
 
-def stack(batch: Batch, cols: dict[str, jax.Array], matrices: dict[str, jax.Array], slots: int):
-    """(A, Y, n) of a batch, as the host path's ``stack``: extra rows are erasures (NaN in Y, 0 in
-    A), extra columns of A are zero (n: each slot's real columns), an item's extra columns repeat
-    its own, extra slots repeat the last item."""
-    dt = solve_dtype(batch.dtype)
-    w = batch.width
+def stack(batch: Batch | Call, cols: dict, matrices: dict, slots: int, xp=jnp):
+    """(A, Y, n) of a batch of ``slots`` slots: its items fill the first ones, in order.
+
+    Extra rows are erasures (NaN in Y, 0 in A), extra columns of A are zero (n: each slot's real
+    columns), an item's extra columns repeat its own (:meth:`Run.index`) and extra slots repeat
+    the last item, so padding is as easy as the real columns (a duplicate-index scatter in the
+    solver's narrow passes once let zero padding overwrite a real column,
+    tests/test_certificate.py::test_a_column_beside_zero_columns_…).
+
+    ``xp=np`` (the host path, one call): written slot by slot into fresh NumPy buffers, so no more
+    than a slot's columns are ever copied besides them.  ``xp=jnp`` (the device path, traced):
+    one slice or gather per run, concatenated."""
+    dt = np.dtype(solve_dtype(batch.dtype))
+    K, N, w = batch.K, batch.n, batch.width
+    host = xp is np
+    if host:
+        A, Y = np.zeros((slots, K, N), dt), np.empty((slots, K, w), dt)
     As, Ys, ns = [], [], []
     for r in runs(batch):
-        y = cols[r.group]
-        full = (r.slots - 1) * w  # columns of the run's full items; the last item has `tail`
-        tail = r.columns - full
-        if tail == w:
+        a, y = matrices[r.group], cols[r.group]
+        k = a.shape[0]
+        ns.append(np.full(r.slots, a.shape[1], np.int32))
+        if host:
+            at = slice(r.slot, r.slot + r.slots)
+            A[at, :k, : a.shape[1]] = a
+            Y[at, k:] = np.nan
+            for s, idx in zip(range(r.slot, r.slot + r.slots), r.index(w)):
+                Y[s, :k] = y[:, idx]
+            continue
+        if r.columns == r.slots * w:
             y = y[:, r.start : r.start + r.columns]
         else:
-            idx = np.concatenate([r.start + np.arange(full), r.start + full + np.arange(w) % tail])
-            y = jnp.take(y, idx, axis=1)
-        rows = ((0, 0), (0, batch.K - y.shape[0]), (0, 0))
-        y = jnp.moveaxis(y.astype(dt).reshape(y.shape[0], r.slots, w), 1, 0)
+            y = jnp.take(y, r.index(w).reshape(-1), axis=1)
+        rows = ((0, 0), (0, K - k), (0, 0))
+        y = jnp.moveaxis(y.astype(dt).reshape(k, r.slots, w), 1, 0)
         Ys.append(jnp.pad(y, rows, constant_values=np.nan))
-        a = matrices[r.group].astype(dt)
-        As.append(jnp.broadcast_to(jnp.pad(a, (rows[1], (0, batch.n - a.shape[1]))), (r.slots, batch.K, batch.n)))
-        ns.append(np.full(r.slots, a.shape[1], np.int32))
-    A, Y, n = jnp.concatenate(As), jnp.concatenate(Ys), np.concatenate(ns)
-    extra = slots - A.shape[0]
-    if extra:
-        A = jnp.concatenate([A, jnp.broadcast_to(A[-1:], (extra,) + A.shape[1:])])
-        Y = jnp.concatenate([Y, jnp.broadcast_to(Y[-1:], (extra,) + Y.shape[1:])])
-        n = np.concatenate([n, np.full(extra, n[-1], np.int32)])
+        a = a.astype(dt)
+        As.append(jnp.broadcast_to(jnp.pad(a, (rows[1], (0, N - a.shape[1]))), (r.slots, K, N)))
+    n = np.concatenate(ns)
+    filled = n.shape[0]
+    if not host:
+        A, Y = jnp.concatenate(As), jnp.concatenate(Ys)
+    if slots > filled:
+        n = np.concatenate([n, np.full(slots - filled, n[-1], np.int32)])
+        if host:
+            A[filled:], Y[filled:] = A[filled - 1], Y[filled - 1]
+        else:
+            A = jnp.concatenate([A, jnp.broadcast_to(A[-1:], (slots - filled,) + A.shape[1:])])
+            Y = jnp.concatenate([Y, jnp.broadcast_to(Y[-1:], (slots - filled,) + Y.shape[1:])])
     return A, Y, n
 
 
@@ -193,7 +229,7 @@ def summarize(A, Y, x, outliers):
     live = jnp.isfinite(x)
     e = jnp.max(_units.exponents(x, live), axis=-2, keepdims=True)
     e = jnp.where(e > _units.ZERO, e, 0)
-    fitted = jnp.matmul(A, _units.scale(x, e), precision=jax.lax.Precision.HIGHEST)
+    fitted = matmul(A, _units.scale(x, e))
     finite = jnp.isfinite(Y)
     gap = jnp.abs(_units.scale(jnp.where(finite, Y, 0.0), e) - fitted)
     inlier = jnp.max(jnp.where(outliers | ~finite, 0.0, gap), axis=-2, keepdims=True)

@@ -21,6 +21,8 @@ import numpy as np
 from jax import lax
 from jax.typing import DTypeLike
 
+from jaxpurify._numerics import bisect
+
 ZERO = -(1 << 20)  # the exponent given to zeros and non-finite entries
 
 
@@ -57,14 +59,7 @@ def column_exponent(y: jax.Array, finite: jax.Array) -> jax.Array:
     half = (cnt + 1) // 2
     lo = jnp.full(e.shape[1:], -1 << 12, e.dtype)  # count(e ≤ lo) < half
     hi = jnp.full(e.shape[1:], 1 << 12, e.dtype)  # count(e ≤ hi) ≥ half
-
-    def body(_: jax.Array, lh: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        lo, hi = lh
-        mid = (lo + hi) // 2
-        enough = jnp.sum(live & (e <= mid), axis=0) >= half
-        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
-
-    lo, hi = lax.fori_loop(0, 13, body, (lo, hi))
+    _, hi = bisect(lambda mid: jnp.sum(live & (e <= mid), axis=0) >= half, lo, hi, 13)
     return jnp.where(cnt > 0, hi, 0)
 
 

@@ -1,22 +1,10 @@
-"""Independent references for the tests: the exact LP (HiGHS) and instance generators."""
+"""Independent references for the tests: the exact LP (HiGHS, ``benchmarks.highs``) and instance generators."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linprog
 
-
-def lad_highs(A: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """argmin_x ‖y − A x‖₁ as an LP solved by HiGHS: min Σt s.t. −t ≤ y − A x ≤ t."""
-    K, n = A.shape
-    c = np.concatenate([np.zeros(n), np.ones(K)])
-    I = np.eye(K)
-    A_ub = np.block([[-A, -I], [A, -I]])
-    b_ub = np.concatenate([-y, y])
-    bounds = [(None, None)] * n + [(0, None)] * K
-    res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
-    assert res.status == 0, res.message
-    return res.x[:n]
+from benchmarks.highs import lad_highs  # noqa: F401  (the exact LP by HiGHS: SciPy only, one definition)
 
 
 def instance(rng, K, n, m, k, *, low=1.0, high=1e3, dtype=np.float64):

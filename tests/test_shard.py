@@ -87,3 +87,53 @@ def test_device_false_refuses_traced_leaves():
         jax.jit(lambda p: jp.purify(p, cb, device=False))(clean)
     with pytest.raises(TypeError, match="device"):
         jp.purify(clean, cb, device="yes")
+
+
+def _stack_loop(items, slots, K, n, width, cols, matrices):
+    """The stacking rule slot by slot: slot s holds item min(s, last); rows past the group's K are
+    NaN in Y and 0 in A, columns of A past its n are 0, places past an item's width repeat its columns."""
+    A, Y, ns = np.zeros((slots, K, n), np.float32), np.full((slots, K, width), np.nan, np.float32), []
+    for s in range(slots):
+        it = items[min(s, len(items) - 1)]
+        a, y = matrices[it.group], cols[it.group]
+        A[s, : a.shape[0], : a.shape[1]] = a
+        Y[s, : a.shape[0]] = [
+            [y[k, it.start + j % (it.stop - it.start)] for j in range(width)] for k in range(a.shape[0])
+        ]
+        ns.append(a.shape[1])
+    return A, Y, np.array(ns, np.int32)
+
+
+def test_host_and_device_stack_fill_slots_as_a_plain_loop():
+    """``_shard.stack`` with NumPy (the host path, per call) and with jax.numpy (the device path, per
+    batch, padded to a device count of 3) against the rule applied slot by slot, bit for bit."""
+    import jax.numpy as jnp
+
+    from jaxpurify import _shard
+    from jaxpurify._plan import Call, Item
+
+    rng = np.random.default_rng(0)
+    shapes = {"a": (24, 6, 37, "float32"), "b": (20, 5, 11, "float16"), "c": (22, 4, 3, "float32")}
+    cols = {g: rng.standard_normal((K, m)).astype(dt) for g, (K, n, m, dt) in shapes.items()}
+    matrices = {g: rng.standard_normal((K, n)).astype(np.float32) for g, (K, n, m, dt) in shapes.items()}
+    # narrow items inside and at the end of a group, runs of one group, fewer rows / latent rows than
+    # the call, empty slots; two calls of one shape (one device batch)
+    its = lambda g, *spans: [Item(g, lo, hi) for lo, hi in spans]  # noqa: E731
+    calls = [
+        Call(
+            "float32", 24, 6, 8, 6, tuple(its("a", (0, 8), (8, 16), (16, 20)) + its("c", (0, 3)) + its("a", (20, 24)))
+        ),
+        Call("float16", 20, 5, 8, 3, tuple(its("b", (0, 8), (8, 11)))),
+        Call("float32", 24, 6, 8, 2, tuple(its("a", (24, 32), (32, 37)))),
+    ]
+    for c in calls:
+        got = _shard.stack(c, cols, matrices, c.slots, xp=np)
+        for g, r in zip(got, _stack_loop(c.items, c.slots, c.K, c.n, c.width, cols, matrices)):
+            np.testing.assert_array_equal(g, r)
+    batches = _shard.batches(calls)
+    assert len(batches) < len(calls)
+    for b in batches:
+        slots = _shard.slots_for(b, 3)
+        got = _shard.stack(b, {g: jnp.asarray(v) for g, v in cols.items()}, matrices, slots, xp=jnp)
+        for g, r in zip(got, _stack_loop(b.items, slots, b.K, b.n, b.width, cols, matrices)):
+            np.testing.assert_array_equal(np.asarray(g), r)
