@@ -147,17 +147,17 @@ def judge(A, Y, X, clean, out, dtype) -> dict[str, np.ndarray]:
 
 
 def _sealed_leaf(rng, cb, name: str, width: int, dtype: str):
-    """(K, n, θ, deployed, W): a clean leaf of ``width`` columns, sealed; W a copy to damage."""
+    """(sealed cb, K, n, θ, deployed, W): a clean leaf of ``width`` columns, sealed; W a copy to damage."""
     g = cb.groups[name]
     theta = rng.standard_normal((width, g.n)).astype(dtype)
     deployed = cb.decode({name: theta})
-    cb.seal(deployed)
-    return g.K, g.n, theta, deployed, np.array(deployed["w"], copy=True)  # column j of the code is row j of W
+    W = np.array(deployed["w"], copy=True)  # column j of the code is row j of W
+    return cb.seal(deployed), g.K, g.n, theta, deployed, W
 
 
 def in_range_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
     """A sealed leaf of clean columns, in-range column faults, recover + purify with the seal."""
-    K, n, theta, deployed, W = _sealed_leaf(rng, cb, name, width, dtype)
+    cb, K, n, theta, deployed, W = _sealed_leaf(rng, cb, name, width, dtype)
     A = np.asarray(cb.matrix(name, dtype), np.float64)
     order = rng.permutation(width)
     fault = np.full(width, "", object)
@@ -226,7 +226,7 @@ def honest_trial(rng, cb, name: str, width: int, dtype: str) -> dict:
     Each column gets k ≤ (K − n)/4 changed entries (k uniform): half gross errors of magnitude
     10^U(0, 30) times the weight scale, half flips of an exponent or sign bit; then ``purify``
     with its own seal check."""
-    K, n, _, deployed, W = _sealed_leaf(rng, cb, name, width, dtype)
+    cb, K, n, _, deployed, W = _sealed_leaf(rng, cb, name, width, dtype)
     bits, mant = (32, 23) if W.dtype == np.float32 else (64, 52)
     udt = np.dtype(f"uint{bits}")
     rms = float(np.sqrt(np.mean(np.square(W.astype(np.float64)))))

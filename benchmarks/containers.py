@@ -141,8 +141,7 @@ def deploy(tree: dict) -> tuple[jp.Codebook, dict]:
     with single_threaded_blas():
         decoded = jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(tree)))
     deployed = dict(tree, **decoded) if "params" in decoded and "params" in tree else decoded
-    codebook.seal(deployed)
-    return codebook, deployed
+    return codebook.seal(deployed), deployed
 
 
 MODELS = {"resnet18": resnet18_variables, "gpt2": gpt2_params}

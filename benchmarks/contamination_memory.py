@@ -76,8 +76,7 @@ def _warm(small, select, damaged, cb) -> None:
     tiny = jp.Codebook.create(leaf, select=select)
     shapes = lambda c: {call.shape for call in plan(c.groups.values(), MAX_ENTRIES)}  # noqa: E731
     if shapes(cb) <= shapes(tiny):
-        tiny.seal(leaf)
-        damaged, cb = leaf, tiny
+        damaged, cb = leaf, tiny.seal(leaf)
     jp.purify(damaged, cb, options=jp.RecoverOptions(**CHEAP))
 
 
@@ -89,7 +88,7 @@ def purify_row(layout: str, rows: int, cols: int, cold: bool) -> dict:
     damaged[hit] += 100.0
     del hit
     cb = jp.Codebook.create({"w": clean}, select=select)
-    cb.seal({"w": jax.device_put(clean)})
+    cb = cb.seal({"w": jax.device_put(clean)})
     del clean
     damaged = {"w": jax.device_put(damaged)}
     mb = damaged["w"].nbytes / 2**20

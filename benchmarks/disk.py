@@ -215,7 +215,7 @@ def trained(seed: int, steps: int):
         apply, latent, codebook, ds.train.x, ds.train.y, key=jax.random.key(seed + 2), steps=steps, progress=False
     ).latent
     deployed = jax.tree.map(np.asarray, codebook.decode(latent))
-    codebook.seal(deployed)
+    codebook = codebook.seal(deployed)
     return apply, codebook, deployed, ds
 
 

@@ -41,7 +41,7 @@ def make_checkpoint(where: str) -> tuple[str, str]:
     params = CNN().init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
     codebook = jp.Codebook.create(params)
     deployed = codebook.decode(codebook.init_latent(params))
-    codebook.seal(deployed)
+    codebook = codebook.seal(deployed)
     book, model = os.path.join(where, "codebook.json"), os.path.join(where, "model.safetensors")
     codebook.save(book)
     io.save(model, deployed)

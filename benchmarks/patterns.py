@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     latent = cb.encode(shapes)
     latent = jax.tree.map(lambda t: jax.random.normal(jax.random.key(t.size), t.shape), latent)
     deployed = jax.tree.map(np.asarray, cb.decode(latent))
-    cb.seal(deployed)
+    cb = cb.seal(deployed)
     buf, layout, _ = flat(deployed)
     columns = sum(g.columns for g in cb.groups.values())
     print(f"{buf.size:,} floats in {len(layout)} leaves; {len(cb.groups)} groups, {columns:,} columns", flush=True)

@@ -44,8 +44,7 @@ def _leaf(K: int, ratio: float, columns: int, seed: int):
     cb = jp.Codebook.create({"w": np.zeros((K, columns), np.float32)}, bytes(range(32)), redundancy=ratio)
     raw = np.random.default_rng(seed).standard_normal((K, columns)).astype(np.float32)
     W = np.asarray(cb.decode(cb.init_latent({"w": raw}))["w"])
-    cb.seal({"w": W})
-    return cb, W
+    return cb.seal({"w": W}), W
 
 
 def _tolerance(spy: _Spy, cb, V, cap: float):

@@ -32,6 +32,7 @@ __all__ = [
     "Seal",
     "UncertifiedError",
     "UncertifiedWarning",
+    "UnsealedCodebookWarning",
     "WeakKeyWarning",
     "enable_compilation_cache",
     "purify",
@@ -59,6 +60,7 @@ _LAZY = {
     "Seal": "_seal",
     "UncertifiedError": "_purify",
     "UncertifiedWarning": "_purify",
+    "UnsealedCodebookWarning": "_codebook",
     "WeakKeyWarning": "_keys",
     "enable_compilation_cache": "_cache",
     "purify": "_purify",
@@ -67,7 +69,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from jaxpurify._cache import enable_compilation_cache
-    from jaxpurify._codebook import Codebook, LeafSpec
+    from jaxpurify._codebook import Codebook, LeafSpec, UnsealedCodebookWarning
     from jaxpurify._codebook_file import LegacyCodebookWarning
     from jaxpurify._keys import WeakKeyWarning
     from jaxpurify._layout import Group

@@ -25,10 +25,12 @@ the params alone, a linen ``variables`` dict, a ``TrainState`` or an NNX state a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hmac
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,6 +49,11 @@ from jaxpurify._threads import single_threaded_blas
 from jaxpurify.tree import PyTree
 
 Select = Callable[[str, Any], "bool | int | str | None"]
+
+
+class UnsealedCodebookWarning(UserWarning):
+    """``Codebook.save`` of a codebook without a keyed seal: ``purify`` will not detect changes
+    inside range(A) with it, and the command line refuses it unless told ``--unsealed``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +90,8 @@ class Codebook:
     K × m arrays (what purify solves); ``capacity`` tells how many corrupted entries per column
     can be certified; ``save`` / ``load`` keep it as an authenticated JSON file and a 0600 key
     file (the matrices are regenerated from the secret, not stored); ``check`` refuses another
-    model; ``seal`` / ``verify`` detect what l1 cannot see (SECURITY.md).
+    model; ``seal`` (a sealed copy: ``codebook = codebook.seal(deployed)``) / ``verify`` detect what
+    l1 cannot see (SECURITY.md).
 
     The latent is a flat dict: one entry per group name (Θ of shape (n, m), or for a leaf in the
     single-axis layout the leaf's shape with n on that axis), one per parameter leaf left
@@ -512,7 +520,19 @@ class Codebook:
 
     def save(self, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> None:
         """Write ``path`` (authenticated JSON, mode 0644, no key) and ``key_path`` (default
-        ``path + ".key"``, mode 0600: the secret), each atomically."""
+        ``path + ".key"``, mode 0600: the secret), each atomically.
+
+        A codebook without a seal is saved with an :class:`UnsealedCodebookWarning`: ``seal``
+        returns the sealed codebook and leaves this one as it is (``codebook = codebook.seal(deployed)``)."""
+        if self.seal_record is None:
+            warnings.warn(
+                f"{path}: saving a codebook without a keyed seal: purify will not detect changes "
+                "inside range(A) with it, and `jaxpurify purify` refuses it unless told --unsealed. "
+                "Codebook.seal returns the sealed codebook and leaves the one it is called on unsealed: "
+                "codebook = codebook.seal(deployed), then save",
+                UnsealedCodebookWarning,
+                stacklevel=2,
+            )
         seal = None if self.seal_record is None else self.seal_record.to_json()
         doc = _codebook_file.document(self.to_json(), self.secret, self.model, seal)
         _codebook_file.write(path, key_path, doc, self.secret)
@@ -595,9 +615,11 @@ class Codebook:
 
     def seal(
         self, params: PyTree, *, chunk: int = _seal.CHUNK, rows: int = _seal.ROWS, counter: int | None = None
-    ) -> _seal.Seal:
-        """Record a keyed sketch of the deployed parameters and an exact copy of the deployed
-        inference state (see ``jaxpurify._seal``); kept in the codebook and its file.
+    ) -> Codebook:
+        """A sealed copy of this codebook: the same key and layout, with a keyed sketch of the
+        deployed parameters and an exact copy of the deployed inference state (see
+        ``jaxpurify._seal``) as its ``seal_record``, which its file keeps.  ``self`` is left as it
+        is: write ``codebook = codebook.seal(deployed)``.
 
         ``params``: the model the codebook was made for, whole (linen variables, a TrainState, an
         NNX state or module) or the params alone.  Parameters (protected or not) and other state
@@ -605,7 +627,7 @@ class Codebook:
         copy, which ``purify`` / :meth:`restore_state` put back exactly; training and RNG state
         are not sealed.  Sealing only the params leaves the inference state unchecked later.
 
-        ``counter`` (default: the previous seal's + 1, or 1) and the creation time are stored
+        ``counter`` (default: this codebook's seal's + 1, or 1) and the creation time are stored
         under the file's MAC; ``Codebook.load(..., min_seal_counter=N)`` refuses older seals."""
         self.check(params)
         if counter is None:
@@ -615,8 +637,16 @@ class Codebook:
             if e.kind in (_tree.TRAINING, _tree.RNG):
                 continue
             (state if e.kind == _tree.INFERENCE else sketch)[e.name] = e.value
-        self.seal_record = _seal.Seal.create(self.secret, sketch, chunk=chunk, rows=rows, state=state, counter=counter)
-        return self.seal_record
+        record = _seal.Seal.create(self.secret, sketch, chunk=chunk, rows=rows, state=state, counter=counter)
+        sealed = copy.copy(self)
+        # the layout is never changed after __init__, but kinds is public: neither copy may alias
+        # the other's containers.  The matrix caches stay shared: they are functions of the secret
+        # and the group's name alone, so the sealed copy reuses what this one has derived.
+        sealed._leaves, sealed._groups = dict(self._leaves), dict(self._groups)
+        sealed._tree, sealed._skipped = list(self._tree), list(self._skipped)
+        sealed.kinds = None if self.kinds is None else dict(self.kinds)
+        sealed.seal_record = record
+        return sealed
 
     def verify(self, params: PyTree, err: Any = None) -> dict[str, _seal.LeafVerdict]:
         """Check a (purified) tree against the seal's sketches: ``{name: LeafVerdict}``.
@@ -627,7 +657,7 @@ class Codebook:
         path: the leaf's rounding-level default.  See ``jaxpurify._seal.verify``.  Sealed state
         that ``params`` leaves out (the params alone) is not checked."""
         if self.seal_record is None:
-            raise ValueError("the codebook has no seal: call codebook.seal(deployed_params) first")
+            raise ValueError("the codebook has no seal: codebook = codebook.seal(deployed_params) makes a sealed one")
         optional = {p for p in self.seal_record.leaves if not self._is_param(p)}
         return _seal.verify(self.seal_record, self._named(params), err, optional=optional)
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _seal_bound, _shard, _working
+from jaxpurify._codebook import Codebook
 from jaxpurify._numerics import leaf_dtype
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
@@ -180,8 +181,6 @@ def _names(params: PyTree, codebook) -> dict[str, str]:
 
 def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, names: dict[str, str]) -> dict[str, Any]:
     """Validate everything before any work; returns the protected leaves by the codebook's name."""
-    if not all(hasattr(codebook, a) for a in ("groups", "protected", "pack", "unpack", "replace")):
-        raise TypeError(f"codebook must be a jaxpurify.Codebook, got {type(codebook).__name__}")
     if on_uncertified not in ON_UNCERTIFIED:
         raise ValueError(f"on_uncertified must be one of {ON_UNCERTIFIED}, got {on_uncertified!r}")
     if not isinstance(max_entries, (int, np.integer)) or isinstance(max_entries, bool) or max_entries < 1:
@@ -204,7 +203,7 @@ def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, name
 
 def purify(
     params: PyTree,
-    codebook,
+    codebook: Codebook,
     *,
     on_uncertified: str = "input",
     max_entries: int = 1 << 21,
@@ -252,8 +251,8 @@ def purify(
     :class:`DeviceReport` of arrays; otherwise the same :class:`Report`.  ``device=True`` /
     ``False`` forces a path (``False`` is refused for traced or multi-process leaves).
 
-    If the codebook has a keyed seal (``codebook.seal(deployed)``), the purified tree is checked
-    against it with a tolerance per seal chunk derived from the certificates' error bounds
+    If the codebook has a keyed seal (``codebook = codebook.seal(deployed)``), the purified tree is
+    checked against it with a tolerance per seal chunk derived from the certificates' error bounds
     (``jaxpurify._seal_bound``), and
     ``report.ok`` also requires every sealed leaf to verify: this catches what l1 cannot see
     (changes inside range(A)); see SECURITY.md.  (Not under ``jit`` or across processes: the
@@ -264,6 +263,8 @@ def purify(
     never modified.
     """
     t0 = time.perf_counter()
+    if not isinstance(codebook, Codebook):  # not duck-typed: the seal check and state restore rely on its methods
+        raise TypeError(f"codebook must be a jaxpurify.Codebook, got {type(codebook).__name__}")
     options = resolve(options, overrides)  # TypeError / ValueError naming a bad option, before any work
     names = _names(params, codebook)
     protected = _check(params, codebook, on_uncertified, max_entries, names)

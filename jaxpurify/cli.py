@@ -169,8 +169,8 @@ def _purify_checked(args) -> int:
         raise Stop(
             EXIT_UNSEALED,
             f"--codebook {args.codebook}: no keyed seal, so changes inside range(A) (a re-encoded or "
-            "regularly damaged model) cannot be detected; seal it (codebook.seal(deployed); codebook.save(…)) "
-            "or pass --unsealed to purify without that check",
+            "regularly damaged model) cannot be detected; seal it (codebook = codebook.seal(deployed); "
+            "codebook.save(…)) or pass --unsealed to purify without that check",
         )
     try:
         tree, select, salvaged = _checkpoint.read(source, codebook, args.select)

@@ -1,72 +1,37 @@
-"""A codebook double with a pooled layout, built on ``_layout``'s own pack / unpack.
-
-It implements only the layout interface (TEAM contract 1), so a test that passes with it shows that
-purify and contaminate rely on nothing else: two leaves share a group, a leaf is split over two
-groups of different K (one padded with NaN), and a column holds entries of two leaves.
+"""A codebook with a pooled layout written out by hand (``purify`` takes only a ``jaxpurify.Codebook``,
+so this is one, built from its layout): two leaves share a group, a leaf is split over two groups of
+different K (one padded with NaN), and a column holds entries of two leaves.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import _layout
-from jaxpurify._codebook import gaussian_matrix
+from jaxpurify._codebook import Codebook
 from jaxpurify._layout import Group, LeafLayout, Segment
-from jaxpurify.tree import leaves_with_paths
 
-WORDS = (7, 11)
+SECRET = bytes(range(7, 39))
 
 
 def tree_shapes() -> dict:
     return {"a": (2, 20), "b": (5,), "c": (3, 16), "free": (4,), "step": ()}
 
 
-class PooledCodebook:
+class PooledCodebook(Codebook):
     def __init__(self, dtype: str = "float32"):
         f32 = dtype
-        self._leaves = {
-            "a": LeafLayout("a", (2, 20), f32, None),
-            "b": LeafLayout("b", (5,), f32, None),
-            "c": LeafLayout("c", (3, 16), f32, 1),
-        }
-        # g0: 8 × 8 = 64 entries ← a (40) + b (5) + c[0:19];  g1: 9 × 4 ← c[19:48] and 7 NaN
-        self._groups = {
-            "g0": Group("g0", 8, 2, 8, f32, (Segment("a", 0, 40), Segment("b", 0, 5), Segment("c", 0, 19))),
-            "g1": Group("g1", 9, 2, 4, f32, (Segment("c", 19, 48),)),
-        }
-
-    @property
-    def groups(self):
-        return dict(self._groups)
-
-    @property
-    def protected(self):
-        return tuple(self._leaves)
-
-    def matrix(self, name, dtype=None):
-        g = self._groups[name]
-        return jnp.asarray(gaussian_matrix(WORDS, name, g.K, g.n), dtype=dtype or g.dtype)
-
-    def pack(self, params):
-        by_path = dict(leaves_with_paths(params)[0])
-        return _layout.pack(self._groups.values(), self._leaves, {p: by_path[p] for p in self._leaves})
-
-    def unpack(self, cols):
-        return _layout.unpack(self._groups.values(), self._leaves, cols)
-
-    def replace(self, params, leaves):
-        named, treedef = leaves_with_paths(params)
-        out = [jnp.asarray(leaves[p], dtype=leaf.dtype) if p in leaves else leaf for p, leaf in named]
-        return jax.tree_util.tree_unflatten(treedef, out)
-
-    def unprotected(self, params):
-        return [
-            (p, int(np.size(leaf)), "not selected" if jnp.issubdtype(leaf.dtype, jnp.floating) else "not floating")
-            for p, leaf in leaves_with_paths(params)[0]
-            if p not in self._leaves
+        leaves = [
+            LeafLayout("a", (2, 20), f32, None),
+            LeafLayout("b", (5,), f32, None),
+            LeafLayout("c", (3, 16), f32, None),
         ]
+        # g0: 8 × 8 = 64 entries ← a (40) + b (5) + c[0:19];  g1: 10 × 3 ← c[19:48] and 1 NaN
+        groups = [
+            Group("g0", 8, 2, 8, f32, (Segment("a", 0, 40), Segment("b", 0, 5), Segment("c", 0, 19))),
+            Group("g1", 10, 2, 3, f32, (Segment("c", 19, 48),)),
+        ]
+        super().__init__(SECRET, 4.0, leaves, groups)
 
 
 def columns_of(cb: PooledCodebook, path: str) -> list[tuple[str, int]]:

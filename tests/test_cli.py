@@ -150,7 +150,7 @@ def _model():
         select=lambda path, leaf: 0 if path.endswith("Dense_1/kernel") else None,
     )
     clean = jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(params)))
-    codebook.seal(clean)  # the command line refuses an unsealed codebook unless told --unsealed
+    codebook = codebook.seal(clean)  # the command line refuses an unsealed codebook unless told --unsealed
     return clean, codebook
 
 
@@ -252,7 +252,7 @@ def test_an_unprotected_leaf_exits_1(tmp_path, capsys, model):
         clean, b"test-cli-skip-secret-0123456789!", select=lambda p, leaf: None if p != skip else False
     )
     encoded = jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(clean)))
-    codebook.seal(encoded)
+    codebook = codebook.seal(encoded)
     book, src, out, rep = (str(tmp_path / f) for f in ("codebook.json", "m.msgpack", "p.msgpack", "r.json"))
     codebook.save(book)
     io.save(src, encoded)
@@ -309,12 +309,10 @@ def test_a_forged_version_1_codebook_is_refused_unless_allowed(tmp_path, capsys,
 def test_min_seal_counter_refuses_a_replayed_older_codebook(tmp_path, capsys, model):
     clean, codebook = model
     book, src, out = (str(tmp_path / f) for f in ("cb.json", "m.msgpack", "p.msgpack"))
-    codebook.save(book)
-    cb = Codebook.load(book)  # a copy: the module's codebook stays as it is
-    cb.seal(clean, counter=1)
+    cb = codebook.seal(clean, counter=1)  # a new codebook: the module's stays as it is
     cb.save(book)
     older = open(book, "rb").read()
-    cb.seal(clean)  # counter 2: the weights were re-sealed
+    cb = cb.seal(clean)  # counter 2: the weights were re-sealed
     cb.save(book)
     with open(book, "wb") as f:
         f.write(older)  # replayed
@@ -414,11 +412,14 @@ def test_an_unsealed_codebook_stops_unless_told_unsealed(tmp_path, capsys, model
     clean, _ = model
     unsealed = Codebook.create(clean, b"test-cli-unsealed-secret-0123456")
     encoded = jax.tree.map(np.asarray, unsealed.decode(unsealed.init_latent(clean)))
-    book, src, out, rep = _book(tmp_path, unsealed), str(tmp_path / "m.msgpack"), str(tmp_path / "p.msgpack"), None
+    with pytest.warns(jaxpurify.UnsealedCodebookWarning):
+        book = _book(tmp_path, unsealed)
+    src, out = str(tmp_path / "m.msgpack"), str(tmp_path / "p.msgpack")
     io.save(src, encoded)
     assert cli.main(["purify", src, "--codebook", book, "--out", out]) == cli.EXIT_UNSEALED == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no keyed seal" in err and "range(A)" in err and "--unsealed" in err
+    assert "codebook = codebook.seal(deployed)" in err  # the sealed codebook is seal()'s result
     assert not os.path.exists(out)
     rep = str(tmp_path / "r.json")
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep, "--unsealed"]) == 0
@@ -445,7 +446,7 @@ def test_the_report_says_the_seal_was_checked(tmp_path, capsys, model):
 def test_the_codebook_of_a_same_shaped_other_model_is_called_wrong_and_nothing_written(tmp_path, capsys, model):
     clean, _ = model
     other = Codebook.create(clean, b"test-cli-another-secret-01234567")  # same shapes, another key
-    other.seal(jax.tree.map(np.asarray, other.decode(other.init_latent(clean))))
+    other = other.seal(jax.tree.map(np.asarray, other.decode(other.init_latent(clean))))
     book, src, out, rep = _book(tmp_path, other), *(str(tmp_path / f) for f in ("m.msgpack", "p.msgpack", "r.json"))
     io.save(src, clean)
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == cli.EXIT_WRONG_CODEBOOK
@@ -507,7 +508,7 @@ def test_a_subtree_is_purified_and_the_rest_written_back_untouched(tmp_path, cap
     if made_for == "inner":  # made for the params dict itself, as linen's variables["params"]
         codebook = Codebook.create(clean["params"], b"test-cli-inner-secret-0123456789")
         clean = {"params": jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(clean["params"])))}
-        codebook.seal(clean["params"])
+        codebook = codebook.seal(clean["params"])
     variables = _variables(clean)
     bad = dict(variables, params=_damage(clean, entries=0.01)["params"])
     book, src, out = _book(tmp_path, codebook), str(tmp_path / "m.msgpack"), str(tmp_path / "p.msgpack")
@@ -610,7 +611,7 @@ def test_an_unreadable_unprotected_leaf_exits_5_naming_it(tmp_path, capsys, mode
     encoded = dict(
         variables, params=jax.tree.map(np.asarray, codebook.decode(codebook.init_latent(variables)))["params"]
     )
-    codebook.seal(encoded)
+    codebook = codebook.seal(encoded)
     book, src, out = _book(tmp_path, codebook), str(tmp_path / "ckpt"), str(tmp_path / "purified")
     io.save(src, encoded)
     os.remove(os.path.join(src, "batch_stats.bn.var", "0"))  # a chunk of BatchNorm statistics is gone

@@ -275,10 +275,12 @@ def test_an_older_sealed_file_replays_unless_a_minimum_counter_is_given(tmp_path
     cb = jp.Codebook.create(_params())
     old_w, new_w = _params(), _params()
     new_w["dense"]["kernel"] = new_w["dense"]["kernel"] * 2
-    assert cb.seal(old_w).counter == 1
+    cb = cb.seal(old_w)
+    assert cb.seal_record.counter == 1
     cb.save(tmp_path / "cb.json")
     old_file = (tmp_path / "cb.json").read_bytes()
-    assert cb.seal(new_w).counter == 2 and cb.seal_record.created is not None
+    cb = cb.seal(new_w)
+    assert cb.seal_record.counter == 2 and cb.seal_record.created is not None
     cb.save(tmp_path / "cb.json")
     (tmp_path / "cb.json").write_bytes(old_file)  # the attacker puts back the older file and weights
     replayed = jp.Codebook.load(tmp_path / "cb.json")
@@ -289,20 +291,21 @@ def test_an_older_sealed_file_replays_unless_a_minimum_counter_is_given(tmp_path
     with pytest.raises(ValueError, match="tampered"):  # the counter is under the MAC
         jp.Codebook.load(tmp_path / "cb.json")
     unsealed = jp.Codebook.create(_params())
-    unsealed.save(tmp_path / "u.json")
+    with pytest.warns(jp.UnsealedCodebookWarning):
+        unsealed.save(tmp_path / "u.json")
     with pytest.raises(ValueError, match="it has no seal"):
         jp.Codebook.load(tmp_path / "u.json", min_seal_counter=1)
     for bad in (-1, 1.5, True, 2**63):
         with pytest.raises(ValueError, match="min_seal_counter"):
             jp.Codebook.load(tmp_path / "u.json", min_seal_counter=bad)
-    assert cb.seal(new_w, counter=7).counter == 7
+    assert cb.seal(new_w, counter=7).seal_record.counter == 7
     with pytest.raises(ValueError, match="counter must be an int"):
         cb.seal(new_w, counter=-1)
 
 
 def test_seal_is_stored_encrypted_and_authenticated(saved, tmp_path):
     cb, path = saved
-    cb.seal(_params())
+    cb = cb.seal(_params())
     cb.save(path)
     doc = json.loads(path.read_text())
     assert set(doc["seal"]["leaves"]) == {"conv/bias", "conv/kernel", "dense/kernel"}

@@ -25,7 +25,7 @@ def setup():
     k1, k2 = jax.random.split(jax.random.key(1))
     init = {"conv": {"kernel": jax.random.normal(k1, (3, 3, 32, K)), "bias": jax.random.normal(k2, (K,))}}
     deployed = jax.tree.map(np.asarray, cb.decode(cb.init_latent(init)))  # in range(A)
-    cb.seal(deployed)
+    cb = cb.seal(deployed)
     return cb, deployed
 
 
@@ -184,7 +184,7 @@ def test_erasing_most_of_every_column_widens_the_tolerance_at_most_cap_fold(setu
     k1, k2 = jax.random.split(jax.random.key(1))
     init = {"conv": {"kernel": jax.random.normal(k1, (3, 3, 32, K)), "bias": jax.random.normal(k2, (K,))}}
     deployed = jax.tree.map(np.asarray, cb.decode(cb.init_latent(init)))
-    cb.seal(deployed)
+    cb = cb.seal(deployed)
     W = deployed["conv"]["kernel"]
     Y = _cols(W)
     A = np.asarray(cb.matrix("conv/kernel", np.float32), np.float64)
@@ -254,7 +254,7 @@ def test_chunk_errors_follow_each_entry_to_its_column_through_unpack(monkeypatch
     }
     cb = jp.Codebook.create(tree, bytes(range(32)), select=lambda path, leaf: 1 if path == "d" else None)
     rng = np.random.default_rng(16)
-    cb.seal({k: rng.standard_normal(v.shape).astype(np.float32) for k, v in tree.items()}, chunk=64)
+    cb = cb.seal({k: rng.standard_normal(v.shape).astype(np.float32) for k, v in tree.items()}, chunk=64)
     mats, results, xn, where = {}, {}, {}, {}
     for name, g in cb.groups.items():
         mats[name] = np.asarray(cb.matrix(name, jnp.float32))
@@ -310,7 +310,7 @@ def test_latent_norms_match_least_squares(monkeypatch):
 def test_a_tolerance_per_chunk_judges_each_chunk_by_its_own():
     cb = jp.Codebook.create({"w": np.zeros((100, 64), np.float64)})
     w = np.random.default_rng(17).standard_normal((100, 64))
-    cb.seal({"w": w})
+    cb = cb.seal({"w": w})
     v = w.copy()
     v.flat[10] += 0.37  # chunk 0 of 2
     t = math.sqrt(2 * math.log(2 * 32 * 2 / 2.0**-40))
@@ -329,7 +329,7 @@ def test_statistic_is_the_change_over_t_sqrt_c():
     # one entry changed by δ: every sketch row of its chunk moves by exactly ±δ
     cb = jp.Codebook.create({"w": np.zeros((100, 64), np.float64)})
     w = np.random.default_rng(4).standard_normal((100, 64))
-    cb.seal({"w": w})
+    cb = cb.seal({"w": w})
     t = math.sqrt(2 * math.log(2 * 32 * 2 / 2.0**-40))  # 6400 entries: chunks of 4096 and 2304
     for i, c in [(10, 4096), (5000, 2304)]:
         v = w.copy()
@@ -343,7 +343,7 @@ def test_statistic_is_the_change_over_t_sqrt_c():
 def test_changes_just_above_the_detectable_size_are_caught_below_tolerance_pass():
     cb = jp.Codebook.create({"w": jnp.zeros((64, 128), jnp.float32)})
     w = np.random.default_rng(5).standard_normal((64, 128)).astype(np.float32)
-    cb.seal({"w": w})
+    cb = cb.seal({"w": w})
     clean = cb.verify({"w": w})["w"]
     assert clean.verified and clean.statistic == 0.0
     rng = np.random.default_rng(6)
@@ -360,7 +360,7 @@ def test_bad_inputs():
     cb = jp.Codebook.create({"w": jnp.zeros((4, 16))})
     with pytest.raises(ValueError, match="no seal"):
         cb.verify({"w": np.zeros((4, 16))})
-    cb.seal({"w": np.ones((4, 16), np.float32)})
+    cb = cb.seal({"w": np.ones((4, 16), np.float32)})
     with pytest.raises(ValueError, match="'w'"):
         cb.verify({"w": np.ones((4, 16))}, err=-1.0)
     with pytest.raises(ValueError, match="'w'"):
@@ -382,7 +382,8 @@ def test_bad_inputs():
 def test_seal_keys_differ_per_codebook_and_repr_hides_them():
     tree = {"w": np.ones((4, 16), np.float32)}
     a, b = jp.Codebook.create(tree), jp.Codebook.create(tree)
-    sa, sb = a.seal(tree), b.seal(tree)
+    a, b = a.seal(tree), b.seal(tree)
+    sa, sb = a.seal_record, b.seal_record
     assert not np.allclose(sa.leaves["w"].sketch, sb.leaves["w"].sketch)
     assert a.secret.hex() not in repr(sa) + repr(a) and "sealed" in repr(a)
     assert _seal.verify(sb, tree)["w"].verified
@@ -406,7 +407,7 @@ def test_sketch_matches_a_plain_python_rederivation():
 
     w = np.random.default_rng(8).standard_normal(5000)
     cb = jp.Codebook.create({"w": np.zeros(5000)}, bytes(range(32)))
-    sketch = cb.seal({"w": w}).leaves["w"].sketch
+    sketch = cb.seal({"w": w}).seal_record.leaves["w"].sketch
     sign_key = hashlib.blake2b(b"jaxpurify/seal-signs", digest_size=32, key=bytes(range(32))).digest()
     for chunk, start, size in [(0, 0, 4096), (1, 4096, 904)]:
         seed = hashlib.blake2b(b"w\0" + chunk.to_bytes(8, "little"), digest_size=32, key=sign_key).digest()
@@ -429,7 +430,7 @@ def sealed_k256():
     )
     theta = np.random.default_rng(10).standard_normal((64, N2)).astype(np.float32)
     deployed = {"w": np.asarray(cb.decode({"w": theta})["w"])}
-    cb.seal(deployed)
+    cb = cb.seal(deployed)
     return cb, deployed
 
 
@@ -476,7 +477,7 @@ def test_honest_purification_at_k1024_verifies_with_the_per_chunk_tolerance():
         {"w": np.zeros((16, K3), np.float32)}, bytes(range(32)), redundancy=K3 / N3, select=lambda path, leaf: 1
     )
     W = np.asarray(cb.decode({"w": np.random.default_rng(14).standard_normal((16, N3)).astype(np.float32)})["w"])
-    cb.seal({"w": W})
+    cb = cb.seal({"w": W})
     rng = np.random.default_rng(15)
     V = W.copy()
     for j in range(16):  # up to (K − n)/4 = 128 gross errors per column

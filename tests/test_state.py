@@ -150,8 +150,7 @@ def test_one_codebook_reads_params_variables_and_train_state(linen):
 
 def test_train_state_purified_in_place_batch_stats_restored_bit_for_bit(linen, tmp_path):
     model, x, cb, state = linen
-    cb = jp.Codebook.create(state, bytes(range(32)))  # its own seal: the fixture's codebook stays unsealed
-    cb.seal(state)
+    cb = jp.Codebook.create(state, bytes(range(32))).seal(state)
     cb.save(tmp_path / "cb.json")
     cb = jp.Codebook.load(tmp_path / "cb.json")  # the copy survives the file
     bad = C.contaminate(jax.random.key(1), state, cb, C.gross_errors, rate=0.05)
@@ -203,7 +202,7 @@ def test_the_state_copy_in_the_file_is_the_deployed_bytes_and_authenticated(line
     _, _, _, state = linen
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     cb = jp.Codebook.create(variables, bytes(range(32)))
-    cb.seal(variables)
+    cb = cb.seal(variables)
     cb.save(tmp_path / "cb.json")
     doc = json.loads((tmp_path / "cb.json").read_text())
     copies = doc["seal"]["state"]
@@ -229,7 +228,7 @@ def test_a_codebook_of_the_params_alone_seals_and_restores_the_statistics(linen)
     _, _, _, state = linen
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     cb = jp.Codebook.create(state.params, bytes(range(32)))
-    cb.seal(variables)
+    cb = cb.seal(variables)
     assert sorted(cb.seal_record.state) == sorted("../" + p for p in _paths(state.batch_stats, "batch_stats"))
     mean = state.batch_stats["BatchNorm_0"]["mean"].at[1:3].set(-7.0)
     for tree in (
@@ -297,7 +296,7 @@ def test_jit_restores_the_state_as_the_host_path_does(linen):
     _, _, _, state = linen
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     cb = jp.Codebook.create(variables, bytes(range(32)))
-    cb.seal(variables)
+    cb = cb.seal(variables)
     bad = C.contaminate(jax.random.key(4), variables, cb, C.gross_errors, rate=0.05)
     mean = bad["batch_stats"]["BatchNorm_0"]["mean"].at[:3].set(jnp.nan)
     bad = {"params": bad["params"], "batch_stats": _with_mean(bad["batch_stats"], "BatchNorm_0", mean)}
@@ -366,7 +365,7 @@ def test_nnx_checkpoints_as_the_docs_write_them_purify_through_the_cli(tmp_path,
 
     model, cb = _nnx_deployed()
     deployed = nnx.state(model)
-    cb.seal(model)
+    cb = cb.seal(model)
     cb.save(tmp_path / "cb.json")
     bad = C.contaminate(jax.random.key(3), deployed, cb, C.gross_errors, rate=0.05)
     mean = np.array(bad["bn"]["mean"][...])

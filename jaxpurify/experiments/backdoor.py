@@ -243,7 +243,7 @@ def run(
     deployed, train_seconds = _recipe.fit(
         apply, params0, codebook, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown
     )
-    codebook.seal(deployed)
+    codebook = codebook.seal(deployed)
     signatures = D.checksum_signatures(deployed, jax.random.fold_in(key, 3))
 
     trigger = attacks.Trigger.for_image(ds.train.x.shape[1])
