@@ -50,7 +50,7 @@ range(A_I): |z_i| ≤ 2τ on S, so ‖z‖ ≤ 2τ√|S| / σ_min(Ũ_S), Ũ an o
 * |I| ≥ n+2: the bound keeps the assumption c = 0.  The exact factor would be a minimum over all
   c-subsets of I (c up to |I| − n), which is not computed.  Measured on the property-test instances
   (K' = 14–20, n = 12): 0 of the certified columns within the guarantee with |I| ≥ n+2 outside
-  their bound, including those with a corrupted inlier (error ≤ 0.6× the bound); see SECURITY.md.
+  their bound, including those with a corrupted inlier (error ≤ 0.6× the bound); see docs/security.md.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class Codebook:
     can be certified; ``save`` / ``load`` keep it as an authenticated JSON file and a 0600 key
     file (the matrices are regenerated from the secret, not stored); ``check`` refuses another
     model; ``seal`` (a sealed copy: ``codebook = codebook.seal(deployed)``) / ``verify`` detect what
-    l1 cannot see (SECURITY.md).
+    l1 cannot see (docs/security.md).
 
     The latent is a flat dict: one entry per group name (Θ of shape (n, m), or for a leaf in the
     single-axis layout the leaf's shape with n on that axis), one per parameter leaf left

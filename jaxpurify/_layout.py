@@ -202,7 +202,7 @@ def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
 # -- the default layout --------------------------------------------------------------------------
 
 MIN_ROWS = 16  # a leaf with fewer rows (K) than this is pooled with others
-MAX_ROWS = 512  # K cap: the solve costs ∝ K per entry (measured, see README); taller leaves split
+MAX_ROWS = 512  # K cap: the solve costs ∝ K per entry, so taller leaves split
 INTERLEAVE = "interleave"  # what ``select`` may return: the default layout, asked for by name
 # Column widths share no factor with any stride s ≤ STRIDES (no prime factor ≤ 13): a pattern of
 # every s-th entry then meets every column at the same rate 1/s.

@@ -119,7 +119,7 @@ def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupR
     }
 
 
-# -- the working copy's hand-over (issue 10, item 8: purify adds at most 3× a leaf's bytes) --------
+# -- the working copy's hand-over (so that purify adds at most 3× a leaf's bytes) ---------------
 ALIGN = _working.ALIGN
 
 
@@ -255,7 +255,7 @@ def purify(
     checked against it with a tolerance per seal chunk derived from the certificates' error bounds
     (``jaxpurify._seal_bound``), and
     ``report.ok`` also requires every sealed leaf to verify: this catches what l1 cannot see
-    (changes inside range(A)); see SECURITY.md.  (Not under ``jit`` or across processes: the
+    (changes inside range(A)); see docs/security.md.  (Not under ``jit`` or across processes: the
     seal is checked on the host.)
 
     Raises ``ValueError`` / ``TypeError`` naming the leaf or argument if ``params`` does not match

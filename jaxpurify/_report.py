@@ -217,7 +217,7 @@ class Report:
     solver_shapes: int  # distinct call shapes (each compiles once per process)
     solved_columns: int  # columns solved, padding included
     seconds: float
-    seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see SECURITY.md)
+    seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see docs/security.md)
     state: tuple[StateLeaf, ...] = ()  # every leaf that is not a parameter, and what happened to it
     legacy_codebook: bool = False  # the codebook came from an unauthenticated version-1 file (allow_legacy)
 

@@ -43,7 +43,7 @@ change sure to be detected stays ≤ (t√c + 1)·(CAP·ε⁰_C + rounding).  Wi
 above passes 0.26% of ‖W‖_F (2.2× the clean leaf's 0.11%, the same run).  The cost: a column whose
 own β_j exceeds CAP·β⁰ (heavy damage that leaves few inliers or an ill-conditioned A_I) is judged
 at the capped tolerance, which the no-false-alarm proof (``jaxpurify._seal``) does not cover; its
-honest error, typically far below its bound, still passes (measured: SECURITY.md), and otherwise
+honest error, typically far below its bound, still passes (measured: docs/security.md), and otherwise
 the seal fails, the safe side.
 
 Assumed, not proved: (1) ``Recovery.bound`` is itself an estimate (‖Q_O‖² by power iteration; see

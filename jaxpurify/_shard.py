@@ -225,7 +225,7 @@ def summarize(A, Y, x, outliers):
     Both are computed in the column's own power-of-two units (x̂ scaled exactly to largest entry
     ~1) and rescaled with correct rounding (``_units.unscale``): XLA's CPU arithmetic flushes
     subnormal products and results to zero, which at weight scales below ~1e-30 wrote certified
-    columns back up to 25% off (issue 25)."""
+    columns back up to 25% off."""
     live = jnp.isfinite(x)
     e = jnp.max(_units.exponents(x, live), axis=-2, keepdims=True)
     e = jnp.where(e > _units.ZERO, e, 0)
