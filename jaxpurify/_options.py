@@ -136,7 +136,8 @@ class RecoverOptions:
 
     def traced(self, dtype: DTypeLike) -> dict[str, float]:
         """The traced fields' values for a solve in ``dtype`` (``rtol``'s default resolved)."""
-        return {name: self.rtol_for(dtype) if name == "rtol" else float(getattr(self, name)) for name in self.TRACED}
+        # as given (an int atol stays an int): the solver casts each straight to float32
+        return {name: self.rtol_for(dtype) if name == "rtol" else getattr(self, name) for name in self.TRACED}
 
 
 def _check_declared(cls: type[RecoverOptions]) -> tuple[str, ...]:
