@@ -32,6 +32,28 @@ class _AdmmState(NamedTuple):
     done: jax.Array  # (m,)
 
 
+class _Dual(NamedTuple):
+    """The iterates an update moves: the sparse residual and the scaled dual."""
+
+    z: jax.Array  # (K, m)
+    u: jax.Array  # (K, m)
+
+
+class _Update(NamedTuple):
+    w: jax.Array  # (K, m) Q c, the fit of this update
+    z: jax.Array  # (K, m)
+    u: jax.Array  # (K, m)
+
+
+class AdmmResult(NamedTuple):
+    """What :func:`admm` returns for a block of columns (K, m)."""
+
+    c: jax.Array  # (n, m) the fit in the Q basis
+    z: jax.Array  # (K, m) the sparse residual estimate
+    iters: jax.Array  # (m,) iteration at which the column first met the stopping test
+    done: jax.Array  # (m,) the column met the stopping test
+
+
 def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=HIGHEST)
 
@@ -48,12 +70,13 @@ def _norm(v: jax.Array) -> jax.Array:
 
 
 def admm(
-    Q: jax.Array, y: jax.Array, usable: jax.Array, active: jax.Array, max_iter: int, tol: jax.Array, relax: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    Q: jax.Array, y: jax.Array, usable: jax.Array, active: jax.Array, *, max_iter: int, tol: jax.Array, relax: jax.Array
+) -> AdmmResult:
     """ADMM for min ‖y − Q c‖₁ over the usable rows of the active columns.
 
-    Returns (c, z, iters, done).  Unusable rows are zeroed and left free (no l1 cost), so a huge
-    value there cannot cost accuracy through cancellation.
+    ``max_iter`` caps the iterations, ``tol`` is the relative stopping tolerance on the primal
+    and dual residuals, ``relax`` the over-relaxation in (0, 2).  Unusable rows are zeroed and
+    left free (no l1 cost), so a huge value there cannot cost accuracy through cancellation.
     """
     K, n = Q.shape
     finite = usable
@@ -81,33 +104,33 @@ def admm(
 
     eps = tol.astype(dtype)
 
-    def update(z: jax.Array, u: jax.Array, rho: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def update(z: jax.Array, u: jax.Array, rho: jax.Array) -> _Update:
         c = _mm(Q.T, y - z - u)
         w = _mm(Q, c)
         w_hat = alpha * w + (1 - alpha) * (y - z)
         v = y - w_hat - u
         z_new = jnp.where(finite, _soft(v, 1.0 / rho), v)  # unusable rows carry no l1 cost
-        return w, z_new, u + w_hat + z_new - y
+        return _Update(w=w, z=z_new, u=u + w_hat + z_new - y)
 
     def step(s: _AdmmState) -> _AdmmState:
         # CHECK_EVERY − 1 plain updates, then one that also measures the residuals: the norms and
         # the third product for the dual residual would otherwise cost as much as the update.
         # A column that has met its test is frozen, so its answer does not depend on how long the
         # other columns of the batch keep iterating (the polish can still move it by an ulp or two).
-        def frozen(z_new: jax.Array, u_new: jax.Array, z: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
-            return jnp.where(s.done, z, z_new), jnp.where(s.done, u, u_new)
+        def frozen(new: _Update, old: _Dual) -> _Dual:
+            return _Dual(z=jnp.where(s.done, old.z, new.z), u=jnp.where(s.done, old.u, new.u))
 
-        def plain(_: jax.Array, zu: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            _, z, u = update(zu[0], zu[1], s.rho)
-            return frozen(z, u, *zu)
+        def plain(_: jax.Array, zu: _Dual) -> _Dual:
+            return frozen(update(zu.z, zu.u, s.rho), zu)
 
-        z_prev, u_prev = lax.fori_loop(0, CHECK_EVERY - 1, plain, (s.z, s.u))
-        w, z, u = update(z_prev, u_prev, s.rho)
-        z, u = frozen(z, u, z_prev, u_prev)
-        r = (w + z - y) * fin
-        sd = s.rho * _mm(Q.T, z - z_prev)
-        prim_scale = jnp.maximum(jnp.maximum(_norm(w * fin), _norm(z * fin)), _norm(y * fin))
-        dual_scale = _norm(s.rho * u * fin)  # |λ| = |ρ u| ≤ 1 at the optimum
+        prev = lax.fori_loop(0, CHECK_EVERY - 1, plain, _Dual(z=s.z, u=s.u))
+        new = update(prev.z, prev.u, s.rho)
+        cur = frozen(new, prev)
+        w = new.w
+        r = (w + cur.z - y) * fin
+        sd = s.rho * _mm(Q.T, cur.z - prev.z)
+        prim_scale = jnp.maximum(jnp.maximum(_norm(w * fin), _norm(cur.z * fin)), _norm(y * fin))
+        dual_scale = _norm(s.rho * cur.u * fin)  # |λ| = |ρ u| ≤ 1 at the optimum
         rn, sn = _norm(r), _norm(sd)
         ok = (rn <= eps * prim_scale) & (sn <= eps * jnp.maximum(dual_scale, 1.0))
         it = s.it + CHECK_EVERY
@@ -119,11 +142,11 @@ def admm(
         ratio = jnp.where(rn > 0, ratio, 1.0)
         adapt = ((ratio > BALANCE) | (ratio < 1.0 / BALANCE)) & ~done
         factor = jnp.where(adapt, jnp.clip(jnp.sqrt(ratio), *STEP_CLIP), 1.0).astype(dtype)
-        return _AdmmState(z=z, u=u / factor, rho=s.rho * factor, it=it, iters=iters, done=done)
+        return _AdmmState(z=cur.z, u=cur.u / factor, rho=s.rho * factor, it=it, iters=iters, done=done)
 
     def cond(s: _AdmmState) -> jax.Array:
         return (s.it < max_iter) & ~jnp.all(s.done)
 
     s = lax.while_loop(cond, step, state)
     c = _mm(Q.T, y - s.z - s.u)
-    return c, s.z, s.iters, s.done
+    return AdmmResult(c=c, z=s.z, iters=s.iters, done=s.done)

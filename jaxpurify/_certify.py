@@ -205,7 +205,7 @@ def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.A
     return code, certified, bound
 
 
-def _norm(x):
+def _norm(x: jax.Array) -> jax.Array:
     """‖x‖₂ per column without overflow or underflow in its squares (scaled by the largest entry)."""
     top = jnp.max(jnp.abs(x), axis=0)
     s = jnp.where(top > 0, top, 1.0)

@@ -18,12 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 MAX_COUNT = 2**31 - 1  # iteration counts and caps run as int32 loop bounds
+
+
+def _static(default: Any) -> Any:
+    """A field that is part of the solver's compile key: changing it compiles a new solver."""
+    return dataclasses.field(default=default, metadata={"static": True})
+
+
+def _traced(default: Any) -> Any:
+    """A field the solver receives as a traced scalar: changing it reuses the compiled solver."""
+    return dataclasses.field(default=default, metadata={"static": False})
 
 
 def default_rtol(dtype: DTypeLike) -> float:
@@ -34,6 +44,10 @@ def default_rtol(dtype: DTypeLike) -> float:
 @dataclasses.dataclass(frozen=True)
 class RecoverOptions:
     """Options of :func:`jaxpurify.recover` (and of :func:`jaxpurify.purify`, which passes them on).
+
+    The tolerances (``TRACED``: ``admm_tol``, ``relax``, ``rtol``, ``atol``) reach the compiled
+    solver as traced scalars, so changing them does not recompile; the other fields are part of
+    its compile key (:meth:`compile_key`).
 
     Attributes:
       finder_iters: ADMM iterations per pass before the polish takes over.  The polish only needs
@@ -55,16 +69,21 @@ class RecoverOptions:
         refitting (finds outliers where l1 itself fails, e.g. K/n = 2 at 20–25% errors).
     """
 
-    finder_iters: int = 30
-    passes: int = 4
-    retry_iters: int = 10
-    admm_tol: float = 1e-3
-    relax: float = 1.6
-    polish_rounds: int = 6
-    max_cg: int = 100
-    rtol: float | None = None
-    atol: float = 0.0
-    trim: bool = True
+    # Every field says whether it keys the compilation (static: loop caps, branches taken at trace
+    # time) or reaches the solver as a traced scalar (the tolerances); a field that says neither is
+    # an error at import (``_check_declared``), so a new float option cannot silently recompile.
+    finder_iters: int = _static(30)
+    passes: int = _static(4)
+    retry_iters: int = _static(10)
+    admm_tol: float = _traced(1e-3)
+    relax: float = _traced(1.6)
+    polish_rounds: int = _static(6)
+    max_cg: int = _static(100)
+    rtol: float | None = _traced(None)
+    atol: float = _traced(0.0)
+    trim: bool = _static(True)
+
+    TRACED: ClassVar[tuple[str, ...]]  # the traced fields' names, in declaration order (set below)
 
     def __post_init__(self) -> None:
         for name in ("finder_iters", "passes", "retry_iters", "polish_rounds", "max_cg"):
@@ -108,6 +127,28 @@ class RecoverOptions:
 
     def rtol_for(self, dtype: DTypeLike) -> float:
         return default_rtol(dtype) if self.rtol is None else float(self.rtol)
+
+    def compile_key(self) -> RecoverOptions:
+        """These options with every traced field at its default: what the compiled solver depends
+        on.  Two options that differ only in traced fields have the same key, so they share one
+        compilation."""
+        return self.replace(**{f.name: f.default for f in dataclasses.fields(self) if f.name in self.TRACED})
+
+    def traced(self, dtype: DTypeLike) -> dict[str, float]:
+        """The traced fields' values for a solve in ``dtype`` (``rtol``'s default resolved)."""
+        # as given (an int atol stays an int): the solver casts each straight to float32
+        return {name: self.rtol_for(dtype) if name == "rtol" else getattr(self, name) for name in self.TRACED}
+
+
+def _check_declared(cls: type[RecoverOptions]) -> tuple[str, ...]:
+    """The traced fields of ``cls``; ``TypeError`` if a field is declared neither static nor traced."""
+    undeclared = [f.name for f in dataclasses.fields(cls) if not isinstance(f.metadata.get("static"), bool)]
+    if undeclared:
+        raise TypeError(f"RecoverOptions fields {undeclared} must be declared static or traced (_static / _traced)")
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata["static"])
+
+
+RecoverOptions.TRACED = _check_declared(RecoverOptions)
 
 
 def resolve(options: RecoverOptions | None, overrides: dict[str, Any]) -> RecoverOptions:

@@ -24,17 +24,55 @@ SPREAD = 10.0
 GREEDY = 0.5
 
 
-def tolerance(y, inlier, rtol, atol):
+class Block(NamedTuple):
+    """A block of columns (K, b) to fit, in the columns' own units (``_units``): the code matrix
+    A = QR (thin QR; its columns from ``n`` on are padding, ``_solver._factor``), the columns, and
+    their inlier tolerance τ = rtol·max|y_inlier| + atol (:func:`tolerance`)."""
+
+    A: jax.Array  # (K, N)
+    Q: jax.Array  # (K, N)
+    R: jax.Array  # (N, N)
+    n: jax.Array  # () real columns of A (traced: padded codes share one solver)
+    y: jax.Array  # (K, b) the columns, 0 where not finite
+    finite: jax.Array  # (K, b) rows a fit may use
+    rtol: jax.Array  # () in y's dtype
+    atol: jax.Array  # (b,) in each column's units
+
+
+class _Refit(NamedTuple):
+    c: jax.Array  # (N, b) the least-squares fit in the Q basis
+    solved: jax.Array  # (b,) CG converged within its step cap
+
+
+class _CG(NamedTuple):
+    """Conjugate-gradient state for the normal equations of a block's columns."""
+
+    c: jax.Array  # (N, b) the iterate
+    r: jax.Array  # (N, b) its residual b − G c
+    p: jax.Array  # (N, b) the search direction
+    rs: jax.Array  # (b,) ‖r‖², 0 for a column that is done
+    k: jax.Array  # () steps taken
+
+
+class _Bracket(NamedTuple):
+    """A bisection's bounds per column (``_median_bound``, ``largest``)."""
+
+    lo: jax.Array  # (b,)
+    hi: jax.Array  # (b,)
+
+
+def tolerance(y: jax.Array, inlier: jax.Array, rtol: jax.Array, atol: jax.Array) -> jax.Array:
+    """The per-column inlier tolerance τ = rtol·max|y_inlier| + atol."""
     big = jnp.max(jnp.where(inlier, jnp.abs(y), 0.0), axis=0)
     return rtol * big + atol
 
 
-def _mean_abs(a, mask):
+def _mean_abs(a: jax.Array, mask: jax.Array) -> jax.Array:
     cnt = jnp.maximum(jnp.sum(mask, axis=0), 1)
     return jnp.sum(jnp.where(mask, a, 0.0), axis=0) / cnt
 
 
-def _fit(Q, y, inlier, c0, max_cg, active):
+def _fit(Q: jax.Array, y: jax.Array, inlier: jax.Array, c0: jax.Array, active: jax.Array, *, max_cg: int) -> _Refit:
     """Least squares on the inlier rows of each column, in the Q basis: c = argmin ‖D(y − Q c)‖₂.
 
     Conjugate gradients on the normal equations G c = Qᵀ D y with G = Qᵀ D Q = I − Q_Oᵀ Q_O, an
@@ -49,33 +87,34 @@ def _fit(Q, y, inlier, c0, max_cg, active):
     b = _mm(Q.T, d * y)
     bb = jnp.sum(b * b, axis=0)
     c = jnp.where(bb > 0, c0, 0.0)  # an all-zero inlier set has the exact answer 0
-    G = lambda p: _mm(Q.T, d * _mm(Q, p))
+
+    def G(p: jax.Array) -> jax.Array:
+        return _mm(Q.T, d * _mm(Q, p))
+
     r = b - G(c)
     rs = jnp.sum(r * r, axis=0)
     rs = jnp.where(active, rs, 0.0)  # inactive columns keep c0 and do not hold the loop
     stop = (jnp.finfo(dtype).eps ** 2) * bb
 
-    def cond(st):
-        _, _, _, rs, k = st
-        return (k < max_cg) & jnp.any(rs > stop)
+    def cond(st: _CG) -> jax.Array:
+        return (st.k < max_cg) & jnp.any(st.rs > stop)
 
-    def body(st):
-        c, r, p, rs, k = st
-        Gp = G(p)
-        pGp = jnp.sum(p * Gp, axis=0)
-        live = (rs > stop) & (pGp > 0)
-        alpha = jnp.where(live, rs / jnp.where(live, pGp, 1.0), 0.0)
-        c = c + alpha * p
-        r = r - alpha * Gp
+    def body(st: _CG) -> _CG:
+        Gp = G(st.p)
+        pGp = jnp.sum(st.p * Gp, axis=0)
+        live = (st.rs > stop) & (pGp > 0)
+        alpha = jnp.where(live, st.rs / jnp.where(live, pGp, 1.0), 0.0)
+        c = st.c + alpha * st.p
+        r = st.r - alpha * Gp
         rs_new = jnp.sum(r * r, axis=0)
-        beta = jnp.where(live, rs_new / jnp.where(live, rs, 1.0), 0.0)
-        return c, r, r + beta * p, jnp.where(live, rs_new, 0.0), k + 1
+        beta = jnp.where(live, rs_new / jnp.where(live, st.rs, 1.0), 0.0)
+        return _CG(c=c, r=r, p=r + beta * st.p, rs=jnp.where(live, rs_new, 0.0), k=st.k + 1)
 
-    c, _, _, rs, _ = lax.while_loop(cond, body, (c, r, r, rs, jnp.asarray(0, jnp.int32)))
-    return jnp.where(jnp.isfinite(c), c, 0.0), rs <= stop
+    st = lax.while_loop(cond, body, _CG(c=c, r=r, p=r, rs=rs, k=jnp.asarray(0, jnp.int32)))
+    return _Refit(c=jnp.where(jnp.isfinite(st.c), st.c, 0.0), solved=st.rs <= stop)
 
 
-def over_bound(outliers, finite, n):
+def over_bound(outliers: jax.Array, finite: jax.Array, n: jax.Array) -> jax.Array:
     """Per column: the mask breaks the count bound, 2·k̂ ≥ K' − n + 1 (``_certify``), so no refit
     of it can be certified."""
     k_hat = jnp.sum(outliers & finite, axis=0)
@@ -96,7 +135,7 @@ class _Rounds(NamedTuple):
     k: jax.Array  # () rounds done
 
 
-def _read(a, outl, finite, n, tol, greedy: bool):
+def _read(a: jax.Array, outl: jax.Array, finite: jax.Array, n: jax.Array, tol: jax.Array, greedy: bool) -> jax.Array:
     """The next outlier mask from the residuals ``a = |r|`` of a fit on the inliers ``~outl``.
 
     A row is an outlier past the exactness tolerance and ``SPREAD`` times the mean inlier residual.
@@ -113,47 +152,58 @@ def _read(a, outl, finite, n, tol, greedy: bool):
     return jnp.where(over_bound(g, finite, n), new, g)
 
 
-def _rounds(A, Q, R, n, y, finite, st: _Rounds, rtol, atol, rounds, max_cg, greedy: bool) -> _Rounds:
+def _rounds(b: Block, st: _Rounds, *, rounds: int, max_cg: int, greedy: bool) -> _Rounds:
+    """Polish rounds from ``st`` until no mask moves or ``rounds`` rounds are done."""
+
     def body(st: _Rounds) -> _Rounds:
         # only columns whose mask changed in the last round are refitted: a stable column is
         # frozen, so its answer does not depend on how many rounds the rest of the batch needs
         live = st.live
-        c, solved = _fit(Q, y, ~st.outliers, st.c, max_cg, live)
-        x = jax.scipy.linalg.solve_triangular(R, c, lower=False)
-        r = y - _mm(A, x)
-        tol = tolerance(y, ~st.outliers, rtol, atol)
-        keep = lambda a, b: jnp.where(live, a, b)
-        new = keep(_read(jnp.abs(r), st.outliers, finite, n, tol, greedy), st.outliers)
-        over = over_bound(new, finite, n)
+        refit = _fit(b.Q, b.y, ~st.outliers, st.c, live, max_cg=max_cg)
+        x = jax.scipy.linalg.solve_triangular(b.R, refit.c, lower=False)
+        r = b.y - _mm(b.A, x)
+        tol = tolerance(b.y, ~st.outliers, b.rtol, b.atol)
+
+        def keep(new: jax.Array, old: jax.Array) -> jax.Array:
+            return jnp.where(live, new, old)
+
+        new = keep(_read(jnp.abs(r), st.outliers, b.finite, b.n, tol, greedy), st.outliers)
+        over = over_bound(new, b.finite, b.n)
         moved = live & jnp.any(new != st.outliers, axis=0)
         # given up after two reads in a row past the bound: one can be a missed outlier's spread
         quit = moved & over & st.over
         return _Rounds(
-            c=keep(c, st.c),
+            c=keep(refit.c, st.c),
             x=keep(x, st.x),
             r=keep(r, st.r),
             outliers=new,
             live=moved & ~quit,
             over=over,
             gave=st.gave | quit,
-            solved=keep(solved, st.solved),
+            solved=keep(refit.solved, st.solved),
             k=st.k + 1,
         )
 
     return lax.while_loop(lambda st: jnp.any(st.live) & (st.k < rounds), body, st)
 
 
-def _as_fit(y, finite, n, st: _Rounds, rtol, atol) -> Fit:
-    tol = tolerance(y, ~st.outliers, rtol, atol)
+def _as_fit(b: Block, st: _Rounds) -> Fit:
+    tol = tolerance(b.y, ~st.outliers, b.rtol, b.atol)
     exact = jnp.all(st.outliers | (jnp.abs(st.r) <= tol), axis=0)
     # a given-up column's mask is the read after its last fit: not a settled mask of that fit
     stable = ~st.live & ~st.gave
     return Fit(
-        st.x, st.r, st.outliers, exact, stable, st.solved, st.gave | (stable & over_bound(st.outliers, finite, n))
+        x=st.x,
+        r=st.r,
+        outliers=st.outliers,
+        exact=exact,
+        stable=stable,
+        solved=st.solved,
+        over=st.gave | (stable & over_bound(st.outliers, b.finite, b.n)),
     )
 
 
-def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg, greedy: bool = False) -> Fit:
+def polish(block: Block, outl0: jax.Array, c0: jax.Array, *, rounds: int, max_cg: int, greedy: bool = False) -> Fit:
     """Refit on the inliers and re-read the outlier mask until it is stable; columns are (K, b).
 
     A row is read as an outlier when its residual exceeds both the exactness tolerance and
@@ -166,23 +216,41 @@ def polish(A, Q, R, n, y, finite, outl0, c0, rtol, atol, rounds, max_cg, greedy:
     polished again from there with the greedy read (``_read``: small outliers that hide beside
     each other below ``SPREAD`` × the mean, e.g. flipped mantissa bits); that answer is kept only
     where it is exact on a settled mask, so the greedy read never changes a result code.
+
+    ``outl0`` is the first outlier mask, ``c0`` the fit (in the Q basis) the first refit starts
+    from; ``rounds`` caps the rounds, ``max_cg`` the CG steps of a refit.
     """
-    b = y.shape[1]
-    none = jnp.zeros((b,), bool)
+    width = block.y.shape[1]
+    none = jnp.zeros((width,), bool)
     zero = jnp.asarray(0, jnp.int32)
-    st = _Rounds(c0, jnp.zeros_like(c0), y, outl0, jnp.ones((b,), bool), none, none, none, zero)
-    st = _rounds(A, Q, R, n, y, finite, st, rtol, atol, rounds, max_cg, False)
-    fit = _as_fit(y, finite, n, st, rtol, atol)
+    st = _Rounds(
+        c=c0,
+        x=jnp.zeros_like(c0),
+        r=block.y,
+        outliers=outl0,
+        live=jnp.ones((width,), bool),
+        over=none,
+        gave=none,
+        solved=none,
+        k=zero,
+    )
+    st = _rounds(block, st, rounds=rounds, max_cg=max_cg, greedy=False)
+    fit = _as_fit(block, st)
     if not greedy:
         return fit
     want = fit.stable & ~fit.exact & ~fit.over
-    st = _rounds(A, Q, R, n, y, finite, st._replace(live=want, over=none, k=zero), rtol, atol, rounds, max_cg, True)
-    more = _as_fit(y, finite, n, st, rtol, atol)
+    st = _rounds(block, st._replace(live=want, over=none, k=zero), rounds=rounds, max_cg=max_cg, greedy=True)
+    more = _as_fit(block, st)
     take = want & more.exact & more.stable & ~more.over
-    return Fit(*(jnp.where(take, g, f) for g, f in zip(more, fit)))
+    return select(take, more, fit)
 
 
-def _median_bound(a, usable):
+def select(take: jax.Array, new: Fit, old: Fit) -> Fit:
+    """Per column, ``new`` where ``take`` and ``old`` elsewhere."""
+    return Fit(**{name: jnp.where(take, a, b) for name, a, b in zip(Fit._fields, new, old, strict=True)})
+
+
+def _median_bound(a: jax.Array, usable: jax.Array) -> jax.Array:
     """Per column, a power of two t with median(a) ≤ t < 2·median(a) over the usable rows.
 
     Bisection on the binary exponent: a dozen compare-and-count passes instead of a sort, and a
@@ -197,25 +265,24 @@ def _median_bound(a, usable):
     lo = jnp.full((m,), lo_e, jnp.int32)  # count(a ≤ 2^lo) < half
     hi = jnp.full((m,), hi_e, jnp.int32)  # count(a ≤ 2^hi) ≥ half
 
-    def body(_, lh):
-        lo, hi = lh
-        mid = (lo + hi) // 2
+    def body(_: jax.Array, br: _Bracket) -> _Bracket:
+        mid = (br.lo + br.hi) // 2
         enough = jnp.sum(a <= jnp.ldexp(jnp.ones((), dtype), mid), axis=0) >= half
-        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+        return _Bracket(lo=jnp.where(enough, br.lo, mid), hi=jnp.where(enough, mid, br.hi))
 
     steps = int(np.ceil(np.log2(hi_e - lo_e + 1)))
-    lo, hi = lax.fori_loop(0, steps, body, (lo, hi))
+    br = lax.fori_loop(0, steps, body, _Bracket(lo=lo, hi=hi))
     zero = jnp.sum(a <= 0, axis=0) >= half
-    return jnp.where(zero, 0.0, jnp.ldexp(jnp.ones((), dtype), hi))
+    return jnp.where(zero, 0.0, jnp.ldexp(jnp.ones((), dtype), br.hi))
 
 
-def far_above_median(r, usable, factor):
+def far_above_median(r: jax.Array, usable: jax.Array, factor: float) -> jax.Array:
     """Rows whose |r| exceeds `factor` times (a power-of-two bound of) the column's median |r|."""
     a = jnp.abs(r)
     return ~usable | (a > factor * _median_bound(a, usable))
 
 
-def largest(a, usable, h):
+def largest(a: jax.Array, usable: jax.Array, h: jax.Array) -> jax.Array:
     """Mask of (at most) the ``h`` largest usable entries of ``a ≥ 0`` per column, ``h`` per column.
 
     Bisection on the float's bit pattern (monotone for non-negative floats): 32 compare-and-count
@@ -228,12 +295,12 @@ def largest(a, usable, h):
     lo = jnp.full((m,), -1, ibits)  # count(bits > lo) may exceed h
     hi = jnp.full((m,), top, ibits)  # count(bits > hi) ≤ h
 
-    def body(_, lh):
-        lo, hi = lh
-        mid = lo + (hi - lo) // 2
+    def body(_: jax.Array, br: _Bracket) -> _Bracket:
+        mid = br.lo + (br.hi - br.lo) // 2
         few = jnp.sum(bits > mid, axis=0) <= h
-        return jnp.where(few, lo, mid), jnp.where(few, mid, hi)
+        return _Bracket(lo=jnp.where(few, br.lo, mid), hi=jnp.where(few, mid, br.hi))
 
     steps = 8 * a.dtype.itemsize
-    lo, hi = lax.fori_loop(0, steps, body, (lo, hi))
-    return usable & (bits > hi)
+    br = lax.fori_loop(0, steps, body, _Bracket(lo=lo, hi=hi))
+    chosen: jax.Array = usable & (bits > br.hi)
+    return chosen

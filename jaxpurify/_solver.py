@@ -32,20 +32,21 @@ no l1 cost, excluded from the fit, reported as outliers, never propagated into x
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from jaxpurify import _exported
 from jaxpurify._admm import _mm, admm
 from jaxpurify._certify import Fit, _norm, certify
 from jaxpurify._grad import differentiable
 from jaxpurify._options import RecoverOptions, resolve
-from jaxpurify._polish import far_above_median, largest, over_bound, polish, tolerance
+from jaxpurify._polish import Block, far_above_median, largest, over_bound, polish, select, tolerance
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify._units import column_exponent, is_subnormal, is_zero, scale, unscale
@@ -70,7 +71,7 @@ FIRST_ROUNDS = 3
 GREEDY = True
 
 
-def far_limit(dtype) -> int:
+def far_limit(dtype: DTypeLike) -> int:
     """log2 of the magnitude, in a column's own units (median entry ~ 1), past which an entry is an
     outlier by fiat: 2^32 in float32, 2^256 in float64.  Far below the overflow of the solver's
     sums of squares (K · 2^64 ≪ 2^128), far above any clean entry of a column whose median is
@@ -80,12 +81,17 @@ def far_limit(dtype) -> int:
 
 
 class Tolerances(NamedTuple):
-    """Traced scalars: changing one does not recompile."""
+    """The traced options (``RecoverOptions.TRACED``), as float32 scalars: changing one does not
+    recompile."""
 
     admm_tol: jax.Array
+    relax: jax.Array
     rtol: jax.Array
     atol: jax.Array
-    relax: jax.Array
+
+    @classmethod
+    def of(cls, opts: RecoverOptions, dtype: DTypeLike) -> Tolerances:
+        return cls(**{name: jnp.asarray(v, jnp.float32) for name, v in opts.traced(dtype).items()})
 
 
 class _Pass(NamedTuple):
@@ -114,32 +120,43 @@ class _Best(NamedTuple):
     over: jax.Array  # (m,) in the last pass the mask settled past the count bound or was given up there
 
 
-def _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols: Tolerances, opts: RecoverOptions, first: bool):
+class _Passes(NamedTuple):
+    """The later passes' loop state (``lax.while_loop`` in ``_recover_block``)."""
+
+    best: _Best
+    tries: jax.Array  # (m,) int32 passes each column has had
+
+
+class _QR(NamedTuple):
+    Q: jax.Array  # (K, N)
+    R: jax.Array  # (N, N)
+
+
+def _find_and_polish(block: Block, ignore: jax.Array, *, tols: Tolerances, opts: RecoverOptions, first: bool) -> _Pass:
     """One pass on a block: ADMM finder and polish; after the first pass also a trimmed refit.
 
     The first pass runs on every column, so its polish stops after ``FIRST_ROUNDS`` rounds: most
-    masks settle in two, and the few that do not go on in the narrow later passes.  ``n`` (may
-    be traced) is the number of real columns of A.
+    masks settle in two, and the few that do not go on in the narrow later passes.  ``ignore``:
+    rows the finder leaves out.
     """
-    dtype = y.dtype
-    rtol = tols.rtol.astype(dtype)
+    Q, R, n, y, finite = block.Q, block.R, block.n, block.y, block.finite
     rounds = min(opts.polish_rounds, FIRST_ROUNDS) if first else opts.polish_rounds
     iters_cap = opts.finder_iters if first else opts.retry_iters
-    c, _, iters, done = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), iters_cap, tols.admm_tol, tols.relax)
-    r_admm = y - _mm(Q, c)
+    found = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), max_iter=iters_cap, tol=tols.admm_tol, relax=tols.relax)
+    r_admm = y - _mm(Q, found.c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
-    fit = polish(A, Q, R, n, y, finite, outl0, c, rtol, atol, rounds, opts.max_cg, greedy=GREEDY and not first)
+    fit = polish(block, outl0, found.c, rounds=rounds, max_cg=opts.max_cg, greedy=GREEDY and not first)
     if opts.trim and not first:
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
-        trimmed = polish(A, Q, R, n, y, finite, cut, c, rtol, atol, rounds, opts.max_cg)
+        trimmed = polish(block, cut, found.c, rounds=rounds, max_cg=opts.max_cg)
         take = _done(trimmed, finite, n) & ~_done(fit, finite, n)
-        fit = Fit(*(jnp.where(take, t, f) for t, f in zip(trimmed, fit)))
-    x_admm = jax.scipy.linalg.solve_triangular(R, c, lower=False)
-    return _Pass(fit, x_admm, outl0, iters, done)
+        fit = select(take, trimmed, fit)
+    x_admm = jax.scipy.linalg.solve_triangular(R, found.c, lower=False)
+    return _Pass(fit=fit, x_admm=x_admm, outl0=outl0, iters=found.iters, done=found.done)
 
 
-def _done(fit: Fit, finite, n) -> jax.Array:
+def _done(fit: Fit, finite: jax.Array, n: jax.Array) -> jax.Array:
     """A column needs no more passes: exact on a settled mask that leaves a redundant row.  With n
     inliers or fewer any column fits exactly, so such a fit is no answer, and a later pass may
     still find a mask that can be certified.  (An exact fit with redundancy but past the count
@@ -148,19 +165,23 @@ def _done(fit: Fit, finite, n) -> jax.Array:
     return fit.exact & fit.stable & ~(fit.over & ~slack)
 
 
-def _l1(A, y, finite, x):
+def _l1(A: jax.Array, y: jax.Array, finite: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
 
 
-def _update(best: _Best, A, n, y, finite, active, result: _Pass) -> _Best:
+def _update(best: _Best, block: Block, active: jax.Array, result: _Pass) -> _Best:
     """Fold one pass's results into the kept answer of the ``active`` columns."""
-    fit, x_admm, outl0, iters, done = result
+    A, n, y, finite = block.A, block.n, block.y, block.finite
+    fit = result.fit
     x, outl, ok = fit.x, fit.outliers, _done(fit, finite, n)
     take = active & ok & ~best.ok
-    f_pol, f_admm = _l1(A, y, finite, x), _l1(A, y, finite, x_admm)
-    x_est = jnp.where(f_pol <= f_admm, x, x_admm)
+    f_pol, f_admm = _l1(A, y, finite, x), _l1(A, y, finite, result.x_admm)
+    x_est = jnp.where(f_pol <= f_admm, x, result.x_admm)
     better = active & (jnp.minimum(f_pol, f_admm) < best.f_est)
-    pick = lambda new, old, when: jnp.where(when, new, old)
+
+    def pick(new: jax.Array, old: jax.Array, when: jax.Array) -> jax.Array:
+        return jnp.where(when, new, old)
+
     return _Best(
         x=pick(x, best.x, take),
         outliers=pick(outl, best.outliers, take | (active & ~best.ok)),
@@ -169,24 +190,26 @@ def _update(best: _Best, A, n, y, finite, active, result: _Pass) -> _Best:
         solved=pick(fit.solved, best.solved, active),
         x_est=pick(x_est, best.x_est, better),
         f_est=pick(jnp.minimum(f_pol, f_admm), best.f_est, better),
-        ignore=pick(best.ignore | outl0, best.ignore, active),
-        iters=pick(best.iters + iters, best.iters, active),
-        done=pick(done, best.done, active),
+        ignore=pick(best.ignore | result.outl0, best.ignore, active),
+        iters=pick(best.iters + result.iters, best.iters, active),
+        done=pick(result.done, best.done, active),
         over=pick(fit.over, best.over, active),
     )
 
 
-def _full_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
+def _full_pass(block: Block, state: _Passes, *, tols: Tolerances, opts: RecoverOptions) -> _Passes:
     """One more pass on every column not certified with passes left, at the block's own width."""
+    best, tries = state.best, state.tries
     want = ~best.ok & (tries < opts.passes)
-    sub = _find_and_polish(A, Q, R, n, y, finite, best.ignore, atol, tols, opts, False)
-    return _update(best, A, n, y, finite, want, sub), tries + want
+    sub = _find_and_polish(block, best.ignore, tols=tols, opts=opts, first=False)
+    return _Passes(best=_update(best, block, want, sub), tries=tries + want)
 
 
-def _narrow_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) -> tuple[_Best, jax.Array]:
+def _narrow_pass(block: Block, state: _Passes, *, tols: Tolerances, opts: RecoverOptions) -> _Passes:
     """One more pass for up to m / COMPACT columns that are not certified and have passes left,
     gathered into a narrow block: a column that is done stops costing work."""
-    m = y.shape[1]
+    best, tries = state.best, state.tries
+    m = block.y.shape[1]
     w = max(1, m // COMPACT)
     # the first w wanted columns, in order; both directions are gathers (no scatter, and no
     # jnp.nonzero, which scatters): XLA's CPU backend took ~0.4 s longer to compile the scatters
@@ -195,15 +218,22 @@ def _narrow_pass(A, Q, R, n, y, finite, atol, best: _Best, tries, tols, opts) ->
     idx = jnp.sum(rank[None, :] <= jnp.arange(w)[:, None], axis=1)  # slot i → its column; m if unused
     slot = jnp.where(want & (rank <= w), rank - 1, w)  # column j → its slot; w if it has none
     valid = idx < m
-    g = lambda a: jnp.take(a, idx, axis=-1, mode="clip")
-    sub = _find_and_polish(A, Q, R, n, g(y), g(finite), g(best.ignore), g(atol), tols, opts, False)
-    sub_best = _update(_Best(*(g(a) for a in best)), A, n, g(y), g(finite), valid, sub)
-    back = lambda new, old: jnp.where(slot < w, jnp.take(new, slot, axis=-1, mode="clip"), old)
-    best = _Best(*(back(new, old) for new, old in zip(sub_best, best)))
-    return best, tries + (slot < w)
+
+    def g(a: jax.Array) -> jax.Array:  # block column → narrow slot
+        return jnp.take(a, idx, axis=-1, mode="clip")
+
+    def back(new: jax.Array, old: jax.Array) -> jax.Array:  # narrow slot → block column
+        return jnp.where(slot < w, jnp.take(new, slot, axis=-1, mode="clip"), old)
+
+    narrow = block._replace(y=g(block.y), finite=g(block.finite), atol=g(block.atol))
+    sub = _find_and_polish(narrow, g(best.ignore), tols=tols, opts=opts, first=False)
+    sub_best = _update(jax.tree.map(g, best), narrow, valid, sub)
+    return _Passes(best=jax.tree.map(back, sub_best, best), tries=tries + (slot < w))
 
 
-def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+def _recover_block(
+    A: jax.Array, Q: jax.Array, R: jax.Array, n: jax.Array, Y: jax.Array, *, opts: RecoverOptions, tols: Tolerances
+) -> Recovery:
     """A: (K, N) with thin QR ``Q, R`` and ``n`` ≤ N real columns (the rest zero, Q's too);
     Y: (K, m) → Recovery with the column axis last."""
     K, N = A.shape
@@ -220,6 +250,7 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     finite = usable & ~far
     y = jnp.where(finite, y, 0.0)
     atol = jnp.ldexp(jnp.broadcast_to(tols.atol.astype(dtype), (m,)), -e)
+    block = Block(A=A, Q=Q, R=R, n=n, y=y, finite=finite, rtol=tols.rtol.astype(dtype), atol=atol)
 
     ignore = far_above_median(y, finite, PRESCREEN)
     best = _Best(
@@ -235,28 +266,28 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
         done=jnp.zeros((m,), bool),
         over=jnp.zeros((m,), bool),
     )
-    first = _find_and_polish(A, Q, R, n, y, finite, ignore, atol, tols, opts, True)
-    best = _update(best, A, n, y, finite, jnp.ones((m,), bool), first)
+    first = _find_and_polish(block, ignore, tols=tols, opts=opts, first=True)
+    best = _update(best, block, jnp.ones((m,), bool), first)
 
-    def todo(carry):
-        b, tries = carry
-        return jnp.any(~b.ok & (tries < opts.passes))
+    def todo(state: _Passes) -> jax.Array:
+        return jnp.any(~state.best.ok & (state.tries < opts.passes))
 
-    def more(carry):
+    def more(state: _Passes) -> _Passes:
         if m < NARROW_MIN * COMPACT:  # see NARROW_MIN
-            return _full_pass(A, Q, R, n, y, finite, atol, *carry, tols, opts)
-        return _narrow_pass(A, Q, R, n, y, finite, atol, *carry, tols, opts)
+            return _full_pass(block, state, tols=tols, opts=opts)
+        return _narrow_pass(block, state, tols=tols, opts=opts)
 
-    best, _ = lax.while_loop(todo, more, (best, jnp.ones((m,), jnp.int32)))
+    best = lax.while_loop(todo, more, _Passes(best=best, tries=jnp.ones((m,), jnp.int32))).best
 
     x = jnp.where(best.ok, best.x, best.x_est)
     r = y - _mm(A, x)
-    tol = tolerance(y, ~best.outliers, tols.rtol.astype(dtype), atol)
+    tol = tolerance(y, ~best.outliers, block.rtol, atol)
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
     # the far entries alone past the count bound: that is why, whatever the fit's state
     over = (best.over & ~best.ok) | over_bound(far, usable, n)
-    code, certified, bound = certify(Q, R, n, Fit(x, r, outl, best.ok, best.stable, best.solved, over), usable, tol)
+    fit = Fit(x=x, r=r, outliers=outl, exact=best.ok, stable=best.stable, solved=best.solved, over=over)
+    code, certified, bound = certify(Q, R, n, fit, usable, tol)
     # back to the caller's units, correctly rounded (unscale: the CPU backend would flush subnormal
     # results to zero); a subnormal entry is off by at most half the smallest subnormal, which the
     # bound takes in (2^(low−1) in the caller's units is 2^(low−1−e) in the column's)
@@ -273,7 +304,16 @@ def _recover_block(A, Q, R, n, Y, opts: RecoverOptions, tols: Tolerances) -> Rec
     certified = certified & ~lost
     # the residual in the column's units too, where the entry was not set aside (non-finite, far)
     residual = jnp.where(finite, unscale(y - _mm(A, x_n), e), Y - _mm(A, x))
-    return Recovery(x, residual, outl, certified, code, bound, best.iters, best.done)
+    return Recovery(
+        x=x,
+        residual=residual,
+        outliers=outl,
+        certified=certified,
+        result=code,
+        bound=bound,
+        iterations=best.iters,
+        converged=best.done,
+    )
 
 
 def _chunk(K: int, M: int) -> int:
@@ -282,7 +322,7 @@ def _chunk(K: int, M: int) -> int:
     return min(M, max(128, min(1024, 4 * K)))
 
 
-def _factor(A, n):
+def _factor(A: jax.Array, n: jax.Array) -> _QR:
     """Thin QR of A (K, N) whose columns from ``n`` on are zero: Q's columns from n on are zeroed
     (so the projector Q Qᵀ is that of the n real columns) and R gets an identity block there (so
     x̂'s padding entries solve to 0).  Householder QR works left to right, so the first n columns
@@ -292,10 +332,10 @@ def _factor(A, n):
     real = jnp.arange(N) < n
     Q = jnp.where(real, Q, 0.0)
     R = jnp.where(real[:, None] & real, R, jnp.eye(N, dtype=R.dtype))
-    return Q, R
+    return _QR(Q=Q, R=R)
 
 
-def _solve_items(A, Y, ncols, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+def _solve_items(A: jax.Array, Y: jax.Array, ncols: jax.Array, *, opts: RecoverOptions, tols: Tolerances) -> Recovery:
     """A: (B, K, N), Y: (B, K, M), ncols: (B,) real columns of each A → Recovery with leading B.
     Each matrix is factorized once; its columns are solved in chunks one after another
     (``lax.map``)."""
@@ -306,26 +346,33 @@ def _solve_items(A, Y, ncols, opts: RecoverOptions, tols: Tolerances) -> Recover
         Y = jnp.pad(Y, ((0, 0), (0, 0), (0, nc * chunk - M)))
     # one QR at a time: a batched QR on the CPU runs its batch on a thread pool that deadlocked
     # when several solver shapes ran in one program (the device path, bench.gpt2 --path device)
-    Q, R = lax.map(lambda a_n: _factor(*a_n), (A, ncols))
+    qr = lax.map(lambda a_n: _factor(a_n[0], a_n[1]), (A, ncols))
     items = jnp.moveaxis(Y.reshape(B, K, nc, chunk), 2, 1).reshape(B * nc, K, chunk)
     owner = jnp.arange(B * nc) // nc
 
-    def solve(item):
-        i, y = item
-        return _recover_block(A[i], Q[i], R[i], ncols[i], y, opts, tols)
+    def solve(item: tuple[jax.Array, jax.Array]) -> Recovery:
+        i, y = item  # (owner matrix, chunk of its columns): lax.map's own pair
+        return _recover_block(A[i], qr.Q[i], qr.R[i], ncols[i], y, opts=opts, tols=tols)
 
     out = lax.map(solve, (owner, items))
 
-    def unchunk(a):
+    def unchunk(a: jax.Array) -> jax.Array:
         a = a.reshape((B, nc) + a.shape[1:])  # (B, nc, [rows,] chunk)
         a = jnp.moveaxis(a, 1, -2)  # (B, [rows,] nc, chunk)
         return a.reshape(a.shape[:-2] + (nc * chunk,))[..., :M]
 
-    return Recovery(*(unchunk(o) for o in out))
+    return _each(unchunk, out)
+
+
+def _each(f: Callable[[jax.Array], jax.Array], out: Recovery) -> Recovery:
+    """``f`` applied to every field of ``out``."""
+    return Recovery(**{name: f(a) for name, a in out._asdict().items()})
 
 
 @functools.partial(jax.jit, static_argnames=("opts", "vector"))
-def _recover_jit(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: bool) -> Recovery:
+def _recover_jit(
+    A: jax.Array, Y: jax.Array, ncols: jax.Array, tols: Tolerances, opts: RecoverOptions, vector: bool
+) -> Recovery:
     """``ncols``: per matrix of the batch (broadcast like A's batch), its real columns."""
     if vector:
         Y = Y[..., None]
@@ -335,22 +382,22 @@ def _recover_jit(A, Y, ncols, tols: Tolerances, opts: RecoverOptions, vector: bo
     if A.ndim == 2:
         # One A for the whole batch: fold the batch into columns so all share one factorization.
         Yf = jnp.moveaxis(Y.reshape((-1, K, m)), 0, 1).reshape(K, -1)
-        out = Recovery(*(o[0] for o in _solve_items(A[None], Yf[None], jnp.reshape(ncols, (1,)), opts, tols)))
+        out = _each(lambda a: a[0], _solve_items(A[None], Yf[None], jnp.reshape(ncols, (1,)), opts=opts, tols=tols))
 
-        def unfold(a):
+        def unfold(a: jax.Array) -> jax.Array:
             if a.ndim == 1:
                 return a.reshape(batch + (m,))
             rows = a.shape[0]
             return jnp.moveaxis(a.reshape((rows, -1, m)), 1, 0).reshape(batch + (rows, m))
 
-        out = Recovery(*(unfold(o) for o in out))
+        out = _each(unfold, out)
     else:
         Ab = jnp.broadcast_to(A, batch + (K, n)).reshape((-1, K, n))
         Yb = jnp.broadcast_to(Y, batch + (K, m)).reshape((-1, K, m))
-        out = _solve_items(Ab, Yb, jnp.broadcast_to(ncols, batch).reshape(-1), opts, tols)
-        out = Recovery(*(o.reshape(batch + o.shape[1:]) for o in out))
+        out = _solve_items(Ab, Yb, jnp.broadcast_to(ncols, batch).reshape(-1), opts=opts, tols=tols)
+        out = _each(lambda a: a.reshape(batch + a.shape[1:]), out)
     if vector:
-        out = Recovery(*(o[..., 0] for o in out))
+        out = _each(lambda a: a[..., 0], out)
     return out
 
 
@@ -358,32 +405,35 @@ def _as_real(a: Any, name: str) -> jax.Array:
     if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_deleted():
         raise ValueError(f"{name} has been deleted (its buffer was freed or donated); pass a live array")
     try:
-        a = jnp.asarray(a)
+        arr = jnp.asarray(a)
     except (TypeError, ValueError) as e:  # None, ragged lists, objects: name the argument
         raise TypeError(f"{name} must be a real floating array: {e}") from None
-    if not jnp.issubdtype(a.dtype, jnp.floating):
-        kind = "complex" if jnp.issubdtype(a.dtype, jnp.complexfloating) else str(a.dtype)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        kind = "complex" if jnp.issubdtype(arr.dtype, jnp.complexfloating) else str(arr.dtype)
         raise TypeError(
-            f"{name} must be a real floating array, got dtype {a.dtype}: {kind} values have no l1 "
+            f"{name} must be a real floating array, got dtype {arr.dtype}: {kind} values have no l1 "
             f"recovery here (integers would be rounded on the way; cast {name} to float32 or float64 first)"
         )
-    return a
+    return arr
 
 
-def _empty(A, Y, vector: bool, dtype) -> Recovery:
+def _empty(A: jax.Array, Y: jax.Array, vector: bool, dtype: DTypeLike) -> Recovery:
     batch = np.broadcast_shapes(A.shape[:-2], Y.shape[: -1 if vector else -2])
     K, n = A.shape[-2:]
     tail = () if vector else (Y.shape[-1],)
-    z = lambda rows, dt, fill=0: jnp.full(batch + rows + tail, fill, dt)
+
+    def z(rows: tuple[int, ...], dt: DTypeLike, fill: float = 0) -> jax.Array:
+        return jnp.full(batch + rows + tail, fill, dt)
+
     return Recovery(
-        z((n,), dtype),
-        z((K,), dtype),
-        z((K,), bool),
-        z((), bool),
-        z((), jnp.int8),
-        z((), dtype, np.inf),
-        z((), jnp.int32),
-        z((), bool),
+        x=z((n,), dtype),
+        residual=z((K,), dtype),
+        outliers=z((K,), bool),
+        certified=z((), bool),
+        result=z((), jnp.int8),
+        bound=z((), dtype, np.inf),
+        iterations=z((), jnp.int32),
+        converged=z((), bool),
     )
 
 
@@ -448,35 +498,36 @@ def recover(
     return out
 
 
-def _run(A, Y, ncols, opts: RecoverOptions, vector: bool) -> Recovery:
+def _run(A: jax.Array, Y: jax.Array, ncols: jax.Array, opts: RecoverOptions, vector: bool) -> Recovery:
     """The solve behind :func:`recover` and :func:`recover_padded`: A and Y already checked and cast."""
-    dtype = A.dtype
-    f = lambda v: jnp.asarray(v, jnp.float32)
-    tols = Tolerances(f(opts.admm_tol), f(opts.rtol_for(dtype)), f(opts.atol), f(opts.relax))
-    # the tolerances travel as traced scalars, so only the static fields key the compilation
-    static = opts.replace(rtol=None, atol=0.0, admm_tol=1.0, relax=1.0)
+    # the traced options travel as scalars, so only the static ones key the compilation
+    tols = Tolerances.of(opts, A.dtype)
+    static = opts.compile_key()
     if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
         # the solve is not differentiated; x and residual get the implicit derivative (_grad)
-        out = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), ncols, tols, static, vector)
+        out: Recovery = _recover_jit(lax.stop_gradient(A), lax.stop_gradient(Y), ncols, tols, static, vector)
         return differentiable(A, Y, out, vector)
     with single_threaded_blas():  # eager: run to completion with the BLAS held to one thread (_threads)
         if _exported.enabled():  # a later process reloads the lowered program (_exported)
             flat = _recover_flat(static, vector)
-            out = Recovery(
-                *_exported.call(flat, f"recover {static!r} {vector}", len(Recovery._fields), A, Y, ncols, *tols)
-            )
+            arrays = _exported.call(flat, f"recover {static!r} {vector}", len(Recovery._fields), A, Y, ncols, *tols)
+            out = Recovery(**dict(zip(Recovery._fields, arrays, strict=True)))
         else:
             out = _recover_jit(A, Y, ncols, tols, static, vector)
-        return jax.block_until_ready(out)
+        for a in out:  # jax.block_until_ready, typed
+            a.block_until_ready()
+        return out
 
 
 @functools.cache
-def _recover_flat(opts: RecoverOptions, vector: bool):
+def _recover_flat(opts: RecoverOptions, vector: bool) -> Callable[..., tuple[jax.Array, ...]]:
     """:func:`_recover_jit` for these static arguments, jitted once, with arrays only in and out
-    (as ``jax.export`` serializes them)."""
+    (as ``jax.export`` serializes them): the tolerances in ``Tolerances``' field order, the
+    results in ``Recovery``'s."""
 
-    def flat(A, Y, ncols, admm_tol, rtol, atol, relax):
-        return tuple(_recover_jit(A, Y, ncols, Tolerances(admm_tol, rtol, atol, relax), opts, vector))
+    def flat(A: jax.Array, Y: jax.Array, ncols: jax.Array, *tols: jax.Array) -> tuple[jax.Array, ...]:
+        out = _recover_jit(A, Y, ncols, Tolerances(**dict(zip(Tolerances._fields, tols, strict=True))), opts, vector)
+        return tuple(out)
 
     return jax.jit(flat)
 

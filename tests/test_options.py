@@ -1,0 +1,57 @@
+"""RecoverOptions: every field declares whether it keys the solver's compilation or is traced."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from reference import instance
+
+import jaxpurify as jp
+from jaxpurify import _exported, _options, _solver
+from jaxpurify._solution import RESULTS
+
+
+def test_every_option_is_declared_static_or_traced():
+    fields = dataclasses.fields(jp.RecoverOptions)
+    undeclared = [f.name for f in fields if not isinstance(f.metadata.get("static"), bool)]
+    assert undeclared == []
+    traced = {f.name for f in fields if f.metadata["static"] is False}
+    assert set(jp.RecoverOptions.TRACED) == traced
+    # the traced ones reach the solver as scalars: each has its slot in the solver's Tolerances
+    assert set(_solver.Tolerances._fields) == traced
+    # ... and none is part of the compile key
+    opts = jp.RecoverOptions(admm_tol=0.5, relax=1.1, rtol=1e-3, atol=2.0, max_cg=7)
+    key = opts.compile_key()
+    assert all(getattr(key, name) == f.default for f in fields if (name := f.name) in traced)
+    assert all(getattr(key, f.name) == getattr(opts, f.name) for f in fields if f.name not in traced)
+
+
+def test_an_undeclared_field_is_refused():
+    """A new option added without saying static or traced is an error, not a silent compile key."""
+
+    @dataclasses.dataclass(frozen=True)
+    class WithNewOption(jp.RecoverOptions):
+        damping: float = 0.5
+
+    with pytest.raises(TypeError, match="damping"):
+        _options._check_declared(WithNewOption)
+
+
+def test_traced_options_share_one_compilation_static_ones_do_not(monkeypatch):
+    """Counted on the jitted solver's own cache.  The traced value still reaches the solver: with
+    atol at the noise level the noisy columns are certified, without it they are inexact fits."""
+    monkeypatch.setattr(_exported, "_dir", None)  # the plain jitted path, whatever ran before
+    rng = np.random.default_rng(21)
+    A, X, Y, _ = instance(rng, 23, 5, 3, 0)  # a shape no other test uses: its compilations are ours
+    Yn = (Y + 1e-3 * rng.standard_normal(Y.shape)).astype(np.float32)
+    A = A.astype(np.float32)
+    size = _solver._recover_jit._cache_size
+    before = size()
+    strict = jp.recover(A, Yn)
+    assert size() == before + 1
+    loose = jp.recover(A, Yn, atol=0.05, rtol=1e-3, admm_tol=1e-2, relax=1.2)
+    assert size() == before + 1
+    assert (np.asarray(strict.result) == RESULTS.inexact_fit).all()
+    assert np.asarray(loose.certified).all()
+    jp.recover(A, Yn, max_cg=50)
+    assert size() == before + 2
