@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-HIGHEST = lax.Precision.HIGHEST
+from jaxpurify._numerics import matmul
+
 CHECK_EVERY = 10  # ADMM iterations between residual checks (and penalty updates)
 # Residual balancing (Boyd et al. §3.4.1): ρ moves only when the relative primal and dual
 # residuals differ by more than BALANCE× either way, by the square root of their ratio clipped to
@@ -54,10 +55,6 @@ class AdmmResult(NamedTuple):
     done: jax.Array  # (m,) the column met the stopping test
 
 
-def _mm(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=HIGHEST)
-
-
 def _soft(v: jax.Array, t: jax.Array | float) -> jax.Array:
     return jnp.sign(v) * jnp.maximum(jnp.abs(v) - t, 0.0)
 
@@ -86,8 +83,8 @@ def admm(
     alpha = relax.astype(dtype)
     fin = finite.astype(dtype)
 
-    c0 = _mm(Q.T, y)
-    r0 = (y - _mm(Q, c0)) * fin
+    c0 = matmul(Q.T, y)
+    r0 = (y - matmul(Q, c0)) * fin
     # Start the threshold at the mean least-squares residual: the scale of the column's errors.
     scale0 = jnp.sum(jnp.abs(r0), axis=0) / jnp.maximum(jnp.sum(fin, axis=0), 1.0)
     rho0 = 1.0 / jnp.maximum(scale0, tiny)
@@ -105,8 +102,8 @@ def admm(
     eps = tol.astype(dtype)
 
     def update(z: jax.Array, u: jax.Array, rho: jax.Array) -> _Update:
-        c = _mm(Q.T, y - z - u)
-        w = _mm(Q, c)
+        c = matmul(Q.T, y - z - u)
+        w = matmul(Q, c)
         w_hat = alpha * w + (1 - alpha) * (y - z)
         v = y - w_hat - u
         z_new = jnp.where(finite, _soft(v, 1.0 / rho), v)  # unusable rows carry no l1 cost
@@ -128,7 +125,7 @@ def admm(
         cur = frozen(new, prev)
         w = new.w
         r = (w + cur.z - y) * fin
-        sd = s.rho * _mm(Q.T, cur.z - prev.z)
+        sd = s.rho * matmul(Q.T, cur.z - prev.z)
         prim_scale = jnp.maximum(jnp.maximum(_norm(w * fin), _norm(cur.z * fin)), _norm(y * fin))
         dual_scale = _norm(s.rho * cur.u * fin)  # |λ| = |ρ u| ≤ 1 at the optimum
         rn, sn = _norm(r), _norm(sd)
@@ -148,5 +145,5 @@ def admm(
         return (s.it < max_iter) & ~jnp.all(s.done)
 
     s = lax.while_loop(cond, step, state)
-    c = _mm(Q.T, y - s.z - s.u)
+    c = matmul(Q.T, y - s.z - s.u)
     return AdmmResult(c=c, z=s.z, iters=s.iters, done=s.done)

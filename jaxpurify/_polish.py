@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxpurify._admm import _mm
 from jaxpurify._certify import Fit
+from jaxpurify._numerics import matmul
 
 # A re-read marks a row an outlier only past this many times the mean inlier residual (as well as
 # past the exactness tolerance): one missed outlier spreads its error over every residual of the
@@ -84,12 +84,12 @@ def _fit(Q: jax.Array, y: jax.Array, inlier: jax.Array, c0: jax.Array, active: j
     """
     dtype = y.dtype
     d = inlier.astype(dtype)
-    b = _mm(Q.T, d * y)
+    b = matmul(Q.T, d * y)
     bb = jnp.sum(b * b, axis=0)
     c = jnp.where(bb > 0, c0, 0.0)  # an all-zero inlier set has the exact answer 0
 
     def G(p: jax.Array) -> jax.Array:
-        return _mm(Q.T, d * _mm(Q, p))
+        return matmul(Q.T, d * matmul(Q, p))
 
     r = b - G(c)
     rs = jnp.sum(r * r, axis=0)
@@ -161,7 +161,7 @@ def _rounds(b: Block, st: _Rounds, *, rounds: int, max_cg: int, greedy: bool) ->
         live = st.live
         refit = _fit(b.Q, b.y, ~st.outliers, st.c, live, max_cg=max_cg)
         x = jax.scipy.linalg.solve_triangular(b.R, refit.c, lower=False)
-        r = b.y - _mm(b.A, x)
+        r = b.y - matmul(b.A, x)
         tol = tolerance(b.y, ~st.outliers, b.rtol, b.atol)
 
         def keep(new: jax.Array, old: jax.Array) -> jax.Array:

@@ -42,9 +42,10 @@ from jax import lax
 from jax.typing import ArrayLike, DTypeLike
 
 from jaxpurify import _exported
-from jaxpurify._admm import _mm, admm
+from jaxpurify._admm import admm
 from jaxpurify._certify import Fit, _norm, certify
 from jaxpurify._grad import differentiable
+from jaxpurify._numerics import matmul
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._polish import Block, far_above_median, largest, over_bound, polish, select, tolerance
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
@@ -143,7 +144,7 @@ def _find_and_polish(block: Block, ignore: jax.Array, *, tols: Tolerances, opts:
     rounds = min(opts.polish_rounds, FIRST_ROUNDS) if first else opts.polish_rounds
     iters_cap = opts.finder_iters if first else opts.retry_iters
     found = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), max_iter=iters_cap, tol=tols.admm_tol, relax=tols.relax)
-    r_admm = y - _mm(Q, found.c)
+    r_admm = y - matmul(Q, found.c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
     fit = polish(block, outl0, found.c, rounds=rounds, max_cg=opts.max_cg, greedy=GREEDY and not first)
     if opts.trim and not first:
@@ -166,7 +167,7 @@ def _done(fit: Fit, finite: jax.Array, n: jax.Array) -> jax.Array:
 
 
 def _l1(A: jax.Array, y: jax.Array, finite: jax.Array, x: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.where(finite, jnp.abs(y - _mm(A, x)), 0.0), axis=0)
+    return jnp.sum(jnp.where(finite, jnp.abs(y - matmul(A, x)), 0.0), axis=0)
 
 
 def _update(best: _Best, block: Block, active: jax.Array, result: _Pass) -> _Best:
@@ -280,7 +281,7 @@ def _recover_block(
     best = lax.while_loop(todo, more, _Passes(best=best, tries=jnp.ones((m,), jnp.int32))).best
 
     x = jnp.where(best.ok, best.x, best.x_est)
-    r = y - _mm(A, x)
+    r = y - matmul(A, x)
     tol = tolerance(y, ~best.outliers, block.rtol, atol)
     # an uncertified column reports the rows its estimate does not explain
     outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
@@ -303,7 +304,7 @@ def _recover_block(
     bound = jnp.where(lost, jnp.inf, bound)
     certified = certified & ~lost
     # the residual in the column's units too, where the entry was not set aside (non-finite, far)
-    residual = jnp.where(finite, unscale(y - _mm(A, x_n), e), Y - _mm(A, x))
+    residual = jnp.where(finite, unscale(y - matmul(A, x_n), e), Y - matmul(A, x))
     return Recovery(
         x=x,
         residual=residual,
