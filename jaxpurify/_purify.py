@@ -73,7 +73,7 @@ def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarra
 def dispatch(call: Call, cols, matrices, options: RecoverOptions) -> Solved:
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y, n = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
-    return Solved.of(A, Y, recover_padded(A, Y, n, options_for(call.dtype, options)))
+    return Solved.of(A, Y, recover_padded(A, Y, n, options_for(call.dtype, options)), call.dtype)
 
 
 def fetch(pending: Solved) -> Solved:

@@ -41,7 +41,7 @@ from jaxpurify._layout import Group, LeafLayout
 from jaxpurify._numerics import matmul
 from jaxpurify._options import RecoverOptions
 from jaxpurify._plan import Call, Item, options_for, solve_dtype
-from jaxpurify._solution import Recovery
+from jaxpurify._solution import RESULTS, Recovery
 from jaxpurify._solver import recover_padded
 
 AXIS = "slots"  # the mesh's one axis: solver slots (whole items of columns) are split over it
@@ -248,29 +248,32 @@ class Solved(NamedTuple):
     bound: Any  # (S, w): recover's error bound (inf where not certified)
 
     @classmethod
-    def of(cls, A, Y, out: Recovery) -> Solved:
-        """The batch's results from ``recover_padded``'s answer ``out`` on (A, Y)."""
+    def of(cls, A, Y, out: Recovery, dtype: str | None = None) -> Solved:
+        """The batch's results from ``recover_padded``'s answer ``out`` on (A, Y), the leaves of
+        ``dtype`` (default: the solve's).  A certified x̂ whose A x̂ overflows in that dtype (weights
+        within rounding of its largest float) is not what was certified: ``out_of_range``."""
         fitted, inlier = summarize(A, Y, out.x, out.outliers)
+        lost = out.certified & ~jnp.all(jnp.isfinite(fitted.astype(dtype or fitted.dtype)), axis=-2)
         return cls(
             fitted=fitted,
             outliers=out.outliers,
-            certified=out.certified,
-            result=out.result,
+            certified=out.certified & ~lost,
+            result=jnp.where(lost, jnp.int8(RESULTS.out_of_range), out.result),
             inlier_residual=inlier,
-            bound=out.bound,
+            bound=jnp.where(lost, jnp.inf, out.bound),
         )
 
 
-def _solve_local(A, Y, n, options: RecoverOptions) -> Solved:
-    return Solved.of(A, Y, recover_padded(A, Y, n, options))
+def _solve_local(A, Y, n, options: RecoverOptions, dtype: str | None = None) -> Solved:
+    return Solved.of(A, Y, recover_padded(A, Y, n, options), dtype)
 
 
-def solve(A, Y, n, options: RecoverOptions, mesh: Mesh) -> Solved:
+def solve(A, Y, n, options: RecoverOptions, mesh: Mesh, dtype: str | None = None) -> Solved:
     """``recover`` and its summary on a batch, each device solving whole slots of it."""
     spec = P(AXIS)
     # check_vma off: recover's loops start from unsharded constants, which is right per shard
     f = jax.shard_map(
-        functools.partial(_solve_local, options=options),
+        functools.partial(_solve_local, options=options, dtype=dtype),
         mesh=mesh,
         in_specs=(spec, spec, spec),
         out_specs=spec,
@@ -333,7 +336,7 @@ def run(
     outs = []
     for batch in plan:
         A, Y, n = stack(batch, cols, matrices, slots_for(batch, mesh.size))
-        outs.append(solve(A, Y, n, options_for(batch.dtype, options), mesh))
+        outs.append(solve(A, Y, n, options_for(batch.dtype, options), mesh, batch.dtype))
     group_values, report = assemble(layout.groups, plan, outs, cols, keep_input)
     purified = _layout.unpack(layout.groups, leaves, group_values, xp=jnp)
     return {p: spread(v.astype(leaves[p].dtype), mesh) for p, v in purified.items()}, report

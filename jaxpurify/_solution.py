@@ -34,7 +34,8 @@ class RESULTS:
         5: "no redundant row is left after the outliers and erasures (K' − k̂ ≤ n, or K' − k̂ = n + 1 "
         "with an inlier that no other row checks): nothing checks the fit, so it is not certified",
         6: "too many outliers for a certificate: 2·k̂ ≥ K' − n + 1",
-        7: "x̂ leaves the float range in the caller's units (overflow, or every entry below the smallest subnormal)",
+        7: "x̂ leaves the float range in the caller's units (overflow, or every entry below the smallest subnormal), "
+        "or purify's A x̂ overflows the leaf's dtype",
         8: "no finite error bound: the inlier rows leave σ_min(A_I) at 0 in the solver's precision, or the "
         "bound overflows; a certificate without a bound certifies nothing",
     }

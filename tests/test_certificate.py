@@ -6,10 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pooled import PooledCodebook
 from reference import instance, lad_highs, rel_err
 
 import jaxpurify as jp
 from jaxpurify import RESULTS
+from jaxpurify._layout import Group, LeafLayout, Segment
 
 
 def _codes(out):
@@ -434,3 +436,71 @@ def test_every_certificate_carries_a_finite_bound_that_holds(dtype):
         claimed = cert & within & explains
         assert claimed.sum() >= kinds.size // 4, (K, n)
         assert (err[claimed] <= bound[claimed]).all(), (K, n, (err / bound)[claimed].max())
+
+
+class _OneMatrixCodebook(PooledCodebook):
+    """The codebook double of ``pooled`` with one group whose matrix the test chooses: leaf "w"
+    (K·m entries, row-major) is the group's (K, m) code."""
+
+    def __init__(self, A: np.ndarray, m: int):
+        K, n = A.shape
+        self._A = A.astype(np.float32)
+        self._leaves = {"w": LeafLayout("w", (K * m,), "float32", None)}
+        self._groups = {"w": Group("w", K, n, m, "float32", (Segment("w", 0, K * m),))}
+
+    def matrix(self, name, dtype=None):
+        return jnp.asarray(self._A, dtype=dtype or "float32")
+
+
+def _erased_where_a_column_lives(scale: float, m: int = 6):
+    """K = 32, n = 8: A's last column is ``scale`` × Gaussian on rows 8… and Gaussian on rows 0–7,
+    which are erased in every column (clean otherwise).  A has full rank; A on the usable rows
+    has σ_min ∝ scale."""
+    rng = np.random.default_rng(26)
+    K, n = 32, 8
+    A = rng.standard_normal((K, n)) / np.sqrt(n)
+    A[8:, -1] *= scale
+    A = A.astype(np.float32).astype(np.float64)  # the stored matrix, exactly
+    X = rng.standard_normal((n, m))
+    Y = (A @ X).astype(np.float32)
+    Y[:8] = np.nan
+    return A, X, Y
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-9])
+def test_a_certificate_without_a_finite_bound_is_no_bound(scale):
+    """The bound divides by σ_min(A_I), A on the inlier rows.  Here every usable row is an inlier
+    and A_I is singular (scale 0) or singular to float32 (σ_min(A_I)/‖A‖ below float32's eps, by a
+    float64 SVD), while A itself has full rank and the fit is exact: the rest of the certificate
+    holds, so the only honest code is ``no_bound``: not certified, bound inf.  And purify neither
+    counts such a column as certified nor writes over it."""
+    A, X, Y = _erased_where_a_column_lives(scale)
+    s_all = np.linalg.svd(A, compute_uv=False)
+    s_inl = np.linalg.svd(A[8:], compute_uv=False)
+    assert np.linalg.matrix_rank(A) == A.shape[1]
+    assert s_inl[-1] < np.finfo(np.float32).eps * s_all[0]  # no bound a float32 solve can state
+    out = jp.recover(A.astype(np.float32), Y)
+    assert (_codes(out) == RESULTS.no_bound).all(), _codes(out)
+    assert not np.asarray(out.certified).any()
+    assert np.isinf(np.asarray(out.bound)).all()
+
+    cb = _OneMatrixCodebook(A, Y.shape[1])
+    params = {"w": jnp.asarray(Y.reshape(-1))}
+    purified, report = jp.purify(params, cb)
+    assert report.columns == Y.shape[1] and report.certified == 0 and not report.ok
+    np.testing.assert_array_equal(np.asarray(purified["w"]), Y.reshape(-1))  # kept as it came
+
+
+def test_the_same_erasures_with_a_well_conditioned_column_are_certified():
+    """The control of the test above: the same erasures, A's last column Gaussian on every row
+    (σ_min(A_I) of the order of ‖A‖): certified, finite bound, within it of the float64 X; purify
+    counts every column."""
+    A, X, Y = _erased_where_a_column_lives(1.0)
+    s_all = np.linalg.svd(A, compute_uv=False)
+    assert np.linalg.svd(A[8:], compute_uv=False)[-1] > 0.1 * s_all[0]
+    out = jp.recover(A.astype(np.float32), Y)
+    cert, bound = np.asarray(out.certified), np.asarray(out.bound, np.float64)
+    assert cert.all() and np.isfinite(bound).all()
+    assert (rel_err(out.x, X) <= bound).all()
+    _, report = jp.purify({"w": jnp.asarray(Y.reshape(-1))}, _OneMatrixCodebook(A, Y.shape[1]))
+    assert report.certified == Y.shape[1]

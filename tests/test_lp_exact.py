@@ -86,3 +86,36 @@ def test_detection_threshold_of_a_small_outlier():
     assert flagged.all() and cert.all() and (err <= EXACT).all()
     flagged, cert, err, bound = _single_outlier(0.5)
     assert flagged.mean() < 0.1 and cert.all() and (err <= bound).all()
+
+
+# Measured on this set (``_uncertified_lp_exact(2500, seed=2500)``): HiGHS recovers 2312 of the
+# 2500 columns exactly; recover leaves 22 of those uncertified (18 flipped bits, 3 gross errors,
+# 1 flipped mantissa bit; per kind LP-exact/uncertified: mantissa 498/1, bit 494/18, gross 482/3,
+# zeroed 417/0, negated 421/0) and certifies none beyond its own bound.  A regression guard, not a
+# target (the goal is 0 uncertified).
+UNCERTIFIED_2500 = 22
+
+
+def _uncertified_lp_exact(columns, seed, K=64, n=16):
+    """On ``small_set``'s columns: (LP-exact, of them uncertified by recover, certified with an error
+    above their own bound, per kind {kind: (LP-exact, uncertified)})."""
+    A, Y, X, kinds = small_set(np.random.default_rng(seed), columns, K, n)
+    lp = rel(np.stack([lad_lp(A, Y[:, j]) for j in range(columns)], axis=1), X) <= LP_EXACT
+    out = jp.recover(A, Y)
+    cert, bound = np.asarray(out.certified), np.asarray(out.bound, np.float64)
+    left = lp & ~cert
+    wrong = cert & (rel(out.x, X) > bound)
+    per = {k: (int((lp & (kinds == k)).sum()), int((left & (kinds == k)).sum())) for k in KINDS}
+    return int(lp.sum()), int(left.sum()), int(wrong.sum()), per
+
+
+@pytest.mark.slow
+def test_2500_lp_checked_columns_none_certified_wrong():
+    """2500 columns at K = 64, n = 16 against HiGHS (float64 on the same stored values), 500 of each
+    kind (flipped mantissa bit, flipped bit anywhere, gross errors 0.01–1000×, zeroed, negated):
+    no certified column is outside its own bound of the clean latent, and no more LP-exact
+    columns are left uncertified than measured."""
+    lp, left, wrong, per = _uncertified_lp_exact(2500, seed=2500)
+    assert wrong == 0, per
+    assert lp >= 2300, per  # not vacuous: 2312 measured
+    assert left <= UNCERTIFIED_2500, per

@@ -443,7 +443,7 @@ def test_entries_stuck_near_the_largest_float_are_not_reported_ok(redundancy):
     np.testing.assert_array_equal(np.asarray(out["w"]), W)
 
 
-@pytest.mark.parametrize("scale", [1e-38, 5e-38, 1e-36, 1e-33, 1e-30, 1e36, 2e37])
+@pytest.mark.parametrize("scale", [1e-40, 1e-38, 5e-38, 1e-36, 1e-33, 1e-30, 1e36, 2e37])
 def test_write_back_keeps_what_was_certified_at_extreme_scales(scale):
     """Issue 25: below ~1e-30 purify's A x̂ lost its subnormal products and results (XLA on the CPU
     flushes them to zero): certified clean columns came back 18% off.  Every column recover
@@ -468,3 +468,45 @@ def test_write_back_keeps_what_was_certified_at_extreme_scales(scale):
     err = np.linalg.norm(got - ref, axis=1)
     assert (err[cert] <= allowed[cert]).all(), (err / allowed)[cert].max()
     np.testing.assert_array_equal(got[~cert], W[~cert].astype(np.float64))  # the others kept as they came
+
+
+@pytest.mark.parametrize("device", [False, True])
+def test_a_write_back_that_overflows_is_not_reported_certified(device):
+    """Issue 25: a certified x̂ whose A x̂ overflows float32 was written back as inf and counted as
+    certified.  Rows of W (code columns) at three scales, float64 reference A θ, 2–3 negated
+    entries each: max|Aθ| = 0.5·FLT_MAX (in range), = FLT_MAX (A x̂ within rounding of the top:
+    either side), = 1.01·FLT_MAX (the stored top entry is inf, an erasure; float64 says the
+    clean value is not a float32).  recover certifies most of the last; purify must neither write
+    them nor count them, and nothing it writes is non-finite or outside its bound."""
+    rng = np.random.default_rng(38)
+    cb = jp.Codebook.create({"w": jnp.zeros((192, 64), jnp.float32)}, bytes(range(32)), select=lambda p, leaf: 1)
+    g = cb.groups["w"]
+    A32 = np.asarray(cb.matrix("w", "float32"))
+    A = A32.astype(np.float64)
+    big = float(np.finfo(np.float32).max)
+    top = np.repeat([0.5 * big, big, 1.01 * big], 64)[:, None]
+    ref = rng.standard_normal((g.columns, g.n)) @ A.T
+    ref *= top / np.abs(ref).max(axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        W = ref.astype(np.float32)
+    for j in range(g.columns):
+        rows = rng.choice(np.flatnonzero(np.isfinite(W[j])), 3, replace=False)
+        W[j, rows] = -W[j, rows]
+    over = np.abs(ref).max(axis=1) >= 2.0**128 * (1 - 2.0**-25)  # rounds to inf in float32 (float64 arithmetic)
+    assert over.sum() == 64 and not over[:128].any()
+    rec = jp.recover(A32, W.T)
+    cert, bound = np.asarray(rec.certified), np.asarray(rec.bound, np.float64)
+    assert cert[over].sum() >= 48  # recover alone certifies them: x̂ is right, A x̂ is not a float32
+
+    out, report = jp.purify({"w": W}, cb, device=device)
+    got = np.asarray(out["w"])
+    kept = np.all((got == W) | (np.isnan(got) & np.isnan(W)), axis=1)
+    written = ~kept
+    assert report.certified == written.sum()
+    assert not written[over].any()
+    assert np.isfinite(got[written]).all()
+    assert written[:64].sum() >= 60  # in range: repaired
+    xn = np.linalg.norm(np.asarray(rec.x, np.float64), axis=0)
+    allowed = np.linalg.norm(A, 2) * bound * xn + np.finfo(np.float32).eps * np.linalg.norm(ref, axis=1)
+    err = np.linalg.norm(got.astype(np.float64) - ref, axis=1)
+    assert (err[written] <= allowed[written]).all(), (err / allowed)[written].max()
