@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from pooled import PooledCodebook
+from pooled import SECRET
 from reference import instance, lad_highs, rel_err
 
 import jaxpurify as jp
 from jaxpurify import RESULTS
+from jaxpurify._codebook import Codebook
 from jaxpurify._layout import Group, LeafLayout, Segment
 
 
@@ -438,15 +439,15 @@ def test_every_certificate_carries_a_finite_bound_that_holds(dtype):
         assert (err[claimed] <= bound[claimed]).all(), (K, n, (err / bound)[claimed].max())
 
 
-class _OneMatrixCodebook(PooledCodebook):
-    """The codebook double of ``pooled`` with one group whose matrix the test chooses: leaf "w"
-    (K·m entries, row-major) is the group's (K, m) code."""
+class _OneMatrixCodebook(Codebook):
+    """A codebook (built from its layout, as ``pooled``'s) with one group whose matrix the test
+    chooses: leaf "w" (K·m entries, row-major) is the group's (K, m) code."""
 
     def __init__(self, A: np.ndarray, m: int):
         K, n = A.shape
+        leaves = [LeafLayout("w", (K * m,), "float32", None)]
+        super().__init__(SECRET, 4.0, leaves, [Group("w", K, n, m, "float32", (Segment("w", 0, K * m),))])
         self._A = A.astype(np.float32)
-        self._leaves = {"w": LeafLayout("w", (K * m,), "float32", None)}
-        self._groups = {"w": Group("w", K, n, m, "float32", (Segment("w", 0, K * m),))}
 
     def matrix(self, name, dtype=None):
         return jnp.asarray(self._A, dtype=dtype or "float32")
