@@ -67,6 +67,14 @@ HEAVY = {
     "tests/test_solver.py::test_too_many_erasures_is_not_certified",
     "tests/test_certificate.py::test_power_of_two_scaling_gives_the_same_bits",
     "tests/test_solver.py::test_no_recompile_for_same_shapes",
+    "tests/test_purify.py::test_a_write_back_that_overflows_is_not_reported_certified[False]",
+    "tests/test_purify.py::test_write_back_keeps_what_was_certified_at_extreme_scales[1e-30]",
+    "tests/test_state.py::test_nnx_checkpoints_as_the_docs_write_them_purify_through_the_cli",
+    "tests/test_seal.py::test_whole_column_faults_certified_wrong_are_caught[zeroed]",
+    "tests/test_cli.py::test_library_warnings_print_as_one_line",
+    "tests/test_certificate.py::test_entries_stuck_near_the_largest_float_are_not_certified[16-8-float32]",
+    "tests/test_solver.py::test_scale_robustness",
+    "tests/test_solver.py::test_against_highs[96-24-0.45]",
 }
 
 
