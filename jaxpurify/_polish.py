@@ -114,6 +114,18 @@ def _fit(Q: jax.Array, y: jax.Array, inlier: jax.Array, c0: jax.Array, active: j
     return _Refit(c=jnp.where(jnp.isfinite(st.c), st.c, 0.0), solved=st.rs <= stop)
 
 
+class LeastSquares(NamedTuple):
+    x: jax.Array  # (N, b) the least-squares fit on the inlier rows
+    solved: jax.Array  # (b,) CG converged within its step cap
+
+
+def fit_inliers(b: Block, inlier: jax.Array, c0: jax.Array, active: jax.Array, *, max_cg: int) -> LeastSquares:
+    """x = argmin ‖(y − A x)_I‖₂ on the ``inlier`` rows of the ``active`` columns (``_fit``, warm-started
+    from ``c0`` in the Q basis); the others keep ``c0``."""
+    refit = _fit(b.Q, b.y, inlier, c0, active, max_cg=max_cg)
+    return LeastSquares(x=jax.scipy.linalg.solve_triangular(b.R, refit.c, lower=False), solved=refit.solved)
+
+
 def over_bound(outliers: jax.Array, finite: jax.Array, n: jax.Array) -> jax.Array:
     """Per column: the mask breaks the count bound, 2·k̂ ≥ K' − n + 1 (``_certify``), so no refit
     of it can be certified."""

@@ -47,6 +47,7 @@ from jaxpurify._certify import Fit, _norm, certify
 from jaxpurify._grad import differentiable
 from jaxpurify._numerics import matmul
 from jaxpurify._options import RecoverOptions, resolve
+from jaxpurify._pivot import LPResult, certifiable, lp_fit
 from jaxpurify._polish import Block, far_above_median, largest, over_bound, polish, select, tolerance
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 from jaxpurify._threads import single_threaded_blas
@@ -70,6 +71,9 @@ FIRST_ROUNDS = 3
 # Later passes polish with the greedy read as well (``_polish.polish``): small outliers the
 # finder's first guess misses (flipped mantissa bits, errors of 1% of the weights).
 GREEDY = True
+# Simplex pivots of the l1 LP (``_pivot``) on the columns the passes leave uncertified within the
+# count bound, at most this many times A's width per column (0: none).
+PIVOTS = 2
 
 
 def far_limit(dtype: DTypeLike) -> int:
@@ -206,30 +210,98 @@ def _full_pass(block: Block, state: _Passes, *, tols: Tolerances, opts: RecoverO
     return _Passes(best=_update(best, block, want, sub), tries=tries + want)
 
 
+class _Slots(NamedTuple):
+    """Up to w wanted columns of a block gathered into a narrow one: both directions are gathers
+    (no scatter, and no jnp.nonzero, which scatters): XLA's CPU backend took ~0.4 s longer to
+    compile the scatters."""
+
+    idx: jax.Array  # (w,) slot → its column; m if unused
+    slot: jax.Array  # (m,) column → its slot; w if it has none
+
+    @classmethod
+    def of(cls, want: jax.Array, w: int) -> _Slots:
+        """The first w columns with ``want``, in order."""
+        rank = jnp.cumsum(want)  # column j is the rank[j]-th wanted one
+        idx = jnp.sum(rank[None, :] <= jnp.arange(w)[:, None], axis=1)
+        return cls(idx=idx, slot=jnp.where(want & (rank <= w), rank - 1, w))
+
+    @property
+    def taken(self) -> jax.Array:
+        """(m,) the column has a slot."""
+        return self.slot < self.idx.shape[0]
+
+    @property
+    def valid(self) -> jax.Array:
+        """(w,) the slot has a column."""
+        return self.idx < self.slot.shape[0]
+
+    def gather(self, a: jax.Array) -> jax.Array:  # block column → narrow slot
+        return jnp.take(a, self.idx, axis=-1, mode="clip")
+
+    def back(self, new: jax.Array, old: jax.Array) -> jax.Array:  # narrow slot → block column
+        return jnp.where(self.taken, jnp.take(new, self.slot, axis=-1, mode="clip"), old)
+
+    def narrow(self, block: Block) -> Block:
+        return block._replace(y=self.gather(block.y), finite=self.gather(block.finite), atol=self.gather(block.atol))
+
+
 def _narrow_pass(block: Block, state: _Passes, *, tols: Tolerances, opts: RecoverOptions) -> _Passes:
     """One more pass for up to m / COMPACT columns that are not certified and have passes left,
     gathered into a narrow block: a column that is done stops costing work."""
     best, tries = state.best, state.tries
     m = block.y.shape[1]
-    w = max(1, m // COMPACT)
-    # the first w wanted columns, in order; both directions are gathers (no scatter, and no
-    # jnp.nonzero, which scatters): XLA's CPU backend took ~0.4 s longer to compile the scatters
-    want = ~best.ok & (tries < opts.passes)
-    rank = jnp.cumsum(want)  # column j is the rank[j]-th wanted one
-    idx = jnp.sum(rank[None, :] <= jnp.arange(w)[:, None], axis=1)  # slot i → its column; m if unused
-    slot = jnp.where(want & (rank <= w), rank - 1, w)  # column j → its slot; w if it has none
-    valid = idx < m
+    sl = _Slots.of(~best.ok & (tries < opts.passes), max(1, m // COMPACT))
+    narrow = sl.narrow(block)
+    sub = _find_and_polish(narrow, sl.gather(best.ignore), tols=tols, opts=opts, first=False)
+    sub_best = _update(jax.tree.map(sl.gather, best), narrow, sl.valid, sub)
+    return _Passes(best=jax.tree.map(sl.back, sub_best, best), tries=tries + sl.taken)
 
-    def g(a: jax.Array) -> jax.Array:  # block column → narrow slot
-        return jnp.take(a, idx, axis=-1, mode="clip")
 
-    def back(new: jax.Array, old: jax.Array) -> jax.Array:  # narrow slot → block column
-        return jnp.where(slot < w, jnp.take(new, slot, axis=-1, mode="clip"), old)
+class _Pivoting(NamedTuple):
+    """The simplex stage's loop state (``_pivot_stage``)."""
 
-    narrow = block._replace(y=g(block.y), finite=g(block.finite), atol=g(block.atol))
-    sub = _find_and_polish(narrow, g(best.ignore), tols=tols, opts=opts, first=False)
-    sub_best = _update(jax.tree.map(g, best), narrow, valid, sub)
-    return _Passes(best=jax.tree.map(back, sub_best, best), tries=tries + (slot < w))
+    best: _Best
+    tried: jax.Array  # (m,) the column has had its pivots
+
+
+def _lp_update(best: _Best, block: Block, active: jax.Array, res: LPResult) -> _Best:
+    """Fold the simplex's answer into the kept one of the ``active`` columns: its certifiable fit
+    where the column had none, its vertex as the l1 estimate where that is lower."""
+    take = active & ~best.ok & certifiable(res.fit, block)
+    better = active & (res.f < best.f_est)
+    fit = res.fit
+    return best._replace(
+        x=jnp.where(take, fit.x, best.x),
+        outliers=jnp.where(take, fit.outliers, best.outliers),
+        ok=best.ok | take,
+        stable=jnp.where(take, fit.stable, best.stable),
+        solved=jnp.where(take, fit.solved, best.solved),
+        over=jnp.where(take, fit.over, best.over),
+        x_est=jnp.where(better, res.x, best.x_est),
+        f_est=jnp.where(better, res.f, best.f_est),
+    )
+
+
+def _pivot_stage(block: Block, best: _Best, *, opts: RecoverOptions) -> _Best:
+    """Simplex pivots (``_pivot``) on the columns the passes left uncertified but within the count
+    bound, up to m / COMPACT at a time (a problem narrower than ``NARROW_MIN · COMPACT``: all at its
+    own width): a certified column is never touched, and a block without such columns pays one test."""
+    m = block.y.shape[1]
+    w = m if m < NARROW_MIN * COMPACT else max(1, m // COMPACT)
+    cap = PIVOTS * block.A.shape[1]
+
+    def todo(st: _Pivoting) -> jax.Array:
+        return jnp.any(~st.best.ok & ~st.best.over & ~st.tried)
+
+    def more(st: _Pivoting) -> _Pivoting:
+        sl = _Slots.of(~st.best.ok & ~st.best.over & ~st.tried, w)
+        narrow = sl.narrow(block)
+        sub = jax.tree.map(sl.gather, st.best)
+        res = lp_fit(narrow, sub.x_est, sl.valid, max_pivots=cap, max_cg=opts.max_cg)
+        sub = _lp_update(sub, narrow, sl.valid, res)
+        return _Pivoting(best=jax.tree.map(sl.back, sub, st.best), tried=st.tried | sl.taken)
+
+    return lax.while_loop(todo, more, _Pivoting(best=best, tried=jnp.zeros((m,), bool))).best
 
 
 def _recover_block(
@@ -279,6 +351,8 @@ def _recover_block(
         return _narrow_pass(block, state, tols=tols, opts=opts)
 
     best = lax.while_loop(todo, more, _Passes(best=best, tries=jnp.ones((m,), jnp.int32))).best
+    if PIVOTS:
+        best = _pivot_stage(block, best, opts=opts)
 
     x = jnp.where(best.ok, best.x, best.x_est)
     r = y - matmul(A, x)
