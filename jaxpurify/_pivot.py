@@ -150,7 +150,8 @@ def _pivot(b: Block, eps: jax.Array, st: _Vertex) -> _Vertex:
     down = g_s < -K * jnp.finfo(dtype).eps * w_s
     # the line search: breakpoints ahead on this edge, in order; the step ends where the slope,
     # which rises by 2|D_ks| at each, turns ≥ 0 (a weighted median of the breakpoints)
-    Ds = jnp.take_along_axis(D, s[None, None, :], axis=1)[:, 0, :]  # (K, b) column s of D
+    edge = jnp.arange(N)[:, None] == s  # (N, b) one-hot of s: a masked sum, not a gather
+    Ds = jnp.sum(jnp.where(edge, D, 0.0), axis=1)  # (K, b) column s of D
     d = sigma * Ds
     ahead = moving & (r * d > 0)
     t = jnp.where(ahead, r / jnp.where(ahead, d, 1.0), jnp.inf)
@@ -161,13 +162,13 @@ def _pivot(b: Block, eps: jax.Array, st: _Vertex) -> _Vertex:
     go = st.live & down & jnp.any(turned, axis=0)
 
     step = jnp.where(go, jnp.take_along_axis(t, enter[None], axis=0)[0], 0.0)
-    inv_s = jnp.take_along_axis(st.inv, s[:, None, None], axis=2)[:, :, 0]  # (b, N) the edge d_s
+    inv_s = jnp.sum(jnp.where(edge.T[:, None, :], st.inv, 0.0), axis=2)  # (b, N) the edge d_s
     x = st.x + sigma * step * inv_s.T
     r_new = y - matmul(A, x)
     f = jnp.sum(jnp.where(finite, jnp.abs(r_new), 0.0), axis=0)
-    row = jnp.take_along_axis(D, enter[None, None, :], axis=0)[0]  # (N, b) D_e
-    p = jnp.take_along_axis(row, s[None], axis=0)[0]
-    u = (row - (jnp.arange(N)[:, None] == s)) / jnp.where(go, p, 1.0)  # (D_e − e_s) / p
+    row = jnp.sum(jnp.where((jnp.arange(K)[:, None] == enter)[:, None, :], D, 0.0), axis=0)  # (N, b) D_e
+    p = jnp.sum(jnp.where(edge, row, 0.0), axis=0)
+    u = (row - edge) / jnp.where(go, p, 1.0)  # (D_e − e_s) / p
     D_new = D - Ds[:, None, :] * u[None]
     inv = st.inv - inv_s[:, :, None] * u.T[:, None, :]
     # each pivot lowers ‖r‖₁ in exact arithmetic, but by less than the rounding of its float sum
@@ -175,7 +176,7 @@ def _pivot(b: Block, eps: jax.Array, st: _Vertex) -> _Vertex:
     # where it was only if the sum rose past that rounding (or the update overflowed)
     ok = go & (f <= st.f * (1 + K * jnp.finfo(dtype).eps)) & jnp.all(jnp.isfinite(x), axis=0)
     return _Vertex(
-        basis=jnp.where(ok & (jnp.arange(N)[:, None] == s), enter, st.basis),
+        basis=jnp.where(ok & edge, enter, st.basis),
         x=jnp.where(ok, x, st.x),
         r=jnp.where(ok, r_new, st.r),
         inv=jnp.where(ok[:, None, None], inv, st.inv),
