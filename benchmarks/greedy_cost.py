@@ -1,6 +1,9 @@
 """What the greedy polish of the later passes costs: ``recover`` with and without it, side by side.
 
-    python -m benchmarks.greedy_cost [--repeat 3] [--json FILE]
+    python -m benchmarks.greedy_cost [--repeat 3] [--switch greedy|pivots] [--json FILE]
+
+``--switch pivots`` measures the simplex stage instead (``jaxpurify._solver.PIVOTS``, on: its
+default, off: 0), the same way.
 
 The greedy read (``jaxpurify._polish``) runs only in passes after the first, on the columns the
 first pass left uncertified; it is switched by the private constant ``jaxpurify._solver.GREEDY``
@@ -12,7 +15,9 @@ compiled again, then timed twice); the best of each setting:
   the common path, where the first pass certifies nearly everything;
 * **hard**: K = 128, n = 32, m = 2048, 20 errors per column of 0.01–1000× (later passes matter);
 * **small**: ``benchmarks.lp_check``'s small set at K = 64, n = 16 (2400 columns of flipped
-  bits, gross errors 0.01–1000×, zeroed and negated entries).
+  bits, gross errors 0.01–1000×, zeroed and negated entries);
+* **noise**: K = 128, n = 32, 1024 columns of dense Gaussian noise: nothing to certify, every
+  column uncertified within the count bound (the simplex stage's worst case: each runs to its cap).
 
 Reported per problem: seconds with and without, their ratio, and columns certified by each.  Run
 it once with ``OPENBLAS_NUM_THREADS=1`` and once without, and say the load (``uptime``): the
@@ -51,30 +56,44 @@ def _hard(seed: int = 0):
 def problems() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     A, _, Y = problem(256, 64, 512, 0.15)
     As, Ys, _, _ = small_set(np.random.default_rng(0), 2400, 64, 16)
-    return {"core": (A.astype(np.float32), Y.astype(np.float32)), "hard": _hard(), "small": (As, Ys)}
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal((128, 32)).astype(np.float32), rng.standard_normal((128, 1024)).astype(np.float32))
+    return {
+        "core": (A.astype(np.float32), Y.astype(np.float32)),
+        "hard": _hard(),
+        "small": (As, Ys),
+        "noise": noise,
+    }
 
 
-def _run(A, Y, greedy: bool) -> tuple[float, int]:
-    _solver.GREEDY = greedy
+# the private constants a run can switch, and their values when off
+SWITCHES = {"greedy": ("GREEDY", False), "pivots": ("PIVOTS", 0)}
+
+
+def _run(A, Y, on: bool, switch: str = "greedy") -> tuple[float, int]:
+    name, off = SWITCHES[switch]
+    setattr(_solver, name, _ON[switch] if on else off)
     t0 = time.perf_counter()
     out = jax.block_until_ready(jp.recover(A, Y))
     return time.perf_counter() - t0, int(np.asarray(out.certified).sum())
 
 
-def measure(repeat: int = 3, log=print) -> dict:
+_ON = {switch: getattr(_solver, name) for switch, (name, _) in SWITCHES.items()}
+
+
+def measure(repeat: int = 3, log=print, switch: str = "greedy") -> dict:
     rows = []
-    saved = _solver.GREEDY
     try:
         for name, (A, Y) in problems().items():
             best = {True: np.inf, False: np.inf}
             cert = {}
             for _ in range(repeat):  # rounds, the settings alternating within each
-                for greedy in (True, False):
+                for on in (True, False):
                     jax.clear_caches()  # the constant is read at trace time: trace and compile again
-                    _run(A, Y, greedy)
+                    _run(A, Y, on, switch)
                     for _ in range(2):
-                        t, cert[greedy] = _run(A, Y, greedy)
-                        best[greedy] = min(best[greedy], t)
+                        t, cert[on] = _run(A, Y, on, switch)
+                        best[on] = min(best[on], t)
             row = dict(
                 problem=name,
                 K=int(A.shape[0]),
@@ -89,9 +108,11 @@ def measure(repeat: int = 3, log=print) -> dict:
             rows.append(row)
             log(row)
     finally:
-        _solver.GREEDY = saved
+        for sw, (name, _) in SWITCHES.items():
+            setattr(_solver, name, _ON[sw])
         jax.clear_caches()
     return dict(
+        switch=switch,
         rows=rows,
         machine=machine(),
         openblas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
@@ -102,13 +123,15 @@ def measure(repeat: int = 3, log=print) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--switch", choices=sorted(SWITCHES), default="greedy")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     load0 = os.getloadavg()
-    result = measure(a.repeat)
+    result = measure(a.repeat, switch=a.switch)
     result["load_before"] = load0
     print(f"OPENBLAS_NUM_THREADS={result['openblas_threads']}, load {load0} → {result['load']}")
-    print("| problem | K | n | columns | greedy s | plain s | ratio | certified greedy / plain |")
+    print(f"switch: {a.switch} (on: its default, plain: off)")
+    print("| problem | K | n | columns | on s | plain s | ratio | certified on / plain |")
     print("|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         print(

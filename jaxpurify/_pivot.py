@@ -95,10 +95,6 @@ def candidate(b: Block, x: jax.Array, solved: jax.Array) -> Fit:
     return Fit(x=x, r=r, outliers=outl, exact=exact, stable=ones, solved=solved, over=over)
 
 
-def _l1(b: Block, x: jax.Array) -> jax.Array:
-    return jnp.sum(jnp.where(b.finite, jnp.abs(b.y - matmul(b.A, x)), 0.0), axis=0)
-
-
 def _solve_basis(b: Block, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(x, A_B⁻¹) for the basis rows ``basis`` (N, b); slots from n on are padding: an identity row,
     so the padding coordinates of x stay 0 and A_B stays invertible."""
@@ -197,10 +193,9 @@ def lp_fit(b: Block, x0: jax.Array, active: jax.Array, *, max_pivots: int, max_c
     """Simplex pivots from the n rows ``x0`` fits best to an l1 optimum, on the ``active`` columns
     of a block (K, b); then a least-squares refit on the optimum's basis and zero rows.
 
-    The refit (on clean rows only, when the optimum is exact) is accurate whatever A_B's
-    condition, and its mask is read at τ (:func:`candidate`).  Columns not active, or with n or
-    fewer finite rows, are not pivoted.  The zero level ε is the start's: a pivot changes few
-    residuals by much."""
+    The refit's mask is read at τ (:func:`candidate`).  Columns not active, or with n or fewer
+    finite rows, are not pivoted.  The pivots keep the start's zero level ε (it moves little: τ is
+    set by the largest inlier); the refit's rows are read at the optimum's own."""
     A, y, finite = b.A, b.y, b.finite
     K, N = A.shape
     r0 = y - matmul(A, x0)
@@ -224,15 +219,11 @@ def lp_fit(b: Block, x0: jax.Array, active: jax.Array, *, max_pivots: int, max_c
     eps = _zero_level(b, r0)
     st = lax.while_loop(lambda st: jnp.any(st.live) & (st.k < max_pivots), lambda st: _pivot(b, eps, st), st)
 
-    # the updates drift by rounding: the final basis solved afresh, kept where it fits no worse
-    x, _ = _solve_basis(b, st.basis)
-    f = _l1(b, x)
-    fresh = fine & jnp.all(jnp.isfinite(x), axis=0) & (f <= st.f * (1 + K * jnp.finfo(y.dtype).eps))
-    x, f = jnp.where(fresh, x, st.x), jnp.where(fresh, f, st.f)
-    r = y - matmul(A, x)
-    rows = _basic(st.basis, b.n, K) | (finite & (jnp.abs(r) <= _zero_level(b, r)))
-    refit = fit_inliers(b, rows, matmul(b.R, x), fine, max_cg=max_cg)
-    return LPResult(fit=candidate(b, refit.x, refit.solved), x=x, f=f, pivots=st.pivots)
+    # the rank-one updates drift by rounding: the refit, on the optimum's basis and zero rows
+    # (clean rows only, where the optimum is exact), is accurate whatever that drift or A_B's condition
+    rows = _basic(st.basis, b.n, K) | (finite & (jnp.abs(st.r) <= _zero_level(b, st.r)))
+    refit = fit_inliers(b, rows, matmul(b.R, st.x), fine, max_cg=max_cg)
+    return LPResult(fit=candidate(b, refit.x, refit.solved), x=st.x, f=st.f, pivots=st.pivots)
 
 
 def certifiable(fit: Fit, b: Block) -> jax.Array:
