@@ -184,11 +184,6 @@ def _pivot(b: Block, eps: jax.Array, st: _Vertex) -> _Vertex:
     )
 
 
-def _zero_level(b: Block, r: jax.Array) -> jax.Array:
-    """(b,) ε = ``DEGENERATE`` × the inlier tolerance of the fit with residual r (:func:`read`)."""
-    return DEGENERATE * tolerance(b.y, read(b.y, r, b.finite, b.rtol, b.atol), b.rtol, b.atol)
-
-
 def lp_fit(b: Block, x0: jax.Array, active: jax.Array, *, max_pivots: int, max_cg: int) -> LPResult:
     """Simplex pivots from the n rows ``x0`` fits best to an l1 optimum, on the ``active`` columns
     of a block (K, b); then a least-squares refit on the optimum's basis and zero rows.
@@ -216,13 +211,17 @@ def lp_fit(b: Block, x0: jax.Array, active: jax.Array, *, max_pivots: int, max_c
         pivots=jnp.zeros(fine.shape, jnp.int32),
         k=jnp.asarray(0, jnp.int32),
     )
-    eps = _zero_level(b, r0)
+    eps = DEGENERATE * tolerance(y, read(y, r0, finite, b.rtol, b.atol), b.rtol, b.atol)
     st = lax.while_loop(lambda st: jnp.any(st.live) & (st.k < max_pivots), lambda st: _pivot(b, eps, st), st)
 
     # the rank-one updates drift by rounding: the refit, on the optimum's basis and zero rows
     # (clean rows only, where the optimum is exact), is accurate whatever that drift or A_B's condition
-    rows = _basic(st.basis, b.n, K) | (finite & (jnp.abs(st.r) <= _zero_level(b, st.r)))
-    refit = fit_inliers(b, rows, matmul(b.R, st.x), fine, max_cg=max_cg)
+    inl = read(y, st.r, finite, b.rtol, b.atol)
+    rows = _basic(st.basis, b.n, K) | (finite & (jnp.abs(st.r) <= DEGENERATE * tolerance(y, inl, b.rtol, b.atol)))
+    # only where the optimum's own mask could be certified: a column of dense noise fits n rows,
+    # and a refit on those would take CG its whole step cap for nothing
+    hope = fine & ~over_bound(~inl, finite, b.n)
+    refit = fit_inliers(b, rows, matmul(b.R, st.x), hope, max_cg=max_cg)
     return LPResult(fit=candidate(b, refit.x, refit.solved), x=st.x, f=st.f, pivots=st.pivots)
 
 

@@ -4,7 +4,7 @@ For every column y of ``Y`` we look for
 
     x̂ = argmin_x ‖y − A x‖₁
 
-and certify the answer (``_certify``).  The solver is three named pure pieces over named state:
+and certify the answer (``_certify``).  The solver is four named pure pieces over named state:
 
 1. **find** (``_admm``): a short ADMM run on ``z = y − Q c`` with ``A = QR`` (thin QR, once per
    ``A``).  ``Q`` is orthonormal, so the c-step is the projection ``c = Qᵀ(y − z − u)`` whatever
@@ -14,7 +14,12 @@ and certify the answer (``_certify``).  The solver is three named pure pieces ov
    l1 itself fails (K/n = 2 at 20–25% errors).
 2. **polish** (``_polish``): least squares on the inlier rows (CG on Qᵀ D Q), outlier mask
    re-read until stable; exact to float precision inside the threshold.
-3. **certify** (``_certify``): result code, certificate and error bound per column.
+3. **pivot** (``_pivot``): on the columns the passes leave uncertified but within the count bound,
+   simplex pivots of the l1 LP from the passes' estimate to an l1 optimum, a least-squares refit
+   on the rows it fits and its mask read at τ: the polish can settle short of an answer the exact
+   LP finds (many entries changed by about τ, or errors near the count bound).  A certified
+   column is never touched.
+4. **certify** (``_certify``): result code, certificate and error bound per column.
 
 Passes after the first run only on the columns not yet certified, gathered into blocks an
 eighth as wide (``COMPACT``): a column that is done stops costing work.  Their ADMM is shorter
