@@ -2,8 +2,8 @@
 
     python -m benchmarks.greedy_cost [--repeat 3] [--switch greedy|pivots] [--json FILE]
 
-``--switch pivots`` measures the simplex stage instead (``jaxpurify._solver.PIVOTS``, on: its
-default, off: 0), the same way.
+``--switch pivots`` measures the simplex stage instead (the option ``pivots``, on: its default,
+off: 0), the same way.
 
 The greedy read (``jaxpurify._polish``) runs only in passes after the first, on the columns the
 first pass left uncertified; it is switched by the private constant ``jaxpurify._solver.GREEDY``
@@ -66,23 +66,24 @@ def problems() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-# the private constants a run can switch, and their values when off
-SWITCHES = {"greedy": ("GREEDY", False), "pivots": ("PIVOTS", 0)}
+# what a run can switch: a private constant of the solver (read at trace time) or an option
+SWITCHES = ("greedy", "pivots")
 
 
 def _run(A, Y, on: bool, switch: str = "greedy") -> tuple[float, int]:
-    name, off = SWITCHES[switch]
-    setattr(_solver, name, _ON[switch] if on else off)
+    kw = {}
+    if switch == "greedy":
+        _solver.GREEDY = on
+    else:
+        kw["pivots"] = jp.RecoverOptions().pivots if on else 0
     t0 = time.perf_counter()
-    out = jax.block_until_ready(jp.recover(A, Y))
+    out = jax.block_until_ready(jp.recover(A, Y, **kw))
     return time.perf_counter() - t0, int(np.asarray(out.certified).sum())
-
-
-_ON = {switch: getattr(_solver, name) for switch, (name, _) in SWITCHES.items()}
 
 
 def measure(repeat: int = 3, log=print, switch: str = "greedy") -> dict:
     rows = []
+    saved = _solver.GREEDY
     try:
         for name, (A, Y) in problems().items():
             best = {True: np.inf, False: np.inf}
@@ -108,8 +109,7 @@ def measure(repeat: int = 3, log=print, switch: str = "greedy") -> dict:
             rows.append(row)
             log(row)
     finally:
-        for sw, (name, _) in SWITCHES.items():
-            setattr(_solver, name, _ON[sw])
+        _solver.GREEDY = saved
         jax.clear_caches()
     return dict(
         switch=switch,
@@ -123,7 +123,7 @@ def measure(repeat: int = 3, log=print, switch: str = "greedy") -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--switch", choices=sorted(SWITCHES), default="greedy")
+    p.add_argument("--switch", choices=SWITCHES, default="greedy")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     load0 = os.getloadavg()

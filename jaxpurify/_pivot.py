@@ -13,7 +13,8 @@ answer every clean row is one; ε = ``DEGENERATE`` × the inlier tolerance τ). 
 optimal when no g is negative.  Otherwise the most negative edge is followed to its
 weighted-median breakpoint (Barrodale & Roberts 1973): past each breakpoint t_k = r_k / (σ D_ks) > 0
 the slope rises by 2|D_ks|, so the step ends at the first breakpoint where the slope turns ≥ 0, and
-that row enters the basis in place of row s.  ‖r‖₁ falls at every pivot, so no basis repeats.
+that row enters the basis in place of row s.  ‖r‖₁ falls at every pivot (in exact arithmetic), so
+no basis repeats.
 
 Why here: the polish (least squares on the inliers, mask re-read) can settle short of an answer
 that the exact LP finds, e.g. when many entries are changed by about the inlier tolerance (each
@@ -21,9 +22,9 @@ one's least-squares spread pushes a clean row past τ) or near the count bound. 
 a column the LP recovers fits the clean rows to rounding, and its mask, read at τ, is then
 certified as usual (``_certify``): nothing about the certificate changes, only the candidate.
 
-The start is the n rows the current estimate fits best.  Every column is its own LP, batched: a
-pivot is one n × n solve per column and a (K, n) product; a column leaves the loop when it is
-optimal, when a pivot does not lower its objective (rounding), or at the cap.
+The start is the n rows the current estimate fits best (one n × n solve per column).  Every column
+is its own LP, batched: a pivot is a rank-one update of A_B⁻¹ and D, O(K·n) per column; a column
+leaves the loop when it is optimal, when a pivot raises its objective past rounding, or at the cap.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ class LPResult(NamedTuple):
 def read(y: jax.Array, r: jax.Array, finite: jax.Array, rtol: jax.Array, atol: jax.Array) -> jax.Array:
     """The inlier rows of a fit with residual ``r``: rows within τ(I) = rtol·max|y_I| + atol.
 
-    From the rows at or below the median residual (a majority: within the count bound, rows an
-    exact fit explains), each read admits the rows within the tolerance the last set gives.  τ
+    From the rows up to about the median residual (a power of two below twice it: at least half
+    the rows, within the count bound mostly rows an exact fit explains), each read admits the rows
+    within the tolerance the last set gives.  τ
     only grows as rows join, so every row of the returned set is within its τ: the fit is exact
     on it by construction (``Fit.exact``); a row that the last read would still admit stays an
     outlier, which only costs the certificate a row."""
@@ -121,7 +123,8 @@ def _pivot(b: Block, eps: jax.Array, st: _Vertex) -> _Vertex:
 
     The basis change is a rank-one update of A_B⁻¹ and D (product form: replacing basis row s by
     row e with pivot element p = D_es gives A_B'⁻¹ = A_B⁻¹ − A_B⁻¹e_s (D_e − e_s)ᵀ / p, and D the
-    same), O(K·n) per column instead of a refactorization; ``lp_fit`` solves the final basis afresh.
+    same), O(K·n) per column instead of a refactorization; the refit in ``lp_fit`` removes the
+    updates' drift.
     """
     A, y, finite, r = b.A, b.y, b.finite, st.r
     K, N = A.shape
@@ -154,7 +157,7 @@ def _pivot(b: Block, eps: jax.Array, st: _Vertex) -> _Vertex:
     order = jnp.argsort(t, axis=0)
     rises = jnp.take_along_axis(jnp.where(ahead, 2.0 * jnp.abs(d), 0.0), order, axis=0)
     turned = (g_s + jnp.cumsum(rises, axis=0) >= 0) & jnp.isfinite(jnp.take_along_axis(t, order, axis=0))
-    enter = jnp.take_along_axis(order, jnp.argmax(turned, axis=0)[None], axis=0)[0]
+    enter = jnp.take_along_axis(order, jnp.argmax(turned, axis=0)[None], axis=0)[0].astype(st.basis.dtype)
     go = st.live & down & jnp.any(turned, axis=0)
 
     step = jnp.where(go, jnp.take_along_axis(t, enter[None], axis=0)[0], 0.0)

@@ -76,11 +76,6 @@ FIRST_ROUNDS = 3
 # Later passes polish with the greedy read as well (``_polish.polish``): small outliers the
 # finder's first guess misses (flipped mantissa bits, errors of 1% of the weights).
 GREEDY = True
-# Simplex pivots of the l1 LP (``_pivot``) on the columns the passes leave uncertified within the
-# count bound, at most this many times A's width per column (0: none).  From the passes' estimate
-# the LP-exact columns needed at most 15 pivots at n = 32 and 9 at n = 16 (benchmarks.lp_check's
-# sets); a column of dense noise runs to the cap.
-PIVOTS = 1
 
 
 def far_limit(dtype: DTypeLike) -> int:
@@ -295,7 +290,7 @@ def _pivot_stage(block: Block, best: _Best, *, opts: RecoverOptions) -> _Best:
     own width): a certified column is never touched, and a block without such columns pays one test."""
     m = block.y.shape[1]
     w = m if m < NARROW_MIN * COMPACT else max(1, m // COMPACT)
-    cap = PIVOTS * block.A.shape[1]
+    cap = opts.pivots * block.A.shape[1]
 
     def todo(st: _Pivoting) -> jax.Array:
         return jnp.any(~st.best.ok & ~st.best.over & ~st.tried)
@@ -358,7 +353,7 @@ def _recover_block(
         return _narrow_pass(block, state, tols=tols, opts=opts)
 
     best = lax.while_loop(todo, more, _Passes(best=best, tries=jnp.ones((m,), jnp.int32))).best
-    if PIVOTS:
+    if opts.pivots:
         best = _pivot_stage(block, best, opts=opts)
 
     x = jnp.where(best.ok, best.x, best.x_est)

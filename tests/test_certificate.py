@@ -108,7 +108,8 @@ def test_dense_noise_is_an_inexact_fit():
 def test_polish_round_cap_gives_unstable_mask():
     rng = np.random.default_rng(4)
     A, X, Y, _ = instance(rng, 64, 16, 40, 10)
-    out = jp.recover(A.astype(np.float32), Y.astype(np.float32), polish_rounds=1, passes=1)
+    # without the simplex stage, which certifies these columns from the polish's estimate
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32), polish_rounds=1, passes=1, pivots=0)
     c = _codes(out)
     assert (c == RESULTS.unstable_mask).sum() >= 1
     assert not np.asarray(out.certified)[c != RESULTS.successful].any()
@@ -118,7 +119,8 @@ def test_polish_round_cap_gives_unstable_mask():
 def test_refit_step_cap_is_an_iteration_cap():
     rng = np.random.default_rng(5)
     A, X, Y, _ = instance(rng, 128, 32, 40, 20)
-    out = jp.recover(A.astype(np.float32), Y.astype(np.float32), max_cg=1, passes=1)
+    # without the simplex stage: from an exact vertex its refit converges at once, certified
+    out = jp.recover(A.astype(np.float32), Y.astype(np.float32), max_cg=1, passes=1, pivots=0)
     c = _codes(out)
     assert (c == RESULTS.iteration_cap).sum() >= 30
     assert np.asarray(out.certified).sum() == (c == RESULTS.successful).sum()
