@@ -78,11 +78,18 @@ HEAVY = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m and -k selection read the items
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in HEAVY:
             item.add_marker(pytest.mark.slow)
+    # a renamed heavy test would silently move back into the default suite: every id listed for a
+    # file that was collected must name one of its tests
+    ids = {item.nodeid for item in items}
+    files = {nodeid.split("::")[0] for nodeid in ids}
+    stale = sorted(h for h in HEAVY if h.split("::")[0] in files and h not in ids)
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py HEAVY names tests that do not exist: {stale}")
 
 
 # Where the suite's time goes: with JAXPURIFY_COMPILE_LOG=DIR each process appends, per test, the
