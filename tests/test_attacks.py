@@ -545,27 +545,11 @@ def test_bad_data_is_refused(model, digits):
             jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8), budget=0.0
         )
     with pytest.raises(TypeError, match="finetune must be a Finetune"):
-        span_trojan(
-            jax.random.key(0),
-            apply_jit,
-            params,
-            (x, y),
-            target=TARGET,
-            trigger=Trigger.for_image(8),
-            finetune=dict(steps=10),
-        )
+        trojan(span_trojan, 0, params, digits, finetune=dict(steps=10))
     with pytest.raises(ValueError, match="bits"):
         pbfa(jax.random.key(0), apply_jit, params, (x, y), bits=(40,))
     with pytest.raises(ValueError, match="leaves: 'readout/kernal'"):
-        bit_trojan(
-            jax.random.key(0),
-            apply_jit,
-            params,
-            (x, y),
-            target=TARGET,
-            trigger=Trigger.for_image(8),
-            leaves=("readout/kernal",),
-        )
+        trojan(bit_trojan, 0, params, digits, leaves=("readout/kernal",))
 
 
 @pytest.mark.slow
