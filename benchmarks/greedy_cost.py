@@ -29,10 +29,10 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import write_json
 from benchmarks.lp_check import small_set
 from benchmarks.problems import machine, problem
 from jaxpurify import _solver
-from jaxpurify.experiments._common import write_json
 
 
 def _hard(seed: int = 0):

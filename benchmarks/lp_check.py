@@ -39,10 +39,10 @@ import numpy as np
 
 import jaxpurify as jp
 from benchmarks import campaign
+from benchmarks._common import report
 from benchmarks.highs import lad_highs
 from benchmarks.problems import machine
 from jaxpurify import RESULTS
-from jaxpurify.experiments._common import write_json
 
 LP_EXACT = 1e-6
 EXACT = 1e-5
@@ -228,9 +228,7 @@ def main(argv=None) -> dict:
     result["command"] = "python -m benchmarks.lp_check " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
-    print(table(result))
-    if a.json:
-        write_json(a.json, result)
+    report(table(result), result, a.json)
     return result
 
 
