@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -145,7 +145,8 @@ def purify_only(
     """l1 purification, no data: uncertified columns keep their input (``on_uncertified="input"``).
     ``detected``: the keyed seal failed on the purified tree (None without a seal)."""
     del apply_fn, benign, key
-    purified, report = purify(params, codebook, on_uncertified="input", **overrides)
+    purified, any_report = purify(params, codebook, on_uncertified="input", **overrides)
+    report = cast(Report, any_report)  # concrete (not traced) parameters: a host Report
     flags, _ = outlier_masks(params, codebook, **overrides)
     return Defended(purified, tree_from_paths(params, flags), report, _seal_verdict(report))
 
