@@ -400,7 +400,7 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     real = argparse.ArgumentParser(add_help=False, parents=[shared])
     real.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
     real.add_argument("--steps", type=int, help="training steps (default: digits 1500, mnist 3000, quick 300)")
-    real.add_argument("--lr", type=float, help="peak AdamW learning rate for both models (default 3e-3)")
+    real.add_argument("--lr", type=float, help="peak AdamW learning rate for both models (default 3e-2)")
     real.add_argument("--redundancy", type=float, default=4.0, help="K/n of the codebook (default 4)")
     real.add_argument("--seeds", type=int, default=1, help="train plain and encoded for this many seeds (default 1)")
     exps.add_parser("digits", parents=[real], help="the embedded 8×8 digits (no download)")
