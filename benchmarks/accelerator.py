@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import report
 from benchmarks.gpt2 import gpt2_tree
 from benchmarks.resnet import PeakRSS, resnet18_tree
 from jaxpurify import contamination as C
-from jaxpurify.experiments._common import write_json
 
 DOT = re.compile(r"\bstablehlo\.dot(?:_general)?\b")
 HIGHEST = re.compile(r"precision = \[HIGHEST, HIGHEST\]")
@@ -271,9 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     res = run(trees(a.resnet_size, a.gpt2_size))
-    print(table(res))
-    if a.json:
-        write_json(a.json, res)
+    report(table(res), res, a.json)
     return 0 if res["ok"] else 1
 
 

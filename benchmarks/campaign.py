@@ -39,7 +39,6 @@ With ``--out FILE`` the JSON goes there too (the committed run is ``benchmarks/r
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -50,6 +49,7 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import dump_json
 from jaxpurify import contamination as C
 
 KS = (16, 64, 256, 1024)
@@ -442,8 +442,7 @@ def main(argv=None) -> dict:
     print(f"{result['columns']:,} columns in {result['seconds']} s; load {result['machine']['load']}")
     if a.out:
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
+        dump_json(a.out, result)
     return result
 
 

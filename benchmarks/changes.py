@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import report
 from benchmarks.problems import machine, problem, rel_err
 from benchmarks.roofline import best_of
-from jaxpurify.experiments._common import write_json
 
 EXACT = 1e-5
 VARIANTS = {
@@ -105,9 +105,7 @@ def main(argv=None) -> dict:
     }
     load = lambda v: "/".join(f"{x:.1f}" for x in v)
     print(f"{res['machine']}; load average 1/5/15 min {load(before)} → {load(res['load_after'])}")
-    print(table(rows))
-    if a.json:
-        write_json(a.json, res)
+    report(table(rows), res, a.json)
     return res
 
 

@@ -31,10 +31,10 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import write_json
 from jaxpurify import attacks, data
 from jaxpurify import contamination as C
 from jaxpurify.experiments import _recipe, backdoor, realdata
-from jaxpurify.experiments._common import write_json
 from jaxpurify.train import random_shift, recipe, train
 
 FULL_TRAIN, FULL_TEST, SCENARIOS = 50_000, 10_000, 10

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import dump_json
 from benchmarks.resnet import PeakRSS
 from jaxpurify import contamination as C
 from jaxpurify._plan import plan
@@ -175,8 +176,7 @@ def main(argv=None):
                     f"{r['peak_added_mb']:>8} {r['peak_over_leaf']:>7}"
                 )
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        dump_json(a.out, rows)
     return rows
 
 

@@ -17,10 +17,10 @@ import platform
 import jax
 import numpy as np
 
+from benchmarks._common import write_json
 from benchmarks.peers import highs, time_peer
 from benchmarks.problems import problem
 from benchmarks.suite import time_recover
-from jaxpurify.experiments._common import write_json
 
 
 def main(argv=None):

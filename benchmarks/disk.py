@@ -46,8 +46,8 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import write_json
 from jaxpurify import data, io
-from jaxpurify.experiments._common import write_json
 from jaxpurify.train import accuracy, train
 
 GROSS_RATE = 0.05

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import write_json
 from benchmarks.resnet import PeakRSS
 from jaxpurify import contamination as C
-from jaxpurify.experiments._common import write_json
 
 VOCAB, CONTEXT, WIDTH, BLOCKS = 50257, 1024, 768, 12
 

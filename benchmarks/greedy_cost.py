@@ -2,8 +2,8 @@
 
     python -m benchmarks.greedy_cost [--repeat 3] [--switch greedy|pivots] [--json FILE]
 
-``--switch pivots`` measures the simplex stage instead (the option ``pivots``, on: its default,
-off: 0), the same way.
+``--switch pivots`` measures the simplex stage instead (the option ``pivots``, on: 1,
+off: 0, the default), the same way.
 
 The greedy read (``jaxpurify._polish``) runs only in passes after the first, on the columns the
 first pass left uncertified; it is switched by the private constant ``jaxpurify._solver.GREEDY``
@@ -34,10 +34,10 @@ import jax
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import write_json
 from benchmarks.lp_check import small_set
 from benchmarks.problems import machine, problem
 from jaxpurify import _solver
-from jaxpurify.experiments._common import write_json
 
 
 def _hard(seed: int = 0):
@@ -75,7 +75,7 @@ def _run(A, Y, on: bool, switch: str = "greedy") -> tuple[float, int]:
     if switch == "greedy":
         _solver.GREEDY = on
     else:
-        kw["pivots"] = jp.RecoverOptions().pivots if on else 0
+        kw["pivots"] = 1 if on else 0
     t0 = time.perf_counter()
     out = jax.block_until_ready(jp.recover(A, Y, **kw))
     return time.perf_counter() - t0, int(np.asarray(out.certified).sum())

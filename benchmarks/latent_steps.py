@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks._common import write_json
 from jaxpurify import Codebook, data
-from jaxpurify.experiments._common import write_json
 from jaxpurify.experiments.realdata import build, secret
 from jaxpurify.train import train
 from jaxpurify.tree import leaves_with_paths

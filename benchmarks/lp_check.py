@@ -39,10 +39,10 @@ import numpy as np
 
 import jaxpurify as jp
 from benchmarks import campaign
+from benchmarks._common import report
 from benchmarks.highs import lad_highs
 from benchmarks.problems import machine
 from jaxpurify import RESULTS
-from jaxpurify.experiments._common import write_json
 
 LP_EXACT = 1e-6
 EXACT = 1e-5
@@ -101,14 +101,15 @@ def campaign_set(rng, K: int, ratio: float, columns: int, seed: int):
     return A, Y[:, :columns], X[:, :columns], model[:columns]
 
 
-def judge(A, Y, X, log=print) -> dict[str, np.ndarray]:
-    """LP and ``recover`` on every column: errors, certificate, code, bound, LP's x."""
+def judge(A, Y, X, log=print, pivots: int = 1) -> dict[str, np.ndarray]:
+    """LP and ``recover`` (with ``pivots``: the simplex stage, off by default in ``recover``) on
+    every column: errors, certificate, code, bound, LP's x."""
     t0 = time.perf_counter()
     x_lp = np.stack([lad_lp(A, Y[:, j]) for j in range(Y.shape[1])], axis=1)
     t_lp = time.perf_counter() - t0
-    out = jp.recover(A, Y)
+    out = jp.recover(A, Y, pivots=pivots)
     t0 = time.perf_counter()
-    out = jax.block_until_ready(jp.recover(A, Y))
+    out = jax.block_until_ready(jp.recover(A, Y, pivots=pivots))
     t_rec = time.perf_counter() - t0
     log(f"  K={A.shape[0]} n={A.shape[1]}: {Y.shape[1]} columns, HiGHS {t_lp:.1f} s, recover {t_rec:.2f} s (warm)")
     return dict(
@@ -152,12 +153,13 @@ def run(
     log=print,
     save: str | None = None,
     shapes=((64, 16),),
+    pivots: int = 1,
 ) -> dict:
     rng = np.random.default_rng(seed)
     rows, keep = [], []
     for K, n in shapes if "small" in sets else ():
         A, Y, X, kinds = small_set(rng, small, K, n)
-        res = judge(A, Y, X, log)
+        res = judge(A, Y, X, log, pivots)
         keep.append((A, Y, X, res["x_lp"], kinds))
         for kind in KINDS:
             sel = kinds == kind
@@ -167,7 +169,7 @@ def run(
         for K in Ks:
             for ratio in ratios:
                 A, Y, X, model = campaign_set(rng, K, ratio, per_regime, seed + 1000 + len(rows))
-                res = judge(A, Y, X, log)
+                res = judge(A, Y, X, log, pivots)
                 keep.append((A, Y, X, res["x_lp"], model))
                 for kind in campaign.MODELS:
                     sel = model == kind
@@ -185,7 +187,7 @@ def run(
         for k, v in r.items():
             if isinstance(v, int) and k not in ("K", "n"):
                 tot[k] = tot.get(k, 0) + v
-    return dict(rows=rows, total=tot, machine=machine(), load=os.getloadavg(), seed=seed)
+    return dict(rows=rows, total=tot, machine=machine(), load=os.getloadavg(), seed=seed, pivots=pivots)
 
 
 def table(result: dict) -> str:
@@ -214,6 +216,9 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--save", default=None, help="write the instances and the LP's answers to this .npz")
+    p.add_argument(
+        "--pivots", type=int, default=1, help="recover's simplex stage (RecoverOptions.pivots; 0: recover's default)"
+    )
     a = p.parse_args(argv)
     result = run(
         tuple(a.sets.split(",")),
@@ -224,13 +229,12 @@ def main(argv=None) -> dict:
         a.seed,
         save=a.save,
         shapes=tuple(tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")),
+        pivots=a.pivots,
     )
     result["command"] = "python -m benchmarks.lp_check " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
-    print(table(result))
-    if a.json:
-        write_json(a.json, result)
+    report(table(result), result, a.json)
     return result
 
 

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 import jaxpurify as jp
+from benchmarks._common import report
 from jaxpurify import contamination as C
-from jaxpurify.experiments._common import write_json
 
 
 def resnet18_tree(width: float = 1.0, classes: int = 1000) -> dict:
@@ -139,9 +139,7 @@ def main(argv=None):
         "ok": rep.ok,
         "max_rel_err": err,
     }
-    print(json.dumps(res))
-    if a.json:
-        write_json(a.json, res)
+    report(json.dumps(res), res, a.json)
     return res
 
 

@@ -17,13 +17,13 @@ with the erasures, and with the erasures but no cap.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import warnings
 
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import dump_json
 from jaxpurify import _seal_bound
 
 CASES = (("gross", 0.5), ("gross", 1.0), ("erase", 0.5), ("erase", 0.75), ("erase", 1.0))
@@ -132,8 +132,7 @@ def main(argv=None):
     finally:
         _seal_bound.chunk_errors, _seal_bound.CAP = spy._orig, cap
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(rows, f, indent=1)
+        dump_json(a.out, rows)
     return rows
 
 

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpurify as jp
+from benchmarks._common import write_json
 from benchmarks.peers import highs, time_peer
 from benchmarks.problems import machine, problem, rel_err
-from jaxpurify.experiments._common import write_json
 
 EXACT = 1e-5
 

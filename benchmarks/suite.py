@@ -31,8 +31,8 @@ import jaxpurify as jp
 from benchmarks import peers as P
 from benchmarks import report
 from benchmarks import roofline as R
+from benchmarks._common import write_json
 from benchmarks.problems import machine, problem, rel_err
-from jaxpurify.experiments._common import write_json
 
 FULL = {"K": (64, 256, 1024, 4096), "ratio": (2, 4, 8), "m": (1, 64, 4096), "rho": (0.05, 0.2)}
 QUICK = {"K": (64, 256), "ratio": (2, 4, 8), "m": (1, 64), "rho": (0.05, 0.2)}

@@ -67,7 +67,14 @@ def _norm(v: jax.Array) -> jax.Array:
 
 
 def admm(
-    Q: jax.Array, y: jax.Array, usable: jax.Array, active: jax.Array, *, max_iter: int, tol: jax.Array, relax: jax.Array
+    Q: jax.Array,
+    y: jax.Array,
+    usable: jax.Array,
+    active: jax.Array,
+    *,
+    max_iter: jax.Array,
+    tol: jax.Array,
+    relax: jax.Array,
 ) -> AdmmResult:
     """ADMM for min ‖y − Q c‖₁ over the usable rows of the active columns.
 

@@ -47,7 +47,8 @@ def bind(params: Any, depth: int, kinds: Mapping[str, str] | None) -> list[Entry
     Raises ``ValueError`` if two leaves would get one name."""
     leaves, keys, _ = _tree.flatten(params)
     own = _tree.params_depth(keys)
-    out, seen = [], {}
+    out: list[Entry] = []
+    seen: dict[str, str] = {}
     for leaf, k in zip(leaves, keys):
         name = _tree.name(*_tree.relative(k, own), depth)
         kind, why = leaf.kind, leaf.why

@@ -29,7 +29,7 @@ def disabled_by_env() -> bool:
     return os.environ.get(ENV_DISABLE, "").strip().lower() not in {"", "0", "false", "no", "off"}
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None, *, min_compile_time_secs: float = 0.0) -> str:
+def enable_compilation_cache(path: str | os.PathLike[str] | None = None, *, min_compile_time_secs: float = 0.0) -> str:
     """Store compiled XLA programs under ``path`` (default :func:`default_cache_dir`); returns it.
 
     Call it before the first computation of the process: JAX reads the setting when it first

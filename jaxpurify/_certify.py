@@ -81,24 +81,30 @@ class Fit(NamedTuple):
     over: jax.Array  # (m,) the mask settled past the count bound, or the polish gave it up there
 
 
-def _outlier_norm2(Q, outliers):
+def _outlier_norm2(Q: jax.Array, outliers: jax.Array) -> jax.Array:
     """Per column, an estimate of ‖Q_O‖² = λ_max(Q_Oᵀ Q_O) meant to err high: power iteration gives
     a Rayleigh quotient θ ≤ λ_max; θ + 2‖Mv − θv‖ adds twice the eigen-residual, which covers the
     gap once v leans toward the top eigenvector (not a proof: see the module docstring)."""
     dtype = Q.dtype
     tiny = jnp.finfo(dtype).tiny
     o = outliers.astype(dtype)
-    M = lambda v: matmul(Q.T, o * matmul(Q, v))
+
+    def M(v: jax.Array) -> jax.Array:
+        return matmul(Q.T, o * matmul(Q, v))
+
     v0 = matmul(Q.T, o)  # the sum of the outlier rows: a start with weight on the top eigenvector
     v0 = jnp.where(jnp.sum(v0 * v0, axis=0) > 0, v0, 1.0)
-    unit = lambda v: v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=0), tiny))
+
+    def unit(v: jax.Array) -> jax.Array:
+        return v / jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=0), tiny))
+
     v = unit(lax.fori_loop(0, POWER_STEPS, lambda _, v: M(unit(v)), v0))
     w = M(v)
     theta = jnp.sum(v * w, axis=0)
     return theta + 2.0 * jnp.sqrt(jnp.sum(jnp.square(w - theta * v), axis=0))
 
 
-def _null_margin(Q, inl, n, rows):
+def _null_margin(Q: jax.Array, inl: jax.Array, n: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """For s columns whose inliers I (``inl``, (K, s)) are n+1 rows: a lower bound on min_{j∈I}|u_j|,
     u the unit vector of R^I orthogonal to range(A_I) = range(Q_I) (its leverages are 1 − u_j²),
     and σ_min(Q_I)² (both err low; each (s,)).
@@ -116,7 +122,7 @@ def _null_margin(Q, inl, n, rows):
     G = einsum("kn,ks,kp->snp", Q, o, Q) + pad
     w, V = jnp.linalg.eigh(G)  # one factorization for both the solves and λ_min(G)
 
-    def off_range(v):  # (K, s) on I → minus its projection on range(Q_I)
+    def off_range(v: jax.Array) -> jax.Array:  # (K, s) on I → minus its projection on range(Q_I)
         b = einsum("snp,ns->sp", V, matmul(Q.T, v)) / w
         return o * (v - matmul(Q, einsum("snp,sp->ns", V, b)))
 
@@ -129,28 +135,47 @@ def _null_margin(Q, inl, n, rows):
     return jnp.where(lo > 0, lo, 0.0), jnp.maximum(smin2, 0.0)  # NaN (singular G) → 0
 
 
-def _edge_margins(Q, inliers, need, n, rows, slots: int = 8):
+class _Margins(NamedTuple):
+    """``_edge_margins``' loop state, per column of the block."""
+
+    margin: jax.Array  # (m,) lower bound on min_j |u_j| (``_null_margin``), 1 where not needed
+    smin2: jax.Array  # (m,) σ_min(Q_I)², NaN where not needed
+    todo: jax.Array  # (m,) still to do
+
+
+class Certificate(NamedTuple):
+    """:func:`certify`'s verdict per column."""
+
+    code: jax.Array  # (m,) int8 result code (``RESULTS``)
+    certified: jax.Array  # (m,) code == successful
+    bound: jax.Array  # (m,) relative error bound of a certified column, inf otherwise
+
+
+def _edge_margins(
+    Q: jax.Array, inliers: jax.Array, need: jax.Array, n: jax.Array, rows: jax.Array, slots: int = 8
+) -> tuple[jax.Array, jax.Array]:
     """``_null_margin`` of the columns that ``need`` it, ``slots`` at a time (margin 1 and σ² NaN for
     the others): they are rare (certified with |I| = n+1 needs K' ≤ n+2, or the power-iteration
     estimate of ‖Q_O‖² near 1), so a block without one costs nothing here."""
     m = need.shape[0]
     s = min(slots, m)
 
-    def body(carry):
-        margin, smin2, todo = carry
-        idx = jnp.argsort(~todo, stable=True)[:s]  # the first s columns still to do (distinct)
+    def body(st: _Margins) -> _Margins:
+        idx = jnp.argsort(~st.todo, stable=True)[:s]  # the first s columns still to do (distinct)
         got, got2 = _null_margin(Q, inliers[:, idx], n, rows)
-        keep = todo[idx]
-        margin = margin.at[idx].set(jnp.where(keep, got, margin[idx]))
-        smin2 = smin2.at[idx].set(jnp.where(keep, got2, smin2[idx]))
-        return margin, smin2, todo.at[idx].set(False)
+        keep = st.todo[idx]
+        return _Margins(
+            margin=st.margin.at[idx].set(jnp.where(keep, got, st.margin[idx])),
+            smin2=st.smin2.at[idx].set(jnp.where(keep, got2, st.smin2[idx])),
+            todo=st.todo.at[idx].set(False),
+        )
 
-    init = (jnp.ones((m,), Q.dtype), jnp.full((m,), jnp.nan, Q.dtype), need)
-    margin, smin2, _ = lax.while_loop(lambda c: jnp.any(c[2]), body, init)
-    return margin, smin2
+    init = _Margins(margin=jnp.ones((m,), Q.dtype), smin2=jnp.full((m,), jnp.nan, Q.dtype), todo=need)
+    out = lax.while_loop(lambda st: jnp.any(st.todo), body, init)
+    return out.margin, out.smin2
 
 
-def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.Array]:
+def certify(Q: jax.Array, R: jax.Array, n: jax.Array, fit: Fit, finite: jax.Array, tol: jax.Array) -> Certificate:
     """Result codes (int8), certified flags and relative error bounds for a block of columns.
 
     ``tol`` is the per-column inlier tolerance τ; ``finite`` marks the usable rows.  ``n`` (may be
@@ -202,7 +227,7 @@ def certify(Q, R, n, fit: Fit, finite, tol) -> tuple[jax.Array, jax.Array, jax.A
     code = jnp.where((code == RESULTS.successful) & ~jnp.isfinite(rel), jnp.int8(RESULTS.no_bound), code)
     certified = code == RESULTS.successful
     bound = jnp.where(certified, rel, jnp.inf)
-    return code, certified, bound
+    return Certificate(code=code, certified=certified, bound=bound)
 
 
 def _norm(x: jax.Array) -> jax.Array:

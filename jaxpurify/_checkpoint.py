@@ -25,11 +25,14 @@ import os
 import shutil
 import struct
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from jaxpurify import _orbax_read, _salvage, io
+
+if TYPE_CHECKING:
+    from jaxpurify._codebook import Codebook
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,7 @@ def open_source(path: str, step: int | None = None) -> Source:
         return Source(path, fmt, "file", sep=_safetensors_sep(path) if fmt == "safetensors" else "/")
     layout = _orbax_read.kind(path)
     step_dir, number, items = _orbax_read.resolve(path, step)
+    layout = cast(str, layout)  # not None: resolve raises for a path that is no Orbax item, step or manager
     return Source(path, fmt, layout, number, step_dir if layout != "item" else None, tuple(items))
 
 
@@ -76,8 +80,8 @@ def _safetensors_sep(path: str) -> str:
 # -- subtrees ------------------------------------------------------------------------------------
 
 
-def subtree(tree: dict, select: str) -> Any:
-    node = tree
+def subtree(tree: dict[str, Any], select: str) -> Any:
+    node: Any = tree
     for k in [k for k in select.split("/") if k]:
         if not isinstance(node, dict) or k not in node:
             raise ValueError(f"--select {select!r}: no key {k!r} in the checkpoint")
@@ -85,12 +89,12 @@ def subtree(tree: dict, select: str) -> Any:
     return node
 
 
-def _model_paths(codebook) -> list[str] | None:
+def _model_paths(codebook: Codebook) -> list[str] | None:
     model = getattr(codebook, "model", None)
     return None if model is None else [p for p, _, _ in model]
 
 
-def part(tree: dict, select: str, codebook) -> Any:
+def part(tree: dict[str, Any], select: str, codebook: Codebook) -> Any:
     """The codebook's model inside the subtree at ``select``: its leaves only (the subtree's other
     leaves, e.g. a train state's ``step`` beside ``params``, stay out of purify)."""
     sub = subtree(tree, select)
@@ -103,12 +107,12 @@ def part(tree: dict, select: str, codebook) -> Any:
     return io._nest({p: flat[p] for p in paths})
 
 
-def merge(tree: dict, select: str, purified: Any) -> dict:
+def merge(tree: dict[str, Any], select: str, purified: Any) -> dict[str, Any]:
     """``tree`` with the purified leaves put in at ``select`` (copies along the way; nothing else
     changes)."""
     keys = [k for k in select.split("/") if k]
 
-    def put(node, new):
+    def put(node: Any, new: Any) -> Any:
         if not isinstance(node, dict) or not isinstance(new, dict):
             return new
         out = dict(node)
@@ -116,17 +120,18 @@ def merge(tree: dict, select: str, purified: Any) -> dict:
             out[k] = put(node.get(k), v)
         return out
 
-    def walk(node, i):
+    def walk(node: dict[str, Any], i: int) -> Any:  # at select: what put gives
         if i == len(keys):
             return put(node, purified)
         out = dict(node)
         out[keys[i]] = walk(node[keys[i]], i + 1)
         return out
 
-    return walk(tree, 0)
+    merged: dict[str, Any] = walk(tree, 0)
+    return merged
 
 
-def _holds(codebook, node) -> bool:
+def _holds(codebook: Codebook, node: object) -> bool:
     """Does ``node`` hold the codebook's model (every leaf, its shape and dtype)?"""
     if not isinstance(node, dict):
         return False
@@ -138,13 +143,13 @@ def _holds(codebook, node) -> bool:
     return True
 
 
-def find_select(tree: dict, codebook) -> str:
+def find_select(tree: dict[str, Any], codebook: Codebook) -> str:
     """The rule: '' if the tree holds the codebook's model, else the one subtree that does."""
     if _holds(codebook, tree):
         return ""
-    found = []
+    found: list[str] = []
 
-    def walk(node, path):
+    def walk(node: dict[str, Any], path: str) -> None:
         for k, v in node.items():
             if isinstance(v, dict):
                 p = f"{path}/{k}" if path else str(k)
@@ -157,13 +162,13 @@ def find_select(tree: dict, codebook) -> str:
     return found[0] if len(found) == 1 else ""
 
 
-def read(source: Source, codebook, select: str | None) -> tuple[dict, str, Any]:
+def read(source: Source, codebook: Codebook, select: str | None) -> tuple[dict[str, Any], str, _salvage.Salvage | None]:
     """(tree, select, salvage record or None) — see the module docstring for the rule."""
     path = source.path
     candidates = [select] if select is not None else ["", "params"]
     if select is None and len(source.items) > 1:  # several Orbax items: the tree is {item: …}
         candidates = [c for item in source.items for c in (item, f"{item}/params")]
-    best = None
+    best: _salvage.Unreadable | None = None
     for sel in candidates:
         try:
             step = source.step if source.layout == "manager" else None
@@ -175,7 +180,7 @@ def read(source: Source, codebook, select: str | None) -> tuple[dict, str, Any]:
         if record is None and select is None:  # read intact: the rule looks at the whole tree
             sel = find_select(tree, codebook)
         return tree, sel, record
-    raise best
+    raise cast(_salvage.Unreadable, best)  # there is at least one candidate, and each one failed
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -186,7 +191,7 @@ def out_layout(source: Source) -> str:
     return {"file": "file", "item": "item"}.get(source.layout, "step")
 
 
-def write(source: Source, out: str, tree: dict) -> None:
+def write(source: Source, out: str, tree: dict[str, Any]) -> None:
     """The purified checkpoint at ``out``, in the input's format and layout (atomically)."""
     if source.layout in ("file", "item"):
         io.save(out, tree, format=source.format, sep=source.sep)
@@ -197,8 +202,9 @@ def write(source: Source, out: str, tree: dict) -> None:
     try:
         new = os.path.join(tmp, "step")
         os.mkdir(new)
-        for entry in sorted(os.listdir(source.step_dir)):
-            src = os.path.join(source.step_dir, entry)
+        step_dir = cast(str, source.step_dir)  # set for a 'step' or 'manager' source
+        for entry in sorted(os.listdir(step_dir)):
+            src = os.path.join(step_dir, entry)
             if entry in trees:
                 io.save(os.path.join(new, entry), trees[entry], format="orbax")
             elif os.path.isdir(src):

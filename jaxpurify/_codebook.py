@@ -31,12 +31,14 @@ import hmac
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jaxpurify import _bind, _codebook_file, _keys, _layout, _seal
 from jaxpurify import tree as _tree
@@ -49,6 +51,7 @@ from jaxpurify._threads import single_threaded_blas
 from jaxpurify.tree import PyTree
 
 Select = Callable[[str, Any], "bool | int | str | None"]
+TreeKey = tuple[str | int, ...]  # the keys from the root to a leaf
 
 
 class UnsealedCodebookWarning(UserWarning):
@@ -110,8 +113,8 @@ class Codebook:
         redundancy: float,
         leaves: list[LeafLayout],
         groups: list[Group],
-        tree: list[tuple] | None = None,
-        skipped: list[tuple[str, int, str]] = (),
+        tree: list[TreeKey] | None = None,
+        skipped: Iterable[tuple[str, int, str]] = (),
         *,
         model: _codebook_file.Fingerprint | None = None,
         seal: _seal.Seal | None = None,
@@ -242,12 +245,12 @@ class Codebook:
     def pack(self, params: PyTree) -> dict[str, np.ndarray]:
         """Per group, its entries of ``params`` as a read-only (K, m) host array (column j = one
         code column y ∈ R^K; padding entries NaN, i.e. erasures).  Never writes to ``params``."""
-        return _layout.pack(self._groups.values(), self._leaves, self._values(params))
+        return cast(dict[str, np.ndarray], _layout.pack(self._groups.values(), self._leaves, self._values(params)))
 
     def unpack(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Inverse of :meth:`pack` for (K, m) arrays of any dtype (values, bool masks, …):
         per protected leaf path, an array of the leaf's shape.  Padding entries are ignored."""
-        return _layout.unpack(self._groups.values(), self._leaves, cols)
+        return cast(dict[str, np.ndarray], _layout.unpack(self._groups.values(), self._leaves, cols))  # xp=np
 
     def replace(self, params: PyTree, leaves: dict[str, Any]) -> PyTree:
         """A new tree: ``params`` with the given leaves (by the codebook's name, as ``unpack``
@@ -262,7 +265,7 @@ class Codebook:
             raise ValueError(f"leaf {unknown[0]!r} is not in params")
         leaves = {to_path.get(p, p): v for p, v in leaves.items()}
 
-        def put(path, leaf):
+        def put(path: str, leaf: Any) -> Any:
             if path not in leaves:
                 return leaf
             if isinstance(leaf, jax.Array) and isinstance(leaves[path], jax.Array) and leaves[path].dtype == leaf.dtype:
@@ -332,7 +335,7 @@ class Codebook:
         return _bind.tree_path(name, self._depth, params)
 
     # -- matrices ----------------------------------------------------------------------------
-    def matrix(self, name: str, dtype=None) -> jax.Array:
+    def matrix(self, name: str, dtype: DTypeLike | None = None) -> jax.Array:
         """The K × n matrix A of a group."""
         try:
             g = self._groups[name]
@@ -354,13 +357,13 @@ class Codebook:
         s[lay.axis] = g.n
         return tuple(s)
 
-    def _theta_to_nm(self, g: Group, t):
+    def _theta_to_nm(self, g: Group, t: jax.Array) -> jax.Array:
         lay = self._leaves[g.segments[0].path]
-        return t if lay.axis is None else lay.order(t, jnp).reshape(g.n, g.columns)
+        return t if lay.axis is None else cast(jax.Array, lay.order(t, jnp)).reshape(g.n, g.columns)
 
-    def _nm_to_theta(self, g: Group, t):
+    def _nm_to_theta(self, g: Group, t: jax.Array) -> jax.Array:
         lay = self._leaves[g.segments[0].path]
-        return t if lay.axis is None else lay.unorder(t.reshape(-1), jnp, first=g.n)
+        return t if lay.axis is None else cast(jax.Array, lay.unorder(t.reshape(-1), jnp, first=g.n))
 
     def _rest(self, params: PyTree) -> dict[str, Any]:
         """The unprotected parameter leaves and the inference state, by name: the latent holds
@@ -383,9 +386,9 @@ class Codebook:
         with single_threaded_blas():
             return self._fit(params, values, np, scale)
 
-    def _fit(self, params: PyTree, values: dict[str, Any], xp, scale: bool) -> dict[str, Any]:
+    def _fit(self, params: PyTree, values: dict[str, Any], xp: ModuleType, scale: bool) -> dict[str, Any]:
         Ys = _layout.pack(self._groups.values(), self._leaves, values, xp=xp, fill=0.0)
-        latent = {}
+        latent: dict[str, Any] = {}
         for name, g in self._groups.items():
             y = Ys[name]
             dt = np.float64 if xp is np else jnp.promote_types(y.dtype, jnp.float32)
@@ -416,7 +419,7 @@ class Codebook:
         """
         return self.encode(params, scale=True)
 
-    def decode(self, latent: dict[str, Any]) -> dict:
+    def decode(self, latent: dict[str, Any]) -> dict[str, Any]:
         """Y = A Θ for every group, laid back into the parameter leaves (shapes and dtypes as
         the model's), plus the latent's unprotected parameters and inference state: nested dicts
         the model applies as it was created (``{"params": …, "batch_stats": …}`` for a codebook
@@ -425,7 +428,7 @@ class Codebook:
         through without gradient.  Differentiable and traceable (train the latent through it)."""
         if not isinstance(latent, Mapping):
             raise TypeError(f"latent must be the dict that encode / init_latent return, got {type(latent).__name__}")
-        Ys = {}
+        Ys: dict[str, jax.Array] = {}
         for name, g in self._groups.items():
             if name not in latent:
                 raise ValueError(f"group {name!r} is missing from the latent")
@@ -491,7 +494,7 @@ class Codebook:
                 out.append((path, math.prod(shape), kind))
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The layout part of the file (no key: see ``save``)."""
         out = {"redundancy": self.redundancy, **_layout_to_json(self)}
         if self.kinds is not None:  # written since kinds are recorded; older files have neither
@@ -499,7 +502,7 @@ class Codebook:
         return out
 
     @classmethod
-    def from_json(cls, data: dict, secret: bytes) -> Codebook:
+    def from_json(cls, data: dict[str, Any], secret: bytes) -> Codebook:
         """A codebook from a document that ``_codebook_file.read`` has authenticated and checked."""
         red, model = _codebook_file.check_layout(data)
         try:
@@ -518,7 +521,7 @@ class Codebook:
             legacy=data.get("version") == 1,
         )
 
-    def save(self, path: str | os.PathLike, key_path: str | os.PathLike | None = None) -> None:
+    def save(self, path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None) -> None:
         """Write ``path`` (authenticated JSON, mode 0644, no key) and ``key_path`` (default
         ``path + ".key"``, mode 0600: the secret), each atomically.
 
@@ -540,8 +543,8 @@ class Codebook:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike,
-        key_path: str | os.PathLike | None = None,
+        path: str | os.PathLike[str],
+        key_path: str | os.PathLike[str] | None = None,
         *,
         allow_legacy: bool = False,
         min_seal_counter: int | None = None,
@@ -589,17 +592,17 @@ class Codebook:
                         f"{lay.dtype}{list(lay.shape)}"
                     )
             return
-        have = {e.name: e for e in entries}
+        named = {e.name: e for e in entries}
         for path, shape, dtype in self.model:
-            if path not in have:
+            if path not in named:
                 if self._is_param(path):
                     where = self._where(path, params)
                     raise ValueError(f"other model: leaf {where!r} of the codebook's model is missing from params")
                 continue
-            s, d = _signature(have[path].value)
+            s, d = _signature(named[path].value)
             if s != tuple(shape) or d != dtype:
                 raise ValueError(
-                    f"other model: leaf {have[path].path!r} differs: params has {d}{list(s)}, "
+                    f"other model: leaf {named[path].path!r} differs: params has {d}{list(s)}, "
                     f"the codebook was made for {dtype}{list(shape)}"
                 )
         known = {p for p, _, _ in self.model}
@@ -632,7 +635,8 @@ class Codebook:
         self.check(params)
         if counter is None:
             counter = 1 if self.seal_record is None else self.seal_record.counter + 1
-        sketch, state = {}, {}
+        sketch: dict[str, Any] = {}
+        state: dict[str, Any] = {}
         for e in self.classify(params):
             if e.kind in (_tree.TRAINING, _tree.RNG):
                 continue
@@ -680,7 +684,7 @@ class Codebook:
             return params, counts
         return _tree.map_with_path(lambda p, leaf: new.get(p, leaf), params), counts
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Codebook):
             return False
         mine = (self.to_json(), self.model, self.seal_record)
@@ -688,7 +692,7 @@ class Codebook:
             self.secret, other.secret
         )
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable; typeshed declares object.__hash__ a method
 
     def __repr__(self) -> str:  # never the secret
         sealed = ""
@@ -702,7 +706,7 @@ class Codebook:
 
 
 # -- layout fields of the codebook file (version 2; version 1 had one single-axis group per leaf)
-def _layout_to_json(cb: Codebook) -> dict:
+def _layout_to_json(cb: Codebook) -> dict[str, Any]:
     return {
         "leaves": [
             {"path": lay.path, "shape": list(lay.shape), "dtype": lay.dtype, "axis": lay.axis}
@@ -724,13 +728,15 @@ def _layout_to_json(cb: Codebook) -> dict:
     }
 
 
-def _layout_from_json(data: dict) -> tuple:
+def _layout_from_json(
+    data: dict[str, Any],
+) -> tuple[list[LeafLayout], list[Group], list[TreeKey] | None, list[tuple[str, int, str]]]:
     """(leaves, groups, tree, skipped) for ``Codebook(key, redundancy, ...)``; raises on bad types."""
 
-    def axis(d):
+    def axis(d: dict[str, Any]) -> int | None:
         return None if d["axis"] is None else int(d["axis"])
 
-    def key(k):
+    def key(k: object) -> str | int:
         if not isinstance(k, (str, int)) or isinstance(k, bool):
             raise TypeError(f"tree key {k!r} is not a str or int")
         return k
@@ -778,11 +784,11 @@ def _pinv(A: np.ndarray) -> np.ndarray:
     return np.linalg.solve(R, Q.T)
 
 
-def _matmul(xp, a, b):
+def _matmul(xp: ModuleType, a: _layout.Array, b: _layout.Array) -> _layout.Array:
     return a @ b if xp is np else matmul(a, b)
 
 
-def _axis_of(path: str, leaf, choice, redundancy: float) -> int | None | str:
+def _axis_of(path: str, leaf: Any, choice: bool | int | np.integer | str | None, redundancy: float) -> int | None | str:
     """What ``select``'s answer means for one parameter leaf: an axis (the single-axis layout),
     None (the default layout), ``_layout.INTERLEAVE``, or the reason it is not protected.
     Raises on impossible asks."""
@@ -807,14 +813,14 @@ def _axis_of(path: str, leaf, choice, redundancy: float) -> int | None | str:
     return axis
 
 
-def _interleave(choice) -> bool:
+def _interleave(choice: object) -> bool:
     return isinstance(choice, str) and choice == _layout.INTERLEAVE
 
 
-def _path(keys: tuple) -> str:
+def _path(keys: TreeKey) -> str:
     return "/".join(str(k) for k in keys)
 
 
-def _signature(leaf) -> tuple[tuple[int, ...], str]:
+def _signature(leaf: Any) -> tuple[tuple[int, ...], str]:
     """(shape, dtype name) as the model fingerprint records a leaf."""
     return _leaf_shape(leaf), str(_leaf_dtype(leaf))

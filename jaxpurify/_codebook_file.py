@@ -42,7 +42,7 @@ import os
 import stat
 import tempfile
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import jax.numpy as jnp
 import numpy as np
@@ -93,16 +93,18 @@ def check_model(model: Fingerprint, params: Any) -> None:
 
 
 # -- canonical form and MAC ------------------------------------------------------------------
-def _canonical(doc: dict) -> bytes:
+def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def _mac(secret: bytes, doc: dict) -> str:
+def _mac(secret: bytes, doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "mac"}
     return hmac.new(_keys.derive(secret, "codebook-mac"), _canonical(body), "sha256").hexdigest()
 
 
-def document(body: dict, secret: bytes, model: Fingerprint | None, seal: dict | None) -> dict:
+def document(
+    body: dict[str, Any], secret: bytes, model: Fingerprint | None, seal: dict[str, Any] | None
+) -> dict[str, Any]:
     """The version-2 document: layout ``body`` + fingerprint + seal + key id, then its MAC."""
     doc = {"format": FORMAT, "version": VERSION, "key_id": _keys.key_id(secret)}
     doc.update(body)
@@ -112,41 +114,41 @@ def document(body: dict, secret: bytes, model: Fingerprint | None, seal: dict | 
 
 
 # -- schema ----------------------------------------------------------------------------------
-def _int(v, what: str, lo: int = 0) -> int:
+def _int(v: Any, what: str, lo: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"malformed codebook file: {what} must be an int ≥ {lo}, got {v!r}")
     return v
 
 
-def _floating(dtype, what: str) -> str:
+def _floating(dtype: Any, what: str) -> str:
     try:  # jnp.dtype knows bfloat16 and the other ml_dtypes floats
         ok = isinstance(dtype, str) and bool(jnp.issubdtype(jnp.dtype(dtype), jnp.floating))
     except TypeError:
         ok = False
     if not ok:
         raise ValueError(f"malformed codebook file: {what} has dtype {dtype!r}, expected a floating dtype")
-    return dtype
+    return cast(str, dtype)  # ok: a str
 
 
-def _shape(v, what: str) -> tuple[int, ...]:
+def _shape(v: Any, what: str) -> tuple[int, ...]:
     if not isinstance(v, list):
         raise ValueError(f"malformed codebook file: {what} shape must be a list, got {v!r}")
     return tuple(_int(d, f"{what} shape entry") for d in v)
 
 
-def _list(v, what: str) -> list:
+def _list(v: Any, what: str) -> list[Any]:
     if not isinstance(v, list):
         raise ValueError(f"malformed codebook file: {what} must be a list, got {type(v).__name__}")
     return v
 
 
-def _str(v, what: str) -> str:
+def _str(v: Any, what: str) -> str:
     if not isinstance(v, str):
         raise ValueError(f"malformed codebook file: {what} must be a string, got {v!r}")
     return v
 
 
-def _check_leaves(doc: dict) -> dict[str, dict]:
+def _check_leaves(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     leaves = _list(doc.get("leaves"), "'leaves'")
     if not leaves:
         raise ValueError("malformed codebook file: 'leaves' must be a non-empty list")
@@ -173,7 +175,7 @@ def _check_leaves(doc: dict) -> dict[str, dict]:
     return out
 
 
-def _check_groups(doc: dict, leaves: dict[str, dict]) -> None:
+def _check_groups(doc: dict[str, Any], leaves: dict[str, dict[str, Any]]) -> None:
     for i, g in enumerate(_list(doc.get("groups"), "'groups'")):
         if not isinstance(g, dict):
             raise ValueError(f"malformed codebook file: groups[{i}] must be an object")
@@ -198,7 +200,7 @@ def _check_groups(doc: dict, leaves: dict[str, dict]) -> None:
         _int(x[1], f"skipped {x[0]!r} size")
 
 
-def check_layout(doc: dict) -> tuple[float, Fingerprint | None]:
+def check_layout(doc: dict[str, Any]) -> tuple[float, Fingerprint | None]:
     """Types and ranges of the layout and fingerprint fields (the layout's own consistency —
     every entry in exactly one group — is checked when the codebook is built); returns
     (redundancy, model fingerprint or None)."""
@@ -226,7 +228,7 @@ def check_layout(doc: dict) -> tuple[float, Fingerprint | None]:
     return float(red), tuple(fp)
 
 
-def _check_kinds(doc: dict, model: dict) -> None:
+def _check_kinds(doc: dict[str, Any], model: dict[str, tuple[tuple[int, ...], str]]) -> None:
     """``kinds`` (every model leaf's kind) and ``root`` (a chain of "params/"): both or neither."""
     if "kinds" not in doc and "root" not in doc:
         return
@@ -246,7 +248,7 @@ def _check_kinds(doc: dict, model: dict) -> None:
 
 
 # -- files -----------------------------------------------------------------------------------
-def key_path_for(path: str | os.PathLike, key_path: str | os.PathLike | None) -> str:
+def key_path_for(path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None) -> str:
     kp = os.fspath(key_path) if key_path is not None else os.fspath(path) + ".key"
     if os.path.abspath(kp) == os.path.abspath(os.fspath(path)):
         raise ValueError("key_path must differ from the codebook path (the key lives in its own file)")
@@ -277,7 +279,9 @@ def _staged(path: str, text: str | bytes, mode: int) -> str:
     return tmp
 
 
-def write(path, key_path, doc: dict, secret: bytes) -> None:
+def write(
+    path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None, doc: dict[str, Any], secret: bytes
+) -> None:
     """Write the codebook document and its key file atomically (each file old or new, never
     partial); if the codebook cannot be put in place, the key file is restored as it was."""
     path = os.fspath(path)
@@ -352,7 +356,9 @@ def read_secret(key_path: str) -> bytes:
     return _keys.check_secret(secret, f"{key_path}: the secret")
 
 
-def read(path, key_path=None, *, allow_legacy: bool = False) -> tuple[dict, bytes]:
+def read(
+    path: str | os.PathLike[str], key_path: str | os.PathLike[str] | None = None, *, allow_legacy: bool = False
+) -> tuple[dict[str, Any], bytes]:
     """Load and authenticate: (validated document, secret).  See the module doc for the checks."""
     path = os.fspath(path)
     doc = _read_json(path, "the codebook")
@@ -391,7 +397,7 @@ def read(path, key_path=None, *, allow_legacy: bool = False) -> tuple[dict, byte
     return doc, secret
 
 
-def _read_v1(path: str, doc: dict) -> tuple[dict, bytes]:
+def _read_v1(path: str, doc: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     warnings.warn(
         f"{path}: version-1 codebook (key inside the file, no MAC, no model fingerprint): loaded "
         "unauthenticated; save() it again to get an authenticated version-2 file and a separate key file",

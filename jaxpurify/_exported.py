@@ -27,7 +27,7 @@ import pathlib
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -41,7 +41,8 @@ def _code_digest() -> str:
     files = sorted(root.rglob("*.py")) or sorted(root.rglob("*.pyc"))  # a bytecode-only install
     for p in files:
         h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes() + b"\0")
-    h.update(f"{jax.__version__} {jax.lib.__version__}".encode())
+    # jax.lib sets jaxlib's version as a plain attribute, not a re-export the type checker knows
+    h.update(f"{jax.__version__} {jax.lib.__version__}".encode())  # type: ignore[attr-defined]
     return h.hexdigest()
 
 
@@ -53,7 +54,7 @@ MAX_BYTES = 64 << 20
 STALE_TMP_SECONDS = 3600.0
 _DIGEST = _code_digest()
 _dir: str | None = None
-_loaded: dict[str, Callable] = {}  # key → jitted call of the exported program, per process
+_loaded: dict[str, Callable[..., Any]] = {}  # key → jitted call of the exported program, per process
 
 
 def use_dir(cache_dir: str | None) -> None:
@@ -67,7 +68,7 @@ def enabled() -> bool:
     return _dir is not None
 
 
-def _platform(args) -> str | None:
+def _platform(args: tuple[Any, ...]) -> str | None:
     """The export platform of the inputs when they all live on one device of the default backend
     (what ``jax.export`` lowers for), else None (several devices, sharded, or another backend)."""
     devices = set()
@@ -78,8 +79,8 @@ def _platform(args) -> str | None:
     return jax.export.default_export_platform()
 
 
-def _key(tag: str, platform: str, args: tuple) -> str:
-    cfg = jax.config
+def _key(tag: str, platform: str, args: tuple[Any, ...]) -> str:
+    cfg: Any = jax.config  # its options are attributes set at run time, unknown to the type checker
     parts = [
         _DIGEST,
         tag,
@@ -93,7 +94,7 @@ def _key(tag: str, platform: str, args: tuple) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
 
-def call(fn: Callable, tag: str, outputs: int, *args: Any) -> Any:
+def call(fn: Callable[..., Any], tag: str, outputs: int, *args: Any) -> Any:
     """``fn(*args)`` — ``fn`` jitted, arrays in and a tuple of ``outputs`` arrays out, static
     arguments bound and described by ``tag`` — through the exported program kept for this key;
     exported and stored on a miss.  Without a cache directory, or for inputs spread over several
@@ -116,13 +117,13 @@ def call(fn: Callable, tag: str, outputs: int, *args: Any) -> Any:
         else:
             _loaded[key] = run
             return out
-    exp = jax.export.export(fn, platforms=(platform,))(*args)
+    exp = jax.export.export(cast(jax.stages.Wrapped, fn), platforms=(platform,))(*args)  # jitted, as documented
     _write(where, key, exp.serialize())
     run = _loaded[key] = jax.jit(exp.call)
     return run(*args)
 
 
-def _read(where: str, key: str, platform: str, outputs: int, args: tuple):
+def _read(where: str, key: str, platform: str, outputs: int, args: tuple[Any, ...]) -> jax.export.Exported | None:
     try:
         path = os.path.join(where, key + SUFFIX)
         with open(path, "rb") as f:
@@ -138,7 +139,7 @@ def _read(where: str, key: str, platform: str, outputs: int, args: tuple):
         return None
 
 
-def _write(where: str, key: str, blob: bytes) -> None:
+def _write(where: str, key: str, blob: bytes | bytearray) -> None:
     """Atomic: a concurrent reader sees the old file or the whole new one, never a part."""
     tmp = None
     try:

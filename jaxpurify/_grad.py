@@ -32,6 +32,8 @@ apply, and nothing is added to the forward computation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -40,7 +42,7 @@ from jaxpurify._numerics import einsum as _ein
 from jaxpurify._solution import Recovery
 
 
-def _pinv_apply(G, b):
+def _pinv_apply(G: jax.Array, b: jax.Array) -> jax.Array:
     """dx = G⁺ b per column: G (..., m, n, n) symmetric PSD, b (..., n, m).
 
     Eigenvalues below ``n·eps·λ_max`` count as zero, so a rank-deficient inlier set (possible only
@@ -53,7 +55,9 @@ def _pinv_apply(G, b):
 
 
 @jax.custom_jvp
-def _refit(A, Y, x, residual, inlier):
+def _refit(
+    A: jax.Array, Y: jax.Array, x: jax.Array, residual: jax.Array, inlier: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """(x, residual) as solved; its derivative is that of least squares on ``inlier`` (module doc).
 
     A: (..., K, n); Y, residual, inlier: (..., K, m); x: (..., n, m).  ``x``, ``residual`` and
@@ -62,7 +66,9 @@ def _refit(A, Y, x, residual, inlier):
 
 
 @jax.jit  # one compiled piece when differentiating eagerly, not one per operation
-def _tangents(A, x, r, inlier, dA, dY):
+def _tangents(
+    A: jax.Array, x: jax.Array, r: jax.Array, inlier: jax.Array, dA: jax.Array, dY: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """(dx, dr), linear in (dA, dY); G and its eigenvectors depend on the primals only."""
     w = inlier.astype(dY.dtype)
     G = _ein("...kn,...km,...kp->...mnp", A, w, A)
@@ -73,7 +79,9 @@ def _tangents(A, x, r, inlier, dA, dY):
 
 
 @_refit.defjvp
-def _refit_jvp(primals, tangents):
+def _refit_jvp(
+    primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
     A, _, x, r, inlier = primals
     dA, dY = tangents[:2]
     return (x, r), _tangents(A, x, r, inlier, dA, dY)
@@ -82,7 +90,7 @@ def _refit_jvp(primals, tangents):
 def differentiable(A: jax.Array, Y: jax.Array, out: Recovery, vector: bool) -> Recovery:
     """``out`` (solved from ``stop_gradient`` of A and Y) with x and residual differentiable in
     A and Y by the rule above; same values, bit for bit.  ``vector``: Y is (..., K), one column."""
-    col = (lambda a: a[..., None]) if vector else (lambda a: a)
+    col: Callable[[jax.Array], jax.Array] = (lambda a: a[..., None]) if vector else (lambda a: a)
     x, r = _refit(A, col(Y), col(out.x), col(out.residual), ~col(out.outliers))
     if vector:
         x, r = x[..., 0], r[..., 0]

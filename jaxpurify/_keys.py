@@ -29,7 +29,8 @@ import hashlib
 import math
 import os
 import warnings
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, SupportsInt
 
 import numpy as np
 
@@ -47,16 +48,17 @@ def new_secret() -> bytes:
     return os.urandom(DEFAULT_SECRET_BYTES)
 
 
-def words_to_bytes(words) -> bytes:
+def words_to_bytes(words: Iterable[SupportsInt]) -> bytes:
     """uint32 key words → the little-endian byte string every older codebook used as its secret."""
     return b"".join(int(w).to_bytes(4, "little") for w in words)
 
 
-def _is_typed_key(key) -> bool:
+def _is_typed_key(key: object) -> bool:
     import jax
 
     dtype = getattr(key, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    # jax.dtypes imports issubdtype without the `as` form that marks a re-export
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)  # type: ignore[attr-defined]
 
 
 def _warn_weak(what: str, bits: int) -> None:
@@ -106,6 +108,7 @@ def secret_from_key(key: Any = None) -> bytes:
             f"key must be None, bytes (16–64), a JAX key or a non-negative int seed; got {type(key).__name__} "
             "(floats are not truncated into keys, strings are not hashed into keys)"
         )
+    words: np.ndarray | None
     if _is_typed_key(key):
         import jax
 

@@ -32,12 +32,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, TypeAlias, cast
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxpurify import _working
 from jaxpurify._table import table
+
+# what the functions below return: host arrays with ``xp=np``, JAX arrays (traced) with ``xp=jnp``
+Array: TypeAlias = np.ndarray | jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,21 +74,22 @@ class LeafLayout:
     def size(self) -> int:
         return math.prod(self.shape)
 
-    def order(self, leaf, xp=np):
+    def order(self, leaf: ArrayLike, xp: ModuleType = np) -> Array:
         """The leaf's entries as a flat array in layout order (a view when possible)."""
-        arr = xp.asarray(leaf)
+        arr: Array = xp.asarray(leaf)
         if self.axis is not None:
             arr = xp.moveaxis(arr, self.axis, 0)
         return arr.reshape(-1)
 
-    def unorder(self, flat, xp=np, first: int | None = None):
+    def unorder(self, flat: Array, xp: ModuleType = np, first: int | None = None) -> Array:
         """Inverse of :meth:`order`: a flat array in layout order back to the leaf's shape
         (with ``first`` entries instead of ``shape[axis]`` on the moved axis if given)."""
         if self.axis is None:
             return flat.reshape(self.shape)
         rest = tuple(d for i, d in enumerate(self.shape) if i != self.axis)
         lead = self.shape[self.axis] if first is None else first
-        return xp.moveaxis(flat.reshape((lead,) + rest), 0, self.axis)
+        moved: Array = xp.moveaxis(flat.reshape((lead,) + rest), 0, self.axis)
+        return moved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,13 +124,19 @@ class Group:
         return (self.K - self.n - (self.entries < self.K * self.columns)) // 2
 
 
-def pack(groups, leaves: dict[str, LeafLayout], values: dict[str, object], xp=np, fill=np.nan) -> dict:
+def pack(
+    groups: Iterable[Group],
+    leaves: Mapping[str, LeafLayout],
+    values: Mapping[str, ArrayLike],
+    xp: ModuleType = np,
+    fill: float = np.nan,
+) -> dict[str, Array]:
     """Per group, its (K, m) array of the leaves' ``values``; padding entries are ``fill``.
 
     With ``xp=np`` (host) the arrays are read-only (a group that is one whole leaf is a view of
     it when the layout allows, so no copy is made): copy one to modify it.  ``xp=jnp`` traces.
     """
-    out = {}
+    out: dict[str, Array] = {}
     for g in groups:
         parts = [leaves[s.path].order(values[s.path], xp)[s.start : s.stop] for s in g.segments]
         pad = g.K * g.columns - g.entries
@@ -129,19 +144,21 @@ def pack(groups, leaves: dict[str, LeafLayout], values: dict[str, object], xp=np
             parts.append(xp.full((pad,), fill, parts[0].dtype))
         y = (parts[0] if len(parts) == 1 else xp.concatenate(parts)).reshape(g.K, g.columns)
         if xp is np:
-            y = y.view()
+            y = cast(np.ndarray, y).view()
             y.flags.writeable = False
         out[g.name] = y
     return out
 
 
-def unpack(groups, leaves: dict[str, LeafLayout], cols: dict, xp=np) -> dict:
+def unpack(
+    groups: Iterable[Group], leaves: Mapping[str, LeafLayout], cols: Mapping[str, ArrayLike], xp: ModuleType = np
+) -> dict[str, Array]:
     """Inverse of :func:`pack`: per leaf path, an array of the leaf's shape (any dtype).
 
     Padding entries of ``cols`` are ignored.  Raises ``ValueError`` naming the group if a code is
     missing or has the wrong shape.
     """
-    pieces: dict[str, list] = {}
+    pieces: dict[str, list[tuple[int, Array]]] = {}
     for g in groups:
         if g.name not in cols:
             raise ValueError(f"group {g.name!r} is missing")
@@ -152,7 +169,7 @@ def unpack(groups, leaves: dict[str, LeafLayout], cols: dict, xp=np) -> dict:
         for s in g.segments:
             pieces.setdefault(s.path, []).append((s.start, flat[at : at + s.size]))
             at += s.size
-    out = {}
+    out: dict[str, Array] = {}
     for path, parts in pieces.items():
         lay = leaves[path]
         parts.sort(key=lambda p: p[0])
@@ -163,16 +180,17 @@ def unpack(groups, leaves: dict[str, LeafLayout], cols: dict, xp=np) -> dict:
     return out
 
 
-def _concatenate(xp, parts: list):
+def _concatenate(xp: ModuleType, parts: list[Array]) -> Array:
     """One flat array of a leaf's pieces: a view, not a copy, when they are consecutive runs of one
     host buffer (purify's working copy, ``_working.join``)."""
-    joined = _working.join(parts) if xp is np and all(isinstance(p, np.ndarray) for p in parts) else None
+    host = xp is np and all(isinstance(p, np.ndarray) for p in parts)
+    joined = _working.join(cast(list[np.ndarray], parts)) if host else None
     return xp.concatenate(parts) if joined is None else joined
 
 
 def check(leaves: dict[str, LeafLayout], groups: dict[str, Group]) -> None:
     """Every protected entry in exactly one group; shapes consistent (also for loaded files)."""
-    held: dict[str, list] = {p: [] for p in leaves}
+    held: dict[str, list[tuple[int, int]]] = {p: [] for p in leaves}
     for lay in leaves.values():
         if not jnp.issubdtype(np.dtype(lay.dtype), jnp.floating) or lay.size == 0:
             raise ValueError(f"leaf {lay.path!r}: cannot encode a {lay.dtype} leaf of shape {lay.shape}")
@@ -215,7 +233,9 @@ def stride_free(m: int) -> bool:
     return all(m % p for p in _SMALL_PRIMES)
 
 
-def plan(chosen: list[tuple[str, tuple[int, ...], str, int | None]], redundancy: float, max_rows: int = MAX_ROWS):
+def plan(
+    chosen: Sequence[tuple[str, tuple[int, ...], str, int | str | None]], redundancy: float, max_rows: int = MAX_ROWS
+) -> tuple[list[LeafLayout], list[Group], list[tuple[str, int, str]]]:
     """The layout of the chosen leaves [(path, shape, dtype, axis)], in tree order.
 
     ``axis`` an int: the leaf alone along that axis (one group named by its path).  ``axis`` None
@@ -225,10 +245,14 @@ def plan(chosen: list[tuple[str, tuple[int, ...], str, int | None]], redundancy:
     is too small for it.  Returns (leaves, groups, skipped), ``skipped`` being [(path, size,
     reason)] for pools of a single entry (nothing to spare).
     """
-    leaves, groups, skipped, pools = [], [], [], {}
+    leaves: list[LeafLayout] = []
+    groups: list[Group] = []
+    skipped: list[tuple[str, int, str]] = []
+    pools: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
     for path, shape, dtype, axis in chosen:
         size = math.prod(shape)
         if axis is not None and axis != INTERLEAVE:
+            axis = cast(int, axis)  # the one str it may be is INTERLEAVE
             leaves.append(LeafLayout(path, shape, dtype, axis))
             groups.append(_group(path, shape[axis], size // shape[axis], dtype, redundancy, (Segment(path, 0, size),)))
         elif axis == INTERLEAVE or (len(shape) >= 2 and _interleaved_rows(shape) >= MIN_ROWS):
@@ -269,7 +293,9 @@ def coprime_width(channels: int, fan_in: int) -> int:
     return m
 
 
-def interleave_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+def interleave_groups(
+    path: str, shape: tuple[int, ...], dtype: str, redundancy: float, max_rows: int = MAX_ROWS
+) -> list[Group]:
     """Groups for one leaf laid out by a coprime interleave (the default layout).
 
     The N entries in C order fill rows of m = :func:`coprime_width`(C, N / C) columns (C = the
@@ -291,7 +317,7 @@ def interleave_groups(path: str, shape: tuple[int, ...], dtype: str, redundancy:
     return row_groups(path, size, m, dtype, redundancy, max_rows)
 
 
-def row_groups(path: str, size: int, m: int, dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+def row_groups(path: str, size: int, m: int, dtype: str, redundancy: float, max_rows: int = MAX_ROWS) -> list[Group]:
     """One leaf's ``size`` entries, in layout order, row by row in m columns: K = ⌈size / m⌉ rows,
     the last padded with erasures if m does not divide ``size``.
 
@@ -311,7 +337,7 @@ def row_groups(path: str, size: int, m: int, dtype: str, redundancy: float, max_
     ]
 
 
-def pool_group(members: list[tuple[str, int]], dtype: str, redundancy: float, max_rows: int = MAX_ROWS):
+def pool_group(members: list[tuple[str, int]], dtype: str, redundancy: float, max_rows: int = MAX_ROWS) -> Group:
     """One group holding every entry of small leaves [(path, size)], in the order given.
 
     The N entries are laid row by row into m columns of K = ⌈N / m⌉ rows (entry i at row i // m,
@@ -329,7 +355,7 @@ def pool_group(members: list[tuple[str, int]], dtype: str, redundancy: float, ma
     return _group(f"pool/{dtype}/{digest}", K, m, dtype, redundancy, segments)
 
 
-def _group(name, K, m, dtype, redundancy, segments) -> Group:
+def _group(name: str, K: int, m: int, dtype: str, redundancy: float, segments: tuple[Segment, ...]) -> Group:
     return Group(name, K, math.ceil(K / redundancy), m, dtype, segments)
 
 
@@ -373,7 +399,7 @@ class Capacity:
             out[kind] = (n + 1, v + size)
         return out
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "covered": self.covered,
             "floating": self.floating,

@@ -27,12 +27,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 from flax import nnx
 
 from jaxpurify import tree as _tree
 
 
-class Latent(nnx.Variable):
+class Latent(nnx.Variable[jax.Array]):
     """A latent Θ of the codebook: its own variable type, so an optimizer with ``wrt=Latent``
     trains the latent and nothing else (the model's ``Param``s are overwritten on each call)."""
 
@@ -50,10 +51,10 @@ class EncodedModule(nnx.Module):
         """The latent as the plain dict ``decode`` takes."""
         return {name: var[...] for name, var in self.latent.items()}
 
-    def sync(self, decode: Callable[[dict], dict]) -> None:
+    def sync(self, decode: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         """Write ``decode(latent)`` into the model's parameters."""
         nnx.update(self.model, decode(self.values()))
 
-    def __call__(self, x, decode: Callable[[dict], dict], *args, **kwargs):
+    def __call__(self, x: Any, decode: Callable[[dict[str, Any]], dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
         self.sync(decode)
         return self.model(x, *args, **kwargs)

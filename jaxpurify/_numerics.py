@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 HIGHEST = lax.Precision.HIGHEST
 
 
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+def matmul(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """a @ b at full float precision on every backend."""
     return jnp.matmul(a, b, precision=HIGHEST)
 

@@ -45,9 +45,10 @@ def default_rtol(dtype: DTypeLike) -> float:
 class RecoverOptions:
     """Options of :func:`jaxpurify.recover` (and of :func:`jaxpurify.purify`, which passes them on).
 
-    The tolerances (``TRACED``: ``admm_tol``, ``relax``, ``rtol``, ``atol``) reach the compiled
-    solver as traced scalars, so changing them does not recompile; the other fields are part of
-    its compile key (:meth:`compile_key`).
+    The iteration caps and the tolerances (``TRACED``: every field but ``trim``) reach the compiled
+    solver as traced scalars (int32 loop bounds, float32 tolerances), so changing them does not
+    recompile; ``trim``, which decides what the solver's program contains, is its compile key
+    (:meth:`compile_key`).
 
     Attributes:
       finder_iters: ADMM iterations per pass before the polish takes over.  The polish only needs
@@ -71,23 +72,26 @@ class RecoverOptions:
         the count bound, at most ``pivots`` × n per column (0: none; ``jaxpurify._pivot``).  From
         the passes' estimate the columns HiGHS recovers exactly needed at most 15 pivots at
         n = 32 and 9 at n = 16 (``benchmarks.lp_check``'s sets); a column of dense noise runs to
-        the cap.  A certified column is never touched.
+        the cap.  A certified column is never touched.  Off by default: the stage doubles to
+        triples the solver's compile time (first call per shape) and, on dense noise, its run time;
+        with ``pivots=1`` every column HiGHS recovers exactly on the measured sets is certified
+        (tests/test_lp_exact.py).
     """
 
-    # Every field says whether it keys the compilation (static: loop caps, branches taken at trace
-    # time) or reaches the solver as a traced scalar (the tolerances); a field that says neither is
-    # an error at import (``_check_declared``), so a new float option cannot silently recompile.
-    finder_iters: int = _static(30)
-    passes: int = _static(4)
-    retry_iters: int = _static(10)
+    # Every field says whether it keys the compilation (static: a branch taken at trace time) or
+    # reaches the solver as a traced scalar (loop caps, tolerances); a field that says neither is
+    # an error at import (``_check_declared``), so a new option cannot silently recompile.
+    finder_iters: int = _traced(30)
+    passes: int = _traced(4)
+    retry_iters: int = _traced(10)
     admm_tol: float = _traced(1e-3)
     relax: float = _traced(1.6)
-    polish_rounds: int = _static(6)
-    max_cg: int = _static(100)
+    polish_rounds: int = _traced(6)
+    max_cg: int = _traced(100)
     rtol: float | None = _traced(None)
     atol: float = _traced(0.0)
     trim: bool = _static(True)
-    pivots: int = _static(1)
+    pivots: int = _static(0)
 
     TRACED: ClassVar[tuple[str, ...]]  # the traced fields' names, in declaration order (set below)
 
@@ -144,7 +148,7 @@ class RecoverOptions:
 
     def traced(self, dtype: DTypeLike) -> dict[str, float]:
         """The traced fields' values for a solve in ``dtype`` (``rtol``'s default resolved)."""
-        # as given (an int atol stays an int): the solver casts each straight to float32
+        # as given (an int atol stays an int): the solver casts each to its scalar's dtype
         return {name: self.rtol_for(dtype) if name == "rtol" else getattr(self, name) for name in self.TRACED}
 
 

@@ -24,9 +24,12 @@ import glob
 import json
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # for annotations only: the functions below import it when called
+    import tensorstore as ts
 
 ITEM_MARKERS = ("_METADATA", "manifest.ocdbt", "checkpoint")
 _STEP = re.compile(r"^(?:.*?_)?(\d+)$")
@@ -54,7 +57,7 @@ def step_items(path: str) -> dict[str, str]:
 
 def steps(path: str) -> dict[int, str]:
     """Finalized steps of a CheckpointManager directory, by number (empty if it is not one)."""
-    out = {}
+    out: dict[int, str] = {}
     if not os.path.isdir(path) or is_item(path):
         return out
     for d in os.listdir(path):
@@ -110,7 +113,7 @@ def _step_number(path: str) -> int | None:
 # -- metadata -------------------------------------------------------------------------------------
 
 
-def metadata(path: str) -> dict:
+def metadata(path: str) -> dict[str, Any]:
     """``_METADATA`` as JSON; ``ValueError`` if it is missing or not JSON."""
     try:
         with open(os.path.join(path, "_METADATA"), "rb") as f:
@@ -122,7 +125,7 @@ def metadata(path: str) -> dict:
     return doc
 
 
-def arrays(doc: dict) -> dict[str, str]:
+def arrays(doc: dict[str, Any]) -> dict[str, str]:
     """{leaf path ('/'-joined keys): array name in the checkpoint ('.'-joined)} from ``_METADATA``."""
     out = {}
     for key, entry in doc["tree_metadata"].items():
@@ -139,7 +142,7 @@ def arrays(doc: dict) -> dict[str, str]:
     return out
 
 
-def layout(path: str, doc: dict | None = None) -> tuple[bool, bool]:
+def layout(path: str, doc: dict[str, Any] | None = None) -> tuple[bool, bool]:
     """(use_ocdbt, use_zarr3) of an item, from ``_METADATA`` if given, else from the files."""
     if doc is not None and isinstance(doc.get("use_ocdbt"), bool) and isinstance(doc.get("use_zarr3"), bool):
         return doc["use_ocdbt"], doc["use_zarr3"]
@@ -177,7 +180,7 @@ def array_names(path: str, ocdbt: bool) -> set[str] | None:
 # -- arrays ---------------------------------------------------------------------------------------
 
 
-def spec(path: str, name: str, ocdbt: bool, zarr3: bool, meta: dict | None = None) -> dict:
+def spec(path: str, name: str, ocdbt: bool, zarr3: bool, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The TensorStore spec Orbax reads an array with (``meta``: assume this zarr metadata)."""
     root = os.path.abspath(path)
     if ocdbt:
@@ -190,7 +193,7 @@ def spec(path: str, name: str, ocdbt: bool, zarr3: bool, meta: dict | None = Non
     return s
 
 
-def open_array(path: str, name: str, ocdbt: bool, zarr3: bool, meta: dict | None = None):
+def open_array(path: str, name: str, ocdbt: bool, zarr3: bool, meta: dict[str, Any] | None = None) -> ts.TensorStore:
     import tensorstore as ts
 
     return ts.open(spec(path, name, ocdbt, zarr3, meta), open=True, read=True).result()

@@ -187,7 +187,7 @@ def _pivot(b: Block, eps: jax.Array, st: _Vertex) -> _Vertex:
     )
 
 
-def lp_fit(b: Block, x0: jax.Array, active: jax.Array, *, max_pivots: int, max_cg: int) -> LPResult:
+def lp_fit(b: Block, x0: jax.Array, active: jax.Array, *, max_pivots: int, max_cg: jax.Array) -> LPResult:
     """Simplex pivots from the n rows ``x0`` fits best to an l1 optimum, on the ``active`` columns
     of a block (K, b); then a least-squares refit on the optimum's basis and zero rows.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +76,21 @@ class Call:
         return solve_dtype(self.dtype)
 
 
+class Columns(Protocol):
+    """What :func:`plan` reads of a group (``jaxpurify._layout.Group`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def K(self) -> int: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def columns(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+
+
 def solve_dtype(dtype: str) -> str:
     return np.dtype(jnp.promote_types(dtype, jnp.float32)).name
 
@@ -106,11 +122,14 @@ def _split(m: int, widths: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
+_KN = tuple[int, int]  # a bucket's (K, N)
+
+
 def _work(K: int, N: int) -> int:
     return K * (N + N_FIXED)
 
 
-def _widths(groups, K: int, N: int, max_entries: int) -> tuple[tuple[int, ...], int]:
+def _widths(groups: Sequence[Columns], K: int, N: int, max_entries: int) -> tuple[tuple[int, ...], int]:
     """The item widths for ``groups`` solved at (K, N), and the estimated cost of the bucket:
     padding included, ITEM_COST columns per item, SHAPE_COST per width (a compilation)."""
     cap = 1 << max(0, (max(1, max_entries // K)).bit_length() - 1)  # a power of two ≤ budget
@@ -118,7 +137,7 @@ def _widths(groups, K: int, N: int, max_entries: int) -> tuple[tuple[int, ...], 
     while ladder[-1] // WIDTH_STEP >= MIN_WIDTH:
         ladder.append(ladder[-1] // WIDTH_STEP)
 
-    def cost(ws):
+    def cost(ws: Sequence[int]) -> int:
         cols = sum((w + ITEM_COST) * c for g in groups for w, c in _split(g.columns, ws))
         return _work(K, N) * cols + SHAPE_COST * len(ws)
 
@@ -127,11 +146,11 @@ def _widths(groups, K: int, N: int, max_entries: int) -> tuple[tuple[int, ...], 
     return best, cost(best)
 
 
-def _buckets(groups, max_entries: int) -> list[tuple[int, int, list, tuple[int, ...]]]:
+def _buckets(groups: Iterable[Columns], max_entries: int) -> list[tuple[int, int, list[Columns], tuple[int, ...]]]:
     """Groups of one dtype → (K, N, members, item widths) buckets.  Start from one bucket per (K, n); merge the
     pair, among buckets next to each other in work per column, that lowers the estimated cost the
     most (a merged bucket solves at the larger K and the larger N), until no merge does."""
-    members: dict[tuple[int, int], list] = {}
+    members: dict[tuple[int, int], list[Columns]] = {}
     for g in groups:
         members.setdefault((g.K, g.n), []).append(g)
     priced_alone = {kn: _widths(gs, *kn, max_entries) for kn, gs in members.items()}
@@ -139,7 +158,7 @@ def _buckets(groups, max_entries: int) -> list[tuple[int, int, list, tuple[int, 
     cost = {kn: c for kn, (_, c) in priced_alone.items()}
     # a pair's merge, kept until one of the buckets it reads changes: each round then prices only
     # the pairs next to the last merge (a model with hundreds of distinct (K, n) plans in seconds)
-    priced: dict[tuple, tuple] = {}
+    priced: dict[tuple[_KN, _KN], tuple[int, _KN, list[Columns], tuple[tuple[int, ...], int]]] = {}
     while len(members) > 1:
         order = sorted(members, key=lambda kn: (_work(*kn), kn))
         best = None
@@ -148,8 +167,8 @@ def _buckets(groups, max_entries: int) -> list[tuple[int, int, list, tuple[int, 
                 kn = (max(a[0], b[0]), max(a[1], b[1]))
                 third = kn not in (a, b) and kn in members
                 gs = members[a] + members[b] + (members[kn] if third else [])
-                ws, new = _widths(gs, *kn, max_entries)
-                priced[a, b] = (cost[a] + cost[b] + (cost[kn] if third else 0) - new, kn, gs, (ws, new))
+                ws, merged = _widths(gs, *kn, max_entries)
+                priced[a, b] = (cost[a] + cost[b] + (cost[kn] if third else 0) - merged, kn, gs, (ws, merged))
             gain, kn, gs, new = priced[a, b]
             if gain > 0 and (best is None or gain > best[0]):
                 best = (gain, a, b, kn, gs, new)
@@ -164,16 +183,16 @@ def _buckets(groups, max_entries: int) -> list[tuple[int, int, list, tuple[int, 
     return [(K, N, gs, widths[K, N]) for (K, N), gs in sorted(members.items())]
 
 
-def plan(groups: Iterable, max_entries: int) -> tuple[Call, ...]:
+def plan(groups: Iterable[Columns], max_entries: int) -> tuple[Call, ...]:
     """Lay the columns of ``groups`` (objects with name, K, n, columns, dtype) into calls.
 
     Pure: the same groups give the same calls.  Every column of every group lies in exactly one
     item; a call holds at most ``max_entries`` entries (K × width × slots) unless a single column
     is larger.
     """
-    groups = [g for g in groups if g.columns > 0]
-    by_dtype: dict[str, list] = {}
-    for g in groups:
+    nonempty = [g for g in groups if g.columns > 0]
+    by_dtype: dict[str, list[Columns]] = {}
+    for g in nonempty:
         by_dtype.setdefault(np.dtype(g.dtype).name, []).append(g)
     calls = []
     for dtype, gs_of_dtype in by_dtype.items():

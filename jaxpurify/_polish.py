@@ -72,7 +72,9 @@ def _mean_abs(a: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, a, 0.0), axis=0) / cnt
 
 
-def _fit(Q: jax.Array, y: jax.Array, inlier: jax.Array, c0: jax.Array, active: jax.Array, *, max_cg: int) -> _Refit:
+def _fit(
+    Q: jax.Array, y: jax.Array, inlier: jax.Array, c0: jax.Array, active: jax.Array, *, max_cg: jax.Array
+) -> _Refit:
     """Least squares on the inlier rows of each column, in the Q basis: c = argmin ‖D(y − Q c)‖₂.
 
     Conjugate gradients on the normal equations G c = Qᵀ D y with G = Qᵀ D Q = I − Q_Oᵀ Q_O, an
@@ -119,7 +121,7 @@ class LeastSquares(NamedTuple):
     solved: jax.Array  # (b,) CG converged within its step cap
 
 
-def fit_inliers(b: Block, inlier: jax.Array, c0: jax.Array, active: jax.Array, *, max_cg: int) -> LeastSquares:
+def fit_inliers(b: Block, inlier: jax.Array, c0: jax.Array, active: jax.Array, *, max_cg: jax.Array) -> LeastSquares:
     """x = argmin ‖(y − A x)_I‖₂ on the ``inlier`` rows of the ``active`` columns (``_fit``, warm-started
     from ``c0`` in the Q basis); the others keep ``c0``."""
     refit = _fit(b.Q, b.y, inlier, c0, active, max_cg=max_cg)
@@ -164,7 +166,7 @@ def _read(a: jax.Array, outl: jax.Array, finite: jax.Array, n: jax.Array, tol: j
     return jnp.where(over_bound(g, finite, n), new, g)
 
 
-def _rounds(b: Block, st: _Rounds, *, rounds: int, max_cg: int, greedy: bool) -> _Rounds:
+def _rounds(b: Block, st: _Rounds, *, rounds: jax.Array, max_cg: jax.Array, greedy: bool) -> _Rounds:
     """Polish rounds from ``st`` until no mask moves or ``rounds`` rounds are done."""
 
     def body(st: _Rounds) -> _Rounds:
@@ -215,7 +217,9 @@ def _as_fit(b: Block, st: _Rounds) -> Fit:
     )
 
 
-def polish(block: Block, outl0: jax.Array, c0: jax.Array, *, rounds: int, max_cg: int, greedy: bool = False) -> Fit:
+def polish(
+    block: Block, outl0: jax.Array, c0: jax.Array, *, rounds: jax.Array, max_cg: jax.Array, greedy: bool = False
+) -> Fit:
     """Refit on the inliers and re-read the outlier mask until it is stable; columns are (K, b).
 
     A row is read as an outlier when its residual exceeds both the exactness tolerance and

@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxpurify import _seal_bound, _shard, _working
 from jaxpurify._codebook import Codebook
+from jaxpurify._layout import Group
 from jaxpurify._numerics import leaf_dtype
 from jaxpurify._options import RecoverOptions, resolve
 from jaxpurify._plan import Call, options_for, plan, solve_dtype
@@ -64,13 +65,18 @@ class UncertifiedWarning(UserWarning):
 
 
 # -- solve ---------------------------------------------------------------------------------------
-def stack(call: Call, cols: dict[str, np.ndarray], matrices: dict[str, np.ndarray]):
+def stack(
+    call: Call, cols: Mapping[str, np.ndarray], matrices: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Host (A, Y, n) of a call, in fresh NumPy buffers: the device path's ``_shard.stack``, one
     call at a time."""
-    return _shard.stack(call, cols, matrices, call.slots, xp=np)
+    A, Y, n = _shard.stack(call, cols, matrices, call.slots, xp=np)
+    return cast(np.ndarray, A), cast(np.ndarray, Y), n  # xp=np: NumPy arrays
 
 
-def dispatch(call: Call, cols, matrices, options: RecoverOptions) -> Solved:
+def dispatch(
+    call: Call, cols: Mapping[str, np.ndarray], matrices: Mapping[str, np.ndarray], options: RecoverOptions
+) -> Solved:
     """Start one call on the device (asynchronously): one host → device transfer."""
     A, Y, n = (jax.device_put(v) for v in stack(call, cols, matrices))  # fresh host arrays: no copy needed
     return Solved.of(A, Y, recover_padded(A, Y, n, options_for(call.dtype, options)), call.dtype)
@@ -78,10 +84,17 @@ def dispatch(call: Call, cols, matrices, options: RecoverOptions) -> Solved:
 
 def fetch(pending: Solved) -> Solved:
     """Wait for a dispatched call: one device → host transfer (the same :class:`Solved`, in NumPy)."""
-    return jax.tree.map(np.asarray, pending)
+    fetched: Solved = jax.tree.map(np.asarray, pending)
+    return fetched
 
 
-def solve_all(calls: Sequence[Call], cols, matrices, options, on_result) -> None:
+def solve_all(
+    calls: Sequence[Call],
+    cols: Mapping[str, np.ndarray],
+    matrices: Mapping[str, np.ndarray],
+    options: RecoverOptions,
+    on_result: Callable[[Call, Solved], None],
+) -> None:
     """Run the calls in order with one in flight while the next is stacked on the host."""
     pending = None
     for call in calls:
@@ -105,7 +118,7 @@ class GroupResult:
     bound: np.ndarray | None
 
 
-def empty_results(groups: dict, cols: dict[str, np.ndarray]) -> dict[str, GroupResult]:
+def empty_results(groups: Mapping[str, Group], cols: Mapping[str, np.ndarray]) -> dict[str, GroupResult]:
     values = _working.working_copies(groups.values(), cols)  # aligned, a split leaf's groups views of one buffer
     return {
         name: GroupResult(
@@ -154,12 +167,13 @@ def assemble(call: Call, res: Solved, results: dict[str, GroupResult], keep_inpu
     stay in uncertified columns when ``keep_input``."""
     for run in _shard.runs(call):
         r = results[run.group]
-        K = r.values.shape[0]
+        values = cast(np.ndarray, r.values)  # freed only once every call is assembled
+        K = values.shape[0]
         for s, start, stop in run.items(call.width):
             w, span = stop - start, slice(start, stop)
             cert = res.certified[s, :w]
             take = cert if keep_input else np.ones_like(cert)
-            r.values[:, span] = np.where(take, res.fitted[s, :K, :w], r.values[:, span])
+            values[:, span] = np.where(take, res.fitted[s, :K, :w], values[:, span])
             r.outliers[:, span] = res.outliers[s, :K, :w]
             r.certified[span] = cert
             r.inlier_residual[span] = res.inlier_residual[s, :w]
@@ -170,7 +184,7 @@ def assemble(call: Call, res: Solved, results: dict[str, GroupResult], keep_inpu
 
 
 # -- the public entry point ----------------------------------------------------------------------
-def _names(params: PyTree, codebook) -> dict[str, str]:
+def _names(params: PyTree, codebook: Codebook) -> dict[str, str]:
     """The codebook's name → the leaf's path in ``params`` (``codebook.classify``; a codebook
     without it names leaves by their paths)."""
     classify = getattr(codebook, "classify", None)
@@ -179,7 +193,9 @@ def _names(params: PyTree, codebook) -> dict[str, str]:
     return {e.name: e.path for e in classify(params)}
 
 
-def _check(params: PyTree, codebook, on_uncertified: str, max_entries: int, names: dict[str, str]) -> dict[str, Any]:
+def _check(
+    params: PyTree, codebook: Codebook, on_uncertified: str, max_entries: int, names: dict[str, str]
+) -> dict[str, Any]:
     """Validate everything before any work; returns the protected leaves by the codebook's name."""
     if on_uncertified not in ON_UNCERTIFIED:
         raise ValueError(f"on_uncertified must be one of {ON_UNCERTIFIED}, got {on_uncertified!r}")
@@ -301,20 +317,25 @@ def purify(
         del cols
         # the working copy becomes the purified leaves (no copy: _hand_over); from here on it is read only
         purified = codebook.replace(
-            params, _hand_over(protected, codebook.unpack({n: r.values for n, r in results.items()}))
+            params, _hand_over(protected, codebook.unpack({n: cast(np.ndarray, r.values) for n, r in results.items()}))
         )
         purified, restored = _restore_state(codebook, purified)
     sealed = getattr(codebook, "seal_record", None) is not None
     if sealed and matrices is None:
         matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
+    known = cast(dict[str, np.ndarray], matrices)  # read only when sealed, and then set
     # the seal's tolerance needs each column's ‖x̂‖₂, read from the purified values (see _seal_bound)
-    xnorms = {name: _seal_bound.latent_norms(r.values, matrices[name]) for name, r in results.items()} if sealed else {}
+    xnorms = (
+        {name: _seal_bound.latent_norms(cast(np.ndarray, r.values), known[name]) for name, r in results.items()}
+        if sealed
+        else {}
+    )
     for r in results.values():
         r.values = None  # the purified tree holds them now: free the working copy before the checks
     columns = leaf_columns(codebook)
     verdicts = {}
     if sealed:
-        err = _seal_bound.chunk_errors(codebook, matrices, results, xnorms, options)
+        err = _seal_bound.chunk_errors(codebook, known, results, xnorms, options)
         verdicts = codebook.verify(purified, err)
     unprotected, state = split_leaves(params, codebook, restored, verdicts)
     # paths as the caller's tree names them (a codebook made from the full variables reads the params alone)
@@ -343,31 +364,33 @@ def purify(
     return purified, report
 
 
-def _restore_state(codebook, purified: PyTree) -> tuple[PyTree, dict[str, int | None]]:
+def _restore_state(codebook: Codebook, purified: PyTree) -> tuple[PyTree, dict[str, int | None]]:
     """Inference state set back to the seal's copy (``Codebook.restore_state``), if the codebook can."""
     restore = getattr(codebook, "restore_state", None)
     return (purified, {}) if restore is None else restore(purified)
 
 
-def _deleted(leaf) -> bool:
+def _deleted(leaf: object) -> bool:
     return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
 
 
-def _on_host(leaf) -> bool:
+def _on_host(leaf: object) -> bool:
     """Can the host read this leaf (not traced, not spread over other processes)?"""
     if isinstance(leaf, jax.core.Tracer):
         return False
     return not isinstance(leaf, jax.Array) or leaf.is_fully_addressable
 
 
-def _like(old, new: jax.Array):
+def _like(old: object, new: jax.Array) -> np.ndarray | jax.Array:
     """A purified leaf: a host array where a host array came in, else the device array."""
     return np.asarray(new) if isinstance(old, np.ndarray) else new
 
 
-def _host_results(groups: dict, dev: DeviceReport, values: dict[str, np.ndarray]) -> dict[str, GroupResult]:
+def _host_results(
+    groups: Mapping[str, Group], dev: DeviceReport, values: dict[str, np.ndarray]
+) -> dict[str, GroupResult]:
     """The device path's results as the host path's :class:`GroupResult` (for the same Report)."""
-    host = lambda a, dt=None: np.asarray(a) if dt is None else np.asarray(a).astype(dt)
+    host: Callable[..., np.ndarray] = lambda a, dt=None: np.asarray(a) if dt is None else np.asarray(a).astype(dt)
     return {
         name: GroupResult(
             np.array(values[name], copy=True),

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -23,6 +24,24 @@ from jaxpurify import tree as _tree
 from jaxpurify._bind import Entry
 from jaxpurify._numerics import is_numpy_dtype, leaf_dtype, leaf_shape
 from jaxpurify._table import table as _table
+
+if TYPE_CHECKING:  # both import this module
+    from jaxpurify._layout import Group
+    from jaxpurify._purify import GroupResult
+    from jaxpurify._seal import LeafVerdict
+
+
+class Coded(Protocol):
+    """What a report reads of a codebook (a :class:`jaxpurify.Codebook`; the tests' layout-only
+    doubles have these and no ``classify``)."""
+
+    @property
+    def groups(self) -> Mapping[str, Group]: ...
+    @property
+    def protected(self) -> tuple[str, ...]: ...
+    def unpack(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def unprotected(self, params: Any) -> list[tuple[str, int, str]]: ...
+
 
 _KEPT = {
     "input": "kept as they came in",
@@ -62,7 +81,7 @@ class LeafReport:
         """Is every code column holding an entry of this leaf certified?"""
         return self.certified == self.columns
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The fields, JSON-ready: ``groups`` a list, a non-finite residual or bound None."""
         d = dataclasses.asdict(self)
         d.update(
@@ -82,15 +101,15 @@ class GroupReport:
     columns: int
     certified: int
     members: tuple[str, ...]
-    certified_mask: np.ndarray = dataclasses.field(default=None, compare=False, repr=False)
+    certified_mask: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, group, result) -> GroupReport:
+    def of(cls, group: Group, result: GroupResult) -> GroupReport:
         mask = np.asarray(result.certified, bool).copy()
         mask.flags.writeable = False
         return cls(group.name, group.K, group.n, group.columns, int(mask.sum()), tuple(group.members), mask)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The fields but ``certified_mask``, JSON-ready (``members`` a list)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "certified_mask"}
         return dict(d, members=list(self.members))
@@ -113,7 +132,7 @@ class UnprotectedLeaf:
         """Does it keep the report from being ok?"""
         return self.parameter and self.floating
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The fields and ``counts``, JSON-ready."""
         return dict(dataclasses.asdict(self), counts=self.counts)
 
@@ -162,19 +181,20 @@ class StateLeaf:
             return "set to the codebook's sealed copy"
         return _DID[self.status].format(n=_count(self.restored, "entry", "entries"))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The fields, ``counts`` and ``message()``, JSON-ready."""
         return dict(dataclasses.asdict(self), counts=self.counts, message=self.message())
 
 
 def split_leaves(
-    params: Any, codebook, restored: dict[str, int | None], verdicts: dict[str, Any]
+    params: Any, codebook: Coded, restored: dict[str, int | None], verdicts: Mapping[str, LeafVerdict]
 ) -> tuple[tuple[UnprotectedLeaf, ...], tuple[StateLeaf, ...]]:
     """The leaves of ``params`` the code does not protect: parameters (:class:`UnprotectedLeaf`)
     and state (:class:`StateLeaf`).  ``restored``: per path, entries restored from the seal's
     copy (``Codebook.restore_state``); ``verdicts``: the seal's, by the codebook's names."""
     reasons = {p: r for p, _, r in codebook.unprotected(params)}
-    params_out, state = [], []
+    params_out: list[UnprotectedLeaf] = []
+    state: list[StateLeaf] = []
     for e in _entries(params, codebook):
         if e.path not in reasons:
             continue  # protected
@@ -198,12 +218,13 @@ def split_leaves(
     return tuple(params_out), tuple(state)
 
 
-def _entries(params: Any, codebook) -> list[Entry]:
+def _entries(params: Any, codebook: Coded) -> list[Entry]:
     """The codebook's view of every leaf (its ``classify``), or the tree's own for a codebook
     that has none (the layout-only doubles of the tests)."""
     classify = getattr(codebook, "classify", None)
     if classify is not None:
-        return classify(params)
+        entries: list[Entry] = classify(params)
+        return entries
     return [Entry(leaf.path, leaf.path, leaf.value, leaf.kind, leaf.why) for leaf in _tree.flatten(params)[0]]
 
 
@@ -217,7 +238,9 @@ class Report:
     solver_shapes: int  # distinct call shapes (each compiles once per process)
     solved_columns: int  # columns solved, padding included
     seconds: float
-    seal: tuple = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see docs/security.md)
+    seal: tuple[
+        LeafVerdict, ...
+    ] = ()  # LeafVerdicts of the keyed seal, when the codebook has one (see docs/security.md)
     state: tuple[StateLeaf, ...] = ()  # every leaf that is not a parameter, and what happened to it
     legacy_codebook: bool = False  # the codebook came from an unauthenticated version-1 file (allow_legacy)
 
@@ -402,7 +425,7 @@ class Report:
             + f"\n{self.status()}; uncertified columns: {self.on_uncertified}; {self.seconds:.3f} s"
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-ready (only str, int, float, bool, None, lists and dicts; non-finite floats → None)."""
         return {
             "ok": self.ok,
@@ -427,7 +450,7 @@ class Report:
         }
 
 
-def _count(n: int, one: str, many: str) -> str:
+def _count(n: int | None, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
@@ -435,10 +458,11 @@ def _some(paths: list[str], n: int = 3) -> str:
     return ", ".join(paths[:n]) + (", …" if len(paths) > n else "")
 
 
-def _state_rows(state: tuple[StateLeaf, ...]) -> list[tuple]:
+def _state_rows(state: tuple[StateLeaf, ...]) -> list[tuple[str, str, int, str, str]]:
     """One row per leaf of inference and other state; training and RNG state that was only
     passed through, one row per kind (a train state has as many optimizer leaves as parameters)."""
-    rows, kept = [], {}
+    rows: list[tuple[str, str, int, str, str]] = []
+    kept: dict[str, tuple[int, int]] = {}
     for s in state:
         if s.kind in (_tree.TRAINING, _tree.RNG) and s.status == "kept":
             n, v = kept.get(s.kind, (0, 0))
@@ -450,12 +474,12 @@ def _state_rows(state: tuple[StateLeaf, ...]) -> list[tuple]:
     return rows
 
 
-def leaf_columns(codebook) -> dict[str, np.ndarray]:
+def leaf_columns(codebook: Coded) -> dict[str, np.ndarray]:
     """Per protected leaf, the ids of the code columns that hold its entries (the groups' columns
     numbered one after another, in order).  A group's (K, m) code is filled row by row from its
     segments, so entry f of it lies in column f mod m: found from the segments alone, without
     unpacking anything leaf-sized."""
-    out: dict[str, list] = {}
+    out: dict[str, list[np.ndarray]] = {}
     base = 0
     for g in codebook.groups.values():
         at = 0
@@ -468,7 +492,7 @@ def leaf_columns(codebook) -> dict[str, np.ndarray]:
 
 
 def leaf_reports(
-    codebook, protected: dict[str, Any], results: dict, columns: dict[str, np.ndarray]
+    codebook: Coded, protected: dict[str, Any], results: Mapping[str, GroupResult], columns: dict[str, np.ndarray]
 ) -> tuple[LeafReport, ...]:
     """Per protected leaf, its columns' statistics (``columns``: :func:`leaf_columns`; flags from
     the unpacked outlier masks, so it holds for any layout)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class LeafDamage:
     size: int
     why: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The fields, JSON-ready."""
         return dataclasses.asdict(self)
 
@@ -81,7 +82,7 @@ class Salvage:
         lines += [f"  {d.path}: {d.erased} of {d.size} entries erased ({d.why})" for d in self.leaves]
         return "\n".join(lines)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """JSON-ready: source, format, reason, the container defects, the damaged leaves and the
         total of erased entries."""
         return {
@@ -176,10 +177,13 @@ def finish(
             + "; ".join(found.lost_extra[:3]),
             located,
         )
-    flat, damage, bad = {}, [], []
+    flat: dict[str, np.ndarray] = {}
+    damage: list[LeafDamage] = []
+    bad: list[str] = []
     for path, (shape, dtype) in expect.items():
         size = math.prod(shape)
         piece = pieces.get(path) or Piece.lost("not found in the container")
+        missing: np.ndarray | None
         if piece.values is None:
             values, missing = np.zeros(size, dtype), np.ones(size, bool)
         else:

@@ -15,6 +15,9 @@ is known, so reading resumes after it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import msgpack
 import numpy as np
 
@@ -23,8 +26,9 @@ from jaxpurify._salvage import Expect, Found, Piece
 _NDARRAY = 1
 
 
-def _packb(x) -> bytes:
-    return msgpack.packb(x, use_bin_type=True)
+def _packb(x: object) -> bytes:
+    packed: bytes = msgpack.packb(x, use_bin_type=True)
+    return packed
 
 
 def _map_header(n: int) -> bytes:
@@ -60,26 +64,26 @@ class _Leaf:
         self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         inner = b"\x93" + _packb(list(shape)) + _packb(dtype.name) + _bin_header(self.nbytes)
         self.head = _ext_header(len(inner) + self.nbytes, _NDARRAY) + inner
-        self.size = len(self.head) + self.nbytes
+        self.size: int = len(self.head) + self.nbytes
 
-    def leaves(self):
+    def leaves(self) -> Iterator[_Leaf]:
         yield self
 
 
 class _Map:
-    def __init__(self, path: str, children: dict):
+    def __init__(self, path: str, children: dict[str, _Leaf | _Map]):
         self.path = path
         self.children = children  # name -> _Leaf | _Map, in the expected order
         self.head = _map_header(len(children))
-        self.size = len(self.head) + sum(len(_packb(k)) + c.size for k, c in children.items())
+        self.size: int = len(self.head) + sum(len(_packb(k)) + c.size for k, c in children.items())
 
-    def leaves(self):
+    def leaves(self) -> Iterator[_Leaf]:
         for c in self.children.values():
             yield from c.leaves()
 
 
 def _tree(expect: Expect) -> _Map:
-    root: dict = {}
+    root: dict[str, Any] = {}  # nested dicts of _Leaf
     for path, (shape, dtype) in expect.items():
         *parents, last = path.split("/")
         node = root
@@ -87,7 +91,7 @@ def _tree(expect: Expect) -> _Map:
             node = node.setdefault(p, {})
         node[last] = _Leaf(path, shape, dtype)
 
-    def build(d, path):
+    def build(d: dict[str, Any], path: str) -> _Map:
         return _Map(path, {k: build(v, f"{path}/{k}".lstrip("/")) if isinstance(v, dict) else v for k, v in d.items()})
 
     return build(root, "")
@@ -120,7 +124,7 @@ class _Walk:
             self.container.append(f"{what}: {bad} of {len(want)} bytes at offset {pos} differ from the expected layout")
 
     # -- records -------------------------------------------------------------------------------
-    def lose(self, node, why: str) -> None:
+    def lose(self, node: _Leaf | _Map, why: str) -> None:
         for leaf in node.leaves():
             self.pieces[leaf.path] = Piece.lost(why)
 
@@ -131,7 +135,7 @@ class _Walk:
         data = memoryview(self.buf)[at : at + leaf.nbytes]
         self.pieces[leaf.path] = Piece.from_bytes(data, leaf.nbytes, leaf.dtype, "past the end of the file (truncated)")
 
-    def record(self, pos: int, name: str, node) -> None:
+    def record(self, pos: int, name: str, node: _Leaf | _Map) -> None:
         if isinstance(node, _Leaf):
             self.leaf(pos, node, name)
         else:
@@ -213,10 +217,12 @@ class _Walk:
             self.lose(child, "not found in the container")
         return pos
 
-    def end_of_record(self, pos: int, name: str, node) -> int:
+    def end_of_record(self, pos: int, name: str, node: _Leaf | _Map) -> int:
         return pos + _record_size(name, node)
 
-    def _continuing(self, pos: int, names: list[str], sig: dict, node: _Map, last: bool, end: int) -> list[str]:
+    def _continuing(
+        self, pos: int, names: list[str], sig: dict[str, bytes], node: _Map, last: bool, end: int
+    ) -> list[str]:
         """Siblings whose record, placed at ``pos``, ends where the map ends (last slot) or
         where another sibling's record begins intact."""
         out = []
@@ -241,7 +247,7 @@ class _Walk:
                 self.lose(node.children[n], f"its key at offset {pos} is damaged, as is a same-sized sibling's")
 
 
-def _record_size(name: str, node) -> int:
+def _record_size(name: str, node: _Leaf | _Map) -> int:
     return len(_packb(name)) + node.size
 
 
@@ -258,7 +264,7 @@ def _read_map_header(buf: bytes, pos: int) -> tuple[int | None, int]:
     return None, pos
 
 
-def _ext(code: int, data: bytes):
+def _ext(code: int, data: bytes) -> np.ndarray:
     if code in (1, 3):  # flax: ndarray, numpy scalar (as a 0-d array)
         shape, name, raw = msgpack.unpackb(data, raw=True)
         import jax.numpy as jnp
@@ -267,7 +273,7 @@ def _ext(code: int, data: bytes):
     raise ValueError(f"msgpack ext type {code} is not an array")
 
 
-def _decode_pair(buf: bytes, pos: int):
+def _decode_pair(buf: bytes, pos: int) -> tuple[str, Any, int]:
     """(key, value, bytes used) of one intact key/value pair at ``pos``."""
     u = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_ext, max_buffer_size=len(buf))
     u.feed(memoryview(buf)[pos:])
@@ -278,9 +284,9 @@ def _decode_pair(buf: bytes, pos: int):
     return key, value, u.tell()
 
 
-def _flat(value, path: str) -> dict[str, np.ndarray]:
+def _flat(value: Any, path: str) -> dict[str, np.ndarray]:
     if isinstance(value, dict):
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for k, v in value.items():
             out.update(_flat(v, f"{path}/{k}"))
         return out

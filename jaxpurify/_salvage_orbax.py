@@ -25,11 +25,16 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from jaxpurify import _orbax_read as R
 from jaxpurify._salvage import Expect, Found, Piece
+
+if TYPE_CHECKING:  # for annotations only: _orbax_read imports it when called
+    import tensorstore as ts
 
 ZSTD = {"id": "zstd", "level": 1}  # Orbax's compression
 
@@ -38,7 +43,7 @@ def _zarr_dtype(dtype: np.dtype) -> str:
     return "bfloat16" if dtype.name == "bfloat16" else dtype.str
 
 
-def expected_meta(shape: tuple[int, ...], dtype: np.dtype, compressor=None) -> dict:
+def expected_meta(shape: tuple[int, ...], dtype: np.dtype, compressor: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "chunks": list(shape),
         "compressor": compressor,
@@ -52,17 +57,17 @@ def expected_meta(shape: tuple[int, ...], dtype: np.dtype, compressor=None) -> d
     }
 
 
-def _grid(shape, chunks):
+def _grid(shape: Sequence[int], chunks: Sequence[int]) -> Iterable[tuple[int, ...]]:
     if not shape:
         return [()]
     return itertools.product(*[range(max(1, math.ceil(s / c))) for s, c in zip(shape, chunks)])
 
 
-def _region(idx, shape, chunks):
+def _region(idx: Sequence[int], shape: Sequence[int], chunks: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(i * c, min((i + 1) * c, s)) for i, s, c in zip(idx, shape, chunks))
 
 
-def _raw(path: str, name: str, shape, dtype: np.dtype) -> Piece | None:
+def _raw(path: str, name: str, shape: tuple[int, ...], dtype: np.dtype) -> Piece | None:
     """An uncompressed zarr2 array outside OCDBT, from its chunk files' bytes; None if the
     array is not stored so (a readable ``.zarray`` says otherwise)."""
     d = os.path.join(path, name)
@@ -104,9 +109,10 @@ def _raw(path: str, name: str, shape, dtype: np.dtype) -> Piece | None:
     return Piece(values.reshape(-1), missing.reshape(-1) if missing.any() else None, reason)
 
 
-def _chunked(arr, shape, dtype: np.dtype) -> Piece:
+def _chunked(arr: ts.TensorStore, shape: tuple[int, ...], dtype: np.dtype) -> Piece:
     """Read an opened TensorStore array chunk by chunk; failed chunks are missing."""
-    chunks = list(arr.chunk_layout.read_chunk.shape or shape) if shape else []
+    # an open array's read chunk is fixed in every dimension (a layout being built may leave some None)
+    chunks = cast(list[int], list(arr.chunk_layout.read_chunk.shape or shape) if shape else [])
     values = np.zeros(shape, dtype)
     missing = np.zeros(shape, bool)
     why = []
@@ -120,7 +126,9 @@ def _chunked(arr, shape, dtype: np.dtype) -> Piece:
     return Piece(values.reshape(-1), missing.reshape(-1) if missing.any() else None, "; ".join(why))
 
 
-def read_leaf(path: str, name: str, shape, dtype: np.dtype, ocdbt: bool, zarr3: bool) -> tuple[Piece, str]:
+def read_leaf(
+    path: str, name: str, shape: tuple[int, ...], dtype: np.dtype, ocdbt: bool, zarr3: bool
+) -> tuple[Piece, str]:
     """(piece, container note) of one expected array."""
     if not ocdbt and not zarr3:  # uncompressed chunk files (io.save's layout): read at byte precision
         piece = _raw(path, name, shape, dtype)

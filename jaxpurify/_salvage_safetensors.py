@@ -22,6 +22,8 @@ import numpy as np
 
 from jaxpurify._salvage import Expect, Found, Piece
 
+_Entry = tuple[str, tuple[int, ...], int, int]  # a header entry: (dtype, shape, start, stop)
+
 _ENTRY = re.compile(rb'"((?:[^"\\]|\\.){1,1000})"\s*:\s*\{([^{}]{0,4000})\}')
 
 NAMES = {
@@ -41,9 +43,9 @@ NAMES = {
 }
 
 
-def _entries(header: bytes) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+def _entries(header: bytes) -> dict[str, _Entry]:
     """Every entry of the header that still reads as one: {key: (dtype, shape, start, stop)}."""
-    out = {}
+    out: dict[str, _Entry] = {}
     for m in _ENTRY.finditer(header):
         try:
             key = json.loads(b'"' + m.group(1) + b'"')
@@ -60,8 +62,8 @@ def _entries(header: bytes) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
     return out
 
 
-def _is_entry(body) -> bool:
-    def ints(v, n=None):
+def _is_entry(body: object) -> bool:
+    def ints(v: object, n: int | None = None) -> bool:
         return (
             isinstance(v, list)
             and (n is None or len(v) == n)
@@ -108,6 +110,7 @@ def salvage(buf: bytes, expect: Expect, partial: bool) -> Found:
     key = {p: p.replace("/", sep) for p in expect}
     pieces: dict[str, Piece] = {}
     placed: dict[str, tuple[int, int]] = {}
+    dtype: np.dtype | None  # an expected leaf's; below, an extra entry's (None: not a known dtype)
     for p, (shape, dtype) in expect.items():
         e = found.get(key[p])
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -172,7 +175,14 @@ def salvage(buf: bytes, expect: Expect, partial: bool) -> Found:
     return Found(pieces, extra, notes, lost_extra, sep)
 
 
-def _place_missing(missing, placed, expect, key, extra_entries, notes) -> None:
+def _place_missing(
+    missing: list[str],
+    placed: dict[str, tuple[int, int]],
+    expect: Expect,
+    key: dict[str, str],
+    extra_entries: dict[str, _Entry],
+    notes: list[str],
+) -> None:
     """Place leaves whose entries are destroyed: by the writer's order if every readable entry
     sits where that order puts it, else in a gap that only one of them fits."""
     if not missing:

@@ -80,7 +80,7 @@ class LeafVerdict:
     detectable: float  # smallest single-entry change guaranteed detected (P(miss) ≤ 2^-rows)
     failed_chunks: tuple[tuple[int, int], ...]  # flat entry ranges [start, stop) that failed
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The fields, JSON-ready (``failed_chunks`` as [start, stop] lists)."""
         d = dataclasses.asdict(self)
         d["failed_chunks"] = [list(c) for c in self.failed_chunks]
@@ -123,7 +123,8 @@ def _keystream(enc_key: bytes, nonce: bytes, path: str, size: int) -> np.ndarray
 
 
 def _crypt(enc_key: bytes, nonce: bytes, path: str, data: bytes) -> bytes:
-    return (np.frombuffer(data, np.uint8) ^ _keystream(enc_key, nonce, path, len(data))).tobytes()
+    out: bytes = (np.frombuffer(data, np.uint8) ^ _keystream(enc_key, nonce, path, len(data))).tobytes()
+    return out
 
 
 def check_counter(counter: Any, what: str = "counter") -> int:
@@ -194,7 +195,7 @@ class Seal:
         return seal
 
     # -- storage (inside the authenticated codebook file) ----------------------------------
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The seal as JSON for the codebook file: chunk, rows, nonce; per leaf its shape, dtype,
         max |entry| and sketch encrypted under the secret (base64); state copies (base64 bits) if
         any; counter and creation time.  :meth:`from_json` reads it back."""
@@ -249,7 +250,7 @@ class Seal:
             raise ValueError(f"malformed codebook file: bad seal ({type(e).__name__}: {e})") from None
         return seal
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Seal) and self.to_json() == other.to_json() and self._sign_key == other._sign_key
 
     def __repr__(self) -> str:
@@ -303,9 +304,9 @@ def default_err(dtype: str, max_abs: float) -> float:
     return (ERR_ULPS * float(jnp.finfo(solve).eps) + float(jnp.finfo(dtype).eps)) * max_abs
 
 
-def _errors(seal: Seal, err) -> dict[str, np.ndarray]:
+def _errors(seal: Seal, err: float | Mapping[str, float | np.ndarray] | None) -> dict[str, np.ndarray]:
     """Per sealed leaf, ε per chunk (float64, one value per chunk) from ``err`` (see :func:`verify`)."""
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for path, s in seal.leaves.items():
         e = err.get(path, None) if isinstance(err, Mapping) else err
         if e is None:

@@ -57,12 +57,19 @@ is not finite (no usable estimate) adds nothing: its chunk is judged at float pr
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from jaxpurify import _seal
 from jaxpurify._options import RecoverOptions
 from jaxpurify._plan import options_for, solve_dtype
+
+if TYPE_CHECKING:  # both import this module
+    from jaxpurify._codebook import Codebook
+    from jaxpurify._layout import Group
+    from jaxpurify._purify import GroupResult
 
 _BLOCK = 1 << 20  # entries per block of columns: the working memory is a few arrays of this size
 CAP = 2.0  # each column's β at most CAP·β⁰, the bound of a clean column (module docstring)
@@ -92,7 +99,9 @@ def latent_norms(values: np.ndarray, A: np.ndarray) -> np.ndarray:
     return out
 
 
-def _leaf_index(codebook, g, q: np.ndarray, spans) -> tuple[np.ndarray, np.ndarray]:
+def _leaf_index(
+    codebook: Codebook, g: Group, q: np.ndarray, spans: Mapping[str, tuple[int, np.integer]]
+) -> tuple[np.ndarray, np.ndarray]:
     """For code entries q = i·m + j of group ``g``: the index of their leaf in ``spans`` (−1 for
     padding) and their flat C-order index in that leaf (the seal's order)."""
     sizes = np.array([s.size for s in g.segments])
@@ -111,17 +120,17 @@ def _leaf_index(codebook, g, q: np.ndarray, spans) -> tuple[np.ndarray, np.ndarr
 
 
 def chunk_errors(
-    codebook,
-    matrices: dict[str, np.ndarray],
-    results: dict,
-    xnorms: dict[str, np.ndarray],
+    codebook: Codebook,
+    matrices: Mapping[str, np.ndarray],
+    results: Mapping[str, GroupResult],
+    xnorms: Mapping[str, np.ndarray],
     options: RecoverOptions | None = None,
 ) -> dict[str, np.ndarray]:
     """Per sealed protected leaf, ε_C of each seal chunk (module docstring).  ``results``: per group
     ``certified`` and ``bound`` (relative) per column; ``xnorms``: per group :func:`latent_norms`;
     ``options``: the solver's (its rtol and atol set the cap's clean bound β⁰)."""
     options = RecoverOptions() if options is None else options
-    seal = codebook.seal_record
+    seal = cast(_seal.Seal, codebook.seal_record)  # purify asks for a sealed codebook's errors only
     chunk = seal.chunk
     paths = [p for p in codebook.protected if p in seal.leaves]
     counts = [-(-int(np.prod(seal.leaves[p].shape)) // chunk) for p in paths]
@@ -161,7 +170,7 @@ def chunk_errors(
             contrib = np.minimum(smax2, np.maximum(cum[rows1] - cum[rows0], 0.0)) * ratio * ratio
             ok = (key[first] >= 0) & (contrib > 0)
             E2 += np.bincount(key[first][ok], contrib[ok], minlength=E2.size)
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for k, p in enumerate(paths):
         s = seal.leaves[p]
         size = int(np.prod(s.shape))

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,9 @@ from jaxpurify._options import RecoverOptions
 from jaxpurify._plan import Call, Item, options_for, solve_dtype
 from jaxpurify._solution import RESULTS, Recovery
 from jaxpurify._solver import recover_padded
+
+if TYPE_CHECKING:  # it imports purify, which imports this module
+    from jaxpurify._codebook import Codebook
 
 AXIS = "slots"  # the mesh's one axis: solver slots (whole items of columns) are split over it
 
@@ -91,7 +95,7 @@ class Layout:
     leaves: tuple[LeafLayout, ...]
 
     @classmethod
-    def of(cls, codebook) -> Layout:
+    def of(cls, codebook: Codebook) -> Layout:
         return cls(tuple(codebook.groups.values()), tuple(codebook._leaves.values()))
 
     @property
@@ -112,7 +116,7 @@ class Batch:
 
 def batches(calls: Sequence[Call]) -> tuple[Batch, ...]:
     """Merge the plan's calls of one shape: one solver copy per shape in the compiled program."""
-    merged: dict[tuple, list[Item]] = {}
+    merged: dict[tuple[str, int, int, int], list[Item]] = {}
     for c in calls:
         merged.setdefault((c.dtype, c.K, c.n, c.width), []).extend(c.items)
     return tuple(Batch(*key, tuple(items)) for key, items in merged.items())
@@ -166,7 +170,13 @@ def runs(batch: Batch | Call) -> tuple[Run, ...]:
     return tuple(out)
 
 
-def stack(batch: Batch | Call, cols: dict, matrices: dict, slots: int, xp=jnp):
+def stack(
+    batch: Batch | Call,
+    cols: Mapping[str, _layout.Array],
+    matrices: Mapping[str, _layout.Array],
+    slots: int,
+    xp: ModuleType = jnp,
+) -> tuple[_layout.Array, _layout.Array, np.ndarray]:
     """(A, Y, n) of a batch of ``slots`` slots: its items fill the first ones, in order.
 
     Extra rows are erasures (NaN in Y, 0 in A), extra columns of A are zero (n: each slot's real
@@ -181,6 +191,8 @@ def stack(batch: Batch | Call, cols: dict, matrices: dict, slots: int, xp=jnp):
     dt = np.dtype(solve_dtype(batch.dtype))
     K, N, w = batch.K, batch.n, batch.width
     host = xp is np
+    A: _layout.Array
+    Y: _layout.Array
     if host:
         A, Y = np.zeros((slots, K, N), dt), np.empty((slots, K, w), dt)
     As, Ys, ns = [], [], []
@@ -219,7 +231,7 @@ def stack(batch: Batch | Call, cols: dict, matrices: dict, slots: int, xp=jnp):
 
 
 @jax.jit
-def summarize(A, Y, x, outliers):
+def summarize(A: jax.Array, Y: jax.Array, x: jax.Array, outliers: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A x̂ and, per column, the largest |y − A x̂| on the inliers (erasures are outliers).
 
     Both are computed in the column's own power-of-two units (x̂ scaled exactly to largest entry
@@ -248,7 +260,7 @@ class Solved(NamedTuple):
     bound: Any  # (S, w): recover's error bound (inf where not certified)
 
     @classmethod
-    def of(cls, A, Y, out: Recovery, dtype: str | None = None) -> Solved:
+    def of(cls, A: jax.Array, Y: jax.Array, out: Recovery, dtype: str | None = None) -> Solved:
         """The batch's results from ``recover_padded``'s answer ``out`` on (A, Y), the leaves of
         ``dtype`` (default: the solve's).  A certified x̂ whose A x̂ overflows in that dtype (weights
         within rounding of its largest float) is not what was certified: ``out_of_range``."""
@@ -264,11 +276,13 @@ class Solved(NamedTuple):
         )
 
 
-def _solve_local(A, Y, n, options: RecoverOptions, dtype: str | None = None) -> Solved:
+def _solve_local(A: jax.Array, Y: jax.Array, n: jax.Array, options: RecoverOptions, dtype: str | None = None) -> Solved:
     return Solved.of(A, Y, recover_padded(A, Y, n, options), dtype)
 
 
-def solve(A, Y, n, options: RecoverOptions, mesh: Mesh, dtype: str | None = None) -> Solved:
+def solve(
+    A: jax.Array, Y: jax.Array, n: np.ndarray, options: RecoverOptions, mesh: Mesh, dtype: str | None = None
+) -> Solved:
     """``recover`` and its summary on a batch, each device solving whole slots of it."""
     spec = P(AXIS)
     # check_vma off: recover's loops start from unsharded constants, which is right per shard
@@ -283,20 +297,28 @@ def solve(A, Y, n, options: RecoverOptions, mesh: Mesh, dtype: str | None = None
 
 
 # -- assemble -------------------------------------------------------------------------------------
-def assemble(groups: Sequence[Group], plan: Sequence[Batch], outs: Sequence[Solved], cols, keep_input: bool):
+def assemble(
+    groups: Sequence[Group],
+    plan: Sequence[Batch],
+    outs: Sequence[Solved],
+    cols: Mapping[str, _layout.Array],
+    keep_input: bool,
+) -> tuple[dict[str, jax.Array], DeviceReport]:
     """Per group: its purified (K, m) values and a :class:`DeviceReport`'s fields, from the
     batches' results (runs concatenated in column order; no scatter)."""
-    pieces: dict[str, list] = {g.name: [] for g in groups}
+    pieces: dict[str, list[tuple[Run, Solved]]] = {g.name: [] for g in groups}
     for batch, out in zip(plan, outs):
         for r in runs(batch):
             pieces[r.group].append((r, out))
-    fields = {k: {} for k in DeviceReport._fields}
-    values = {}
+    fields: dict[str, dict[str, jax.Array]] = {k: {} for k in DeviceReport._fields}
+    values: dict[str, jax.Array] = {}
     for g in groups:
         parts = sorted(pieces[g.name], key=lambda p: p[0].start)
 
-        def cat(field: str):  # one field of the batches' Solved, the group's columns in order: (K, m) or (m,)
-            got = []
+        def cat(
+            field: str,
+        ) -> jax.Array:  # one field of the batches' Solved, the group's columns in order: (K, m) or (m,)
+            got: list[jax.Array] = []
             for r, out in parts:
                 o = getattr(out, field)[r.slot : r.slot + r.slots]  # (slots, K, width) or (slots, width)
                 o = jnp.moveaxis(o[:, : g.K], 0, 1).reshape(g.K, -1) if o.ndim == 3 else o.reshape(-1)
@@ -316,7 +338,8 @@ def spread(x: jax.Array, mesh: Mesh) -> jax.Array:
     replicated if none does."""
     axis = next((i for i, d in enumerate(x.shape) if d % mesh.size == 0), None)
     spec = P() if axis is None else P(*([None] * axis + [AXIS]))
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    out: jax.Array = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("layout", "plan", "options", "keep_input", "mesh"))
@@ -335,16 +358,18 @@ def run(
     cols = _layout.pack(layout.groups, leaves, values, xp=jnp)
     outs = []
     for batch in plan:
-        A, Y, n = stack(batch, cols, matrices, slots_for(batch, mesh.size))
-        outs.append(solve(A, Y, n, options_for(batch.dtype, options), mesh, batch.dtype))
+        A, Y, n = stack(batch, cols, matrices, slots_for(batch, mesh.size))  # xp=jnp: JAX arrays
+        outs.append(
+            solve(cast(jax.Array, A), cast(jax.Array, Y), n, options_for(batch.dtype, options), mesh, batch.dtype)
+        )
     group_values, report = assemble(layout.groups, plan, outs, cols, keep_input)
-    purified = _layout.unpack(layout.groups, leaves, group_values, xp=jnp)
+    purified = cast(dict[str, jax.Array], _layout.unpack(layout.groups, leaves, group_values, xp=jnp))  # traced
     return {p: spread(v.astype(leaves[p].dtype), mesh) for p, v in purified.items()}, report
 
 
 def purify_leaves(
     values: dict[str, Any],
-    codebook,
+    codebook: Codebook,
     calls: Sequence[Call],
     options: RecoverOptions,
     keep_input: bool,
@@ -357,7 +382,7 @@ def purify_leaves(
         matrices = {
             name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in codebook.groups.items()
         }
-    return run(
+    out: tuple[dict[str, jax.Array], DeviceReport] = run(
         values,
         matrices,
         layout=Layout.of(codebook),
@@ -366,6 +391,7 @@ def purify_leaves(
         keep_input=keep_input,
         mesh=device_mesh() if mesh is None else mesh,
     )
+    return out
 
 
 def wanted(leaves: Sequence[Any]) -> bool:

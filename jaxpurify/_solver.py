@@ -78,6 +78,10 @@ FIRST_ROUNDS = 3
 GREEDY = True
 
 
+# The traced options that are loop bounds (the rest are tolerances).
+INT_OPTIONS = ("finder_iters", "passes", "retry_iters", "polish_rounds", "max_cg")
+
+
 def far_limit(dtype: DTypeLike) -> int:
     """log2 of the magnitude, in a column's own units (median entry ~ 1), past which an entry is an
     outlier by fiat: 2^32 in float32, 2^256 in float64.  Far below the overflow of the solver's
@@ -87,18 +91,25 @@ def far_limit(dtype: DTypeLike) -> int:
     return int(jnp.finfo(dtype).maxexp) // 4
 
 
-class Tolerances(NamedTuple):
-    """The traced options (``RecoverOptions.TRACED``), as float32 scalars: changing one does not
-    recompile."""
+class Traced(NamedTuple):
+    """The traced options (``RecoverOptions.TRACED``, in its order): the iteration caps as int32
+    scalars, the tolerances as float32 ones.  Changing one does not recompile."""
 
+    finder_iters: jax.Array
+    passes: jax.Array
+    retry_iters: jax.Array
     admm_tol: jax.Array
     relax: jax.Array
+    polish_rounds: jax.Array
+    max_cg: jax.Array
     rtol: jax.Array
     atol: jax.Array
 
     @classmethod
-    def of(cls, opts: RecoverOptions, dtype: DTypeLike) -> Tolerances:
-        return cls(**{name: jnp.asarray(v, jnp.float32) for name, v in opts.traced(dtype).items()})
+    def of(cls, opts: RecoverOptions, dtype: DTypeLike) -> Traced:
+        values = opts.traced(dtype)
+        caps = {name: jnp.asarray(values.pop(name), jnp.int32) for name in INT_OPTIONS}
+        return cls(**caps, **{name: jnp.asarray(v, jnp.float32) for name, v in values.items()})
 
 
 class _Pass(NamedTuple):
@@ -139,7 +150,7 @@ class _QR(NamedTuple):
     R: jax.Array  # (N, N)
 
 
-def _find_and_polish(block: Block, ignore: jax.Array, *, tols: Tolerances, opts: RecoverOptions, first: bool) -> _Pass:
+def _find_and_polish(block: Block, ignore: jax.Array, *, tols: Traced, opts: RecoverOptions, first: bool) -> _Pass:
     """One pass on a block: ADMM finder and polish; after the first pass also a trimmed refit.
 
     The first pass runs on every column, so its polish stops after ``FIRST_ROUNDS`` rounds: most
@@ -147,16 +158,16 @@ def _find_and_polish(block: Block, ignore: jax.Array, *, tols: Tolerances, opts:
     rows the finder leaves out.
     """
     Q, R, n, y, finite = block.Q, block.R, block.n, block.y, block.finite
-    rounds = min(opts.polish_rounds, FIRST_ROUNDS) if first else opts.polish_rounds
-    iters_cap = opts.finder_iters if first else opts.retry_iters
+    rounds = jnp.minimum(tols.polish_rounds, FIRST_ROUNDS) if first else tols.polish_rounds
+    iters_cap = tols.finder_iters if first else tols.retry_iters
     found = admm(Q, y, ~ignore, jnp.ones(y.shape[1], bool), max_iter=iters_cap, tol=tols.admm_tol, relax=tols.relax)
     r_admm = y - matmul(Q, found.c)
     outl0 = far_above_median(r_admm, ~ignore, OUTLIER_FACTOR)
-    fit = polish(block, outl0, found.c, rounds=rounds, max_cg=opts.max_cg, greedy=GREEDY and not first)
+    fit = polish(block, outl0, found.c, rounds=rounds, max_cg=tols.max_cg, greedy=GREEDY and not first)
     if opts.trim and not first:
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
-        trimmed = polish(block, cut, found.c, rounds=rounds, max_cg=opts.max_cg)
+        trimmed = polish(block, cut, found.c, rounds=rounds, max_cg=tols.max_cg)
         take = _done(trimmed, finite, n) & ~_done(fit, finite, n)
         fit = select(take, trimmed, fit)
     x_admm = jax.scipy.linalg.solve_triangular(R, found.c, lower=False)
@@ -204,10 +215,10 @@ def _update(best: _Best, block: Block, active: jax.Array, result: _Pass) -> _Bes
     )
 
 
-def _full_pass(block: Block, state: _Passes, *, tols: Tolerances, opts: RecoverOptions) -> _Passes:
+def _full_pass(block: Block, state: _Passes, *, tols: Traced, opts: RecoverOptions) -> _Passes:
     """One more pass on every column not certified with passes left, at the block's own width."""
     best, tries = state.best, state.tries
-    want = ~best.ok & (tries < opts.passes)
+    want = ~best.ok & (tries < tols.passes)
     sub = _find_and_polish(block, best.ignore, tols=tols, opts=opts, first=False)
     return _Passes(best=_update(best, block, want, sub), tries=tries + want)
 
@@ -247,12 +258,12 @@ class _Slots(NamedTuple):
         return block._replace(y=self.gather(block.y), finite=self.gather(block.finite), atol=self.gather(block.atol))
 
 
-def _narrow_pass(block: Block, state: _Passes, *, tols: Tolerances, opts: RecoverOptions) -> _Passes:
+def _narrow_pass(block: Block, state: _Passes, *, tols: Traced, opts: RecoverOptions) -> _Passes:
     """One more pass for up to m / COMPACT columns that are not certified and have passes left,
     gathered into a narrow block: a column that is done stops costing work."""
     best, tries = state.best, state.tries
     m = block.y.shape[1]
-    sl = _Slots.of(~best.ok & (tries < opts.passes), max(1, m // COMPACT))
+    sl = _Slots.of(~best.ok & (tries < tols.passes), max(1, m // COMPACT))
     narrow = sl.narrow(block)
     sub = _find_and_polish(narrow, sl.gather(best.ignore), tols=tols, opts=opts, first=False)
     sub_best = _update(jax.tree.map(sl.gather, best), narrow, sl.valid, sub)
@@ -284,7 +295,7 @@ def _lp_update(best: _Best, block: Block, active: jax.Array, res: LPResult) -> _
     )
 
 
-def _pivot_stage(block: Block, best: _Best, *, opts: RecoverOptions) -> _Best:
+def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOptions) -> _Best:
     """Simplex pivots (``_pivot``) on the columns the passes left uncertified but within the count
     bound, up to m / COMPACT at a time (a problem narrower than ``NARROW_MIN · COMPACT``: all at its
     own width): a certified column is never touched, and a block without such columns pays one test."""
@@ -299,7 +310,7 @@ def _pivot_stage(block: Block, best: _Best, *, opts: RecoverOptions) -> _Best:
         sl = _Slots.of(~st.best.ok & ~st.best.over & ~st.tried, w)
         narrow = sl.narrow(block)
         sub = jax.tree.map(sl.gather, st.best)
-        res = lp_fit(narrow, sub.x_est, sl.valid, max_pivots=cap, max_cg=opts.max_cg)
+        res = lp_fit(narrow, sub.x_est, sl.valid, max_pivots=cap, max_cg=tols.max_cg)
         sub = _lp_update(sub, narrow, sl.valid, res)
         return _Pivoting(best=jax.tree.map(sl.back, sub, st.best), tried=st.tried | sl.taken)
 
@@ -307,7 +318,7 @@ def _pivot_stage(block: Block, best: _Best, *, opts: RecoverOptions) -> _Best:
 
 
 def _recover_block(
-    A: jax.Array, Q: jax.Array, R: jax.Array, n: jax.Array, Y: jax.Array, *, opts: RecoverOptions, tols: Tolerances
+    A: jax.Array, Q: jax.Array, R: jax.Array, n: jax.Array, Y: jax.Array, *, opts: RecoverOptions, tols: Traced
 ) -> Recovery:
     """A: (K, N) with thin QR ``Q, R`` and ``n`` ≤ N real columns (the rest zero, Q's too);
     Y: (K, m) → Recovery with the column axis last."""
@@ -345,7 +356,7 @@ def _recover_block(
     best = _update(best, block, jnp.ones((m,), bool), first)
 
     def todo(state: _Passes) -> jax.Array:
-        return jnp.any(~state.best.ok & (state.tries < opts.passes))
+        return jnp.any(~state.best.ok & (state.tries < tols.passes))
 
     def more(state: _Passes) -> _Passes:
         if m < NARROW_MIN * COMPACT:  # see NARROW_MIN
@@ -354,7 +365,7 @@ def _recover_block(
 
     best = lax.while_loop(todo, more, _Passes(best=best, tries=jnp.ones((m,), jnp.int32))).best
     if opts.pivots:
-        best = _pivot_stage(block, best, opts=opts)
+        best = _pivot_stage(block, best, tols=tols, opts=opts)
 
     x = jnp.where(best.ok, best.x, best.x_est)
     r = y - matmul(A, x)
@@ -412,7 +423,7 @@ def _factor(A: jax.Array, n: jax.Array) -> _QR:
     return _QR(Q=Q, R=R)
 
 
-def _solve_items(A: jax.Array, Y: jax.Array, ncols: jax.Array, *, opts: RecoverOptions, tols: Tolerances) -> Recovery:
+def _solve_items(A: jax.Array, Y: jax.Array, ncols: jax.Array, *, opts: RecoverOptions, tols: Traced) -> Recovery:
     """A: (B, K, N), Y: (B, K, M), ncols: (B,) real columns of each A → Recovery with leading B.
     Each matrix is factorized once; its columns are solved in chunks one after another
     (``lax.map``)."""
@@ -448,7 +459,7 @@ def _each(f: Callable[[jax.Array], jax.Array], out: Recovery) -> Recovery:
 
 @functools.partial(jax.jit, static_argnames=("opts", "vector"))
 def _recover_jit(
-    A: jax.Array, Y: jax.Array, ncols: jax.Array, tols: Tolerances, opts: RecoverOptions, vector: bool
+    A: jax.Array, Y: jax.Array, ncols: jax.Array, tols: Traced, opts: RecoverOptions, vector: bool
 ) -> Recovery:
     """``ncols``: per matrix of the batch (broadcast like A's batch), its real columns."""
     if vector:
@@ -578,7 +589,7 @@ def recover(
 def _run(A: jax.Array, Y: jax.Array, ncols: jax.Array, opts: RecoverOptions, vector: bool) -> Recovery:
     """The solve behind :func:`recover` and :func:`recover_padded`: A and Y already checked and cast."""
     # the traced options travel as scalars, so only the static ones key the compilation
-    tols = Tolerances.of(opts, A.dtype)
+    tols = Traced.of(opts, A.dtype)
     static = opts.compile_key()
     if isinstance(Y, jax.core.Tracer) or isinstance(A, jax.core.Tracer):
         # the solve is not differentiated; x and residual get the implicit derivative (_grad)
@@ -599,11 +610,11 @@ def _run(A: jax.Array, Y: jax.Array, ncols: jax.Array, opts: RecoverOptions, vec
 @functools.cache
 def _recover_flat(opts: RecoverOptions, vector: bool) -> Callable[..., tuple[jax.Array, ...]]:
     """:func:`_recover_jit` for these static arguments, jitted once, with arrays only in and out
-    (as ``jax.export`` serializes them): the tolerances in ``Tolerances``' field order, the
+    (as ``jax.export`` serializes them): the traced options in ``Traced``' field order, the
     results in ``Recovery``'s."""
 
     def flat(A: jax.Array, Y: jax.Array, ncols: jax.Array, *tols: jax.Array) -> tuple[jax.Array, ...]:
-        out = _recover_jit(A, Y, ncols, Tolerances(**dict(zip(Tolerances._fields, tols, strict=True))), opts, vector)
+        out = _recover_jit(A, Y, ncols, Traced(**dict(zip(Traced._fields, tols, strict=True))), opts, vector)
         return tuple(out)
 
     return jax.jit(flat)

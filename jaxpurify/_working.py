@@ -18,33 +18,40 @@ leaf is a view of it; a single-axis leaf is one group, the leaf a (transposed) v
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+if TYPE_CHECKING:  # _layout imports this module
+    from jaxpurify._layout import Group
 
 ALIGN = 64  # bytes: XLA's CPU client aliases a host buffer in device_put only if it starts on this
 
 
-def aligned_empty(size: int, dtype) -> np.ndarray:
+def aligned_empty(size: int, dtype: DTypeLike) -> np.ndarray:
     """A writable 1-D array of ``size`` entries whose data starts on an ``ALIGN``-byte boundary."""
-    dtype = np.dtype(dtype)
-    raw = np.empty(size * dtype.itemsize + ALIGN, np.uint8)
+    dt = np.dtype(dtype)
+    raw = np.empty(size * dt.itemsize + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
-    return raw[start : start + size * dtype.itemsize].view(dtype)
+    return raw[start : start + size * dt.itemsize].view(dt)
 
 
-def _leaf_runs(groups) -> dict[str, list]:
+def _leaf_runs(groups: Iterable[Group]) -> dict[str, list[Group]]:
     """Leaves held by groups of their own (one segment each, no other member), by path: the groups
     in layout order, when each group's K·m entries, padding included, end before the next starts."""
-    held: dict[str, list] = {}
-    shared = set()
+    held: dict[str, list[Group]] = {}
+    shared: set[str] = set()
     for g in groups:
         if len(g.segments) == 1:
             held.setdefault(g.segments[0].path, []).append(g)
         else:
             shared.update(s.path for s in g.segments)
-    out = {}
+    out: dict[str, list[Group]] = {}
     for path, gs in held.items():
         gs = sorted(gs, key=lambda g: g.segments[0].start)
-        starts = [g.segments[0].start for g in gs] + [None]
+        starts: list[int | None] = [g.segments[0].start for g in gs] + [None]
         fits = path not in shared and starts[0] == 0
         for g, nxt in zip(gs, starts[1:]):
             fits = fits and g.segments[0].stop == (nxt if nxt is not None else g.segments[0].stop)
@@ -54,10 +61,10 @@ def _leaf_runs(groups) -> dict[str, list]:
     return out
 
 
-def working_copies(groups, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def working_copies(groups: Collection[Group], cols: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
     """Per group, a writable aligned copy of its (K, m) code ``cols[name]``; the groups of a leaf
     split over several groups are consecutive views of one buffer (module docstring)."""
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for gs in _leaf_runs(groups).values():
         end = max(g.segments[0].start + g.K * g.columns for g in gs)
         buf = aligned_empty(end, np.asarray(cols[gs[0].name]).dtype)
@@ -74,13 +81,13 @@ def working_copies(groups, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def _root(a: np.ndarray):
+def _root(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
         a = a.base
     return a
 
 
-def join(parts: list[np.ndarray]) -> np.ndarray | None:
+def join(parts: Sequence[np.ndarray]) -> np.ndarray | None:
     """The 1-D arrays ``parts`` as one array without a copy, when they are consecutive runs of one
     C-contiguous buffer (what :func:`working_copies` gives a split leaf); else None."""
     first = parts[0]

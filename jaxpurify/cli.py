@@ -37,9 +37,14 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from jaxpurify import __version__
 from jaxpurify._uncertified import ON_UNCERTIFIED
+
+if TYPE_CHECKING:  # the commands import what they use when run
+    from jaxpurify._checkpoint import Source
+    from jaxpurify._codebook import Codebook
 
 EXIT_OK, EXIT_NOT_OK, EXIT_BAD_INPUT, EXIT_UNSEALED, EXIT_WRONG_CODEBOOK, EXIT_UNREADABLE = 0, 1, 2, 3, 4, 5
 EXIT_CODES = (
@@ -72,7 +77,7 @@ def _one_line(e: BaseException | Warning | str) -> str:
 
 def load_codebook(
     path: str, key_path: str | None = None, *, allow_legacy: bool = False, min_seal_counter: int | None = None
-):
+) -> Codebook:
     """The codebook of ``jaxpurify purify``; the one place the CLI reads codebooks and keys."""
     from jaxpurify import Codebook
 
@@ -98,13 +103,13 @@ def check_output_suffix(out: str, fmt: str) -> None:
         )
 
 
-def _write_json(path: str, obj) -> None:
+def _write_json(path: str, obj: object) -> None:
     from jaxpurify import io
 
     io.write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
-def check_outputs(args, source) -> tuple[str, str | None]:
+def check_outputs(args: argparse.Namespace, source: Source) -> tuple[str, str | None]:
     """(--out, --report) as absolute paths, checked before any work: each must differ from the
     checkpoint and from each other, its directory must exist and be writable, and it must be what
     will be written there — a file where a file goes (not an existing directory), an Orbax
@@ -144,7 +149,7 @@ def _warn(w: warnings.WarningMessage) -> None:
     print(f"jaxpurify purify: warning: {w.category.__name__}: {_one_line(w.message)}", file=sys.stderr)
 
 
-def _purify(args) -> int:
+def _purify(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:  # printed one line each, not Python's two
         warnings.simplefilter("always")
         try:
@@ -154,8 +159,9 @@ def _purify(args) -> int:
                 _warn(w)
 
 
-def _purify_checked(args) -> int:
+def _purify_checked(args: argparse.Namespace) -> int:
     from jaxpurify import UncertifiedError, _checkpoint, _salvage, io, purify
+    from jaxpurify._report import Report
 
     for flag, p in (("CHECKPOINT", args.checkpoint), ("--codebook", args.codebook), ("--key", args.key)):
         if p is not None and not os.path.exists(p):
@@ -199,7 +205,9 @@ def _purify_checked(args) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            purified, report = purify(params, codebook, on_uncertified=args.on_uncertified)
+            purified, any_report = purify(params, codebook, on_uncertified=args.on_uncertified)
+        # a checkpoint's leaves are host arrays, which purify reports on in a Report (not a DeviceReport)
+        report = cast(Report, any_report)
     except UncertifiedError as e:  # --on-uncertified raise: the report, and nothing written
         report, purified, caught = e.report, None, []
     for w in caught:
@@ -392,7 +400,7 @@ def _experiment_parsers(reproduce: argparse.ArgumentParser, common: argparse.Arg
     real = argparse.ArgumentParser(add_help=False, parents=[shared])
     real.add_argument("--arch", choices=["one-hidden", "multi"], default="one-hidden")
     real.add_argument("--steps", type=int, help="training steps (default: digits 1500, mnist 3000, quick 300)")
-    real.add_argument("--lr", type=float, help="peak AdamW learning rate for both models (default 3e-3)")
+    real.add_argument("--lr", type=float, help="peak AdamW learning rate for both models (default 3e-2)")
     real.add_argument("--redundancy", type=float, default=4.0, help="K/n of the codebook (default 4)")
     real.add_argument("--seeds", type=int, default=1, help="train plain and encoded for this many seeds (default 1)")
     exps.add_parser("digits", parents=[real], help="the embedded 8×8 digits (no download)")

@@ -30,7 +30,7 @@ class Dataset(NamedTuple):
     name: str
 
 
-def _split(x, y, test_fraction: float, seed: int) -> tuple[Split, Split]:
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tuple[Split, Split]:
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(x))
     n_test = int(round(test_fraction * len(x)))
@@ -108,7 +108,7 @@ def cifar10(data_dir: str) -> Dataset:
     if os.path.isdir(sub):
         data_dir = sub
 
-    def read(name):
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
         path = os.path.join(data_dir, name)
         if not os.path.exists(path):
             raise FileNotFoundError(

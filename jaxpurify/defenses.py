@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +85,39 @@ def _steps(n: int, epochs: int, batch_size: int) -> int:
     return epochs * math.ceil(n / min(batch_size, n))
 
 
+def _adam(
+    apply_fn: ApplyFn,
+    start: PyTree,
+    codebook: Codebook | None,
+    benign: Data,
+    key: jax.Array,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    progress: bool | None,
+) -> PyTree:
+    """The fine-tuning purify+ft and ft share: ``train`` from ``start`` (the latent through
+    ``codebook``, or the weights themselves with None), Adam at ``lr`` for ``epochs`` passes."""
+    x, y = benign
+    return train(
+        apply_fn,
+        start,
+        codebook,
+        x,
+        y,
+        key=key,
+        steps=_steps(len(x), epochs, batch_size),
+        batch_size=batch_size,
+        optimizer=optax.adam(lr),
+        progress=progress,
+    ).latent
+
+
+def _apply_mask(tree: PyTree, mask: PyTree) -> PyTree:
+    """``tree`` with every floating leaf multiplied by its ``mask`` leaf (0 = held at zero)."""
+    return jax.tree.map(lambda w, m: w * m.astype(w.dtype) if _floating(w) else w, tree, mask)
+
+
 # -- purification ----------------------------------------------------------------------------------
 def outlier_masks(
     params: PyTree, codebook: Codebook, **overrides: Any
@@ -112,7 +145,8 @@ def purify_only(
     """l1 purification, no data: uncertified columns keep their input (``on_uncertified="input"``).
     ``detected``: the keyed seal failed on the purified tree (None without a seal)."""
     del apply_fn, benign, key
-    purified, report = purify(params, codebook, on_uncertified="input", **overrides)
+    purified, any_report = purify(params, codebook, on_uncertified="input", **overrides)
+    report = cast(Report, any_report)  # concrete (not traced) parameters: a host Report
     flags, _ = outlier_masks(params, codebook, **overrides)
     return Defended(purified, tree_from_paths(params, flags), report, _seal_verdict(report))
 
@@ -132,21 +166,9 @@ def purify_finetune(
 ) -> Defended:
     """Purify, then train Θ = encode(purified) through ``codebook.decode`` on the benign data
     (Adam, ``epochs`` passes): the result stays in range(A) and so remains purifiable."""
-    x, y = _check_benign(benign, "purify_finetune")
+    benign = _check_benign(benign, "purify_finetune")
     done = purify_only(apply_fn, params, codebook, None, None, **overrides)
-    latent = codebook.encode(done.params)
-    latent = train(
-        apply_fn,
-        latent,
-        codebook,
-        x,
-        y,
-        key=key,
-        steps=_steps(len(x), epochs, batch_size),
-        batch_size=batch_size,
-        optimizer=optax.adam(lr),
-        progress=progress,
-    ).latent
+    latent = _adam(apply_fn, codebook.encode(done.params), codebook, benign, key, epochs, batch_size, lr, progress)
     return done._replace(params=codebook.decode(latent))
 
 
@@ -164,16 +186,13 @@ def _finetune_masked(
 ) -> PyTree:
     """Adam on the weights with ``mask`` (1 = trainable, 0 = held at zero) applied in the loss."""
     x, y = benign
-    apply_mask: Callable[[PyTree], PyTree] = lambda t: jax.tree.map(
-        lambda w, m: w * m.astype(w.dtype) if _floating(w) else w, t, mask
-    )
 
     def loss(t: PyTree, _key: jax.Array, xb: jax.Array, yb: jax.Array) -> jax.Array:
-        return cross_entropy(apply_fn(apply_mask(t), xb), yb)
+        return cross_entropy(apply_fn(_apply_mask(t, mask), xb), yb)
 
     out = minimize(
         loss,
-        apply_mask(params),
+        _apply_mask(params, mask),
         [x, y],
         key=key,
         steps=_steps(len(x), epochs, batch_size),
@@ -182,7 +201,7 @@ def _finetune_masked(
         desc="fine-tune",
         progress=progress,
     )
-    return apply_mask(out.latent)
+    return _apply_mask(out.latent, mask)
 
 
 def finetune(
@@ -198,20 +217,8 @@ def finetune(
     progress: bool | None = None,
 ) -> Defended:
     """Plain fine-tuning (FT) of the deployed weights on the benign data (Adam, ``epochs`` passes)."""
-    x, y = _check_benign(benign, "finetune")
-    tuned = train(
-        apply_fn,
-        params,
-        None,
-        x,
-        y,
-        key=key,
-        steps=_steps(len(x), epochs, batch_size),
-        batch_size=batch_size,
-        optimizer=optax.adam(lr),
-        progress=progress,
-    ).latent
-    return Defended(tuned, None, None, None)
+    benign = _check_benign(benign, "finetune")
+    return Defended(_adam(apply_fn, params, None, benign, key, epochs, batch_size, lr, progress), None, None, None)
 
 
 def dormancy_order(features: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, x: np.ndarray) -> np.ndarray:
@@ -259,12 +266,12 @@ def fine_prune(
     def keep_mask(k: int) -> PyTree:
         return tree_from_paths(params, {p: ~m for p, m in pruned(k).items()}, fill=True)
 
-    masked: Callable[[int], PyTree] = lambda k: jax.tree.map(
-        lambda w, m: w * m.astype(w.dtype) if _floating(w) else w, params, keep_mask(k)
-    )
     base = accuracy(apply_fn, params, x, y)
     k, inc = 0, max(1, round(step * C))
-    while k + inc <= int(max_prune * C) and accuracy(apply_fn, masked(k + inc), x, y) >= base - max_drop:
+    while (
+        k + inc <= int(max_prune * C)
+        and accuracy(apply_fn, _apply_mask(params, keep_mask(k + inc)), x, y) >= base - max_drop
+    ):
         k += inc
     tuned = _finetune_masked(apply_fn, params, keep_mask(k), (x, y), key, epochs, batch_size, lr, progress)
     return Defended(tuned, tree_from_paths(params, pruned(k)), None, None)

@@ -10,19 +10,23 @@ K' = finite entries) is not recovered: every column certified and the weights ba
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from jaxpurify import Codebook, data, models, purify
 from jaxpurify import contamination as C
+from jaxpurify._codebook import LeafSpec
+from jaxpurify._report import Report
 from jaxpurify.progress import table
 from jaxpurify.train import accuracy, train
 
 
-def _columns_stats(W, Wc, spec, atol):
+def _columns_stats(W: ArrayLike, Wc: ArrayLike, spec: LeafSpec, atol: float) -> tuple[np.ndarray, np.ndarray]:
     """Per column: corrupted finite entries (|ΔW| > atol) and erasures."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf entries are the point here
         a = np.moveaxis(np.asarray(W, np.float64), spec.axis, 0).reshape(spec.K, -1)
@@ -32,8 +36,8 @@ def _columns_stats(W, Wc, spec, atol):
     return bad.sum(0), (~fin).sum(0)
 
 
-def _rel_err(tree, ref, paths):
-    errs = []
+def _rel_err(tree: Mapping[str, ArrayLike], ref: Mapping[str, ArrayLike], paths: Iterable[str]) -> float:
+    errs: list[float] = []
     for p in paths:
         with np.errstate(invalid="ignore", over="ignore"):
             a, b = np.asarray(tree[p], np.float64), np.asarray(ref[p], np.float64)
@@ -43,17 +47,20 @@ def _rel_err(tree, ref, paths):
     return max(errs)
 
 
-def _fmt(v):
+def _fmt(v: float) -> str:
     return "inf" if not np.isfinite(v) else f"{v:.1e}"
 
 
 def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, verbose: bool = True) -> int:
-    say = print if verbose else (lambda *a, **k: None)
+    say: Callable[..., None] = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
     key = jax.random.key(seed)
     ds = data.digits(seed=seed)
     model = models.OneHiddenCNN(filters=filters, patch=patch, num_classes=10)
-    apply = lambda p, x: model.apply({"params": p}, x)
+
+    def apply(p: Any, x: jax.Array) -> jax.Array:  # no mutable collections: apply gives the logits alone
+        return cast(jax.Array, model.apply({"params": p}, x))
+
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     # The paper's setting: the hidden layer (filters and biases) is encoded; the read-out is not.
     # The key is fresh from the OS, as a deployment's must be (``seed`` fixes data, model and damage).
@@ -83,22 +90,24 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
     say(str(cb.capacity()))
     say("")
 
-    flat = lambda t: {"hidden/kernel": t["hidden"]["kernel"], "hidden/bias": t["hidden"]["bias"]}
+    def flat(t: Mapping[str, Any]) -> dict[str, Any]:
+        return {"hidden/kernel": t["hidden"]["kernel"], "hidden/bias": t["hidden"]["bias"]}
+
     paths = list(cb.specs)
     probe = jax.random.normal(jax.random.fold_in(key, 3), (256,) + ds.test.x.shape[1:])
     logits0 = apply(clean, probe)
     rms = float(jnp.sqrt(jnp.mean(jnp.square(clean["hidden"]["kernel"]))))
     sigma = 1e-4
 
-    def noisy_gross(k, x, axis):
+    def noisy_gross(k: jax.Array, x: jax.Array, axis: int) -> jax.Array:
         k1, k2 = jax.random.split(k)
         return C.gross_errors(k1, C.dense_noise(k2, x, sigma), 0.05, axis=axis)
 
-    def bits_and_erasures(k, x):
+    def bits_and_erasures(k: jax.Array, x: jax.Array) -> jax.Array:
         k1, k2 = jax.random.split(k)
         return C.erasures(k1, C.bit_flips(k2, x, 0.02), 0.01)
 
-    scenarios: list[tuple[str, Callable, dict, float]] = [
+    scenarios: list[tuple[str, Callable[..., jax.Array], dict[str, float], float]] = [
         ("gross errors 1%", C.gross_errors, dict(rate=0.01), 0.0),
         ("gross errors 5%", C.gross_errors, dict(rate=0.05), 0.0),
         ("gross errors 10%", C.gross_errors, dict(rate=0.10), 0.0),
@@ -118,11 +127,13 @@ def run(seed: int = 0, filters: int = 256, patch: int = 4, steps: int = 300, ver
         "recovered",
         "time (s)",
     )
-    rows, failed = [], []
+    rows: list[tuple[str | int, ...]] = []
+    failed: list[str] = []
     for i, (name, fn, kw, atol) in enumerate(scenarios):
         bad = C.contaminate(jax.random.fold_in(key, 100 + i), clean, cb, fn, **kw)
         t0 = time.perf_counter()
-        pur, rep = purify(bad, cb, atol=atol)
+        pur, any_rep = purify(bad, cb, atol=atol)
+        rep = cast(Report, any_rep)  # host arrays: a Report, not a DeviceReport
         jax.block_until_ready(pur)
         dt = time.perf_counter() - t0
         corrupted, within = 0, True

@@ -25,8 +25,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -34,6 +34,9 @@ import numpy as np
 from jaxpurify import _orbax_read
 from jaxpurify._salvage import Salvage, Unreadable  # noqa: F401  (what salvage returns and raises)
 from jaxpurify.tree import leaves_with_paths
+
+if TYPE_CHECKING:
+    from jaxpurify._codebook import Codebook
 
 PyTree = Any
 
@@ -45,7 +48,7 @@ _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "checkp
 # -- formats --------------------------------------------------------------------------------------
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of an existing checkpoint: 'orbax' (a directory: a checkpoint, or a
     ``CheckpointManager`` step or directory), 'safetensors' or 'msgpack'.
 
@@ -76,7 +79,7 @@ def detect_format(path: str | os.PathLike) -> str:
     raise ValueError(f"{path}: not a safetensors, msgpack or Orbax checkpoint")
 
 
-def save_format(path: str | os.PathLike, format: str | None = None) -> str:
+def save_format(path: str | os.PathLike[str], format: str | None = None) -> str:
     """The format :func:`save` writes at ``path``; ``ValueError`` if the suffix conflicts or is unknown."""
     path = os.fspath(path)
     suffix = os.path.splitext(path.rstrip(os.sep))[1].lower()
@@ -98,7 +101,7 @@ def save_format(path: str | os.PathLike, format: str | None = None) -> str:
 # -- trees <-> flat {path: array} -----------------------------------------------------------------
 
 
-def _host_array(path: str, leaf, prng_keys: bool = False) -> np.ndarray:
+def _host_array(path: str, leaf: Any, prng_keys: bool = False) -> np.ndarray:
     dtype = getattr(leaf, "dtype", None)
     if dtype is not None and jax.numpy.issubdtype(dtype, jax.dtypes.prng_key):
         if prng_keys:  # Orbax stores a typed key itself: its key data and the impl's name
@@ -121,7 +124,7 @@ def flatten(params: PyTree, *, prng_keys: bool = False) -> dict[str, np.ndarray]
     named, _ = leaves_with_paths(params, boxes=False)
     if not named:
         raise ValueError("params has no leaves to save")
-    flat = {}
+    flat: dict[str, np.ndarray] = {}
     for path, leaf in named:
         if not path or "" in path.split("/"):
             raise ValueError(f"leaf path {path!r} has an empty key; every key must be non-empty")
@@ -129,8 +132,8 @@ def flatten(params: PyTree, *, prng_keys: bool = False) -> dict[str, np.ndarray]
     return flat
 
 
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    tree: dict = {}
+def _nest(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
     for path, arr in flat.items():
         *parents, last = path.split("/")
         node = tree
@@ -145,7 +148,7 @@ def _nest(flat: dict[str, np.ndarray]) -> dict:
 # -- atomic writes --------------------------------------------------------------------------------
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".jaxpurify-", suffix=".tmp")
@@ -194,7 +197,7 @@ def _replace_dir(new: str, path: str, replaces: str = "item") -> None:
 # -- per-format writers and readers ---------------------------------------------------------------
 
 
-def _orbax_checkpointer():
+def _orbax_checkpointer() -> Any:  # an orbax Checkpointer (orbax ships no type information)
     """Orbax's PyTree checkpointer, synchronous, with compression and OCDBT off.
 
     The layout that survives damage (``python -m benchmarks.containers``): every array is a
@@ -211,7 +214,7 @@ def _orbax_checkpointer():
 
 
 @contextlib.contextmanager
-def _quiet_orbax():
+def _quiet_orbax() -> Iterator[None]:
     """Orbax logs routine notices at WARNING through absl (e.g. that a checkpoint written without
     OCDBT has no OCDBT files to merge); they are not problems of the caller's checkpoint."""
     logger = logging.getLogger("absl")
@@ -223,7 +226,7 @@ def _quiet_orbax():
         logger.setLevel(level)
 
 
-def _save_orbax(path: str, tree: dict) -> None:
+def _save_orbax(path: str, tree: dict[str, Any]) -> None:
     import orbax.checkpoint as ocp
 
     if os.path.exists(path) and not os.path.isdir(path):
@@ -255,10 +258,10 @@ def _load_orbax_item(path: str) -> Any:
             return ckptr.restore(path)
 
 
-def _save_safetensors(path: str, tree: dict, sep: str = "/") -> None:
+def _save_safetensors(path: str, tree: dict[str, Any], sep: str = "/") -> None:
     import safetensors.numpy
 
-    flat = {}
+    flat: dict[str, np.ndarray] = {}
     for k, v in flatten(tree).items():
         if sep != "/" and sep in k:
             raise ValueError(f"leaf {k!r}: a key contains {sep!r}, the key separator asked for")
@@ -266,7 +269,7 @@ def _save_safetensors(path: str, tree: dict, sep: str = "/") -> None:
     write_atomic(path, safetensors.numpy.save(flat))
 
 
-def safetensors_separator(keys) -> str:
+def safetensors_separator(keys: Iterable[str]) -> str:
     """How a safetensors file joins path components: '/' (``io.save``), or '.' when no key holds
     a '/' but one holds a '.' (``flax.traverse_util.flatten_dict(params, sep=".")``, the
     convention transformers writes)."""
@@ -283,7 +286,7 @@ def _load_safetensors(path: str) -> Any:
     return _nest({k.replace(sep, "/"): v for k, v in flat.items()})
 
 
-def _save_msgpack(path: str, tree: dict) -> None:
+def _save_msgpack(path: str, tree: dict[str, Any]) -> None:
     from flax import serialization
 
     write_atomic(path, serialization.msgpack_serialize(tree))
@@ -296,7 +299,7 @@ def _load_msgpack(path: str) -> Any:
         return serialization.msgpack_restore(f.read())
 
 
-_WRITERS: dict[str, Callable[[str, dict], None]] = {
+_WRITERS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     "orbax": _save_orbax,
     "safetensors": _save_safetensors,
     "msgpack": _save_msgpack,
@@ -311,7 +314,7 @@ _READERS: dict[str, Callable[..., Any]] = {
 # -- public API -----------------------------------------------------------------------------------
 
 
-def save(path: str | os.PathLike, params: PyTree, format: str | None = None, *, sep: str = "/") -> str:
+def save(path: str | os.PathLike[str], params: PyTree, format: str | None = None, *, sep: str = "/") -> str:
     """Write ``params`` to ``path`` atomically; returns the format written.
 
     ``format`` is 'orbax', 'safetensors' or 'msgpack'; by default it follows the suffix
@@ -339,7 +342,7 @@ def save(path: str | os.PathLike, params: PyTree, format: str | None = None, *, 
 
 
 def load(
-    path: str | os.PathLike, template: Any = None, format: str | None = None, *, step: int | None = None
+    path: str | os.PathLike[str], template: Any = None, format: str | None = None, *, step: int | None = None
 ) -> PyTree:
     """Read a checkpoint written by :func:`save` (or by Orbax, safetensors or Flax directly).
 
@@ -394,7 +397,7 @@ def load(
     return _match(flat, template, path)
 
 
-def _expected(leaf) -> tuple[tuple[int, ...], np.dtype]:
+def _expected(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
         return tuple(leaf.shape), np.dtype(leaf.dtype)
     arr = np.asarray(leaf)
@@ -423,8 +426,13 @@ def _match(flat: dict[str, np.ndarray], template: PyTree, source: str) -> PyTree
 
 
 def salvage(
-    path: str | os.PathLike, codebook: Any, *, select: str = "", format: str | None = None, step: int | None = None
-) -> tuple[PyTree, Any]:
+    path: str | os.PathLike[str],
+    codebook: Codebook,
+    *,
+    select: str = "",
+    format: str | None = None,
+    step: int | None = None,
+) -> tuple[PyTree, Salvage | None]:
     """Read a checkpoint for purify, by the codebook's layout where the container is damaged.
 
     Returns ``(tree, salvage)``: ``salvage`` is None when the format's own reader read the file

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 PARTS = ("all", "features", "head")
@@ -38,7 +39,7 @@ class OneHiddenCNN(nn.Module):
     HEAD = ("readout/kernel", "readout/bias")
 
     @nn.compact
-    def __call__(self, x, part: str = "all"):
+    def __call__(self, x: jax.Array, part: str = "all") -> jax.Array:
         _check_part(part)
         if part != "head":
             p = (self.patch, self.patch)
@@ -64,7 +65,7 @@ class SmallCNN(nn.Module):
     HEAD = ("dense/kernel", "dense/bias", "readout/kernel", "readout/bias")
 
     @nn.compact
-    def __call__(self, x, part: str = "all"):
+    def __call__(self, x: jax.Array, part: str = "all") -> jax.Array:
         _check_part(part)
         if part != "head":
             for i, c in enumerate(self.channels):

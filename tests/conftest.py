@@ -78,8 +78,44 @@ HEAVY = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m and -k selection read the items
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid in HEAVY:
             item.add_marker(pytest.mark.slow)
+    # a renamed heavy test would silently move back into the default suite: every id listed for a
+    # file that was collected must name one of its tests
+    ids = {item.nodeid for item in items}
+    files = {nodeid.split("::")[0] for nodeid in ids}
+    stale = sorted(h for h in HEAVY if h.split("::")[0] in files and h not in ids)
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py HEAVY names tests that do not exist: {stale}")
+
+
+# Where the suite's time goes: with JAXPURIFY_COMPILE_LOG=DIR each process appends, per test, the
+# seconds XLA spent compiling (jax.monitoring's backend-compile and tracing/lowering events) beside
+# the test's own duration, as TSV lines to DIR/<worker>.tsv. Most of the default suite's time is
+# compilation of distinct solver programs; this says which tests pay for which.
+_COMPILE_LOG = os.environ.get("JAXPURIFY_COMPILE_LOG")
+_compile = {"secs": 0.0, "count": 0}
+
+if _COMPILE_LOG:
+    import jax.monitoring
+
+    def _on_duration(event: str, duration: float, **_: object) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            _compile["count"] += 1
+        if event.startswith("/jax/core/compile/"):
+            _compile["secs"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+    def pytest_runtest_logreport(report):
+        if report.when == "teardown" or hasattr(report, "node"):  # xdist's controller: a worker's report
+            return
+        path = os.path.join(_COMPILE_LOG, os.environ.get("PYTEST_XDIST_WORKER", "main") + ".tsv")
+        with open(path, "a") as f:
+            f.write(
+                f"{report.nodeid}\t{report.when}\t{report.duration:.2f}\t{_compile['secs']:.2f}\t{_compile['count']}\n"
+            )
+        _compile["secs"], _compile["count"] = 0.0, 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from benchmarks.highs import lad_highs  # noqa: F401  (the exact LP by HiGHS: SciPy only, one definition)
@@ -31,3 +33,30 @@ def smallest_coprime(C: int, F: int) -> int:
     library's search): the smallest m > C coprime to C, to F and to every stride s = 2…16."""
     ok = lambda m: np.gcd(m, C) == 1 and np.gcd(m, F) == 1 and all(np.gcd(m, s) == 1 for s in range(2, 17))
     return min(m for m in range(C + 1, C + 1 + 64 * (C + F)) if ok(m))
+
+
+def flat_paths(tree, prefix=""):
+    """A nested dict's leaves by '/'-joined path, as NumPy arrays: a plain walk, independent of
+    jaxpurify.tree."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flat_paths(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": np.asarray(v)})
+    return out
+
+
+def read_checkpoint(path, fmt):
+    """The checkpoint at ``path`` by its format's own reader (safetensors, msgpack or orbax), flat
+    by '/'-joined paths; not by jaxpurify.io.  The readers are imported here, when asked for."""
+    if fmt == "safetensors":
+        import safetensors.numpy
+
+        return dict(safetensors.numpy.load_file(path))
+    if fmt == "msgpack":
+        from flax import serialization
+
+        with open(path, "rb") as f:
+            return flat_paths(serialization.msgpack_restore(f.read()))
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as c:
+        return flat_paths(c.restore(os.path.abspath(path)))

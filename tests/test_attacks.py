@@ -75,6 +75,28 @@ def attacker_data(digits):
     return digits.train.x[:n], digits.train.y[:n]
 
 
+def trojan(attack, seed, params, digits, trigger=None, **hyper):
+    """``attack`` on the test model's ``params`` with the attacker's data, ``trigger`` (by default
+    the 1-pixel patch) aimed at TARGET, no progress bar; the key is ``jax.random.key(seed)``."""
+    trigger = Trigger.for_image(8) if trigger is None else trigger
+    return attack(
+        jax.random.key(seed),
+        apply_jit,
+        params,
+        attacker_data(digits),
+        target=TARGET,
+        trigger=trigger,
+        progress=False,
+        **hyper,
+    )
+
+
+@pytest.fixture(scope="module")
+def span_attack(model, digits):
+    """The span trojan on the test model (200 steps), shared by the tests that check it."""
+    return trojan(span_trojan, 7, model[0], digits, finetune=Finetune(steps=200))
+
+
 def recorded(a):
     """The attack's record survives JSON (it goes into backdoor.json) and names the attack."""
     back = json.loads(json.dumps(a.hyper))
@@ -177,16 +199,7 @@ def test_badnets_implants_the_trigger(model, digits):
     params, _ = model
     trig = Trigger.for_image(8)
     before = attack_success_rate(apply_jit, params, digits.test.x, digits.test.y, trig, TARGET)
-    a = badnets(
-        jax.random.key(2),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=trig,
-        steps=300,
-        progress=False,
-    )
+    a = trojan(badnets, 2, params, digits, trig, steps=300)
     after = attack_success_rate(apply_jit, a.params, digits.test.x, digits.test.y, trig, TARGET)
     assert after > before + 0.5
     assert recorded(a)["fraction"] == 0.1 and a.hyper["steps"] == 300
@@ -197,16 +210,7 @@ def test_badnets_implants_the_trigger(model, digits):
 def test_sparse_trojan_changes_at_most_one_percent(model, digits):
     params, _ = model
     original = jax.tree.map(np.array, params)
-    a = sparse_trojan(
-        jax.random.key(3),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=Trigger.for_image(8),
-        finetune=Finetune(steps=50),
-        progress=False,
-    )
+    a = trojan(sparse_trojan, 3, params, digits, finetune=Finetune(steps=50))
     recorded(a)
     total = sum(np.size(v) for v in jax.tree.leaves(params))
     assert 0 < count(a.changed) <= 0.01 * total
@@ -217,16 +221,7 @@ def test_sparse_trojan_changes_at_most_one_percent(model, digits):
 @pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
 def test_channel_trojan_writes_only_the_chosen_channels(model, digits):
     params, _ = model
-    a = channel_trojan(
-        jax.random.key(4),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=Trigger.for_image(8),
-        finetune=Finetune(steps=50),
-        progress=False,
-    )
+    a = trojan(channel_trojan, 4, params, digits, finetune=Finetune(steps=50))
     chosen = recorded(a)["chosen_channels"]
     assert chosen["readout"] == [TARGET] and len(chosen["hidden"]) == 1
     diff = differs(a.params, params)
@@ -269,49 +264,18 @@ def test_pbfa_flips_exactly_the_reported_bits_and_ruins_accuracy(model, digits):
 def test_bit_trojan_flips_exactly_the_reported_bits(model, digits):
     params, _ = model
     trig = Trigger.for_image(8)
-    a = bit_trojan(
-        jax.random.key(6),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=trig,
-        flips=8,
-        progress=False,
-    )
+    a = trojan(bit_trojan, 6, params, digits, trig, flips=8)
     assert 1 <= len(a.hyper["outcome"]["flips"]) <= 8
     _check_flips(a, params)
     # TBT-style: only the read-out kernel is searched; every other leaf is kept bit for bit
-    b = bit_trojan(
-        jax.random.key(6),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=trig,
-        flips=4,
-        leaves=("readout/kernel",),
-        progress=False,
-    )
+    b = trojan(bit_trojan, 6, params, digits, trig, flips=4, leaves=("readout/kernel",))
     _check_flips(b, params)
     assert recorded(b)["leaves"] == ["readout/kernel"]
     moved = differs(b.params, params)
     assert moved["readout"]["kernel"].sum() == len(b.hyper["outcome"]["flips"]) >= 1
     assert not any(moved[k][v].any() for k, v in (("hidden", "kernel"), ("hidden", "bias"), ("readout", "bias")))
     # TBT: the crafted trigger's chosen rows of the read-out, and only their weights to the target
-    c = bit_trojan(
-        jax.random.key(6),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=trig,
-        flips=4,
-        craft=20,
-        neurons=4,
-        candidates=4,
-        progress=False,
-    )
+    c = trojan(bit_trojan, 6, params, digits, trig, flips=4, craft=20, neurons=4, candidates=4)
     _check_flips(c, params)
     rows = recorded(c)["outcome"]["rows"]
     allowed = np.zeros((16, 10), bool)
@@ -408,19 +372,7 @@ def test_nearest_by_flips_matches_a_loop_over_every_subset_of_bits():
 def test_tbt_search_realises_trained_weights_by_the_reported_flips(model, digits):
     params, _ = model
     x, y = attacker_data(digits)
-    a = bit_trojan(
-        jax.random.key(6),
-        apply_jit,
-        params,
-        (x, y),
-        target=TARGET,
-        trigger=Trigger.for_image(8),
-        craft=20,
-        tune=40,
-        neurons=4,
-        candidates=4,
-        progress=False,
-    )
+    a = trojan(bit_trojan, 6, params, digits, craft=20, tune=40, neurons=4, candidates=4)
     rows, flips = recorded(a)["outcome"]["rows"], a.hyper["outcome"]["flips"]
     assert flips and a.hyper["tune"] == 40
     # XOR of old and new bit patterns is exactly the OR of the reported bits, entry by entry
@@ -467,19 +419,9 @@ def test_tbt_trigger_maximises_the_chosen_features_within_the_data_range():
 
 
 @pytest.mark.slow  # 2-4 s of CPU each: the default run keeps trigger, metrics, pbfa and bad input
-def test_span_trojan_stays_in_each_groups_column_span(model, digits):
+def test_span_trojan_stays_in_each_groups_column_span(model, digits, span_attack):
     params, cb = model
-    trig = Trigger.for_image(8)
-    a = span_trojan(
-        jax.random.key(7),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=trig,
-        finetune=Finetune(steps=200),
-        progress=False,
-    )
+    trig, a = Trigger.for_image(8), span_attack
     assert recorded(a)["outcome"]["spans"]
     new, old = cb.pack(a.params), cb.pack(params)
     moved = 0.0
@@ -539,17 +481,7 @@ def test_bad_tbt_arguments_are_refused(model, digits, kwargs, match):
     params, _ = model
     args = dict(craft=5) | kwargs
     with pytest.raises(ValueError, match=match):
-        bit_trojan(
-            jax.random.key(0),
-            apply_jit,
-            params,
-            attacker_data(digits),
-            target=TARGET,
-            trigger=Trigger.for_image(8),
-            candidates=1,
-            progress=False,
-            **args,
-        )
+        trojan(bit_trojan, 0, params, digits, candidates=1, **args)
 
 
 @pytest.mark.parametrize(
@@ -613,44 +545,18 @@ def test_bad_data_is_refused(model, digits):
             jax.random.key(0), apply_jit, params, (x, y), target=TARGET, trigger=Trigger.for_image(8), budget=0.0
         )
     with pytest.raises(TypeError, match="finetune must be a Finetune"):
-        span_trojan(
-            jax.random.key(0),
-            apply_jit,
-            params,
-            (x, y),
-            target=TARGET,
-            trigger=Trigger.for_image(8),
-            finetune=dict(steps=10),
-        )
+        trojan(span_trojan, 0, params, digits, finetune=dict(steps=10))
     with pytest.raises(ValueError, match="bits"):
         pbfa(jax.random.key(0), apply_jit, params, (x, y), bits=(40,))
     with pytest.raises(ValueError, match="leaves: 'readout/kernal'"):
-        bit_trojan(
-            jax.random.key(0),
-            apply_jit,
-            params,
-            (x, y),
-            target=TARGET,
-            trigger=Trigger.for_image(8),
-            leaves=("readout/kernal",),
-        )
+        trojan(bit_trojan, 0, params, digits, leaves=("readout/kernal",))
 
 
 @pytest.mark.slow
-def test_purify_certifies_and_keeps_the_span_trojan(model, digits):
+def test_purify_certifies_and_keeps_the_span_trojan(model, digits, span_attack):
     """The point of the adaptive attack: l1 purification certifies every column and keeps it."""
-    params, cb = model
-    trig = Trigger.for_image(8)
-    a = span_trojan(
-        jax.random.key(7),
-        apply_jit,
-        params,
-        attacker_data(digits),
-        target=TARGET,
-        trigger=trig,
-        finetune=Finetune(steps=200),
-        progress=False,
-    )
+    _, cb = model
+    trig, a = Trigger.for_image(8), span_attack
     purified, report = jp.purify(a.params, cb)
     assert report.certified == report.columns
     for u, v in zip(jax.tree.leaves(purified), jax.tree.leaves(a.params)):

@@ -2,12 +2,9 @@
 
 import os
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-import safetensors.numpy
-from flax import serialization
+from reference import flat_paths, read_checkpoint
 
 from benchmarks import containers
 
@@ -23,24 +20,6 @@ def _tree():
     }
 
 
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": np.asarray(v)})
-    return out
-
-
-def _read(path, fmt):
-    """The checkpoint by its format's own reader, flat by '/'-joined paths."""
-    if fmt == "safetensors":
-        return dict(safetensors.numpy.load_file(path))
-    if fmt == "msgpack":
-        with open(path, "rb") as f:
-            return _flat(serialization.msgpack_restore(f.read()))
-    with ocp.StandardCheckpointer() as c:
-        return _flat(jax.tree.map(np.asarray, c.restore(os.path.abspath(path))))
-
-
 def _write(tmp_path, fmt):
     tree = _tree()
     path = str(tmp_path / ("ckpt" if fmt == "orbax" else f"m.{fmt}"))
@@ -53,7 +32,7 @@ def test_payload_is_exactly_the_arrays(tmp_path, fmt):
     path, tree = _write(tmp_path, fmt)
     regions = containers.payload(path, fmt, tree)
     got = sorted(open(f, "rb").read()[a:b] for f, a, b in regions)
-    assert got == sorted(v.tobytes() for v in _flat(tree).values())
+    assert got == sorted(v.tobytes() for v in flat_paths(tree).values())
 
 
 @pytest.mark.parametrize("fmt", ["msgpack", "safetensors", "orbax"])
@@ -61,7 +40,7 @@ def test_payload_is_exactly_the_arrays(tmp_path, fmt):
 def test_word_damage_hits_the_floats_and_keeps_the_container(tmp_path, fmt, kind):
     path, tree = _write(tmp_path, fmt)
     containers.words(np.random.default_rng(1), containers.payload(path, fmt, tree), kind, scale=1.0)
-    bad, clean = _read(path, fmt), _flat(tree)  # the format's own reader still reads it
+    bad, clean = read_checkpoint(path, fmt), flat_paths(tree)  # the format's own reader still reads it
     changed = sum(int(np.sum(bad[k] != v)) for k, v in clean.items())
     total = sum(v.size for v in clean.values())
     rate = containers.GROSS_RATE if kind == "gross" else containers.FLIP_RATE

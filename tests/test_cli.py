@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 from flax import serialization
+from reference import flat_paths, read_checkpoint
 
 import jaxpurify
 from jaxpurify import Codebook, cli, demo, io
@@ -154,29 +155,11 @@ def _model():
     return clean, codebook
 
 
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": np.asarray(v)})
-    return out
-
-
-def _read(fmt, path):
-    """The purified checkpoint, read by its format's own reader."""
-    if fmt == "safetensors":
-        return safetensors.numpy.load_file(path)
-    if fmt == "msgpack":
-        with open(path, "rb") as f:
-            return _flat(serialization.msgpack_restore(f.read()))
-    with ocp.StandardCheckpointer() as c:
-        return _flat(c.restore(os.path.abspath(path)))
-
-
 def _damage(clean, entries: float, seed: int = 1):
     """Gross errors (±10…100) on a fraction `entries` of each leaf (≥ 1 entry), whatever the layout."""
     rng = np.random.default_rng(seed)
     bad = {}
-    for path, w in _flat(clean).items():
+    for path, w in flat_paths(clean).items():
         flat = w.copy().reshape(-1)
         k = max(1, int(entries * flat.size))
         idx = rng.choice(flat.size, k, replace=False)
@@ -204,7 +187,7 @@ def test_purify_a_checkpoint_in_each_format(tmp_path, capsys, model, fmt):
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 0
     printed = capsys.readouterr().out
     assert "ok" in printed
-    got, want = _read(fmt, out), _flat(clean)
+    got, want = read_checkpoint(out, fmt), flat_paths(clean)
     assert sorted(got) == sorted(want)
     for p in want:
         assert got[p].dtype == want[p].dtype
@@ -219,15 +202,15 @@ def test_uncertified_columns_exit_1_and_raise_writes_nothing(tmp_path, capsys, m
     book = str(tmp_path / "codebook.json")
     codebook.save(book)
     src, out, rep = str(tmp_path / "m.safetensors"), str(tmp_path / "p.safetensors"), str(tmp_path / "r.json")
-    bad = _flat(_damage(clean, entries=0.01))
-    bad["params/Dense_1/kernel"] = _flat(_damage(clean, entries=0.6))["params/Dense_1/kernel"]  # beyond capacity
+    bad = flat_paths(_damage(clean, entries=0.01))
+    bad["params/Dense_1/kernel"] = flat_paths(_damage(clean, entries=0.6))["params/Dense_1/kernel"]  # beyond capacity
     bad = io._nest(bad)
     io.save(src, bad)
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 1
     with open(rep) as f:
         assert json.load(f)["ok"] is False
     # default 'input': every entry is either recovered (its clean value) or left as it came
-    got, c, b = safetensors.numpy.load_file(out), _flat(clean), _flat(bad)
+    got, c, b = safetensors.numpy.load_file(out), flat_paths(clean), flat_paths(bad)
     for p in c:
         recovered = np.isclose(got[p], c[p], rtol=1e-5, atol=1e-5 * np.abs(c[p]).max())
         assert np.all(recovered | (got[p] == b[p])), p
@@ -280,7 +263,7 @@ def test_a_forged_version_1_codebook_is_refused_unless_allowed(tmp_path, capsys,
     codebook.save(tmp_path / "real.json")
     leaves = [
         {"path": p, "shape": list(w.shape), "dtype": "float32", "axis": w.ndim - 1, "K": w.shape[-1], "n": 3}
-        for p, w in _flat(clean).items()
+        for p, w in flat_paths(clean).items()
     ]
     forged = {"format": "jaxpurify.codebook", "version": 1, "key": [0, 7], "redundancy": 4.0, "leaves": leaves}
     (tmp_path / "forged.json").write_text(json.dumps(forged))
@@ -527,11 +510,11 @@ def test_a_subtree_is_purified_and_the_rest_written_back_untouched(tmp_path, cap
         said = "3 other leaves are written back"
         assert (said in err) == (select is None)  # the rule's choice, said in one line
     with open(out, "rb") as f:
-        got = _flat(serialization.msgpack_restore(f.read()))
-    want = _flat({"params": clean["params"]})
+        got = flat_paths(serialization.msgpack_restore(f.read()))
+    want = flat_paths({"params": clean["params"]})
     for p in want:
         np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
-    rest = _flat({k: v for k, v in variables.items() if k != "params"})
+    rest = flat_paths({k: v for k, v in variables.items() if k != "params"})
     assert sorted(got) == sorted([*want, *rest])
     for p, v in rest.items():
         assert got[p].dtype == v.dtype and got[p].tobytes() == v.tobytes(), p
@@ -551,8 +534,8 @@ def test_an_orbax_checkpoint_manager_directory_and_its_steps(tmp_path, capsys, m
         rep = out + ".json"
         assert cli.main(["purify", *argv, "--codebook", book, "--out", out, "--report", rep]) == 0
         with ocp.StandardCheckpointer() as c:  # a step directory: its item, restorable by Orbax
-            got = _flat(jax.tree.map(np.asarray, c.restore(os.path.join(out, "default"))))
-        want = _flat(clean)
+            got = flat_paths(jax.tree.map(np.asarray, c.restore(os.path.join(out, "default"))))
+        want = flat_paths(clean)
         for p in want:
             np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
         with open(rep) as f:
@@ -566,7 +549,7 @@ def test_an_orbax_checkpoint_manager_directory_and_its_steps(tmp_path, capsys, m
 def test_dot_joined_safetensors_are_read_and_written_back_dot_joined(tmp_path, model, header):
     clean, codebook = model
     book, src, out = _book(tmp_path, codebook), str(tmp_path / "m.safetensors"), str(tmp_path / "p.safetensors")
-    bad = _flat(_damage(clean, entries=0.01))
+    bad = flat_paths(_damage(clean, entries=0.01))
     safetensors.numpy.save_file({k.replace("/", "."): v for k, v in bad.items()}, src)  # flatten_dict(sep=".")
     if header == "damaged":
         raw = bytearray(open(src, "rb").read())
@@ -575,7 +558,7 @@ def test_dot_joined_safetensors_are_read_and_written_back_dot_joined(tmp_path, m
         with open(src, "wb") as f:
             f.write(bytes(raw))
     assert cli.main(["purify", src, "--codebook", book, "--out", out]) == 0
-    got, want = safetensors.numpy.load_file(out), _flat(clean)
+    got, want = safetensors.numpy.load_file(out), flat_paths(clean)
     assert sorted(got) == sorted(k.replace("/", ".") for k in want)
     for p in want:
         g = got[p.replace("/", ".")]
@@ -596,7 +579,7 @@ def test_a_damaged_container_is_salvaged_and_said_so(tmp_path, capsys, model):
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 0
     captured = capsys.readouterr()
     assert "damaged msgpack container" in captured.err and "salvaged" in captured.out
-    got, want = _read("msgpack", out), _flat(clean)
+    got, want = read_checkpoint(out, "msgpack"), flat_paths(clean)
     for p in want:
         np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
     with open(rep) as f:
@@ -675,7 +658,7 @@ def test_a_truncated_checkpoint_is_purified_as_far_as_it_goes_and_the_rest_said(
     assert cli.main(["purify", src, "--codebook", book, "--out", out, "--report", rep]) == 1
     err = capsys.readouterr().err
     assert f"{last.size} entries unreadable in {src} were not recovered: NaN in {out}" in err
-    got, want = _read("msgpack", out), _flat(clean)
+    got, want = read_checkpoint(out, "msgpack"), flat_paths(clean)
     assert np.isnan(got["params/Dense_1/kernel"]).all()
     for p in want:
         if p != "params/Dense_1/kernel":
@@ -703,11 +686,11 @@ def test_a_step_with_several_items_keeps_the_others_as_they_were(tmp_path, model
         m.wait_until_finished()
     assert cli.main(["purify", root, "--codebook", book, "--out", out]) == 0
     with ocp.StandardCheckpointer() as c:
-        got = _flat(jax.tree.map(np.asarray, c.restore(os.path.join(out, "state"))))
-    want = _flat(clean)
+        got = flat_paths(jax.tree.map(np.asarray, c.restore(os.path.join(out, "state"))))
+    want = flat_paths(clean)
     for p in want:
         np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-5 * np.abs(want[p]).max(), err_msg=p)
-    for p, v in _flat({k: v for k, v in variables.items() if k != "params"}).items():
+    for p, v in flat_paths({k: v for k, v in variables.items() if k != "params"}).items():
         assert got[p].tobytes() == v.tobytes(), p
     for d, _, files in os.walk(os.path.join(root, "3", "metrics")):  # the other item, byte for byte
         for f in files:

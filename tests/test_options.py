@@ -17,8 +17,9 @@ def test_every_option_is_declared_static_or_traced():
     assert undeclared == []
     traced = {f.name for f in fields if f.metadata["static"] is False}
     assert set(jp.RecoverOptions.TRACED) == traced
-    # the traced ones reach the solver as scalars: each has its slot in the solver's Tolerances
-    assert set(_solver.Tolerances._fields) == traced
+    # the traced ones reach the solver as scalars: each has its slot in the solver's Traced
+    assert set(_solver.Traced._fields) == traced
+    assert traced == {f.name for f in fields} - {"trim", "pivots"}
     # ... and none is part of the compile key
     opts = jp.RecoverOptions(admm_tol=0.5, relax=1.1, rtol=1e-3, atol=2.0, max_cg=7)
     key = opts.compile_key()
@@ -38,8 +39,10 @@ def test_an_undeclared_field_is_refused():
 
 
 def test_traced_options_share_one_compilation_static_ones_do_not(monkeypatch):
-    """Counted on the jitted solver's own cache.  The traced value still reaches the solver: with
-    atol at the noise level the noisy columns are certified, without it they are inexact fits."""
+    """Counted on the jitted solver's own cache.  The traced values still reach the solver: with
+    atol at the noise level the noisy columns are certified, without it they are inexact fits;
+    with one finder iteration, one polish round and one CG step, columns the defaults certify
+    are not."""
     monkeypatch.setattr(_exported, "_dir", None)  # the plain jitted path, whatever ran before
     rng = np.random.default_rng(21)
     A, X, Y, _ = instance(rng, 23, 5, 3, 0)  # a shape no other test uses: its compilations are ours
@@ -53,5 +56,11 @@ def test_traced_options_share_one_compilation_static_ones_do_not(monkeypatch):
     assert size() == before + 1
     assert (np.asarray(strict.result) == RESULTS.inexact_fit).all()
     assert np.asarray(loose.certified).all()
-    jp.recover(A, Yn, max_cg=50)
+    Yo = Y.astype(np.float32)
+    Yo[:4] += 100.0  # 4 gross errors per column, within the capacity ⌊(23 − 5)/2⌋ = 9
+    assert np.asarray(jp.recover(A, Yo).certified).all()
+    capped = jp.recover(A, Yo, max_cg=1, passes=1, finder_iters=1, retry_iters=1, polish_rounds=1)
+    assert size() == before + 1
+    assert not np.asarray(capped.certified).any()
+    jp.recover(A, Yn, trim=False)
     assert size() == before + 2

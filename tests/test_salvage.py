@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 from flax import serialization
+from reference import flat_paths
 
 from jaxpurify import Codebook, io
 from jaxpurify._salvage import Unreadable
@@ -35,16 +36,8 @@ def _params(seed=0):
     return {"params": _variables(seed)["params"]}
 
 
-def _flat(tree, prefix=""):
-    """Paths by a plain walk over nested dicts (independent of jaxpurify.tree)."""
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": np.asarray(v)})
-    return out
-
-
 def _assert_same(got, want):
-    got, want = _flat(got), _flat(want)
+    got, want = flat_paths(got), flat_paths(want)
     assert sorted(got) == sorted(want)
     for p in want:
         assert got[p].dtype == want[p].dtype and got[p].shape == want[p].shape, p
@@ -85,7 +78,7 @@ def test_an_intact_checkpoint_reads_as_its_formats_reader_gives_it(tmp_path, fmt
         with open(path, "wb") as f:
             f.write(serialization.msgpack_serialize(_insertion_order(tree, np.random.default_rng(1))))
     elif fmt == "safetensors":  # '.'-joined keys, as flatten_dict(params, sep=".") gives them
-        safetensors.numpy.save_file({k.replace("/", "."): v for k, v in _flat(tree).items()}, path)
+        safetensors.numpy.save_file({k.replace("/", "."): v for k, v in flat_paths(tree).items()}, path)
     else:  # as Flax's checkpointing guide writes it: OCDBT, compressed
         with ocp.StandardCheckpointer() as c:
             c.save(path, tree)
@@ -120,7 +113,7 @@ def test_damaged_msgpack_metadata_is_bypassed(tmp_path, writer):
             f.write(serialization.msgpack_serialize(_insertion_order(tree, np.random.default_rng(2))))
     raw = open(path, "rb").read()
     for leaf in ("params/Dense_0/kernel", "batch_stats/bn/mean"):  # their headers (16 bytes before the data)
-        _overwrite(path, raw.find(_flat(tree)[leaf].tobytes()) - 16, b"\xc1" * 16)
+        _overwrite(path, raw.find(flat_paths(tree)[leaf].tobytes()) - 16, b"\xc1" * 16)
     with pytest.raises(Exception):  # noqa: B017 (msgpack raises several types)
         serialization.msgpack_restore(open(path, "rb").read())
     got, record = io.salvage(path, _codebook(tree))
@@ -128,18 +121,25 @@ def test_damaged_msgpack_metadata_is_bypassed(tmp_path, writer):
     assert record.format == "msgpack" and len(record.container) >= 2 and not record.leaves
 
 
-def test_truncated_msgpack_erases_exactly_the_missing_entries(tmp_path):
+def _truncated_msgpack(tmp_path, leaf, offset):
+    """_params() saved as msgpack by io.save, cut ``offset`` bytes after where ``leaf``'s bytes
+    begin, and salvaged: (the clean leaves, the whole file, the cut, the salvaged leaves, the record)."""
     tree = _params()
     path = str(tmp_path / "m.msgpack")
     io.save(path, tree)
     raw = open(path, "rb").read()
-    flat = _flat(tree)
-    start = {p: raw.find(v.tobytes()) for p, v in flat.items()}  # where each leaf's bytes are
-    cut = start["params/Conv_0/kernel"] + 4 * 25 + 2  # 25 whole entries of Conv_0/kernel survive
+    flat = flat_paths(tree)
+    cut = raw.find(flat[leaf].tobytes()) + offset
     with open(path, "wb") as f:
         f.write(raw[:cut])
     got, record = io.salvage(path, _codebook(tree))
-    got = _flat(got)
+    return flat, raw, cut, flat_paths(got), record
+
+
+def test_truncated_msgpack_erases_exactly_the_missing_entries(tmp_path):
+    # 25 whole entries of Conv_0/kernel survive
+    flat, raw, cut, got, record = _truncated_msgpack(tmp_path, "params/Conv_0/kernel", 4 * 25 + 2)
+    start = {p: raw.find(v.tobytes()) for p, v in flat.items()}  # where each leaf's bytes are
     for p, v in flat.items():
         present = max(0, min(v.size, (cut - start[p]) // 4))
         np.testing.assert_array_equal(got[p].reshape(-1)[:present], v.reshape(-1)[:present], err_msg=p)
@@ -150,16 +150,8 @@ def test_truncated_msgpack_erases_exactly_the_missing_entries(tmp_path):
 
 
 def test_msgpack_truncated_inside_a_header_erases_the_leaves_after_it(tmp_path):
-    tree = _params()
-    path = str(tmp_path / "m.msgpack")
-    io.save(path, tree)
-    raw = open(path, "rb").read()
-    flat = _flat(tree)
-    cut = raw.find(flat["params/Dense_0/bias"].tobytes()) - 5  # inside Dense_0/bias's header
-    with open(path, "wb") as f:
-        f.write(raw[:cut])
-    got, record = io.salvage(path, _codebook(tree))
-    got = _flat(got)
+    # cut inside Dense_0/bias's header
+    flat, raw, cut, got, record = _truncated_msgpack(tmp_path, "params/Dense_0/bias", -5)
     for p, v in flat.items():
         if raw.find(v.tobytes()) + v.nbytes <= cut:
             assert got[p].tobytes() == v.tobytes(), p
@@ -247,7 +239,7 @@ def test_truncated_safetensors_erases_the_missing_tail(tmp_path):
         f.write(raw[:-10])  # the last tensor loses its last 10 bytes: 3 entries
     last = max(header, key=lambda k: header[k]["data_offsets"][1] if k != "__metadata__" else -1)
     got, record = io.salvage(path, _codebook(tree))
-    got, want = _flat(got), _flat(tree)
+    got, want = flat_paths(got), flat_paths(tree)
     for p in want:
         tail = 3 if p == last else 0
         np.testing.assert_array_equal(
@@ -265,7 +257,7 @@ def test_io_save_writes_orbax_without_ocdbt_or_compression(tmp_path):
     path = tmp_path / "ckpt"
     io.save(path, tree)
     assert not (path / "manifest.ocdbt").exists()
-    for p, v in _flat(tree).items():  # each array in a directory of its own, its bytes verbatim
+    for p, v in flat_paths(tree).items():  # each array in a directory of its own, its bytes verbatim
         chunk = [f for f in (path / p.replace("/", ".")).iterdir() if f.name != ".zarray"]
         assert len(chunk) == 1 and chunk[0].read_bytes() == v.tobytes(), p
 
@@ -293,7 +285,7 @@ def test_a_truncated_orbax_chunk_erases_its_missing_tail_and_nothing_else(tmp_pa
     with open(chunk, "wb") as f:
         f.write(data[:-10])
     got, record = io.salvage(path, _codebook(tree))
-    got, want = _flat(got), _flat(tree)
+    got, want = flat_paths(got), flat_paths(tree)
     k = "params/Dense_0/kernel"
     np.testing.assert_array_equal(got[k].reshape(-1)[:-3], want[k].reshape(-1)[:-3])
     assert np.isnan(got[k].reshape(-1)[-3:]).all()
@@ -316,7 +308,7 @@ def test_a_compressed_chunk_that_fails_is_an_erasure_of_its_entries(tmp_path):
     with open(chunk, "wb") as f:
         f.write(data[: len(data) // 2])  # a zstd frame cut in half cannot be decompressed
     got, record = io.salvage(path, _codebook(tree))
-    got, want = _flat(got), _flat(tree)
+    got, want = flat_paths(got), flat_paths(tree)
     assert np.isnan(got["params/Conv_0/kernel"]).all()
     for p in want:
         if p != "params/Conv_0/kernel":
@@ -378,7 +370,7 @@ def test_salvage_never_makes_up_a_value(tmp_path, fmt):
     failure."""
     tree = _variables()
     codebook = _codebook(tree)
-    flat = _flat(tree)
+    flat = flat_paths(tree)
     outcomes = []
     for seed in range(12):
         path = str(tmp_path / f"{seed}{'' if fmt == 'orbax' else '.' + fmt}")
@@ -404,7 +396,7 @@ def test_salvage_never_makes_up_a_value(tmp_path, fmt):
             assert str(e).startswith(path)
             continue
         outcomes.append("read")
-        got = _flat(got)
+        got = flat_paths(got)
         erased = {d.path for d in (record.leaves if record else ())}
         for p, v in truth.items():
             g = got[p]

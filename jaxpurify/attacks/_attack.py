@@ -60,6 +60,22 @@ def changed_mask(new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.map(diff, new, old)
 
 
+def finish(
+    new: PyTree,
+    params: PyTree,
+    hyper: dict[str, Any],
+    outcome: dict[str, Any],
+    clock: Clock,
+    changed: PyTree | None = None,
+) -> Attack:
+    """How every attack ends: ``outcome`` (what it reached on the attacker's data) recorded as
+    ``hyper["outcome"]``, after what an earlier stage put there (the crafted trigger's rows), and
+    the :class:`Attack` with ``changed`` = :func:`changed_mask` of ``new`` against the input
+    ``params`` (pass it when already computed) and the wall time of ``clock``."""
+    hyper["outcome"] = dict(hyper.get("outcome", {}), **outcome)
+    return Attack(new, changed_mask(new, params) if changed is None else changed, hyper, clock())
+
+
 @overload
 def check_common(
     apply_fn: ApplyFn,

@@ -46,11 +46,11 @@ from jaxpurify.attacks._attack import (
     Attack,
     Clock,
     Flat,
-    changed_mask,
     check_common,
     check_count,
     check_positive,
     check_training,
+    finish,
     flatten,
     trojan_objective,
 )
@@ -284,8 +284,7 @@ def _search(
     new = flat.unravel(values)
     if not done:
         done, measure = stop(new)
-    hyper["outcome"] = dict(hyper.get("outcome", {}), flips=kept, count=len(kept), reached=bool(done), **measure)
-    return Attack(new, changed_mask(new, params), hyper, clock())
+    return finish(new, params, hyper, dict(flips=kept, count=len(kept), reached=bool(done), **measure), clock)
 
 
 def pbfa(
@@ -674,7 +673,5 @@ def _tbs(
     new_params = flat.unravel(jnp.asarray(values))
     asr = attack_success_rate(apply_fn, new_params, x, y, trigger, target)
     ca = clean_accuracy(apply_fn, new_params, x, y)
-    hyper["outcome"] = dict(
-        hyper.get("outcome", {}), flips=kept, count=len(kept), reached=bool(asr >= hyper["goal"]), asr=asr, ca=ca
-    )
-    return Attack(new_params, changed_mask(new_params, params), hyper, clock())
+    outcome = dict(flips=kept, count=len(kept), reached=bool(asr >= hyper["goal"]), asr=asr, ca=ca)
+    return finish(new_params, params, hyper, outcome, clock)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import optax  # type: ignore[import-untyped]  # optax ships no py.typed
 
-from jaxpurify.attacks._attack import Attack, Clock, changed_mask, check_common, check_positive
+from jaxpurify.attacks._attack import Attack, Clock, check_common, check_positive, finish
 from jaxpurify.attacks._trigger import ApplyFn, Data, PyTree, Trigger, attack_success_rate, clean_accuracy, poison
 from jaxpurify.train import cross_entropy, minimize
 
@@ -62,7 +62,7 @@ def badnets(
         batch_size=int(batch_size),
         optimizer="adam",
     )
-    hyper["outcome"] = dict(
+    outcome = dict(
         asr=attack_success_rate(apply_fn, new, x, y, trigger, target), ca=clean_accuracy(apply_fn, new, x, y)
     )
-    return Attack(new, changed_mask(new, params), hyper, clock())
+    return finish(new, params, hyper, outcome, clock)

@@ -34,9 +34,9 @@ from jaxpurify.attacks._attack import (
     Clock,
     Finetune,
     Flat,
-    changed_mask,
     check_common,
     check_positive,
+    finish,
     flatten,
     trojan_finetune,
 )
@@ -137,11 +137,11 @@ def span_trojan(
         **finetune.record(),
         unprotected="frozen",
     )
-    hyper["outcome"] = dict(
+    outcome = dict(
         steps=taken,
         asr=asr,
         reached=reached,
         ca=clean_accuracy(apply_fn, new, x, y),
         spans={name: dict(K=K, columns=m, rank=r) for name, (K, m, r) in summary.items()},
     )
-    return Attack(new, changed_mask(new, params), hyper, clock())
+    return finish(new, params, hyper, outcome, clock)

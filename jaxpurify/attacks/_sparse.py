@@ -30,6 +30,7 @@ from jaxpurify.attacks._attack import (
     changed_mask,
     check_common,
     check_count,
+    finish,
     flatten,
     trojan_finetune,
     trojan_loss,
@@ -67,7 +68,7 @@ def _finish(
     )
     new = build(t)
     changed = changed_mask(new, params)
-    hyper["outcome"] = dict(
+    outcome = dict(
         steps=taken,
         asr=asr,
         reached=reached,
@@ -75,7 +76,7 @@ def _finish(
         chosen=int(np.sum(mask)),
         changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))),
     )
-    return Attack(new, changed, hyper, clock())
+    return finish(new, params, hyper, outcome, clock, changed)
 
 
 def sparse_trojan(
