@@ -117,7 +117,8 @@ def _fit(
 
 
 class LeastSquares(NamedTuple):
-    x: jax.Array  # (N, b) the least-squares fit on the inlier rows
+    c: jax.Array  # (N, b) the least-squares fit on the inlier rows, in the Q basis
+    x: jax.Array  # (N, b) the same fit: R x = c
     solved: jax.Array  # (b,) CG converged within its step cap
 
 
@@ -125,7 +126,8 @@ def fit_inliers(b: Block, inlier: jax.Array, c0: jax.Array, active: jax.Array, *
     """x = argmin ‖(y − A x)_I‖₂ on the ``inlier`` rows of the ``active`` columns (``_fit``, warm-started
     from ``c0`` in the Q basis); the others keep ``c0``."""
     refit = _fit(b.Q, b.y, inlier, c0, active, max_cg=max_cg)
-    return LeastSquares(x=jax.scipy.linalg.solve_triangular(b.R, refit.c, lower=False), solved=refit.solved)
+    x = jax.scipy.linalg.solve_triangular(b.R, refit.c, lower=False)
+    return LeastSquares(c=refit.c, x=x, solved=refit.solved)
 
 
 def over_bound(outliers: jax.Array, finite: jax.Array, n: jax.Array) -> jax.Array:
@@ -173,8 +175,8 @@ def _rounds(b: Block, st: _Rounds, *, rounds: jax.Array, max_cg: jax.Array, gree
         # only columns whose mask changed in the last round are refitted: a stable column is
         # frozen, so its answer does not depend on how many rounds the rest of the batch needs
         live = st.live
-        refit = _fit(b.Q, b.y, ~st.outliers, st.c, live, max_cg=max_cg)
-        x = jax.scipy.linalg.solve_triangular(b.R, refit.c, lower=False)
+        refit = fit_inliers(b, ~st.outliers, st.c, live, max_cg=max_cg)
+        x = refit.x
         r = b.y - matmul(b.A, x)
         tol = tolerance(b.y, ~st.outliers, b.rtol, b.atol)
 
