@@ -34,7 +34,7 @@ import jaxpurify as jp
 from benchmarks._common import write_json
 from jaxpurify import attacks, data
 from jaxpurify import contamination as C
-from jaxpurify.experiments import _recipe, backdoor, realdata
+from jaxpurify.experiments import backdoor, realdata, recipes
 from jaxpurify.train import random_shift, recipe, train
 
 FULL_TRAIN, FULL_TEST, SCENARIOS = 50_000, 10_000, 10
@@ -53,7 +53,7 @@ def write_fixture(root: str, per_batch: int, seed: int = 0) -> str:
 
 def step_seconds(apply, params0, codebook, ds, steps: int) -> float:
     """Median wall time of one training step (the first, compiled one, excluded)."""
-    r = _recipe.RECIPES["cifar10"]
+    r = recipes.RECIPES["cifar10"]
     start = codebook.init_latent(params0) if codebook is not None else params0
     times = []
 
@@ -93,7 +93,7 @@ def run(steps: int, flips: int) -> dict:
     out = {"machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()}, "estimates": {}}
     with tempfile.TemporaryDirectory() as tmp:
         ds = data.load("cifar10", write_fixture(tmp, per_batch=300))
-    r = _recipe.RECIPES["cifar10"]
+    r = recipes.RECIPES["cifar10"]
     out["recipe"] = r.record()
     for arch in ("one-hidden", "multi"):
         model, select = realdata.build(arch, ds)

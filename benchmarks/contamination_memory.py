@@ -21,7 +21,8 @@ The solver runs with its cheapest options there (one pass, one ADMM step, one po
 step): its working set per call is fixed by ``max_entries`` and the shapes, not by the iteration
 counts, so the host-side peak is what the full solve has, in minutes instead of an hour.  The
 solver's programs for each layout are compiled before the measured call (on a smaller leaf whose
-calls have the same shapes, else by purifying the leaf once), so that the peak is the leaf's and not
+calls have the same shapes — which only purify's private plan, ``jaxpurify._plan``, can tell — else
+by purifying the leaf once), so that the peak is the leaf's and not
 the one-time compilation's (``--cold``: the first call).  ``--out`` writes the rows as JSON.
 """
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.seal_cap [--K 64,256] [--ratios 1.5,2,4] [--columns 128] [--out FILE.json]
 
-One sealed K × columns float32 leaf per (K, K/n), default layout, a fixed key.  Per damage case
+One sealed K × columns float32 leaf per (K, K/n), encoded along its first axis, a fixed key.  Per damage case
 (gross errors on half and all of the capacity ⌊(K − n)/2⌋ per column; erasures of half, three
 quarters and all of K − n − 1 entries per column), purify it and judge the certified columns
 against the seal with purify's own per-chunk tolerance, capped (``_seal_bound.CAP``) and not
@@ -41,7 +41,10 @@ class _Spy:
 
 
 def _leaf(K: int, ratio: float, columns: int, seed: int):
-    cb = jp.Codebook.create({"w": np.zeros((K, columns), np.float32)}, bytes(range(32)), redundancy=ratio)
+    # encoded along axis 0 (one group, K rows): the default layout would interleave the leaf
+    cb = jp.Codebook.create(
+        {"w": np.zeros((K, columns), np.float32)}, bytes(range(32)), redundancy=ratio, select=lambda path, leaf: 0
+    )
     raw = np.random.default_rng(seed).standard_normal((K, columns)).astype(np.float32)
     W = np.asarray(cb.decode(cb.init_latent({"w": raw}))["w"])
     return cb.seal({"w": W}), W

@@ -31,7 +31,7 @@ import hmac
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any, cast
 
@@ -48,9 +48,8 @@ from jaxpurify._numerics import leaf_dtype as _leaf_dtype
 from jaxpurify._numerics import leaf_shape as _leaf_shape
 from jaxpurify._numerics import matmul
 from jaxpurify._threads import single_threaded_blas
-from jaxpurify.tree import PyTree
+from jaxpurify.tree import PyTree, Select
 
-Select = Callable[[str, Any], "bool | int | str | None"]
 TreeKey = tuple[str | int, ...]  # the keys from the root to a leaf
 
 

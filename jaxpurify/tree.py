@@ -43,11 +43,15 @@ import jax
 import jax.numpy as jnp
 
 PyTree = Any
+# `Codebook.create(select=...)`: called with a leaf's '/'-joined path and the leaf; False skips it,
+# an int encodes it alone along that axis, "interleave" asks for the interleave, True/None the default
+Select = Callable[[str, Any], "bool | int | str | None"]
 
 __all__ = [
     "KINDS",
     "Leaf",
     "PyTree",
+    "Select",
     "flatten",
     "leaves_with_paths",
     "map_with_path",

@@ -113,12 +113,12 @@ def test_the_cifar10_fixture_reads_back_and_trains(cifar10_dir):
     import numpy as np
 
     from jaxpurify import data
-    from jaxpurify.experiments import _recipe, realdata
+    from jaxpurify.experiments import realdata, recipes
 
     ds = data.load("cifar10", cifar10_dir)
     assert ds.train.x.shape == (200, 32, 32, 3) and ds.test.x.shape == (40, 32, 32, 3)
-    r = _recipe.recipe_for("cifar10")
-    assert r.shift == 2 and r == _recipe.RECIPES["cifar10"]
+    r = recipes.recipe_for("cifar10")
+    assert r.shift == 2 and r == recipes.RECIPES["cifar10"]
     for arch in ("one-hidden",):  # the multi CNN at 32 × 32 × 3: the slow end-to-end tests
         model, apply, cb, enc, plain, _ = realdata.train_pair(ds, arch, 0, r._replace(steps=1), progress=False)
         for params in (enc, plain):

@@ -43,7 +43,7 @@ from jaxpurify.attacks._attack import (
 from jaxpurify.attacks._trigger import ApplyFn, Data, PyTree, Trigger, clean_accuracy
 
 if TYPE_CHECKING:
-    from jaxpurify._codebook import Select
+    from jaxpurify.tree import Select
 
 
 def public_layout(key: jax.Array, params: PyTree, select: Select | None = None) -> Codebook:

@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxpurify import Codebook, attacks, data
 from jaxpurify import defenses as D
-from jaxpurify.experiments import _recipe
+from jaxpurify.experiments import recipes
 from jaxpurify.experiments._common import write_json
 from jaxpurify.experiments.realdata import build
 from jaxpurify.progress import Progress
@@ -233,14 +233,14 @@ def run(
         ds = first(ds, *limit)
     shown = None if progress else False
     fractions = (0.05, 0.0) if quick else FRACTIONS
-    r = _recipe.recipe_for(dataset, steps=steps or (600 if quick else None))
+    r = recipes.recipe_for(dataset, steps=steps or (600 if quick else None))
     key = jax.random.key(seed)
     model, _ = build(arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     select = LAYOUTS[layout]
     codebook = Codebook.create(params0, secret_for(seed), select=select)  # every floating parameter protected
-    deployed, train_seconds = _recipe.fit(
+    deployed, train_seconds = recipes.fit(
         apply, params0, codebook, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown
     )
     codebook = codebook.seal(deployed)

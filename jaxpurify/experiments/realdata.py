@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxpurify import Codebook, data, models, purify
 from jaxpurify import contamination as C
-from jaxpurify.experiments import _recipe
+from jaxpurify.experiments import recipes
 from jaxpurify.experiments._common import write_json
 from jaxpurify.progress import Progress
 from jaxpurify.train import accuracy
@@ -95,7 +95,7 @@ def secret(seed: int, redundancy: float = 4.0) -> bytes:
     return hashlib.blake2b(f"jaxpurify reproduce realdata {seed} {redundancy!r}".encode(), digest_size=32).digest()
 
 
-def train_pair(ds: data.Dataset, arch: str, seed: int, r: _recipe.Recipe, redundancy: float = 4.0, progress=None):
+def train_pair(ds: data.Dataset, arch: str, seed: int, r: recipes.Recipe, redundancy: float = 4.0, progress=None):
     """The encoded and the plain model of one seed, trained alike (recipe ``r``, same key).
     Returns (model, apply, codebook, encoded params, plain params, {seconds})."""
     key = jax.random.key(seed)
@@ -103,8 +103,8 @@ def train_pair(ds: data.Dataset, arch: str, seed: int, r: _recipe.Recipe, redund
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     cb = Codebook.create(params0, secret(seed, redundancy), redundancy=redundancy, select=select)
-    enc, t_enc = _recipe.fit(apply, params0, cb, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), progress)
-    plain, t_plain = _recipe.fit(apply, params0, None, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), progress)
+    enc, t_enc = recipes.fit(apply, params0, cb, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), progress)
+    plain, t_plain = recipes.fit(apply, params0, None, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), progress)
     return model, apply, cb, enc, plain, {"encoded": t_enc, "plain": t_plain}
 
 
@@ -128,7 +128,7 @@ def run(
     source: str = "files",
     seeds: int = 1,
 ) -> dict:
-    """Train the encoded and the plain CNN by the data set's recipe (``_recipe``; ``steps`` /
+    """Train the encoded and the plain CNN by the data set's recipe (``recipes``; ``steps`` /
     ``lr`` override it) for ``seeds`` seeds (seed, seed + 1, …: each its own split of a data set
     without a fixed test set, initialization and minibatch order), then contaminate the first
     seed's encoded model and purify it.  Writes results.json and accuracy.png into ``out``."""
@@ -139,7 +139,7 @@ def run(
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an integer ≥ 1, got {seeds!r}")
     os.makedirs(out, exist_ok=True)
-    r = _recipe.recipe_for(dataset, quick, steps, lr)
+    r = recipes.recipe_for(dataset, quick, steps, lr)
     shown = None if progress else False
     per_seed, first = [], None
     for s in range(seed, seed + seeds):

@@ -18,7 +18,7 @@ import jax
 
 from jaxpurify import Codebook, data, purify
 from jaxpurify import contamination as C
-from jaxpurify.experiments import _recipe
+from jaxpurify.experiments import recipes
 from jaxpurify.experiments._common import write_csv, write_json
 from jaxpurify.experiments.realdata import build, secret
 from jaxpurify.progress import Progress
@@ -49,20 +49,20 @@ def run(
         ds = data.Dataset(
             data.Split(ds.train.x[:2000], ds.train.y[:2000]), data.Split(ds.test.x[:1000], ds.test.y[:1000]), ds.name
         )
-    r = _recipe.recipe_for(dataset, quick, steps)
+    r = recipes.recipe_for(dataset, quick, steps)
     shown = None if progress else False
     key = jax.random.key(seed)
     model, select = build(arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
     acc = lambda p: accuracy(apply, p, ds.test.x, ds.test.y)
-    plain, t_plain = _recipe.fit(apply, params0, None, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown)
+    plain, t_plain = recipes.fit(apply, params0, None, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown)
     acc_plain = acc(plain)
     rows = []
     with Progress(len(ratios), f"redundancy {dataset}/{arch}", disable=not progress or None) as bar:
         for ratio in ratios:
             cb = Codebook.create(params0, secret(seed, ratio), redundancy=ratio, select=select)
-            clean, t_enc = _recipe.fit(apply, params0, cb, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown)
+            clean, t_enc = recipes.fit(apply, params0, cb, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown)
             groups = cb.groups.values()
             big = max(groups, key=lambda g: g.K * g.columns)
             row = {
