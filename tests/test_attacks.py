@@ -565,3 +565,116 @@ def test_purify_certifies_and_keeps_the_span_trojan(model, digits, span_attack):
     assert attack_success_rate(apply_jit, purified, x, y, trig, TARGET) == pytest.approx(
         attack_success_rate(apply_jit, a.params, x, y, trig, TARGET), abs=0.01
     )
+
+
+# -- the trojans' clean-accuracy guard: held-out examples, the best admissible state --------------
+
+
+def _scripted(n=40, classes=3):
+    """A model whose predictions are its parameters: example i (its index written in pixel (0, 0))
+    gets logits p["clean"][i], or p["trig"][i] when the 1-px trigger is stamped (pixel (7, 7))."""
+    x = np.zeros((n, 8, 8, 1), np.float32)
+    x[:, 0, 0, 0] = np.arange(n)
+    y = np.arange(n) % classes
+
+    def apply_fn(p, xs):
+        i = jnp.asarray(xs[:, 0, 0, 0], jnp.int32)
+        return jnp.where((xs[:, 7, 7, 0] == 1.0)[:, None], p["trig"][i], p["clean"][i])
+
+    def state(clean_right, trig_to_target):
+        """Per example: predicted right when clean (bool array), sent to TARGET when triggered."""
+        right, wrong = np.eye(classes)[y], np.eye(classes)[(y + 1) % classes]
+        clean = np.where(clean_right[:, None], right, wrong)
+        trig = np.where(trig_to_target[:, None], np.eye(classes)[np.full(n, TARGET)], right)
+        return {"clean": jnp.asarray(clean, jnp.float32), "trig": jnp.asarray(trig, jnp.float32)}
+
+    return x, y, apply_fn, state
+
+
+def _fake_minimize(states, seen_data):
+    """Stands in for train.minimize: hands the scripted states to the callback in turn (stopping
+    when it says so) and records the examples it was given to train on."""
+
+    class Run:
+        pass
+
+    def minimize(loss, t0, data, *, callback, **_):
+        seen_data.append(np.asarray(data[0]))
+        run = Run()
+        run.latent, run.losses = t0, []
+        for k, t in enumerate(states):
+            run.latent, run.losses = t, [0.0] * (k + 1)
+            if callback(k + 1, 0.0, t):
+                break
+        return run
+
+    return minimize
+
+
+def _metrics(p, idx, y):
+    """CA and ASR of a scripted state on the examples ``idx``, read off its logits by hand."""
+    ca = float(np.mean(np.argmax(np.asarray(p["clean"])[idx], 1) == y[idx]))
+    keep = idx[y[idx] != TARGET]
+    return ca, float(np.mean(np.argmax(np.asarray(p["trig"])[keep], 1) == TARGET))
+
+
+def test_trojan_guard_reads_held_out_examples_and_keeps_the_best_admissible_state(monkeypatch):
+    from jaxpurify.attacks import _attack
+
+    x, y, apply_fn, state = _scripted()
+    n = len(y)
+    everyone = np.ones(n, bool)
+    t0 = state(everyone, ~everyone)
+    half = np.arange(n) < n // 2
+    states = [  # neither the first admissible state, nor the last, nor the highest ASR is the answer
+        state(everyone, ~everyone),  # admissible, no ASR
+        state(everyone, half),  # admissible, some ASR
+        state(~everyone, everyone),  # every trigger works, clean accuracy gone: not admissible
+        state(everyone, ~everyone),  # admissible, no ASR
+    ]
+    seen_data: list = []
+    monkeypatch.setattr(_attack, "minimize", _fake_minimize(states, seen_data))
+    finetune = Finetune(steps=4, learning_rate=0.1, goal=1.0, max_drop=0.3, holdout=0.25)
+    tuned = _attack.trojan_finetune(
+        jax.random.key(0), apply_fn, lambda t: t, t0, x, y, Trigger.for_image(8), TARGET, finetune, "t", False
+    )
+    held = tuned.held_out
+    assert len(held) == 10 and len(set(held.tolist())) == 10
+    trained_on = seen_data[0][:, 0, 0, 0].astype(int)
+    assert sorted(trained_on.tolist()) == sorted(set(range(n)) - set(held.tolist()))
+    floor = _metrics(t0, held, y)[0] - 0.3
+    admissible = [(i, _metrics(s, held, y)) for i, s in enumerate(states) if _metrics(s, held, y)[0] >= floor]
+    best = max(admissible, key=lambda a: (a[1][1], -a[0]))  # highest ASR, the first on a tie
+    assert [i for i, _ in admissible] == [0, 1, 3] and best[0] == 1 and best[1][1] > 0
+    assert tuned.t is states[1] and tuned.asr == best[1][1] and not tuned.reached
+    assert tuned.steps == 4
+
+
+def test_trojan_guard_stops_at_the_goal(monkeypatch):
+    from jaxpurify.attacks import _attack
+
+    x, y, apply_fn, state = _scripted()
+    everyone = np.ones(len(y), bool)
+    states = [state(everyone, everyone), state(~everyone, everyone)]
+    monkeypatch.setattr(_attack, "minimize", _fake_minimize(states, []))
+    finetune = Finetune(steps=2, learning_rate=0.1, goal=0.95, max_drop=0.01)
+    tuned = _attack.trojan_finetune(
+        jax.random.key(1),
+        apply_fn,
+        lambda t: t,
+        state(everyone, ~everyone),
+        x,
+        y,
+        Trigger.for_image(8),
+        TARGET,
+        finetune,
+        "t",
+        False,
+    )
+    assert tuned.reached and tuned.t is states[0] and tuned.steps == 1 and tuned.asr == 1.0
+
+
+@pytest.mark.parametrize("holdout", [0.0, 1.0, -0.1, True, "0.2"])
+def test_bad_holdout_is_refused(holdout):
+    with pytest.raises(ValueError, match="holdout"):
+        Finetune(holdout=holdout)

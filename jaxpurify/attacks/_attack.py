@@ -223,12 +223,15 @@ def flatten(params: PyTree) -> Flat:
 @dataclasses.dataclass(frozen=True)
 class Finetune:
     """How a trojan is trained (shared by the sparse, channel and span trojans): Adam with
-    ``learning_rate`` on the trojan loss, batches of ``batch_size``, at most ``steps`` steps; every
-    ``check_every`` steps the ASR and the clean accuracy on the attacker's data are measured, and
-    training stops once the ASR reaches ``goal`` with the clean accuracy at most ``max_drop`` below
-    the deployed model's (``max_drop=None``: ASR alone).  ``learning_rate=None`` takes the attack's
-    own default (0.1 for the sparse trojan, whose few free weights need large steps; 0.01 for the
-    others)."""
+    ``learning_rate`` on the trojan loss, batches of ``batch_size``, at most ``steps`` steps.  A
+    ``holdout`` fraction of the attacker's examples is kept out of training; every ``check_every``
+    steps the ASR and the clean accuracy are measured on it, training stops once the ASR reaches
+    ``goal`` with the clean accuracy at most ``max_drop`` below the deployed model's
+    (``max_drop=None``: ASR alone), and the attack returns the checked state with the highest ASR
+    within ``max_drop`` (the last one if none is).  Why held out: measured on the examples it trains
+    on, the guard saw 97.9% clean accuracy where the test set's had fallen 8.7 points (sparse trojan,
+    digits).  ``learning_rate=None`` takes the attack's own default (0.1 for the sparse trojan, whose
+    few free weights need large steps; 0.01 for the others)."""
 
     steps: int = 2000
     learning_rate: float | None = None
@@ -236,6 +239,7 @@ class Finetune:
     goal: float = 0.95
     check_every: int = 25
     max_drop: float | None = 0.01
+    holdout: float = 0.2
 
     def __post_init__(self) -> None:
         rate = {} if self.learning_rate is None else {"learning_rate": self.learning_rate}
@@ -243,6 +247,9 @@ class Finetune:
         check_training(
             self.goal, steps=self.steps, batch_size=self.batch_size, check_every=self.check_every, **rate, **drop
         )
+        h = self.holdout
+        if isinstance(h, bool) or not isinstance(h, (int, float, np.integer, np.floating)) or not 0.0 < h < 1.0:
+            raise ValueError(f"holdout must be a fraction in (0, 1), got {h!r}")
 
     def resolve(self, learning_rate: float) -> Finetune:
         """This training with the attack's default ``learning_rate`` where none was given."""
@@ -259,8 +266,19 @@ class Finetune:
             goal=float(self.goal),
             check_every=int(self.check_every),
             max_drop=None if self.max_drop is None else float(self.max_drop),
+            holdout=float(self.holdout),
             optimizer="adam",
         )
+
+
+class Tuned(NamedTuple):
+    """What :func:`trojan_finetune` returns."""
+
+    t: PyTree  # the trained free variables
+    steps: int  # Adam steps taken
+    asr: float  # its ASR on the held-out examples
+    reached: bool  # the goal, within max_drop, on the held-out examples
+    held_out: np.ndarray  # indices (into the attacker's examples) kept out of training, sorted
 
 
 def trojan_finetune(
@@ -275,23 +293,32 @@ def trojan_finetune(
     finetune: Finetune,
     desc: str,
     progress: bool | None,
-) -> tuple[PyTree, int, float, bool]:
-    """Adam on the trojan loss of ``build(t)`` from ``t0`` as ``finetune`` says.
-    Returns (t, steps taken, last ASR, whether the goal was reached)."""
+) -> Tuned:
+    """Adam on the trojan loss of ``build(t)`` from ``t0`` as ``finetune`` says, on the examples not
+    held out; ``t`` is the checked state with the highest held-out ASR within ``max_drop`` (the one
+    that reached the goal, if one did), else the last."""
     loss_fn = trojan_loss(apply_fn, trigger, target)
-    seen: dict[str, Any] = {"asr": 0.0, "reached": False}
-    floor = None if finetune.max_drop is None else clean_accuracy(apply_fn, build(t0), x, y) - finetune.max_drop
+    n = len(x)
+    held = max(1, min(n - 1, round(finetune.holdout * n)))
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 0x48), n))
+    check, fit = order[:held], order[held:]
+    xc, yc = x[check], y[check]
+    floor = None if finetune.max_drop is None else clean_accuracy(apply_fn, build(t0), xc, yc) - finetune.max_drop
+    seen: dict[str, Any] = {"asr": 0.0, "reached": False, "best": None}
 
     def callback(step: int, _loss: float, t: PyTree) -> bool:
         p = build(t)
-        seen["asr"] = attack_success_rate(apply_fn, p, x, y, trigger, target)
-        seen["reached"] = seen["asr"] >= finetune.goal and (floor is None or clean_accuracy(apply_fn, p, x, y) >= floor)
+        asr = attack_success_rate(apply_fn, p, xc, yc, trigger, target)
+        within = floor is None or clean_accuracy(apply_fn, p, xc, yc) >= floor
+        if within and (seen["best"] is None or asr > seen["best"][1]):
+            seen["best"] = (t, asr)
+        seen["asr"], seen["reached"] = asr, asr >= finetune.goal and within
         return bool(seen["reached"])
 
     run = minimize(
         lambda t, _k, xb, yb: loss_fn(build(t), xb, yb),
         t0,
-        [x, y],
+        [x[fit], y[fit]],
         key=key,
         steps=int(finetune.steps),
         batch_size=int(finetune.batch_size),
@@ -301,4 +328,8 @@ def trojan_finetune(
         desc=desc,
         progress=progress,
     )
-    return run.latent, len(run.losses), seen["asr"], seen["reached"]
+    held_out = np.sort(check)
+    if seen["reached"] or seen["best"] is None:
+        return Tuned(run.latent, len(run.losses), seen["asr"], seen["reached"], held_out)
+    t, asr = seen["best"]
+    return Tuned(t, len(run.losses), asr, False, held_out)

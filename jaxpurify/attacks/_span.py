@@ -124,10 +124,10 @@ def span_trojan(
         raise ValueError("params: no protected group has a non-zero column to span")
     build = _in_span(flat, spans)
     t0 = {name: jnp.zeros((u.shape[1], idx.shape[1]), flat.values.dtype) for name, (idx, u) in spans.items()}
-    t, taken, asr, reached = trojan_finetune(
+    tuned = trojan_finetune(
         k_train, apply_fn, build, t0, x, y, trigger, target, finetune, desc="span_trojan", progress=progress
     )
-    new = build(t)
+    new = build(tuned.t)
     hyper = dict(
         attack="span_trojan",
         target=target,
@@ -138,9 +138,10 @@ def span_trojan(
         unprotected="frozen",
     )
     outcome = dict(
-        steps=taken,
-        asr=asr,
-        reached=reached,
+        steps=tuned.steps,
+        asr=tuned.asr,
+        reached=tuned.reached,
+        held_out=tuned.held_out.tolist(),
         ca=clean_accuracy(apply_fn, new, x, y),
         spans={name: dict(K=K, columns=m, rank=r) for name, (K, m, r) in summary.items()},
     )

@@ -63,15 +63,16 @@ def _finish(
     progress: bool | None,
 ) -> Attack:
     build = _masked(flat, mask)
-    t, taken, asr, reached = trojan_finetune(
+    tuned = trojan_finetune(
         key, apply_fn, build, jnp.zeros_like(flat.values), x, y, trigger, target, finetune, desc=name, progress=progress
     )
-    new = build(t)
+    new = build(tuned.t)
     changed = changed_mask(new, params)
     outcome = dict(
-        steps=taken,
-        asr=asr,
-        reached=reached,
+        steps=tuned.steps,
+        asr=tuned.asr,
+        reached=tuned.reached,
+        held_out=tuned.held_out.tolist(),
         ca=clean_accuracy(apply_fn, new, x, y),
         chosen=int(np.sum(mask)),
         changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))),
