@@ -52,7 +52,7 @@ from jaxpurify._certify import Fit, _norm, certify
 from jaxpurify._grad import differentiable
 from jaxpurify._numerics import matmul
 from jaxpurify._options import RecoverOptions, resolve
-from jaxpurify._pivot import LPResult, certifiable, lp_fit
+from jaxpurify._pivot import LPResult, certifiable, hopeful, lp_fit
 from jaxpurify._polish import Block, far_above_median, largest, over_bound, polish, select, tolerance
 from jaxpurify._solution import RESULTS, Recovery, throw_if_uncertified
 from jaxpurify._threads import single_threaded_blas
@@ -297,8 +297,9 @@ def _lp_update(best: _Best, block: Block, active: jax.Array, res: LPResult) -> _
 
 def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOptions) -> _Best:
     """Simplex pivots (``_pivot``) on the columns the passes left uncertified but within the count
-    bound, up to m / COMPACT at a time (a problem narrower than ``NARROW_MIN · COMPACT``: all at its
-    own width): a certified column is never touched, and a block without such columns pays one test."""
+    bound and near enough to an answer (``_pivot.hopeful``), up to m / COMPACT at a time (a problem
+    narrower than ``NARROW_MIN · COMPACT``: all at its own width): a certified column is never
+    touched, and a block without such columns pays one test."""
     m = block.y.shape[1]
     w = m if m < NARROW_MIN * COMPACT else max(1, m // COMPACT)
     cap = opts.pivots * block.A.shape[1]
@@ -314,7 +315,9 @@ def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOption
         sub = _lp_update(sub, narrow, sl.valid, res)
         return _Pivoting(best=jax.tree.map(sl.back, sub, st.best), tried=st.tried | sl.taken)
 
-    return lax.while_loop(todo, more, _Pivoting(best=best, tried=jnp.zeros((m,), bool))).best
+    # a column far from any answer the LP could certify is left as it is (``hopeful``)
+    tried = ~hopeful(block, best.x_est)
+    return lax.while_loop(todo, more, _Pivoting(best=best, tried=tried)).best
 
 
 def _recover_block(
