@@ -14,7 +14,7 @@ import numpy as np
 from jax import lax
 
 from jaxpurify._certify import Fit
-from jaxpurify._numerics import matmul
+from jaxpurify._numerics import bisect, matmul
 
 # A re-read marks a row an outlier only past this many times the mean inlier residual (as well as
 # past the exactness tolerance): one missed outlier spreads its error over every residual of the
@@ -52,13 +52,6 @@ class _CG(NamedTuple):
     p: jax.Array  # (N, b) the search direction
     rs: jax.Array  # (b,) ‖r‖², 0 for a column that is done
     k: jax.Array  # () steps taken
-
-
-class _Bracket(NamedTuple):
-    """A bisection's bounds per column (``_median_bound``, ``largest``)."""
-
-    lo: jax.Array  # (b,)
-    hi: jax.Array  # (b,)
 
 
 def tolerance(y: jax.Array, inlier: jax.Array, rtol: jax.Array, atol: jax.Array) -> jax.Array:
@@ -283,15 +276,12 @@ def _median_bound(a: jax.Array, usable: jax.Array) -> jax.Array:
     lo = jnp.full((m,), lo_e, jnp.int32)  # count(a ≤ 2^lo) < half
     hi = jnp.full((m,), hi_e, jnp.int32)  # count(a ≤ 2^hi) ≥ half
 
-    def body(_: jax.Array, br: _Bracket) -> _Bracket:
-        mid = (br.lo + br.hi) // 2
-        enough = jnp.sum(a <= jnp.ldexp(jnp.ones((), dtype), mid), axis=0) >= half
-        return _Bracket(lo=jnp.where(enough, br.lo, mid), hi=jnp.where(enough, mid, br.hi))
+    def enough(mid: jax.Array) -> jax.Array:
+        return jnp.sum(a <= jnp.ldexp(jnp.ones((), dtype), mid), axis=0) >= half
 
-    steps = int(np.ceil(np.log2(hi_e - lo_e + 1)))
-    br = lax.fori_loop(0, steps, body, _Bracket(lo=lo, hi=hi))
+    _, hi = bisect(enough, lo, hi, int(np.ceil(np.log2(hi_e - lo_e + 1))))
     zero = jnp.sum(a <= 0, axis=0) >= half
-    return jnp.where(zero, 0.0, jnp.ldexp(jnp.ones((), dtype), br.hi))
+    return jnp.where(zero, 0.0, jnp.ldexp(jnp.ones((), dtype), hi))
 
 
 def far_above_median(r: jax.Array, usable: jax.Array, factor: float) -> jax.Array:
@@ -313,12 +303,9 @@ def largest(a: jax.Array, usable: jax.Array, h: jax.Array) -> jax.Array:
     lo = jnp.full((m,), -1, ibits)  # count(bits > lo) may exceed h
     hi = jnp.full((m,), top, ibits)  # count(bits > hi) ≤ h
 
-    def body(_: jax.Array, br: _Bracket) -> _Bracket:
-        mid = br.lo + (br.hi - br.lo) // 2
-        few = jnp.sum(bits > mid, axis=0) <= h
-        return _Bracket(lo=jnp.where(few, br.lo, mid), hi=jnp.where(few, mid, br.hi))
+    def few(mid: jax.Array) -> jax.Array:
+        return jnp.sum(bits > mid, axis=0) <= h
 
-    steps = 8 * a.dtype.itemsize
-    br = lax.fori_loop(0, steps, body, _Bracket(lo=lo, hi=hi))
-    chosen: jax.Array = usable & (bits > br.hi)
+    _, hi = bisect(few, lo, hi, 8 * a.dtype.itemsize)
+    chosen: jax.Array = usable & (bits > hi)
     return chosen
