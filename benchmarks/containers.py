@@ -9,10 +9,11 @@ Two models, built as their projects write them:
   5,026 × 768 token embeddings; 11.0M parameters, 44 MB).
 
 Each gets the default codebook (every parameter protected, K/n = 4; BatchNorm statistics are
-state: not protected, but sealed), weights ``decode(init_latent(…))``, a seal of the whole tree,
-and is saved as ``msgpack``, ``safetensors`` and ``orbax`` by ``jaxpurify.io``, and beside them as
-``orbax OCDBT`` (Orbax's PyTree handler uncompressed with OCDBT, what ``io.save`` wrote before)
-and ``orbax Flax docs`` (``ocp.StandardCheckpointer().save``: OCDBT, zstd).  Damage on disk:
+inference state: not encoded; the seal keeps an exact copy), weights ``decode(init_latent(…))``, a
+seal of the whole tree, and is saved as ``msgpack``, ``safetensors`` and ``orbax`` by
+``jaxpurify.io``, and beside them as ``orbax OCDBT`` (Orbax's PyTree handler uncompressed with
+OCDBT, what ``io.save`` wrote before) and ``orbax Flax docs`` (``ocp.StandardCheckpointer().save``:
+OCDBT, zstd).  Damage on disk:
 
 * ``burst``: one run of 64 random bytes per 10 KB of the checkpoint's files — *all* of them,
   metadata included (headers, ``_METADATA``, ``.zarray``, the OCDBT index);
@@ -24,8 +25,9 @@ Then ``jaxpurify purify CHECKPOINT --codebook … --out … --report …`` runs 
 process, its stdout and stderr captured at the file-descriptor level: a traceback or
 ``Event loop is closed`` noise would be seen).  Per case: exit code, certified fraction, the worst
 relative error max|Ŵ − W| / max|W| over the protected leaves of the written output against the
-deployed ones (target 1e-5), the unprotected leaves that differ (a burst in ``batch_stats``:
-reported by the seal, not repaired, until statistics are protected), what salvage did, seconds.
+deployed ones (target 1e-5), the unprotected leaves that differ from the deployed ones in the output
+(a burst in ``batch_stats`` is repaired from the seal's copy of the inference state, so: none), what
+salvage did, seconds.
 
     nice -n 10 python -m benchmarks.containers --out /tmp/containers.json [--models resnet18 gpt2]
         [--formats …] [--damages burst gross exponent] [--seeds 20] [--other-seeds 3]
