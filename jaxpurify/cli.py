@@ -43,8 +43,8 @@ from jaxpurify import __version__
 from jaxpurify._uncertified import ON_UNCERTIFIED
 
 if TYPE_CHECKING:  # the commands import what they use when run
+    from jaxpurify import Codebook
     from jaxpurify._checkpoint import Source
-    from jaxpurify._codebook import Codebook
 
 EXIT_OK, EXIT_NOT_OK, EXIT_BAD_INPUT, EXIT_UNSEALED, EXIT_WRONG_CODEBOOK, EXIT_UNREADABLE = 0, 1, 2, 3, 4, 5
 EXIT_CODES = (
@@ -160,8 +160,7 @@ def _purify(args: argparse.Namespace) -> int:
 
 
 def _purify_checked(args: argparse.Namespace) -> int:
-    from jaxpurify import UncertifiedError, _checkpoint, _salvage, io, purify
-    from jaxpurify._report import Report
+    from jaxpurify import Report, UncertifiedError, _checkpoint, io, purify
 
     for flag, p in (("CHECKPOINT", args.checkpoint), ("--codebook", args.codebook), ("--key", args.key)):
         if p is not None and not os.path.exists(p):
@@ -180,7 +179,7 @@ def _purify_checked(args: argparse.Namespace) -> int:
         )
     try:
         tree, select, salvaged = _checkpoint.read(source, codebook, args.select)
-    except _salvage.Unreadable as e:
+    except io.Unreadable as e:
         raise Stop(EXIT_UNREADABLE, f"{_one_line(e)}; {args.out} not written") from None
     params = _checkpoint.part(tree, select, codebook)
     check = getattr(codebook, "check", None)

@@ -32,7 +32,8 @@ import jax
 import numpy as np
 
 from jaxpurify import _orbax_read
-from jaxpurify._salvage import Salvage, Unreadable  # noqa: F401  (what salvage returns and raises)
+from jaxpurify._salvage import Salvage as Salvage  # re-exported: what salvage returns
+from jaxpurify._salvage import Unreadable as Unreadable  # re-exported: what salvage raises
 from jaxpurify.tree import leaves_with_paths
 
 if TYPE_CHECKING:
