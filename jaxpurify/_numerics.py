@@ -53,6 +53,14 @@ def bisect(
     return lo, hi
 
 
+def widen(a: np.ndarray) -> np.ndarray:
+    """``a`` as float64, quietly: damaged weights may hold signaling NaNs (an exponent flipped to
+    all ones over a mantissa without its top bit), whose cast raises NumPy's "invalid value"
+    warning although the NaN it gives is the one wanted."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(a).astype(np.float64)
+
+
 def leaf_dtype(leaf: Any) -> Any:
     """A leaf's dtype without converting it (typed PRNG keys cannot become NumPy arrays)."""
     dtype = getattr(leaf, "dtype", None)

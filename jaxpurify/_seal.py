@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpurify import _keys
-from jaxpurify._numerics import is_numpy_dtype, leaf_shape
+from jaxpurify._numerics import is_numpy_dtype, leaf_shape, widen
 from jaxpurify._threads import single_threaded_blas
 from jaxpurify.tree import leaves_with_paths
 
@@ -110,7 +110,7 @@ def _sketch(sign_key: bytes, path: str, leaf: Any, rows: int, chunk: int) -> tup
     top, finite = 0.0, True
     with single_threaded_blas():  # one small product per chunk: BLAS threads only fight XLA's
         for k, start in enumerate(range(0, flat.size, chunk)):
-            w = flat[start : start + chunk].astype(np.float64)
+            w = widen(flat[start : start + chunk])
             out[k] = w.sum() - 2.0 * (_signs(sign_key, path, k, rows, w.size) @ w)  # Σ (1 − 2b) w
             finite = finite and bool(np.all(np.isfinite(w)))
             top = max(top, float(np.max(np.abs(w))))

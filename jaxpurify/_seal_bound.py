@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from jaxpurify import _seal
+from jaxpurify._numerics import widen
 from jaxpurify._options import RecoverOptions
 from jaxpurify._plan import options_for, solve_dtype
 
@@ -93,7 +94,7 @@ def latent_norms(values: np.ndarray, A: np.ndarray) -> np.ndarray:
     step = max(1, _BLOCK // max(K, 1))
     out = np.empty(m)
     for j in range(0, m, step):
-        v = values[:, j : j + step].astype(np.float64)
+        v = widen(values[:, j : j + step])
         v[~np.isfinite(v)] = 0.0
         out[j : j + step] = np.linalg.norm(Linv.T @ (Linv @ (A.T @ v)), axis=0)
     return out
