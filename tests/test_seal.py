@@ -491,22 +491,19 @@ def test_honest_purification_at_k1024_verifies_with_the_per_chunk_tolerance():
     assert np.abs(purified["w"] - W).max() <= 1e-4 * np.abs(W).max()
 
 
-def test_signaling_nans_in_damaged_weights_raise_no_numpy_warning():
+def test_signaling_nans_in_damaged_weights_raise_no_numpy_warning(setup):
     """An exponent flipped to all ones over a mantissa without its quiet bit is a signaling NaN;
     NumPy warns when such a float32 is cast.  Purify reads it as an erasure, and neither purify
     nor the seal warns about it (only what the report says)."""
     import warnings
 
-    w = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
-    codebook = jp.Codebook.create({"w": w}, key=b"signaling-nan-test-secret-32byte")
-    deployed = {"w": np.asarray(codebook.decode(codebook.init_latent({"w": w}))["w"])}
-    codebook = codebook.seal(deployed)
-    damaged = deployed["w"].copy()
-    damaged.view(np.uint32)[:, :] = 0x7F800001  # every entry a signaling NaN: nothing to recover
+    cb, deployed = setup
+    kernel = deployed["conv"]["kernel"].copy()
+    kernel.view(np.uint32)[..., :] = 0x7F800001  # every entry a signaling NaN: nothing to recover
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with np.errstate(invalid="warn"):
-            purified, report = jp.purify({"w": damaged}, codebook)
+            purified, report = _purify(cb, _with_kernel(deployed, kernel))
     assert [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)] == []
-    assert not report.ok and report.certified == 0  # the leaf kept as it came, and the seal says so
-    assert np.isnan(np.asarray(purified["w"])).all()
+    assert not report.ok and report.certified == 1  # only the bias's column; the kernel kept as it came
+    assert np.isnan(purified["conv"]["kernel"]).all()
