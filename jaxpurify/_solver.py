@@ -274,7 +274,7 @@ class _Pivoting(NamedTuple):
     """The simplex stage's loop state (``_pivot_stage``)."""
 
     best: _Best
-    tried: jax.Array  # (m,) the column has had its pivots
+    tried: jax.Array  # (m,) the column has had its pivots, or is not worth any (``_pivot.hopeful``)
 
 
 def _lp_update(best: _Best, block: Block, active: jax.Array, res: LPResult) -> _Best:
@@ -304,11 +304,14 @@ def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOption
     w = m if m < NARROW_MIN * COMPACT else max(1, m // COMPACT)
     cap = opts.pivots * block.A.shape[1]
 
+    def pending(st: _Pivoting) -> jax.Array:
+        return ~st.best.ok & ~st.best.over & ~st.tried
+
     def todo(st: _Pivoting) -> jax.Array:
-        return jnp.any(~st.best.ok & ~st.best.over & ~st.tried)
+        return jnp.any(pending(st))
 
     def more(st: _Pivoting) -> _Pivoting:
-        sl = _Slots.of(~st.best.ok & ~st.best.over & ~st.tried, w)
+        sl = _Slots.of(pending(st), w)
         narrow = sl.narrow(block)
         sub = jax.tree.map(sl.gather, st.best)
         res = lp_fit(narrow, sub.x_est, sl.valid, max_pivots=cap, max_cg=tols.max_cg)

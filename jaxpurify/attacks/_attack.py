@@ -280,6 +280,10 @@ class Tuned(NamedTuple):
     reached: bool  # the goal, within max_drop, on the held-out examples
     held_out: np.ndarray  # indices (into the attacker's examples) kept out of training, sorted
 
+    def record(self) -> dict[str, Any]:
+        """The fields an attack's ``outcome`` records (JSON-able; ``t`` is the attack's to judge)."""
+        return dict(steps=self.steps, asr=self.asr, reached=self.reached, held_out=self.held_out.tolist())
+
 
 def trojan_finetune(
     key: jax.Array,
@@ -328,8 +332,6 @@ def trojan_finetune(
         desc=desc,
         progress=progress,
     )
-    held_out = np.sort(check)
-    if seen["reached"] or seen["best"] is None:
-        return Tuned(run.latent, len(run.losses), seen["asr"], seen["reached"], held_out)
-    t, asr = seen["best"]
-    return Tuned(t, len(run.losses), asr, False, held_out)
+    # a state that reached the goal is the best one seen (every earlier admissible ASR was below it)
+    t, asr = seen["best"] if seen["best"] is not None else (run.latent, seen["asr"])
+    return Tuned(t, len(run.losses), asr, seen["reached"], np.sort(check))

@@ -138,10 +138,7 @@ def span_trojan(
         unprotected="frozen",
     )
     outcome = dict(
-        steps=tuned.steps,
-        asr=tuned.asr,
-        reached=tuned.reached,
-        held_out=tuned.held_out.tolist(),
+        **tuned.record(),
         ca=clean_accuracy(apply_fn, new, x, y),
         spans={name: dict(K=K, columns=m, rank=r) for name, (K, m, r) in summary.items()},
     )

@@ -69,10 +69,7 @@ def _finish(
     new = build(tuned.t)
     changed = changed_mask(new, params)
     outcome = dict(
-        steps=tuned.steps,
-        asr=tuned.asr,
-        reached=tuned.reached,
-        held_out=tuned.held_out.tolist(),
+        **tuned.record(),
         ca=clean_accuracy(apply_fn, new, x, y),
         chosen=int(np.sum(mask)),
         changed=int(sum(np.sum(c) for c in jax.tree.leaves(changed))),
