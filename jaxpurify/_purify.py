@@ -169,18 +169,18 @@ def assemble(call: Call, res: Solved, results: dict[str, GroupResult], keep_inpu
         r = results[run.group]
         values = cast(np.ndarray, r.values)  # freed only once every call is assembled
         K = values.shape[0]
-        for s, start, stop in run.items(call.width):
-            w, span = stop - start, slice(start, stop)
-            cert = res.certified[s, :w]
+        for one in run.split(call.width):  # slot by slot: views of the results, never a run's copy
+            span = slice(one.start, one.start + one.columns)
+            cert = one.take(res.certified, K)
             take = cert if keep_input else np.ones_like(cert)
-            values[:, span] = np.where(take, res.fitted[s, :K, :w], values[:, span])
-            r.outliers[:, span] = res.outliers[s, :K, :w]
+            values[:, span] = np.where(take, one.take(res.fitted, K), values[:, span])
+            r.outliers[:, span] = one.take(res.outliers, K)
             r.certified[span] = cert
-            r.inlier_residual[span] = res.inlier_residual[s, :w]
+            r.inlier_residual[span] = one.take(res.inlier_residual, K)
             if res.bound is not None:
                 if r.bound is None:
                     r.bound = np.full(r.certified.shape, np.nan)
-                r.bound[span] = res.bound[s, :w]
+                r.bound[span] = one.take(res.bound, K)
 
 
 # -- the public entry point ----------------------------------------------------------------------

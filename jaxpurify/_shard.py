@@ -147,6 +147,20 @@ class Run:
             for j in range(self.slots)
         ]
 
+    def split(self, width: int) -> tuple[Run, ...]:
+        """The run slot by slot: one-slot runs (the host path assembles one at a time, so that
+        :meth:`take` gives views of its results instead of copies)."""
+        return tuple(Run(self.group, s, 1, start, stop - start) for s, start, stop in self.items(width))
+
+    def take(self, a: _layout.Array, K: int) -> _layout.Array:
+        """This run's columns of one field of a batch's :class:`Solved`, in the group's column
+        order: (S, rows, width) → (K, columns), or (S, width) → (columns,).  The one place that
+        maps slots back to a group's columns, for NumPy (the host path) and ``jax.numpy`` (the
+        device path) alike."""
+        o = a[self.slot : self.slot + self.slots]
+        o = o[:, :K].transpose(1, 0, 2).reshape(K, -1) if o.ndim == 3 else o.reshape(-1)
+        return o[..., : self.columns]
+
     def index(self, width: int) -> np.ndarray:
         """(slots, width): the group's column in each place of each slot.  A slot's extra places
         repeat its own columns, so padding is as easy to solve as the real columns."""
@@ -315,15 +329,8 @@ def assemble(
     for g in groups:
         parts = sorted(pieces[g.name], key=lambda p: p[0].start)
 
-        def cat(
-            field: str,
-        ) -> jax.Array:  # one field of the batches' Solved, the group's columns in order: (K, m) or (m,)
-            got: list[jax.Array] = []
-            for r, out in parts:
-                o = getattr(out, field)[r.slot : r.slot + r.slots]  # (slots, K, width) or (slots, width)
-                o = jnp.moveaxis(o[:, : g.K], 0, 1).reshape(g.K, -1) if o.ndim == 3 else o.reshape(-1)
-                got.append(o[..., : r.columns])
-            return jnp.concatenate(got, axis=-1)
+        def cat(field: str) -> jax.Array:  # one field of the batches' Solved, the group's columns in order
+            return jnp.concatenate([r.take(getattr(out, field), g.K) for r, out in parts], axis=-1)
 
         for field in DeviceReport._fields:  # certified, result, inlier_residual, bound, outliers: as in Solved
             fields[field][g.name] = cat(field)
