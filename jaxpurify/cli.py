@@ -39,8 +39,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from jaxpurify import __version__
-from jaxpurify._uncertified import ON_UNCERTIFIED
+from jaxpurify import ON_UNCERTIFIED, __version__
 
 if TYPE_CHECKING:  # the commands import what they use when run
     from jaxpurify import Codebook
@@ -521,12 +520,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compilation_cache(args: argparse.Namespace) -> None:
-    from jaxpurify import _cache
+    from jaxpurify import compilation_cache_disabled_by_env, enable_compilation_cache
 
-    if args.no_compilation_cache or _cache.disabled_by_env() or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    if args.no_compilation_cache or compilation_cache_disabled_by_env() or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return  # turned off, or the user chose a cache directory for JAX already
     try:
-        _cache.enable_compilation_cache()
+        enable_compilation_cache()
     except OSError as e:  # an unwritable cache directory costs time, not correctness
         print(f"jaxpurify: compilation cache disabled ({_one_line(e)})", file=sys.stderr)
 
