@@ -9,8 +9,9 @@ matrices; ``seal`` / ``verify`` for what l1 cannot see, see docs/security.md), :
 :class:`Report` (:class:`DeviceReport` under ``jax.jit``); for Flax NNX, :class:`EncodedModule` /
 :class:`Latent` (train the latent with ``nnx.Optimizer``); :data:`ON_UNCERTIFIED` (purify's choices
 for a column it cannot certify); :func:`enable_compilation_cache` /
-:func:`compilation_cache_disabled_by_env`; checkpoints in :mod:`jaxpurify.io`; a tree's leaves by path
-in :mod:`jaxpurify.tree`; progress bars and tables in :mod:`jaxpurify.progress`.
+:func:`compilation_cache_disabled_by_env`; checkpoints in :mod:`jaxpurify.io` (and in
+:mod:`jaxpurify.checkpoint`, as the command line reads and writes them); a tree's leaves by path in
+:mod:`jaxpurify.tree`; progress bars and tables in :mod:`jaxpurify.progress`.
 """
 
 import importlib
@@ -92,8 +93,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
 # `jp.io.save(...)` after a bare `import jaxpurify as jp` worked while the package imported
 # everything eagerly; these submodules keep working that way
 _SUBMODULES = frozenset(
-    ("attacks", "cli", "contamination", "convert", "data", "defenses", "demo", "experiments", "io", "models")
-    + ("progress", "train", "tree")
+    ("attacks", "checkpoint", "cli", "contamination", "convert", "data", "defenses", "demo", "experiments", "io")
+    + ("models", "progress", "train", "tree")
 )
 
 

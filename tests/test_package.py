@@ -59,8 +59,11 @@ def test_every_public_name_is_the_defining_modules_object():
 
 
 def test_public_submodules_are_reachable_from_a_bare_import():
-    out = _python("import jaxpurify as jp\nprint(jp.tree.map_with_path.__module__, jp.io.save.__module__)")
-    assert out.split() == ["jaxpurify.tree", "jaxpurify.io"]
+    out = _python(
+        "import jaxpurify as jp\n"
+        "print(jp.tree.map_with_path.__module__, jp.io.save.__module__, jp.checkpoint.write.__module__)"
+    )
+    assert out.split() == ["jaxpurify.tree", "jaxpurify.io", "jaxpurify.checkpoint"]
 
 
 def test_the_declared_version_is_the_packages():
