@@ -7,9 +7,11 @@ Public API: :func:`recover` / :class:`Recovery` / :class:`RESULTS` / :class:`Rec
 certified l1 solver), :class:`Codebook` (protected entries, their layout into groups, the secret
 matrices; ``seal`` / ``verify`` for what l1 cannot see, see docs/security.md), :func:`purify` /
 :class:`Report` (:class:`DeviceReport` under ``jax.jit``); for Flax NNX, :class:`EncodedModule` /
-:class:`Latent` (train the latent with ``nnx.Optimizer``); :func:`enable_compilation_cache`;
-checkpoints in :mod:`jaxpurify.io`; a tree's leaves by path in :mod:`jaxpurify.tree`; progress bars
-and tables in :mod:`jaxpurify.progress`.
+:class:`Latent` (train the latent with ``nnx.Optimizer``); :data:`ON_UNCERTIFIED` (purify's choices
+for a column it cannot certify); :func:`enable_compilation_cache` /
+:func:`compilation_cache_disabled_by_env`; checkpoints in :mod:`jaxpurify.io` (and in
+:mod:`jaxpurify.checkpoint`, as the command line reads and writes them); a tree's leaves by path in
+:mod:`jaxpurify.tree`; progress bars and tables in :mod:`jaxpurify.progress`.
 """
 
 import importlib
@@ -25,6 +27,7 @@ __all__ = [
     "LeafReport",
     "LeafVerdict",
     "LegacyCodebookWarning",
+    "ON_UNCERTIFIED",
     "RESULTS",
     "RecoverOptions",
     "Recovery",
@@ -34,6 +37,7 @@ __all__ = [
     "UncertifiedWarning",
     "UnsealedCodebookWarning",
     "WeakKeyWarning",
+    "compilation_cache_disabled_by_env",
     "enable_compilation_cache",
     "purify",
     "recover",
@@ -53,6 +57,7 @@ _LAZY = {
     "LeafSpec": "_codebook",
     "LeafVerdict": "_seal",
     "LegacyCodebookWarning": "_codebook_file",
+    "ON_UNCERTIFIED": "_uncertified",
     "RESULTS": "_solution",
     "RecoverOptions": "_options",
     "Recovery": "_solution",
@@ -62,13 +67,14 @@ _LAZY = {
     "UncertifiedWarning": "_purify",
     "UnsealedCodebookWarning": "_codebook",
     "WeakKeyWarning": "_keys",
+    "compilation_cache_disabled_by_env": "_cache",
     "enable_compilation_cache": "_cache",
     "purify": "_purify",
     "recover": "_solver",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
-    from jaxpurify._cache import enable_compilation_cache
+    from jaxpurify._cache import compilation_cache_disabled_by_env, enable_compilation_cache
     from jaxpurify._codebook import Codebook, LeafSpec, UnsealedCodebookWarning
     from jaxpurify._codebook_file import LegacyCodebookWarning
     from jaxpurify._keys import WeakKeyWarning
@@ -81,13 +87,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from jaxpurify._shard import DeviceReport
     from jaxpurify._solution import RESULTS, Recovery
     from jaxpurify._solver import recover
+    from jaxpurify._uncertified import ON_UNCERTIFIED
 
 
 # `jp.io.save(...)` after a bare `import jaxpurify as jp` worked while the package imported
 # everything eagerly; these submodules keep working that way
 _SUBMODULES = frozenset(
-    ("attacks", "cli", "contamination", "convert", "data", "defenses", "demo", "experiments", "io", "models")
-    + ("progress", "train", "tree")
+    ("attacks", "checkpoint", "cli", "contamination", "convert", "data", "defenses", "demo", "experiments", "io")
+    + ("models", "progress", "train", "tree")
 )
 
 

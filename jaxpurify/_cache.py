@@ -24,8 +24,12 @@ def default_cache_dir() -> str:
     return os.path.join(base, "jaxpurify", "xla")
 
 
-def disabled_by_env() -> bool:
-    """True when ``JAXPURIFY_NO_COMPILATION_CACHE`` is set to anything but '', 0, false, no or off."""
+def compilation_cache_disabled_by_env() -> bool:
+    """True when ``JAXPURIFY_NO_COMPILATION_CACHE`` is set to anything but '', 0, false, no or off.
+
+    The command line then runs without :func:`enable_compilation_cache`; the function itself
+    does not look at the variable (a program that calls it decides).
+    """
     return os.environ.get(ENV_DISABLE, "").strip().lower() not in {"", "0", "false", "no", "off"}
 
 

@@ -7,3 +7,7 @@ library and the command line (which must not import JAX to answer ``--help``):
 """
 
 ON_UNCERTIFIED = ("input", "estimate", "raise")
+"""The values of ``purify``'s ``on_uncertified`` (and ``jaxpurify purify --on-uncertified``), the
+default first: ``"input"`` keeps a column that is not certified as it came in, ``"estimate"``
+writes its l1 estimate A x̂ (with a warning), ``"raise"`` returns nothing (``UncertifiedError``
+carries the report)."""

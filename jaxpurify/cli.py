@@ -4,7 +4,7 @@
 ``jaxpurify purify CHECKPOINT --codebook FILE --out PURIFIED`` reads a ``.safetensors`` ('/'- or
 '.'-joined keys) or ``.msgpack`` file, an Orbax checkpoint, a ``CheckpointManager`` step directory
 or a ``CheckpointManager`` directory (its latest step, or ``--step N``); purifies the codebook's
-model where it sits (``--select PATH``, else the rule of ``jaxpurify._checkpoint``: the whole tree
+model where it sits (``--select PATH``, else the rule of ``jaxpurify.checkpoint``: the whole tree
 if it holds the model, else its one subtree that does, such as ``params``) and writes the purified
 checkpoint in the input's format, every other leaf as it was.  A damaged container is salvaged by the
 codebook's layout (``io.salvage``): what was bypassed and which entries became erasures is printed
@@ -39,12 +39,11 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from jaxpurify import __version__
-from jaxpurify._uncertified import ON_UNCERTIFIED
+from jaxpurify import ON_UNCERTIFIED, __version__
 
 if TYPE_CHECKING:  # the commands import what they use when run
     from jaxpurify import Codebook
-    from jaxpurify._checkpoint import Source
+    from jaxpurify.checkpoint import Source
 
 EXIT_OK, EXIT_NOT_OK, EXIT_BAD_INPUT, EXIT_UNSEALED, EXIT_WRONG_CODEBOOK, EXIT_UNREADABLE = 0, 1, 2, 3, 4, 5
 EXIT_CODES = (
@@ -115,7 +114,7 @@ def check_outputs(args: argparse.Namespace, source: Source) -> tuple[str, str | 
     will be written there — a file where a file goes (not an existing directory), an Orbax
     directory where one goes (not a file, nor a directory that is not a checkpoint), with a
     suffix of the input's format.  ``BadInput`` naming the flag and the path otherwise."""
-    from jaxpurify import _checkpoint, _orbax_read
+    from jaxpurify import checkpoint
 
     out = os.path.abspath(args.out)
     report = os.path.abspath(args.report) if args.report else None
@@ -134,8 +133,8 @@ def check_outputs(args: argparse.Namespace, source: Source) -> tuple[str, str | 
             raise BadInput(f"{flag} {dest}: directory {parent} is not writable")
     check_output_suffix(args.out, source.format)  # a suffix naming another format, or none it writes
     if source.format == "orbax":
-        layout = _checkpoint.out_layout(source)  # an Orbax checkpoint, or a CheckpointManager step
-        if os.path.exists(out) and _orbax_read.kind(out) != layout:
+        layout = checkpoint.out_layout(source)  # an Orbax checkpoint, or a CheckpointManager step
+        if os.path.exists(out) and checkpoint.orbax_layout(out) != layout:
             what = "an Orbax checkpoint" if layout == "item" else "a CheckpointManager step directory"
             raise BadInput(f"--out {args.out}: exists and is not {what}; not overwriting it")
     elif os.path.isdir(out):
@@ -160,12 +159,12 @@ def _purify(args: argparse.Namespace) -> int:
 
 
 def _purify_checked(args: argparse.Namespace) -> int:
-    from jaxpurify import Report, UncertifiedError, _checkpoint, io, purify
+    from jaxpurify import Report, UncertifiedError, checkpoint, io, purify
 
     for flag, p in (("CHECKPOINT", args.checkpoint), ("--codebook", args.codebook), ("--key", args.key)):
         if p is not None and not os.path.exists(p):
             raise BadInput(f"{flag} {p}: no such file or directory")
-    source = _checkpoint.open_source(args.checkpoint, args.step)
+    source = checkpoint.open_source(args.checkpoint, args.step)
     out, report_path = check_outputs(args, source)
     codebook = load_codebook(  # a legacy file's warning is printed in one line by _purify
         args.codebook, args.key, allow_legacy=args.allow_legacy, min_seal_counter=args.min_seal_counter
@@ -178,10 +177,10 @@ def _purify_checked(args: argparse.Namespace) -> int:
             "codebook.save(…)) or pass --unsealed to purify without that check",
         )
     try:
-        tree, select, salvaged = _checkpoint.read(source, codebook, args.select)
+        tree, select, salvaged = checkpoint.read(source, codebook, args.select)
     except io.Unreadable as e:
         raise Stop(EXIT_UNREADABLE, f"{_one_line(e)}; {args.out} not written") from None
-    params = _checkpoint.part(tree, select, codebook)
+    params = checkpoint.part(tree, select, codebook)
     check = getattr(codebook, "check", None)
     if check is not None:
         try:
@@ -239,13 +238,13 @@ def _purify_checked(args: argparse.Namespace) -> int:
         return EXIT_NOT_OK
     if salvaged is not None:  # a damaged header: the key separator salvage found
         source = dataclasses.replace(source, sep=salvaged.sep)
-    _checkpoint.write(source, out, _checkpoint.merge(tree, select, purified))
+    checkpoint.write(source, out, checkpoint.merge(tree, select, purified))
     print(
         f"wrote {args.out} ({source.format})" + (f" and {args.report}" if args.report else ""),
         file=sys.stderr,
     )
     if salvaged is not None and salvaged.leaves and not report.all_certified:
-        left = _checkpoint.nan_count(purified, [d.path for d in salvaged.leaves], select)
+        left = checkpoint.nan_count(purified, [d.path for d in salvaged.leaves], select)
         if left:
             print(
                 f"jaxpurify purify: {left} entries unreadable in {source.path} were not recovered: NaN in {args.out}",
@@ -521,12 +520,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compilation_cache(args: argparse.Namespace) -> None:
-    from jaxpurify import _cache
+    from jaxpurify import compilation_cache_disabled_by_env, enable_compilation_cache
 
-    if args.no_compilation_cache or _cache.disabled_by_env() or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    if args.no_compilation_cache or compilation_cache_disabled_by_env() or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return  # turned off, or the user chose a cache directory for JAX already
     try:
-        _cache.enable_compilation_cache()
+        enable_compilation_cache()
     except OSError as e:  # an unwritable cache directory costs time, not correctness
         print(f"jaxpurify: compilation cache disabled ({_one_line(e)})", file=sys.stderr)
 

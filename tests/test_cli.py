@@ -368,10 +368,8 @@ def test_enable_compilation_cache_stores_compiled_programs(tmp_path):
 )
 def test_cli_enables_the_cache_unless_told_not_to(tmp_path, monkeypatch, model, flag, env, enabled):
     # whether the CLI asks for the cache; that the cache itself works is the test above
-    from jaxpurify import _cache
-
     calls = []
-    monkeypatch.setattr(_cache, "enable_compilation_cache", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(jaxpurify, "enable_compilation_cache", lambda *a, **k: calls.append(a))
     monkeypatch.setenv("JAXPURIFY_NO_COMPILATION_CACHE", env)
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # set by conftest for the test run
     clean, codebook = model
@@ -380,6 +378,12 @@ def test_cli_enables_the_cache_unless_told_not_to(tmp_path, monkeypatch, model, 
     io.save(src, clean)
     assert cli.main(["purify", src, "--codebook", book, "--out", str(tmp_path / "p.msgpack"), *flag]) == 0
     assert len(calls) == int(enabled)
+
+
+@pytest.mark.parametrize("value, disabled", [("", False), ("0", False), (" Off ", False), ("no", False), ("1", True)])
+def test_the_environment_turns_the_cache_off(monkeypatch, value, disabled):
+    monkeypatch.setenv("JAXPURIFY_NO_COMPILATION_CACHE", value)
+    assert jaxpurify.compilation_cache_disabled_by_env() is disabled
 
 
 # -- safe by default, outputs, layouts, damaged containers (issue 22) -----------------------------

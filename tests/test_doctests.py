@@ -11,6 +11,7 @@ MODULES = [
     "jaxpurify._options",
     "jaxpurify._solution",
     "jaxpurify.attacks",
+    "jaxpurify.checkpoint",
     "jaxpurify.contamination",
     "jaxpurify.convert",
     "jaxpurify.data",

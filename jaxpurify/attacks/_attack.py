@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -76,40 +76,11 @@ def finish(
     return Attack(new, changed_mask(new, params) if changed is None else changed, hyper, clock())
 
 
-@overload
-def check_common(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data: Data,
-    target: int,
-    trigger: Trigger,
-    *,
-    need_trigger: Literal[True] = True,
-    finetune: Finetune | None = None,
-) -> tuple[np.ndarray, np.ndarray, int, int]: ...
-@overload
-def check_common(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data: Data,
-    target: int | None,
-    trigger: Trigger | None,
-    *,
-    need_trigger: Literal[False],
-    finetune: Finetune | None = None,
-) -> tuple[np.ndarray, np.ndarray, int | None, int]: ...
-def check_common(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    data: Data,
-    target: int | None,
-    trigger: Trigger | None,
-    *,
-    need_trigger: bool = True,
-    finetune: Finetune | None = None,
-) -> tuple[np.ndarray, np.ndarray, int | None, int]:
-    """Validate the arguments every attack takes (and ``finetune`` if given); returns
-    (x, y, target, classes) with host arrays (``classes``: the width of the logits)."""
+def check_inputs(
+    apply_fn: ApplyFn, params: PyTree, data: Data, *, finetune: Finetune | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate what every attack takes (and ``finetune`` if given); returns (x, y, classes) with
+    host arrays (``classes``: the width of the logits).  The untargeted :func:`pbfa` stops here."""
     if finetune is not None and not isinstance(finetune, Finetune):
         raise TypeError(f"finetune must be a Finetune, got {type(finetune).__name__}")
     if not callable(apply_fn):
@@ -126,16 +97,29 @@ def check_common(
         logits = jax.eval_shape(lambda p: apply_fn(p, jnp.asarray(x[:1])), params)
     except Exception as e:  # any failure here means apply_fn does not fit params and data
         raise ValueError(f"apply_fn(params, x) fails on the attacker's data: {type(e).__name__}: {e}") from None
-    classes = int(logits.shape[-1])
-    if need_trigger:
-        if not isinstance(trigger, Trigger):
-            raise TypeError(f"trigger must be a Trigger, got {type(trigger).__name__}")
-        trigger._check(x.shape)
-        target = check_target(target)
-        if target >= classes:
-            raise ValueError(f"target {target} is not one of the model's {classes} classes")
-        if not (y != target).any():
-            raise ValueError(f"data: every label is the target {target}; nothing to trigger")
+    return x, y, int(logits.shape[-1])
+
+
+def check_common(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    data: Data,
+    target: int,
+    trigger: Trigger,
+    *,
+    finetune: Finetune | None = None,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """:func:`check_inputs`, then the trigger and the target every targeted attack takes; returns
+    (x, y, target, classes)."""
+    x, y, classes = check_inputs(apply_fn, params, data, finetune=finetune)
+    if not isinstance(trigger, Trigger):
+        raise TypeError(f"trigger must be a Trigger, got {type(trigger).__name__}")
+    trigger._check(x.shape)
+    target = check_target(target)
+    if target >= classes:
+        raise ValueError(f"target {target} is not one of the model's {classes} classes")
+    if not (y != target).any():
+        raise ValueError(f"data: every label is the target {target}; nothing to trigger")
     return x, y, target, classes
 
 

@@ -48,6 +48,7 @@ from jaxpurify.attacks._attack import (
     Flat,
     check_common,
     check_count,
+    check_inputs,
     check_positive,
     check_training,
     finish,
@@ -308,7 +309,7 @@ def pbfa(
     accuracy on the attacker's data is ≤ 1/classes + ``margin`` (11% on ten classes).  ``split``:
     flips in its head are tried without re-running the frozen part (same result, less time)."""
     clock = Clock()
-    x, y, _, classes = check_common(apply_fn, params, data, target, trigger, need_trigger=False)
+    x, y, classes = check_inputs(apply_fn, params, data)
     bits = _check_bits(bits, flips, candidates, batch_size)
     check_positive(cap=cap)
     chance = 1.0 / classes

@@ -1,5 +1,12 @@
-"""A checkpoint as ``jaxpurify purify`` reads and writes it: where the tree is, which subtree the
-codebook protects, and how the purified tree goes back in the input's layout.
+"""A checkpoint on disk as ``jaxpurify purify`` reads and writes it: open a file, an Orbax
+checkpoint or a ``CheckpointManager`` step (:func:`open_source`), read the part a codebook protects
+(:func:`read`, :func:`part`), merge the purified part back (:func:`merge`) and write it in the
+input's format and layout (:func:`write`).
+
+    source = open_source("ckpt")                        # a file, an Orbax item, step or manager
+    tree, select, salvaged = read(source, codebook, None)
+    purified, report = jp.purify(part(tree, select, codebook), codebook)
+    write(source, "purified", merge(tree, select, purified))
 
 * Files (``.safetensors``, ``.msgpack``) and Orbax checkpoints are read with ``io.salvage``: the
   format's own reader, or, for a damaged container, the codebook's layout.
@@ -10,8 +17,7 @@ codebook protects, and how the purified tree goes back in the input's layout.
   them, such as a train state's ``step``, are allowed), else in the one subtree that holds it
   (e.g. ``params`` of a linen variables dict); a damaged container, whose tree cannot be listed,
   is tried as the whole tree, then as its ``params`` (with several Orbax items: each item, then
-  its ``params``).  Everything outside the subtree is written
-  back as it was read.
+  its ``params``).  Everything outside the subtree is written back as it was read.
 * The output keeps the input's format (and a safetensors file its key separator).  A step or
   manager input is written as a step directory: ``OUT/<item>`` for each item (purified or copied),
   with the step's own files (``_CHECKPOINT_METADATA``), so it can take the step's place in the
@@ -29,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from jaxpurify import _orbax_read, _salvage, io
+from jaxpurify import _orbax_read, io
 
 if TYPE_CHECKING:
     from jaxpurify._codebook import Codebook
@@ -37,22 +43,32 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
+    """A checkpoint on disk, as :func:`open_source` found it.
+
+    ``path`` as given; ``format`` one of ``io.FORMATS``; ``layout`` 'file' (a ``.safetensors`` or
+    ``.msgpack`` file), or the Orbax 'item' (a checkpoint directory), 'step' (a
+    ``CheckpointManager`` step directory) or 'manager' (a ``CheckpointManager`` directory); for a
+    step, or the manager's step read, ``step`` its number (None if its directory's name holds
+    none), ``step_dir`` its directory and ``items`` the names of its items (an Orbax item:
+    ``("",)``); ``sep`` the key separator a safetensors file is written with ('/' otherwise).
+    """
+
     path: str
     format: str
-    layout: str  # 'file', or the Orbax 'item', 'step' or 'manager'
+    layout: str
     step: int | None = None
     step_dir: str | None = None
     items: tuple[str, ...] = ()
     sep: str = "/"
 
-    def describe(self) -> str:
-        if self.layout in ("step", "manager"):
-            return f"{self.path} (step {self.step}, items {', '.join(self.items)})"
-        return self.path
-
 
 def open_source(path: str, step: int | None = None) -> Source:
-    """What ``path`` is; ``ValueError`` if it is no checkpoint (or ``step`` does not apply)."""
+    """What ``path`` is, read from its name and metadata only (no array is read).
+
+    ``step`` picks a step of a ``CheckpointManager`` directory (default: its latest finalized
+    step).  Raises ``FileNotFoundError`` if nothing is at ``path``, ``ValueError`` if it is no
+    checkpoint or ``step`` does not apply (not a manager, or no such step).
+    """
     fmt = io.detect_format(path)
     if fmt != "orbax":
         if step is not None:
@@ -80,7 +96,7 @@ def _safetensors_sep(path: str) -> str:
 # -- subtrees ------------------------------------------------------------------------------------
 
 
-def subtree(tree: dict[str, Any], select: str) -> Any:
+def _subtree(tree: dict[str, Any], select: str) -> Any:
     node: Any = tree
     for k in [k for k in select.split("/") if k]:
         if not isinstance(node, dict) or k not in node:
@@ -95,9 +111,14 @@ def _model_paths(codebook: Codebook) -> list[str] | None:
 
 
 def part(tree: dict[str, Any], select: str, codebook: Codebook) -> Any:
-    """The codebook's model inside the subtree at ``select``: its leaves only (the subtree's other
-    leaves, e.g. a train state's ``step`` beside ``params``, stay out of purify)."""
-    sub = subtree(tree, select)
+    """What purify gets: the codebook's model inside the subtree of ``tree`` at ``select``.
+
+    Its leaves only, when the subtree holds every one of them (the subtree's other leaves, e.g. a
+    train state's ``step`` beside ``params``, stay out of purify); else the whole subtree, so
+    that the codebook's own check names what is missing.  ``ValueError`` if ``select`` names no
+    subtree of ``tree``.
+    """
+    sub = _subtree(tree, select)
     paths = _model_paths(codebook)
     if paths is None or not isinstance(sub, dict):
         return sub
@@ -108,8 +129,11 @@ def part(tree: dict[str, Any], select: str, codebook: Codebook) -> Any:
 
 
 def merge(tree: dict[str, Any], select: str, purified: Any) -> dict[str, Any]:
-    """``tree`` with the purified leaves put in at ``select`` (copies along the way; nothing else
-    changes)."""
+    """``tree`` with ``purified``'s leaves put in at ``select``; every other leaf as it was.
+
+    A new tree: the dicts on the way are copies, ``tree`` itself is not changed.  Leaves of the
+    subtree at ``select`` that ``purified`` does not hold (those :func:`part` left out) stay.
+    """
     keys = [k for k in select.split("/") if k]
 
     def put(node: Any, new: Any) -> Any:
@@ -143,7 +167,7 @@ def _holds(codebook: Codebook, node: object) -> bool:
     return True
 
 
-def find_select(tree: dict[str, Any], codebook: Codebook) -> str:
+def _find_select(tree: dict[str, Any], codebook: Codebook) -> str:
     """The rule: '' if the tree holds the codebook's model, else the one subtree that does."""
     if _holds(codebook, tree):
         return ""
@@ -162,42 +186,64 @@ def find_select(tree: dict[str, Any], codebook: Codebook) -> str:
     return found[0] if len(found) == 1 else ""
 
 
-def read(source: Source, codebook: Codebook, select: str | None) -> tuple[dict[str, Any], str, _salvage.Salvage | None]:
-    """(tree, select, salvage record or None) — see the module docstring for the rule."""
+def read(source: Source, codebook: Codebook, select: str | None) -> tuple[dict[str, Any], str, io.Salvage | None]:
+    """``(tree, select, salvaged)``: the whole checkpoint as a nested dict of arrays, where the
+    codebook's model sits in it, and ``io.salvage``'s record (None if it read intact).
+
+    ``select`` as given, or, if None, found by the rule of this module.  Raises ``io.Unreadable``
+    for a checkpoint damaged beyond salvage (the reading that got furthest says why).
+    """
     path = source.path
     candidates = [select] if select is not None else ["", "params"]
     if select is None and len(source.items) > 1:  # several Orbax items: the tree is {item: …}
         candidates = [c for item in source.items for c in (item, f"{item}/params")]
-    best: _salvage.Unreadable | None = None
+    best: io.Unreadable | None = None
     for sel in candidates:
         try:
             step = source.step if source.layout == "manager" else None
             tree, record = io.salvage(path, codebook, select=sel, format=source.format, step=step)
-        except _salvage.Unreadable as e:
+        except io.Unreadable as e:
             if best is None or e.located > best.located:  # the reading that got furthest explains it
                 best = e
             continue
         if record is None and select is None:  # read intact: the rule looks at the whole tree
-            sel = find_select(tree, codebook)
+            sel = _find_select(tree, codebook)
         return tree, sel, record
-    raise cast(_salvage.Unreadable, best)  # there is at least one candidate, and each one failed
+    raise cast(io.Unreadable, best)  # there is at least one candidate, and each one failed
 
 
 # -- writing -------------------------------------------------------------------------------------
 
 
+def orbax_layout(path: str) -> str | None:
+    """The Orbax layout at ``path``: 'item' (a checkpoint directory), 'step' (a
+    ``CheckpointManager`` step directory), 'manager' (a ``CheckpointManager`` directory), or None
+    (none of these, or nothing there)."""
+    return _orbax_read.kind(path)
+
+
 def out_layout(source: Source) -> str:
-    """What the output of ``source`` is: a file, an Orbax 'item', or a 'step' directory."""
+    """What :func:`write` makes of ``source``: a 'file', an Orbax 'item', or a 'step' directory
+    (of a step, or of a manager's step)."""
     return {"file": "file", "item": "item"}.get(source.layout, "step")
 
 
 def write(source: Source, out: str, tree: dict[str, Any]) -> None:
-    """The purified checkpoint at ``out``, in the input's format and layout (atomically)."""
+    """Write ``tree`` (the whole checkpoint, as :func:`read` gave it) at ``out`` in ``source``'s
+    format and :func:`out_layout`, atomically: a failed write leaves what was at ``out``.
+
+    A step is written as a step directory holding ``tree`` (one item) or ``tree[item]`` (each
+    item ``tree`` names) and copies of the step's other entries.  An existing ``out`` is replaced
+    as ``io.save`` replaces one; an existing directory that is not of the layout written is not
+    (``ValueError``).  After a salvaged read, pass
+    ``dataclasses.replace(source, sep=salvaged.sep)``: a damaged safetensors header's separator is
+    the one salvage found.
+    """
     if source.layout in ("file", "item"):
         io.save(out, tree, format=source.format, sep=source.sep)
         return
     trees = {source.items[0]: tree} if len(source.items) == 1 else tree
-    parent = os.path.dirname(out)
+    parent = os.path.dirname(os.path.abspath(out))
     tmp = tempfile.mkdtemp(dir=parent, prefix=".jaxpurify-")
     try:
         new = os.path.join(tmp, "step")
@@ -217,7 +263,8 @@ def write(source: Source, out: str, tree: dict[str, Any]) -> None:
 
 
 def nan_count(purified: Any, paths: list[str], select: str) -> int:
-    """NaN entries left in the purified leaves at ``paths`` (file paths, under ``select``)."""
+    """NaN entries left in ``purified`` at ``paths``: paths in the file (such as a salvage record's
+    ``leaves``), under ``select``; paths outside ``purified`` count nothing."""
     flat = io.flatten(purified, prng_keys=True)
     pre = select.strip("/") + "/" if select.strip("/") else ""
     return sum(int(np.isnan(flat[p[len(pre) :]]).sum()) for p in paths if p[len(pre) :] in flat)
