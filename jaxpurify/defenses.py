@@ -355,7 +355,7 @@ def checksum(
     return Defended(zeroed, tree_from_paths(params, flags), None, any(bool(f.any()) for f in flags.values()))
 
 
-DEFENSES = {
+DEFENSES: dict[str, Callable[..., Defended]] = {
     "purify": purify_only,
     "purify+ft": purify_finetune,
     "ft": finetune,

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
 import numpy as np
 
+if TYPE_CHECKING:  # backdoor imports this module when it writes its report
+    from jaxpurify.experiments._common import Record
+    from jaxpurify.experiments.backdoor import Row
+
 DEFENSE_ORDER = ("none", "purify", "purify+ft", "ft", "fp", "l2", "checksum")
+PLOTTED: dict[Literal["ca", "asr"], str] = {"ca": "clean accuracy", "asr": "attack success rate"}  # the figure's rows
 
 
-def _pct(x) -> str:
+def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def _yes(x) -> str:
+def _yes(x: bool | None) -> str:
     return "–" if x is None else ("yes" if x else "no")
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: Sequence[Row]) -> str:
     head = "| attack | defense | benign | CA % | ASR % | RA % | flagged | certified % | detected | s |\n|" + "---|" * 10
     lines = [head]
     for r in rows:
@@ -27,13 +35,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary(res: dict) -> str:
+def summary(res: Record) -> str:
     """One line per attack: CA / ASR (%) after each defense, the data defenses at the largest
     benign budget, and the keyed seal's verdict."""
-    rows, budget = res["rows"], max(r["benign_fraction"] for r in res["rows"])
-    find = lambda a, d, f: next(
-        (r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (a, d, f)), None
-    )
+    rows: list[Row] = res["rows"]
+    budget = max(r["benign_fraction"] for r in res["rows"])
+
+    def find(a: str, d: str, f: float) -> Row | None:
+        return next((r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (a, d, f)), None)
+
     heads = [d if d in ("none", "purify", "l2", "checksum") else f"{d} ({budget:g})" for d in DEFENSE_ORDER]
     lines = ["| attack | " + " | ".join(heads) + " | seal detects |", "|" + "---|" * (len(heads) + 2)]
     for a in dict.fromkeys(r["attack"] for r in rows):
@@ -41,12 +51,13 @@ def summary(res: dict) -> str:
         for d in DEFENSE_ORDER:
             r = find(a, d, 0.0) or find(a, d, budget)
             cells.append("–" if r is None else f"{_pct(r['ca'])} / {_pct(r['asr'])}")
-        cells.append(_yes((find(a, "purify", 0.0) or {}).get("detected")))
+        purified = find(a, "purify", 0.0)
+        cells.append(_yes(None if purified is None else purified["detected"]))
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def forensic_table(forensic: dict) -> str:
+def forensic_table(forensic: dict[str, dict[str, Record]]) -> str:
     lines = [
         "| attack | leaf | changed | flagged | precision | recall | recall (certified columns) "
         "| channels changed / flagged |",
@@ -64,7 +75,7 @@ def forensic_table(forensic: dict) -> str:
     return "\n".join(lines)
 
 
-def _setup(res: dict) -> str:
+def _setup(res: Record) -> str:
     """The run's settings that change its numbers: data, training steps, codebook layout."""
     note = {
         "mnist-t10k-split": "MNIST from the user's t10k files only (no train files given): split at random "
@@ -81,7 +92,7 @@ def _setup(res: dict) -> str:
     return "Setup: " + "; ".join(p for p in parts if p) + "."
 
 
-def _short(hyper: dict) -> dict:
+def _short(hyper: dict[str, Any]) -> dict[str, Any]:
     """The hyper-parameters without the bulky outcome lists (every flip, a crafted pattern): those
     stay in backdoor.json."""
     out = dict(hyper)
@@ -96,7 +107,7 @@ def _short(hyper: dict) -> dict:
     return out
 
 
-def markdown(res: dict) -> str:
+def markdown(res: Record) -> str:
     c = res["clean"]
     text = [
         f"# Backdoor and weight-attack defense: {res['dataset']}, {res['arch']} CNN",
@@ -159,7 +170,7 @@ def markdown(res: dict) -> str:
     return "\n".join(text) + "\n"
 
 
-def plot(res: dict, path: str) -> None:
+def plot(res: Record, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,18 +179,18 @@ def plot(res: dict, path: str) -> None:
     attacks = list(dict.fromkeys(r["attack"] for r in res["rows"]))
     budget = max(r["benign_fraction"] for r in res["rows"])
 
-    def pick(a, d):
+    def pick(a: str, d: str) -> Row | None:
         f = budget if any(r["defense"] == d and r["benign_fraction"] == budget for r in res["rows"]) else 0.0
         return next((r for r in res["rows"] if (r["attack"], r["defense"], r["benign_fraction"]) == (a, d, f)), None)
 
     fig, axes = plt.subplots(2, 1, figsize=(max(7, 1.4 * len(attacks) + 2), 6.5), constrained_layout=True, sharex=True)
     x, width = np.arange(len(attacks)), 0.8 / len(DEFENSE_ORDER)
-    for metric, ax in zip(("ca", "asr"), axes):
+    for (metric, label), ax in zip(PLOTTED.items(), axes):
         for i, d in enumerate(DEFENSE_ORDER):
-            vals = [(pick(a, d) or {}).get(metric, np.nan) for a in attacks]
+            vals = [np.nan if (r := pick(a, d)) is None else r[metric] for a in attacks]
             ax.bar(x + (i - len(DEFENSE_ORDER) / 2 + 0.5) * width, vals, width, label=d)
         ax.axhline(res["clean"][metric], color="k", ls="--", lw=1)
-        ax.set_ylabel({"ca": "clean accuracy", "asr": "attack success rate"}[metric])
+        ax.set_ylabel(label)
         ax.set_ylim(0, 1.05)
     axes[1].set_xticks(x, attacks)
     axes[0].legend(fontsize=8, ncol=4, loc="lower left")

@@ -21,6 +21,8 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict, cast
 
 import jax
 import numpy as np
@@ -28,11 +30,43 @@ import numpy as np
 from jaxpurify import Codebook, attacks, data
 from jaxpurify import defenses as D
 from jaxpurify.experiments import recipes
-from jaxpurify.experiments._common import write_json
-from jaxpurify.experiments.realdata import build
+from jaxpurify.experiments._common import QUICK_EXAMPLES, Record, first, write_json
+from jaxpurify.experiments.realdata import Model, build
 from jaxpurify.progress import Progress
+from jaxpurify.tree import Select
 
-ATTACKS = {
+PyTree = Any
+Data = tuple[np.ndarray, np.ndarray]  # (x, y)
+# what ``run``'s ``keep`` receives trees and objects by: (attack, defense, benign_fraction), a name
+# ("apply", "test", "trigger", "codebook") or ("trigger", attack)
+KeepKey = tuple[str, str, float] | str | tuple[str, str]
+
+
+class Metrics(TypedDict):
+    """CA, ASR and RA on the test set (BackdoorBench's metrics)."""
+
+    ca: float
+    asr: float
+    ra: float
+
+
+class Row(TypedDict):
+    """One row of backdoor.json's ``rows``: an attack, a defense and its benign data, the metrics
+    (a :class:`Metrics`' fields) and what the defense reported."""
+
+    attack: str
+    defense: str
+    benign_fraction: float
+    ca: float
+    asr: float
+    ra: float
+    flagged: int | None
+    certified_fraction: float | None
+    detected: bool | None
+    seconds: float
+
+
+ATTACKS: dict[str, Callable[..., attacks.Attack]] = {
     "badnets": attacks.badnets,
     "sparse": attacks.sparse_trojan,
     "channels": attacks.channel_trojan,
@@ -48,7 +82,7 @@ ATTACKS = {
 # at rate 0.01 it cost 9.4 pt of CA, at 0.05 1.3 pt (98.8% ASR, 158 flips; a scratch run on a
 # 600-step model).  Channel replacement rewrites as many channels per layer as it needs
 # (``CHANNELS``, the fewest that reach the attack's goal).
-ATTACK_HYPER = {
+ATTACK_HYPER: dict[str, dict[str, Any]] = {
     "bit_trojan": {"craft": 500, "neurons": 64, "candidates": 16, "tune": 300, "tune_rate": 0.05, "flips": 200},
     # the sparse trojan's own rate (0.1) cost the digits' multi CNN 10.7 pt of test CA with no state
     # within its guard; at 0.01, 1.6 and 2.9 pt (two keys) at 98.5% ASR (0.03: 4.9 pt; quick runs)
@@ -64,13 +98,17 @@ def tbt_trigger(h: int) -> attacks.Trigger:
     return attacks.Trigger(max(1, math.ceil(10 * h / 32)))
 
 
-def split_of(model) -> attacks.Split:
+def split_of(model: Model) -> attacks.Split:
     """The model's frozen feature extractor and its head (``jaxpurify.models``' ``part``)."""
-    return attacks.Split(
-        features=lambda p, x: model.apply({"params": p}, x, part="features"),
-        head=lambda p, h: model.apply({"params": p}, h, part="head"),
-        leaves=tuple(model.HEAD),
-    )
+
+    # Module.apply returns (output, state) only when given mutable collections: here the output alone
+    def features(p: PyTree, x: jax.Array) -> jax.Array:
+        return cast(jax.Array, model.apply({"params": p}, x, part="features"))
+
+    def head(p: PyTree, h: jax.Array) -> jax.Array:
+        return cast(jax.Array, model.apply({"params": p}, h, part="head"))
+
+    return attacks.Split(features=features, head=head, leaves=tuple(model.HEAD))
 
 
 FRACTIONS = (0.05, 0.01, 0.0)
@@ -78,18 +116,18 @@ TARGET = 0
 LAST_CONV = {"one-hidden": "hidden", "multi": "conv1"}  # the layer fine-pruning prunes
 
 
-def output_axis(path: str, leaf) -> int | None:
+def output_axis(path: str, leaf: Any) -> int | None:
     """The ``output`` layout: a kernel with ≥ 16 output channels is encoded along its output axis
     (K = channels; for the one-hidden CNN's hidden layer, the paper's layout), everything else as
     the default. A column then holds one weight of every output channel, so rewriting a channel
     puts one change in each of its columns (the default's coprime interleave puts one or two).
     The 10-class read-out stays default: along its 10 outputs a column
     would hold n = 3 latent values, and the logits would be confined to a 3-dimensional space."""
-    shape = getattr(leaf, "shape", ())
+    shape: tuple[int, ...] = getattr(leaf, "shape", ())
     return -1 if len(shape) >= 2 and shape[-1] >= 16 else None
 
 
-def interleave(path: str, leaf) -> int | str | None:
+def interleave(path: str, leaf: Any) -> int | str | None:
     """The ``interleave`` layout (the default): every kernel's column holds only a few weights of
     any one channel, and columns are tall.
 
@@ -105,13 +143,13 @@ def interleave(path: str, leaf) -> int | str | None:
       read-out channel (the channel trojan's target column) puts ⌈F/m⌉ or fewer changes in a
       column instead of filling one, and an input's C weights lie in C distinct columns.
     Biases and other 1-D leaves: pooled (the default)."""
-    shape = getattr(leaf, "shape", ())
+    shape: tuple[int, ...] = getattr(leaf, "shape", ())
     if len(shape) < 2 or math.prod(shape[:-1]) < 16:  # 16: the library pools leaves with fewer rows
         return None
     return -1 if shape[-1] >= 16 else "interleave"
 
 
-LAYOUTS = {"interleave": interleave, "output": output_axis, "default": None}
+LAYOUTS: dict[str, Select | None] = {"interleave": interleave, "output": output_axis, "default": None}
 
 
 def secret_for(seed: int) -> bytes:
@@ -120,17 +158,17 @@ def secret_for(seed: int) -> bytes:
     return hashlib.blake2b(f"jaxpurify reproduce backdoor {seed}".encode(), digest_size=32).digest()
 
 
-def last_conv_features(model, layer: str):
+def last_conv_features(model: Model, layer: str) -> Callable[[PyTree, jax.Array], jax.Array]:
     """features(params, x): the ReLU outputs (N, …, C) of ``layer``, for fine-pruning."""
 
-    def features(params, x):
+    def features(params: PyTree, x: jax.Array) -> jax.Array:
         _, state = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
         return jax.nn.relu(state["intermediates"][layer]["__call__"][0])
 
     return features
 
 
-def metrics(apply, params, test: data.Split, trigger, target: int) -> dict:
+def metrics(apply: recipes.ApplyFn, params: PyTree, test: data.Split, trigger: attacks.Trigger, target: int) -> Metrics:
     x, y = test
     return {
         "ca": attacks.clean_accuracy(apply, params, x, y),
@@ -139,17 +177,19 @@ def metrics(apply, params, test: data.Split, trigger, target: int) -> dict:
     }
 
 
-def _count(tree) -> int | None:
+def _count(tree: PyTree | None) -> int | None:
     return None if tree is None else int(sum(np.sum(np.asarray(v)) for v in jax.tree.leaves(tree)))
 
 
-def row(attack: str, defense: str, fraction: float, m: dict, done: D.Defended | None, seconds: float) -> dict:
+def row(attack: str, defense: str, fraction: float, m: Metrics, done: D.Defended | None, seconds: float) -> Row:
     rep = done.report if done is not None else None
     return {
         "attack": attack,
         "defense": defense,
         "benign_fraction": fraction,
-        **m,
+        "ca": m["ca"],
+        "asr": m["asr"],
+        "ra": m["ra"],
         "flagged": _count(done.flagged) if done is not None else None,
         "certified_fraction": rep.certified / rep.columns if rep is not None else None,
         "detected": done.detected if done is not None else None,
@@ -157,14 +197,19 @@ def row(attack: str, defense: str, fraction: float, m: dict, done: D.Defended | 
     }
 
 
-def forensic_map(changed: dict, flagged: dict, certified: dict) -> dict:
+def _channels(mask: np.ndarray) -> list[int]:
+    """The channels (last axis) where ``mask`` holds any True."""
+    channels: list[int] = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(0)).tolist()
+    return channels
+
+
+def forensic_map(changed: dict[str, Any], flagged: dict[str, Any], certified: dict[str, Any]) -> dict[str, Record]:
     """Per leaf: entries changed by the attack vs flagged by l1, precision and recall (None when
     undefined), recall among entries whose column is certified, and the channels (last axis) hit."""
-    out = {}
-    for path, ch in changed.items():
-        ch, fl, ce = np.asarray(ch, bool), np.asarray(flagged[path], bool), np.asarray(certified[path], bool)
+    out: dict[str, Record] = {}
+    for path, leaf in changed.items():
+        ch, fl, ce = np.asarray(leaf, bool), np.asarray(flagged[path], bool), np.asarray(certified[path], bool)
         tp, cch = int((ch & fl).sum()), int((ch & ce).sum())
-        chan = lambda m: np.flatnonzero(m.reshape(-1, m.shape[-1]).any(0)).tolist()
         out[path] = {
             "changed": int(ch.sum()),
             "flagged": int(fl.sum()),
@@ -173,26 +218,21 @@ def forensic_map(changed: dict, flagged: dict, certified: dict) -> dict:
             "recall": tp / int(ch.sum()) if ch.any() else None,
             "changed_in_certified": cch,
             "certified_recall": int((ch & fl & ce).sum()) / cch if cch else None,
-            "channels_changed": chan(ch),
-            "channels_flagged": chan(fl),
+            "channels_changed": _channels(ch),
+            "channels_flagged": _channels(fl),
         }
     return out
 
 
-def first(ds: data.Dataset, train: int, test: int) -> data.Dataset:
-    """The first ``train`` training and ``test`` test examples (a reduced run, stated in its output)."""
-    if train < 2 or test < 1:
-        raise ValueError(f"limit: need at least 2 training and 1 test examples, got {train}, {test}")
-    return data.Dataset(
-        data.Split(ds.train.x[:train], ds.train.y[:train]), data.Split(ds.test.x[:test], ds.test.y[:test]), ds.name
-    )
-
-
-def split(ds: data.Dataset, seed: int):
-    """Attacker: a random half of the training set; the defender's benign pool: the other half."""
+def split(ds: data.Dataset, seed: int) -> tuple[Data, Data, int]:
+    """Attacker: a random half of the training set; the defender's benign pool: the other half;
+    and the size of the training set."""
     n = len(ds.train.x)
     perm = np.random.default_rng(seed).permutation(n)
-    take = lambda idx: (ds.train.x[idx], ds.train.y[idx])
+
+    def take(idx: np.ndarray) -> Data:
+        return ds.train.x[idx], ds.train.y[idx]
+
     return take(perm[: n // 2]), take(perm[n // 2 :]), n
 
 
@@ -206,12 +246,12 @@ def run(
     progress: bool = True,
     figure: bool = True,
     only: tuple[str, ...] | None = None,
-    keep: dict | None = None,
+    keep: dict[KeepKey, Any] | None = None,
     defenses: tuple[str, ...] | None = None,
     layout: str = "interleave",
     steps: int | None = None,
     limit: tuple[int, int] | None = None,
-) -> dict:
+) -> Record:
     """Train, attack, defend, write ``out``/backdoor.json, backdoor.md (and backdoor.png if ``figure``).
     ``only`` / ``defenses`` restrict the attacks / defenses (names of ``ATTACKS`` / ``DEFENSES``);
     the unattacked model is always evaluated.
@@ -224,14 +264,14 @@ def run(
     off the digits)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: unknown name {layout!r}; choose from {', '.join(LAYOUTS)}")
-    for arg, chosen, known in (("only", only, ATTACKS), ("defenses", defenses, D.DEFENSES)):
-        unknown = sorted(set(chosen or ()) - set(known))
+    for arg, named, known in (("only", only, ATTACKS), ("defenses", defenses, D.DEFENSES)):
+        unknown = sorted(set(named or ()) - set(known))
         if unknown:
             raise ValueError(f"{arg}: unknown name {unknown[0]!r}; choose from {', '.join(known)}")
     os.makedirs(out, exist_ok=True)
     ds = data.load(dataset, data_dir, seed=seed)
     if limit is None and quick and dataset != "digits":
-        limit = (2000, 1000)
+        limit = QUICK_EXAMPLES
     if limit is not None:
         ds = first(ds, *limit)
     shown = None if progress else False
@@ -252,11 +292,11 @@ def run(
     trigger = attacks.Trigger.for_image(ds.train.x.shape[1])
     attacker, pool, n_train = split(ds, seed)
     layer = LAST_CONV[arch]
-    extra = {
+    extra: dict[str, dict[str, Any]] = {  # per defense: what it is passed beyond the common arguments
         "checksum": {"signatures": signatures},
         "fp": {"features": last_conv_features(model, layer), "layer": layer},
     }
-    hypers = {
+    hypers: dict[str, Record] = {
         "fp": {"layer": layer, "max_drop": 0.05, "step": 0.05, "max_prune": 0.9},
         "checksum": {"group_size": signatures.group_size},
     }
@@ -282,15 +322,15 @@ def run(
             if name == "none":
                 attacked = deployed
             else:
-                res = attack(
+                hit = attack(
                     name, jax.random.fold_in(key, 100 + a), apply, deployed, attacker, trigger, select, frozen, shown
                 )
-                attacked, used = res.params, res.trigger or trigger
-                changed = {D.path_of(kp): v for kp, v in jax.tree_util.tree_leaves_with_path(res.changed)}
+                attacked, used = hit.params, hit.trigger or trigger
+                changed = {D.path_of(kp): v for kp, v in jax.tree_util.tree_leaves_with_path(hit.changed)}
                 attack_info[name] = {
-                    "hyper": res.hyper,
-                    "seconds": res.seconds,
-                    "changed": _count(res.changed),
+                    "hyper": hit.hyper,
+                    "seconds": hit.seconds,
+                    "changed": _count(hit.changed),
                     "trigger": used._asdict(),
                     # the unattacked model under this attack's trigger: the rate a defense restores
                     "clean": metrics(apply, deployed, ds.test, used, TARGET),
@@ -351,11 +391,21 @@ def run(
     return res
 
 
-def attack(name, key, apply, deployed, attacker, trigger, select, split, progress) -> attacks.Attack:
+def attack(
+    name: str,
+    key: jax.Array,
+    apply: recipes.ApplyFn,
+    deployed: PyTree,
+    attacker: Data,
+    trigger: attacks.Trigger,
+    select: Select | None,
+    split: attacks.Split,
+    progress: bool | None,
+) -> attacks.Attack:
     """Run attack ``name`` with the experiment's hyper-parameters (``ATTACK_HYPER``).  Channel
     replacement tries 1, 2, 4, … channels per layer (``CHANNELS``) and keeps the first run that
     reaches its goal on the attacker's data (the last one tried if none does)."""
-    kw = dict(target=TARGET, progress=progress, **ATTACK_HYPER.get(name, {}))
+    kw: dict[str, Any] = dict(target=TARGET, progress=progress, **ATTACK_HYPER.get(name, {}))
     if name == "span":
         kw["select"] = select  # the public layout rule
     if name in ("pbfa", "bit_trojan"):
@@ -364,7 +414,7 @@ def attack(name, key, apply, deployed, attacker, trigger, select, split, progres
         trigger = tbt_trigger(attacker[0].shape[1])
     if name != "channels":
         return ATTACKS[name](key, apply, deployed, attacker, trigger=trigger, **kw)
-    tried = []
+    tried: list[Record] = []
     for c in CHANNELS:
         res = ATTACKS[name](key, apply, deployed, attacker, trigger=trigger, channels=c, **kw)
         tried.append({"channels": c, "asr": res.hyper["outcome"]["asr"], "ca": res.hyper["outcome"]["ca"]})
@@ -374,13 +424,13 @@ def attack(name, key, apply, deployed, attacker, trigger, select, split, progres
     return res
 
 
-def _find(rows, attack, defense, fraction=0.0):
+def _find(rows: Sequence[Row], attack: str, defense: str, fraction: float = 0.0) -> Row | None:
     return next(
         (r for r in rows if (r["attack"], r["defense"], r["benign_fraction"]) == (attack, defense, fraction)), None
     )
 
 
-def strong(res: dict, attack: str) -> bool | None:
+def strong(res: Record, attack: str) -> bool | None:
     """Is the attack strong enough to matter, undefended (None: not run)?  A trojan: test ASR ≥ 90%
     at ≤ 2 pt clean-accuracy loss; PBFA: clean accuracy ≤ 11%."""
     r = _find(res["rows"], attack, "none")
@@ -391,16 +441,18 @@ def strong(res: dict, attack: str) -> bool | None:
     return r["asr"] >= STRONG_ASR and res["clean"]["ca"] - r["ca"] <= MAX_CA_LOSS
 
 
-def targets(res: dict) -> list[dict]:
+def targets(res: Record) -> list[Record]:
     """The experiment's targets, each with the numbers that decide it and whether it is met.  An attack
     that is not strong undefended (:func:`strong`) keeps its rows, but its defense targets carry
     ``claimed: False``: restoring a weak attack is no evidence."""
-    rows, clean, out = res["rows"], res["clean"], []
+    rows: list[Row] = res["rows"]
+    clean: Metrics = res["clean"]
+    out: list[Record] = []
     for a in ATTACKS:
-        ok = strong(res, a)
-        if ok is None:
-            continue
         r = _find(rows, a, "none")
+        if r is None:  # not run (strong(res, a) is None)
+            continue
+        ok = strong(res, a)
         what = "CA ≤ 11%" if a == "pbfa" else "ASR ≥ 90% at ≤ 2 pt CA loss"
         out.append(
             {
@@ -433,7 +485,7 @@ def targets(res: dict) -> list[dict]:
         )
     for f in (0.05, 0.01):
         p, ft, fp = (_find(rows, "badnets", d, f) for d in ("purify+ft", "ft", "fp"))
-        if None in (p, ft, fp):
+        if p is None or ft is None or fp is None:
             continue
         ok = p["asr"] <= 0.05 and clean["ca"] - p["ca"] <= 0.02 and p["asr"] < min(ft["asr"], fp["asr"])
         out.append(
@@ -449,6 +501,7 @@ def targets(res: dict) -> list[dict]:
         )
     s, s0 = _find(rows, "span", "purify"), _find(rows, "span", "none")
     if s is not None:
+        assert s0 is not None  # a defended row has its undefended row
         out.append(
             {
                 "target": "span: purify fails (ASR kept within 1 pt) and the keyed seal detects it",

@@ -20,17 +20,18 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from jaxpurify import recover
-from jaxpurify.experiments._common import write_csv, write_json
+from jaxpurify.experiments._common import Record, write_csv, write_json
 from jaxpurify.progress import Progress
 
 SIGMAS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1)
 
 
-def huber(A, Y, iters: int = 50):
+def huber(A: np.ndarray, Y: np.ndarray, iters: int = 50) -> np.ndarray:
     """Huber M-estimate per column by IRLS, threshold 1.345·(1.4826·median|r|)."""
-    X = np.linalg.lstsq(A, Y, rcond=None)[0]
+    X: np.ndarray = np.linalg.lstsq(A, Y, rcond=None)[0]
     for _ in range(iters):
         R = Y - A @ X
         scale = 1.4826 * np.median(np.abs(R), axis=0) + 1e-300
@@ -39,6 +40,11 @@ def huber(A, Y, iters: int = 50):
             sw = np.sqrt(w[:, j])
             X[:, j] = np.linalg.lstsq(A * sw[:, None], Y[:, j] * sw, rcond=None)[0]
     return X
+
+
+def _rel_err(A: np.ndarray, W: np.ndarray, Xh: ArrayLike) -> float:
+    """‖A X̂ − W‖_F / ‖W‖_F in float64: the relative error of the weights an estimate X̂ gives."""
+    return float(np.linalg.norm(A @ np.asarray(Xh, np.float64) - W) / np.linalg.norm(W))
 
 
 def run(
@@ -50,14 +56,16 @@ def run(
     m: int = 64,
     seed: int = 0,
     progress: bool = True,
-) -> list[dict]:
+) -> list[Record]:
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     n = int(np.ceil(K / ratio))
     sigmas = SIGMAS[::2] if quick else SIGMAS
     trials = 2 if quick else 5
-    rows = []
-    acc = {s: {k: [] for k in ("l1", "l1_strict", "l2", "huber", "cert")} for s in sigmas}
+    rows: list[Record] = []
+    acc: dict[float, dict[str, list[float]]] = {
+        s: {k: [] for k in ("l1", "l1_strict", "l2", "huber", "cert")} for s in sigmas
+    }
     with Progress(len(sigmas) * trials, "noise", disable=not progress or None) as bar:
         for _ in range(trials):
             A = rng.standard_normal((K, n)) / np.sqrt(n)
@@ -73,13 +81,12 @@ def run(
             for s in sigmas:
                 Wc = (W + E + s * Z).astype(np.float32)
                 A32 = A.astype(np.float32)
-                err = lambda Xh, A=A, W=W: float(np.linalg.norm(A @ np.asarray(Xh, np.float64) - W) / np.linalg.norm(W))
                 o = recover(A32, Wc, atol=4 * s * rms)
-                acc[s]["l1"].append(err(o.x))
+                acc[s]["l1"].append(_rel_err(A, W, o.x))
                 acc[s]["cert"].append(float(jnp.mean(o.certified)))
-                acc[s]["l1_strict"].append(err(recover(A32, Wc).x))
-                acc[s]["l2"].append(err(np.linalg.lstsq(A, Wc.astype(np.float64), rcond=None)[0]))
-                acc[s]["huber"].append(err(huber(A, Wc.astype(np.float64))))
+                acc[s]["l1_strict"].append(_rel_err(A, W, recover(A32, Wc).x))
+                acc[s]["l2"].append(_rel_err(A, W, np.linalg.lstsq(A, Wc.astype(np.float64), rcond=None)[0]))
+                acc[s]["huber"].append(_rel_err(A, W, huber(A, Wc.astype(np.float64))))
                 bar.update(1, sigma=f"{s:g}")
     for s in sigmas:
         rows.append(
@@ -102,7 +109,7 @@ def run(
     return rows
 
 
-def plot(rows, path):
+def plot(rows: list[Record], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

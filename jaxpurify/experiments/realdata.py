@@ -18,26 +18,33 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypedDict, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpurify import Codebook, data, models, purify
+from jaxpurify import Codebook, Report, data, models, purify
 from jaxpurify import contamination as C
 from jaxpurify.experiments import recipes
-from jaxpurify.experiments._common import write_json
+from jaxpurify.experiments._common import QUICK_EXAMPLES, Record, first, write_json
 from jaxpurify.progress import Progress
 from jaxpurify.train import accuracy
-from jaxpurify.tree import leaves_with_paths
+from jaxpurify.tree import Select, leaves_with_paths
+
+PyTree = Any
+Model = models.OneHiddenCNN | models.SmallCNN
 
 GROSS = (0.01, 0.05, 0.10, 0.20, 0.30)
 FLIPS = (1e-3, 1e-2, 5e-2)
 NOISE = (1e-3, 1e-2)
 
 
-def build(arch: str, ds: data.Dataset):
+def build(arch: str, ds: data.Dataset) -> tuple[Model, Select | None]:
     h, w, c = ds.train.x.shape[1:]
+    model: Model
+    select: Select | None
     if arch == "one-hidden":
         # a quarter of the image side (28 → 7, 32 → 8), at least 4: on MNIST 7 × 7 patches train to
         # 0.81 plain (seed 0, the recipe) where 4 × 4 reached 0.68 before (the average over 49
@@ -53,7 +60,7 @@ def build(arch: str, ds: data.Dataset):
     return model, select
 
 
-def _within_capacity(clean, bad, cb: Codebook, atol: float = 0.0) -> bool:
+def _within_capacity(clean: PyTree, bad: PyTree, cb: Codebook, atol: float = 0.0) -> bool:
     """Every code column within the uniqueness bound: 2k < K' − n + 1, k entries off by more than
     ``atol``, K' the column's finite entries (padding and erasures left out)."""
     a, z = cb.pack(clean), cb.pack(bad)
@@ -67,7 +74,7 @@ def _within_capacity(clean, bad, cb: Codebook, atol: float = 0.0) -> bool:
     return True
 
 
-def _l2_project(tree, cb: Codebook):
+def _l2_project(tree: PyTree, cb: Codebook) -> PyTree:
     """Least-squares projection onto range(A) (non-finite entries zeroed first): the l2 baseline."""
     named, treedef = leaves_with_paths(tree)
     protected = set(cb.protected)
@@ -75,14 +82,14 @@ def _l2_project(tree, cb: Codebook):
     return cb.decode(cb.encode(jax.tree_util.tree_unflatten(treedef, fixed)))
 
 
-def _protected_values(tree, cb: Codebook) -> np.ndarray:
+def _protected_values(tree: PyTree, cb: Codebook) -> np.ndarray:
     """The protected entries of ``tree`` as one float64 vector (group by group, padding left out)."""
     ref = cb.pack(jax.tree.map(jnp.zeros_like, tree))  # padding is NaN, real entries 0
     packed = cb.pack(tree)
     return np.concatenate([np.asarray(packed[n], np.float64)[np.isfinite(ref[n])] for n in cb.groups])
 
 
-def _weight_err(tree, clean, cb: Codebook) -> float:
+def _weight_err(tree: PyTree, clean: PyTree, cb: Codebook) -> float:
     with np.errstate(invalid="ignore", over="ignore"):
         d = _protected_values(tree, cb) - _protected_values(clean, cb)
         num = float(np.sum(d**2)) if np.isfinite(d).all() else np.inf
@@ -95,9 +102,52 @@ def secret(seed: int, redundancy: float = 4.0) -> bytes:
     return hashlib.blake2b(f"jaxpurify reproduce realdata {seed} {redundancy!r}".encode(), digest_size=32).digest()
 
 
-def train_pair(ds: data.Dataset, arch: str, seed: int, r: recipes.Recipe, redundancy: float = 4.0, progress=None):
-    """The encoded and the plain model of one seed, trained alike (recipe ``r``, same key).
-    Returns (model, apply, codebook, encoded params, plain params, {seconds})."""
+class Seconds(NamedTuple):
+    """Wall seconds of training the encoded and the plain model."""
+
+    encoded: float
+    plain: float
+
+
+class Pair(NamedTuple):
+    """The encoded and the plain model of one seed (:func:`train_pair`)."""
+
+    model: Model
+    apply: recipes.ApplyFn
+    codebook: Codebook
+    encoded: PyTree  # the encoded model's deployed parameters
+    plain: PyTree
+    seconds: Seconds
+
+
+class Spread(TypedDict):
+    """mean, min and max over the seeds, and how many (a JSON object of results.json)."""
+
+    mean: float
+    min: float
+    max: float
+    n: int
+
+
+class Scenario(NamedTuple):
+    """One contamination of the first seed's encoded model: ``fn(**kw)`` at ``level``, purified with ``atol``."""
+
+    kind: str
+    level: float
+    fn: Callable[..., jax.Array]
+    kw: dict[str, float]
+    atol: float
+
+
+def train_pair(
+    ds: data.Dataset,
+    arch: str,
+    seed: int,
+    r: recipes.Recipe,
+    redundancy: float = 4.0,
+    progress: bool | None = None,
+) -> Pair:
+    """The encoded and the plain model of one seed, trained alike (recipe ``r``, same key)."""
     key = jax.random.key(seed)
     model, select = build(arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
@@ -105,10 +155,10 @@ def train_pair(ds: data.Dataset, arch: str, seed: int, r: recipes.Recipe, redund
     cb = Codebook.create(params0, secret(seed, redundancy), redundancy=redundancy, select=select)
     enc, t_enc = recipes.fit(apply, params0, cb, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), progress)
     plain, t_plain = recipes.fit(apply, params0, None, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), progress)
-    return model, apply, cb, enc, plain, {"encoded": t_enc, "plain": t_plain}
+    return Pair(model, apply, cb, enc, plain, Seconds(t_enc, t_plain))
 
 
-def spread(values) -> dict:
+def spread(values: Sequence[float]) -> Spread:
     """mean, min and max of a list of numbers (the seeds' spread)."""
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
@@ -127,7 +177,7 @@ def run(
     redundancy: float = 4.0,
     source: str = "files",
     seeds: int = 1,
-) -> dict:
+) -> Record:
     """Train the encoded and the plain CNN by the data set's recipe (``recipes``; ``steps`` /
     ``lr`` override it) for ``seeds`` seeds (seed, seed + 1, …: each its own split of a data set
     without a fixed test set, initialization and minibatch order), then contaminate the first
@@ -141,44 +191,46 @@ def run(
     os.makedirs(out, exist_ok=True)
     r = recipes.recipe_for(dataset, quick, steps, lr)
     shown = None if progress else False
-    per_seed, first = [], None
+    per_seed: list[Record] = []
+    kept: tuple[data.Dataset, Pair] | None = None  # the first seed's, for the contamination below
     for s in range(seed, seed + seeds):
         ds = data.load(dataset, data_dir, seed=s, source=source)
         if quick:
-            ds = data.Dataset(
-                data.Split(ds.train.x[:2000], ds.train.y[:2000]),
-                data.Split(ds.test.x[:1000], ds.test.y[:1000]),
-                ds.name,
-            )
-        model, apply, cb, clean, plain, seconds = train_pair(ds, arch, s, r, redundancy, shown)
-        acc = lambda p, apply=apply, ds=ds: accuracy(apply, p, ds.test.x, ds.test.y)
+            ds = first(ds, *QUICK_EXAMPLES)
+        pair = train_pair(ds, arch, s, r, redundancy, shown)
         per_seed.append(
             {
                 "seed": s,
-                "acc_encoded": acc(clean),
-                "acc_plain": acc(plain),
-                "train_seconds_encoded": seconds["encoded"],
-                "train_seconds_plain": seconds["plain"],
+                "acc_encoded": accuracy(pair.apply, pair.encoded, ds.test.x, ds.test.y),
+                "acc_plain": accuracy(pair.apply, pair.plain, ds.test.x, ds.test.y),
+                "train_seconds_encoded": pair.seconds.encoded,
+                "train_seconds_plain": pair.seconds.plain,
             }
         )
-        if first is None:
-            first = (ds, apply, cb, clean, seconds["encoded"])
-    ds, apply, cb, clean, t_enc = first
+        if kept is None:
+            kept = (ds, pair)
+    assert kept is not None  # seeds ≥ 1 (checked above): the loop ran
+    ds, pair = kept
+    apply, cb, clean, t_enc = pair.apply, pair.codebook, pair.encoded, pair.seconds.encoded
     key = jax.random.key(seed)
-    acc = lambda p: accuracy(apply, p, ds.test.x, ds.test.y)
+
+    def acc(p: PyTree) -> float:
+        return accuracy(apply, p, ds.test.x, ds.test.y)
+
     acc_clean, acc_plain = per_seed[0]["acc_encoded"], per_seed[0]["acc_plain"]
 
-    scen = [("gross", r, C.gross_errors, dict(rate=r), 0.0) for r in (GROSS[1:4] if quick else GROSS)]
-    scen += [("bitflip", r, C.bit_flips, dict(rate=r), 0.0) for r in (FLIPS[:2] if quick else FLIPS)]
+    scen = [Scenario("gross", r, C.gross_errors, dict(rate=r), 0.0) for r in (GROSS[1:4] if quick else GROSS)]
+    scen += [Scenario("bitflip", r, C.bit_flips, dict(rate=r), 0.0) for r in (FLIPS[:2] if quick else FLIPS)]
     rms = float(np.sqrt(np.mean(_protected_values(clean, cb) ** 2)))
-    scen += [("noise", s, C.dense_noise, dict(sigma=s), 4 * s * rms) for s in (NOISE[:1] if quick else NOISE)]
+    scen += [Scenario("noise", s, C.dense_noise, dict(sigma=s), 4 * s * rms) for s in (NOISE[:1] if quick else NOISE)]
 
-    rows = []
+    rows: list[Record] = []
     with Progress(len(scen), f"{dataset}/{arch}", disable=not progress or None) as bar:
         for i, (kind, level, fn, kw, atol) in enumerate(scen):
             bad = C.contaminate(jax.random.fold_in(key, 100 + i), clean, cb, fn, **kw)
             t1 = time.perf_counter()
-            pur, rep = purify(bad, cb, atol=atol)
+            pur, any_rep = purify(bad, cb, atol=atol)
+            rep = cast(Report, any_rep)  # host arrays in: a host Report, not a DeviceReport
             dt = time.perf_counter() - t1
             l2 = _l2_project(bad, cb)
             rows.append(
@@ -225,7 +277,7 @@ def run(
     return res
 
 
-def plot(res, path):
+def plot(res: Record, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

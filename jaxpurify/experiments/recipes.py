@@ -16,12 +16,16 @@ from 3e-3 to 3e-2 (docs/research/experiments.md has the sweep).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 
 from jaxpurify import Codebook
-from jaxpurify.train import random_shift, recipe, train
+from jaxpurify.train import Examples, random_shift, recipe, train
+
+PyTree = Any
+ApplyFn = Callable[[PyTree, jax.Array], jax.Array]  # apply(params, x) -> logits
 
 
 class Recipe(NamedTuple):
@@ -32,7 +36,7 @@ class Recipe(NamedTuple):
     shift: int = 0
     batch_size: int = 128
 
-    def record(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return dict(self._asdict(), optimizer="adamw, linear warm-up, cosine decay to 1%")
 
 
@@ -56,7 +60,16 @@ def recipe_for(dataset: str, quick: bool = False, steps: int | None = None, lr: 
     return base
 
 
-def fit(apply, params0, codebook: Codebook | None, x, y, r: Recipe, key, progress=None) -> tuple[Any, float]:
+def fit(
+    apply: ApplyFn,
+    params0: PyTree,
+    codebook: Codebook | None,
+    x: Examples,
+    y: Examples,
+    r: Recipe,
+    key: jax.Array,
+    progress: bool | None = None,
+) -> tuple[PyTree, float]:
     """Train from ``params0`` (encoded through ``codebook`` from ``init_latent``, or plain with
     None) by recipe ``r``; returns (the deployed parameters, wall seconds)."""
     t0 = time.perf_counter()

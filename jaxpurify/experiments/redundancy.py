@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, cast
 
 import jax
 
-from jaxpurify import Codebook, data, purify
+from jaxpurify import Codebook, Report, data, purify
 from jaxpurify import contamination as C
 from jaxpurify.experiments import recipes
-from jaxpurify.experiments._common import write_csv, write_json
+from jaxpurify.experiments._common import QUICK_EXAMPLES, Record, first, write_csv, write_json
 from jaxpurify.experiments.realdata import build, secret
 from jaxpurify.progress import Progress
 from jaxpurify.train import accuracy
+
+PyTree = Any
 
 RATIOS = (1.5, 2.0, 3.0, 4.0, 6.0)
 LEVELS = (0.05, 0.10, 0.20)
@@ -40,32 +43,33 @@ def run(
     progress: bool = True,
     source: str = "files",
     ratios: tuple[float, ...] = RATIOS,
-) -> dict:
+) -> Record:
     if not ratios or any(not r > 1 for r in ratios):
         raise ValueError(f"ratios must be K/n values > 1, got {ratios!r}")
     os.makedirs(out, exist_ok=True)
     ds = data.load(dataset, data_dir, seed=seed, source=source)
     if quick:
-        ds = data.Dataset(
-            data.Split(ds.train.x[:2000], ds.train.y[:2000]), data.Split(ds.test.x[:1000], ds.test.y[:1000]), ds.name
-        )
+        ds = first(ds, *QUICK_EXAMPLES)
     r = recipes.recipe_for(dataset, quick, steps)
     shown = None if progress else False
     key = jax.random.key(seed)
     model, select = build(arch, ds)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
     params0 = model.init(jax.random.fold_in(key, 0), ds.train.x[:1])["params"]
-    acc = lambda p: accuracy(apply, p, ds.test.x, ds.test.y)
+
+    def acc(p: PyTree) -> float:
+        return accuracy(apply, p, ds.test.x, ds.test.y)
+
     plain, t_plain = recipes.fit(apply, params0, None, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown)
     acc_plain = acc(plain)
-    rows = []
+    rows: list[Record] = []
     with Progress(len(ratios), f"redundancy {dataset}/{arch}", disable=not progress or None) as bar:
         for ratio in ratios:
             cb = Codebook.create(params0, secret(seed, ratio), redundancy=ratio, select=select)
             clean, t_enc = recipes.fit(apply, params0, cb, ds.train.x, ds.train.y, r, jax.random.fold_in(key, 2), shown)
             groups = cb.groups.values()
             big = max(groups, key=lambda g: g.K * g.columns)
-            row = {
+            row: Record = {
                 "ratio": ratio,
                 "default": ratio == DEFAULT,
                 "acc_plain": acc_plain,
@@ -81,7 +85,8 @@ def run(
             for i, level in enumerate(LEVELS):
                 bad = C.contaminate(jax.random.fold_in(key, 100 + i), clean, cb, C.gross_errors, rate=level)
                 t0 = time.perf_counter()
-                pur, rep = purify(bad, cb)
+                pur, any_rep = purify(bad, cb)
+                rep = cast(Report, any_rep)  # host arrays in: a host Report, not a DeviceReport
                 row[f"certified_{level:g}"] = rep.certified / rep.columns
                 row[f"acc_purified_{level:g}"] = acc(pur)
                 row[f"purify_seconds_{level:g}"] = time.perf_counter() - t0
@@ -105,7 +110,7 @@ def run(
     return res
 
 
-def table(res: dict) -> str:
+def table(res: Record) -> str:
     """The trade-off as a markdown table (the default K/n in bold)."""
     levels = res["levels"]
     head = (
@@ -125,7 +130,7 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(res: dict, path: str) -> None:
+def plot(res: Record, path: str) -> None:
     try:
         import matplotlib
     except ImportError:  # the figure is optional; the JSON and CSV carry the numbers

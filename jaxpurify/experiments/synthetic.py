@@ -20,18 +20,32 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
-from jaxpurify import Codebook, models, recover
+from jaxpurify import Codebook, LeafSpec, models, recover
 from jaxpurify import contamination as C
-from jaxpurify.experiments._common import lad_highs, rel_fro, write_csv, write_json
+from jaxpurify.experiments._common import Record, lad_highs, rel_fro, write_csv, write_json
 from jaxpurify.progress import Progress
 
-FULL = dict(ratios=(1.5, 2, 3, 4, 6, 8), rhos=tuple(round(0.05 * i, 2) for i in range(1, 11)), trials=20)
-QUICK = dict(ratios=(2, 4, 8), rhos=(0.1, 0.25, 0.4), trials=4)
+PyTree = Any
+
+
+class Grid(NamedTuple):
+    """The cells of a sweep: redundancies K/n × error fractions ρ, and the trials per cell."""
+
+    ratios: tuple[float, ...]
+    rhos: tuple[float, ...]
+    trials: int
+
+
+FULL = Grid(ratios=(1.5, 2, 3, 4, 6, 8), rhos=tuple(round(0.05 * i, 2) for i in range(1, 11)), trials=20)
+QUICK = Grid(ratios=(2, 4, 8), rhos=(0.1, 0.25, 0.4), trials=4)
 COLUMNS_K, COLUMNS_TRIALS = 256, 4  # full run: the per-column sweep (no LP: HiGHS at K = 256 is the slow part)
 SUCCESS = 1e-5
 
@@ -50,7 +64,51 @@ def uniqueness_bound(K: int, ratio: float) -> float:
     return (K - latent_rows(K, ratio) + 1) / (2 * K)
 
 
-def _trial(key, K, patch, ratio, rho):
+class Teacher(NamedTuple):
+    """One trial's teacher: its model, codebook, clean and contaminated parameters."""
+
+    model: models.OneHiddenCNN
+    codebook: Codebook
+    clean: PyTree
+    bad: PyTree
+
+
+class Outcome(NamedTuple):
+    """One trial's verdict on one leaf: recovered exactly, every column certified, and the exact
+    LP's verdict (None: the LP was not run)."""
+
+    exact: bool
+    certified: bool
+    lp_exact: bool | None
+
+
+class Cell(NamedTuple):
+    """All trials of one (ratio, ρ) cell (:func:`run_cell`)."""
+
+    leaves: dict[str, list[Outcome]]  # per trial, by leaf: "weights", "biases"
+    columns: tuple[int, int, int]  # weight columns over the trials: exact, certified, exact & certified
+    output_rel_err: float  # the function check on the first trial: purified vs teacher outputs
+    certified: bool  # every column of the first trial's weights and biases certified
+
+
+class Sweep(NamedTuple):
+    """Every cell of a sweep (:func:`_sweep`): rows per leaf, per-column rows, function checks."""
+
+    rows: dict[str, list[Record]]  # by leaf: "weights", "biases"
+    columns: list[Record]
+    func: list[Record]
+
+
+class Panel(NamedTuple):
+    """One heat map of :func:`plot`: its title, the K of its bound, its rows and the field shown."""
+
+    title: str
+    K: int
+    rows: list[Record]
+    field: str
+
+
+def _trial(key: jax.Array, K: int, patch: int, ratio: float, rho: float) -> Teacher:
     """One teacher: clean and contaminated hidden weights and biases with their matrices."""
     model = models.OneHiddenCNN(filters=K, patch=patch, num_classes=10)
     kinit, kcb, klat, kc = jax.random.split(key, 4)
@@ -62,19 +120,21 @@ def _trial(key, K, patch, ratio, rho):
     latent["hidden/bias"] = jax.random.normal(klat, latent["hidden/bias"].shape)
     clean = cb.decode(latent)
     bad = C.contaminate(kc, clean, cb, C.gross_errors, rate=rho)
-    return model, cb, clean, bad
+    return Teacher(model, cb, clean, bad)
 
 
-def _cols(leaf, spec):
+def _cols(leaf: ArrayLike, spec: LeafSpec) -> np.ndarray:
     return np.moveaxis(np.asarray(leaf), spec.axis, 0).reshape(spec.K, -1)
 
 
-def run_cell(key, K, patch, ratio, rho, trials, lp: bool):
+def run_cell(key: jax.Array, K: int, patch: int, ratio: float, rho: float, trials: int, lp: bool) -> Cell:
     """All trials of one (ratio, ρ) cell in one batched recover() call."""
     inst = [_trial(jax.random.fold_in(key, t), K, patch, ratio, rho) for t in range(trials)]
     specs = [(cb.specs["hidden/kernel"], cb.specs["hidden/bias"]) for _, cb, _, _ in inst]
     d = specs[0][0].columns
-    A, Y, clean = [], [], []
+    A: list[jax.Array] = []
+    Y: list[np.ndarray] = []
+    clean: list[np.ndarray] = []
     for (_, cb, c, b), (sw, sb) in zip(inst, specs):
         A += [cb.matrix("hidden/kernel"), cb.matrix("hidden/bias")]
         Y += [_cols(b["hidden"]["kernel"], sw), np.pad(_cols(b["hidden"]["bias"], sb), ((0, 0), (0, d - 1)))]
@@ -82,26 +142,25 @@ def run_cell(key, K, patch, ratio, rho, trials, lp: bool):
     out = recover(jnp.stack(A), jnp.stack(Y))
     AX = np.asarray(jnp.matmul(jnp.stack(A), out.x, precision=jax.lax.Precision.HIGHEST))
     cert = np.asarray(out.certified)
-    res = {"weights": [], "biases": [], "columns": [0, 0, 0]}  # columns: exact, certified, exact & certified
+    leaves: dict[str, list[Outcome]] = {"weights": [], "biases": []}
+    n_exact = n_cert = n_both = 0  # weight columns: exact, certified, exact & certified
     for t in range(trials):
         i = 2 * t  # the weight columns, one by one
         err = np.linalg.norm(AX[i, :, :d] - clean[i], axis=0) / np.maximum(np.linalg.norm(clean[i], axis=0), 1e-30)
         exact, ok = err <= SUCCESS, cert[i, :d]
-        res["columns"] = [
-            res["columns"][0] + int(exact.sum()),
-            res["columns"][1] + int(ok.sum()),
-            res["columns"][2] + int((exact & ok).sum()),
-        ]
+        n_exact += int(exact.sum())
+        n_cert += int(ok.sum())
+        n_both += int((exact & ok).sum())
         for j, (leaf, ncol) in enumerate((("weights", d), ("biases", 1))):
             i = 2 * t + j
-            ok = rel_fro(AX[i, :, :ncol], clean[i]) <= SUCCESS
+            leaf_exact = rel_fro(AX[i, :, :ncol], clean[i]) <= SUCCESS
             lp_ok = None
             if lp:
                 Ai = np.asarray(A[i], np.float64)
                 Yi = np.asarray(Y[i][:, :ncol], np.float64)
                 xl = np.stack([lad_highs(Ai, Yi[:, c]) for c in range(ncol)], axis=1)
                 lp_ok = rel_fro(Ai @ xl, clean[i]) <= SUCCESS
-            res[leaf].append((ok, bool(cert[i, :ncol].all()), lp_ok))
+            leaves[leaf].append(Outcome(leaf_exact, bool(cert[i, :ncol].all()), lp_ok))
     # function-level check on the first trial: purified CNN outputs equal the teacher's
     model, cb, c, _ = inst[0]
     pur = jax.tree.map(lambda x: x, c)
@@ -110,13 +169,14 @@ def run_cell(key, K, patch, ratio, rho, trials, lp: bool):
         "bias": jnp.asarray(AX[1][:, 0]),
     }
     xin = jax.random.normal(jax.random.fold_in(key, 999), (64, 4 * patch, 4 * patch, 1))
-    f0 = model.apply({"params": c}, xin)
-    f1 = model.apply({"params": pur}, xin)
+    # Module.apply returns (output, state) only when given mutable collections: here the output alone
+    f0 = cast(jax.Array, model.apply({"params": c}, xin))
+    f1 = cast(jax.Array, model.apply({"params": pur}, xin))
     func_err = float(jnp.max(jnp.abs(f1 - f0)) / jnp.maximum(jnp.max(jnp.abs(f0)), 1e-30))
-    return res, func_err, bool(cert[0].all() and cert[1, 0])
+    return Cell(leaves, (n_exact, n_cert, n_both), func_err, bool(cert[0].all() and cert[1, 0]))
 
 
-def _grid(rows, ratios, rhos, field):
+def _grid(rows: list[Record], ratios: list[float], rhos: list[float], field: str) -> np.ndarray:
     grid = np.full((len(ratios), len(rhos)), np.nan)
     for r in rows:
         if r[field] != "":
@@ -124,8 +184,8 @@ def _grid(rows, ratios, rhos, field):
     return grid
 
 
-def plot(panels, ratios, rhos, path):
-    """``panels``: (title, K, rows, field) per heat map; LP contour where rows have it, bound on all."""
+def plot(panels: Sequence[Panel], ratios: list[float], rhos: list[float], path: str) -> None:
+    """``panels``: one :class:`Panel` per heat map; LP contour where rows have it, bound on all."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +193,10 @@ def plot(panels, ratios, rhos, path):
     from matplotlib import patheffects
 
     step = rhos[1] - rhos[0] if len(rhos) > 1 else 1.0
-    at = lambda rho: (rho - rhos[0]) / step  # ρ → column index (the grid's ρ are evenly spaced)
+
+    def at(rho: float) -> float:  # ρ → column index (the grid's ρ are evenly spaced)
+        return (rho - rhos[0]) / step
+
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.4), constrained_layout=True)
     for ax, (title, K, rows, field) in zip(np.atleast_1d(axes), panels):
         grid = _grid(rows, ratios, rhos, field)
@@ -173,26 +236,37 @@ def plot(panels, ratios, rhos, path):
     plt.close(fig)
 
 
-def _sweep(key, K, patch, ratios, rhos, trials, lp, bar):
+def _sweep(
+    key: jax.Array,
+    K: int,
+    patch: int,
+    ratios: list[float],
+    rhos: list[float],
+    trials: int,
+    lp: bool,
+    bar: Progress,
+) -> Sweep:
     """Every (ratio, ρ) cell: per-trial rows for weights and biases, per-column counts, function check."""
-    rows, columns, func = {"weights": [], "biases": []}, [], []
+    rows: dict[str, list[Record]] = {"weights": [], "biases": []}
+    columns: list[Record] = []
+    func: list[Record] = []
     for i, ratio in enumerate(ratios):
         for j, rho in enumerate(rhos):
-            res, ferr, fcert = run_cell(jax.random.fold_in(key, 1000 * i + j), K, patch, ratio, rho, trials, lp)
-            func.append({"ratio": ratio, "rho": rho, "certified": fcert, "output_rel_err": ferr})
+            res = run_cell(jax.random.fold_in(key, 1000 * i + j), K, patch, ratio, rho, trials, lp)
+            func.append({"ratio": ratio, "rho": rho, "certified": res.certified, "output_rel_err": res.output_rel_err})
             for leaf in rows:
-                r = res[leaf]
+                r = res.leaves[leaf]
                 rows[leaf].append(
                     {
                         "ratio": ratio,
                         "rho": rho,
                         "trials": trials,
-                        "success_rate": sum(a for a, _, _ in r) / trials,
-                        "certified_rate": sum(b for _, b, _ in r) / trials,
-                        "lp_success_rate": (sum(c for _, _, c in r) / trials) if lp else "",
+                        "success_rate": sum(o.exact for o in r) / trials,
+                        "certified_rate": sum(o.certified for o in r) / trials,
+                        "lp_success_rate": (sum(o.lp_exact is True for o in r) / trials) if lp else "",
                     }
                 )
-            exact, cert, both = res["columns"]
+            exact, cert, both = res.columns
             total = trials * patch * patch
             k = round(rho * K)
             columns.append(
@@ -210,7 +284,7 @@ def _sweep(key, K, patch, ratios, rhos, trials, lp, bar):
                 }
             )
             bar.update(1, cell=f"K={K} K/n={ratio} rho={rho}")
-    return rows, columns, func
+    return Sweep(rows, columns, func)
 
 
 def run(
@@ -222,11 +296,11 @@ def run(
     lp: bool = True,
     progress: bool = True,
     columns_K: int | None = None,
-) -> dict:
+) -> Record:
     """Both sweeps; ``columns_K`` (default: 256, or K in quick mode) is the per-column sweep's K."""
     os.makedirs(out, exist_ok=True)
     cfg = QUICK if quick else FULL
-    ratios, rhos, trials = list(cfg["ratios"]), list(cfg["rhos"]), cfg["trials"]
+    ratios, rhos, trials = list(cfg.ratios), list(cfg.rhos), cfg.trials
     columns_K = (K if quick else COLUMNS_K) if columns_K is None else columns_K
     key = jax.random.key(seed)
     cells = len(ratios) * len(rhos) * (1 if columns_K == K else 2)
@@ -242,9 +316,11 @@ def run(
     write_csv(os.path.join(out, "function_check.csv"), func)
     plot(
         [
-            (f"hidden-layer weights (Theorem 1), per trial, K = {K}", K, rows["weights"], "success_rate"),
-            (f"biases (Theorem 2), per trial, K = {K}", K, rows["biases"], "success_rate"),
-            (f"weights per column, exact and certified, K = {columns_K}", columns_K, columns, "certified_exact_rate"),
+            Panel(f"hidden-layer weights (Theorem 1), per trial, K = {K}", K, rows["weights"], "success_rate"),
+            Panel(f"biases (Theorem 2), per trial, K = {K}", K, rows["biases"], "success_rate"),
+            Panel(
+                f"weights per column, exact and certified, K = {columns_K}", columns_K, columns, "certified_exact_rate"
+            ),
         ],
         ratios,
         rhos,
@@ -280,16 +356,16 @@ def run_columns(
     seed: int = 0,
     quick: bool = False,
     progress: bool = True,
-) -> list[dict]:
+) -> list[Record]:
     """The per-column sweep alone (no LP): ``phase_columns.csv`` and ``phase_columns.png`` in ``out``."""
     os.makedirs(out, exist_ok=True)
     cfg = QUICK if quick else FULL
-    ratios, rhos = list(cfg["ratios"]), list(cfg["rhos"])
+    ratios, rhos = list(cfg.ratios), list(cfg.rhos)
     with Progress(len(ratios) * len(rhos), "synthetic columns", disable=not progress or None) as bar:
         _, columns, _ = _sweep(jax.random.fold_in(jax.random.key(seed), 7), K, patch, ratios, rhos, trials, False, bar)
     write_csv(os.path.join(out, "phase_columns.csv"), columns)
     plot(
-        [(f"weights per column, exact and certified, K = {K}", K, columns, "certified_exact_rate")],
+        [Panel(f"weights per column, exact and certified, K = {K}", K, columns, "certified_exact_rate")],
         ratios,
         rhos,
         os.path.join(out, "phase_columns.png"),
