@@ -113,4 +113,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
