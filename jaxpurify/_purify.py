@@ -3,15 +3,15 @@
 The codebook arranges the protected entries into groups, each a K × m array Y whose columns are
 y = A θ for the group's K × n matrix A (``codebook.pack``).  Every column is recovered by
 
-    x̂ = argmin_x ‖y − A x‖₁        (:func:`jaxpurify.recover`, with its certificate)
+    x̂ = argmin_x ‖y − A x‖₁        (``recover_padded``: :func:`jaxpurify.recover` for a padded batch)
 
 and, if certified, replaced by A x̂.  Three small steps, each a pure function of its inputs:
 
 1. :func:`jaxpurify._plan.plan` lays the columns of all groups into solver calls of a few fixed
    shapes (narrow groups in narrow items, similar K in one row count); each call has at most
    ``max_entries`` entries, so memory is bounded for any model size.
-2. :func:`dispatch` / :func:`fetch` run one call: one transfer to the device, ``recover``, one
-   back; :func:`solve_all` keeps one call in flight while the next is stacked.
+2. :func:`dispatch` / :func:`fetch` run one call: one transfer to the device, ``recover_padded``,
+   one back; :func:`solve_all` keeps one call in flight while the next is stacked.
 3. :func:`assemble` writes the results into each group's columns (certified: A x̂; otherwise
    what ``on_uncertified`` says) and ``codebook.unpack`` / ``replace`` give the tree back.
 
@@ -185,12 +185,8 @@ def assemble(call: Call, res: Solved, results: dict[str, GroupResult], keep_inpu
 
 # -- the public entry point ----------------------------------------------------------------------
 def _names(params: PyTree, codebook: Codebook) -> dict[str, str]:
-    """The codebook's name → the leaf's path in ``params`` (``codebook.classify``; a codebook
-    without it names leaves by their paths)."""
-    classify = getattr(codebook, "classify", None)
-    if classify is None:
-        return {leaf.path: leaf.path for leaf in flatten(params)[0]}
-    return {e.name: e.path for e in classify(params)}
+    """The codebook's name → the leaf's path in ``params`` (``codebook.classify``)."""
+    return {e.name: e.path for e in codebook.classify(params)}
 
 
 def _check(
@@ -301,7 +297,7 @@ def purify(
         leaves, dev = _shard.purify_leaves(protected, codebook, calls, options, keep_input)
         leaves = {names[p]: v for p, v in leaves.items()}
         purified = map_with_path(lambda p, leaf: _like(leaf, leaves[p]) if p in leaves else leaf, params)
-        purified, restored = _restore_state(codebook, purified)
+        purified, restored = codebook.restore_state(purified)
         if not on_host:  # traced, or spread over processes: the report stays in arrays
             if on_uncertified == "raise":
                 throw_if_uncertified(dev.codes())
@@ -319,8 +315,8 @@ def purify(
         purified = codebook.replace(
             params, _hand_over(protected, codebook.unpack({n: cast(np.ndarray, r.values) for n, r in results.items()}))
         )
-        purified, restored = _restore_state(codebook, purified)
-    sealed = getattr(codebook, "seal_record", None) is not None
+        purified, restored = codebook.restore_state(purified)
+    sealed = codebook.seal_record is not None
     if sealed and matrices is None:
         matrices = {name: np.asarray(codebook.matrix(name, solve_dtype(g.dtype))) for name, g in groups.items()}
     known = cast(dict[str, np.ndarray], matrices)  # read only when sealed, and then set
@@ -354,7 +350,7 @@ def purify(
         seconds=time.perf_counter() - t0,
         seal=seal,
         state=state,
-        legacy_codebook=bool(getattr(codebook, "legacy", False)),
+        legacy_codebook=codebook.legacy,
     )
     if report.columns != report.certified:
         if on_uncertified == "raise":
@@ -362,12 +358,6 @@ def purify(
         if on_uncertified == "estimate":
             warnings.warn(report.status(), UncertifiedWarning, stacklevel=2)
     return purified, report
-
-
-def _restore_state(codebook: Codebook, purified: PyTree) -> tuple[PyTree, dict[str, int | None]]:
-    """Inference state set back to the seal's copy (``Codebook.restore_state``), if the codebook can."""
-    restore = getattr(codebook, "restore_state", None)
-    return (purified, {}) if restore is None else restore(purified)
 
 
 def _deleted(leaf: object) -> bool:
