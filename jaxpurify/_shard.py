@@ -1,16 +1,20 @@
-"""purify's device path: pack, solve and assemble as JAX operations, the column batch sharded.
+"""purify's device path (pack, solve and assemble as JAX operations, the column batch sharded),
+and the pieces of it that the host path uses too.
 
-The host path (``jaxpurify._purify``) moves each solver call's columns through NumPy.  This path
-lays out the same plan (:func:`jaxpurify._plan.plan`) with ``jax.numpy`` only, so ``purify``
-traces under ``jax.jit`` and takes device arrays and multi-process (global) arrays as they are:
+The host path (``jaxpurify._purify``) moves each solver call's columns through NumPy, with this
+module's :func:`stack` (``xp=np``) to build a call's batch, :func:`runs` / :class:`Run` to map the
+batch's slots back to the groups' columns, and :class:`Solved` (:meth:`Solved.of`, through
+:func:`summarize`) for the results it assembles from.  The device path lays out the same plan
+(:func:`jaxpurify._plan.plan`) with ``jax.numpy`` only, so ``purify`` traces under ``jax.jit``
+and takes device arrays and multi-process (global) arrays as they are:
 
 1. **pack**: each group's (K, m) code from the leaves (``_layout.pack`` with ``xp=jnp``).
 2. **stack**: the items of all calls of one solver shape (dtype, K, n, width) form one batch of
    slots (A: (S, K, n), Y: (S, K, width)), padded to a multiple of the device count by repeating
    the last slot, as the host path pads a call (both paths stack with :func:`stack` and cut
    calls into the same :func:`runs`; the host writes into NumPy buffers, ``xp=np``).
-3. **solve**: ``recover`` under ``jax.shard_map`` on a one-axis :class:`~jax.sharding.Mesh` of all
-   devices, the slot axis split.  Each device solves whole slots, and ``recover`` cuts a slot's
+3. **solve**: ``recover_padded`` under ``jax.shard_map`` on a one-axis :class:`~jax.sharding.Mesh`
+   of all devices, the slot axis split.  Each device solves whole slots, and the solver cuts a slot's
    columns into the same chunks whatever the batch, so every column is solved beside the same
    columns as on one device: results are bit-identical for any device count (recover's answer
    for a column may change in the last ulp with the other columns of its chunk).
@@ -105,7 +109,7 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """Every item of the plan with one solver shape, in plan order: one ``recover`` call."""
+    """Every item of the plan with one solver shape, in plan order: one ``recover_padded`` call."""
 
     dtype: str
     K: int
@@ -297,7 +301,7 @@ def _solve_local(A: jax.Array, Y: jax.Array, n: jax.Array, options: RecoverOptio
 def solve(
     A: jax.Array, Y: jax.Array, n: np.ndarray, options: RecoverOptions, mesh: Mesh, dtype: str | None = None
 ) -> Solved:
-    """``recover`` and its summary on a batch, each device solving whole slots of it."""
+    """``recover_padded`` and its summary on a batch, each device solving whole slots of it."""
     spec = P(AXIS)
     # check_vma off: recover's loops start from unsharded constants, which is right per shard
     f = jax.shard_map(
