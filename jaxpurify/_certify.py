@@ -175,18 +175,20 @@ def _edge_margins(
     return out.margin, out.smin2
 
 
-def certify(Q: jax.Array, R: jax.Array, n: jax.Array, fit: Fit, finite: jax.Array, tol: jax.Array) -> Certificate:
+def certify(Q: jax.Array, R: jax.Array, n: jax.Array, fit: Fit, usable: jax.Array, tol: jax.Array) -> Certificate:
     """Result codes (int8), certified flags and relative error bounds for a block of columns.
 
-    ``tol`` is the per-column inlier tolerance τ; ``finite`` marks the usable rows.  ``n`` (may be
-    traced) is the number of real columns of A: Q's and R's columns from n on are padding (zero in
-    Q, identity in R; ``_solver._factor``).
+    ``tol`` is the per-column inlier tolerance τ.  ``usable`` (K, m) marks the rows that count in
+    K': every finite entry, including those the solver set aside as far above the column's median
+    (``_solver``), which ``fit.outliers`` holds and k̂ counts (unlike ``_polish.Block.finite``,
+    which leaves them out).  ``n`` (may be traced) is the number of real columns of A: Q's and R's
+    columns from n on are padding (zero in Q, identity in R; ``_solver._factor``).
     """
-    usable = jnp.sum(finite, axis=0)
-    k_hat = jnp.sum(fit.outliers & finite, axis=0)
-    inliers = usable - k_hat
+    kprime = jnp.sum(usable, axis=0)
+    k_hat = jnp.sum(fit.outliers & usable, axis=0)
+    inliers = kprime - k_hat
     code = jnp.full(k_hat.shape, RESULTS.count_bound, jnp.int8)
-    code = jnp.where(2 * k_hat < usable - n + 1, jnp.int8(RESULTS.successful), code)
+    code = jnp.where(2 * k_hat < kprime - n + 1, jnp.int8(RESULTS.successful), code)
     code = jnp.where(inliers >= n + 1, code, jnp.int8(RESULTS.no_slack))
     fit_ok = fit.exact & fit.stable
     cause = jnp.where(
@@ -210,12 +212,12 @@ def certify(Q: jax.Array, R: jax.Array, n: jax.Array, fit: Fit, finite: jax.Arra
     # |I| = n+1: one inlier may be a corrupted entry (module docstring): the bound takes 2τ√n / min_j|u_j|,
     # and min_j|u_j| = 0 (an inlier no other row checks, e.g. a duplicated row of A) leaves no slack
     edge = (code == RESULTS.successful) & (inliers == n + 1)
-    lam = jnp.clip(_outlier_norm2(Q, fit.outliers | ~finite), 0.0, 1.0)
+    lam = jnp.clip(_outlier_norm2(Q, fit.outliers | ~usable), 0.0, 1.0)
     # where the power-iteration estimate leaves (almost) nothing of σ_min(Q_I) (it errs high, and
     # reached 1 on columns with erasures or blocks: a certificate without a bound), σ_min(Q_I)² is
     # taken from G = Q_IᵀQ_I itself, as on the |I| = n+1 columns
     weak = (code == RESULTS.successful) & (lam > 1.0 - WEAK)
-    margin, smin2_g = _edge_margins(Q, finite & ~fit.outliers, edge | weak, n, rows)
+    margin, smin2_g = _edge_margins(Q, usable & ~fit.outliers, edge | weak, n, rows)
     code = jnp.where(edge & (margin == 0), jnp.int8(RESULTS.no_slack), code)
 
     smin = smin_r * jnp.sqrt(jnp.where(edge | weak, smin2_g, jnp.maximum(1.0 - lam, 0.0)))
