@@ -230,6 +230,27 @@ def _entries(params: Any, codebook: Coded) -> list[Entry]:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """What :func:`jaxpurify.purify` did, on the host path (under ``jit`` or across processes it
+    returns a :class:`DeviceReport` instead).  ``str(report)`` is a table, :meth:`status` one line,
+    :meth:`as_dict` the JSON the command line writes; ``report[path]`` is one leaf's report.
+
+    * ``leaves``: one :class:`LeafReport` per protected leaf (its columns, certified columns,
+      flagged entries, erasures, error bounds); ``groups``: one :class:`GroupReport` per code;
+    * ``unprotected``: every parameter the codebook does not protect (:class:`UnprotectedLeaf`);
+    * ``state``: every leaf that is not a parameter, and what purify did with it (:class:`StateLeaf`);
+    * ``seal``: the keyed seal's :class:`LeafVerdict` per sealed leaf (empty: the codebook has no
+      seal, nothing was checked); ``legacy_codebook``: the codebook came from an unauthenticated
+      version-1 file;
+    * ``on_uncertified``: what was written into columns not certified; ``calls``, ``solver_shapes``,
+      ``solved_columns``: solver calls, their distinct shapes (each compiles once per process) and
+      the columns solved, padding included; ``seconds``: the call's wall time.
+
+    :attr:`ok` is True only if every protected column is certified, no floating parameter is
+    unprotected, with a seal every sealed leaf verified, and no state is ``"unchecked"`` or
+    ``"changed"`` (inference state must be restored from or equal to the seal's copy, or verified
+    by its sketch).
+    """
+
     leaves: tuple[LeafReport, ...]
     groups: tuple[GroupReport, ...]
     unprotected: tuple[UnprotectedLeaf, ...]
