@@ -45,10 +45,10 @@ def default_rtol(dtype: DTypeLike) -> float:
 class RecoverOptions:
     """Options of :func:`jaxpurify.recover` (and of :func:`jaxpurify.purify`, which passes them on).
 
-    The iteration caps and the tolerances (``TRACED``: every field but ``trim``) reach the compiled
-    solver as traced scalars (int32 loop bounds, float32 tolerances), so changing them does not
-    recompile; ``trim``, which decides what the solver's program contains, is its compile key
-    (:meth:`compile_key`).
+    The iteration caps and the tolerances (``TRACED``: every field but ``trim`` and ``pivots``)
+    reach the compiled solver as traced scalars (int32 loop bounds, float32 tolerances), so
+    changing them does not recompile; ``trim`` and ``pivots``, which decide what the solver's
+    programs contain, are their compile key (:meth:`compile_key`).
 
     Attributes:
       finder_iters: ADMM iterations per pass before the polish takes over.  The polish only needs
@@ -73,9 +73,10 @@ class RecoverOptions:
         the passes' estimate the columns HiGHS recovers exactly needed at most 15 pivots at
         n = 32 and 9 at n = 16 (``benchmarks.lp_check``'s sets); columns far from any answer
         (dense noise) are not pivoted (``_pivot.hopeful``).  A certified column is never touched.
-        Off by default: the stage adds 9–45% to a solver shape's first call (compilation); with
-        ``pivots=1`` every column HiGHS recovers exactly on the measured sets is certified
-        (tests/test_lp_exact.py).
+        Called eagerly, ``recover`` runs the stage as a program of its own, compiled and run only
+        when a column needs it; under ``jax.jit`` it is part of the one program.  Either way the
+        answer is the same, and every column HiGHS recovers exactly on the measured sets is
+        certified (tests/test_lp_exact.py).
     """
 
     # Every field says whether it keys the compilation (static: a branch taken at trace time) or
@@ -91,7 +92,7 @@ class RecoverOptions:
     rtol: float | None = _traced(None)
     atol: float = _traced(0.0)
     trim: bool = _static(True)
-    pivots: int = _static(0)
+    pivots: int = _static(1)
 
     TRACED: ClassVar[tuple[str, ...]]  # the traced fields' names, in declaration order (set below)
 

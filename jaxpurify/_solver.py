@@ -18,7 +18,9 @@ and certify the answer (``_certify``).  The solver is four named pure pieces ove
    simplex pivots of the l1 LP from the passes' estimate to an l1 optimum, a least-squares refit
    on the rows it fits and its mask read at τ: the polish can settle short of an answer the exact
    LP finds (many entries changed by about τ, or errors near the count bound).  A certified
-   column is never touched.
+   column is never touched.  Called eagerly, this stage is a program of its own (``Stage``),
+   compiled and run only when some column needs it; under ``jit`` it follows the passes in the
+   same program.
 4. **certify** (``_certify``): result code, certificate and error bound per column.
 
 Passes after the first run only on the columns not yet certified, gathered into blocks an
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -123,11 +125,11 @@ class _Pass(NamedTuple):
 
 
 class _Best(NamedTuple):
-    """Per column: the answer kept so far (certified fit, else the best l1 estimate)."""
+    """Per column: the answer kept so far (a settled exact fit, else the best l1 estimate)."""
 
     x: jax.Array  # (n, m)
     outliers: jax.Array  # (K, m)
-    ok: jax.Array  # (m,) exact & stable fit found
+    settled: jax.Array  # (m,) an exact fit on a settled mask (``_settled``): ``certify`` decides the rest
     stable: jax.Array  # (m,) the mask did not change in the last polish round
     solved: jax.Array  # (m,) the last refit's CG converged
     x_est: jax.Array  # (n, m) best l1 estimate, for columns never fitted exactly
@@ -168,13 +170,13 @@ def _find_and_polish(block: Block, ignore: jax.Array, *, tols: Traced, opts: Rec
         h = (jnp.sum(finite, axis=0) - n) // 2
         cut = ~finite | largest(jnp.abs(r_admm), finite, h)
         trimmed = polish(block, cut, found.c, rounds=rounds, max_cg=tols.max_cg)
-        take = _done(trimmed, finite, n) & ~_done(fit, finite, n)
+        take = _settled(trimmed, finite, n) & ~_settled(fit, finite, n)
         fit = select(take, trimmed, fit)
     x_admm = jax.scipy.linalg.solve_triangular(R, found.c, lower=False)
     return _Pass(fit=fit, x_admm=x_admm, outl0=outl0, iters=found.iters, done=found.done)
 
 
-def _done(fit: Fit, finite: jax.Array, n: jax.Array) -> jax.Array:
+def _settled(fit: Fit, finite: jax.Array, n: jax.Array) -> jax.Array:
     """A column needs no more passes: exact on a settled mask that leaves a redundant row.  With n
     inliers or fewer any column fits exactly, so such a fit is no answer, and a later pass may
     still find a mask that can be certified.  (An exact fit with redundancy but past the count
@@ -191,8 +193,8 @@ def _update(best: _Best, block: Block, active: jax.Array, result: _Pass) -> _Bes
     """Fold one pass's results into the kept answer of the ``active`` columns."""
     A, n, y, finite = block.A, block.n, block.y, block.finite
     fit = result.fit
-    x, outl, ok = fit.x, fit.outliers, _done(fit, finite, n)
-    take = active & ok & ~best.ok
+    x, outl, settled = fit.x, fit.outliers, _settled(fit, finite, n)
+    take = active & settled & ~best.settled
     f_pol, f_admm = _l1(A, y, finite, x), _l1(A, y, finite, result.x_admm)
     x_est = jnp.where(f_pol <= f_admm, x, result.x_admm)
     better = active & (jnp.minimum(f_pol, f_admm) < best.f_est)
@@ -202,8 +204,8 @@ def _update(best: _Best, block: Block, active: jax.Array, result: _Pass) -> _Bes
 
     return _Best(
         x=pick(x, best.x, take),
-        outliers=pick(outl, best.outliers, take | (active & ~best.ok)),
-        ok=best.ok | take,
+        outliers=pick(outl, best.outliers, take | (active & ~best.settled)),
+        settled=best.settled | take,
         stable=pick(fit.stable, best.stable, active),
         solved=pick(fit.solved, best.solved, active),
         x_est=pick(x_est, best.x_est, better),
@@ -218,7 +220,7 @@ def _update(best: _Best, block: Block, active: jax.Array, result: _Pass) -> _Bes
 def _full_pass(block: Block, state: _Passes, *, tols: Traced, opts: RecoverOptions) -> _Passes:
     """One more pass on every column not certified with passes left, at the block's own width."""
     best, tries = state.best, state.tries
-    want = ~best.ok & (tries < tols.passes)
+    want = ~best.settled & (tries < tols.passes)
     sub = _find_and_polish(block, best.ignore, tols=tols, opts=opts, first=False)
     return _Passes(best=_update(best, block, want, sub), tries=tries + want)
 
@@ -263,7 +265,7 @@ def _narrow_pass(block: Block, state: _Passes, *, tols: Traced, opts: RecoverOpt
     gathered into a narrow block: a column that is done stops costing work."""
     best, tries = state.best, state.tries
     m = block.y.shape[1]
-    sl = _Slots.of(~best.ok & (tries < tols.passes), max(1, m // COMPACT))
+    sl = _Slots.of(~best.settled & (tries < tols.passes), max(1, m // COMPACT))
     narrow = sl.narrow(block)
     sub = _find_and_polish(narrow, sl.gather(best.ignore), tols=tols, opts=opts, first=False)
     sub_best = _update(jax.tree.map(sl.gather, best), narrow, sl.valid, sub)
@@ -280,13 +282,13 @@ class _Pivoting(NamedTuple):
 def _lp_update(best: _Best, block: Block, active: jax.Array, res: LPResult) -> _Best:
     """Fold the simplex's answer into the kept one of the ``active`` columns: its certifiable fit
     where the column had none, its vertex as the l1 estimate where that is lower."""
-    take = active & ~best.ok & certifiable(res.fit, block)
+    take = active & ~best.settled & certifiable(res.fit, block)
     better = active & (res.f < best.f_est)
     fit = res.fit
     return best._replace(
         x=jnp.where(take, fit.x, best.x),
         outliers=jnp.where(take, fit.outliers, best.outliers),
-        ok=best.ok | take,
+        settled=best.settled | take,
         stable=jnp.where(take, fit.stable, best.stable),
         solved=jnp.where(take, fit.solved, best.solved),
         over=jnp.where(take, fit.over, best.over),
@@ -305,7 +307,7 @@ def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOption
     cap = opts.pivots * block.A.shape[1]
 
     def pending(st: _Pivoting) -> jax.Array:
-        return ~st.best.ok & ~st.best.over & ~st.tried
+        return ~st.best.settled & ~st.best.over & ~st.tried
 
     def todo(st: _Pivoting) -> jax.Array:
         return jnp.any(pending(st))
@@ -323,12 +325,20 @@ def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOption
     return lax.while_loop(todo, more, _Pivoting(best=best, tried=tried)).best
 
 
-def _recover_block(
-    A: jax.Array, Q: jax.Array, R: jax.Array, n: jax.Array, Y: jax.Array, *, opts: RecoverOptions, tols: Traced
-) -> Recovery:
+class _Problem(NamedTuple):
+    """A chunk of columns as the solver sees them (``_problem``): the block in the columns' own
+    units, and what ``_finish`` needs to take the answer back to the caller's."""
+
+    block: Block
+    Y: jax.Array  # (K, m) the caller's columns
+    e: jax.Array  # (m,) each column's power-of-two unit (``_units.column_exponent``)
+    usable: jax.Array  # (K, m) the finite entries
+    far: jax.Array  # (K, m) entries set aside as far above the column's median
+
+
+def _problem(A: jax.Array, Q: jax.Array, R: jax.Array, n: jax.Array, Y: jax.Array, *, tols: Traced) -> _Problem:
     """A: (K, N) with thin QR ``Q, R`` and ``n`` ≤ N real columns (the rest zero, Q's too);
-    Y: (K, m) → Recovery with the column axis last."""
-    K, N = A.shape
+    Y: (K, m) → the chunk in its columns' own units."""
     m = Y.shape[1]
     dtype = Y.dtype
     usable = jnp.isfinite(Y)
@@ -343,12 +353,21 @@ def _recover_block(
     y = jnp.where(finite, y, 0.0)
     atol = jnp.ldexp(jnp.broadcast_to(tols.atol.astype(dtype), (m,)), -e)
     block = Block(A=A, Q=Q, R=R, n=n, y=y, finite=finite, rtol=tols.rtol.astype(dtype), atol=atol)
+    return _Problem(block=block, Y=Y, e=e, usable=usable, far=far)
 
-    ignore = far_above_median(y, finite, PRESCREEN)
+
+def _passes(prob: _Problem, *, tols: Traced, opts: RecoverOptions) -> _Best:
+    """The finder and polish passes (``find``, ``polish``): the first on every column, later ones
+    on the columns not yet certified, up to ``passes`` per column."""
+    block = prob.block
+    K, N = block.A.shape
+    m = block.y.shape[1]
+    dtype = block.y.dtype
+    ignore = far_above_median(block.y, block.finite, PRESCREEN)
     best = _Best(
         x=jnp.zeros((N, m), dtype),
-        outliers=~finite,
-        ok=jnp.zeros((m,), bool),
+        outliers=~block.finite,
+        settled=jnp.zeros((m,), bool),
         stable=jnp.zeros((m,), bool),
         solved=jnp.zeros((m,), bool),
         x_est=jnp.zeros((N, m), dtype),
@@ -362,26 +381,30 @@ def _recover_block(
     best = _update(best, block, jnp.ones((m,), bool), first)
 
     def todo(state: _Passes) -> jax.Array:
-        return jnp.any(~state.best.ok & (state.tries < tols.passes))
+        return jnp.any(~state.best.settled & (state.tries < tols.passes))
 
     def more(state: _Passes) -> _Passes:
         if m < NARROW_MIN * COMPACT:  # see NARROW_MIN
             return _full_pass(block, state, tols=tols, opts=opts)
         return _narrow_pass(block, state, tols=tols, opts=opts)
 
-    best = lax.while_loop(todo, more, _Passes(best=best, tries=jnp.ones((m,), jnp.int32))).best
-    if opts.pivots:
-        best = _pivot_stage(block, best, tols=tols, opts=opts)
+    return lax.while_loop(todo, more, _Passes(best=best, tries=jnp.ones((m,), jnp.int32))).best
 
-    x = jnp.where(best.ok, best.x, best.x_est)
+
+def _finish(prob: _Problem, best: _Best) -> Recovery:
+    """The kept answers certified (``_certify``) and taken back to the caller's units."""
+    block, e = prob.block, prob.e
+    A, Q, R, n, y, finite, atol = block.A, block.Q, block.R, block.n, block.y, block.finite, block.atol
+    dtype = y.dtype
+    x = jnp.where(best.settled, best.x, best.x_est)
     r = y - matmul(A, x)
     tol = tolerance(y, ~best.outliers, block.rtol, atol)
     # an uncertified column reports the rows its estimate does not explain
-    outl = jnp.where(best.ok, best.outliers, ~finite | (jnp.abs(r) > tol))
+    outl = jnp.where(best.settled, best.outliers, ~finite | (jnp.abs(r) > tol))
     # the far entries alone past the count bound: that is why, whatever the fit's state
-    over = (best.over & ~best.ok) | over_bound(far, usable, n)
-    fit = Fit(x=x, r=r, outliers=outl, exact=best.ok, stable=best.stable, solved=best.solved, over=over)
-    code, certified, bound = certify(Q, R, n, fit, usable, tol)
+    over = (best.over & ~best.settled) | over_bound(prob.far, prob.usable, n)
+    fit = Fit(x=x, r=r, outliers=outl, exact=best.settled, stable=best.stable, solved=best.solved, over=over)
+    code, certified, bound = certify(Q, R, n, fit, prob.usable, tol)
     # back to the caller's units, correctly rounded (unscale: the CPU backend would flush subnormal
     # results to zero); a subnormal entry is off by at most half the smallest subnormal, which the
     # bound takes in (2^(low−1) in the caller's units is 2^(low−1−e) in the column's)
@@ -397,7 +420,7 @@ def _recover_block(
     bound = jnp.where(lost, jnp.inf, bound)
     certified = certified & ~lost
     # the residual in the column's units too, where the entry was not set aside (non-finite, far)
-    residual = jnp.where(finite, unscale(y - matmul(A, x_n), e), Y - matmul(A, x))
+    residual = jnp.where(finite, unscale(y - matmul(A, x_n), e), prob.Y - matmul(A, x))
     return Recovery(
         x=x,
         residual=residual,
@@ -408,6 +431,85 @@ def _recover_block(
         iterations=best.iters,
         converged=best.done,
     )
+
+
+# Results of the passes that the simplex stage may still turn into a certificate: the mask did not
+# settle into an exact fit.  (Past the count bound, rank-deficient, out of range: no pivot helps.)
+PIVOTABLE = (RESULTS.iteration_cap, RESULTS.unstable_mask, RESULTS.inexact_fit)
+
+
+def _resume(prob: _Problem, out: Recovery) -> _Best:
+    """The passes' answer (``out``, from ``_finish``) as the simplex stage's start: the certified
+    columns as they are, the others from their l1 estimate."""
+    block = prob.block
+    m = block.y.shape[1]
+    x = scale(jnp.where(jnp.isfinite(out.x), out.x, 0.0), prob.e)  # exact: powers of two
+    none = jnp.zeros((m,), bool)
+    return _Best(
+        x=x,
+        outliers=out.outliers,
+        settled=out.certified,
+        stable=none,
+        solved=none,
+        x_est=x,
+        f_est=_l1(block.A, block.y, block.finite, x),
+        ignore=jnp.zeros_like(out.outliers),
+        iters=out.iterations,
+        done=out.converged,
+        over=~out.certified & ~jnp.isin(out.result, jnp.asarray(PIVOTABLE, jnp.int8)),
+    )
+
+
+def _wanted(prob: _Problem, best: _Best) -> jax.Array:
+    """(m,) the columns the simplex stage would pivot: not certified, not past the count bound, and
+    near enough to an answer (``_pivot.hopeful``)."""
+    return ~best.settled & ~best.over & hopeful(prob.block, best.x_est)
+
+
+def _recover_block(
+    A: jax.Array, Q: jax.Array, R: jax.Array, n: jax.Array, Y: jax.Array, *, opts: RecoverOptions, tols: Traced
+) -> Recovery:
+    """A: (K, N) with thin QR ``Q, R`` and ``n`` ≤ N real columns (the rest zero, Q's too);
+    Y: (K, m) → Recovery with the column axis last: find, polish, certify."""
+    prob = _problem(A, Q, R, n, Y, tols=tols)
+    return _finish(prob, _passes(prob, tols=tols, opts=opts))
+
+
+def _pivot_block(
+    A: jax.Array,
+    Q: jax.Array,
+    R: jax.Array,
+    n: jax.Array,
+    Y: jax.Array,
+    out: Recovery,
+    *,
+    opts: RecoverOptions,
+    tols: Traced,
+) -> Recovery:
+    """The simplex stage after ``_recover_block``'s answer ``out`` on the same chunk: the columns it
+    certifies take its answer, every other column keeps ``out``'s."""
+    prob = _problem(A, Q, R, n, Y, tols=tols)
+    new = _finish(prob, _pivot_stage(prob.block, _resume(prob, out), tols=tols, opts=opts))
+    take = new.certified & ~out.certified
+
+    def pick(a: jax.Array, b: jax.Array) -> jax.Array:  # the column axis is last in every field
+        return jnp.where(take, a, b)
+
+    return out._replace(
+        x=pick(new.x, out.x),
+        residual=pick(new.residual, out.residual),
+        outliers=pick(new.outliers, out.outliers),
+        certified=out.certified | take,
+        result=pick(new.result, out.result),
+        bound=pick(new.bound, out.bound),
+    )
+
+
+def _wanted_block(A: jax.Array, Y: jax.Array, n: jax.Array, out: Recovery, *, tols: Traced) -> jax.Array:
+    """(m,) ``_wanted`` on ``_recover_block``'s answer: the columns the simplex stage would take up
+    (no QR needed: the test reads only the residuals)."""
+    prob = _problem(A, A, jnp.eye(A.shape[1], dtype=A.dtype), n, Y, tols=tols)  # Q, R unused here
+    return _wanted(prob, _resume(prob, out))
 
 
 def _chunk(K: int, M: int) -> int:
@@ -429,69 +531,125 @@ def _factor(A: jax.Array, n: jax.Array) -> _QR:
     return _QR(Q=Q, R=R)
 
 
-def _solve_items(A: jax.Array, Y: jax.Array, ncols: jax.Array, *, opts: RecoverOptions, tols: Traced) -> Recovery:
-    """A: (B, K, N), Y: (B, K, M), ncols: (B,) real columns of each A → Recovery with leading B.
-    Each matrix is factorized once; its columns are solved in chunks one after another
-    (``lax.map``)."""
+# What one solver program runs (``_recover_jit``'s static ``stage``): "passes" find, polish and
+# certify; "pivots" the simplex stage after a "passes" answer; "all" both in one program (traced
+# callers: under jit there is no host in between); "wanted" whether "pivots" would pivot any column.
+Stage = Literal["passes", "pivots", "all", "wanted"]
+
+
+def _solve_items(
+    A: jax.Array,
+    Y: jax.Array,
+    ncols: jax.Array,
+    *,
+    opts: RecoverOptions,
+    tols: Traced,
+    stage: Stage,
+    prev: Recovery | None = None,
+) -> Any:
+    """A: (B, K, N), Y: (B, K, M), ncols: (B,) real columns of each A → the stage's answer with
+    leading B (a Recovery; for "wanted" a (B, M) mask).  ``prev``: the "passes" answer, for
+    "pivots" and "wanted".  Each matrix is factorized once; its columns are solved in chunks one
+    after another (``lax.map``)."""
     B, K, M = Y.shape
     chunk = _chunk(K, M)
     nc = -(-M // chunk)
-    if nc * chunk != M:  # zero columns are solved exactly at once
-        Y = jnp.pad(Y, ((0, 0), (0, 0), (0, nc * chunk - M)))
-    # one QR at a time: a batched QR on the CPU runs its batch on a thread pool that deadlocked
-    # when several solver shapes ran in one program (the device path, bench.gpt2 --path device)
-    qr = lax.map(lambda a_n: _factor(a_n[0], a_n[1]), (A, ncols))
-    items = jnp.moveaxis(Y.reshape(B, K, nc, chunk), 2, 1).reshape(B * nc, K, chunk)
-    owner = jnp.arange(B * nc) // nc
 
-    def solve(item: tuple[jax.Array, jax.Array]) -> Recovery:
-        i, y = item  # (owner matrix, chunk of its columns): lax.map's own pair
-        return _recover_block(A[i], qr.Q[i], qr.R[i], ncols[i], y, opts=opts, tols=tols)
-
-    out = lax.map(solve, (owner, items))
+    def chunked(a: jax.Array) -> jax.Array:  # (B, [rows,] M) → (B·nc, [rows,] chunk)
+        if nc * chunk != M:  # zero columns are solved exactly at once
+            a = jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, nc * chunk - M)])
+        a = jnp.moveaxis(a.reshape(a.shape[:-1] + (nc, chunk)), -2, 1)
+        return a.reshape((B * nc,) + a.shape[2:])
 
     def unchunk(a: jax.Array) -> jax.Array:
         a = a.reshape((B, nc) + a.shape[1:])  # (B, nc, [rows,] chunk)
         a = jnp.moveaxis(a, 1, -2)  # (B, [rows,] nc, chunk)
         return a.reshape(a.shape[:-2] + (nc * chunk,))[..., :M]
 
-    return _each(unchunk, out)
+    items = chunked(Y)
+    owner = jnp.arange(B * nc) // nc
+    before = jax.tree.map(chunked, prev) if prev is not None else None
+    if stage == "wanted":
+        return unchunk(
+            lax.map(
+                lambda i: _wanted_block(A[owner[i]], items[i], ncols[owner[i]], _at(before, i), tols=tols),
+                jnp.arange(B * nc),
+            )
+        )
+    # one QR at a time: a batched QR on the CPU runs its batch on a thread pool that deadlocked
+    # when several solver shapes ran in one program (the device path, benchmarks.gpt2 --path device)
+    qr = lax.map(lambda a_n: _factor(a_n[0], a_n[1]), (A, ncols))
+
+    def solve(i: jax.Array) -> Recovery:
+        o = owner[i]
+        a, q, r, n, y = A[o], qr.Q[o], qr.R[o], ncols[o], items[i]
+        if stage == "pivots":
+            return _pivot_block(a, q, r, n, y, _at(before, i), opts=opts, tols=tols)
+        out = _recover_block(a, q, r, n, y, opts=opts, tols=tols)
+        if stage == "all" and opts.pivots:
+            out = _pivot_block(a, q, r, n, y, out, opts=opts, tols=tols)
+        return out
+
+    return jax.tree.map(unchunk, lax.map(solve, jnp.arange(B * nc)))
 
 
-def _each(f: Callable[[jax.Array], jax.Array], out: Recovery) -> Recovery:
-    """``f`` applied to every field of ``out``."""
-    return Recovery(**{name: f(a) for name, a in out._asdict().items()})
+def _at(tree: Any, i: jax.Array) -> Any:
+    """Entry ``i`` of every leaf's leading axis."""
+    return jax.tree.map(lambda a: a[i], tree)
 
 
-@functools.partial(jax.jit, static_argnames=("opts", "vector"))
+@functools.partial(jax.jit, static_argnames=("opts", "vector", "stage"))
 def _recover_jit(
-    A: jax.Array, Y: jax.Array, ncols: jax.Array, tols: Traced, opts: RecoverOptions, vector: bool
-) -> Recovery:
-    """``ncols``: per matrix of the batch (broadcast like A's batch), its real columns."""
+    A: jax.Array,
+    Y: jax.Array,
+    ncols: jax.Array,
+    tols: Traced,
+    opts: RecoverOptions,
+    vector: bool,
+    stage: Stage = "all",
+    prev: Recovery | None = None,
+) -> Any:
+    """``ncols``: per matrix of the batch (broadcast like A's batch), its real columns.  ``stage``
+    and ``prev`` as in ``_solve_items``; "wanted" answers one bool for the whole batch."""
     if vector:
         Y = Y[..., None]
+        prev = jax.tree.map(lambda a: a[..., None], prev)
     batch = jnp.broadcast_shapes(A.shape[:-2], Y.shape[:-2])
     K, n = A.shape[-2:]
     m = Y.shape[-1]
+    run = functools.partial(_solve_items, opts=opts, tols=tols, stage=stage)
     if A.ndim == 2:
         # One A for the whole batch: fold the batch into columns so all share one factorization.
-        Yf = jnp.moveaxis(Y.reshape((-1, K, m)), 0, 1).reshape(K, -1)
-        out = _each(lambda a: a[0], _solve_items(A[None], Yf[None], jnp.reshape(ncols, (1,)), opts=opts, tols=tols))
+        def fold(a: jax.Array) -> jax.Array:  # batch + ([rows,] m) → ([rows,] batch·m), then a leading 1
+            if a.ndim == len(batch) + 1:
+                return a.reshape(1, -1)
+            rows = a.shape[-2]
+            return jnp.moveaxis(a.reshape((-1, rows, m)), 0, 1).reshape(1, rows, -1)
 
         def unfold(a: jax.Array) -> jax.Array:
+            a = a[0]
             if a.ndim == 1:
                 return a.reshape(batch + (m,))
             rows = a.shape[0]
             return jnp.moveaxis(a.reshape((rows, -1, m)), 1, 0).reshape(batch + (rows, m))
 
-        out = _each(unfold, out)
+        out = run(A[None], fold(Y), jnp.reshape(ncols, (1,)), prev=jax.tree.map(fold, prev))
     else:
         Ab = jnp.broadcast_to(A, batch + (K, n)).reshape((-1, K, n))
         Yb = jnp.broadcast_to(Y, batch + (K, m)).reshape((-1, K, m))
-        out = _solve_items(Ab, Yb, jnp.broadcast_to(ncols, batch).reshape(-1), opts=opts, tols=tols)
-        out = _each(lambda a: a.reshape(batch + a.shape[1:]), out)
+
+        def flat(a: jax.Array) -> jax.Array:  # batch + ([rows,] m) → (B, [rows,] m)
+            return a.reshape((-1,) + a.shape[len(batch) :])
+
+        def unfold(a: jax.Array) -> jax.Array:
+            return a.reshape(batch + a.shape[1:])
+
+        out = run(Ab, Yb, jnp.broadcast_to(ncols, batch).reshape(-1), prev=jax.tree.map(flat, prev))
+    if stage == "wanted":
+        return jnp.any(out)
+    out = jax.tree.map(unfold, out)
     if vector:
-        out = _each(lambda a: a[..., 0], out)
+        out = jax.tree.map(lambda a: a[..., 0], out)
     return out
 
 
@@ -607,20 +765,30 @@ def _run(A: jax.Array, Y: jax.Array, ncols: jax.Array, opts: RecoverOptions, vec
             arrays = _exported.call(flat, f"recover {static!r} {vector}", len(Recovery._fields), A, Y, ncols, *tols)
             out = Recovery(**dict(zip(Recovery._fields, arrays, strict=True)))
         else:
-            out = _recover_jit(A, Y, ncols, tols, static, vector)
+            out = _recover_jit(A, Y, ncols, tols, static, vector, "passes")
+        # the simplex stage is its own program, compiled and run only where a column needs it
+        # (under jit it is part of the one program: "all"); the answer is the same either way
+        if static.pivots and _pivotable(out) and bool(_recover_jit(A, Y, ncols, tols, static, vector, "wanted", out)):
+            out = _recover_jit(A, Y, ncols, tols, static, vector, "pivots", out)
         for a in out:  # jax.block_until_ready, typed
             a.block_until_ready()
         return out
 
 
+def _pivotable(out: Recovery) -> bool:
+    """Some column's result is one the simplex stage may still turn into a certificate (read on the
+    host: where every column is certified, as within capacity, not even the test is compiled)."""
+    return bool(np.isin(np.asarray(out.result), PIVOTABLE).any())
+
+
 @functools.cache
 def _recover_flat(opts: RecoverOptions, vector: bool) -> Callable[..., tuple[jax.Array, ...]]:
-    """:func:`_recover_jit` for these static arguments, jitted once, with arrays only in and out
+    """:func:`_recover_jit`'s "passes" for these static arguments, jitted once, with arrays only in and out
     (as ``jax.export`` serializes them): the traced options in ``Traced``' field order, the
     results in ``Recovery``'s."""
 
     def flat(A: jax.Array, Y: jax.Array, ncols: jax.Array, *tols: jax.Array) -> tuple[jax.Array, ...]:
-        out = _recover_jit(A, Y, ncols, Traced(**dict(zip(Traced._fields, tols, strict=True))), opts, vector)
+        out = _recover_jit(A, Y, ncols, Traced(**dict(zip(Traced._fields, tols, strict=True))), opts, vector, "passes")
         return tuple(out)
 
     return jax.jit(flat)
