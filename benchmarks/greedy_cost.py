@@ -3,7 +3,7 @@
     python -m benchmarks.greedy_cost [--repeat 3] [--switch greedy|pivots] [--json FILE]
 
 ``--switch pivots`` measures the simplex stage instead (the option ``pivots``, on: 1,
-off: 0), the same way; 1 is the default.
+off: 0, the default), the same way.
 
 The greedy read (``jaxpurify._polish``) runs only in passes after the first, on the columns the
 first pass left uncertified; it is switched by the private constant ``jaxpurify._solver.GREEDY``

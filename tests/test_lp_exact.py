@@ -18,8 +18,8 @@ from benchmarks.lp_check import EXACT, KINDS, LP_EXACT, lad_lp, rel, small_set
 # certified by the passes, within their bound (a small change of ~τ/(1 − h) read as an inlier at
 # K/n = 2), and a certified column is never revisited; every LP-exact column is certified.
 MAX_INEXACT_FRACTION = 0.01
-# the simplex stage (RecoverOptions.pivots, on by default); named here because these tests check
-# what it gives
+# the simplex stage is opt-in (RecoverOptions.pivots, default 0: with little slack it certified a
+# column beyond its bound, tests/test_campaign_properties.py); these tests check what it gives
 PIVOTS = 1
 
 
@@ -208,7 +208,7 @@ def test_simplex_pivots_leave_dense_noise_alone():
 
 
 def test_simplex_stage_is_its_own_program_only_where_needed(monkeypatch):
-    """Called eagerly, ``recover`` compiles and runs the simplex stage only when a column needs it:
+    """Called eagerly, ``recover(pivots=1)`` compiles and runs the simplex stage only when a column needs it:
     not on columns the passes certify, and on columns HiGHS recovers exactly that the passes leave
     (K/n = 2), which it certifies: every LP-exact column comes back certified.  (The same answer
     under ``jax.jit``, where the stage is part of the one program: the slow test below and
@@ -225,9 +225,9 @@ def test_simplex_stage_is_its_own_program_only_where_needed(monkeypatch):
     monkeypatch.setattr(_solver, "_pivot_block", counting)
     K, n, m = 36, 18, 160  # a shape no other test compiles, so each program is traced here
     A, Y, X, _ = small_set(np.random.default_rng(36), m, K, n)
-    clean = jp.recover(A, (A @ X).astype(np.float32))
+    clean = jp.recover(A, (A @ X).astype(np.float32), pivots=PIVOTS)
     assert np.asarray(clean.certified).all() and not traced  # nothing to pivot: never compiled
-    out = jp.recover(A, Y)
+    out = jp.recover(A, Y, pivots=PIVOTS)
     assert traced  # compiled for this Y
     cert, err, bound = np.asarray(out.certified), rel(out.x, X), np.asarray(out.bound)
     lp = rel(np.stack([lad_lp(A, Y[:, j]) for j in range(m)], axis=1), X) <= LP_EXACT
@@ -245,13 +245,13 @@ def test_simplex_stage_gains_columns_and_is_the_same_under_jit():
 
     K, n, m = 36, 18, 160
     A, Y, X, _ = small_set(np.random.default_rng(36), m, K, n)
-    eager = jax.tree.map(np.asarray, jp.recover(A, Y))
+    eager = jax.tree.map(np.asarray, jp.recover(A, Y, pivots=PIVOTS))
     without = jax.tree.map(np.asarray, jp.recover(A, Y, pivots=0))
     gained = eager.certified & ~without.certified
     assert gained.sum() >= 1 and (rel(eager.x, X)[gained] <= EXACT).all()  # 3 measured, exact
     for name, a, b in zip(eager._fields, eager, without):
         same = (a == b) | (np.isnan(a) & np.isnan(b)) if a.dtype.kind == "f" else a == b
         assert same.reshape(-1, m)[:, ~gained].all(), name
-    jitted = jax.tree.map(np.asarray, jax.jit(lambda a, y: jp.recover(a, y))(A, Y))
+    jitted = jax.tree.map(np.asarray, jax.jit(lambda a, y: jp.recover(a, y, pivots=PIVOTS))(A, Y))
     for name, a, b in zip(eager._fields, eager, jitted):
         assert a.tobytes() == b.tobytes(), name
