@@ -297,6 +297,13 @@ def _lp_update(best: _Best, block: Block, active: jax.Array, res: LPResult) -> _
     )
 
 
+def _wanted(block: Block, best: _Best) -> jax.Array:
+    """(m,) the columns the simplex stage pivots: not settled, not past the count bound, and near
+    enough to an answer (``_pivot.hopeful``).  The stage and the eager screen (``_wanted_block``)
+    both read it here."""
+    return ~best.settled & ~best.over & hopeful(block, best.x_est)
+
+
 def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOptions) -> _Best:
     """Simplex pivots (``_pivot``) on the columns the passes left uncertified but within the count
     bound and near enough to an answer (``_pivot.hopeful``), up to m / COMPACT at a time (a problem
@@ -320,8 +327,8 @@ def _pivot_stage(block: Block, best: _Best, *, tols: Traced, opts: RecoverOption
         sub = _lp_update(sub, narrow, sl.valid, res)
         return _Pivoting(best=jax.tree.map(sl.back, sub, st.best), tried=st.tried | sl.taken)
 
-    # a column far from any answer the LP could certify is left as it is (``hopeful``)
-    tried = ~hopeful(block, best.x_est)
+    # a column far from any answer the LP could certify is left as it is (``_wanted``)
+    tried = ~_wanted(block, best)
     return lax.while_loop(todo, more, _Pivoting(best=best, tried=tried)).best
 
 
@@ -460,12 +467,6 @@ def _resume(prob: _Problem, out: Recovery) -> _Best:
     )
 
 
-def _wanted(prob: _Problem, best: _Best) -> jax.Array:
-    """(m,) the columns the simplex stage would pivot: not certified, not past the count bound, and
-    near enough to an answer (``_pivot.hopeful``)."""
-    return ~best.settled & ~best.over & hopeful(prob.block, best.x_est)
-
-
 def _recover_block(
     A: jax.Array, Q: jax.Array, R: jax.Array, n: jax.Array, Y: jax.Array, *, opts: RecoverOptions, tols: Traced
 ) -> Recovery:
@@ -509,7 +510,7 @@ def _wanted_block(A: jax.Array, Y: jax.Array, n: jax.Array, out: Recovery, *, to
     """(m,) ``_wanted`` on ``_recover_block``'s answer: the columns the simplex stage would take up
     (no QR needed: the test reads only the residuals)."""
     prob = _problem(A, A, jnp.eye(A.shape[1], dtype=A.dtype), n, Y, tols=tols)  # Q, R unused here
-    return _wanted(prob, _resume(prob, out))
+    return _wanted(prob.block, _resume(prob, out))
 
 
 def _chunk(K: int, M: int) -> int:
