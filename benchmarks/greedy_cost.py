@@ -2,8 +2,8 @@
 
     python -m benchmarks.greedy_cost [--repeat 3] [--switch greedy|pivots] [--json FILE]
 
-``--switch pivots`` measures the simplex stage instead (the option ``pivots``, on: 1,
-off: 0, the default), the same way.
+``--switch pivots`` measures the simplex stage instead (the option ``pivots``, on: 1, the
+default, off: 0), the same way.
 
 The greedy read (``jaxpurify._polish``) runs only in passes after the first, on the columns the
 first pass left uncertified; it is switched by the private constant ``jaxpurify._solver.GREEDY``
@@ -17,7 +17,11 @@ compiled again, then timed twice); the best of each setting:
 * **small**: ``benchmarks.lp_check``'s small set at K = 64, n = 16 (2400 columns of flipped
   bits, gross errors 0.01–1000×, zeroed and negated entries);
 * **noise**: K = 128, n = 32, 1024 columns of dense Gaussian noise: nothing to certify, every
-  column uncertified within the count bound (the simplex stage's worst case: each runs to its cap).
+  column uncertified within the count bound, and far from any answer (``_pivot.hopeful``);
+* **noisy**: K = 128, n = 32, 1024 columns of a clean code plus dense noise at 1e-3 of each
+  column's largest entry and 10% gross errors, without ``atol``: every column an inexact fit near
+  an answer, so the simplex stage runs on each to its cap and certifies none (its worst case; with
+  ``atol`` at the noise level the passes certify them and the stage does not run).
 
 Reported per problem: seconds with and without, their ratio, and columns certified by each.  Run
 it once with ``OPENBLAS_NUM_THREADS=1`` and once without, and say the load (``uptime``): the
@@ -58,11 +62,16 @@ def problems() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     As, Ys, _, _ = small_set(np.random.default_rng(0), 2400, 64, 16)
     rng = np.random.default_rng(1)
     noise = (rng.standard_normal((128, 32)).astype(np.float32), rng.standard_normal((128, 1024)).astype(np.float32))
+    An = (rng.standard_normal((128, 32)) / np.sqrt(32)).astype(np.float32)
+    Yn = An.astype(np.float64) @ rng.standard_normal((32, 1024))
+    Yn += 1e-3 * np.abs(Yn).max(0) * rng.standard_normal(Yn.shape)
+    Yn[rng.random(Yn.shape) < 0.1] += 10.0
     return {
         "core": (A.astype(np.float32), Y.astype(np.float32)),
         "hard": _hard(),
         "small": (As, Ys),
         "noise": noise,
+        "noisy": (An, Yn.astype(np.float32)),
     }
 
 

@@ -102,7 +102,7 @@ def campaign_set(rng, K: int, ratio: float, columns: int, seed: int):
 
 
 def judge(A, Y, X, log=print, pivots: int = 1) -> dict[str, np.ndarray]:
-    """LP and ``recover`` (with ``pivots``: the simplex stage, off by default in ``recover``) on
+    """LP and ``recover`` (with ``pivots``: the simplex stage, ``recover``'s default 1) on
     every column: errors, certificate, code, bound, LP's x."""
     t0 = time.perf_counter()
     x_lp = np.stack([lad_lp(A, Y[:, j]) for j in range(Y.shape[1])], axis=1)
@@ -217,7 +217,7 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None)
     p.add_argument("--save", default=None, help="write the instances and the LP's answers to this .npz")
     p.add_argument(
-        "--pivots", type=int, default=1, help="recover's simplex stage (RecoverOptions.pivots; 0: recover's default)"
+        "--pivots", type=int, default=1, help="recover's simplex stage (RecoverOptions.pivots; 0: without it)"
     )
     a = p.parse_args(argv)
     result = run(

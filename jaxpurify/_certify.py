@@ -47,8 +47,14 @@ range(A_I): |z_i| ≤ 2τ on S, so ‖z‖ ≤ 2τ√|S| / σ_min(Ũ_S), Ũ an o
   min_j |u_j| = 0 means some inlier is checked by no other row (A_{I∖j} singular: e.g. two equal
   rows of A among the n+1): a change to it is invisible, so the column is ``no_slack``.
   These columns are rare (certified with |I| = n+1 needs K' ≤ n+2) and solved a few at a time.
-* |I| ≥ n+2: the bound keeps the assumption c = 0.  The exact factor would be a minimum over all
-  c-subsets of I (c up to |I| − n), which is not computed.  Measured on the property-test instances
+* |I| ≥ n+2, a column the simplex stage certified (``one_corrupted``): an l1 vertex fits a small
+  corrupted entry as an inlier and flags a clean row instead where that costs less (K' = 15,
+  n = 12: 4.8e-4 off against the c = 0 bound's 2.8e-4).  For C = {j}, σ_min(Ũ_S)² = 1 − ℓ_j (ℓ_j
+  the leverage of row j in A_I), so ``bound = 2τ√|I| / (σ_min(R)·σ_min(Q_I)·√min_j(1 − ℓ_j)·‖x̂‖₂)``
+  covers c ≤ 1, with the leverages' rounding taken off (``_null_margin``); min_j(1 − ℓ_j) = 0
+  (an inlier no other row checks) is ``no_slack``.
+* |I| ≥ n+2 otherwise: the bound keeps the assumption c = 0.  The exact factor would be a minimum
+  over all c-subsets of I (c up to |I| − n), which is not computed.  Measured on the property-test instances
   (K' = 14–20, n = 12): 0 of the certified columns within the guarantee with |I| ≥ n+2 outside
   their bound, including those with a corrupted inlier (error ≤ 0.6× the bound); see docs/security.md.
 """
@@ -104,14 +110,17 @@ def _outlier_norm2(Q: jax.Array, outliers: jax.Array) -> jax.Array:
     return theta + 2.0 * jnp.sqrt(jnp.sum(jnp.square(w - theta * v), axis=0))
 
 
-def _null_margin(Q: jax.Array, inl: jax.Array, n: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """For s columns whose inliers I (``inl``, (K, s)) are n+1 rows: a lower bound on min_{j∈I}|u_j|,
-    u the unit vector of R^I orthogonal to range(A_I) = range(Q_I) (its leverages are 1 − u_j²),
-    and σ_min(Q_I)² (both err low; each (s,)).
+def _null_margin(Q: jax.Array, inl: jax.Array, n: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For s columns with inliers I (``inl``, (K, s)): where I is n+1 rows, a lower bound on
+    min_{j∈I}|u_j|, u the unit vector of R^I orthogonal to range(A_I) = range(Q_I) (its leverages
+    are 1 − u_j²); σ_min(Q_I)²; and for any I a lower bound on min_{j∈I}(1 − ℓ_j), ℓ_j = q_jᵀG⁻¹q_j
+    the leverage of row j in A_I (all err low; each (s,)).
 
     u' = two projections of the uniform vector on I off range(Q_I) (G = Q_IᵀQ_I by eigh); with
     u' = cos θ·u + sin θ·w, w ∈ range(Q_I): ‖Q_Iᵀu'‖ ≥ sin θ·σ_min(Q_I), so
-    |u_j| ≥ |u'_j| − ‖Q_Iᵀu'‖/σ_min(Q_I).  0 when that is not positive or G is singular."""
+    |u_j| ≥ |u'_j| − ‖Q_Iᵀu'‖/σ_min(Q_I).  0 when that is not positive or G is singular.
+    G's entries round by ≤ K·eps, so ‖ΔG‖₂ ≤ n·K·eps and ℓ_j moves by ≤ ‖ΔG‖₂/λ_min(G) (ℓ_j ≤ 1):
+    twice that is taken off 1 − ℓ_j."""
     dtype = Q.dtype
     # the rounding terms count the real rows and columns (``rows``, ``n``): padding is exact zeros
     K = rows.astype(dtype)
@@ -132,7 +141,12 @@ def _null_margin(Q: jax.Array, inl: jax.Array, n: jax.Array, rows: jax.Array) ->
     smin2 = w[:, 0] - K * eps
     rho = jnp.sqrt(jnp.sum(jnp.square(matmul(Q.T, u)), axis=0)) + K * jnp.sqrt(jnp.asarray(n, dtype)) * eps
     lo = jnp.min(jnp.where(inl, jnp.abs(u), jnp.inf), axis=0) - rho / jnp.sqrt(smin2)
-    return jnp.where(lo > 0, lo, 0.0), jnp.maximum(smin2, 0.0)  # NaN (singular G) → 0
+    # leverages ℓ_j = Σ_p (v_pᵀq_j)²/w_p; 1 − ℓ_j = σ_min(Ũ_{I∖j})², Ũ an orthonormal basis of range(A_I)
+    lev = jnp.sum(jnp.square(einsum("snp,kn->kps", V, Q)) / w.T[None], axis=1)
+    nk = jnp.asarray(n, dtype) * K * eps
+    rest = jnp.min(jnp.where(inl, 1.0 - lev, jnp.inf), axis=0) - 2.0 * nk / (smin2 - nk)
+    rest = jnp.where((smin2 > nk) & (rest > 0), rest, 0.0)  # NaN (singular G) → 0
+    return jnp.where(lo > 0, lo, 0.0), jnp.maximum(smin2, 0.0), rest
 
 
 class _Margins(NamedTuple):
@@ -140,6 +154,7 @@ class _Margins(NamedTuple):
 
     margin: jax.Array  # (m,) lower bound on min_j |u_j| (``_null_margin``), 1 where not needed
     smin2: jax.Array  # (m,) σ_min(Q_I)², NaN where not needed
+    rest: jax.Array  # (m,) lower bound on min_j (1 − ℓ_j), 1 where not needed
     todo: jax.Array  # (m,) still to do
 
 
@@ -153,29 +168,40 @@ class Certificate(NamedTuple):
 
 def _edge_margins(
     Q: jax.Array, inliers: jax.Array, need: jax.Array, n: jax.Array, rows: jax.Array, slots: int = 8
-) -> tuple[jax.Array, jax.Array]:
-    """``_null_margin`` of the columns that ``need`` it, ``slots`` at a time (margin 1 and σ² NaN for
-    the others): they are rare (certified with |I| = n+1 needs K' ≤ n+2, or the power-iteration
-    estimate of ‖Q_O‖² near 1), so a block without one costs nothing here."""
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``_null_margin`` of the columns that ``need`` it, ``slots`` at a time (margins 1 and σ² NaN
+    for the others): they are rare (certified with |I| = n+1 needs K' ≤ n+2, the power-iteration
+    estimate of ‖Q_O‖² near 1, or a column the simplex stage certified), so a block without one
+    costs nothing here."""
     m = need.shape[0]
     s = min(slots, m)
 
     def body(st: _Margins) -> _Margins:
         idx = jnp.argsort(~st.todo, stable=True)[:s]  # the first s columns still to do (distinct)
-        got, got2 = _null_margin(Q, inliers[:, idx], n, rows)
+        got, got2, got_rest = _null_margin(Q, inliers[:, idx], n, rows)
         keep = st.todo[idx]
         return _Margins(
             margin=st.margin.at[idx].set(jnp.where(keep, got, st.margin[idx])),
             smin2=st.smin2.at[idx].set(jnp.where(keep, got2, st.smin2[idx])),
+            rest=st.rest.at[idx].set(jnp.where(keep, got_rest, st.rest[idx])),
             todo=st.todo.at[idx].set(False),
         )
 
-    init = _Margins(margin=jnp.ones((m,), Q.dtype), smin2=jnp.full((m,), jnp.nan, Q.dtype), todo=need)
+    ones = jnp.ones((m,), Q.dtype)
+    init = _Margins(margin=ones, smin2=jnp.full((m,), jnp.nan, Q.dtype), rest=ones, todo=need)
     out = lax.while_loop(lambda st: jnp.any(st.todo), body, init)
-    return out.margin, out.smin2
+    return out.margin, out.smin2, out.rest
 
 
-def certify(Q: jax.Array, R: jax.Array, n: jax.Array, fit: Fit, usable: jax.Array, tol: jax.Array) -> Certificate:
+def certify(
+    Q: jax.Array,
+    R: jax.Array,
+    n: jax.Array,
+    fit: Fit,
+    usable: jax.Array,
+    tol: jax.Array,
+    one_corrupted: jax.Array | None = None,
+) -> Certificate:
     """Result codes (int8), certified flags and relative error bounds for a block of columns.
 
     ``tol`` is the per-column inlier tolerance τ.  ``usable`` (K, m) marks the rows that count in
@@ -183,6 +209,8 @@ def certify(Q: jax.Array, R: jax.Array, n: jax.Array, fit: Fit, usable: jax.Arra
     (``_solver``), which ``fit.outliers`` holds and k̂ counts (unlike ``_polish.Block.finite``,
     which leaves them out).  ``n`` (may be traced) is the number of real columns of A: Q's and R's
     columns from n on are padding (zero in Q, identity in R; ``_solver._factor``).
+    ``one_corrupted`` (m,): columns whose bound, with |I| ≥ n+2 too, must cover one corrupted
+    inlier (the simplex stage's: module docstring); none if not given.
     """
     kprime = jnp.sum(usable, axis=0)
     k_hat = jnp.sum(fit.outliers & usable, axis=0)
@@ -217,11 +245,17 @@ def certify(Q: jax.Array, R: jax.Array, n: jax.Array, fit: Fit, usable: jax.Arra
     # reached 1 on columns with erasures or blocks: a certificate without a bound), σ_min(Q_I)² is
     # taken from G = Q_IᵀQ_I itself, as on the |I| = n+1 columns
     weak = (code == RESULTS.successful) & (lam > 1.0 - WEAK)
-    margin, smin2_g = _edge_margins(Q, usable & ~fit.outliers, edge | weak, n, rows)
-    code = jnp.where(edge & (margin == 0), jnp.int8(RESULTS.no_slack), code)
+    loo = (code == RESULTS.successful) & ~edge
+    loo = loo & (one_corrupted if one_corrupted is not None else jnp.zeros_like(loo))
+    exact = edge | weak | loo
+    margin, smin2_g, rest = _edge_margins(Q, usable & ~fit.outliers, exact, n, rows)
+    # min_j (1 − ℓ_j) = 0: an inlier no other row checks (A_{I∖j} singular), as margin = 0 above
+    code = jnp.where((edge & (margin == 0)) | (loo & (rest == 0)), jnp.int8(RESULTS.no_slack), code)
 
-    smin = smin_r * jnp.sqrt(jnp.where(edge | weak, smin2_g, jnp.maximum(1.0 - lam, 0.0)))
-    terms = jnp.where(edge, n / jnp.square(margin), inliers.astype(tol.dtype))  # n/0 = inf: no bound
+    smin = smin_r * jnp.sqrt(jnp.where(exact, smin2_g, jnp.maximum(1.0 - lam, 0.0)))
+    count = inliers.astype(tol.dtype)
+    # n/0 = inf: no bound
+    terms = jnp.where(edge, n / jnp.square(margin), jnp.where(loo, count / rest, count))
     abs_bound = 2.0 * tol * jnp.sqrt(terms) / smin  # 0/0 = NaN, x/0 = inf: no bound
     xn = _norm(fit.x)
     rel = jnp.where(xn > 0, abs_bound / jnp.where(xn > 0, xn, 1.0), jnp.where(abs_bound > 0, jnp.inf, 0.0))

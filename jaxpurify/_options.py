@@ -76,9 +76,10 @@ class RecoverOptions:
         Called eagerly, ``recover`` runs the stage as a program of its own, compiled and run only
         when a column needs it; under ``jax.jit`` it is part of the one program.  Either way the
         answer is the same, and with ``pivots=1`` every column HiGHS recovers exactly on the
-        measured sets is certified (tests/test_lp_exact.py).  Off by default: with little slack
-        (K' = n + 2 … n + 8) it certified a column whose corrupted inlier put it 1.7× beyond its
-        own error bound (tests/test_campaign_properties.py, a known failure).
+        measured sets is certified (tests/test_lp_exact.py).  An l1 vertex may fit a small
+        corrupted entry as an inlier where that costs less, so the stage's certificates carry a
+        bound that covers one corrupted inlier (``jaxpurify._certify``): wider, or ``no_slack``
+        where a row is all but unchecked.
     """
 
     # Every field says whether it keys the compilation (static: a branch taken at trace time) or
@@ -94,7 +95,7 @@ class RecoverOptions:
     rtol: float | None = _traced(None)
     atol: float = _traced(0.0)
     trim: bool = _static(True)
-    pivots: int = _static(0)
+    pivots: int = _static(1)
 
     TRACED: ClassVar[tuple[str, ...]]  # the traced fields' names, in declaration order (set below)
 

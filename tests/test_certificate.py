@@ -507,3 +507,65 @@ def test_the_same_erasures_with_a_well_conditioned_column_are_certified():
     assert (rel_err(out.x, X) <= bound).all()
     _, report = jp.purify({"w": jnp.asarray(Y.reshape(-1))}, _OneMatrixCodebook(A, Y.shape[1]))
     assert report.certified == Y.shape[1]
+
+
+def test_one_corrupted_inlier_margin_is_a_lower_bound_on_the_leave_one_out_sigma():
+    """``_certify._null_margin``'s third output lower-bounds min_{j∈I} σ_min(Ũ_{I∖j})², Ũ an
+    orthonormal basis of range(A_I) (the factor that covers one corrupted inlier), and is close to
+    it; reference: an SVD of every leave-one-out submatrix in float64."""
+    from jaxpurify._certify import _null_margin
+
+    rng = np.random.default_rng(7)
+    K, n, s = 24, 12, 16
+    A = rng.standard_normal((K, n)).astype(np.float32)
+    A[5] = A[3]  # a duplicated row: its twin checks it
+    Q = np.linalg.qr(A.astype(np.float64))[0].astype(np.float32)
+    inl = np.zeros((K, s), bool)
+    for j in range(s):
+        inl[rng.choice(K, int(rng.integers(n + 2, K + 1)), replace=False), j] = True
+    _, smin2, rest = (np.asarray(a) for a in _null_margin(jnp.asarray(Q), jnp.asarray(inl), n, jnp.asarray(K)))
+    checked = 0
+    for j in range(s):
+        U = np.linalg.svd(A[inl[:, j]].astype(np.float64), full_matrices=False)[0]
+        true = min(np.linalg.svd(np.delete(U, i, 0), compute_uv=False)[-1] ** 2 for i in range(len(U)))
+        smin2_true = np.linalg.svd(Q[inl[:, j]].astype(np.float64), compute_uv=False)[-1] ** 2
+        assert smin2[j] <= smin2_true
+        # the rounding margin taken off: 2·n·K·eps / σ_min(Q_I)²
+        margin = 2 * n * K * np.finfo(np.float32).eps / (smin2_true - n * K * np.finfo(np.float32).eps)
+        assert rest[j] <= true, (j, rest[j], true)
+        assert rest[j] >= true - 1.5 * margin, (j, rest[j], true, margin)
+        checked += rest[j] > 0
+    assert checked >= s // 2  # not vacuous
+
+
+def test_a_stage_certificate_with_an_unchecked_inlier_is_no_slack():
+    """n+2 inliers of which n+1 span only n−1 dimensions: the fit is exact and within the count
+    bound, so with clean inliers assumed it is certified; a column whose bound must cover one
+    corrupted inlier (``one_corrupted``, the simplex stage's) is ``no_slack``, since the one row
+    that fixes the last dimension is checked by no other."""
+    from jaxpurify._certify import Fit, certify
+
+    rng = np.random.default_rng(8)
+    K, n = 16, 6
+    A = rng.standard_normal((K, n))
+    A[1 : n + 2, -1] = 0.0  # rows 1..n+1 leave the last coordinate free: only row 0 fixes it
+    Q, R = (jnp.asarray(a, jnp.float32) for a in np.linalg.qr(A))
+    x = rng.standard_normal((n, 1))
+    y = jnp.asarray(A @ x, jnp.float32)
+    usable = jnp.zeros((K, 1), bool).at[: n + 2].set(True)
+    outl = ~usable
+    fit = Fit(
+        x=jnp.asarray(x, jnp.float32),
+        r=jnp.zeros_like(y),
+        outliers=outl,
+        exact=jnp.ones((1,), bool),
+        stable=jnp.ones((1,), bool),
+        solved=jnp.ones((1,), bool),
+        over=jnp.zeros((1,), bool),
+    )
+    tol = jnp.full((1,), 1e-6, jnp.float32)
+    plain = certify(Q, R, jnp.asarray(n), fit, usable, tol)
+    # n+2 usable rows, none flagged: without the clause it is certified
+    assert bool(plain.certified[0])
+    one = certify(Q, R, jnp.asarray(n), fit, usable, tol, jnp.ones((1,), bool))
+    assert int(one.code[0]) == RESULTS.no_slack and np.isinf(np.asarray(one.bound[0]))
