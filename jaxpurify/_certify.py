@@ -51,8 +51,10 @@ range(A_I): |z_i| ≤ 2τ on S, so ‖z‖ ≤ 2τ√|S| / σ_min(Ũ_S), Ũ an o
   corrupted entry as an inlier and flags a clean row instead where that costs less (K' = 15,
   n = 12: 4.8e-4 off against the c = 0 bound's 2.8e-4).  For C = {j}, σ_min(Ũ_S)² = 1 − ℓ_j (ℓ_j
   the leverage of row j in A_I), so ``bound = 2τ√|I| / (σ_min(R)·σ_min(Q_I)·√min_j(1 − ℓ_j)·‖x̂‖₂)``
-  covers c ≤ 1, with the leverages' rounding taken off (``_null_margin``); min_j(1 − ℓ_j) = 0
-  (an inlier no other row checks) is ``no_slack``.
+  covers c ≤ 1, with the leverages' rounding taken off (``_null_margin``, a margin far wider than
+  the rounding measured: low-slack columns become ``no_slack`` rather than get a wide bound, and
+  ``_solver._pivot_block`` then keeps the passes' answer);
+  min_j(1 − ℓ_j) = 0 (an inlier no other row checks) is ``no_slack``.  c ≥ 2: assumed away, as below.
 * |I| ≥ n+2 otherwise: the bound keeps the assumption c = 0.  The exact factor would be a minimum
   over all c-subsets of I (c up to |I| − n), which is not computed.  Measured on the property-test instances
   (K' = 14–20, n = 12): 0 of the certified columns within the guarantee with |I| ≥ n+2 outside
@@ -114,7 +116,8 @@ def _null_margin(Q: jax.Array, inl: jax.Array, n: jax.Array, rows: jax.Array) ->
     """For s columns with inliers I (``inl``, (K, s)): where I is n+1 rows, a lower bound on
     min_{j∈I}|u_j|, u the unit vector of R^I orthogonal to range(A_I) = range(Q_I) (its leverages
     are 1 − u_j²); σ_min(Q_I)²; and for any I a lower bound on min_{j∈I}(1 − ℓ_j), ℓ_j = q_jᵀG⁻¹q_j
-    the leverage of row j in A_I (all err low; each (s,)).
+    the leverage of row j in A_I (each (s,); all err low, allowing for G's rounding, not for eigh's
+    own backward error or Q's departure from orthonormality, both far smaller here).
 
     u' = two projections of the uniform vector on I off range(Q_I) (G = Q_IᵀQ_I by eigh); with
     u' = cos θ·u + sin θ·w, w ∈ range(Q_I): ‖Q_Iᵀu'‖ ≥ sin θ·σ_min(Q_I), so
@@ -137,13 +140,14 @@ def _null_margin(Q: jax.Array, inl: jax.Array, n: jax.Array, rows: jax.Array) ->
 
     u = off_range(off_range(o))
     u = u / jnp.sqrt(jnp.sum(u * u, axis=0))
-    # the K-term sums of G and Q_Iᵀu' round by ≤ K·eps per entry: err low on σ², high on ‖Q_Iᵀu'‖
-    smin2 = w[:, 0] - K * eps
+    # the K-term sums of G and Q_Iᵀu' round by ≤ K·eps per entry (‖Q_k‖ ≤ 1), so ‖ΔG‖₂ ≤ n·K·eps:
+    # err low on σ², high on ‖Q_Iᵀu'‖
+    nk = jnp.asarray(n, dtype) * K * eps
+    smin2 = w[:, 0] - nk
     rho = jnp.sqrt(jnp.sum(jnp.square(matmul(Q.T, u)), axis=0)) + K * jnp.sqrt(jnp.asarray(n, dtype)) * eps
     lo = jnp.min(jnp.where(inl, jnp.abs(u), jnp.inf), axis=0) - rho / jnp.sqrt(smin2)
     # leverages ℓ_j = Σ_p (v_pᵀq_j)²/w_p; 1 − ℓ_j = σ_min(Ũ_{I∖j})², Ũ an orthonormal basis of range(A_I)
     lev = jnp.sum(jnp.square(einsum("snp,kn->kps", V, Q)) / w.T[None], axis=1)
-    nk = jnp.asarray(n, dtype) * K * eps
     rest = jnp.min(jnp.where(inl, 1.0 - lev, jnp.inf), axis=0) - 2.0 * nk / (smin2 - nk)
     rest = jnp.where((smin2 > nk) & (rest > 0), rest, 0.0)  # NaN (singular G) → 0
     return jnp.where(lo > 0, lo, 0.0), jnp.maximum(smin2, 0.0), rest

@@ -78,8 +78,9 @@ class RecoverOptions:
         answer is the same, and with ``pivots=1`` every column HiGHS recovers exactly on the
         measured sets is certified (tests/test_lp_exact.py).  An l1 vertex may fit a small
         corrupted entry as an inlier where that costs less, so the stage's certificates carry a
-        bound that covers one corrupted inlier (``jaxpurify._certify``): wider, or ``no_slack``
-        where a row is all but unchecked.  Its worst case is a code under dense noise above the
+        bound that covers one corrupted inlier (``jaxpurify._certify``; two or more are assumed
+        away, as for the passes' columns): wider, or none where a row is all but unchecked (the
+        column comes back as the passes left it).  Its worst case is a code under dense noise above the
         inlier tolerance with no ``atol``: every column is pivoted to its cap and none certified
         (12× the passes' time at K = 128, n = 32; ``benchmarks.greedy_cost --switch pivots``);
         with ``atol`` at the noise level the passes certify those columns and it does not run.

@@ -42,7 +42,7 @@ def test_traced_options_share_one_compilation_static_ones_do_not(monkeypatch):
     """Counted on the jitted solver's own cache.  The traced values still reach the solver: with
     atol at the noise level the noisy columns are certified, without it they are inexact fits;
     with one finder iteration, one polish round and one CG step, columns the defaults certify
-    are not (all of them without the simplex stage; some with it)."""
+    are not."""
     monkeypatch.setattr(_exported, "_dir", None)  # the plain jitted path, whatever ran before
     rng = np.random.default_rng(21)
     A, X, Y, _ = instance(rng, 23, 5, 3, 0)  # a shape no other test uses: its compilations are ours
@@ -50,19 +50,18 @@ def test_traced_options_share_one_compilation_static_ones_do_not(monkeypatch):
     A = A.astype(np.float32)
     size = _solver._recover_jit._cache_size
     before = size()
-    strict = jp.recover(A, Yn)
-    # the passes, and for these inexact fits the simplex stage's screen and the stage itself
-    first = size()
-    assert first > before
-    loose = jp.recover(A, Yn, atol=0.05, rtol=1e-3, admm_tol=1e-2, relax=1.2)
-    assert size() == first
+    # the passes alone (the simplex stage, a static option, compiles programs of its own)
+    strict = jp.recover(A, Yn, pivots=0)
+    assert size() == before + 1
+    loose = jp.recover(A, Yn, atol=0.05, rtol=1e-3, admm_tol=1e-2, relax=1.2, pivots=0)
+    assert size() == before + 1
     assert (np.asarray(strict.result) == RESULTS.inexact_fit).all()
     assert np.asarray(loose.certified).all()
     Yo = Y.astype(np.float32)
     Yo[:4] += 100.0  # 4 gross errors per column, within the capacity ⌊(23 − 5)/2⌋ = 9
-    assert np.asarray(jp.recover(A, Yo).certified).all()
-    capped = jp.recover(A, Yo, max_cg=1, passes=1, finder_iters=1, retry_iters=1, polish_rounds=1)
-    assert size() == first
-    assert not np.asarray(capped.certified).all()  # the simplex stage still certifies some
-    jp.recover(A, Yn, trim=False)
-    assert size() > first
+    assert np.asarray(jp.recover(A, Yo, pivots=0).certified).all()
+    capped = jp.recover(A, Yo, max_cg=1, passes=1, finder_iters=1, retry_iters=1, polish_rounds=1, pivots=0)
+    assert size() == before + 1
+    assert not np.asarray(capped.certified).any()
+    jp.recover(A, Yn, trim=False, pivots=0)
+    assert size() == before + 2
