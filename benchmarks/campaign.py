@@ -33,7 +33,8 @@ in-range faults: certified by l1 and undetected by the seal (target 0), plus sea
 (failed chunks holding no faulted column), the smallest single-entry change purify's seal is sure
 to detect (worst chunk, × max|W|), and the within-capacity trials.  ``--columns`` sets the entry-fault columns in all
 (default 106,496: 4 batches of 1024 per regime at K ≤ 256, 1 at K = 1024, scaled to fit).
-With ``--out FILE`` the JSON goes there too (the committed run is ``benchmarks/results/campaign.json``).
+With ``--out FILE`` the JSON goes there too (the committed runs: ``benchmarks/results/campaign_entry.json``,
+``campaign_in_range.json``; ``campaign.json`` is an earlier solver's).
 """
 
 from __future__ import annotations
