@@ -249,14 +249,16 @@ def certify(
     # reached 1 on columns with erasures or blocks: a certificate without a bound), σ_min(Q_I)² is
     # taken from G = Q_IᵀQ_I itself, as on the |I| = n+1 columns
     weak = (code == RESULTS.successful) & (lam > 1.0 - WEAK)
+    # leave one out: the simplex stage's columns cover one corrupted inlier at any |I|
     loo = (code == RESULTS.successful) & ~edge
     loo = loo & (one_corrupted if one_corrupted is not None else jnp.zeros_like(loo))
-    exact = edge | weak | loo
-    margin, smin2_g, rest = _edge_margins(Q, usable & ~fit.outliers, exact, n, rows)
+    # σ_min(Q_I)² from G's eigh, not from the power-iteration estimate
+    by_eigh = edge | weak | loo
+    margin, smin2_g, rest = _edge_margins(Q, usable & ~fit.outliers, by_eigh, n, rows)
     # min_j (1 − ℓ_j) = 0: an inlier no other row checks (A_{I∖j} singular), as margin = 0 above
     code = jnp.where((edge & (margin == 0)) | (loo & (rest == 0)), jnp.int8(RESULTS.no_slack), code)
 
-    smin = smin_r * jnp.sqrt(jnp.where(exact, smin2_g, jnp.maximum(1.0 - lam, 0.0)))
+    smin = smin_r * jnp.sqrt(jnp.where(by_eigh, smin2_g, jnp.maximum(1.0 - lam, 0.0)))
     count = inliers.astype(tol.dtype)
     # n/0 = inf: no bound
     terms = jnp.where(edge, n / jnp.square(margin), jnp.where(loo, count / rest, count))

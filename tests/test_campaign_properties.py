@@ -166,6 +166,14 @@ def test_guarantee_edge_case_is_what_the_xfail_says():
     assert not _explains_inliers(A, X, Y, out)[15]
 
 
+def _low_slack_instance(seed):
+    """An instance with little slack: K' = n+2 … n+8 usable rows, 0–1 duplicated rows, up to 2
+    entries past capacity."""
+    rng = np.random.default_rng(seed)
+    usable = int(rng.integers(N + 2, N + 9))
+    return _instance(rng, usable=usable, dup_rows=int(rng.integers(0, 2)), zero_cols=0, max_extra=2)
+
+
 @pytest.mark.slow
 def test_corrupted_inliers_near_the_edge_stay_within_the_bound():
     """The bound's one remaining assumption, measured (jaxpurify/_certify.py, "Corrupted inliers"):
@@ -177,9 +185,7 @@ def test_corrupted_inliers_near_the_edge_stay_within_the_bound():
     checked = corrupted = 0
     worst = 0.0
     for seed in range(300):
-        rng = np.random.default_rng(seed)
-        usable = int(rng.integers(N + 2, N + 9))
-        A, X, clean, Y = _instance(rng, usable=usable, dup_rows=int(rng.integers(0, 2)), zero_cols=0, max_extra=2)
+        A, X, clean, Y = _low_slack_instance(seed)
         out = _solve(A, Y)
         claimed = out.certified & _within_guarantee(Y, clean, out)
         rel = _rel(out.x, X)
@@ -203,9 +209,7 @@ def test_simplex_stage_covers_a_corrupted_inlier():
     certificate covers one corrupted inlier (the leverage of each inlier, ``_certify``), and this
     column, all but unchecked without row 11, is left uncertified.  Column 11, which the stage
     certifies, is within its wider bound."""
-    rng = np.random.default_rng(144)
-    usable = int(rng.integers(N + 2, N + 9))
-    A, X, clean, Y = _instance(rng, usable=usable, dup_rows=int(rng.integers(0, 2)), zero_cols=0, max_extra=2)
+    A, X, clean, Y = _low_slack_instance(144)
     before, out = (jax.tree.map(np.asarray, jp.recover(A, Y, pivots=p)) for p in (0, 1))
     assert not before.certified[10] and not out.certified[10]
     # as the passes left it
